@@ -10,3 +10,4 @@
  * @module
  */
 export * from "./kernels/device.ts";
+export * from "./actors/mod.ts";
