@@ -91,7 +91,16 @@ export class Gpu {
     this.device = device;
     this.adapter = adapter;
     this.lost = device.lost.then((info) => new GpuDeviceLostError(info.reason, info.message));
+    // A WGSL or validation error otherwise only voids the submit, silently: say so.
+    device.addEventListener("uncapturederror", (event) => {
+      const error = (event as GPUUncapturedErrorEvent).error;
+      this.errors.push(error.message);
+      console.error(`WebGPU error: ${error.message}`);
+    });
   }
+
+  /** Uncaptured WebGPU errors seen so far (also printed to stderr as they happen). */
+  readonly errors: string[] = [];
 
   /** True when kernels should use the CPU-friendly (register-blocked) shapes. */
   get isCpu(): boolean {
