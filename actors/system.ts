@@ -665,7 +665,10 @@ export class ActorSystem {
   #schedule(cell: Cell): void {
     if (cell.state !== "running" || cell.busy !== null || cell.mailbox.size === 0) return;
     if (cell.stopAfter !== undefined) return;
-    const run = this.#run(cell);
+    // Start the loop on a microtask so that `busy` is set before any handler
+    // runs: a handler that synchronously causes a message back to this actor
+    // must not start a second loop (two handlers at once).
+    const run = Promise.resolve().then(() => this.#run(cell));
     cell.busy = run;
     run.then(() => {
       if (cell.busy === run) cell.busy = null;

@@ -399,3 +399,29 @@ Deno.test("shutdown fails asks still waiting on other nodes", async () => {
   await a.shutdown();
   await rejects(asked, RemoteUnavailableError);
 });
+
+Deno.test("an actor never runs two handlers at once, even when a reply arrives synchronously", async () => {
+  const system = new ActorSystem({ node: "n" });
+  const log: string[] = [];
+  await system.spawn({
+    receive(msg, ctx) {
+      if (msg === "ping") ctx.system.ref("n/a").tell("pong");
+    },
+  }, { name: "b" });
+  const a = await system.spawn({
+    async receive(msg, ctx) {
+      if (msg === "go") {
+        log.push("go-start");
+        ctx.system.ref("n/b").tell("ping");
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        log.push("go-end");
+      }
+      if (msg === "pong") log.push("pong");
+      return log.length;
+    },
+  }, { name: "a" });
+  a.tell("go");
+  await a.ask("flush");
+  deepEqual(log, ["go-start", "go-end", "pong"]);
+  await system.shutdown();
+});
