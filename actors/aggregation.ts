@@ -1,0 +1,590 @@
+/**
+ * The gradient aggregator's logic as a pure state machine, and the int8 math
+ * of the outer exchange that trainers and aggregators share.
+ *
+ * One {@linkcode ShardAggregator} owns one shard of the flat parameter vector:
+ * per round it knows which trainers to expect (from the view), accepts each
+ * trainer's contribution at most once, rejects and names bad ones, closes when
+ * everyone has sent (or at a deadline with a quorum), averages the dequantized
+ * pseudo-gradients in fp32 weighted by tokens, takes a Nesterov SGD step and
+ * emits the update as int8 with per-block scales. The aggregator applies to its
+ * own θ exactly the dequantized update it sends, with {@linkcode applyUpdate};
+ * every trainer calls the same function on the same θ_r and the same bytes, so
+ * all copies of θ_{r+1} are bit-identical. What the int8 code could not carry
+ * (the quantization residual) is fed back into the next round's update.
+ *
+ * All arithmetic is on Float32Array elements in a fixed order, so the result
+ * does not depend on message arrival order.
+ *
+ * @module
+ */
+import {
+  type ContributionMsg,
+  DEFAULT_BLOCK,
+  type RejectReason,
+  type Shard,
+  type UpdateMsg,
+  type ViewMsg,
+} from "./run_protocol.ts";
+import {
+  dequantizeInt8Ref,
+  nesterovStepRef,
+  quantizedSize,
+  quantizeInt8Ref,
+} from "../kernels/reference.ts";
+
+/** Outer optimizer settings: SGD with Nesterov momentum (PyTorch's form). */
+export interface OuterOptimizer {
+  /** Outer learning rate. */
+  lr: number;
+  /** Momentum coefficient; 0 turns the step into plain averaging when lr is 1. */
+  momentum: number;
+}
+
+/** The DiLoCo paper's (and PRIME's) outer optimizer: Nesterov, lr 0.7, momentum 0.9. */
+export const DILOCO_PAPER_OUTER: Readonly<OuterOptimizer> = Object.freeze({
+  lr: 0.7,
+  momentum: 0.9,
+});
+
+/**
+ * The run's default outer optimizer. The paper's preset was tuned for long
+ * runs (H = 500, many rounds); on short runs an outside reference reached a
+ * better loss with plain averaging (lr 1, no momentum), so that is the start
+ * value until the experiment task picks better settings.
+ */
+export const DEFAULT_OUTER: Readonly<OuterOptimizer> = Object.freeze({ lr: 1, momentum: 0 });
+
+/** Named outer-optimizer presets for `--outer-preset`. */
+export const OUTER_PRESETS: Readonly<Record<string, Readonly<OuterOptimizer>>> = Object.freeze({
+  default: DEFAULT_OUTER,
+  diloco: DILOCO_PAPER_OUTER,
+  average: Object.freeze({ lr: 1, momentum: 0 }),
+});
+
+function words(q: Int8Array): Uint32Array {
+  const nw = Math.ceil(q.length / 4);
+  if (q.byteOffset % 4 === 0 && q.buffer.byteLength - q.byteOffset >= nw * 4) {
+    return new Uint32Array(q.buffer, q.byteOffset, nw);
+  }
+  const copy = new Uint32Array(nw);
+  new Int8Array(copy.buffer).set(q);
+  return copy;
+}
+
+/**
+ * Quantizes `x` to int8 with one f32 scale per block, with the kernels'
+ * reference ({@linkcode quantizeInt8Ref}, bit-exact with the GPU kernel):
+ * scale = absmax / 127 (0 for a zero block, NaN for a non-finite one),
+ * q = round(x / scale) clamped to [-127, 127]. The codes come back as an
+ * Int8Array (the little-endian bytes of the kernel's packed u32 words).
+ *
+ * @example
+ * ```ts
+ * import { quantizeInt8 } from "./aggregation.ts";
+ * const { q } = quantizeInt8(new Float32Array([1, -0.5, 0.25]), { block: 256 });
+ * console.log(q); // Int8Array [127, -64, 32]
+ * ```
+ */
+export function quantizeInt8(
+  x: Float32Array,
+  options: { block?: number } = {},
+): { q: Int8Array; scales: Float32Array } {
+  const block = options.block ?? DEFAULT_BLOCK;
+  const n = x.length;
+  const size = quantizedSize(n, block);
+  const packed = new Uint32Array(size.words);
+  const scales = new Float32Array(size.scales);
+  quantizeInt8Ref({ x, q: packed, scales }, { n, block });
+  return { q: new Int8Array(packed.buffer, 0, n), scales };
+}
+
+/**
+ * Dequantizes into `out`: out[i] = f32(q[i] * scale[block of i]), or
+ * out[i] = f32(out[i] + that) when `accumulate` is set, with the kernels'
+ * reference ({@linkcode dequantizeInt8Ref}). `out` defaults to a new array.
+ *
+ * @example
+ * ```ts
+ * import { dequantizeInt8 } from "./aggregation.ts";
+ * const out = dequantizeInt8(new Int8Array([2, -1]), new Float32Array([0.5]));
+ * console.log(out); // Float32Array [1, -0.5]
+ * ```
+ */
+export function dequantizeInt8(
+  q: Int8Array,
+  scales: Float32Array,
+  options: { block?: number; out?: Float32Array; accumulate?: boolean } = {},
+): Float32Array {
+  const block = options.block ?? DEFAULT_BLOCK;
+  const out = options.out ?? new Float32Array(q.length);
+  dequantizeInt8Ref(
+    { q: words(q), scales, out },
+    { n: q.length, block, accumulate: options.accumulate ?? false },
+  );
+  return out;
+}
+
+/**
+ * Applies a round's update to θ in place: θ[i] = f32(θ[i] + f32(q[i] * scale)).
+ * Trainers and aggregators both use this one function, which is what makes
+ * their copies of θ_{r+1} bit-identical.
+ *
+ * @example
+ * ```ts
+ * import { applyUpdate } from "./aggregation.ts";
+ * const theta = new Float32Array([1, 1]);
+ * applyUpdate(theta, { q: new Int8Array([2, -2]), scales: new Float32Array([0.25]) });
+ * console.log(theta); // Float32Array [1.5, 0.5]
+ * ```
+ */
+export function applyUpdate(
+  theta: Float32Array,
+  update: { q: Int8Array; scales: Float32Array },
+  options: { block?: number } = {},
+): Float32Array {
+  if (update.q.length !== theta.length) {
+    throw new RangeError(
+      `Cannot apply update: θ has ${theta.length} elements, update ${update.q.length}`,
+    );
+  }
+  return dequantizeInt8(update.q, update.scales, { ...options, out: theta, accumulate: true });
+}
+
+/** L2 norm of a dequantized int8 tensor, computed from its codes and scales. */
+export function quantizedNorm(
+  q: Int8Array,
+  scales: Float32Array,
+  options: { block?: number } = {},
+): number {
+  const block = options.block ?? DEFAULT_BLOCK;
+  let total = 0;
+  for (let b = 0, lo = 0; lo < q.length; b++, lo += block) {
+    const hi = Math.min(q.length, lo + block);
+    let s2 = 0;
+    for (let i = lo; i < hi; i++) s2 += q[i] * q[i];
+    total += s2 * scales[b] * scales[b];
+  }
+  return Math.sqrt(total);
+}
+
+/**
+ * SHA-256 of θ's bytes as a hex prefix (16 characters): the fingerprint that
+ * shows all trainers start a round from bit-identical parameters.
+ *
+ * @example
+ * ```ts
+ * import { thetaHash } from "./aggregation.ts";
+ * console.log((await thetaHash(new Float32Array([1, 2]))).length); // 16
+ * ```
+ */
+export async function thetaHash(theta: Float32Array): Promise<string> {
+  const bytes = new Uint8Array(theta.buffer, theta.byteOffset, theta.byteLength);
+  const digest = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>),
+  );
+  return Array.from(digest.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** A contribution the aggregator refused, with the reason named. */
+export interface Rejection {
+  round: number;
+  trainer: string;
+  shard: number;
+  reason: RejectReason;
+  detail: string;
+}
+
+/** The answer to {@linkcode ShardAggregator.offer}. */
+export type OfferResult =
+  | { status: "accepted" }
+  | { status: "parked"; detail: string }
+  | { status: "rejected"; rejection: Rejection };
+
+/** What closing a round produced. */
+export interface CloseResult {
+  /** The update to send to every trainer of the next view. */
+  update: UpdateMsg;
+  /** Contributions dropped at close (absurd norm against the round's median). */
+  rejected: Rejection[];
+  /** Trainers that were expected but did not send (closed at the deadline). */
+  missing: string[];
+  /** Why the round closed. */
+  reason: "complete" | "deadline";
+}
+
+/** The state an aggregator must not lose: enough to resume the shard after a restart. */
+export interface AggregatorState {
+  run: string;
+  shard: Shard;
+  /** θ of the shard at the start of `round`. */
+  round: number;
+  theta: Float32Array;
+  momentum: Float32Array;
+  residual: Float32Array;
+  /** The last view the aggregator acted on. */
+  view?: ViewMsg;
+  /** Recent accepted contribution norms (the absurd-update guard). */
+  norms: number[];
+}
+
+/** Options of a {@linkcode ShardAggregator}. */
+export interface ShardAggregatorOptions {
+  /** Run id; contributions of other runs are rejected. */
+  run: string;
+  /** The shard this aggregator owns. */
+  shard: Shard;
+  /** θ of the shard at the start of `round` (copied). */
+  theta: Float32Array;
+  /** The round to open (default 0). */
+  round?: number;
+  /** Outer optimizer (default {@linkcode DEFAULT_OUTER}). */
+  outer?: OuterOptimizer;
+  /** Quantization block (default 256). */
+  block?: number;
+  /** Fraction of the expected trainers needed to close at the deadline (default 0.5). */
+  quorum?: number;
+  /**
+   * The deadline: after the first contribution of a round arrives, wait at most
+   * max(`minWaitMs`, `slack` × time from opening to that first arrival) for the
+   * others. Scales with how long a round takes (defaults 10 s and 1).
+   */
+  minWaitMs?: number;
+  /** See `minWaitMs` (default 1). */
+  slack?: number;
+  /** A contribution whose norm exceeds this many times the median is refused (default 100). */
+  absurdFactor?: number;
+  /** The clock, in ms (default `Date.now`). */
+  now?: () => number;
+  /** Restore momentum, residual and norm history from a saved state. */
+  restore?: Pick<AggregatorState, "momentum" | "residual" | "norms">;
+}
+
+interface Accepted {
+  msg: ContributionMsg;
+  norm: number;
+}
+
+/**
+ * The per-shard aggregation state machine. Feed it views
+ * ({@linkcode ShardAggregator.setView}) and contributions
+ * ({@linkcode ShardAggregator.offer}); ask {@linkcode ShardAggregator.ready}
+ * and then {@linkcode ShardAggregator.close}.
+ *
+ * @example Two trainers, one round
+ * ```ts
+ * import { ShardAggregator, quantizeInt8 } from "./aggregation.ts";
+ * import { shardMap } from "./run_protocol.ts";
+ * const shard = shardMap(4, { aggregators: ["a0"] })[0];
+ * const agg = new ShardAggregator({ run: "r", shard, theta: new Float32Array(4) });
+ * agg.setView({
+ *   type: "view", run: "r", epoch: 1, round: 0, trainers: ["t0", "t1"], aggregators: ["a0"],
+ *   shards: [shard], params: 4, block: 256, dataShards: [0, 1], started: true, rounds: 0,
+ * });
+ * for (const trainer of ["t0", "t1"]) {
+ *   const { q, scales } = quantizeInt8(new Float32Array([0.1, 0.2, 0.3, 0.4]));
+ *   agg.offer({ type: "contribution", run: "r", round: 0, epoch: 1, trainer, shard: 0,
+ *     tokens: 64, n: 4, q, scales, loss: 2 });
+ * }
+ * console.log(agg.ready(), agg.close().update.contributors); // true ["t0", "t1"]
+ * ```
+ */
+export class ShardAggregator {
+  #run: string;
+  #shard: Shard;
+  #round: number;
+  #theta: Float32Array;
+  #momentum: Float32Array;
+  #residual: Float32Array;
+  #outer: OuterOptimizer;
+  #block: number;
+  #quorum: number;
+  #minWaitMs: number;
+  #slack: number;
+  #absurd: number;
+  #now: () => number;
+  #view?: ViewMsg;
+  #expected = new Set<string>();
+  #accepted = new Map<string, Accepted>();
+  #parked: ContributionMsg[] = [];
+  #openedAt: number;
+  #firstAt?: number;
+  #norms: number[];
+
+  constructor(options: ShardAggregatorOptions) {
+    const { shard } = options;
+    if (options.theta.length !== shard.length) {
+      throw new RangeError(
+        `Cannot create aggregator: θ has ${options.theta.length} elements, shard ${shard.index} has ${shard.length}`,
+      );
+    }
+    this.#run = options.run;
+    this.#shard = shard;
+    this.#round = options.round ?? 0;
+    this.#theta = new Float32Array(options.theta);
+    const restore = options.restore;
+    this.#momentum = restore ? new Float32Array(restore.momentum) : new Float32Array(shard.length);
+    this.#residual = restore ? new Float32Array(restore.residual) : new Float32Array(shard.length);
+    this.#norms = [...(options.restore?.norms ?? [])];
+    this.#outer = { ...(options.outer ?? DEFAULT_OUTER) };
+    this.#block = options.block ?? DEFAULT_BLOCK;
+    this.#quorum = options.quorum ?? 0.5;
+    this.#minWaitMs = options.minWaitMs ?? 10_000;
+    this.#slack = options.slack ?? 1;
+    this.#absurd = options.absurdFactor ?? 100;
+    this.#now = options.now ?? Date.now;
+    this.#openedAt = this.#now();
+  }
+
+  /** The open round. */
+  get round(): number {
+    return this.#round;
+  }
+
+  /** The shard this aggregator owns. */
+  get shard(): Shard {
+    return this.#shard;
+  }
+
+  /** A copy of θ of the shard at the start of the open round. */
+  theta(): Float32Array {
+    return new Float32Array(this.#theta);
+  }
+
+  /** Trainers still expected this round, sorted. */
+  missing(): string[] {
+    return [...this.#expected].filter((t) => !this.#accepted.has(t)).sort();
+  }
+
+  /** Trainers whose contribution this round was accepted, sorted. */
+  received(): string[] {
+    return [...this.#accepted.keys()].sort();
+  }
+
+  /** Everything needed to resume this shard after a restart (copies). */
+  state(): AggregatorState {
+    return {
+      run: this.#run,
+      shard: { ...this.#shard },
+      round: this.#round,
+      theta: new Float32Array(this.#theta),
+      momentum: new Float32Array(this.#momentum),
+      residual: new Float32Array(this.#residual),
+      view: this.#view,
+      norms: [...this.#norms],
+    };
+  }
+
+  /**
+   * Takes a view. A view for the open round sets the expected trainers (evicted
+   * trainers are no longer waited for; what they already sent still counts). A
+   * view of another round only removes trainers from the open round, and is
+   * kept for when the next round opens. Returns the re-offered results of
+   * contributions that were parked waiting for this view.
+   */
+  setView(view: ViewMsg): OfferResult[] {
+    if (view.run !== this.#run) {
+      throw new RangeError(`Cannot take view: run "${view.run}" is not "${this.#run}"`);
+    }
+    if (this.#view && view.epoch < this.#view.epoch) return [];
+    this.#view = view;
+    if (view.round === this.#round) {
+      this.#expected = new Set(view.trainers);
+    } else {
+      // A view of another round still tells who left or was evicted.
+      for (const t of [...this.#expected]) {
+        if (!view.trainers.includes(t)) this.#expected.delete(t);
+      }
+    }
+    const parked = this.#parked;
+    this.#parked = [];
+    return parked.map((m) => this.offer(m));
+  }
+
+  #reject(m: ContributionMsg, reason: RejectReason, detail: string): OfferResult {
+    return {
+      status: "rejected",
+      rejection: { round: m.round, trainer: m.trainer, shard: m.shard, reason, detail },
+    };
+  }
+
+  /**
+   * Offers a contribution. It is accepted at most once per trainer and round;
+   * otherwise refused with a named reason. A contribution from a trainer not in
+   * the view but made under a newer epoch than the aggregator's is parked until
+   * that view arrives.
+   */
+  offer(m: ContributionMsg): OfferResult {
+    const who = `trainer ${m.trainer} round ${m.round} shard ${m.shard}`;
+    if (m.run !== this.#run) return this.#reject(m, "wrong_run", `${who}: run "${m.run}"`);
+    if (m.shard !== this.#shard.index) {
+      return this.#reject(m, "wrong_shard", `${who}: this aggregator owns ${this.#shard.index}`);
+    }
+    if (m.round < this.#round) {
+      return this.#reject(m, "stale_round", `${who}: round ${this.#round} is open`);
+    }
+    if (m.round > this.#round) {
+      return this.#reject(m, "future_round", `${who}: round ${this.#round} is open`);
+    }
+    if (!this.#expected.has(m.trainer)) {
+      if (this.#view && m.epoch > this.#view.epoch && this.#parked.length < 64) {
+        this.#parked.push(m);
+        return { status: "parked", detail: `${who}: epoch ${m.epoch} view not yet seen` };
+      }
+      return this.#reject(m, "not_member", `${who}: not a trainer of this round's view`);
+    }
+    if (this.#accepted.has(m.trainer)) {
+      return this.#reject(m, "duplicate", `${who}: already counted`);
+    }
+    const blocks = Math.ceil(this.#shard.length / this.#block);
+    if (m.n !== this.#shard.length || m.q.length !== m.n || m.scales.length !== blocks) {
+      return this.#reject(
+        m,
+        "wrong_shape",
+        `${who}: n=${m.n} q=${m.q.length} scales=${m.scales.length}, expected n=${this.#shard.length} scales=${blocks}`,
+      );
+    }
+    if (!Number.isFinite(m.loss)) return this.#reject(m, "non_finite", `${who}: loss ${m.loss}`);
+    if (!Number.isSafeInteger(m.tokens) || m.tokens <= 0) {
+      return this.#reject(m, "wrong_shape", `${who}: tokens ${m.tokens}`);
+    }
+    for (let b = 0; b < m.scales.length; b++) {
+      const s = m.scales[b];
+      if (!Number.isFinite(s) || s < 0) {
+        return this.#reject(m, "non_finite", `${who}: scale of block ${b} is ${s}`);
+      }
+    }
+    const norm = quantizedNorm(m.q, m.scales, { block: this.#block });
+    if (this.#norms.length >= 3) {
+      const med = median(this.#norms);
+      if (norm > this.#absurd * med) {
+        return this.#reject(
+          m,
+          "absurd_norm",
+          `${who}: norm ${norm.toExponential(3)} > ${this.#absurd} x median ${
+            med.toExponential(3)
+          }`,
+        );
+      }
+    }
+    this.#accepted.set(m.trainer, { msg: m, norm });
+    this.#firstAt ??= this.#now();
+    return { status: "accepted" };
+  }
+
+  /** When the open round closes at the latest (undefined before the first arrival). */
+  deadline(): number | undefined {
+    if (this.#firstAt === undefined) return undefined;
+    const wait = Math.max(this.#minWaitMs, this.#slack * (this.#firstAt - this.#openedAt));
+    return this.#firstAt + wait;
+  }
+
+  /** Quorum for the open round: ceil(fraction × expected), at least 1. */
+  quorum(): number {
+    return Math.max(1, Math.ceil(this.#quorum * this.#expected.size));
+  }
+
+  /** True when the round can close: every expected trainer sent, or deadline + quorum. */
+  ready(): boolean {
+    const got = [...this.#expected].filter((t) => this.#accepted.has(t)).length;
+    if (this.#accepted.size > 0 && got >= this.#expected.size) return true;
+    const deadline = this.deadline();
+    return deadline !== undefined && this.#now() >= deadline &&
+      this.#accepted.size >= this.quorum();
+  }
+
+  /**
+   * Closes the open round: drops absurd contributions, averages the rest in
+   * fp32 weighted by tokens (trainers in sorted order), takes the outer
+   * Nesterov step, quantizes θ_target − θ + residual to int8, applies exactly
+   * that to its own θ, keeps the residual, and opens the next round.
+   *
+   * @throws {RangeError} when nothing was accepted
+   */
+  close(): CloseResult {
+    const reason = this.missing().length === 0 ? "complete" : "deadline";
+    const missing = this.missing();
+    let entries = [...this.#accepted.values()].sort((a, b) =>
+      a.msg.trainer < b.msg.trainer ? -1 : a.msg.trainer > b.msg.trainer ? 1 : 0
+    );
+    const rejected: Rejection[] = [];
+    if (entries.length >= 3) {
+      const med = median(entries.map((e) => e.norm));
+      entries = entries.filter((e) => {
+        if (e.norm <= this.#absurd * med) return true;
+        rejected.push({
+          round: this.#round,
+          trainer: e.msg.trainer,
+          shard: this.#shard.index,
+          reason: "absurd_norm",
+          detail: `trainer ${e.msg.trainer} round ${this.#round} shard ${this.#shard.index}: norm ${
+            e.norm.toExponential(3)
+          } > ${this.#absurd} x round median ${med.toExponential(3)}`,
+        });
+        return false;
+      });
+    }
+    if (entries.length === 0) {
+      throw new RangeError(`Cannot close round ${this.#round}: no contribution accepted`);
+    }
+    const n = this.#shard.length;
+    const block = this.#block;
+    let tokens = 0;
+    for (const e of entries) tokens += e.msg.tokens;
+    // Averaged pseudo-gradient, fp32, fixed order.
+    const delta = new Float32Array(n);
+    let loss = 0;
+    for (const e of entries) {
+      const w = Math.fround(e.msg.tokens / tokens);
+      const { q, scales } = e.msg;
+      for (let b = 0, lo = 0; lo < n; b++, lo += block) {
+        const s = scales[b];
+        const hi = Math.min(n, lo + block);
+        for (let i = lo; i < hi; i++) delta[i] += Math.fround(w * Math.fround(q[i] * s));
+      }
+      loss += e.msg.loss * e.msg.tokens / tokens;
+    }
+    // Nesterov SGD (PyTorch): m = mu m + Δ; θ' = θ − lr (Δ + mu m). The update
+    // to send is θ' − θ plus what earlier rounds' int8 codes left out.
+    const target = new Float32Array(this.#theta);
+    nesterovStepRef(
+      { theta: target, momentum: this.#momentum, delta },
+      { n, lr: this.#outer.lr, mu: this.#outer.momentum },
+    );
+    const d = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      d[i] = Math.fround(target[i] - this.#theta[i]) + this.#residual[i];
+    }
+    const { q, scales } = quantizeInt8(d, { block });
+    const applied = dequantizeInt8(q, scales, { block });
+    for (let i = 0; i < n; i++) this.#residual[i] = d[i] - applied[i];
+    applyUpdate(this.#theta, { q, scales }, { block });
+    for (const e of entries) this.#norms.push(e.norm);
+    if (this.#norms.length > 32) this.#norms.splice(0, this.#norms.length - 32);
+    const update: UpdateMsg = {
+      type: "update",
+      run: this.#run,
+      round: this.#round,
+      shard: this.#shard.index,
+      n,
+      q,
+      scales,
+      contributors: entries.map((e) => e.msg.trainer),
+      loss,
+      tokens,
+    };
+    this.#round += 1;
+    this.#accepted.clear();
+    this.#firstAt = undefined;
+    this.#openedAt = this.#now();
+    // Until the next round's view arrives, expect the same trainers.
+    if (this.#view) this.#expected = new Set(this.#view.trainers);
+    return { update, rejected, missing, reason };
+  }
+}

@@ -1,0 +1,345 @@
+import { deepEqual, equal, ok, throws } from "@std/assert";
+import {
+  applyUpdate,
+  dequantizeInt8,
+  type OfferResult,
+  quantizeInt8,
+  ShardAggregator,
+  thetaHash,
+} from "./aggregation.ts";
+import { type ContributionMsg, shardMap, type ViewMsg } from "./run_protocol.ts";
+
+const RUN = "run-a";
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32 - 0.5;
+  };
+}
+
+function randomVec(n: number, seed: number, scale = 1): Float32Array {
+  const r = rng(seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = r() * scale;
+  return out;
+}
+
+function setup(n: number, trainers: string[], opts: { now?: () => number; lr?: number } = {}) {
+  const shards = shardMap(n, { aggregators: ["agg0"] });
+  const view: ViewMsg = {
+    type: "view",
+    run: RUN,
+    epoch: 1,
+    round: 0,
+    trainers,
+    aggregators: ["agg0"],
+    shards,
+    params: n,
+    block: 256,
+    dataShards: trainers.map((_, i) => i),
+    started: true,
+    rounds: 0,
+  };
+  const theta0 = randomVec(n, 7);
+  const agg = new ShardAggregator({
+    run: RUN,
+    shard: shards[0],
+    theta: theta0,
+    now: opts.now,
+    outer: { lr: opts.lr ?? 0.7, momentum: 0.9 },
+  });
+  agg.setView(view);
+  return { agg, view, theta0, shard: shards[0] };
+}
+
+function contribution(
+  trainer: string,
+  delta: Float32Array,
+  extra: Partial<ContributionMsg> = {},
+): ContributionMsg {
+  const { q, scales } = quantizeInt8(delta);
+  return {
+    type: "contribution",
+    run: RUN,
+    round: 0,
+    epoch: 1,
+    trainer,
+    shard: 0,
+    tokens: 128,
+    n: delta.length,
+    q,
+    scales,
+    loss: 3,
+    ...extra,
+  };
+}
+
+function reason(r: OfferResult): string {
+  return r.status === "rejected" ? r.rejection.reason : r.status;
+}
+
+Deno.test("quantizeInt8 round trip errs by at most half a step per element", () => {
+  const x = randomVec(1000, 3, 4);
+  const { q, scales } = quantizeInt8(x);
+  equal(scales.length, 4);
+  const y = dequantizeInt8(q, scales);
+  for (let i = 0; i < x.length; i++) {
+    ok(Math.abs(x[i] - y[i]) <= scales[Math.floor(i / 256)] / 2 + 1e-7, `element ${i}`);
+  }
+  // A zero block has scale 0 and codes 0; a NaN block has a NaN scale.
+  const z = quantizeInt8(new Float32Array([0, 0, 0, 0]));
+  equal(z.scales[0], 0);
+  ok(Number.isNaN(quantizeInt8(new Float32Array([1, NaN])).scales[0]));
+});
+
+Deno.test("aggregator counts a trainer's contribution at most once", () => {
+  const { agg } = setup(600, ["t0", "t1"]);
+  const d = randomVec(600, 1, 0.01);
+  equal(reason(agg.offer(contribution("t0", d))), "accepted");
+  equal(reason(agg.offer(contribution("t0", d))), "duplicate");
+  equal(reason(agg.offer(contribution("t0", randomVec(600, 2)))), "duplicate");
+  ok(!agg.ready());
+  equal(reason(agg.offer(contribution("t1", d))), "accepted");
+  ok(agg.ready());
+  const { update } = agg.close();
+  deepEqual(update.contributors, ["t0", "t1"]);
+  equal(update.tokens, 256);
+  equal(agg.round, 1);
+});
+
+Deno.test("aggregator rejects bad contributions by name and keeps the good ones", () => {
+  const { agg } = setup(600, ["t0", "t1", "t2"]);
+  const d = randomVec(600, 1, 0.01);
+  const nan = new Float32Array(d);
+  nan[300] = NaN;
+  const inf = new Float32Array(d);
+  inf[5] = Infinity;
+  equal(reason(agg.offer(contribution("t0", nan))), "non_finite");
+  equal(reason(agg.offer(contribution("t0", inf))), "non_finite");
+  equal(reason(agg.offer(contribution("t0", d, { loss: NaN }))), "non_finite");
+  equal(reason(agg.offer(contribution("t0", randomVec(500, 1)))), "wrong_shape");
+  equal(reason(agg.offer(contribution("t0", d, { round: 1 }))), "future_round");
+  equal(reason(agg.offer(contribution("evil", d))), "not_member");
+  equal(reason(agg.offer(contribution("t0", d, { run: "other" }))), "wrong_run");
+  equal(reason(agg.offer(contribution("t0", d, { shard: 3 }))), "wrong_shard");
+  const bad = contribution("t0", d);
+  equal(reason(agg.offer({ ...bad, scales: new Float32Array(2) })), "wrong_shape");
+  const neg = contribution("t0", d);
+  neg.scales[0] = -1;
+  equal(reason(agg.offer(neg)), "non_finite");
+  // The rejections did not use up t0's one contribution.
+  equal(reason(agg.offer(contribution("t0", d))), "accepted");
+  equal(reason(agg.offer(contribution("t1", d))), "accepted");
+  equal(reason(agg.offer(contribution("t2", d))), "accepted");
+  agg.close();
+  equal(reason(agg.offer(contribution("t0", d, { round: 0 }))), "stale_round");
+});
+
+Deno.test("aggregator rejects a contribution scaled by 1000 against the median", () => {
+  const { agg } = setup(600, ["t0", "t1", "t2", "t3"]);
+  const d = (s: number) => randomVec(600, s, 0.01);
+  // Round 0: no history yet, the round's own median catches it at close.
+  agg.offer(contribution("t0", d(1)));
+  agg.offer(contribution("t1", d(2)));
+  agg.offer(contribution("t2", d(3)));
+  const huge = d(4).map((x) => x * 1000);
+  equal(reason(agg.offer(contribution("t3", huge))), "accepted");
+  const closed = agg.close();
+  deepEqual(closed.update.contributors, ["t0", "t1", "t2"]);
+  equal(closed.rejected.length, 1);
+  equal(closed.rejected[0].reason, "absurd_norm");
+  equal(closed.rejected[0].trainer, "t3");
+  // Round 1: the history of accepted norms rejects it on arrival.
+  const r1 = agg.offer(contribution("t3", huge, { round: 1 }));
+  equal(reason(r1), "absurd_norm");
+  ok(r1.status === "rejected" && r1.rejection.detail.includes("t3"));
+  equal(reason(agg.offer(contribution("t3", d(5), { round: 1 }))), "accepted");
+});
+
+Deno.test("every trainer applying the update ends bit-identical with the aggregator", async () => {
+  const n = 1000;
+  const trainers = ["t0", "t1", "t2"];
+  const { agg, theta0 } = setup(n, trainers);
+  const copies = trainers.map(() => new Float32Array(theta0));
+  for (let round = 0; round < 5; round++) {
+    for (const [i, t] of trainers.entries()) {
+      agg.offer(contribution(t, randomVec(n, 100 * round + i, 0.02), { round, tokens: 100 + i }));
+    }
+    const { update } = agg.close();
+    // The update bytes travel; each trainer applies them to its own copy.
+    const wire = structuredClone(update);
+    for (const c of copies) applyUpdate(c, wire);
+    const hashes = await Promise.all([...copies, agg.theta()].map(thetaHash));
+    equal(new Set(hashes).size, 1, `round ${round}: ${hashes}`);
+  }
+  ok(copies[0].some((x, i) => x !== theta0[i]));
+});
+
+Deno.test("the update does not depend on arrival order", () => {
+  const n = 700;
+  const trainers = ["t0", "t1", "t2"];
+  const a = setup(n, trainers).agg;
+  const b = setup(n, trainers).agg;
+  const cs = trainers.map((t, i) => contribution(t, randomVec(n, i, 0.05), { tokens: 50 + i }));
+  for (const c of cs) a.offer(c);
+  for (const c of [...cs].reverse()) b.offer(c);
+  const ua = a.close().update;
+  const ub = b.close().update;
+  deepEqual(ua.q, ub.q);
+  deepEqual(ua.scales, ub.scales);
+});
+
+Deno.test("outer step with lr 1 and no momentum is the token-weighted average", () => {
+  const n = 512;
+  const shard = shardMap(n, { aggregators: ["agg0"] })[0];
+  const theta = randomVec(n, 9);
+  const agg = new ShardAggregator({ run: RUN, shard, theta, outer: { lr: 1, momentum: 0 } });
+  agg.setView({
+    type: "view",
+    run: RUN,
+    epoch: 1,
+    round: 0,
+    trainers: ["t0", "t1"],
+    aggregators: ["agg0"],
+    shards: [shard],
+    params: n,
+    block: 256,
+    dataShards: [0, 1],
+    started: true,
+    rounds: 0,
+  });
+  const d0 = randomVec(n, 1, 0.1);
+  const d1 = randomVec(n, 2, 0.1);
+  agg.offer(contribution("t0", d0, { tokens: 300 }));
+  agg.offer(contribution("t1", d1, { tokens: 100 }));
+  agg.close();
+  const got = agg.theta();
+  for (let i = 0; i < n; i++) {
+    const want = theta[i] - (0.75 * d0[i] + 0.25 * d1[i]);
+    ok(Math.abs(got[i] - want) < 2e-3, `element ${i}: ${got[i]} vs ${want}`);
+  }
+});
+
+Deno.test("error feedback keeps θ on the exact trajectory over many rounds", () => {
+  const n = 256;
+  const shard = shardMap(n, { aggregators: ["agg0"] })[0];
+  const theta = new Float32Array(n);
+  const agg = new ShardAggregator({ run: RUN, shard, theta, outer: { lr: 1, momentum: 0 } });
+  const view: ViewMsg = {
+    type: "view",
+    run: RUN,
+    epoch: 1,
+    round: 0,
+    trainers: ["t0", "t1"],
+    aggregators: ["agg0"],
+    shards: [shard],
+    params: n,
+    block: 256,
+    dataShards: [0, 1],
+    started: true,
+    rounds: 0,
+  };
+  agg.setView(view);
+  // Each contribution is exact in int8, but their average has one large element
+  // that sets the update's scale, so the small ones fall below half a step.
+  const big = new Float32Array(n);
+  big[0] = -1;
+  const small = new Float32Array(n).fill(-0.002);
+  small[0] = 0;
+  const rounds = 40;
+  for (let r = 0; r < rounds; r++) {
+    agg.offer(contribution("t0", big, { round: r }));
+    agg.offer(contribution("t1", small, { round: r }));
+    agg.close();
+  }
+  const got = agg.theta();
+  // Without feedback θ[1] would never move (0.001 < half a step of 0.5/127).
+  ok(Math.abs(got[1] - rounds * 0.001) < 0.5 / 127, `θ[1] = ${got[1]}`);
+  ok(Math.abs(got[0] - rounds * 0.5) < 0.01, `θ[0] = ${got[0]}`);
+});
+
+Deno.test("a round closes at the deadline with a quorum, not before, and not without one", () => {
+  let t = 1000;
+  const { agg } = setup(300, ["t0", "t1", "t2", "t3"], { now: () => t });
+  equal(agg.quorum(), 2);
+  t += 5000;
+  agg.offer(contribution("t0", randomVec(300, 1, 0.01)));
+  equal(agg.deadline(), 6000 + 10_000);
+  t = 15_999;
+  ok(!agg.ready());
+  t = 16_000;
+  ok(!agg.ready(), "one of four is below the quorum");
+  agg.offer(contribution("t1", randomVec(300, 2, 0.01)));
+  ok(agg.ready());
+  const closed = agg.close();
+  equal(closed.reason, "deadline");
+  deepEqual(closed.missing, ["t2", "t3"]);
+});
+
+Deno.test("an evicted trainer is no longer waited for; what it sent still counts", () => {
+  const { agg, view } = setup(300, ["t0", "t1", "t2"]);
+  agg.offer(contribution("t0", randomVec(300, 1, 0.01)));
+  agg.offer(contribution("t2", randomVec(300, 2, 0.01)));
+  ok(!agg.ready());
+  // t2 is evicted after sending, t1 before.
+  agg.setView({ ...view, epoch: 2, trainers: ["t0"], dataShards: [0] });
+  ok(agg.ready());
+  const closed = agg.close();
+  deepEqual(closed.update.contributors, ["t0", "t2"]);
+  equal(closed.reason, "complete");
+});
+
+Deno.test("a joiner's contribution made under a newer view waits for that view", () => {
+  const { agg, view } = setup(300, ["t0"]);
+  agg.offer(contribution("t0", randomVec(300, 1, 0.01)));
+  agg.close();
+  const early = contribution("t1", randomVec(300, 2, 0.01), { round: 1, epoch: 2 });
+  equal(reason(agg.offer(early)), "parked");
+  const results = agg.setView({
+    ...view,
+    epoch: 2,
+    round: 1,
+    trainers: ["t0", "t1"],
+    dataShards: [0, 1],
+  });
+  deepEqual(results.map(reason), ["accepted"]);
+  deepEqual(agg.missing(), ["t0"]);
+});
+
+Deno.test("an aggregator restored from its state continues identically", () => {
+  const n = 600;
+  const { agg, view, shard } = setup(n, ["t0", "t1"]);
+  for (let r = 0; r < 2; r++) {
+    agg.offer(contribution("t0", randomVec(n, r, 0.03), { round: r }));
+    agg.offer(contribution("t1", randomVec(n, r + 9, 0.03), { round: r }));
+    agg.close();
+  }
+  const saved = agg.state();
+  const twin = new ShardAggregator({
+    run: RUN,
+    shard,
+    theta: saved.theta,
+    round: saved.round,
+    outer: { lr: 0.7, momentum: 0.9 },
+    restore: saved,
+  });
+  twin.setView({ ...view, round: 2, epoch: 2 });
+  agg.setView({ ...view, round: 2, epoch: 2 });
+  for (const a of [agg, twin]) {
+    a.offer(contribution("t0", randomVec(n, 50, 0.03), { round: 2, epoch: 2 }));
+    a.offer(contribution("t1", randomVec(n, 51, 0.03), { round: 2, epoch: 2 }));
+  }
+  const u1 = agg.close().update;
+  const u2 = twin.close().update;
+  deepEqual(u1.q, u2.q);
+  deepEqual(u1.scales, u2.scales);
+  deepEqual(agg.theta(), twin.theta());
+});
+
+Deno.test("closing a round with nothing accepted is an error", () => {
+  const { agg } = setup(300, ["t0"]);
+  throws(() => agg.close(), /no contribution accepted/);
+  throws(() => applyUpdate(new Float32Array(3), quantizeInt8(new Float32Array(4))), /θ has 3/);
+});

@@ -1,0 +1,166 @@
+import { deepEqual, equal, ok, throws } from "@std/assert";
+import { Membership } from "./membership.ts";
+import type { JoinMsg, Role } from "./run_protocol.ts";
+
+const RUN = "run-m";
+
+function join(node: string, roles: Role[] = ["trainer"], extra: Partial<JoinMsg> = {}): JoinMsg {
+  return { type: "join", run: RUN, node, roles, ...extra };
+}
+
+function started(clock: { t: number }, trainers = ["t0", "t1"], params = 2000) {
+  const m = new Membership({ run: RUN, params, now: () => clock.t });
+  m.join(join("agg0", ["aggregator"]));
+  m.join(join("agg1", ["aggregator"]));
+  for (const t of trainers) m.join(join(t));
+  m.start();
+  return m;
+}
+
+Deno.test("joins before the start are members; the shard map covers the params on block bounds", () => {
+  const clock = { t: 0 };
+  const m = started(clock);
+  const v = m.view;
+  deepEqual(v.trainers, ["t0", "t1"]);
+  deepEqual(v.aggregators, ["agg0", "agg1"]);
+  equal(v.round, 0);
+  deepEqual(v.shards.map((s) => [s.start, s.length, s.aggregator]), [
+    [0, 1024, "agg0"],
+    [1024, 976, "agg1"],
+  ]);
+  deepEqual(v.dataShards, [0, 1]);
+  ok(m.started);
+  throws(() => m.join({ ...join("x"), run: "other" }), /other/);
+});
+
+Deno.test("a joiner after the start is admitted at the next round boundary, once", () => {
+  const clock = { t: 0 };
+  const m = started(clock);
+  const epoch = m.view.epoch;
+  const r = m.join(join("t2"));
+  equal(r.reply.status, "pending");
+  equal(r.view, undefined, "the running round's view does not change");
+  ok(!m.view.trainers.includes("t2"));
+  const closed = m.roundClosed({ type: "round_closed", run: RUN, round: 0, node: "agg0" });
+  equal(closed.view?.round, 1);
+  deepEqual(closed.view?.trainers, ["t0", "t1", "t2"]);
+  equal(closed.view?.epoch, epoch + 1);
+  // The second aggregator's report of the same round gets the same view.
+  const again = m.roundClosed({ type: "round_closed", run: RUN, round: 0, node: "agg1" });
+  equal(again.view?.epoch, epoch + 1);
+  equal(m.members().find((x) => x.node === "t2")?.status, "member");
+});
+
+Deno.test("a silent trainer is evicted after 6 s; the view keeps the round, bumps the epoch", () => {
+  const clock = { t: 0 };
+  const m = started(clock, ["t0", "t1", "t2"]);
+  const before = m.view;
+  for (let i = 0; i < 4; i++) {
+    clock.t += 2000;
+    for (const n of ["agg0", "agg1", "t0", "t2"]) {
+      m.heartbeat({ type: "heartbeat", run: RUN, node: n, epoch: before.epoch });
+    }
+    const change = m.tick();
+    if (clock.t <= 6000) deepEqual(change.evicted, [], `at ${clock.t} ms`);
+    else {
+      deepEqual(change.evicted, ["t1"]);
+      deepEqual(change.view?.trainers, ["t0", "t2"]);
+      equal(change.view?.round, before.round);
+      equal(change.view?.epoch, before.epoch + 1);
+      deepEqual(change.view?.shards, before.shards);
+    }
+  }
+  ok(!m.view.trainers.includes("t1"));
+});
+
+Deno.test("heartbeats: unknown nodes are told to re-announce, lagging ones get the view", () => {
+  const clock = { t: 0 };
+  const m = started(clock);
+  const unknown = m.heartbeat({ type: "heartbeat", run: RUN, node: "ghost", epoch: 0 });
+  equal(unknown.known, false);
+  const lag = m.heartbeat({ type: "heartbeat", run: RUN, node: "t0", epoch: 0 });
+  ok(lag.known);
+  equal(lag.view?.epoch, m.view.epoch);
+  const current = m.heartbeat({ type: "heartbeat", run: RUN, node: "t0", epoch: m.view.epoch });
+  equal(current.view, undefined);
+});
+
+Deno.test("a leave publishes a view without the node and frees its data shard", () => {
+  const clock = { t: 0 };
+  const m = started(clock);
+  const shard = m.view.dataShards[0];
+  const change = m.leave("t0");
+  deepEqual(change.view?.trainers, ["t1"]);
+  deepEqual(m.leave("nobody"), { evicted: [] });
+  const r = m.join(join("t9"));
+  equal(r.reply.dataShard, shard);
+});
+
+Deno.test("a restarted tracker rebuilds the view from its members' re-announcements", () => {
+  const clock = { t: 0 };
+  const m = started(clock, ["t0", "t1", "t2"]);
+  m.roundClosed({ type: "round_closed", run: RUN, round: 0, node: "agg0" });
+  m.join(join("t3")); // pending when the tracker dies
+  m.roundClosed({ type: "round_closed", run: RUN, round: 1, node: "agg0" });
+  m.join(join("t4")); // pending when the tracker dies
+  const last = m.view;
+  const dataShardOf = (n: string) => m.members().find((x) => x.node === n)!.dataShard;
+  // The tracker restarts with nothing.
+  clock.t += 1000;
+  const fresh = new Membership({ run: RUN, params: 2000, now: () => clock.t, incarnation: 1 });
+  equal(fresh.incarnation, 1);
+  const hb = fresh.heartbeat({ type: "heartbeat", run: RUN, node: "t0", epoch: last.epoch });
+  equal(hb.known, false);
+  // Members re-announce with their last view and data shard.
+  fresh.join(join("t1", ["trainer"], { view: last, dataShard: dataShardOf("t1") }));
+  fresh.join(join("agg0", ["aggregator"], { view: last }));
+  fresh.join(join("t4", ["trainer"], { dataShard: dataShardOf("t4") }));
+  deepEqual(fresh.view, last);
+  ok(fresh.started);
+  // The joiner that was pending is pending again; the others are members.
+  equal(fresh.members().find((x) => x.node === "t4")?.status, "pending");
+  equal(
+    fresh.heartbeat({ type: "heartbeat", run: RUN, node: "t2", epoch: last.epoch }).known,
+    true,
+  );
+  const next = fresh.roundClosed({
+    type: "round_closed",
+    run: RUN,
+    round: last.round,
+    node: "agg1",
+  });
+  equal(next.view?.round, last.round + 1);
+  deepEqual(next.view?.trainers, ["t0", "t1", "t2", "t3", "t4"]);
+  equal(next.view?.dataShards[4], dataShardOf("t4"));
+  ok(next.view!.epoch > last.epoch);
+});
+
+Deno.test("a restarted tracker evicts members that never re-announce", () => {
+  const clock = { t: 0 };
+  const m = started(clock, ["t0", "t1"]);
+  const last = m.view;
+  const fresh = new Membership({ run: RUN, params: 2000, now: () => clock.t, incarnation: 1 });
+  fresh.join(join("agg0", ["aggregator"], { view: last }));
+  for (let i = 0; i < 4; i++) {
+    clock.t += 2000;
+    for (const n of ["agg0", "agg1", "t0"]) {
+      fresh.heartbeat({ type: "heartbeat", run: RUN, node: n, epoch: last.epoch });
+    }
+    fresh.tick();
+  }
+  deepEqual(fresh.view.trainers, ["t0"]);
+  equal(fresh.view.round, last.round);
+});
+
+Deno.test("round reports from the past do not move the round back", () => {
+  const clock = { t: 0 };
+  const m = started(clock);
+  m.roundClosed({ type: "round_closed", run: RUN, round: 0, node: "agg0" });
+  m.roundClosed({ type: "round_closed", run: RUN, round: 1, node: "agg0" });
+  equal(m.view.round, 2);
+  const old = m.roundClosed({ type: "round_closed", run: RUN, round: 0, node: "agg1" });
+  equal(old.view?.round, 2);
+  const s = m.status();
+  equal(s.round, 2);
+  deepEqual(s.members.map((x) => x.node), ["agg0", "agg1", "t0", "t1"]);
+});

@@ -1,0 +1,231 @@
+/**
+ * `deno task node`: run a node of a decentralized training run.
+ *
+ * - no flags: one process hosts a whole run on the embedded default (a
+ *   tracker, an aggregator, a keeper slot and several trainers in Workers),
+ *   trains for a bounded number of rounds, prints progress and a summary, and
+ *   exits 0.
+ * - `--host ADDR:PORT --secret S`: hosts a run that other processes join.
+ * - `--join ws://ADDR:PORT --secret S`: joins a run as a trainer.
+ *
+ * With `--json`, one JSON object per line: a "round" event per closed round
+ * and a last "done" event with the totals.
+ *
+ * @module
+ */
+import { parseArgs } from "@std/cli";
+import { DEFAULT_OUTER, DILOCO_PAPER_OUTER, OUTER_PRESETS } from "./aggregation.ts";
+import { runEmbedded, type RunEvent, runNetworked, type RunSettings } from "./run.ts";
+import { CONFIGS } from "../kernels/config.ts";
+
+const HELP = `Usage: deno task node [options]
+
+Hosts or joins a decentralized (DiLoCo) training run.
+
+With no flags, hosts a whole run in this process and exits with a summary.
+
+Options:
+  --host ADDR:PORT      host a run that other nodes join (serves GET /status)
+  --join URL            join a run (ws://ADDR:PORT) as a trainer
+  --secret S            the run's shared secret (required with --host and --join)
+  --role ROLE           role when joining: trainer (the only one supported so far)
+  --trainers N          trainers in this process (embedded/host; default 4 embedded, 0 host)
+  --min-trainers N      host: open the first round when N trainers joined (default 1)
+  --rounds N            outer rounds (default 3)
+  --inner-steps H       inner AdamW steps per round (default 20)
+  --config NAME         model config: ${Object.keys(CONFIGS).join(", ")} (default small)
+  --data PATH           training text (file or folder; default: the bundled corpus)
+  --run-dir DIR         where the run writes its log (run.jsonl)
+  --run-id ID           run id (default "run")
+  --outer-lr X          outer learning rate (default ${DEFAULT_OUTER.lr})
+  --outer-momentum X    outer Nesterov momentum (default ${DEFAULT_OUTER.momentum})
+  --outer-preset NAME   ${
+  Object.keys(OUTER_PRESETS).join(", ")
+} (diloco = lr ${DILOCO_PAPER_OUTER.lr}, momentum ${DILOCO_PAPER_OUTER.momentum})
+  --seed N              init and sampling seed (default 1)
+  --json                one JSON object per line
+  --help                this text
+`;
+
+/** Parsed command line. */
+export interface NodeArgs extends RunSettings {
+  host?: string;
+  join?: string;
+  secret?: string;
+  role: "trainer" | "aggregator";
+  trainers: number;
+  minTrainers?: number;
+  runDir?: string;
+  json: boolean;
+  help: boolean;
+}
+
+function intArg(name: string, v: string | undefined, def: number, min = 0): number {
+  if (v === undefined) return def;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) {
+    throw new RangeError(`Invalid --${name}: expected an integer >= ${min}, got "${v}"`);
+  }
+  return n;
+}
+
+function numArg(name: string, v: string | undefined, def: number): number {
+  if (v === undefined) return def;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) {
+    throw new RangeError(`Invalid --${name}: expected a number >= 0, got "${v}"`);
+  }
+  return n;
+}
+
+/**
+ * Parses `deno task node` flags; throws a RangeError/TypeError naming a bad flag.
+ *
+ * @example
+ * ```ts
+ * import { parseNodeArgs } from "./node_main.ts";
+ * console.log(parseNodeArgs(["--trainers", "2", "--rounds", "1"]).trainers); // 2
+ * ```
+ */
+export function parseNodeArgs(argv: string[]): NodeArgs {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      host: { type: "string" },
+      join: { type: "string" },
+      secret: { type: "string" },
+      role: { type: "string" },
+      trainers: { type: "string" },
+      "min-trainers": { type: "string" },
+      rounds: { type: "string" },
+      "inner-steps": { type: "string" },
+      config: { type: "string" },
+      data: { type: "string" },
+      "run-dir": { type: "string" },
+      "run-id": { type: "string" },
+      "outer-lr": { type: "string" },
+      "outer-momentum": { type: "string" },
+      "outer-preset": { type: "string" },
+      seed: { type: "string" },
+      json: { type: "boolean" },
+      help: { type: "boolean" },
+    },
+  });
+  const config = values.config ?? "small";
+  if (!Object.hasOwn(CONFIGS, config)) {
+    throw new RangeError(
+      `Invalid --config: "${config}" (known: ${Object.keys(CONFIGS).join(", ")})`,
+    );
+  }
+  const presetName = values["outer-preset"] ?? "default";
+  const preset = OUTER_PRESETS[presetName];
+  if (!preset) {
+    throw new RangeError(
+      `Invalid --outer-preset: "${presetName}" (known: ${Object.keys(OUTER_PRESETS).join(", ")})`,
+    );
+  }
+  const role = values.role ?? "trainer";
+  if (role !== "trainer" && role !== "aggregator") {
+    throw new RangeError(`Invalid --role: "${role}" (known: trainer, aggregator)`);
+  }
+  if (values.host && values.join) {
+    throw new TypeError("Invalid flags: --host and --join exclude each other");
+  }
+  if ((values.host || values.join) && !values.secret) {
+    throw new TypeError(`Invalid flags: --${values.host ? "host" : "join"} needs --secret`);
+  }
+  if (values.host && !/^[^:]+:\d+$/.test(values.host)) {
+    throw new RangeError(`Invalid --host: expected ADDR:PORT, got "${values.host}"`);
+  }
+  if (values.join && !/^wss?:\/\//.test(values.join)) {
+    throw new RangeError(`Invalid --join: expected ws://ADDR:PORT, got "${values.join}"`);
+  }
+  if (values.join && role !== "trainer") {
+    // The host's aggregators own the shard map, fixed when the first round opens.
+    throw new RangeError(
+      `Invalid --role: joining as "${role}" is not supported yet (only trainer)`,
+    );
+  }
+  const embedded = !values.host && !values.join;
+  return {
+    run: values["run-id"] ?? "run",
+    config,
+    rounds: intArg("rounds", values.rounds, 3, 1),
+    innerSteps: intArg("inner-steps", values["inner-steps"], 20, 1),
+    outer: {
+      lr: numArg("outer-lr", values["outer-lr"], preset.lr),
+      momentum: numArg("outer-momentum", values["outer-momentum"], preset.momentum),
+    },
+    ...(values.data ? { dataPath: values.data } : {}),
+    seed: intArg("seed", values.seed, 1),
+    host: values.host,
+    join: values.join,
+    secret: values.secret,
+    role,
+    trainers: intArg("trainers", values.trainers, embedded ? 4 : 0, embedded ? 1 : 0),
+    minTrainers: values["min-trainers"] === undefined
+      ? undefined
+      : intArg("min-trainers", values["min-trainers"], 1, 1),
+    runDir: values["run-dir"],
+    json: values.json ?? false,
+    help: values.help ?? false,
+  };
+}
+
+/** Prints events as JSON lines or as readable progress, and appends them to the run log. */
+export function eventPrinter(args: { json: boolean; runDir?: string }): (e: RunEvent) => void {
+  let log: Deno.FsFile | undefined;
+  if (args.runDir) {
+    Deno.mkdirSync(args.runDir, { recursive: true });
+    log = Deno.openSync(`${args.runDir}/run.jsonl`, { append: true, create: true });
+  }
+  const enc = new TextEncoder();
+  return (e) => {
+    const line = JSON.stringify(e);
+    log?.writeSync(enc.encode(line + "\n"));
+    if (e.event === "done") log?.close();
+    if (args.json) {
+      console.log(line);
+      return;
+    }
+    if (e.event === "round") {
+      const same = new Set(e.theta_hashes).size === 1 ? "equal" : "DIFFER";
+      console.log(
+        `round ${e.round}: view ${e.view}, ${e.trainers} trainers, loss ${e.loss.toFixed(4)}, ` +
+          `${e.tokens} tokens, up ${e.bytes_up} B, down ${e.bytes_down} B, ` +
+          `utilization ${(e.utilization * 100).toFixed(1)}%, θ hashes ${same} ` +
+          `(${e.theta_hashes[0] ?? "-"})${e.rejected.length ? `, rejected ${e.rejected}` : ""}`,
+      );
+    } else if (e.event === "log") {
+      console.error(`[${e.wall_s.toFixed(1)}s] ${e.level === "warn" ? "warn: " : ""}${e.message}`);
+    } else {
+      console.log(`done: ${JSON.stringify(e, null, 2)}`);
+    }
+  };
+}
+
+async function main(argv: string[]): Promise<number> {
+  let args: NodeArgs;
+  try {
+    args = parseNodeArgs(argv);
+  } catch (err) {
+    console.error(`${err instanceof Error ? err.message : err}\n\n${HELP}`);
+    return 2;
+  }
+  if (args.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const emit = eventPrinter(args);
+  if (args.host || args.join) {
+    return await runNetworked({ ...args, trainers: args.trainers }, emit);
+  }
+  await runEmbedded({ ...args, trainers: args.trainers, emit });
+  return 0;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,165 @@
+import { deepEqual, equal, ok, throws } from "@std/assert";
+import { Packr } from "msgpackr";
+import {
+  type ContributionMsg,
+  MESSAGE_TYPES,
+  ProtocolError,
+  shardMap,
+  validateRunMessage,
+  type ViewMsg,
+} from "./run_protocol.ts";
+import { quantizeInt8 } from "./aggregation.ts";
+
+const view: ViewMsg = {
+  type: "view",
+  run: "r",
+  epoch: 3,
+  round: 2,
+  trainers: ["t0", "t1"],
+  aggregators: ["a0"],
+  shards: shardMap(1000, { aggregators: ["a0", "a1"] }),
+  params: 1000,
+  block: 256,
+  dataShards: [0, 1],
+  started: true,
+  rounds: 0,
+};
+
+function contribution(): ContributionMsg {
+  const x = new Float32Array(600).map((_, i) => Math.sin(i) / 10);
+  const { q, scales } = quantizeInt8(x);
+  return {
+    type: "contribution",
+    run: "r",
+    round: 2,
+    epoch: 3,
+    trainer: "t0",
+    shard: 1,
+    tokens: 1024,
+    n: 600,
+    q,
+    scales,
+    loss: 2.5,
+  };
+}
+
+Deno.test("every message type validates and keeps its fields", () => {
+  const c = contribution();
+  const samples = [
+    { type: "join", run: "r", node: "t0", roles: ["trainer"], dataShard: 2, view },
+    {
+      type: "join_reply",
+      run: "r",
+      node: "t0",
+      status: "pending",
+      dataShard: 1,
+      view,
+      incarnation: 0,
+    },
+    { type: "leave", run: "r", node: "t0" },
+    { type: "heartbeat", run: "r", node: "t0", epoch: 3 },
+    { type: "heartbeat_ack", run: "r", known: true, incarnation: 1, epoch: 3, view },
+    view,
+    c,
+    {
+      type: "reject",
+      run: "r",
+      round: 2,
+      trainer: "t0",
+      shard: 0,
+      reason: "stale_round",
+      detail: "x",
+    },
+    {
+      type: "update",
+      run: "r",
+      round: 2,
+      shard: 1,
+      n: 600,
+      q: c.q,
+      scales: c.scales,
+      contributors: ["t0"],
+      loss: 2,
+      tokens: 9,
+    },
+    { type: "state_request", run: "r", shard: 0, seed: new Float32Array(3) },
+    { type: "state", run: "r", round: 1, shard: 0, theta: new Float32Array([1, 2]) },
+    { type: "resend", run: "r", round: 1, shard: 0 },
+    { type: "round_closed", run: "r", round: 1, node: "a0", view },
+    {
+      type: "trainer_report",
+      run: "r",
+      trainer: "t0",
+      round: 1,
+      hash: "ab",
+      loss: 2,
+      contributed: true,
+      innerMs: 5,
+      blockedMs: 1,
+      bytesUp: 10,
+      bytesDown: 10,
+    },
+  ];
+  deepEqual(new Set(samples.map((s) => s.type)), new Set(MESSAGE_TYPES));
+  for (const s of samples) deepEqual(validateRunMessage(s), s, s.type);
+});
+
+Deno.test("a contribution survives the msgpack wire and validates with typed arrays", () => {
+  const c = contribution();
+  const packr = new Packr({ useRecords: false, moreTypes: true });
+  const back = validateRunMessage(packr.unpack(packr.pack(c))) as ContributionMsg;
+  ok(back.q instanceof Int8Array);
+  ok(back.scales instanceof Float32Array);
+  deepEqual(Array.from(back.q), Array.from(c.q));
+  deepEqual(Array.from(back.scales), Array.from(c.scales));
+  // Bytes in place of typed arrays (another msgpack client) are viewed, not refused.
+  const bytes = validateRunMessage({
+    ...c,
+    q: new Uint8Array(c.q.buffer, c.q.byteOffset, c.q.byteLength),
+    scales: new Uint8Array(c.scales.buffer.slice(0)),
+  }) as ContributionMsg;
+  deepEqual(Array.from(bytes.q), Array.from(c.q));
+  deepEqual(Array.from(bytes.scales), Array.from(c.scales));
+});
+
+Deno.test("malformed messages are refused with the field named", () => {
+  const c = contribution();
+  const cases: [unknown, RegExp][] = [
+    [null, /expected an object/],
+    [[1], /expected an object/],
+    [{ type: "hello" }, /unknown type "hello"/],
+    [{ type: "leave", run: "r" }, /leave message: node/],
+    [{ type: "join", run: "r", node: "n", roles: ["boss"] }, /unknown role "boss"/],
+    [{ type: "join", run: "r", node: "n", roles: [] }, /roles must not be empty/],
+    [{ type: "heartbeat", run: "r", node: "n", epoch: -1 }, /epoch must be an integer/],
+    [{ ...c, n: 601 }, /q must have n=601/],
+    [{ ...c, scales: new Float32Array(2) }, /scales must have 3 entries/],
+    [{ ...c, q: [1, 2, 3] }, /q must be an Int8Array/],
+    [{ ...c, tokens: 0 }, /tokens must be an integer >= 1/],
+    [{ ...c, round: 1.5 }, /round must be an integer/],
+    [{ ...c, scales: new Uint8Array(5) }, /scales must be a Float32Array/],
+    [{ ...c, trainer: "x".repeat(200) }, /trainer must be a non-empty string/],
+    [{ ...view, shards: [] }, /shards must be a non-empty array/],
+    [{ ...view, params: 999 }, /must cover 999 params/],
+    [{ ...view, dataShards: [0] }, /dataShards must have one entry per trainer/],
+    [{ type: "state", run: "r", round: 0, shard: 0, theta: new Float32Array(0) }, /theta/],
+  ];
+  for (const [msg, re] of cases) {
+    throws(() => validateRunMessage(msg), (e: unknown) => {
+      if (!(e instanceof ProtocolError)) throw e;
+      ok(re.test(e.message), `${e.message} should match ${re}`);
+      return true;
+    });
+  }
+});
+
+Deno.test("shardMap splits on block boundaries, evenly, and assigns owners round-robin", () => {
+  const s = shardMap(10_000, { aggregators: ["a", "b", "c"], count: 4 });
+  equal(s.length, 4);
+  equal(s.reduce((n, x) => n + x.length, 0), 10_000);
+  for (const x of s) equal(x.start % 256, 0);
+  deepEqual(s.map((x) => x.aggregator), ["a", "b", "c", "a"]);
+  // More shards than blocks: one shard per block.
+  equal(shardMap(300, { aggregators: ["a"], count: 8 }).length, 2);
+  throws(() => shardMap(10, { aggregators: [] }), /no aggregators/);
+});

@@ -1,0 +1,507 @@
+/**
+ * The trainer actor. It owns a compute Worker (actors/trainer_worker.ts) that
+ * runs the engine; the actor itself only talks: it joins the run, keeps the
+ * tracker's heartbeat, fetches its start state, hands each round to the
+ * Worker, sends each shard of the int8 pseudo-gradient to its aggregator,
+ * applies the aggregators' updates to its copy of θ with the same arithmetic
+ * they use, hashes θ, and reports the round.
+ *
+ * Round r, seen from a trainer: θ_r → Worker (H inner steps, Δ, int8 on the
+ * GPU) → contributions → wait (blocked) → updates of every shard → θ_{r+1}.
+ * Utilization is inner time / (inner time + blocked time).
+ *
+ * The Worker's death, or a throw in the actor, is a trainer failure for its
+ * supervisor. A restarted trainer starts a fresh Worker, re-announces under
+ * the same id, fetches the current round's θ from the start-state source, and
+ * computes that round again.
+ *
+ * @module
+ */
+import type { ActorContext, Behavior } from "./system.ts";
+import { applyUpdate, thetaHash } from "./aggregation.ts";
+import {
+  type ContributionMsg,
+  type HeartbeatAckMsg,
+  type JoinReplyMsg,
+  type RunMessage,
+  type StateMsg,
+  tellLater,
+  type TrainerReportMsg,
+  type UpdateMsg,
+  validateRunMessage,
+  type ViewMsg,
+} from "./run_protocol.ts";
+import type { InitReply, RoundReply, WorkerInit } from "./trainer_worker.ts";
+import { encode } from "../transport/codec.ts";
+
+/**
+ * Where a trainer gets the exact θ of a shard at the start of the current
+ * round. Aggregators serve it now; checkpoint keepers will serve the same
+ * interface.
+ */
+export interface StartStateSource {
+  /** θ of `shard` at the start of the source's current round. */
+  startState(
+    ctx: ActorContext,
+    view: ViewMsg,
+    options: { shard: number; seed?: Float32Array },
+  ): Promise<StateMsg>;
+}
+
+/** The {@linkcode StartStateSource} the aggregators serve (`state_request`). */
+export const aggregatorStateSource: StartStateSource = {
+  async startState(ctx, view, options) {
+    const owner = view.shards[options.shard].aggregator;
+    const reply = await ctx.system.ref(owner).ask<unknown>(
+      {
+        type: "state_request",
+        run: view.run,
+        shard: options.shard,
+        ...(options.seed ? { seed: options.seed } : {}),
+      },
+      { timeoutMs: 30_000 },
+    );
+    const msg = validateRunMessage(reply);
+    if (msg.type !== "state") {
+      throw new Error(
+        `Cannot fetch start state of shard ${options.shard} from ${owner}: ${
+          (reply as { error?: string }).error ?? msg.type
+        }`,
+      );
+    }
+    return msg;
+  },
+};
+
+/** Faults a trainer can be told to inject (tests and the chaos suite). */
+export type TrainerFault =
+  | { type: "crash"; reason: string }
+  | { type: "poison"; kind: "nan" | "shape" | "stale" | "scale" };
+
+/** What a trainer reports besides its round reports. */
+export type TrainerEvent =
+  | { type: "report"; report: TrainerReportMsg }
+  | { type: "rejected"; trainer: string; reason: string; detail: string }
+  | { type: "log"; trainer: string; message: string };
+
+/** Options of {@linkcode trainerBehavior}. */
+export interface TrainerOptions {
+  run: string;
+  /** This trainer's id: its actor path. */
+  id: string;
+  /** The tracker's actor path. */
+  tracker: string;
+  /** The monitor's actor path (round reports go there), if any. */
+  monitor?: string;
+  /** Engine settings for the Worker (the data shard is set per round). */
+  engine: Omit<WorkerInit, "op" | "id" | "dataShard">;
+  /** Number of slices the training stream is cut into (trainers take one each). */
+  dataShards: number;
+  /** Inner steps H per round. */
+  innerSteps: number;
+  /** Heartbeat interval, ms (default 2000). */
+  heartbeatMs?: number;
+  /** Where start states come from (default {@linkcode aggregatorStateSource}). */
+  stateSource?: StartStateSource;
+  /** Receives reports and log lines. */
+  onEvent?: (event: TrainerEvent) => void;
+}
+
+type Control =
+  | { type: "_ready"; reply: InitReply }
+  | { type: "_worker_error"; error: string }
+  | { type: "_joined"; reply: JoinReplyMsg }
+  | { type: "_join_failed" }
+  | { type: "_heartbeat" }
+  | { type: "_ack"; ack: HeartbeatAckMsg }
+  | { type: "_state"; round: number; theta: Float32Array; epoch: number }
+  | { type: "_state_failed"; error: string }
+  | { type: "_retry" }
+  | { type: "_inner_done"; reply: RoundReply }
+  | { type: "eval"; maxWindows?: number }
+  | { type: "status" }
+  | TrainerFault;
+
+interface WorkerReply {
+  id: number;
+  ok: boolean;
+  error?: string;
+  [k: string]: unknown;
+}
+
+/**
+ * The trainer's behavior; a fresh one (and a fresh Worker) per (re)start.
+ *
+ * @example
+ * ```ts ignore
+ * await system.spawn(trainerBehavior({ run, id: "host/trainer/0", tracker: "host/tracker", ... }),
+ *   { name: "trainer/0" });
+ * ```
+ */
+export function trainerBehavior(options: TrainerOptions): Behavior {
+  const { run, id } = options;
+  const source = options.stateSource ?? aggregatorStateSource;
+  let worker: Worker | undefined;
+  let nextReq = 0;
+  const pending = new Map<number, { resolve(v: WorkerReply): void; reject(e: Error): void }>();
+  let seed: Float32Array | undefined;
+  let view: ViewMsg | undefined;
+  let dataShard = 0;
+  let joined = false;
+  let fetching = false;
+  /** θ at the start of `round` (undefined until the start state arrived). */
+  let theta: Float32Array | undefined;
+  let round = -1;
+  let phase: "idle" | "inner" | "blocked" = "idle";
+  let innerStart = 0;
+  let innerMs = 0;
+  let blockedStart = 0;
+  let bytesUp = 0;
+  let bytesDown = 0;
+  let myLoss = 0;
+  let sent: ContributionMsg[] = [];
+  /** Updates by "round/shard"; kept while θ is being fetched, so none is lost. */
+  const updates = new Map<string, UpdateMsg>();
+  let member = false;
+  /** The true contributions of a poisoned round, resent after the rejection. */
+  let clean: ContributionMsg[] = [];
+  let poison: TrainerFault & { type: "poison" } | undefined;
+  const emit = (e: TrainerEvent) => options.onEvent?.(e);
+
+  const call = (req: Record<string, unknown>, transfer: ArrayBuffer[] = []) => {
+    const reqId = ++nextReq;
+    return new Promise<WorkerReply>((resolve, reject) => {
+      pending.set(reqId, { resolve, reject });
+      worker!.postMessage({ ...req, id: reqId }, { transfer });
+    }).then((r) => {
+      if (!r.ok) throw new Error(`Trainer worker failed: ${r.error}`);
+      return r;
+    });
+  };
+
+  const join = (ctx: ActorContext) => {
+    ctx.system.ref(options.tracker).ask<JoinReplyMsg>({
+      type: "join",
+      run,
+      node: id,
+      roles: ["trainer"],
+      ...(joined ? { dataShard } : {}),
+      ...(view ? { view } : {}),
+    }, { timeoutMs: 3000 }).then(
+      (reply) => ctx.self.tell({ type: "_joined", reply }),
+      () => ctx.self.tell({ type: "_join_failed" }),
+    );
+  };
+
+  const inView = (v: ViewMsg | undefined) => v !== undefined && v.trainers.includes(id);
+
+  /** Starts what can start: fetching θ, or the next round's inner phase. */
+  const advance = (ctx: ActorContext) => {
+    if (!view || !view.started || !inView(view) || phase !== "idle" || !seed) return;
+    if (view.rounds > 0 && round >= view.rounds) return;
+    if (theta === undefined) {
+      if (fetching) return;
+      fetching = true;
+      fetchState(ctx, view);
+      return;
+    }
+    if (view.rounds > 0 && round >= view.rounds) return;
+    startRound(ctx);
+  };
+
+  const fetchState = (ctx: ActorContext, v: ViewMsg) => {
+    const shards = v.shards;
+    Promise.all(shards.map((s) =>
+      source.startState(ctx, v, {
+        shard: s.index,
+        seed: seed!.slice(s.start, s.start + s.length),
+      })
+    )).then((states) => {
+      const rounds = new Set(states.map((s) => s.round));
+      if (rounds.size !== 1) throw new Error(`shards are at rounds ${[...rounds].join(", ")}`);
+      const full = new Float32Array(v.params);
+      for (const [i, s] of states.entries()) full.set(s.theta, shards[i].start);
+      ctx.self.tell({ type: "_state", round: states[0].round, theta: full, epoch: v.epoch });
+    }).catch((err) => ctx.self.tell({ type: "_state_failed", error: String(err) }));
+  };
+
+  const startRound = (ctx: ActorContext) => {
+    phase = "inner";
+    innerStart = performance.now();
+    const shard = { index: dataShard % options.dataShards, count: options.dataShards };
+    const r = round;
+    call({
+      op: "round",
+      round: r,
+      theta: new Float32Array(theta!),
+      steps: options.innerSteps,
+      dataShard: shard,
+    }).then(
+      (reply) => ctx.self.tell({ type: "_inner_done", reply: reply as unknown as RoundReply }),
+      (err) => ctx.self.tell({ type: "_worker_error", error: String(err) }),
+    );
+  };
+
+  const sendContributions = (ctx: ActorContext, reply: RoundReply) => {
+    const v = view!;
+    sent = [];
+    for (const s of v.shards) {
+      const msg: ContributionMsg = {
+        type: "contribution",
+        run,
+        round: reply.round,
+        epoch: v.epoch,
+        trainer: id,
+        shard: s.index,
+        tokens: reply.tokens,
+        n: s.length,
+        q: reply.q.slice(s.start, s.start + s.length),
+        scales: reply.scales.slice(s.start / v.block, Math.ceil((s.start + s.length) / v.block)),
+        loss: reply.loss,
+      };
+      if (poison) {
+        clean.push({ ...msg, q: msg.q.slice(), scales: msg.scales.slice() });
+        injectPoison(msg, poison);
+      }
+      sent.push(msg);
+      bytesUp += encode(msg).byteLength;
+      tellLater(ctx.system, s.aggregator, msg);
+    }
+    poison = undefined;
+  };
+
+  /** Applies the round's updates once every shard's has arrived. */
+  const tryApply = async (ctx: ActorContext) => {
+    const v = view!;
+    const mine = v.shards.map((s) => updates.get(`${round}/${s.index}`));
+    if (theta === undefined || mine.some((u) => u === undefined)) return;
+    for (const [i, s] of v.shards.entries()) {
+      applyUpdate(theta.subarray(s.start, s.start + s.length), mine[i]!, { block: v.block });
+    }
+    const contributed = mine.every((u) => u!.contributors.includes(id));
+    const hash = await thetaHash(theta);
+    const blockedMs = phase === "blocked" ? performance.now() - blockedStart : 0;
+    const report: TrainerReportMsg = {
+      type: "trainer_report",
+      run,
+      trainer: id,
+      round,
+      hash,
+      loss: contributed ? myLoss : 0,
+      contributed,
+      innerMs: contributed ? innerMs : 0,
+      blockedMs: contributed ? blockedMs : 0,
+      bytesUp,
+      bytesDown,
+    };
+    emit({ type: "report", report });
+    if (options.monitor) tellLater(ctx.system, options.monitor, report);
+    bytesUp = 0;
+    bytesDown = 0;
+    sent = [];
+    clean = [];
+    round += 1;
+    for (const [k, u] of updates) if (u.round < round) updates.delete(k);
+    // An inner phase still running for the closed round is discarded when it ends.
+    if (phase === "blocked") phase = "idle";
+    advance(ctx);
+  };
+
+  const handleRun = async (ctx: ActorContext, msg: RunMessage) => {
+    switch (msg.type) {
+      case "view":
+        if (msg.run !== run || (view && msg.epoch < view.epoch)) return;
+        view = msg;
+        if (inView(msg)) member = true;
+        else if (member) {
+          // Evicted (silent too long): announce again and wait for admission.
+          emit({ type: "log", trainer: id, message: `evicted at round ${msg.round}: rejoining` });
+          member = false;
+          theta = undefined;
+          round = -1;
+          joined = false;
+          join(ctx);
+        }
+        advance(ctx);
+        return;
+      case "update":
+        if (msg.run !== run || (theta !== undefined && msg.round < round)) return;
+        bytesDown += encode(msg).byteLength;
+        updates.set(`${msg.round}/${msg.shard}`, msg);
+        await tryApply(ctx);
+        return;
+      case "resend":
+        for (const c of sent) {
+          if (c.round === msg.round && c.shard === msg.shard && view) {
+            tellLater(ctx.system, view.shards[c.shard].aggregator, c);
+          }
+        }
+        return;
+      case "reject":
+        emit({ type: "rejected", trainer: id, reason: msg.reason, detail: msg.detail });
+        if (msg.reason === "stale_round" && msg.round === round && phase === "blocked") {
+          // The aggregators are past our round: take the current θ again.
+          theta = undefined;
+          round = -1;
+          phase = "idle";
+          advance(ctx);
+        }
+        // After a poisoned contribution is refused, the true one follows (once).
+        for (const c of clean.filter((c) => c.shard === msg.shard && c.round === round)) {
+          clean = clean.filter((x) => x !== c);
+          if (view) tellLater(ctx.system, view.shards[c.shard].aggregator, c);
+        }
+        return;
+      default:
+        return;
+    }
+  };
+
+  return {
+    started(ctx) {
+      const url = new URL("./trainer_worker.ts", import.meta.url);
+      worker = new Worker(url.href, { type: "module" });
+      worker.onmessage = (ev: MessageEvent<WorkerReply>) => {
+        const p = pending.get(ev.data.id);
+        pending.delete(ev.data.id);
+        p?.resolve(ev.data);
+      };
+      worker.onerror = (ev: ErrorEvent) => {
+        ev.preventDefault();
+        ctx.self.tell({ type: "_worker_error", error: ev.message });
+      };
+      call({ op: "init", ...options.engine, dataShard: { index: 0, count: options.dataShards } })
+        .then(
+          (reply) => ctx.self.tell({ type: "_ready", reply: reply as unknown as InitReply }),
+          (err) => ctx.self.tell({ type: "_worker_error", error: String(err) }),
+        );
+      ctx.timers.interval(options.heartbeatMs ?? 2000, { type: "_heartbeat" }, { key: "hb" });
+    },
+    async receive(raw: unknown, ctx) {
+      const ctl = raw as Control;
+      switch (ctl?.type) {
+        case "_ready":
+          seed = ctl.reply.params;
+          emit({ type: "log", trainer: id, message: `engine ready on ${ctl.reply.adapter}` });
+          join(ctx);
+          return;
+        case "_worker_error":
+          throw new Error(`Trainer ${id}: compute worker failed: ${ctl.error}`);
+        case "_join_failed":
+          ctx.timers.once(500, { type: "_heartbeat" }, { key: "rejoin" });
+          return;
+        case "_joined": {
+          joined = true;
+          dataShard = ctl.reply.dataShard;
+          const v = ctl.reply.view;
+          if (!view || v.epoch >= view.epoch) view = v;
+          advance(ctx);
+          return;
+        }
+        case "_heartbeat":
+          if (!seed) return;
+          if (!joined) {
+            join(ctx);
+            return;
+          }
+          ctx.system.ref(options.tracker).ask<HeartbeatAckMsg>(
+            { type: "heartbeat", run, node: id, epoch: view?.epoch ?? 0 },
+            { timeoutMs: 3000 },
+          ).then((ack) => ctx.self.tell({ type: "_ack", ack }), () => {});
+          return;
+        case "_ack":
+          if (!ctl.ack.known) join(ctx);
+          else if (ctl.ack.view) await handleRun(ctx, ctl.ack.view);
+          return;
+        case "_state":
+          fetching = false;
+          if (theta === undefined) {
+            theta = ctl.theta;
+            round = ctl.round;
+            for (const [k, u] of updates) if (u.round < round) updates.delete(k);
+            emit({ type: "log", trainer: id, message: `start state: round ${round}` });
+            // An update of this round may have come while θ was on its way.
+            await tryApply(ctx);
+          }
+          advance(ctx);
+          return;
+        case "_state_failed":
+          fetching = false;
+          emit({ type: "log", trainer: id, message: `start state failed: ${ctl.error}` });
+          ctx.timers.once(300, { type: "_retry" }, { key: "refetch" });
+          return;
+        case "_retry":
+          advance(ctx);
+          return;
+        case "_inner_done": {
+          const reply = ctl.reply;
+          innerMs = performance.now() - innerStart;
+          if (reply.round !== round) {
+            // The round closed without us (deadline): θ already moved on.
+            phase = "idle";
+            advance(ctx);
+            return;
+          }
+          myLoss = reply.loss;
+          sendContributions(ctx, reply);
+          phase = "blocked";
+          blockedStart = performance.now();
+          await tryApply(ctx);
+          return;
+        }
+        case "eval": {
+          if (!theta) throw new RangeError(`Cannot evaluate: trainer ${id} holds no θ yet`);
+          const r = await call({
+            op: "eval",
+            theta: new Float32Array(theta),
+            maxWindows: ctl.maxWindows ?? 64,
+          });
+          return { loss: r.loss as number, round, hash: await thetaHash(theta) };
+        }
+        case "status":
+          advance(ctx);
+          return { id, round, phase, joined, epoch: view?.epoch };
+        case "crash":
+          throw new Error(`Trainer ${id} crashed on purpose: ${ctl.reason}`);
+        case "poison":
+          poison = ctl;
+          return;
+      }
+      let msg: RunMessage;
+      try {
+        msg = validateRunMessage(raw);
+      } catch (err) {
+        emit({ type: "log", trainer: id, message: `refused a message: ${err}` });
+        return;
+      }
+      await handleRun(ctx, msg);
+    },
+    stopped() {
+      for (const p of pending.values()) p.reject(new Error("trainer stopped"));
+      pending.clear();
+      worker?.terminate();
+      worker = undefined;
+    },
+  };
+}
+
+/** Corrupts a contribution the way a faulty or malicious trainer would. */
+function injectPoison(msg: ContributionMsg, fault: { kind: string }): void {
+  switch (fault.kind) {
+    case "nan":
+      msg.scales[0] = NaN;
+      break;
+    case "shape":
+      msg.q = msg.q.slice(0, msg.q.length - 1);
+      msg.n = msg.q.length;
+      msg.scales = msg.scales.slice(0, Math.ceil(msg.n / 256));
+      break;
+    case "stale":
+      // A past round when there is one, else a future one: both are refused.
+      msg.round = msg.round > 0 ? msg.round - 1 : msg.round + 1;
+      break;
+    case "scale":
+      msg.scales = msg.scales.map((s) => s * 1000);
+      break;
+  }
+}

@@ -1,0 +1,258 @@
+/**
+ * The trainer's compute Worker: owns the WebGPU device, the model and the
+ * data sampler, and runs a round's inner phase (H AdamW steps from θ_r), the
+ * pseudo-gradient Δ = θ_r − θ_local and its int8 quantization, off the
+ * trainer actor's event loop so that heartbeats and messages stay responsive.
+ *
+ * Protocol (postMessage, structured clone, typed arrays transferred): each
+ * request carries an `id`; the answer is `{ id, ok: true, ... }` or
+ * `{ id, ok: false, error }`. See {@linkcode WorkerRequest}.
+ *
+ * @module
+ */
+import { acquireGpu, type Gpu } from "../kernels/device.ts";
+import type { GptConfig } from "../kernels/config.ts";
+import { createModel, type GptModel } from "../kernels/model.ts";
+import { type BatchSampler, batchSampler, loadCorpus } from "../kernels/data.ts";
+import { evaluate } from "../kernels/evaluate.ts";
+import { pseudoGradient, quantizeInt8 } from "../kernels/outer.ts";
+import type { Dispatch } from "../kernels/device.ts";
+
+/** Settings of the engine inside the Worker. */
+export interface WorkerInit {
+  op: "init";
+  id: number;
+  config: GptConfig;
+  /** Sequences per inner step. */
+  batch: number;
+  /** Seed of the parameter init (all trainers of a run use the same). */
+  seed: number;
+  /** Peak inner learning rate. */
+  lr: number;
+  /** Inner warm-up steps (of this trainer's own optimizer). */
+  warmup: number;
+  /** Inner steps of the whole run (round × H), for the cosine decay. */
+  totalSteps: number;
+  /** Corpus path; the default corpus when absent. */
+  dataPath?: string;
+  /** This trainer's slice of the training stream. */
+  dataShard: { index: number; count: number };
+  /** Seed of the batch sampler. */
+  dataSeed: number;
+  /** Quantization block. */
+  block: number;
+}
+
+/** Run one round's inner phase. */
+export interface WorkerRound {
+  op: "round";
+  id: number;
+  round: number;
+  /** θ_r (the layout's padded length). */
+  theta: Float32Array;
+  /** Inner steps H. */
+  steps: number;
+  /** This trainer's slice of the training stream (it may change when it rejoins). */
+  dataShard?: { index: number; count: number };
+}
+
+/** Evaluate θ on the validation stream. */
+export interface WorkerEval {
+  op: "eval";
+  id: number;
+  theta: Float32Array;
+  maxWindows: number;
+}
+
+/** A request to the Worker. */
+export type WorkerRequest = WorkerInit | WorkerRound | WorkerEval | { op: "close"; id: number };
+
+/** The answer to "init". */
+export interface InitReply {
+  /** The initial parameters (the seed θ_0 offered to aggregators). */
+  params: Float32Array;
+  paramCount: number;
+  adapter: string;
+}
+
+/** The answer to "round". */
+export interface RoundReply {
+  round: number;
+  /** Int8 codes of Δ = θ_r − θ_local (the whole flat vector). */
+  q: Int8Array;
+  /** One scale per block. */
+  scales: Float32Array;
+  /** Mean inner loss. */
+  loss: number;
+  /** Tokens processed. */
+  tokens: number;
+  /** Wall time of the inner phase, ms. */
+  innerMs: number;
+}
+
+interface Engine {
+  gpu: Gpu;
+  model: GptModel;
+  /** θ_r on the GPU, the pseudo-gradient's minuend. */
+  global: GPUBuffer;
+  q: GPUBuffer;
+  scales: GPUBuffer;
+  /** Pseudo-gradient then quantization, prepared once. */
+  outer: Dispatch[];
+  sampler: BatchSampler;
+  train: Uint8Array;
+  val: Uint8Array;
+  init: WorkerInit;
+  ownSteps: number;
+}
+
+let engine: Engine | undefined;
+
+function lrAt(init: WorkerInit, globalStep: number, ownStep: number): number {
+  // Cosine decay over the run to 10% of the peak, with a warm-up of this
+  // trainer's own (fresh) optimizer, so a late joiner does not start hot.
+  const t = Math.min(1, globalStep / Math.max(1, init.totalSteps));
+  const cosine = 0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * t));
+  const warm = Math.min(1, (ownStep + 1) / Math.max(1, init.warmup));
+  return init.lr * cosine * warm;
+}
+
+async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
+  switch (req.op) {
+    case "init": {
+      const gpu = await acquireGpu();
+      const model = await createModel(gpu, req.config, { seed: req.seed, batch: req.batch });
+      const corpus = await loadCorpus(req.dataPath ? { path: req.dataPath } : {});
+      const sampler = batchSampler(corpus.train, {
+        batch: req.batch,
+        blockSize: req.config.blockSize,
+        seed: req.dataSeed,
+        shard: req.dataShard,
+      });
+      const params = await model.getParams();
+      // One throw-away step compiles every pipeline now, before the trainer
+      // joins, so its first round is not slowed by shader compilation.
+      const warm = sampler.next();
+      await model.step(warm.inputs, warm.targets, { lr: 0 });
+      model.setParams(params);
+      model.resetOptimizer();
+      const n = model.paramLength;
+      const words = Math.ceil(n / 4);
+      const blocks = Math.ceil(n / req.block);
+      const global = gpu.storage(n, "theta_r");
+      const delta = gpu.storage(n, "delta");
+      const q = gpu.storage(words, "delta_q");
+      const scales = gpu.storage(blocks, "delta_scales");
+      const outer = [
+        pseudoGradient(gpu, {
+          global: { buffer: global, length: n },
+          local: { buffer: model.paramBuffer, length: n },
+          out: { buffer: delta, length: n },
+        }, { n }),
+        quantizeInt8(gpu, {
+          x: { buffer: delta, length: n },
+          q: { buffer: q, length: words },
+          scales: { buffer: scales, length: blocks },
+        }, { n, block: req.block }),
+      ];
+      engine = {
+        gpu,
+        model,
+        global,
+        q,
+        scales,
+        outer,
+        sampler,
+        train: corpus.train,
+        val: corpus.val,
+        init: req,
+        ownSteps: 0,
+      };
+      return { params, paramCount: model.paramCount, adapter: gpu.adapter.description };
+    }
+    case "round": {
+      const e = need();
+      const start = performance.now();
+      const ds = req.dataShard;
+      const cur = e.sampler.cursor.shard;
+      if (ds && (ds.index !== cur.index || ds.count !== cur.count)) {
+        e.sampler = batchSampler(e.train, {
+          batch: e.init.batch,
+          blockSize: e.init.config.blockSize,
+          seed: e.init.dataSeed,
+          shard: ds,
+        });
+      }
+      e.model.setParams(req.theta);
+      let sum = 0;
+      for (let i = 0; i < req.steps; i++) {
+        const { inputs, targets } = e.sampler.next();
+        const lr = lrAt(e.init, req.round * req.steps + i, e.ownSteps++);
+        sum += await e.model.step(inputs, targets, { lr });
+      }
+      // Δ = θ_r − θ_local and its int8 code, on the GPU; only the code comes back.
+      const n = e.model.paramLength;
+      e.gpu.write(e.global, req.theta);
+      e.gpu.run(e.outer);
+      const [bytes, scales] = await Promise.all([
+        e.gpu.readBytes(e.q, n),
+        e.gpu.read(e.scales, Math.ceil(n / e.init.block)),
+      ]);
+      const q = new Int8Array(bytes.buffer, bytes.byteOffset, n);
+      const tokens = req.steps * e.init.batch * e.init.config.blockSize;
+      return {
+        round: req.round,
+        q,
+        scales,
+        loss: sum / Math.max(1, req.steps),
+        tokens,
+        innerMs: performance.now() - start,
+      };
+    }
+    case "eval": {
+      const e = need();
+      e.model.setParams(req.theta);
+      const r = await evaluate(e.model, e.val, { maxWindows: req.maxWindows, selection: "spread" });
+      return { loss: r.loss, tokens: r.tokens };
+    }
+    case "close": {
+      if (engine) {
+        engine.model.dispose();
+        engine.gpu.destroy();
+        engine = undefined;
+      }
+      return {};
+    }
+  }
+}
+
+function need(): Engine {
+  if (!engine) throw new Error("Cannot run: the trainer worker is not initialised");
+  return engine;
+}
+
+interface WorkerScope {
+  onmessage: ((ev: MessageEvent<WorkerRequest>) => void) | null;
+  postMessage(msg: unknown, options?: { transfer?: Transferable[] }): void;
+  close(): void;
+}
+const scope = self as unknown as WorkerScope;
+
+// Requests are handled one at a time, in order.
+let queue = Promise.resolve();
+scope.onmessage = (ev: MessageEvent<WorkerRequest>) => {
+  const req = ev.data;
+  queue = queue.then(async () => {
+    try {
+      const out = await handle(req);
+      const transfer = Object.values(out).filter((v) => ArrayBuffer.isView(v)).map((v) =>
+        (v as Uint8Array).buffer
+      ) as ArrayBuffer[];
+      scope.postMessage({ id: req.id, ok: true, ...out }, { transfer });
+      if (req.op === "close") scope.close();
+    } catch (err) {
+      const error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+      scope.postMessage({ id: req.id, ok: false, error });
+    }
+  });
+};

@@ -1,0 +1,142 @@
+/**
+ * Restarting a whole run from disk (`deno task node --resume DIR`): the
+ * newest round of DIR that verifies, with θ bit for bit, the outer momentum
+ * and residual, the round, the view and the data cursors; and the per-shard
+ * aggregator states to restore from it.
+ *
+ * Run as a program, it prints what it would resume from as one JSON line:
+ * `deno run -A checkpoint/resume.ts runs/<name>`.
+ *
+ * @module
+ */
+import type { AggregatorState } from "../actors/aggregation.ts";
+import type { Shard } from "../actors/run_protocol.ts";
+import type { GptConfig } from "../kernels/config.ts";
+import { CheckpointStore, type RoundState, type SkippedRound } from "./store.ts";
+
+/** What a run resumes from. */
+export interface ResumedRun extends RoundState {
+  /** The round's folder. */
+  dir: string;
+  /** θ's hash as trainers report it (16 hex digits of sha256). */
+  paramsHash: string;
+  /** θ's full sha256. */
+  paramsSha256: string;
+  /** Newer rounds skipped as corrupt, torn or incomplete, with the reason. */
+  skipped: SkippedRound[];
+}
+
+/** Raised when a run directory holds no round that verifies. */
+export class NothingToResumeError extends Error {
+  override name = "NothingToResumeError";
+}
+
+/** Options of {@linkcode resumeRun}. */
+export interface ResumeOptions {
+  /** The model shape the run expects; a checkpoint of another shape is refused. */
+  expect?: GptConfig;
+  /** Told about each round skipped (default: a warning on stderr). */
+  onSkip?: (skipped: SkippedRound) => void;
+}
+
+/**
+ * Loads the newest verified round of a run directory.
+ *
+ * @throws {NothingToResumeError} when no round verifies (each skipped one named)
+ *
+ * @example
+ * ```ts ignore
+ * const resumed = await resumeRun("runs/demo", { expect: getConfig("small").model });
+ * console.log(resumed.round, resumed.paramsHash);
+ * ```
+ */
+export async function resumeRun(dir: string, options: ResumeOptions = {}): Promise<ResumedRun> {
+  const store = new CheckpointStore(dir);
+  const onSkip = options.onSkip ??
+    ((s: SkippedRound) => console.error(`warn: skipping checkpoint round ${s.round}: ${s.reason}`));
+  const latest = await store.loadLatest({ expect: options.expect, onSkip });
+  if (!latest) {
+    const rounds = await store.rounds();
+    throw new NothingToResumeError(
+      rounds.length === 0
+        ? `Cannot resume: ${dir} holds no committed round (no ${dir}/rounds/<round>)`
+        : `Cannot resume: no round of ${dir} verifies (tried ${rounds.reverse().join(", ")})`,
+    );
+  }
+  return {
+    ...latest.state,
+    dir: latest.dir,
+    paramsHash: latest.manifest.params_hash,
+    paramsSha256: latest.manifest.params_sha256,
+    skipped: latest.skipped,
+  };
+}
+
+/**
+ * Cuts a resumed round into the aggregator states of a shard map, for a
+ * run's keeper slot: each aggregator then restores its shards at the resumed
+ * round as after a restart.
+ *
+ * @example
+ * ```ts
+ * import { aggregatorStates } from "./resume.ts";
+ * const states = aggregatorStates(
+ *   { run: "r", round: 7, params: new Float32Array(4).fill(1), momentum: new Float32Array(4) },
+ *   [{ index: 0, start: 0, length: 2, aggregator: "a" }, { index: 1, start: 2, length: 2, aggregator: "b" }],
+ * );
+ * console.log(states.map((s) => [s.round, s.theta.length])); // [[7, 2], [7, 2]]
+ * ```
+ */
+export function aggregatorStates(
+  resumed: Pick<RoundState, "run" | "round" | "params" | "momentum" | "residual" | "view">,
+  shards: readonly Shard[],
+): AggregatorState[] {
+  const n = resumed.params.length;
+  return shards.map((shard) => {
+    if (shard.start + shard.length > n) {
+      throw new RangeError(
+        `Cannot restore shard ${shard.index}: [${shard.start}, ${
+          shard.start + shard.length
+        }) is past the ${n} parameters`,
+      );
+    }
+    const cut = (x: Float32Array | undefined) =>
+      x && x.length === n
+        ? x.slice(shard.start, shard.start + shard.length)
+        : new Float32Array(shard.length);
+    return {
+      run: resumed.run,
+      shard: { ...shard },
+      round: resumed.round,
+      theta: resumed.params.slice(shard.start, shard.start + shard.length),
+      momentum: cut(resumed.momentum),
+      residual: cut(resumed.residual),
+      norms: [],
+    };
+  });
+}
+
+if (import.meta.main) {
+  const dir = Deno.args[0];
+  if (!dir || Deno.args.length !== 1) {
+    console.error("Usage: deno run -A checkpoint/resume.ts RUN_DIR");
+    Deno.exit(2);
+  }
+  try {
+    const r = await resumeRun(dir);
+    console.log(JSON.stringify({
+      run: r.run,
+      round: r.round,
+      dir: r.dir,
+      params: r.params.length,
+      params_hash: r.paramsHash,
+      params_sha256: r.paramsSha256,
+      cursors: r.cursors,
+      view_epoch: (r.view as { epoch?: number } | undefined)?.epoch ?? null,
+      skipped: r.skipped,
+    }));
+  } catch (err) {
+    console.error(err instanceof Error ? `${err.name}: ${err.message}` : err);
+    Deno.exit(1);
+  }
+}

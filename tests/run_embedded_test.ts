@@ -1,0 +1,76 @@
+/**
+ * The whole run in one process (tracker, aggregator, trainers in Workers on
+ * WebGPU), with faults injected: each role's actor throws once, and trainers
+ * send a NaN, a wrong-shape and a stale-round contribution. The run must
+ * finish every round, with bit-identical θ on all trainers at every round,
+ * the restarts counted and every bad contribution refused by name.
+ *
+ * Slow (several Workers compile shaders): run alone with
+ * `deno test -A tests/run_embedded_test.ts`.
+ */
+import { deepEqual, equal, ok } from "@std/assert";
+import { runEmbedded, type RunEvent } from "../actors/run.ts";
+
+Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
+
+Deno.test({
+  name: "embedded run survives a crash of every role and refuses bad contributions by name",
+  sanitizeOps: false, // Worker termination settles its ops after the test's end
+  async fn() {
+    const events: RunEvent[] = [];
+    const rounds = 6;
+    const summary = await runEmbedded({
+      run: "embedded-test",
+      config: "tiny",
+      trainers: 3,
+      rounds,
+      innerSteps: 3,
+      outer: { lr: 1, momentum: 0 },
+      evalWindows: 8,
+      timeoutMs: 240_000,
+      emit: (e) => events.push(e),
+      faults: [
+        { afterRound: 0, target: "tracker", fault: { type: "crash", reason: "test" } },
+        { afterRound: 0, target: "trainer:1", fault: { type: "poison", kind: "nan" } },
+        { afterRound: 1, target: "aggregator:0", fault: { type: "crash", reason: "test" } },
+        { afterRound: 1, target: "trainer:2", fault: { type: "poison", kind: "shape" } },
+        { afterRound: 2, target: "trainer:0", fault: { type: "poison", kind: "stale" } },
+        { afterRound: 3, target: "trainer:2", fault: { type: "crash", reason: "test" } },
+      ],
+    });
+    const roundEvents = events.filter((e) => e.event === "round");
+    // Every round closed once, in order.
+    deepEqual(roundEvents.map((e) => e.round), [...Array(rounds).keys()]);
+    for (const e of roundEvents) {
+      ok(e.trainers >= 1, `round ${e.round} closed with ${e.trainers}`);
+      equal(new Set(e.theta_hashes).size, 1, `round ${e.round}: ${e.theta_hashes}`);
+      ok(e.bytes_up > 0 && e.bytes_down > 0);
+    }
+    ok(summary.hashes_equal);
+    equal(summary.rounds, rounds);
+    ok(Number.isFinite(summary.final_eval_loss));
+    // Each role's supervisor restarted it.
+    const by = summary.restarts_by_child as Record<string, number>;
+    ok(by["tracker/tracker"] >= 1, JSON.stringify(by));
+    ok(by["aggregators/0"] >= 1, JSON.stringify(by));
+    ok(by["trainers/2"] >= 1, JSON.stringify(by));
+    ok(summary.restarts >= 3);
+    // Bad contributions were refused and named, with the trainer that sent them.
+    const logs = events.filter((e) => e.event === "log").map((e) => String(e.message));
+    const rejected = logs.filter((l) => l.startsWith("rejected contribution"));
+    ok(
+      rejected.some((l) => l.includes("non_finite") && l.includes("trainers/1")),
+      rejected.join("\n"),
+    );
+    ok(
+      rejected.some((l) => /malformed|wrong_shape/.test(l) && l.includes("trainers/2")),
+      rejected.join("\n"),
+    );
+    ok(
+      rejected.some((l) => l.includes("stale_round") && l.includes("trainers/0")),
+      rejected.join("\n"),
+    );
+    // Loss fell over the run.
+    ok(summary.last_loss < summary.first_loss, `${summary.first_loss} -> ${summary.last_loss}`);
+  },
+});

@@ -1,0 +1,167 @@
+/**
+ * Several processes on loopback, real WebSockets: a host (tracker,
+ * aggregator) and three `--join`ed trainers train together; a fourth joins
+ * mid-run and contributes from a later round without anyone waiting for its
+ * start-up; one trainer process is killed with SIGKILL, is evicted, and the
+ * run goes on with no round lost or repeated. A node with the wrong secret
+ * cannot join. GET /status answers on the host's port.
+ *
+ * Slow (five processes, each compiling shaders): run alone with
+ * `deno test -A tests/run_multiprocess_test.ts`.
+ */
+import { deepEqual, equal, ok } from "@std/assert";
+
+const MAIN = new URL("../actors/node_main.ts", import.meta.url).pathname;
+const env = { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" };
+
+interface Proc {
+  child: Deno.ChildProcess;
+  lines: Record<string, unknown>[];
+  /** Resolves with the first line matching `pred`. */
+  waitFor(
+    pred: (l: Record<string, unknown>) => boolean,
+    what: string,
+  ): Promise<Record<string, unknown>>;
+  done: Promise<Deno.CommandStatus>;
+}
+
+function start(args: string[]): Proc {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args, "--json"],
+    stdout: "piped",
+    stderr: "piped",
+    env,
+  }).spawn();
+  const lines: Record<string, unknown>[] = [];
+  const waiters: {
+    pred: (l: Record<string, unknown>) => boolean;
+    resolve(l: Record<string, unknown>): void;
+  }[] = [];
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    let buf = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      buf += chunk;
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const text = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        let line: Record<string, unknown>;
+        try {
+          line = JSON.parse(text);
+        } catch {
+          line = { event: "text", text };
+        }
+        lines.push(line);
+        for (const w of [...waiters]) {
+          if (w.pred(line)) {
+            waiters.splice(waiters.indexOf(w), 1);
+            w.resolve(line);
+          }
+        }
+      }
+    }
+  };
+  const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  return {
+    child,
+    lines,
+    waitFor(pred, what) {
+      const hit = lines.find(pred);
+      if (hit) return Promise.resolve(hit);
+      const { promise, resolve, reject } = Promise.withResolvers<Record<string, unknown>>();
+      waiters.push({ pred, resolve });
+      const t = setTimeout(() => reject(new Error(`Timed out waiting for ${what}`)), 180_000);
+      return promise.finally(() => clearTimeout(t));
+    },
+    done: pumped.then(() => child.status),
+  };
+}
+
+Deno.test({
+  name:
+    "host plus joined trainers: a late joiner contributes, a killed trainer is evicted, no round lost",
+  async fn() {
+    const port = 7900 + Math.floor(Math.random() * 90);
+    const url = `ws://127.0.0.1:${port}`;
+    const rounds = 14;
+    const host = start([
+      "--host",
+      `127.0.0.1:${port}`,
+      "--secret",
+      "s3cret",
+      "--min-trainers",
+      "3",
+      "--rounds",
+      String(rounds),
+      "--config",
+      "tiny",
+      "--inner-steps",
+      "40",
+    ]);
+    const procs: Proc[] = [host];
+    try {
+      await host.waitFor((l) => String(l.message ?? "").startsWith("hosting run"), "the host");
+      const joiners = [0, 1, 2].map(() => start(["--join", url, "--secret", "s3cret"]));
+      procs.push(...joiners);
+      // A node with the wrong secret is refused and exits non-zero.
+      const bad = start(["--join", url, "--secret", "wrong"]);
+      const badStatus = await bad.done;
+      equal(badStatus.code, 1);
+      ok(bad.lines.some((l) => /Cannot join run.*authentication failed/i.test(String(l.message))));
+
+      const isRound = (l: Record<string, unknown>) => l.event === "round";
+      await host.waitFor((l) => isRound(l) && l.round === 1, "round 1");
+      const status = await (await fetch(`http://127.0.0.1:${port}/status`)).json();
+      equal(status.run, "run");
+      ok(status.members.some((m: { roles: string[] }) => m.roles.includes("aggregator")));
+      equal(
+        status.members.filter((m: { roles: string[] }) => m.roles.includes("trainer")).length,
+        3,
+      );
+
+      // A fourth trainer joins mid-run.
+      const late = start(["--join", url, "--secret", "s3cret"]);
+      procs.push(late);
+      const lateJoined = await late.waitFor(
+        (l) => String(l.message ?? "").startsWith("joined run"),
+        "the late joiner",
+      );
+      const lateId = String(lateJoined.message).split(" as ")[1];
+      const firstWith = await host.waitFor(
+        (l) => isRound(l) && (l.contributors as string[]).includes(lateId),
+        "a round with the late joiner",
+      );
+      ok((firstWith.round as number) >= 2);
+      // Kill one of the first trainers outright.
+      joiners[0].child.kill("SIGKILL");
+      const killedAt = host.lines.filter(isRound).length;
+      await host.waitFor((l) => String(l.message ?? "").includes("evicted"), "the eviction");
+      const done = await host.waitFor((l) => l.event === "done", "the end of the run");
+      const rs = host.lines.filter(isRound);
+      // Every round closed exactly once, in order.
+      deepEqual(rs.map((r) => r.round), [...Array(rounds).keys()]);
+      for (const r of rs) {
+        equal(new Set(r.theta_hashes as string[]).size, 1, `round ${r.round}`);
+      }
+      // The late joiner contributed in every round after its first one, up to the end.
+      for (const r of rs.filter((r) => (r.round as number) >= (firstWith.round as number))) {
+        ok((r.contributors as string[]).includes(lateId), `round ${r.round}: ${r.contributors}`);
+      }
+      // Rounds went on after the kill, without the killed trainer.
+      const after = rs.slice(killedAt + 2);
+      ok(after.length > 0, "rounds after the eviction");
+      for (const r of after) equal(r.trainers, 3, `round ${r.round}: ${r.contributors}`);
+      ok(done.hashes_equal);
+      equal((await host.done).code, 0);
+    } finally {
+      for (const p of procs) {
+        try {
+          p.child.kill("SIGKILL");
+        } catch {
+          // Already exited.
+        }
+        await p.done;
+      }
+    }
+  },
+});
