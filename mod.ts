@@ -11,3 +11,67 @@
  */
 export * from "./kernels/device.ts";
 export * from "./actors/mod.ts";
+export { createModel, GptModel, initParams } from "./kernels/model.ts";
+export type { ModelOptions, StepOptions, Tokens } from "./kernels/model.ts";
+export { CONFIGS, DEFAULT_CONFIG, getConfig, validateConfig } from "./kernels/config.ts";
+export type { GptConfig, NamedConfig } from "./kernels/config.ts";
+export { BatchSampler, batchSampler, DataError, loadCorpus } from "./kernels/data.ts";
+export type { Corpus, DataCursor, Shard } from "./kernels/data.ts";
+export { evaluate } from "./kernels/evaluate.ts";
+export { CheckpointMismatchError, loadGpt2, saveGpt2 } from "./checkpoint/gpt2_safetensors.ts";
+export { SafetensorsError } from "./checkpoint/safetensors.ts";
+export {
+  aggregatorStates,
+  CheckpointStore,
+  CheckpointWriteError,
+  commitCoordinatorBehavior,
+  CorruptCheckpointError,
+  fetchRound,
+  keeperBehavior,
+  KeeperFeedSlot,
+  keeperStateSource,
+  NothingToResumeError,
+  resumeRun,
+} from "./checkpoint/mod.ts";
+export type {
+  KeeperOptions,
+  Manifest,
+  ResumedRun,
+  Retention,
+  RoundState,
+} from "./checkpoint/mod.ts";
+export * from "./transport/mod.ts";
+export {
+  paramLength,
+  runEmbedded,
+  RunMonitor,
+  runNetworked,
+  startRunHost,
+  summarize,
+} from "./actors/run.ts";
+export type {
+  EmbeddedOptions,
+  HostOptions,
+  NetworkedOptions,
+  RunEvent,
+  RunHost,
+  RunSettings,
+  RunSummary,
+} from "./actors/run.ts";
+export { Membership } from "./actors/membership.ts";
+export {
+  applyUpdate,
+  DEFAULT_OUTER,
+  DILOCO_PAPER_OUTER,
+  OUTER_PRESETS,
+  ShardAggregator,
+  thetaHash,
+} from "./actors/aggregation.ts";
+export type { AggregatorState, OuterOptimizer } from "./actors/aggregation.ts";
+export { ProtocolError, shardMap, validateRunMessage } from "./actors/run_protocol.ts";
+export type { ContributionMsg, RunMessage, UpdateMsg, ViewMsg } from "./actors/run_protocol.ts";
+export { aggregatorStateSource, trainerBehavior } from "./actors/trainer.ts";
+export type { StartStateSource } from "./actors/trainer.ts";
+export { aggregatorBehavior, MemoryKeeperSlot } from "./actors/aggregator.ts";
+export type { KeeperSlot } from "./actors/aggregator.ts";
+export { trackerBehavior } from "./actors/tracker.ts";

@@ -73,6 +73,57 @@ export async function resumeRun(dir: string, options: ResumeOptions = {}): Promi
 }
 
 /**
+ * Loads the newest verified round of a run directory as `deno task node`
+ * writes it: DIR itself when it is one store (`DIR/rounds`), else the newest
+ * round that verifies among its keepers' stores (`DIR/keeper-<i>`), so that a
+ * keeper that lagged or wrote a corrupt round does not decide.
+ *
+ * @throws {NothingToResumeError} when no store of DIR holds a round that verifies
+ */
+export async function resumeRunDir(
+  dir: string,
+  options: ResumeOptions = {},
+): Promise<ResumedRun> {
+  const isDir = async (p: string) => {
+    try {
+      return (await Deno.stat(p)).isDirectory;
+    } catch {
+      return false;
+    }
+  };
+  if (await isDir(`${dir}/rounds`)) return await resumeRun(dir, options);
+  const stores: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (e.isDirectory && /^keeper-\d+$/.test(e.name)) stores.push(`${dir}/${e.name}`);
+    }
+  } catch (err) {
+    throw new NothingToResumeError(
+      `Cannot resume: ${dir} cannot be read: ${err instanceof Error ? err.message : err}`,
+    );
+  }
+  if (stores.length === 0) {
+    throw new NothingToResumeError(
+      `Cannot resume: ${dir} holds no checkpoint store (no ${dir}/rounds, no ${dir}/keeper-<i>)`,
+    );
+  }
+  stores.sort();
+  let best: ResumedRun | undefined;
+  const reasons: string[] = [];
+  for (const store of stores) {
+    try {
+      const r = await resumeRun(store, options);
+      if (!best || r.round > best.round) best = r;
+    } catch (err) {
+      if (!(err instanceof NothingToResumeError)) throw err;
+      reasons.push(err.message);
+    }
+  }
+  if (!best) throw new NothingToResumeError(reasons.join("; "));
+  return best;
+}
+
+/**
  * Cuts a resumed round into the aggregator states of a shard map, for a
  * run's keeper slot: each aggregator then restores its shards at the resumed
  * round as after a restart.
@@ -123,7 +174,7 @@ if (import.meta.main) {
     Deno.exit(2);
   }
   try {
-    const r = await resumeRun(dir);
+    const r = await resumeRunDir(dir);
     console.log(JSON.stringify({
       run: r.run,
       round: r.round,

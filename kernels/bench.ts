@@ -1,0 +1,198 @@
+/**
+ * The `kernels` bench suite: matmul throughput per variant, layout and size on
+ * the WebGPU adapter in use, with numpy's float32 matmul on the same machine as
+ * the yardstick.
+ *
+ * Each measurement encodes a batch of repetitions into one submit and reads
+ * back once, doubling the batch until it runs long enough that the ~10 ms
+ * readback floor is negligible.
+ *
+ * @module
+ */
+import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
+import { acquireGpu, type Dispatch, type Gpu } from "./device.ts";
+import { matmul, matmulVariants } from "./matmul.ts";
+
+/** One matmul problem to time. */
+interface Problem {
+  m: number;
+  n: number;
+  k: number;
+  layout: "NN" | "TN" | "NT";
+  /** What the model uses it for. */
+  use: string;
+}
+
+const SQUARE = (s: number): Problem => ({ m: s, n: s, k: s, layout: "NN", use: "square" });
+
+// The model's shapes at width C=128 (4C=512) with B*T=1024 rows, and the tied head (V=256).
+const MODEL: Problem[] = [
+  { m: 1024, n: 512, k: 128, layout: "NN", use: "fc forward y=xW" },
+  { m: 1024, n: 128, k: 512, layout: "NT", use: "fc backward dx+=dy·Wᵀ" },
+  { m: 128, n: 512, k: 1024, layout: "TN", use: "fc backward dW+=xᵀ·dy" },
+  { m: 1024, n: 256, k: 128, layout: "NT", use: "head logits=x·wteᵀ" },
+  { m: 256, n: 128, k: 1024, layout: "TN", use: "head dwte+=dlogitsᵀ·x" },
+];
+
+/** Variants too slow to time at large sizes on a CPU adapter (seconds per run). */
+const SLOW_ON_CPU = new Set(["naive", "tiled"]);
+
+function flops(p: Problem): number {
+  return 2 * p.m * p.n * p.k;
+}
+
+/** Encodes `reps` copies of `d` into one submit and waits for it with one readback. */
+async function runBatch(gpu: Gpu, d: Dispatch, reps: number, probe: GPUBuffer): Promise<number> {
+  const t0 = performance.now();
+  const enc = gpu.device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  for (let i = 0; i < reps; i++) d.encode(pass);
+  pass.end();
+  gpu.device.queue.submit([enc.finish()]);
+  await gpu.read(probe, 1);
+  return performance.now() - t0;
+}
+
+/** GFLOP/s of `variant` on `p`, timing batches until one lasts `minMs`. */
+async function timeMatmul(
+  gpu: Gpu,
+  variant: string,
+  p: Problem,
+  minMs: number,
+): Promise<number> {
+  const a = gpu.storage(new Float32Array(p.m * p.k).fill(0.5));
+  const b = gpu.storage(new Float32Array(p.k * p.n).fill(0.25));
+  const c = gpu.storage(p.m * p.n);
+  try {
+    const d = matmul(gpu, {
+      a: { buffer: a, length: p.m * p.k },
+      b: { buffer: b, length: p.k * p.n },
+      c: { buffer: c, length: p.m * p.n },
+    }, { m: p.m, n: p.n, k: p.k, transA: p.layout === "TN", transB: p.layout === "NT", variant });
+    // The first run compiles the pipeline and touches the buffers.
+    await runBatch(gpu, d, 1, c);
+    let reps = 1;
+    for (;;) {
+      const ms = await runBatch(gpu, d, reps, c);
+      if (ms >= minMs || reps >= 4096) return (flops(p) * reps) / (ms / 1000) / 1e9;
+      // Aim straight for the target with some margin instead of doubling blindly.
+      reps = Math.min(4096, Math.max(reps * 2, Math.ceil((reps * minMs * 1.2) / Math.max(ms, 1))));
+    }
+  } finally {
+    a.destroy();
+    b.destroy();
+    c.destroy();
+  }
+}
+
+const NUMPY_SCRIPT = `
+import json, sys, time
+import numpy as np
+n = int(sys.argv[1]); min_s = float(sys.argv[2])
+rng = np.random.default_rng(0)
+a = rng.random((n, n), dtype=np.float32); b = rng.random((n, n), dtype=np.float32)
+a @ b
+reps, dt = 1, 0.0
+while True:
+    t0 = time.perf_counter()
+    for _ in range(reps): a @ b
+    dt = time.perf_counter() - t0
+    if dt >= min_s or reps >= 1 << 16: break
+    reps *= 2
+print(json.dumps({"gflops": 2 * n**3 * reps / dt / 1e9, "reps": reps, "numpy": np.__version__}))
+`;
+
+/** numpy's float32 GFLOP/s at n×n×n, or null (with a note on stderr) if numpy is missing. */
+async function numpyGflops(n: number, minSeconds: number): Promise<
+  { gflops: number; numpy: string } | null
+> {
+  try {
+    const out = await new Deno.Command("python3", {
+      args: ["-c", NUMPY_SCRIPT, String(n), String(minSeconds)],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!out.success) {
+      const err = new TextDecoder().decode(out.stderr).trim().split("\n").at(-1);
+      console.error(`kernels bench: skipping numpy comparison: python3 failed: ${err}`);
+      return null;
+    }
+    return JSON.parse(new TextDecoder().decode(out.stdout));
+  } catch (err) {
+    const why = err instanceof Deno.errors.NotFound ? "python3 not found" : String(err);
+    console.error(`kernels bench: skipping numpy comparison: ${why}`);
+    return null;
+  }
+}
+
+/**
+ * Runs the suite: one `matmul_gflops` record per variant, layout and size,
+ * then `numpy_matmul_gflops` and `matmul_vs_numpy` when numpy is available.
+ *
+ * @example
+ * ```ts ignore
+ * import { bench } from "./bench.ts";
+ * for await (const r of bench({ quick: true })) console.log(r.name, r.value, r.unit);
+ * ```
+ */
+export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord> {
+  const gpu = await acquireGpu();
+  const minMs = options.quick ? 300 : 1000;
+  const problems: Problem[] = options.quick
+    ? [SQUARE(256), SQUARE(1024), MODEL[0], MODEL[2]]
+    : [SQUARE(256), SQUARE(512), SQUARE(1024), ...MODEL];
+  const backend = gpu.adapter.backend;
+  const adapter = gpu.adapter.description;
+  let best: BenchRecord | null = null;
+  try {
+    for (const p of problems) {
+      // The 32x32 block is listed apart: its pipelines take >10 s to compile on llvmpipe.
+      const variants = options.quick ? matmulVariants(gpu) : [...matmulVariants(gpu), "reg32x32"];
+      for (const variant of variants) {
+        if (gpu.isCpu && SLOW_ON_CPU.has(variant) && flops(p) > 2 * 512 ** 3) continue;
+        const value = await timeMatmul(gpu, variant, p, minMs);
+        const record: BenchRecord = {
+          name: "matmul_gflops",
+          value,
+          unit: "GFLOP/s",
+          variant,
+          m: p.m,
+          n: p.n,
+          k: p.k,
+          layout: p.layout,
+          use: p.use,
+          backend,
+          adapter,
+        };
+        if (!best || value > best.value) best = record;
+        yield record;
+      }
+    }
+  } finally {
+    gpu.destroy();
+  }
+  const np = await numpyGflops(1024, options.quick ? 0.3 : 1);
+  if (!np || !best) return;
+  yield {
+    name: "numpy_matmul_gflops",
+    value: np.gflops,
+    unit: "GFLOP/s",
+    m: 1024,
+    n: 1024,
+    k: 1024,
+    layout: "NN",
+    numpy: np.numpy,
+  };
+  yield {
+    name: "matmul_vs_numpy",
+    value: best.value / np.gflops,
+    unit: "ratio",
+    variant: best.variant,
+    m: best.m,
+    n: best.n,
+    k: best.k,
+    layout: best.layout,
+    backend,
+    adapter,
+  };
+}

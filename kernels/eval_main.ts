@@ -1,0 +1,122 @@
+/**
+ * `deno task eval --checkpoint FILE [--data FILE] [--max-windows N] [--json]`:
+ * the evaluation loss of a checkpoint, in nats/byte: the mean next-byte
+ * cross-entropy over the data cut into windows of block_size+1 bytes at
+ * offsets 0, T, 2T, ... (a trailing short window is dropped), at most N
+ * windows. The default data is the default corpus's validation split.
+ * With `--json` the last stdout line is `{"eval_loss": ..., "windows": ...}`.
+ *
+ * @module
+ */
+import { exitWithError, intFlag, parseFlags, UsageError } from "./_cli.ts";
+import { CONFIGS, getConfig } from "./config.ts";
+import { DataError, loadCorpus } from "./data.ts";
+import { acquireGpu } from "./device.ts";
+import { evaluate } from "./evaluate.ts";
+import { createModel } from "./model.ts";
+import { loadGpt2 } from "../checkpoint/gpt2_safetensors.ts";
+
+const HELP = `Usage: deno task eval --checkpoint FILE [flags]
+
+Prints the mean next-byte cross-entropy (nats/byte) of a checkpoint.
+
+Flags:
+  --checkpoint FILE  model.safetensors written by deno task train (required)
+  --data FILE        bytes to evaluate (default: the default corpus's validation split)
+  --max-windows N    evaluate at most the first N windows of block_size+1 bytes
+  --config NAME      fail unless the checkpoint has this config (known: ${
+  Object.keys(CONFIGS).join(", ")
+})
+  --batch N          windows per forward pass (default 16; does not change the result)
+  --json             print {"eval_loss": ..., "windows": ...} as the last line
+  --help             this text
+`;
+
+/** Parsed options of `deno task eval`. */
+export interface EvalArgs {
+  checkpoint?: string;
+  data?: string;
+  maxWindows?: number;
+  configName?: string;
+  batch: number;
+  json: boolean;
+  help: boolean;
+}
+
+/** Parses the command line of `deno task eval`. */
+export function parseEvalArgs(args: string[]): EvalArgs {
+  const v = parseFlags(args, {
+    checkpoint: { type: "string" },
+    data: { type: "string" },
+    "max-windows": { type: "string" },
+    config: { type: "string" },
+    batch: { type: "string" },
+    json: { type: "boolean" },
+    help: { type: "boolean" },
+  });
+  const out: EvalArgs = {
+    checkpoint: v.checkpoint,
+    data: v.data,
+    maxWindows: intFlag("max-windows", v["max-windows"]),
+    configName: v.config,
+    batch: intFlag("batch", v.batch) ?? 16,
+    json: v.json ?? false,
+    help: v.help ?? false,
+  };
+  if (!out.help && !out.checkpoint) throw new UsageError("Missing --checkpoint FILE (see --help)");
+  if (out.configName !== undefined) {
+    try {
+      getConfig(out.configName);
+    } catch (err) {
+      throw new UsageError(err instanceof Error ? err.message : String(err));
+    }
+  }
+  return out;
+}
+
+async function readData(path: string): Promise<Uint8Array> {
+  try {
+    const info = await Deno.stat(path);
+    if (!info.isFile) throw new DataError(`Cannot load data: ${path} is not a file`);
+    return await Deno.readFile(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) {
+      throw new DataError(`Cannot load data: ${path} does not exist`);
+    }
+    throw err;
+  }
+}
+
+async function main(a: EvalArgs): Promise<void> {
+  const expect = a.configName ? getConfig(a.configName).model : undefined;
+  const ckpt = await loadGpt2(a.checkpoint!, { expect });
+  const bytes = a.data ? await readData(a.data) : (await loadCorpus()).val;
+  const source = a.data ?? "default corpus validation split";
+  const gpu = await acquireGpu();
+  try {
+    const model = await createModel(gpu, ckpt.config, { batch: a.batch });
+    model.setParams(ckpt.params);
+    const r = await evaluate(model, bytes, { maxWindows: a.maxWindows, selection: "first" });
+    model.dispose();
+    if (a.json) {
+      console.log(JSON.stringify({ eval_loss: r.loss, windows: r.windows }));
+    } else {
+      console.log(
+        `eval loss ${r.loss.toFixed(6)} nats/byte over ${r.windows} windows ` +
+          `(${r.tokens} bytes predicted) of ${source}`,
+      );
+    }
+  } finally {
+    gpu.destroy();
+  }
+}
+
+if (import.meta.main) {
+  try {
+    const args = parseEvalArgs(Deno.args);
+    if (args.help) console.log(HELP);
+    else await main(args);
+  } catch (err) {
+    exitWithError("eval", err);
+  }
+}

@@ -1,0 +1,208 @@
+import { deepEqual, ok, throws } from "@std/assert";
+import { acquireGpu, type Gpu } from "./device.ts";
+import {
+  biasBackward,
+  biasBackwardReference,
+  matmul,
+  matmulReference,
+  matmulVariants,
+} from "./matmul.ts";
+
+// GPU results must match the f64 reference within 1e-4 relative to the magnitude of the
+// sum (sum of |a*b| plus |bias| and |c|), i.e. f32 rounding noise, not a wrong element.
+const REL_TOL = 1e-4;
+
+/** Deterministic pseudo-random floats in [-1, 1). */
+function random(length: number, seed: number): Float32Array {
+  const out = new Float32Array(length);
+  let s = seed >>> 0;
+  for (let i = 0; i < length; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+function abs(x: Float32Array): Float32Array {
+  return x.map(Math.abs);
+}
+
+interface Case {
+  m: number;
+  n: number;
+  k: number;
+  transA: boolean;
+  transB: boolean;
+  accumulate: boolean;
+  bias: boolean;
+}
+
+async function runCase(gpu: Gpu, variant: string, cs: Case, seed: number): Promise<string | null> {
+  const { m, n, k } = cs;
+  const a = random(m * k, seed);
+  const b = random(k * n, seed + 1);
+  const c0 = random(m * n, seed + 2);
+  const bias = cs.bias ? random(n, seed + 3) : undefined;
+  const bufA = gpu.storage(a), bufB = gpu.storage(b), bufC = gpu.storage(c0);
+  const bufBias = bias ? gpu.storage(bias) : undefined;
+  try {
+    gpu.run([matmul(gpu, {
+      a: { buffer: bufA, length: a.length },
+      b: { buffer: bufB, length: b.length },
+      c: { buffer: bufC, length: c0.length },
+      bias: bufBias ? { buffer: bufBias, length: n } : undefined,
+    }, { ...cs, variant })]);
+    const got = await gpu.read(bufC, m * n);
+    const want = matmulReference({ a, b, c: c0, bias }, cs);
+    const scale = matmulReference(
+      { a: abs(a), b: abs(b), c: abs(c0), bias: bias ? abs(bias) : undefined },
+      cs,
+    );
+    for (let i = 0; i < m * n; i++) {
+      const err = Math.abs(got[i] - want[i]);
+      if (!(err <= REL_TOL * scale[i] + 1e-7)) {
+        return `${variant} ${JSON.stringify(cs)}: element ${i} (row ${Math.floor(i / n)}, col ${
+          i % n
+        }) got ${got[i]}, want ${want[i]}`;
+      }
+    }
+    return null;
+  } finally {
+    bufA.destroy();
+    bufB.destroy();
+    bufC.destroy();
+    bufBias?.destroy();
+  }
+}
+
+Deno.test("matmul matches the reference for every variant, layout, accumulate and bias", async () => {
+  const gpu = await acquireGpu();
+  try {
+    const shapes = [
+      { m: 7, n: 13, k: 5 },
+      { m: 1, n: 1, k: 1 },
+      { m: 33, n: 17, k: 40 },
+      { m: 64, n: 48, k: 32 },
+    ];
+    // The listed defaults plus odd block shapes that exercise the edge guards. The largest
+    // listed blocks compile slowly on llvmpipe, so only the defaults of each class run here.
+    const variants = [
+      ...new Set([...matmulVariants(gpu).slice(0, 1), "naive", "reg4x4", "tiled"]),
+      "reg3x5",
+      "lane5x3w4",
+      "reg2x8w2",
+      "reg4x4v",
+      "reg8x4k3v",
+    ];
+    const failures: string[] = [];
+    let count = 0;
+    for (const variant of variants) {
+      for (const shape of shapes) {
+        for (const [transA, transB] of [[false, false], [true, false], [false, true]]) {
+          for (const accumulate of [false, true]) {
+            for (const bias of [false, true]) {
+              const cs = { ...shape, transA, transB, accumulate, bias };
+              const f = await runCase(gpu, variant, cs, 17 + count);
+              count++;
+              if (f) failures.push(f);
+            }
+          }
+        }
+      }
+    }
+    deepEqual(failures.slice(0, 5), []);
+    ok(count === variants.length * shapes.length * 12);
+  } finally {
+    gpu.destroy();
+  }
+});
+
+Deno.test("matmul default variant runs the model's forward and backward shapes", async () => {
+  const gpu = await acquireGpu();
+  try {
+    // Shrunk model shapes: x [B*T, C] = [96, 24], W [C, OC] = [24, 40].
+    const m = 96, c = 24, oc = 40;
+    const cases: Case[] = [
+      { m, n: oc, k: c, transA: false, transB: false, accumulate: false, bias: true }, // y = xW+b
+      { m, n: c, k: oc, transA: false, transB: true, accumulate: true, bias: false }, // dx += dy Wᵀ
+      { m: c, n: oc, k: m, transA: true, transB: false, accumulate: true, bias: false }, // dW += xᵀdy
+    ];
+    for (const [i, cs] of cases.entries()) {
+      deepEqual(await runCase(gpu, matmulVariants(gpu)[0], cs, 100 + i), null);
+    }
+  } finally {
+    gpu.destroy();
+  }
+});
+
+Deno.test("matmul gives the same bits on repeated runs", async () => {
+  const gpu = await acquireGpu();
+  try {
+    const m = 37, n = 29, k = 91;
+    const a = gpu.storage(random(m * k, 5)), b = gpu.storage(random(k * n, 6));
+    for (const variant of [matmulVariants(gpu)[0], "naive", "lane5x3w4"]) {
+      const outs: Float32Array[] = [];
+      for (let run = 0; run < 2; run++) {
+        const c = gpu.storage(m * n);
+        gpu.run([matmul(gpu, {
+          a: { buffer: a, length: m * k },
+          b: { buffer: b, length: k * n },
+          c: { buffer: c, length: m * n },
+        }, { m, n, k, transA: false, transB: true, variant })]);
+        outs.push(await gpu.read(c, m * n));
+        c.destroy();
+      }
+      deepEqual(new Uint32Array(outs[0].buffer), new Uint32Array(outs[1].buffer), variant);
+    }
+    a.destroy();
+    b.destroy();
+  } finally {
+    gpu.destroy();
+  }
+});
+
+Deno.test("biasBackward accumulates column sums like the reference", async () => {
+  const gpu = await acquireGpu();
+  try {
+    for (const [rows, cols] of [[7, 13], [1, 1], [130, 70]]) {
+      const dout = random(rows * cols, rows), prior = random(cols, cols);
+      const bd = gpu.storage(dout), bb = gpu.storage(prior);
+      const d = biasBackward(gpu, {
+        dout: { buffer: bd, length: dout.length },
+        dbias: { buffer: bb, length: cols },
+      }, { rows, cols });
+      gpu.run([d]);
+      const got = await gpu.read(bb, cols);
+      const want = biasBackwardReference(dout, { rows, cols, dbias: prior });
+      for (let j = 0; j < cols; j++) {
+        ok(Math.abs(got[j] - want[j]) <= 1e-5 * (rows + 1), `col ${j}: ${got[j]} vs ${want[j]}`);
+      }
+      bd.destroy();
+      bb.destroy();
+    }
+  } finally {
+    gpu.destroy();
+  }
+});
+
+Deno.test("matmul rejects bad shapes, short buffers and unknown variants", async () => {
+  const gpu = await acquireGpu();
+  try {
+    const buf = gpu.storage(16);
+    const ref = { buffer: buf, length: 16 };
+    throws(() => matmul(gpu, { a: ref, b: ref, c: ref }, { m: 0, n: 2, k: 2 }), /m must be/);
+    throws(() => matmul(gpu, { a: ref, b: ref, c: ref }, { m: 2.5, n: 2, k: 2 }), /m must be/);
+    throws(() => matmul(gpu, { a: ref, b: ref, c: ref }, { m: 8, n: 8, k: 8 }), /a holds 16/);
+    throws(
+      () => matmul(gpu, { a: ref, b: ref, c: ref }, { m: 2, n: 2, k: 2, variant: "fast" }),
+      /Unknown matmul variant: fast/,
+    );
+    throws(
+      () => biasBackward(gpu, { dout: ref, dbias: ref }, { rows: 4, cols: 8 }),
+      /dout holds 16 < 32/,
+    );
+    buf.destroy();
+  } finally {
+    gpu.destroy();
+  }
+});

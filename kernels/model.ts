@@ -1,0 +1,761 @@
+/**
+ * The GPT-2 model on WebGPU: parameter init, forward, backward, gradient
+ * norm and AdamW, after karpathy/llm.c's train_gpt2.c.
+ *
+ * All parameters live in ONE flat f32 GPU buffer ({@linkcode GptModel.paramBuffer})
+ * in the layout of {@linkcode buildLayout}; gradients and the AdamW moments
+ * use the same layout in three more buffers. Every kernel is prepared once as
+ * a `Dispatch`; a training step encodes zeroing, forward, backward, grad-norm
+ * and AdamW into one command buffer, submits it once and reads back 8 bytes
+ * (the mean loss and the gradient norm) through a reused staging buffer.
+ *
+ * @module
+ */
+import type { Dispatch, Gpu, TensorRef } from "./device.ts";
+import { type GptConfig, validateConfig } from "./config.ts";
+import { buildLayout, type ParamLayout, type ParamView, viewOf } from "./layout.ts";
+import { biasBackward, matmul } from "./matmul.ts";
+import { embeddingBackward, embeddingForward } from "./embedding.ts";
+import { layernormBackward, layernormForward } from "./layernorm.ts";
+import { geluBackward, geluForward } from "./gelu.ts";
+import { residualForward } from "./residual.ts";
+import { attentionBackward, attentionForward } from "./attention.ts";
+import { crossEntropyForwardBackward, meanLoss } from "./crossentropy.ts";
+import { adamw, gradNorm } from "./adamw.ts";
+import { zeroFill } from "./_wgsl.ts";
+
+/** Options for {@linkcode createModel}. */
+export interface ModelOptions {
+  /** Seed of the parameter init (default 0). */
+  seed?: number;
+  /** Sequences per step (default 1). Every step and eval call uses this batch size. */
+  batch?: number;
+  /** AdamW decoupled weight decay on 2-D tensors (default 0.1). */
+  weightDecay?: number;
+  /** AdamW beta1 (default 0.9). */
+  beta1?: number;
+  /** AdamW beta2 (default 0.95). */
+  beta2?: number;
+  /** AdamW epsilon (default 1e-8). */
+  eps?: number;
+  /** Clip the global gradient norm to this (default 1; 0 disables clipping). */
+  maxGradNorm?: number;
+  /** Matmul variant (default: chosen by matmul.ts from the adapter). */
+  matmulVariant?: string;
+}
+
+/** Options of one training step. */
+export interface StepOptions {
+  /** Learning rate of this step. */
+  lr: number;
+}
+
+/** Token input: [B, T] row-major bytes or u32 token ids. */
+export type Tokens = Uint8Array | Uint32Array;
+
+/** A standard normal generator from a seed (xoshiro128** + Box-Muller), deterministic across runs. */
+export function normalRng(seed: number): () => number {
+  // splitmix32 expands the seed into the four state words.
+  let s = seed >>> 0;
+  const split = () => {
+    s = (s + 0x9e3779b9) >>> 0;
+    let z = s;
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+    return (z ^ (z >>> 16)) >>> 0;
+  };
+  let a = split(), b = split(), c = split(), d = split();
+  const next = () => {
+    const r = Math.imul(((Math.imul(b, 5) << 7) | (Math.imul(b, 5) >>> 25)) >>> 0, 9) >>> 0;
+    const t = (b << 9) >>> 0;
+    c = (c ^ a) >>> 0;
+    d = (d ^ b) >>> 0;
+    b = (b ^ c) >>> 0;
+    a = (a ^ d) >>> 0;
+    c = (c ^ t) >>> 0;
+    d = ((d << 11) | (d >>> 21)) >>> 0;
+    return r;
+  };
+  let spare: number | undefined;
+  return () => {
+    if (spare !== undefined) {
+      const v = spare;
+      spare = undefined;
+      return v;
+    }
+    const u1 = (next() + 1) / 4294967297; // (0, 1)
+    const u2 = next() / 4294967296;
+    const r = Math.sqrt(-2 * Math.log(u1));
+    spare = r * Math.sin(2 * Math.PI * u2);
+    return r * Math.cos(2 * Math.PI * u2);
+  };
+}
+
+/**
+ * GPT-2 init in the flat layout: weights and embeddings ~ N(0, 0.02), the two
+ * residual projections (attn.c_proj, mlp.c_proj) ~ N(0, 0.02/sqrt(2L)),
+ * biases 0, LayerNorm weights 1. Padding is 0.
+ *
+ * @example
+ * ```ts
+ * import { initParams } from "./model.ts";
+ * const p = initParams({ nLayer: 1, nHead: 1, nEmbd: 8, blockSize: 4, vocabSize: 16 }, 1);
+ * console.log(p.length % 64); // 0
+ * ```
+ */
+export function initParams(config: GptConfig, seed = 0): Float32Array {
+  const layout = buildLayout(config);
+  const params = new Float32Array(layout.totalLength);
+  const rand = normalRng(seed);
+  const residualStd = 0.02 / Math.sqrt(2 * config.nLayer);
+  for (const v of layout.views) {
+    const x = viewOf(params, v);
+    if (
+      v.name.endsWith("ln_1.weight") || v.name.endsWith("ln_2.weight") || v.name === "ln_f.weight"
+    ) {
+      x.fill(1);
+    } else if (v.shape.length >= 2) {
+      const std = v.name.endsWith("c_proj.weight") ? residualStd : 0.02;
+      for (let i = 0; i < x.length; i++) x[i] = rand() * std;
+    }
+  }
+  return params;
+}
+
+/** Per-layer activations kept for the backward pass. */
+interface LayerActs {
+  ln1: GPUBuffer;
+  ln1Mean: GPUBuffer;
+  ln1Rstd: GPUBuffer;
+  qkv: GPUBuffer;
+  atty: GPUBuffer;
+  att: GPUBuffer;
+  attproj: GPUBuffer;
+  residual2: GPUBuffer;
+  ln2: GPUBuffer;
+  ln2Mean: GPUBuffer;
+  ln2Rstd: GPUBuffer;
+  fch: GPUBuffer;
+  fchGelu: GPUBuffer;
+  fcproj: GPUBuffer;
+  residual3: GPUBuffer;
+}
+
+/** A GPT-2 model on the GPU with its optimizer state. Create it with {@linkcode createModel}. */
+export class GptModel {
+  /** The model shape. */
+  readonly config: GptConfig;
+  /** The flat parameter layout. */
+  readonly layout: ParamLayout;
+  /** Sequences per step. */
+  readonly batch: number;
+  /** Number of real parameters (padding excluded). */
+  readonly paramCount: number;
+  /**
+   * Length in floats of the flat vector {@linkcode getParams} returns and
+   * {@linkcode setParams} takes: the layout's padded length (padding included, always 0).
+   */
+  readonly paramLength: number;
+  /** The gradient norm (before clipping) of the last step. */
+  lastGradNorm = NaN;
+
+  readonly #gpu: Gpu;
+  readonly #opts: Required<Omit<ModelOptions, "matmulVariant" | "seed" | "batch">>;
+  readonly #buffers: GPUBuffer[] = [];
+  #params!: GPUBuffer;
+  #grads!: GPUBuffer;
+  #m!: GPUBuffer;
+  #v!: GPUBuffer;
+  #tokens!: GPUBuffer;
+  #targets!: GPUBuffer;
+  #dres!: GPUBuffer;
+  #losses!: GPUBuffer;
+  #scalars!: GPUBuffer; // [0] mean loss, [64] grad norm (256-byte apart so each can be bound)
+  #hyper!: GPUBuffer;
+  #staging!: GPUBuffer;
+  #evalStaging!: GPUBuffer;
+  #forward: Dispatch[] = [];
+  #lossPart: Dispatch[] = [];
+  #backward: Dispatch[] = [];
+  #optimizer: Dispatch[] = [];
+  #tokenWords: Uint32Array;
+  #targetWords: Uint32Array;
+  #hyperWords = new Float32Array(8);
+  #t = 0;
+  #busy = false;
+  #disposed = false;
+
+  /** Use {@linkcode createModel}. */
+  constructor(gpu: Gpu, config: GptConfig, options: ModelOptions = {}) {
+    validateConfig(config);
+    const batch = options.batch ?? 1;
+    if (!Number.isInteger(batch) || batch < 1) {
+      throw new RangeError(`Invalid batch: ${batch} (expected a positive integer)`);
+    }
+    this.#gpu = gpu;
+    this.config = config;
+    this.layout = buildLayout(config);
+    this.batch = batch;
+    this.paramCount = this.layout.paramCount;
+    this.paramLength = this.layout.totalLength;
+    this.#opts = {
+      weightDecay: options.weightDecay ?? 0.1,
+      beta1: options.beta1 ?? 0.9,
+      beta2: options.beta2 ?? 0.95,
+      eps: options.eps ?? 1e-8,
+      maxGradNorm: options.maxGradNorm ?? 1,
+    };
+    this.#tokenWords = new Uint32Array(batch * config.blockSize);
+    this.#targetWords = new Uint32Array(batch * config.blockSize);
+    this.#build(options.matmulVariant);
+  }
+
+  /** The GPU buffer of the flat parameters (for the distributed run's kernels). */
+  get paramBuffer(): GPUBuffer {
+    return this.#params;
+  }
+
+  /** The GPU buffer of the flat gradients of the last step. */
+  get gradBuffer(): GPUBuffer {
+    return this.#grads;
+  }
+
+  /** AdamW steps taken since creation or {@linkcode resetOptimizer}. */
+  get optimizerStep(): number {
+    return this.#t;
+  }
+
+  #buf(length: number, label: string): GPUBuffer {
+    const b = this.#gpu.storage(length, label);
+    this.#buffers.push(b);
+    return b;
+  }
+
+  #build(variant: string | undefined): void {
+    const gpu = this.#gpu;
+    const { nLayer: L, nHead: NH, nEmbd: C, blockSize: T, vocabSize: V } = this.config;
+    const B = this.batch;
+    const N = B * T;
+    const n = this.layout.totalLength;
+    const ref = (buffer: GPUBuffer, length: number): TensorRef => ({ buffer, offset: 0, length });
+    this.#params = this.#buf(n, "params");
+    this.#grads = this.#buf(n, "grads");
+    this.#m = this.#buf(n, "adam_m");
+    this.#v = this.#buf(n, "adam_v");
+    const P = (v: ParamView): TensorRef => ({
+      buffer: this.#params,
+      offset: v.offset * 4,
+      length: v.length,
+    });
+    const G = (v: ParamView): TensorRef => ({
+      buffer: this.#grads,
+      offset: v.offset * 4,
+      length: v.length,
+    });
+    this.#tokens = this.#buf(N, "tokens");
+    this.#targets = this.#buf(N, "targets");
+    this.#losses = this.#buf(N, "losses");
+    this.#scalars = this.#buf(128, "scalars");
+    this.#hyper = this.#buf(8, "hyper");
+    const lossRef: TensorRef = { buffer: this.#scalars, offset: 0, length: 1 };
+    const normRef: TensorRef = { buffer: this.#scalars, offset: 256, length: 1 };
+    this.#staging = gpu.device.createBuffer({
+      label: "loss_staging",
+      size: 8,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    this.#evalStaging = gpu.device.createBuffer({
+      label: "eval_staging",
+      size: Math.max(16, N * 4),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    this.#buffers.push(this.#staging, this.#evalStaging);
+    const mm = (
+      bufs: { a: TensorRef; b: TensorRef; c: TensorRef; bias?: TensorRef },
+      shape: {
+        m: number;
+        n: number;
+        k: number;
+        transA?: boolean;
+        transB?: boolean;
+        accumulate?: boolean;
+      },
+    ) => matmul(gpu, bufs, { ...shape, variant });
+
+    // ---- forward
+    const encoded = this.#buf(N * C, "encoded");
+    const fwd: Dispatch[] = [];
+    fwd.push(embeddingForward(gpu, {
+      tokens: ref(this.#tokens, N),
+      wte: P(this.layout.wte),
+      wpe: P(this.layout.wpe),
+      out: ref(encoded, N * C),
+    }, { b: B, t: T, c: C }));
+    const acts: LayerActs[] = [];
+    let residual = encoded;
+    for (let l = 0; l < L; l++) {
+      const w = this.layout.blocks[l];
+      const a: LayerActs = {
+        ln1: this.#buf(N * C, `ln1_${l}`),
+        ln1Mean: this.#buf(N, `ln1_mean_${l}`),
+        ln1Rstd: this.#buf(N, `ln1_rstd_${l}`),
+        qkv: this.#buf(N * 3 * C, `qkv_${l}`),
+        atty: this.#buf(N * C, `atty_${l}`),
+        att: this.#buf(B * NH * T * T, `att_${l}`),
+        attproj: this.#buf(N * C, `attproj_${l}`),
+        residual2: this.#buf(N * C, `residual2_${l}`),
+        ln2: this.#buf(N * C, `ln2_${l}`),
+        ln2Mean: this.#buf(N, `ln2_mean_${l}`),
+        ln2Rstd: this.#buf(N, `ln2_rstd_${l}`),
+        fch: this.#buf(N * 4 * C, `fch_${l}`),
+        fchGelu: this.#buf(N * 4 * C, `fch_gelu_${l}`),
+        fcproj: this.#buf(N * C, `fcproj_${l}`),
+        residual3: this.#buf(N * C, `residual3_${l}`),
+      };
+      acts.push(a);
+      fwd.push(layernormForward(gpu, {
+        inp: ref(residual, N * C),
+        weight: P(w.ln1w),
+        bias: P(w.ln1b),
+        out: ref(a.ln1, N * C),
+        mean: ref(a.ln1Mean, N),
+        rstd: ref(a.ln1Rstd, N),
+      }, { rows: N, c: C }));
+      fwd.push(mm(
+        { a: ref(a.ln1, N * C), b: P(w.qkvw), c: ref(a.qkv, N * 3 * C), bias: P(w.qkvb) },
+        { m: N, n: 3 * C, k: C },
+      ));
+      fwd.push(attentionForward(gpu, {
+        qkv: ref(a.qkv, N * 3 * C),
+        out: ref(a.atty, N * C),
+        att: ref(a.att, B * NH * T * T),
+      }, { b: B, t: T, c: C, nh: NH }));
+      fwd.push(mm(
+        { a: ref(a.atty, N * C), b: P(w.attprojw), c: ref(a.attproj, N * C), bias: P(w.attprojb) },
+        { m: N, n: C, k: C },
+      ));
+      fwd.push(residualForward(gpu, {
+        a: ref(residual, N * C),
+        b: ref(a.attproj, N * C),
+        out: ref(a.residual2, N * C),
+      }, { n: N * C }));
+      fwd.push(layernormForward(gpu, {
+        inp: ref(a.residual2, N * C),
+        weight: P(w.ln2w),
+        bias: P(w.ln2b),
+        out: ref(a.ln2, N * C),
+        mean: ref(a.ln2Mean, N),
+        rstd: ref(a.ln2Rstd, N),
+      }, { rows: N, c: C }));
+      fwd.push(mm(
+        { a: ref(a.ln2, N * C), b: P(w.fcw), c: ref(a.fch, N * 4 * C), bias: P(w.fcb) },
+        { m: N, n: 4 * C, k: C },
+      ));
+      fwd.push(geluForward(gpu, { inp: ref(a.fch, N * 4 * C), out: ref(a.fchGelu, N * 4 * C) }, {
+        n: N * 4 * C,
+      }));
+      fwd.push(mm(
+        {
+          a: ref(a.fchGelu, N * 4 * C),
+          b: P(w.fcprojw),
+          c: ref(a.fcproj, N * C),
+          bias: P(w.fcprojb),
+        },
+        { m: N, n: C, k: 4 * C },
+      ));
+      fwd.push(residualForward(gpu, {
+        a: ref(a.residual2, N * C),
+        b: ref(a.fcproj, N * C),
+        out: ref(a.residual3, N * C),
+      }, { n: N * C }));
+      residual = a.residual3;
+    }
+    const lnf = this.#buf(N * C, "lnf");
+    const lnfMean = this.#buf(N, "lnf_mean");
+    const lnfRstd = this.#buf(N, "lnf_rstd");
+    const logits = this.#buf(N * V, "logits");
+    const dlogits = this.#buf(N * V, "dlogits");
+    fwd.push(layernormForward(gpu, {
+      inp: ref(residual, N * C),
+      weight: P(this.layout.lnfw),
+      bias: P(this.layout.lnfb),
+      out: ref(lnf, N * C),
+      mean: ref(lnfMean, N),
+      rstd: ref(lnfRstd, N),
+    }, { rows: N, c: C }));
+    fwd.push(mm(
+      { a: ref(lnf, N * C), b: P(this.layout.wte), c: ref(logits, N * V) },
+      { m: N, n: V, k: C, transB: true },
+    ));
+    fwd.push(crossEntropyForwardBackward(gpu, {
+      logits: ref(logits, N * V),
+      targets: ref(this.#targets, N),
+      losses: ref(this.#losses, N),
+      dlogits: ref(dlogits, N * V),
+    }, { rows: N, v: V }));
+    this.#forward = fwd;
+    this.#lossPart = [meanLoss(gpu, { losses: ref(this.#losses, N), out: lossRef }, { rows: N })];
+
+    // ---- backward (grads and dres are cleared before the pass; the kernels accumulate)
+    const bwd: Dispatch[] = [];
+    this.#dres = this.#buf(N * C, "dresidual");
+    const dres = ref(this.#dres, N * C);
+    const dln = ref(this.#buf(N * C, "dln"), N * C);
+    const datty = ref(this.#buf(N * C, "datty"), N * C);
+    const dqkv = ref(this.#buf(N * 3 * C, "dqkv"), N * 3 * C);
+    const dfchGelu = ref(this.#buf(N * 4 * C, "dfch_gelu"), N * 4 * C);
+    const dfch = ref(this.#buf(N * 4 * C, "dfch"), N * 4 * C);
+    const datt = ref(this.#buf(B * NH * T * T, "datt"), B * NH * T * T);
+    const dl = ref(dlogits, N * V);
+    // logits = lnf · wteᵀ: dwte += dlogitsᵀ · lnf, dlnf = dlogits · wte.
+    bwd.push(mm({ a: dl, b: ref(lnf, N * C), c: G(this.layout.wte) }, {
+      m: V,
+      n: C,
+      k: N,
+      transA: true,
+      accumulate: true,
+    }));
+    bwd.push(mm({ a: dl, b: P(this.layout.wte), c: dln }, { m: N, n: C, k: V }));
+    bwd.push(...layernormBackward(gpu, {
+      dinp: dres,
+      dweight: G(this.layout.lnfw),
+      dbias: G(this.layout.lnfb),
+      dout: dln,
+      inp: ref(residual, N * C),
+      weight: P(this.layout.lnfw),
+      mean: ref(lnfMean, N),
+      rstd: ref(lnfRstd, N),
+    }, { rows: N, c: C }));
+    // Linear backward: dx = dy·Wᵀ (written), dW += xᵀ·dy, db += colsum(dy).
+    const linearBackward = (
+      x: TensorRef,
+      dy: TensorRef,
+      dx: TensorRef,
+      wv: ParamView,
+      bv: ParamView,
+      ic: number,
+      oc: number,
+    ) => {
+      bwd.push(mm({ a: dy, b: P(wv), c: dx }, { m: N, n: ic, k: oc, transB: true }));
+      bwd.push(
+        mm({ a: x, b: dy, c: G(wv) }, { m: ic, n: oc, k: N, transA: true, accumulate: true }),
+      );
+      bwd.push(biasBackward(gpu, { dout: dy, dbias: G(bv) }, { rows: N, cols: oc }));
+    };
+    for (let l = L - 1; l >= 0; l--) {
+      const w = this.layout.blocks[l];
+      const a = acts[l];
+      const inp = l === 0 ? encoded : acts[l - 1].residual3;
+      // residual3 = residual2 + fcproj: dres is the gradient of both.
+      linearBackward(ref(a.fchGelu, N * 4 * C), dres, dfchGelu, w.fcprojw, w.fcprojb, 4 * C, C);
+      bwd.push(zeroFill(gpu, { buf: dfch }, { n: N * 4 * C }));
+      bwd.push(geluBackward(gpu, { dinp: dfch, inp: ref(a.fch, N * 4 * C), dout: dfchGelu }, {
+        n: N * 4 * C,
+      }));
+      linearBackward(ref(a.ln2, N * C), dfch, dln, w.fcw, w.fcb, C, 4 * C);
+      bwd.push(...layernormBackward(gpu, {
+        dinp: dres,
+        dweight: G(w.ln2w),
+        dbias: G(w.ln2b),
+        dout: dln,
+        inp: ref(a.residual2, N * C),
+        weight: P(w.ln2w),
+        mean: ref(a.ln2Mean, N),
+        rstd: ref(a.ln2Rstd, N),
+      }, { rows: N, c: C }));
+      // residual2 = residual + attproj.
+      linearBackward(ref(a.atty, N * C), dres, datty, w.attprojw, w.attprojb, C, C);
+      bwd.push(zeroFill(gpu, { buf: dqkv }, { n: N * 3 * C }));
+      bwd.push(...attentionBackward(gpu, {
+        dqkv,
+        datt,
+        dout: datty,
+        qkv: ref(a.qkv, N * 3 * C),
+        att: ref(a.att, B * NH * T * T),
+      }, { b: B, t: T, c: C, nh: NH }));
+      linearBackward(ref(a.ln1, N * C), dqkv, dln, w.qkvw, w.qkvb, C, 3 * C);
+      bwd.push(...layernormBackward(gpu, {
+        dinp: dres,
+        dweight: G(w.ln1w),
+        dbias: G(w.ln1b),
+        dout: dln,
+        inp: ref(inp, N * C),
+        weight: P(w.ln1w),
+        mean: ref(a.ln1Mean, N),
+        rstd: ref(a.ln1Rstd, N),
+      }, { rows: N, c: C }));
+    }
+    bwd.push(...embeddingBackward(gpu, {
+      tokens: ref(this.#tokens, N),
+      dout: dres,
+      dwte: G(this.layout.wte),
+      dwpe: G(this.layout.wpe),
+    }, { b: B, t: T, c: C, v: V }));
+    this.#backward = bwd;
+
+    // ---- optimizer: global grad norm, then AdamW on the decayed and the undecayed region.
+    const opt: Dispatch[] = [];
+    opt.push(...gradNorm(gpu, { grads: ref(this.#grads, n), out: normRef }, { n }));
+    const hyper = ref(this.#hyper, 8);
+    for (
+      const [region, wd] of [
+        [this.layout.decayRegion, this.#opts.weightDecay],
+        [this.layout.noDecayRegion, 0],
+      ] as const
+    ) {
+      if (region.length === 0) continue;
+      const r = (buffer: GPUBuffer): TensorRef => ({
+        buffer,
+        offset: region.offset * 4,
+        length: region.length,
+      });
+      opt.push(adamw(gpu, {
+        params: r(this.#params),
+        grads: r(this.#grads),
+        m: r(this.#m),
+        v: r(this.#v),
+        norm: normRef,
+        hyper,
+      }, { n: region.length, weightDecay: wd }));
+    }
+    this.#optimizer = opt;
+  }
+
+  #check(): void {
+    if (this.#disposed) throw new Error("Cannot use model: it was disposed");
+    if (this.#busy) throw new Error("Cannot use model: another step or eval is in flight");
+  }
+
+  /** Copies [rows, T] tokens into the reused u32 arrays (rows <= batch; the rest 0). */
+  #stage(inputs: Tokens, targets: Tokens | undefined, what: string): number {
+    const T = this.config.blockSize;
+    const V = this.config.vocabSize;
+    const rows = inputs.length / T;
+    if (!Number.isInteger(rows) || rows < 1 || rows > this.batch) {
+      throw new RangeError(
+        `Invalid ${what} inputs: ${inputs.length} tokens is not 1..${this.batch} rows of T=${T}`,
+      );
+    }
+    if (targets && targets.length !== inputs.length) {
+      throw new RangeError(
+        `Invalid ${what} targets: ${targets.length} tokens, inputs have ${inputs.length}`,
+      );
+    }
+    const tw = this.#tokenWords;
+    const gw = this.#targetWords;
+    tw.fill(0);
+    gw.fill(0);
+    for (let i = 0; i < inputs.length; i++) {
+      const x = inputs[i];
+      if (x >= V) {
+        throw new RangeError(`Invalid ${what} inputs: token ${x} at ${i} >= vocabulary ${V}`);
+      }
+      tw[i] = x;
+    }
+    if (targets) {
+      for (let i = 0; i < targets.length; i++) {
+        const y = targets[i];
+        if (y >= V) {
+          throw new RangeError(`Invalid ${what} targets: token ${y} at ${i} >= vocabulary ${V}`);
+        }
+        gw[i] = y;
+      }
+    }
+    this.#gpu.write(this.#tokens, tw);
+    this.#gpu.write(this.#targets, gw);
+    return rows;
+  }
+
+  #encode(parts: Dispatch[][], clearGrads: boolean): GPUCommandEncoder {
+    const enc = this.#gpu.device.createCommandEncoder({ label: "gpt_step" });
+    if (clearGrads) {
+      enc.clearBuffer(this.#grads);
+      enc.clearBuffer(this.#dres);
+    }
+    const pass = enc.beginComputePass({ label: "gpt" });
+    for (const list of parts) for (const d of list) d.encode(pass);
+    pass.end();
+    return enc;
+  }
+
+  async #readScalars(enc: GPUCommandEncoder): Promise<[number, number]> {
+    enc.copyBufferToBuffer(this.#scalars, 0, this.#staging, 0, 4);
+    enc.copyBufferToBuffer(this.#scalars, 256, this.#staging, 4, 4);
+    this.#gpu.device.queue.submit([enc.finish()]);
+    await this.#staging.mapAsync(GPUMapMode.READ);
+    const f = new Float32Array(this.#staging.getMappedRange(0, 8));
+    const out: [number, number] = [f[0], f[1]];
+    this.#staging.unmap();
+    return out;
+  }
+
+  /**
+   * One training step on a full batch: forward, backward, gradient clipping and
+   * AdamW, in one submit. Returns the mean loss (nats/token) before the update.
+   *
+   * @example
+   * ```ts ignore
+   * const loss = await model.step(batch.inputs, batch.targets, { lr: 3e-3 });
+   * ```
+   */
+  async step(inputs: Tokens, targets: Tokens, options: StepOptions): Promise<number> {
+    this.#check();
+    const { lr } = options;
+    if (!Number.isFinite(lr) || lr < 0) throw new RangeError(`Invalid learning rate: ${lr}`);
+    const rows = this.#stage(inputs, targets, "step");
+    if (rows !== this.batch) {
+      throw new RangeError(`Invalid step inputs: ${rows} rows, the model's batch is ${this.batch}`);
+    }
+    this.#t++;
+    const h = this.#hyperWords;
+    h[0] = lr;
+    h[1] = this.#opts.beta1;
+    h[2] = this.#opts.beta2;
+    h[3] = this.#opts.eps;
+    h[4] = this.#t;
+    h[5] = this.#opts.maxGradNorm;
+    this.#gpu.write(this.#hyper, h);
+    this.#busy = true;
+    try {
+      const enc = this.#encode(
+        [this.#forward, this.#lossPart, this.#backward, this.#optimizer],
+        true,
+      );
+      const [loss, norm] = await this.#readScalars(enc);
+      this.lastGradNorm = norm;
+      return loss;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /**
+   * Forward and backward without an update: the mean loss and the flat gradient
+   * (the layout's padded length). For gradient checks and tests.
+   */
+  async computeGradients(
+    inputs: Tokens,
+    targets: Tokens,
+  ): Promise<{ loss: number; grads: Float32Array }> {
+    this.#check();
+    const rows = this.#stage(inputs, targets, "gradient");
+    if (rows !== this.batch) {
+      throw new RangeError(
+        `Invalid gradient inputs: ${rows} rows, the model's batch is ${this.batch}`,
+      );
+    }
+    this.#busy = true;
+    try {
+      const enc = this.#encode([this.#forward, this.#lossPart, this.#backward], true);
+      const [loss] = await this.#readScalars(enc);
+      const grads = await this.#gpu.read(this.#grads, this.paramLength);
+      return { loss, grads };
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /**
+   * The cross-entropy (nats) of each of the first rows*T positions for [rows, T]
+   * inputs, rows <= batch; forward only.
+   */
+  async evalLosses(inputs: Tokens, targets: Tokens): Promise<Float32Array> {
+    this.#check();
+    const rows = this.#stage(inputs, targets, "eval");
+    const n = rows * this.config.blockSize;
+    this.#busy = true;
+    try {
+      const enc = this.#encode([this.#forward], false);
+      enc.copyBufferToBuffer(this.#losses, 0, this.#evalStaging, 0, n * 4);
+      this.#gpu.device.queue.submit([enc.finish()]);
+      await this.#evalStaging.mapAsync(GPUMapMode.READ, 0, n * 4);
+      const out = new Float32Array(this.#evalStaging.getMappedRange(0, n * 4).slice(0));
+      this.#evalStaging.unmap();
+      return out;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** The mean cross-entropy (nats/token) of [rows, T] inputs (rows <= batch); forward only. */
+  async evalLoss(inputs: Tokens, targets: Tokens): Promise<number> {
+    const losses = await this.evalLosses(inputs, targets);
+    let s = 0;
+    for (let i = 0; i < losses.length; i++) s += losses[i];
+    return s / losses.length;
+  }
+
+  /** A copy of the flat parameters ({@linkcode paramLength} floats, padding included). */
+  async getParams(): Promise<Float32Array> {
+    this.#check();
+    return await this.#gpu.read(this.#params, this.paramLength);
+  }
+
+  /** Overwrites the flat parameters ({@linkcode paramLength} floats); the optimizer state is kept. */
+  setParams(params: Float32Array): void {
+    this.#check();
+    if (!(params instanceof Float32Array) || params.length !== this.paramLength) {
+      throw new RangeError(
+        `Invalid params: expected a Float32Array of ${this.paramLength} floats, got ${
+          params?.length ?? params
+        }`,
+      );
+    }
+    this.#gpu.write(this.#params, params);
+  }
+
+  /** Zeroes the AdamW moments and step count (e.g. at an outer round, if wanted). */
+  resetOptimizer(): void {
+    this.#check();
+    const enc = this.#gpu.device.createCommandEncoder();
+    enc.clearBuffer(this.#m);
+    enc.clearBuffer(this.#v);
+    this.#gpu.device.queue.submit([enc.finish()]);
+    this.#t = 0;
+  }
+
+  /** Releases the GPU buffers; the Gpu itself stays with its owner. Idempotent. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const b of this.#buffers) b.destroy();
+    this.#buffers.length = 0;
+  }
+}
+
+/**
+ * Creates a GPT-2 model on `gpu` with GPT-2 init from `options.seed`.
+ *
+ * @example
+ * ```ts ignore
+ * import { acquireGpu } from "./device.ts";
+ * import { getConfig } from "./config.ts";
+ * import { createModel } from "./model.ts";
+ * const gpu = await acquireGpu();
+ * const model = await createModel(gpu, getConfig("tiny").model, { seed: 1, batch: 2 });
+ * model.dispose();
+ * gpu.destroy();
+ * ```
+ */
+export async function createModel(
+  gpu: Gpu,
+  config: GptConfig,
+  options: ModelOptions = {},
+): Promise<GptModel> {
+  gpu.device.pushErrorScope("validation");
+  let model: GptModel | undefined;
+  let failure: unknown;
+  try {
+    model = new GptModel(gpu, config, options);
+    model.setParams(initParams(config, options.seed ?? 0));
+  } catch (err) {
+    failure = err;
+  }
+  const gpuError = await gpu.device.popErrorScope();
+  if (failure !== undefined || gpuError) {
+    model?.dispose();
+    throw failure ??
+      new Error(`Cannot create model: WebGPU validation failed: ${gpuError!.message}`);
+  }
+  return model!;
+}

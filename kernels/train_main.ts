@@ -1,0 +1,264 @@
+/**
+ * `deno task train [flags]`: trains a GPT-2 style byte-level model on WebGPU
+ * and writes `DIR/model.safetensors` (Hugging Face GPT-2 names).
+ *
+ * With no flags it trains the "small" config on the default corpus (the State
+ * of the Union addresses) for that config's default steps, with linear warmup
+ * then cosine decay to 10% of the peak learning rate, AdamW betas (0.9, 0.95),
+ * weight decay 0.1 on 2-D tensors, gradient clipping at norm 1. Progress goes
+ * to stderr on one updating line, or with `--json` to stdout as one JSON
+ * object per line.
+ *
+ * @module
+ */
+import { exitWithError, intFlag, numberFlag, parseFlags, UsageError } from "./_cli.ts";
+import { CONFIGS, DEFAULT_CONFIG, describeConfig, getConfig } from "./config.ts";
+import { batchSampler, loadCorpus } from "./data.ts";
+import { acquireGpu, type Gpu } from "./device.ts";
+import { evaluate } from "./evaluate.ts";
+import { createModel } from "./model.ts";
+import { saveGpt2 } from "../checkpoint/gpt2_safetensors.ts";
+
+const HELP = `Usage: deno task train [flags]
+
+Trains a byte-level GPT-2 on WebGPU and writes DIR/model.safetensors.
+
+Flags:
+  --config NAME      model config (default ${DEFAULT_CONFIG}; known: ${
+  Object.keys(CONFIGS).join(", ")
+})
+  --steps N          optimizer steps (default: the config's, ${
+  CONFIGS[DEFAULT_CONFIG].train.steps
+} for ${DEFAULT_CONFIG})
+  --data PATH        text file or folder of files (default: the State of the Union corpus)
+  --out DIR          output folder (default runs/train)
+  --seed N           init and sampling seed (default 1)
+  --lr X             peak learning rate (default: the config's, ${
+  CONFIGS[DEFAULT_CONFIG].train.lr
+} for ${DEFAULT_CONFIG})
+  --warmup N         linear warmup steps (default: the config's)
+  --batch N          sequences per step (default: the config's)
+  --eval-every N     steps between validation evaluations (default: the config's; 0 = only at the end)
+  --eval-windows N   validation windows per evaluation, spread over the split (default 1024)
+  --json             one JSON object per line on stdout instead of the progress line
+  --help             this text
+`;
+
+/** Parsed training options. */
+export interface TrainArgs {
+  configName: string;
+  steps: number;
+  data?: string;
+  out: string;
+  seed: number;
+  lr: number;
+  warmup: number;
+  batch: number;
+  evalEvery: number;
+  evalWindows: number;
+  json: boolean;
+  help: boolean;
+}
+
+/** Parses the command line of `deno task train`. */
+export function parseTrainArgs(args: string[]): TrainArgs {
+  const v = parseFlags(args, {
+    config: { type: "string" },
+    steps: { type: "string" },
+    data: { type: "string" },
+    out: { type: "string" },
+    seed: { type: "string" },
+    lr: { type: "string" },
+    warmup: { type: "string" },
+    batch: { type: "string" },
+    "eval-every": { type: "string" },
+    "eval-windows": { type: "string" },
+    json: { type: "boolean" },
+    help: { type: "boolean" },
+  });
+  const configName = v.config ?? DEFAULT_CONFIG;
+  let named;
+  try {
+    named = getConfig(configName);
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  }
+  const d = named.train;
+  const steps = intFlag("steps", v.steps) ?? d.steps;
+  const out = {
+    configName,
+    steps,
+    data: v.data,
+    out: v.out ?? "runs/train",
+    seed: intFlag("seed", v.seed, 0) ?? 1,
+    lr: numberFlag("lr", v.lr, { min: 0, max: 10 }) ?? d.lr,
+    warmup: intFlag("warmup", v.warmup, 0) ?? Math.min(d.warmup, steps),
+    batch: intFlag("batch", v.batch) ?? d.batch,
+    evalEvery: intFlag("eval-every", v["eval-every"], 0) ?? d.evalEvery,
+    evalWindows: intFlag("eval-windows", v["eval-windows"]) ?? 1024,
+    json: v.json ?? false,
+    help: v.help ?? false,
+  };
+  if (out.data !== undefined && out.data.trim() === "") {
+    throw new UsageError("Invalid --data: empty path");
+  }
+  if (out.out.trim() === "") throw new UsageError("Invalid --out: empty path");
+  return out;
+}
+
+/** Learning rate at `step` (0-based): linear warmup, then cosine decay to 10% of the peak. */
+export function learningRate(
+  step: number,
+  a: { lr: number; warmup: number; steps: number },
+): number {
+  if (step < a.warmup) return (a.lr * (step + 1)) / a.warmup;
+  const span = Math.max(1, a.steps - a.warmup);
+  const progress = Math.min(1, (step - a.warmup) / span);
+  const min = a.lr * 0.1;
+  return min + 0.5 * (a.lr - min) * (1 + Math.cos(Math.PI * progress));
+}
+
+function fmtRate(x: number): string {
+  return Math.round(x).toLocaleString("en-US");
+}
+
+async function train(a: TrainArgs): Promise<void> {
+  const named = getConfig(a.configName);
+  const config = named.model;
+  const log = (obj: Record<string, unknown>) => {
+    if (a.json) console.log(JSON.stringify(obj));
+  };
+  const status = (line: string, final = false) => {
+    if (a.json) return;
+    const text = `\r\x1b[2K${line}${final ? "\n" : ""}`;
+    Deno.stderr.writeSync(new TextEncoder().encode(text));
+  };
+  const corpus = await loadCorpus({ path: a.data });
+  if (corpus.val.length < config.blockSize + 1) {
+    throw new RangeError(
+      `Cannot train: the validation split of ${corpus.source} has ${corpus.val.length} bytes, ` +
+        `fewer than block size + 1 = ${config.blockSize + 1}`,
+    );
+  }
+  const gpu: Gpu = await acquireGpu();
+  try {
+    const model = await createModel(gpu, config, { seed: a.seed, batch: a.batch });
+    const sampler = batchSampler(corpus.train, {
+      batch: a.batch,
+      blockSize: config.blockSize,
+      seed: a.seed,
+    });
+    const header = {
+      event: "start",
+      config: a.configName,
+      shape: describeConfig(config),
+      params: model.paramCount,
+      batch: a.batch,
+      steps: a.steps,
+      lr: a.lr,
+      warmup: a.warmup,
+      data: corpus.source,
+      train_bytes: corpus.train.length,
+      val_bytes: corpus.val.length,
+      adapter: gpu.adapter.description,
+      backend: gpu.adapter.backend,
+    };
+    if (a.json) log(header);
+    else {
+      console.error(
+        `train: ${a.configName} (${describeConfig(config)}, ${
+          model.paramCount.toLocaleString("en-US")
+        } params), ` +
+          `batch ${a.batch}, ${a.steps} steps, lr ${a.lr}, data ${corpus.source} ` +
+          `(${corpus.train.length.toLocaleString("en-US")} train / ${
+            corpus.val.length.toLocaleString("en-US")
+          } val bytes), ` +
+          `WebGPU ${gpu.adapter.description}`,
+      );
+    }
+    const evalOpts = { maxWindows: a.evalWindows, selection: "spread" as const };
+    const tokensPerStep = a.batch * config.blockSize;
+    const t0 = performance.now();
+    let stepTime = 0;
+    let lastVal = NaN;
+    let lastValStep = -1;
+    let loss = NaN;
+    for (let step = 0; step < a.steps; step++) {
+      const { inputs, targets } = sampler.next();
+      const lr = learningRate(step, a);
+      const ts = performance.now();
+      loss = await model.step(inputs, targets, { lr });
+      stepTime += performance.now() - ts;
+      if (!Number.isFinite(loss)) {
+        throw new Error(`Training diverged: loss ${loss} at step ${step + 1} (try a lower --lr)`);
+      }
+      const done = step + 1;
+      const tokS = (done * tokensPerStep) / (stepTime / 1000);
+      const elapsed = (performance.now() - t0) / 1000;
+      log({
+        step: done,
+        loss,
+        lr,
+        grad_norm: model.lastGradNorm,
+        tokens_per_s: tokS,
+        elapsed_s: elapsed,
+      });
+      const isEval = a.evalEvery > 0 && done % a.evalEvery === 0 && done < a.steps;
+      if (isEval) {
+        lastVal = (await evaluate(model, corpus.val, evalOpts)).loss;
+        lastValStep = done;
+        log({ step: done, val_loss: lastVal, elapsed_s: (performance.now() - t0) / 1000 });
+      }
+      const val = lastValStep > 0 ? ` | val ${lastVal.toFixed(4)} @${lastValStep}` : "";
+      status(
+        `step ${done}/${a.steps} | loss ${loss.toFixed(4)} | lr ${lr.toExponential(2)} | ` +
+          `${fmtRate(tokS)} tok/s | ${elapsed.toFixed(0)} s${val}`,
+      );
+    }
+    const final = await evaluate(model, corpus.val, evalOpts);
+    const elapsed = (performance.now() - t0) / 1000;
+    const tokS = (a.steps * tokensPerStep) / (stepTime / 1000);
+    await Deno.mkdir(a.out, { recursive: true });
+    const path = `${a.out.replace(/\/$/, "")}/model.safetensors`;
+    await saveGpt2(path, config, await model.getParams(), {
+      metadata: {
+        config_name: a.configName,
+        step: String(a.steps),
+        seed: String(a.seed),
+        val_loss: String(final.loss),
+        data: corpus.source,
+        data_cursor: JSON.stringify(sampler.cursor),
+      },
+    });
+    model.dispose();
+    status(
+      `step ${a.steps}/${a.steps} | loss ${loss.toFixed(4)} | ${fmtRate(tokS)} tok/s | ` +
+        `${elapsed.toFixed(1)} s | val ${
+          final.loss.toFixed(4)
+        } (${final.windows} windows) | saved ${path}`,
+      true,
+    );
+    log({
+      event: "done",
+      steps: a.steps,
+      loss,
+      val_loss: final.loss,
+      val_windows: final.windows,
+      tokens_per_s: tokS,
+      elapsed_s: elapsed,
+      checkpoint: path,
+    });
+  } finally {
+    gpu.destroy();
+  }
+}
+
+if (import.meta.main) {
+  try {
+    const args = parseTrainArgs(Deno.args);
+    if (args.help) console.log(HELP);
+    else await train(args);
+  } catch (err) {
+    exitWithError("train", err);
+  }
+}

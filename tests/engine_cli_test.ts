@@ -1,0 +1,242 @@
+/**
+ * `deno task train` and `deno task eval` as subprocesses: bad input gets a
+ * clear one-line error and a non-zero exit; a short real training run writes a
+ * checkpoint whose eval loss is reproducible and agrees with the independent
+ * numpy forward pass of tests/gpt2_reference.py.
+ */
+import { equal, match, ok } from "@std/assert";
+import { getConfig } from "../kernels/config.ts";
+import { buildLayout } from "../kernels/layout.ts";
+import { initParams } from "../kernels/model.ts";
+import { loadCorpus } from "../kernels/data.ts";
+import { gpt2Tensors, saveGpt2, toHfConfig } from "../checkpoint/gpt2_safetensors.ts";
+import { writeSafetensors } from "../checkpoint/safetensors.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function deno(
+  script: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<Run> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", script, ...args],
+    cwd: ROOT,
+    env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+const train = (args: string[], env?: Record<string, string>) =>
+  deno("kernels/train_main.ts", args, env);
+const evalCli = (args: string[], env?: Record<string, string>) =>
+  deno("kernels/eval_main.ts", args, env);
+
+/** Asserts a failed run with a single-line error on stderr matching `re`. */
+function assertFails(r: Run, re: RegExp, code?: number): void {
+  ok(r.code !== 0, `expected failure, got exit 0: ${r.stdout}`);
+  if (code !== undefined) equal(r.code, code, r.stderr);
+  const lines = r.stderr.trim().split("\n");
+  equal(lines.length, 1, `expected one line of stderr, got: ${r.stderr}`);
+  match(lines[0], re);
+}
+
+let dir = "";
+let dataFile = "";
+let ckpt = "";
+
+Deno.test.beforeAll(async () => {
+  dir = await Deno.makeTempDir({ prefix: "engine_cli_" });
+  dataFile = `${dir}/val.txt`;
+  const { val } = await loadCorpus();
+  await Deno.writeFile(dataFile, val.subarray(0, 200_000));
+  ckpt = `${dir}/small.safetensors`;
+  await saveGpt2(ckpt, getConfig("small").model, initParams(getConfig("small").model, 1));
+});
+
+Deno.test.afterAll(async () => {
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("train and eval print usage with --help and exit 0", async () => {
+  const t = await train(["--help"]);
+  equal(t.code, 0);
+  match(t.stdout, /Usage: deno task train/);
+  match(t.stdout, /--steps N/);
+  const e = await evalCli(["--help"]);
+  equal(e.code, 0);
+  match(e.stdout, /--checkpoint FILE/);
+});
+
+Deno.test("train rejects bad flags with a one-line error and exit 2", async () => {
+  assertFails(await train(["--bogus"]), /^train: Unknown option '--bogus'/, 2);
+  assertFails(
+    await train(["--steps", "abc"]),
+    /^train: Invalid --steps: "abc" \(expected an integer >= 1\)$/,
+    2,
+  );
+  assertFails(await train(["--steps", "0"]), /Invalid --steps/, 2);
+  assertFails(await train(["--lr=-1"]), /^train: Invalid --lr: "-1"/, 2);
+  assertFails(await train(["--lr", "nan"]), /^train: Invalid --lr: "nan"/, 2);
+  assertFails(
+    await train(["--config", "huge"]),
+    /^train: Unknown model config: "huge" \(known: tiny, small/,
+    2,
+  );
+  assertFails(await train(["--steps"]), /^train: Option '--steps <value>' argument missing/, 2);
+  assertFails(await train(["extra"]), /^train: Unexpected argument 'extra'/, 2);
+});
+
+Deno.test("train fails clearly on a data path that does not exist", async () => {
+  assertFails(
+    await train(["--data", `${dir}/missing.txt`, "--steps", "1"]),
+    /^train: DataError: Cannot load data: .*missing\.txt does not exist$/,
+    1,
+  );
+});
+
+Deno.test("train and eval fail with GpuUnavailableError when there is no WebGPU adapter", async () => {
+  // No adapter exists for the DirectX 12 backend on Linux: the real "no adapter" path.
+  const env = { DENO_WEBGPU_BACKEND: "dx12" };
+  assertFails(
+    await train(["--data", dataFile, "--steps", "1", "--out", `${dir}/nogpu`], env),
+    /^train: GpuUnavailableError: Cannot start WebGPU: no adapter found/,
+    1,
+  );
+  assertFails(
+    await evalCli(["--checkpoint", ckpt, "--data", dataFile], env),
+    /^eval: GpuUnavailableError: Cannot start WebGPU/,
+    1,
+  );
+});
+
+Deno.test("eval rejects missing, truncated and corrupt checkpoints", async () => {
+  assertFails(await evalCli([]), /^eval: Missing --checkpoint FILE/, 2);
+  assertFails(await evalCli(["--checkpoint", ckpt, "--nope"]), /^eval: Unknown option '--nope'/, 2);
+  assertFails(
+    await evalCli(["--checkpoint", ckpt, "--max-windows", "0"]),
+    /Invalid --max-windows/,
+    2,
+  );
+  assertFails(
+    await evalCli(["--checkpoint", `${dir}/none.safetensors`]),
+    /^eval: SafetensorsError: Cannot read checkpoint: .*none\.safetensors does not exist$/,
+    1,
+  );
+  const bytes = await Deno.readFile(ckpt);
+  const truncated = `${dir}/truncated.safetensors`;
+  await Deno.writeFile(truncated, bytes.subarray(0, bytes.length - 100));
+  assertFails(
+    await evalCli(["--checkpoint", truncated]),
+    /^eval: SafetensorsError: Invalid safetensors file .*truncated: tensor .* ends at byte/,
+    1,
+  );
+  const garbage = `${dir}/garbage.safetensors`;
+  await Deno.writeTextFile(garbage, "this is not a checkpoint at all");
+  assertFails(
+    await evalCli(["--checkpoint", garbage]),
+    /^eval: SafetensorsError: Invalid safetensors file .*header length/,
+    1,
+  );
+  const badJson = bytes.slice();
+  badJson[8] = 0x5b; // '[' in place of '{'
+  const corrupt = `${dir}/corrupt.safetensors`;
+  await Deno.writeFile(corrupt, badJson);
+  assertFails(
+    await evalCli(["--checkpoint", corrupt]),
+    /^eval: SafetensorsError: Invalid safetensors file .*header is not valid JSON/,
+    1,
+  );
+});
+
+Deno.test("eval rejects a checkpoint whose config does not match", async () => {
+  assertFails(
+    await evalCli(["--checkpoint", ckpt, "--config", "tiny", "--data", dataFile]),
+    /^eval: CheckpointMismatchError: Checkpoint does not match the model config: .*"n_embd":64.*expected .*"n_embd":16/,
+    1,
+  );
+  // Tensors of the small model under metadata that claims the tiny shape.
+  const small = getConfig("small").model;
+  const lying = `${dir}/lying.safetensors`;
+  await writeSafetensors(lying, gpt2Tensors(buildLayout(small), initParams(small, 1)), {
+    config: JSON.stringify(toHfConfig(getConfig("tiny").model)),
+  });
+  assertFails(
+    await evalCli(["--checkpoint", lying, "--data", dataFile]),
+    /^eval: CheckpointMismatchError: Checkpoint .*: tensor wte.weight has shape \[256,64\], the config needs \[256,16\]$/,
+    1,
+  );
+  assertFails(
+    await evalCli(["--checkpoint", ckpt, "--data", `${dir}/missing.bin`]),
+    /^eval: DataError: Cannot load data: .*missing\.bin does not exist$/,
+    1,
+  );
+});
+
+Deno.test("a short training run writes a checkpoint whose eval loss is reproducible and matches numpy", async () => {
+  const out = `${dir}/run`;
+  const t = await train([
+    "--steps",
+    "25",
+    "--data",
+    dataFile,
+    "--out",
+    out,
+    "--json",
+    "--eval-every",
+    "10",
+    "--eval-windows",
+    "8",
+    "--seed",
+    "3",
+  ]);
+  equal(t.code, 0, t.stderr);
+  const lines = t.stdout.trim().split("\n").map((l) => JSON.parse(l));
+  equal(lines[0].event, "start");
+  equal(lines.filter((l) => typeof l.step === "number" && typeof l.loss === "number").length, 25);
+  equal(lines.filter((l) => typeof l.val_loss === "number" && l.event === undefined).length, 2);
+  const done = lines.at(-1);
+  equal(done.event, "done");
+  ok(done.val_loss < 5.0, `val loss after 25 steps: ${done.val_loss}`);
+  ok(done.tokens_per_s > 0);
+  const path = `${out}/model.safetensors`;
+  equal(done.checkpoint, path);
+  const args = ["--checkpoint", path, "--data", dataFile, "--max-windows", "96", "--json"];
+  const e1 = await evalCli(args);
+  equal(e1.code, 0, e1.stderr);
+  const r1 = JSON.parse(e1.stdout.trim().split("\n").at(-1)!);
+  equal(r1.windows, 96);
+  const e2 = await evalCli([...args, "--batch", "7"]);
+  const r2 = JSON.parse(e2.stdout.trim().split("\n").at(-1)!);
+  equal(r2.eval_loss, r1.eval_loss, "eval must give the same number every run and batch size");
+  let py: Deno.CommandOutput;
+  try {
+    py = await new Deno.Command("python3", {
+      args: [`${ROOT}tests/gpt2_reference.py`, path, dataFile, "--max-windows", "96"],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  } catch {
+    console.warn("SKIPPED numpy agreement: python3 is not on PATH");
+    return;
+  }
+  const pyErr = new TextDecoder().decode(py.stderr);
+  if (py.code !== 0 && /No module named 'numpy'/.test(pyErr)) {
+    console.warn("SKIPPED numpy agreement: numpy is not installed for python3");
+    return;
+  }
+  equal(py.code, 0, pyErr);
+  const ref = JSON.parse(new TextDecoder().decode(py.stdout).trim());
+  equal(ref.windows, 96);
+  const rel = Math.abs(r1.eval_loss - ref.eval_loss) / ref.eval_loss;
+  ok(rel < 1e-4, `deno eval ${r1.eval_loss} vs numpy ${ref.eval_loss}: relative difference ${rel}`);
+});
