@@ -1,0 +1,261 @@
+/**
+ * Joins an {@linkcode ActorSystem} to other nodes over the transport, so
+ * that a ref to an actor on another node is used exactly like a local one.
+ *
+ * Every authenticated connection (accepted by this node's server or dialled
+ * by one of its clients) becomes the system's {@linkcode RemoteLink} for the
+ * peer: actor frames map one to one onto envelopes (`tell`, `ask` with `id`,
+ * `reply` and `error` with `corr`), and the peer's proven id replaces any
+ * `from` it claims. When a peer's last connection closes, the system's
+ * `removeRemote` fails the asks still waiting on it with a clear
+ * `RemoteUnavailableError` instead of letting them hang; a dialled
+ * connection that comes back (the client reconnects) is added again.
+ *
+ * @module
+ */
+import type { RemoteFrame, RemoteLink } from "../actors/_remote.ts";
+import type { ActorSystem } from "../actors/system.ts";
+import type { Hono } from "hono";
+import { type Channel, type CloseInfo, type ConnectionOptions, consoleLogger } from "./_channel.ts";
+import { type ClientOptions, TransportClient } from "./client.ts";
+import type { Envelope } from "./envelope.ts";
+import { TransportServer } from "./server.ts";
+
+/** Options of {@linkcode ActorTransport}. */
+export interface ActorTransportOptions extends ConnectionOptions {
+  /** Run id shared by every node of the run. */
+  run: string;
+  /** The run secret. */
+  secret: string | Uint8Array;
+}
+
+/** Options of {@linkcode ActorTransport.connect}. */
+export type DialOptions = Pick<
+  ClientOptions,
+  "expectedPeer" | "seed" | "random" | "backoffBaseMs" | "backoffMaxMs" | "maxAttempts"
+>;
+
+/** A bound listener of {@linkcode ActorTransport.listen}. */
+export interface Listener {
+  /** Bound port. */
+  port: number;
+  /** `ws://host:port/path` for peers to dial. */
+  url: string;
+  /** Stops listening (connections are closed by `ActorTransport.close`). */
+  shutdown(): Promise<void>;
+}
+
+/**
+ * The transport of one actor system: accepts peers through its server (mount
+ * it on a hono app or `listen`) and dials peers with `connect`.
+ *
+ * @example Two systems on real WebSockets
+ * ```ts
+ * import { ActorSystem } from "../actors/system.ts";
+ * import { ActorTransport } from "./remote.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const a = new ActorSystem({ node: "a" });
+ * const b = new ActorSystem({ node: "b" });
+ * await b.spawn({ receive: (n: number) => n * 2 }, { name: "double" });
+ * const ta = new ActorTransport(a, { run: "r1", secret: "s" });
+ * const tb = new ActorTransport(b, { run: "r1", secret: "s" });
+ * const listener = await tb.listen({ port: 0 });
+ * await ta.connect(listener.url, { expectedPeer: "b" }).ready();
+ * assert.equal(await a.ref("b/double").ask(21), 42);
+ * await ta.close();
+ * await tb.close();
+ * await listener.shutdown();
+ * await a.shutdown();
+ * await b.shutdown();
+ * ```
+ */
+export class ActorTransport {
+  /** The server side; mount it on an app with `server.mount(app, path)`. */
+  readonly server: TransportServer;
+  #system: ActorSystem;
+  #options: ActorTransportOptions;
+  #channels = new Map<string, Channel[]>();
+  #clients = new Set<TransportClient>();
+  #listeners = new Set<Deno.HttpServer>();
+
+  /** Creates the transport of `system` (its node id is the system's `node`). */
+  constructor(system: ActorSystem, options: ActorTransportOptions) {
+    this.#system = system;
+    this.#options = options;
+    this.server = new TransportServer({
+      ...options,
+      nodeId: system.node,
+      onEnvelope: (env, ch) => this.#deliver(env, ch),
+      onPeer: (ch) => this.#opened(ch),
+      onPeerClosed: (ch, info) => this.#closed(ch, info),
+    });
+  }
+
+  /** Node ids with at least one open connection. */
+  get peers(): string[] {
+    return [...this.#channels.keys()];
+  }
+
+  /** Registers the transport route on `app` at `path`; returns this transport. */
+  mount(app: Hono, path = "/"): this {
+    this.server.mount(app, path);
+    return this;
+  }
+
+  /** Serves the transport alone on `Deno.serve`. */
+  listen(options: { port?: number; hostname?: string; path?: string } = {}): Promise<Listener> {
+    const path = options.path ?? "/";
+    const app = this.server.router(path);
+    const { promise, resolve } = Promise.withResolvers<Listener>();
+    const http = Deno.serve({
+      port: options.port ?? 0,
+      hostname: options.hostname ?? "127.0.0.1",
+      onListen: (addr) => {
+        resolve({
+          port: addr.port,
+          url: `ws://${addr.hostname}:${addr.port}${path}`,
+          shutdown: async () => {
+            this.#listeners.delete(http);
+            await http.shutdown();
+          },
+        });
+      },
+    }, app.fetch);
+    this.#listeners.add(http);
+    return promise;
+  }
+
+  /** Dials a peer node; the client reconnects until {@linkcode ActorTransport.close}. */
+  connect(url: string | URL, options: DialOptions = {}): TransportClient {
+    const client = new TransportClient(url, {
+      ...this.#options,
+      ...options,
+      nodeId: this.#system.node,
+      onEnvelope: (env, ch) => this.#deliver(env, ch),
+      onOpen: (ch) => this.#opened(ch),
+      onClose: (ch, info) => this.#closed(ch, info),
+    });
+    this.#clients.add(client);
+    client.closed.then(() => this.#clients.delete(client));
+    return client;
+  }
+
+  #link(channel: Channel): RemoteLink {
+    return {
+      send: (frame: RemoteFrame) => {
+        switch (frame.kind) {
+          case "tell":
+            channel.post("tell", frame.to, frame.payload);
+            return;
+          case "ask":
+            channel.post("ask", frame.to, frame.payload, { id: frame.id });
+            return;
+          case "reply":
+            channel.post("reply", frame.to, frame.payload, { corr: frame.id });
+            return;
+          case "error": {
+            const p = frame.payload as { name: string; message: string };
+            channel.post("error", frame.to, {
+              code: "actor_error",
+              name: p.name,
+              message: p.message,
+            }, {
+              corr: frame.id,
+            });
+            return;
+          }
+        }
+      },
+    };
+  }
+
+  #opened(channel: Channel): void {
+    const list = this.#channels.get(channel.peerId) ?? [];
+    list.push(channel);
+    this.#channels.set(channel.peerId, list);
+    this.#system.addRemote(channel.peerId, this.#link(channel));
+  }
+
+  #closed(channel: Channel, info: CloseInfo): void {
+    const peer = channel.peerId;
+    const list = (this.#channels.get(peer) ?? []).filter((c) => c !== channel);
+    if (list.length > 0) {
+      this.#channels.set(peer, list);
+      this.#system.addRemote(peer, this.#link(list[list.length - 1]));
+      return;
+    }
+    this.#channels.delete(peer);
+    if (!this.#system.isShutDown) {
+      this.#system.removeRemote(
+        peer,
+        `connection closed (${info.code}${info.reason ? ` ${info.reason}` : ""})`,
+      );
+    }
+  }
+
+  #deliver(env: Envelope, channel: Channel): void {
+    let frame: RemoteFrame;
+    switch (env.kind) {
+      case "tell":
+        frame = { kind: "tell", to: env.to, from: channel.peerId, payload: env.payload };
+        break;
+      case "ask":
+        frame = { kind: "ask", to: env.to, from: channel.peerId, id: env.id, payload: env.payload };
+        break;
+      case "reply":
+        frame = {
+          kind: "reply",
+          to: env.to,
+          from: channel.peerId,
+          id: env.corr,
+          payload: env.payload,
+        };
+        break;
+      case "error": {
+        const p = env.payload as { code: string; message: string; name?: unknown };
+        if (env.corr === undefined) {
+          (this.#options.log ?? consoleLogger)(
+            "warn",
+            `Peer "${channel.peerId}" reported: ${p.message}`,
+          );
+          return;
+        }
+        const name = typeof p.name === "string" ? p.name : p.code;
+        frame = {
+          kind: "error",
+          to: env.to,
+          from: channel.peerId,
+          id: env.corr,
+          payload: { name, message: p.message },
+        };
+        break;
+      }
+      default:
+        return;
+    }
+    try {
+      this.#system.deliverRemote(frame);
+    } catch (err) {
+      if (env.kind === "ask" && channel.isOpen) {
+        channel.post("error", env.from, {
+          code: "invalid",
+          name: "TypeError",
+          message: (err as Error).message,
+        }, {
+          corr: env.id,
+        });
+      } else {
+        throw err;
+      }
+    }
+  }
+
+  /** Closes every client and server connection (peers are removed from the system). */
+  async close(): Promise<void> {
+    await Promise.all([...this.#clients].map((c) => c.close()));
+    await this.server.close();
+    await Promise.all([...this.#listeners].map((h) => h.shutdown()));
+    this.#listeners.clear();
+  }
+}

@@ -1,0 +1,242 @@
+/**
+ * The WebSocket server side, built on hono so that an existing service can
+ * mount it on its own app at its own route; {@linkcode serve} runs it alone
+ * on `Deno.serve`.
+ *
+ * @module
+ */
+import { Hono, type MiddlewareHandler } from "hono";
+import { upgradeWebSocket } from "hono/deno";
+import { importSecret } from "./auth.ts";
+import {
+  Channel,
+  checkConnectionOptions,
+  type CloseInfo,
+  type ConnectionOptions,
+  type Logger,
+  type MessageHandler,
+} from "./_channel.ts";
+import { type Envelope, resolveLimits } from "./envelope.ts";
+
+/** Options of {@linkcode TransportServer}. */
+export interface ServerOptions extends ConnectionOptions {
+  /** This node's id (no `/`). */
+  nodeId: string;
+  /** Run id; peers of other runs are refused. */
+  run: string;
+  /** The run secret every peer must prove. */
+  secret: string | Uint8Array;
+  /** Request/response handler for tells and asks. */
+  onMessage?: MessageHandler;
+  /** Raw handler for every data envelope (takes priority over `onMessage`). */
+  onEnvelope?: (envelope: Envelope, peer: Channel) => void;
+  /** Called when a peer has authenticated. */
+  onPeer?: (peer: Channel) => void;
+  /** Called when an authenticated peer's connection closes. */
+  onPeerClosed?: (peer: Channel, info: CloseInfo) => void;
+}
+
+function checkId(nodeId: string, what: string): void {
+  if (typeof nodeId !== "string" || nodeId.length === 0 || nodeId.includes("/")) {
+    throw new TypeError(`Invalid ${what}: expected a non-empty string without "/", got ${nodeId}`);
+  }
+}
+
+/**
+ * Accepts peer connections: authenticates each, then hands its messages to
+ * the handlers. One connection per peer id: a newer one replaces the older.
+ *
+ * @example Mount on an existing hono app
+ * ```ts
+ * import { Hono } from "hono";
+ * import { TransportServer } from "./server.ts";
+ * const app = new Hono();
+ * app.get("/health", (c) => c.text("ok"));
+ * const transport = new TransportServer({ nodeId: "hub", run: "r1", secret: "s" });
+ * transport.mount(app, "/actors");
+ * await transport.close();
+ * ```
+ */
+export class TransportServer {
+  /** This node's id. */
+  readonly nodeId: string;
+  #options: ServerOptions;
+  #key: Promise<CryptoKey>;
+  #limits;
+  #peers = new Map<string, Channel>();
+  #channels = new Set<Channel>();
+  #closing = false;
+
+  /** Creates the server; nothing listens until it is mounted or served. */
+  constructor(options: ServerOptions) {
+    checkId(options.nodeId, "node id");
+    if (typeof options.run !== "string" || options.run.length === 0) {
+      throw new TypeError(`Invalid run id: expected a non-empty string, got ${options.run}`);
+    }
+    this.nodeId = options.nodeId;
+    this.#options = options;
+    this.#limits = resolveLimits(options.limits);
+    checkConnectionOptions(options);
+    const secretLength = typeof options.secret === "string"
+      ? options.secret.length
+      : options.secret?.byteLength;
+    if (!secretLength) throw new RangeError("Invalid run secret: empty");
+    this.#key = importSecret(options.secret);
+    this.#key.catch(() => {});
+  }
+
+  /** Authenticated peers by node id. */
+  get peers(): ReadonlyMap<string, Channel> {
+    return this.#peers;
+  }
+
+  /** The open connection of peer `id`, if any. */
+  peer(id: string): Channel | undefined {
+    return this.#peers.get(id);
+  }
+
+  /**
+   * The hono handler that upgrades a request to a transport connection;
+   * register it with `app.get(path, server.handler)`.
+   */
+  get handler(): MiddlewareHandler {
+    return upgradeWebSocket(async (c) => {
+      const info = (c.env ?? {}) as { remoteAddr?: { hostname?: string; port?: number } };
+      const addr = info.remoteAddr?.hostname !== undefined
+        ? `${info.remoteAddr.hostname}:${info.remoteAddr.port}`
+        : "unknown address";
+      // hono builds the events before it checks the upgrade header: plain requests get none.
+      if (c.req.header("upgrade")?.toLowerCase() !== "websocket") return {};
+      const channel = this.#channel(addr, await this.#key);
+      return {
+        onOpen: (_event, ws) => {
+          const raw = ws.raw as WebSocket;
+          raw.binaryType = "arraybuffer";
+          this.#channels.add(channel);
+          if (this.#closing) {
+            raw.close(1001, "Server shutting down");
+            return;
+          }
+          channel.attach(raw);
+        },
+        onMessage: (event) => channel.receive(event.data),
+        onClose: (event) => {
+          this.#channels.delete(channel);
+          channel.socketClosed(event.code, event.reason);
+        },
+        onError: () => {},
+      };
+    });
+  }
+
+  #channel(remoteAddr: string, key: CryptoKey): Channel {
+    const o = this.#options;
+    const channel: Channel = new Channel({
+      ...o,
+      key,
+      role: "server",
+      resolvedLimits: this.#limits,
+      remoteAddr,
+      onOpen: (peer) => {
+        const old = this.#peers.get(peer.peerId);
+        this.#peers.set(peer.peerId, peer);
+        if (old && old !== peer) old.close(4409, "Replaced by a newer connection");
+        o.onPeer?.(peer);
+      },
+      onClose: (peer, info) => {
+        if (this.#peers.get(peer.peerId) === peer) this.#peers.delete(peer.peerId);
+        o.onPeerClosed?.(peer, info);
+      },
+    });
+    return channel;
+  }
+
+  /**
+   * Registers the transport route on `app` at `path` (GET, WebSocket
+   * upgrade) and returns this server.
+   */
+  mount(app: Hono, path = "/"): this {
+    app.get(path, this.handler);
+    return this;
+  }
+
+  /** A new hono app serving only the transport route at `path`. */
+  router(path = "/"): Hono {
+    const app = new Hono();
+    this.mount(app, path);
+    return app;
+  }
+
+  /** Closes every connection (1001) and waits until their sockets are gone. */
+  async close(code = 1001, reason = "Server shutting down"): Promise<void> {
+    this.#closing = true;
+    const all = [...this.#channels];
+    for (const ch of all) ch.close(code, reason);
+    await Promise.all(all.map((ch) => ch.closed));
+  }
+}
+
+/** Options of {@linkcode serve}. */
+export interface ServeOptions extends ServerOptions {
+  /** Port; 0 picks a free one. Default 0. */
+  port?: number;
+  /** Interface. Default "127.0.0.1". */
+  hostname?: string;
+  /** Route of the transport. Default "/". */
+  path?: string;
+  /** Called with the bound address once listening. */
+  onListen?: (addr: Deno.NetAddr) => void;
+  /** Log sink. */
+  log?: Logger;
+}
+
+/** A transport server listening on its own port. */
+export interface ServedTransport {
+  /** The transport. */
+  server: TransportServer;
+  /** Bound port. */
+  port: number;
+  /** Bound interface. */
+  hostname: string;
+  /** `ws://host:port/path` to give to clients. */
+  url: string;
+  /** Closes every connection, then stops listening. */
+  shutdown(): Promise<void>;
+}
+
+/**
+ * Runs a transport server alone on `Deno.serve`.
+ *
+ * @example Serve on a free port
+ * ```ts
+ * import { serve } from "./server.ts";
+ * const served = await serve({ nodeId: "hub", run: "r1", secret: "s", port: 0 });
+ * console.log(served.url);
+ * await served.shutdown();
+ * ```
+ */
+export function serve(options: ServeOptions): Promise<ServedTransport> {
+  const server = new TransportServer(options);
+  const path = options.path ?? "/";
+  const app = server.router(path);
+  const { promise, resolve } = Promise.withResolvers<ServedTransport>();
+  const httpServer = Deno.serve({
+    port: options.port ?? 0,
+    hostname: options.hostname ?? "127.0.0.1",
+    onListen: (addr) => {
+      options.onListen?.(addr);
+      const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+      resolve({
+        server,
+        port: addr.port,
+        hostname: addr.hostname,
+        url: `ws://${host}:${addr.port}${path}`,
+        shutdown: async () => {
+          await server.close();
+          await httpServer.shutdown();
+        },
+      });
+    },
+  }, app.fetch);
+  return promise;
+}
