@@ -311,16 +311,19 @@ function tiledPlan(l: Layout): Plan {
   const BM = 64, BN = 64, BK = 16;
   const aLoad = l.transA ? `A[gk * M + gi]` : `A[gi * K + gk]`;
   const bLoad = l.transB ? `B[gj * K + gk]` : `B[gk * N + gj]`;
+  // Tiles are stored as vec4s: 4 consecutive rows (columns) that one invocation reads at
+  // once. Small vec4 arrays also keep the GL backend's compile time down: its zero
+  // initialization of workgroup memory is unrolled per array element.
   const code = `${header(l)}
-var<workgroup> As: array<f32, ${BK * BM}>;
-var<workgroup> Bs: array<f32, ${BK * BN}>;
+var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>;
+var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>;
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   ${DIMS}
   let tid = lid.y * 16u + lid.x;
   let rowBase = wg.y * ${u(BM)};
   let colBase = wg.x * ${u(BN)};
-  var acc: array<f32, 16>;
+  var acc: array<vec4<f32>, 4>;
   for (var t = 0u; t < (K + ${u(BK - 1)}) / ${u(BK)}; t++) {
     let k0 = t * ${u(BK)};
     // 1024 elements per tile, 256 invocations: 4 loads each, zero outside the matrix.
@@ -332,34 +335,29 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
       let gk = k0 + kk;
       var av = 0.0;
       if (gi < M && gk < K) { av = ${aLoad}; }
-      As[kk * ${u(BM)} + mm] = av;
+      As[kk * ${u(BM / 4)} + mm / 4u][mm % 4u] = av;
       let gj = colBase + mm;
       var bv = 0.0;
       if (gj < N && gk < K) { bv = ${bLoad}; }
-      Bs[kk * ${u(BN)} + mm] = bv;
+      Bs[kk * ${u(BN / 4)} + mm / 4u][mm % 4u] = bv;
     }
     workgroupBarrier();
     for (var kk = 0u; kk < ${u(BK)}; kk++) {
-      var a: array<f32, 4>;
-      var b: array<f32, 4>;
-      for (var x = 0u; x < 4u; x++) {
-        a[x] = As[kk * ${u(BM)} + lid.y + x * 16u];
-        b[x] = Bs[kk * ${u(BN)} + lid.x + x * 16u];
-      }
-      for (var y = 0u; y < 4u; y++) {
-        for (var x = 0u; x < 4u; x++) {
-          acc[y * 4u + x] = fma(a[y], b[x], acc[y * 4u + x]);
-        }
-      }
+      let a = As[kk * ${u(BM / 4)} + lid.y];
+      let b = Bs[kk * ${u(BN / 4)} + lid.x];
+      acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
+      acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
+      acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
+      acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
     }
     workgroupBarrier();
   }
   for (var y = 0u; y < 4u; y++) {
-    let row = rowBase + lid.y + y * 16u;
+    let row = rowBase + lid.y * 4u + y;
     for (var x = 0u; x < 4u; x++) {
-      let col = colBase + lid.x + x * 16u;
+      let col = colBase + lid.x * 4u + x;
       if (row < M && col < N) {
-        ${store(l, "row", "col", "acc[y * 4u + x]")}
+        ${store(l, "row", "col", "acc[y][x]")}
       }
     }
   }
