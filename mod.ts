@@ -75,3 +75,6 @@ export type { StartStateSource } from "./actors/trainer.ts";
 export { aggregatorBehavior, MemoryKeeperSlot } from "./actors/aggregator.ts";
 export type { KeeperSlot } from "./actors/aggregator.ts";
 export { trackerBehavior } from "./actors/tracker.ts";
+export { resumeRunDir } from "./checkpoint/resume.ts";
+export { CheckpointSlot, runStateSource } from "./actors/run.ts";
+export type { CheckpointOptions } from "./actors/run.ts";

@@ -32,6 +32,7 @@ import {
   type ViewMsg,
 } from "./run_protocol.ts";
 import { encode } from "../transport/codec.ts";
+import { tensorChecksum } from "./_checksum.ts";
 
 /**
  * Where an aggregator keeps what must survive its restart: each shard's θ,
@@ -180,7 +181,8 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
     const closed = agg.close();
     slot.save(agg.state());
     for (const r of closed.rejected) rejectTo(ctx, r);
-    const update: UpdateMsg = closed.update;
+    // The checksum of θ_{r+1} lets each trainer verify its copy.
+    const update: UpdateMsg = { ...closed.update, check: tensorChecksum(agg.theta()) };
     const to = new Set([...(view?.trainers ?? []), ...update.contributors]);
     for (const t of to) tellSafe(ctx, t, update);
     report({
@@ -197,7 +199,14 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
       epoch: view?.epoch ?? 0,
     });
     ctx.system.ref(options.tracker).ask<ViewMsg>(
-      { type: "round_closed", run, round: update.round, node: id, ...(view ? { view } : {}) },
+      {
+        type: "round_closed",
+        run,
+        round: update.round,
+        node: id,
+        contributors: update.contributors,
+        ...(view ? { view } : {}),
+      },
       { timeoutMs: 3000 },
     ).then((v) => ctx.self.tell(v), () => {/* the tracker's next view will come by heartbeat */});
   };

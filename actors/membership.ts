@@ -53,6 +53,8 @@ export interface MembershipOptions {
   incarnation?: number;
   /** Rounds of the run, announced in every view (default 0: no bound). */
   rounds?: number;
+  /** The round the run opens at (default 0; a resumed run opens at its checkpoint's round). */
+  startRound?: number;
 }
 
 /** What the tracker knows of a member. */
@@ -118,11 +120,15 @@ export class Membership {
     this.#now = options.now ?? Date.now;
     this.#incarnation = options.incarnation ?? 0;
     this.#rounds = options.rounds ?? 0;
+    const startRound = options.startRound ?? 0;
+    if (!Number.isSafeInteger(startRound) || startRound < 0) {
+      throw new RangeError(`Invalid start round: ${startRound} (expected an integer >= 0)`);
+    }
     this.#view = {
       type: "view",
       run: this.#run,
       epoch: 0,
-      round: 0,
+      round: startRound,
       trainers: [],
       aggregators: [],
       shards: [{ index: 0, start: 0, length: this.#params, aggregator: "none" }],
@@ -275,6 +281,8 @@ export class Membership {
       this.#members.set(msg.node, m);
       // An aggregator arriving after the start does not take shards from the running ones.
       if (this.#started && !inView && !msg.roles.includes("trainer")) m.status = "member";
+      // No boundary comes while no trainer is in the view: admit at once.
+      if (this.#admitIfNoTrainer()) m.status = "member";
       if (m.status === "member") {
         view = this.#publish(this.#view.round, !this.#started);
       }
@@ -289,6 +297,19 @@ export class Membership {
       incarnation: this.#incarnation,
     };
     return view ? { reply, view, evicted: [] } : { reply, evicted: [] };
+  }
+
+  /**
+   * When the run has started and no trainer is a member, no round can close,
+   * so pending trainers would wait for a boundary that never comes: they are
+   * admitted now. Returns whether any was.
+   */
+  #admitIfNoTrainer(): boolean {
+    if (!this.#started) return false;
+    const all = [...this.#members.values()].filter((m) => m.roles.includes("trainer"));
+    if (all.some((m) => m.status === "member")) return false;
+    for (const m of all) m.status = "member";
+    return all.length > 0;
   }
 
   /** Opens round 0 (or the adopted round): from now on joiners wait for a boundary. */
@@ -336,6 +357,7 @@ export class Membership {
       }
     }
     if (evicted.length === 0) return { evicted };
+    this.#admitIfNoTrainer();
     const view = this.#publish(this.#view.round, !this.#started);
     return view ? { view, evicted: evicted.sort() } : { evicted: evicted.sort() };
   }
@@ -349,6 +371,11 @@ export class Membership {
     this.#adopt(msg.view);
     const agg = this.#members.get(msg.node);
     if (agg) agg.lastSeen = this.#now();
+    // A counted contribution is a sign of life as good as a heartbeat.
+    for (const t of msg.contributors ?? []) {
+      const m = this.#members.get(t);
+      if (m) m.lastSeen = this.#now();
+    }
     if (msg.round + 1 <= this.#view.round) return { view: this.#view, evicted: [] };
     this.#started = true;
     for (const m of this.#members.values()) m.status = "member";

@@ -7,6 +7,13 @@
  *   exits 0.
  * - `--host ADDR:PORT --secret S`: hosts a run that other processes join.
  * - `--join ws://ADDR:PORT --secret S`: joins a run as a trainer.
+ * - `--resume DIR`: restarts a run (embedded, or with `--host`) from the
+ *   newest verified round under DIR, with θ bit for bit, the outer momentum
+ *   and the data cursors; it prints the loaded parameters' hash.
+ *
+ * The embedded run and the host run checkpoint keepers (default 2), each
+ * writing its own `<run dir>/keeper-<i>` (run dir: `--run-dir`, default
+ * `runs/<run id>`); `<run dir>/latest` points at the newest committed round.
  *
  * With `--json`, one JSON object per line: a "round" event per closed round
  * and a last "done" event with the totals.
@@ -14,9 +21,15 @@
  * @module
  */
 import { parseArgs } from "@std/cli";
-import { DEFAULT_OUTER, DILOCO_PAPER_OUTER, OUTER_PRESETS } from "./aggregation.ts";
+import {
+  DEFAULT_INNER_STEPS,
+  DEFAULT_OUTER,
+  DILOCO_PAPER_OUTER,
+  OUTER_PRESETS,
+} from "./aggregation.ts";
 import { runEmbedded, type RunEvent, runNetworked, type RunSettings } from "./run.ts";
-import { CONFIGS } from "../kernels/config.ts";
+import { CONFIGS, getConfig } from "../kernels/config.ts";
+import { NothingToResumeError, type ResumedRun, resumeRunDir } from "../checkpoint/resume.ts";
 
 const HELP = `Usage: deno task node [options]
 
@@ -28,17 +41,24 @@ Options:
   --host ADDR:PORT      host a run that other nodes join (serves GET /status)
   --join URL            join a run (ws://ADDR:PORT) as a trainer
   --secret S            the run's shared secret (required with --host and --join)
-  --role ROLE           role when joining: trainer (the only one supported so far)
+  --role ROLE           role when joining: trainer (default) or keeper (a checkpoint keeper
+                        of the run, writing --run-dir, default runs/<run id>/<node>)
   --trainers N          trainers in this process (embedded/host; default 4 embedded, 0 host)
   --min-trainers N      host: open the first round when N trainers joined (default 1)
   --rounds N            outer rounds (default 3)
-  --inner-steps H       inner AdamW steps per round (default 20)
+  --inner-steps H       inner AdamW steps per round (default ${DEFAULT_INNER_STEPS})
   --config NAME         model config: ${Object.keys(CONFIGS).join(", ")} (default small)
   --data PATH           training text (file or folder; default: the bundled corpus)
-  --run-dir DIR         where the run writes its log (run.jsonl)
+  --run-dir DIR         where the run writes its log (run.jsonl) and checkpoints
+                        (keeper-<i>/rounds/<round>, latest); default runs/<run id>
+  --keepers N           checkpoint keepers in this process (default 2 embedded/host, 0: none)
+  --resume DIR          restart the run from the newest verified round under DIR
+                        (its settings; --rounds N may extend it)
   --run-id ID           run id (default "run")
   --outer-lr X          outer learning rate (default ${DEFAULT_OUTER.lr})
   --outer-momentum X    outer Nesterov momentum (default ${DEFAULT_OUTER.momentum})
+  --outer-warmup N      rounds over which the outer lr and momentum ramp up from plain
+                        averaging (default ${DEFAULT_OUTER.warmupRounds ?? 0})
   --outer-preset NAME   ${
   Object.keys(OUTER_PRESETS).join(", ")
 } (diloco = lr ${DILOCO_PAPER_OUTER.lr}, momentum ${DILOCO_PAPER_OUTER.momentum})
@@ -52,10 +72,16 @@ export interface NodeArgs extends RunSettings {
   host?: string;
   join?: string;
   secret?: string;
-  role: "trainer" | "aggregator";
+  role: "trainer" | "aggregator" | "keeper";
   trainers: number;
   minTrainers?: number;
   runDir?: string;
+  /** Checkpoint keepers in this process. */
+  keepers: number;
+  /** Resume from this run directory. */
+  resumeDir?: string;
+  /** Flags given on the command line (a resumed run keeps its recorded settings otherwise). */
+  given: string[];
   json: boolean;
   help: boolean;
 }
@@ -104,9 +130,12 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       config: { type: "string" },
       data: { type: "string" },
       "run-dir": { type: "string" },
+      keepers: { type: "string" },
+      resume: { type: "string" },
       "run-id": { type: "string" },
       "outer-lr": { type: "string" },
       "outer-momentum": { type: "string" },
+      "outer-warmup": { type: "string" },
       "outer-preset": { type: "string" },
       seed: { type: "string" },
       json: { type: "boolean" },
@@ -127,8 +156,13 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
     );
   }
   const role = values.role ?? "trainer";
-  if (role !== "trainer" && role !== "aggregator") {
-    throw new RangeError(`Invalid --role: "${role}" (known: trainer, aggregator)`);
+  if (role !== "trainer" && role !== "aggregator" && role !== "keeper") {
+    throw new RangeError(`Invalid --role: "${role}" (known: trainer, keeper, aggregator)`);
+  }
+  if (role === "keeper" && !values.join) {
+    throw new TypeError(
+      "Invalid flags: --role keeper joins a run (--join URL); a host runs its own keepers (--keepers N)",
+    );
   }
   if (values.host && values.join) {
     throw new TypeError("Invalid flags: --host and --join exclude each other");
@@ -142,21 +176,26 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
   if (values.join && !/^wss?:\/\//.test(values.join)) {
     throw new RangeError(`Invalid --join: expected ws://ADDR:PORT, got "${values.join}"`);
   }
-  if (values.join && role !== "trainer") {
+  if (values.join && role === "aggregator") {
     // The host's aggregators own the shard map, fixed when the first round opens.
     throw new RangeError(
-      `Invalid --role: joining as "${role}" is not supported yet (only trainer)`,
+      `Invalid --role: joining as "${role}" is not supported yet (trainer or keeper)`,
     );
   }
   const embedded = !values.host && !values.join;
+  if (values.resume !== undefined && values.join) {
+    throw new TypeError("Invalid flags: --resume restarts a run from its host; not with --join");
+  }
+  if (values.resume === "") throw new RangeError("Invalid --resume: expected a run directory");
   return {
     run: values["run-id"] ?? "run",
     config,
     rounds: intArg("rounds", values.rounds, 3, 1),
-    innerSteps: intArg("inner-steps", values["inner-steps"], 20, 1),
+    innerSteps: intArg("inner-steps", values["inner-steps"], DEFAULT_INNER_STEPS, 1),
     outer: {
       lr: numArg("outer-lr", values["outer-lr"], preset.lr),
       momentum: numArg("outer-momentum", values["outer-momentum"], preset.momentum),
+      warmupRounds: intArg("outer-warmup", values["outer-warmup"], preset.warmupRounds ?? 0),
     },
     ...(values.data ? { dataPath: values.data } : {}),
     seed: intArg("seed", values.seed, 1),
@@ -169,6 +208,9 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       ? undefined
       : intArg("min-trainers", values["min-trainers"], 1, 1),
     runDir: values["run-dir"],
+    keepers: intArg("keepers", values.keepers, values.join ? 0 : 2),
+    ...(values.resume !== undefined ? { resumeDir: values.resume } : {}),
+    given: Object.keys(values),
     json: values.json ?? false,
     help: values.help ?? false,
   };
@@ -190,7 +232,17 @@ export function eventPrinter(args: { json: boolean; runDir?: string }): (e: RunE
       console.log(line);
       return;
     }
-    if (e.event === "round") {
+    if (e.event === "committed") {
+      console.error(
+        `[${
+          e.wall_s.toFixed(1)
+        }s] round ${e.round} committed (${e.params_hash}) by ${e.holders.length} keepers`,
+      );
+    } else if (e.event === "resumed") {
+      console.log(
+        `resumed round ${e.round} from ${e.dir}: params hash ${e.params_hash}, ${e.cursors} data cursors`,
+      );
+    } else if (e.event === "round") {
       const same = new Set(e.theta_hashes).size === 1 ? "equal" : "DIFFER";
       console.log(
         `round ${e.round}: view ${e.view}, ${e.trainers} trainers, loss ${e.loss.toFixed(4)}, ` +
@@ -218,12 +270,92 @@ async function main(argv: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  const emit = eventPrinter(args);
-  if (args.host || args.join) {
-    return await runNetworked({ ...args, trainers: args.trainers }, emit);
+  if (args.join && args.keepers > 0) {
+    console.error(
+      "Invalid --keepers: a joined node runs a trainer only (keepers run on the host)\n\n" + HELP,
+    );
+    return 2;
   }
-  await runEmbedded({ ...args, trainers: args.trainers, emit });
+  let resumed: ResumedRun | undefined;
+  if (args.resumeDir !== undefined) {
+    try {
+      resumed = await resumeRunDir(args.resumeDir);
+    } catch (err) {
+      if (!(err instanceof NothingToResumeError)) throw err;
+      console.error(err.message);
+      return 1;
+    }
+    args = resumedArgs(args, resumed);
+  }
+  const runDir = args.join ? args.runDir : args.runDir ?? args.resumeDir ?? `runs/${args.run}`;
+  if (!args.join && args.keepers > 0 && !resumed && runDir) await setAside(runDir);
+  const emit = eventPrinter({ json: args.json, runDir });
+  const checkpoint = !args.join && args.keepers > 0 && runDir
+    ? { checkpoint: { dir: runDir, keepers: args.keepers } }
+    : {};
+  const { resumeDir: _, role, ...rest } = args;
+  const resume = resumed ? { resume: resumed } : {};
+  if (args.host || args.join) {
+    return await runNetworked({
+      ...rest,
+      trainers: args.trainers,
+      role: role === "keeper" ? "keeper" : "trainer",
+      ...checkpoint,
+      ...resume,
+    }, emit);
+  }
+  await runEmbedded({ ...rest, trainers: args.trainers, emit, ...checkpoint, ...resume });
   return 0;
+}
+
+/** A resumed run keeps its recorded settings; flags given on the command line win. */
+function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
+  const rec = (r.settings ?? {}) as Partial<RunSettings>;
+  const flag: Record<string, keyof RunSettings> = {
+    "run-id": "run",
+    config: "config",
+    rounds: "rounds",
+    "inner-steps": "innerSteps",
+    data: "dataPath",
+    seed: "seed",
+  };
+  const out: NodeArgs = { ...args };
+  const set = out as unknown as Record<string, unknown>;
+  for (const [k, v] of Object.entries(rec)) {
+    if (v === undefined) continue;
+    const given = Object.entries(flag).some(([f, key]) => key === k && args.given.includes(f));
+    const outerGiven = k === "outer" &&
+      ["outer-lr", "outer-momentum", "outer-preset", "outer-warmup"].some((f) =>
+        args.given.includes(f)
+      );
+    if (!given && !outerGiven) set[k] = v;
+  }
+  const expect = getConfig(out.config).model;
+  const shape = (r.config ?? {}) as unknown as Record<string, unknown>;
+  for (const [k, v] of Object.entries(expect)) {
+    if (shape[k] !== undefined && shape[k] !== v) {
+      throw new RangeError(
+        `Cannot resume ${r.dir}: its model has ${k} ${shape[k]}, config ${out.config} has ${v}`,
+      );
+    }
+  }
+  return out;
+}
+
+/** A fresh run does not mix its checkpoints with an older run's: the old ones move aside. */
+async function setAside(dir: string): Promise<void> {
+  let old = false;
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (/^keeper-\d+$|^rounds$|^latest$/.test(e.name)) old = true;
+    }
+  } catch {
+    return; // no directory yet
+  }
+  if (!old) return;
+  const to = `${dir}.${new Date().toISOString().replace(/[:.]/g, "-")}`;
+  await Deno.rename(dir, to);
+  console.error(`note: ${dir} held an earlier run's checkpoints; moved to ${to}`);
 }
 
 if (import.meta.main) {

@@ -9,16 +9,38 @@
  * {@linkcode runEmbedded} hosts everything in one process and trains for a
  * bounded number of rounds.
  *
+ * With `checkpoint` set, checkpoint keepers (`run/keepers/<i>`, each writing
+ * its own `<dir>/keeper-<i>`) and their commit coordinator
+ * (`run/keepers/commit`) start before the aggregators; aggregators feed them
+ * each round's state with a `tell` (never waiting on a write), trainers take
+ * their start state from them (the opening round of a fresh run comes from
+ * the aggregators, who hold the seed), and `<dir>/latest` points at the
+ * newest round held by enough keepers. With `resume`, the run opens at the
+ * resumed round with its θ, outer momentum and data cursors.
+ *
  * @module
  */
-import { ActorSystem, describeReason } from "./system.ts";
+import { ActorSystem, type Behavior, describeReason } from "./system.ts";
 import { Supervisor, type SupervisorEvent } from "./supervisor.ts";
 import { trackerBehavior, type TrackerEvent } from "./tracker.ts";
-import { aggregatorBehavior, type AggregatorEvent, MemoryKeeperSlot } from "./aggregator.ts";
-import { trainerBehavior, type TrainerEvent, type TrainerFault } from "./trainer.ts";
+import {
+  aggregatorBehavior,
+  type AggregatorEvent,
+  type KeeperSlot,
+  MemoryKeeperSlot,
+} from "./aggregator.ts";
+import {
+  aggregatorStateSource,
+  type StartStateSource,
+  trainerBehavior,
+  type TrainerEvent,
+  type TrainerFault,
+} from "./trainer.ts";
 import type { OuterOptimizer } from "./aggregation.ts";
 import {
   DEFAULT_BLOCK,
+  type ReportCursor,
+  shardMap,
   type TrainerReportMsg,
   validateRunMessage,
   type ViewMsg,
@@ -26,6 +48,17 @@ import {
 import { getConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import type { WorkerInit } from "./trainer_worker.ts";
+import type { AggregatorState } from "./aggregation.ts";
+import {
+  commitCoordinatorBehavior,
+  type CommitEvent,
+  keeperBehavior,
+  type KeeperEvent,
+  KeeperFeedSlot,
+} from "../checkpoint/keeper.ts";
+import { keeperStateSource, type SourceEvent } from "../checkpoint/transfer.ts";
+import { aggregatorStates, type ResumedRun } from "../checkpoint/resume.ts";
+import type { Retention } from "../checkpoint/store.ts";
 
 /** Settings of a run (shared by host, joiners and the embedded run). */
 export interface RunSettings {
@@ -49,6 +82,8 @@ export interface RunSettings {
   innerLr?: number;
   /** Sequences per inner step (default: the config's). */
   batch?: number;
+  /** Inner warm-up steps of each trainer's own optimizer (default: the config's). */
+  innerWarmup?: number;
 }
 
 /** One line of the run's log (printed as JSON with `--json`). */
@@ -72,6 +107,21 @@ export type RunEvent =
     wall_s: number;
   }
   | { event: "log"; level: "info" | "warn"; message: string; wall_s: number }
+  | {
+    event: "committed";
+    round: number;
+    params_hash: string;
+    holders: string[];
+    wall_s: number;
+  }
+  | {
+    event: "resumed";
+    round: number;
+    params_hash: string;
+    dir: string;
+    cursors: number;
+    wall_s: number;
+  }
   | { event: "done"; [k: string]: unknown };
 
 interface ClosedShard {
@@ -95,8 +145,9 @@ export class RunMonitor {
   #closed = new Map<number, Map<number, ClosedShard>>();
   #reports = new Map<number, Map<string, TrainerReportMsg>>();
   #rejected = new Map<number, string[]>();
-  #nextRound = 0;
+  #nextRound: number;
   #shardCount = 1;
+  #cursors = new Map<number, Record<string, ReportCursor>>();
   #view?: ViewMsg;
   /** Round events emitted so far. */
   readonly rounds: Extract<RunEvent, { event: "round" }>[] = [];
@@ -110,11 +161,30 @@ export class RunMonitor {
   #roundWaiters: { round: number; resolve(): void }[] = [];
 
   constructor(
-    settings: { params: number; innerSteps: number; rounds: number },
+    settings: { params: number; innerSteps: number; rounds: number; startRound?: number },
     emit: (e: RunEvent) => void,
   ) {
     this.#settings = settings;
     this.#emit = emit;
+    this.#nextRound = settings.startRound ?? 0;
+  }
+
+  /** Emits an event of the run (commits, resume) with the monitor's clock. */
+  event(e: Exclude<RunEvent, { event: "round" | "log" | "done" }>): void {
+    this.#emit(e);
+  }
+
+  /**
+   * The data cursors of the trainers at the start of `round`, by trainer id:
+   * from their reports of round - 1 (or given by {@linkcode seedCursors}).
+   */
+  cursorsAt(round: number): Record<string, ReportCursor> | undefined {
+    return this.#cursors.get(round);
+  }
+
+  /** Sets the cursors of a round (a resumed run's opening round). */
+  seedCursors(round: number, cursors: Record<string, ReportCursor>): void {
+    this.#cursors.set(round, { ...cursors });
   }
 
   /** Seconds since the monitor started. */
@@ -204,6 +274,12 @@ export class RunMonitor {
     let m = this.#reports.get(r.round);
     if (!m) this.#reports.set(r.round, m = new Map());
     m.set(r.trainer, r);
+    if (r.cursor) {
+      let c = this.#cursors.get(r.round + 1);
+      if (!c) this.#cursors.set(r.round + 1, c = {});
+      c[r.trainer] = r.cursor;
+      for (const k of this.#cursors.keys()) if (k < r.round - 8) this.#cursors.delete(k);
+    }
     this.#flush();
   }
 
@@ -288,6 +364,41 @@ export function paramLength(config: string): number {
   return buildLayout(getConfig(config).model).totalLength;
 }
 
+/** The run settings part of host options (recorded with every checkpoint). */
+export function runSettingsOf(o: RunSettings): RunSettings {
+  return {
+    run: o.run,
+    config: o.config,
+    rounds: o.rounds,
+    innerSteps: o.innerSteps,
+    outer: o.outer,
+    ...(o.dataPath ? { dataPath: o.dataPath } : {}),
+    ...(o.seed !== undefined ? { seed: o.seed } : {}),
+    ...(o.dataShards !== undefined ? { dataShards: o.dataShards } : {}),
+    ...(o.innerLr !== undefined ? { innerLr: o.innerLr } : {}),
+    ...(o.batch !== undefined ? { batch: o.batch } : {}),
+  };
+}
+
+function isCursor(v: unknown): v is ReportCursor {
+  const c = v as ReportCursor;
+  return typeof c === "object" && c !== null && Number.isSafeInteger(c.seed) &&
+    Number.isSafeInteger(c.step) && typeof c.shard === "object" && c.shard !== null &&
+    Number.isSafeInteger(c.shard.index) && Number.isSafeInteger(c.shard.count);
+}
+
+/** The data cursors of a resumed round, one per data shard. */
+export function resumeCursors(resume: Pick<ResumedRun, "cursors">): ReportCursor[] {
+  const byShard = new Map<string, ReportCursor>();
+  for (const v of Object.values(resume.cursors ?? {})) {
+    if (!isCursor(v)) continue;
+    const key = `${v.shard.index}/${v.shard.count}`;
+    // Two trainers on one shard (a rejoin): the one further along wins.
+    if ((byShard.get(key)?.step ?? -1) < v.step) byShard.set(key, v);
+  }
+  return [...byShard.values()];
+}
+
 /** Worker settings for trainers of a run. */
 export function engineSettings(s: RunSettings): Omit<WorkerInit, "op" | "id" | "dataShard"> {
   const c = getConfig(s.config);
@@ -296,7 +407,10 @@ export function engineSettings(s: RunSettings): Omit<WorkerInit, "op" | "id" | "
     batch: s.batch ?? c.train.batch,
     seed: s.seed ?? 1,
     lr: s.innerLr ?? c.train.lr,
-    warmup: Math.min(c.train.warmup, Math.max(1, s.innerSteps)),
+    // The warm-up counts the trainer's own steps across rounds; clamping it to
+    // H (as before) left the small model stuck on a loss plateau near 3.0.
+    warmup: s.innerWarmup ??
+      Math.min(c.train.warmup, Math.max(1, (s.rounds || 100) * s.innerSteps)),
     totalSteps: Math.max(1, (s.rounds || 100) * s.innerSteps),
     ...(s.dataPath ? { dataPath: s.dataPath } : {}),
     dataSeed: s.seed ?? 1,
@@ -319,8 +433,162 @@ export interface HostOptions extends RunSettings {
   /** Heartbeat interval and eviction silence, ms (defaults 2000 / 6000). */
   heartbeatMs?: number;
   evictAfterMs?: number;
+  /** Checkpoint keepers of this host (none when absent: state lives in memory only). */
+  checkpoint?: CheckpointOptions;
+  /** Open the run at a resumed round (θ, momentum, residual, data cursors). */
+  resume?: ResumedRun;
   /** Receives the run's events. */
   emit: (e: RunEvent) => void;
+}
+
+/** Checkpoint keepers of a host. */
+export interface CheckpointOptions {
+  /** The run directory (runs/<name>); keeper i writes `<dir>/keeper-<i>`. */
+  dir: string;
+  /** Keepers on this host (default 2). */
+  keepers?: number;
+  /** Keepers that must hold a round before it is committed (default 2 with ≥ 2 keepers). */
+  minReplicas?: number;
+  /** Retention of each keeper's store (default: last 3 and every 10th). */
+  retention?: Partial<Retention>;
+  /**
+   * How long a round's state waits for the trainers' data cursors before it
+   * goes to the keepers without them, ms (default 5000). The aggregators
+   * never wait: the slot holds the state meanwhile.
+   */
+  cursorWaitMs?: number;
+}
+
+/**
+ * The host's {@linkcode KeeperSlot}: keeps each shard's state in memory (for
+ * aggregator restarts) and sends it to the checkpoint keepers once the data
+ * cursors of the round are known (the trainers' reports of the round before),
+ * or after `waitMs`. `save` returns at once; nothing on the aggregator's path
+ * waits on a keeper or a disk.
+ */
+export class CheckpointSlot implements KeeperSlot {
+  #memory = new MemoryKeeperSlot();
+  #feed: KeeperFeedSlot;
+  #monitor: RunMonitor;
+  #waitMs: number;
+  #timers = new Set<ReturnType<typeof setTimeout>>();
+  #closed = false;
+
+  /** Creates the slot. */
+  constructor(feed: KeeperFeedSlot, monitor: RunMonitor, options: { waitMs?: number } = {}) {
+    this.#feed = feed;
+    this.#monitor = monitor;
+    this.#waitMs = options.waitMs ?? 5000;
+  }
+
+  /** Saves a shard's state now and sends it to the keepers when its cursors are in. */
+  save(state: AggregatorState): void {
+    this.#memory.save(state);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const send = () => {
+      if (timer === undefined) return; // sent already
+      clearTimeout(timer);
+      this.#timers.delete(timer);
+      timer = undefined;
+      if (!this.#closed) this.#feed.save(state);
+    };
+    timer = setTimeout(send, this.#waitMs);
+    this.#timers.add(timer);
+    this.#monitor.roundEmitted(state.round - 1).then(send);
+  }
+
+  /** The last saved state of a shard. */
+  load(shard: number): AggregatorState | undefined {
+    return this.#memory.load(shard);
+  }
+
+  /** Puts a state in memory only (a resumed round, before the aggregators start). */
+  prefill(state: AggregatorState): void {
+    this.#memory.save(state);
+  }
+
+  /** Sends a state to the keepers now (a resumed round, once the keepers run). */
+  announce(state: AggregatorState): void {
+    if (!this.#closed) this.#feed.save(state);
+  }
+
+  /** Drops what is still waiting (the run is shutting down). */
+  close(): void {
+    this.#closed = true;
+    for (const t of this.#timers) clearTimeout(t);
+    this.#timers.clear();
+  }
+}
+
+/**
+ * The start-state source of a host's trainers: the opening round of a fresh
+ * run comes from the aggregators (they hold the seed θ_0; no keeper can hold
+ * it before), every later round (a joiner, a restarted trainer, a resumed
+ * run) from the checkpoint keepers, falling back to the aggregators when no
+ * keeper holds it.
+ */
+export function runStateSource(options: {
+  keepers: readonly string[] | (() => readonly string[]);
+  /** The round the run opened at when it was fresh (no resume), else undefined. */
+  freshRound?: number;
+  onEvent?: (e: SourceEvent) => void;
+}): StartStateSource {
+  const fromKeepers = keeperStateSource({
+    keepers: options.keepers,
+    fallback: aggregatorStateSource,
+    onEvent: options.onEvent,
+  });
+  return {
+    startState(ctx, view, req) {
+      return view.round === options.freshRound
+        ? aggregatorStateSource.startState(ctx, view, req)
+        : fromKeepers.startState(ctx, view, req);
+    },
+  };
+}
+
+/** A remote keeper that has not said hello for this long is left out of the run's keepers. */
+export const REMOTE_KEEPER_TTL_MS = 10_000;
+
+/** Describes a keeper or commit event for the run's log; undefined for routine ones. */
+function keeperLine(e: KeeperEvent | CommitEvent): { text: string; warn: boolean } | undefined {
+  switch (e.type) {
+    case "write_failed":
+      return {
+        text: `keeper ${e.keeper} could not write round ${e.round} (${e.code}): ${e.error}`,
+        warn: true,
+      };
+    case "recovered":
+      return { text: `keeper ${e.keeper} recovered round ${e.round} from disk`, warn: false };
+    case "caught_up":
+      return {
+        text: `keeper ${e.keeper} caught up to round ${e.round} from ${e.from.join(", ")}`,
+        warn: false,
+      };
+    case "skipped":
+      return { text: `keeper ${e.keeper} skipped round ${e.round}: ${e.reason}`, warn: true };
+    case "refused":
+      return { text: `keeper ${e.keeper} refused a message: ${e.error}`, warn: true };
+    case "conflict":
+      return {
+        text: `keepers disagree on round ${e.round}: ${JSON.stringify(e.hashes)}`,
+        warn: true,
+      };
+    default:
+      return undefined;
+  }
+}
+
+/** Points `<dir>/latest` at a committed round of one keeper's store (atomic rename). */
+async function pointLatest(dir: string, target: string): Promise<void> {
+  const tmp = `${dir}/.latest-${crypto.randomUUID()}`;
+  await Deno.symlink(target, tmp);
+  try {
+    await Deno.rename(tmp, `${dir}/latest`);
+  } catch (err) {
+    await Deno.remove(tmp).catch(() => {});
+    throw err;
+  }
 }
 
 /** A running host: its system, monitor and the paths of its actors. */
@@ -330,6 +598,19 @@ export interface RunHost {
   trackerPath: string;
   aggregatorPaths: string[];
   trainerPaths: string[];
+  /** Checkpoint keepers on this host (empty without `checkpoint`). */
+  keeperPaths: string[];
+  /** The keepers' commit coordinator, when there are keepers. */
+  coordinatorPath?: string;
+  /** The round the run opened at (the resumed round, else 0). */
+  startRound: number;
+  /** Where this host's trainers (and joiners) take their start state, when there are keepers. */
+  stateSource?: StartStateSource;
+  /**
+   * Resolves true once `round` (or a later one) is committed by the keepers,
+   * false after `timeoutMs` or when the host has no keepers.
+   */
+  committed(round: number, timeoutMs: number): Promise<boolean>;
   /** Restart counts of every supervisor of the tree. */
   supervisors: Supervisor[];
   /** Stops every actor in reverse start order. */
@@ -352,8 +633,23 @@ export async function startRunHost(
   const params = paramLength(options.config);
   const localTrainers = options.localTrainers ?? 0;
   const nAgg = options.aggregators ?? 1;
+  const resume = options.resume;
+  const startRound = resume?.round ?? 0;
+  if (resume) {
+    if (resume.params.length !== params) {
+      throw new RangeError(
+        `Cannot resume: the checkpoint holds ${resume.params.length} parameters, config ${options.config} ${params}`,
+      );
+    }
+    if (options.rounds > 0 && startRound >= options.rounds) {
+      throw new RangeError(
+        `Cannot resume at round ${startRound}: the run trains ${options.rounds} rounds ` +
+          `(pass --rounds N with N > ${startRound} to train on)`,
+      );
+    }
+  }
   const monitor = new RunMonitor(
-    { params, innerSteps: options.innerSteps, rounds: options.rounds },
+    { params, innerSteps: options.innerSteps, rounds: options.rounds, startRound },
     options.emit,
   );
   await system.spawn({
@@ -369,9 +665,160 @@ export async function startRunHost(
   const trackerPath = `${node}/run/tracker/tracker`;
   const aggregatorPaths = Array.from({ length: nAgg }, (_, i) => `${node}/run/aggregators/${i}`);
   const trainerPaths = Array.from({ length: localTrainers }, (_, i) => `${node}/run/trainers/${i}`);
-  const slot = new MemoryKeeperSlot();
+  const ckpt = options.checkpoint;
+  const nKeepers = ckpt ? Math.max(1, ckpt.keepers ?? 2) : 0;
+  const keeperPaths = Array.from({ length: nKeepers }, (_, i) => `${node}/run/keepers/${i}`);
+  const coordinatorPath = `${node}/run/keepers/commit`;
+  // Keepers on other nodes (`--join --role keeper`) announce themselves to the registry.
+  const remoteKeepers = new Map<string, number>();
+  const allKeepers = (): string[] => {
+    const now = Date.now();
+    for (const [k, seen] of remoteKeepers) {
+      if (now - seen > REMOTE_KEEPER_TTL_MS) remoteKeepers.delete(k);
+    }
+    return [...keeperPaths, ...[...remoteKeepers.keys()].sort()];
+  };
+  const model = getConfig(options.config).model;
+  const settingsRecord: Record<string, unknown> = JSON.parse(
+    JSON.stringify(runSettingsOf(options)),
+  );
+  let checkpointSlot: CheckpointSlot | undefined;
+  let slot: KeeperSlot = new MemoryKeeperSlot();
+  if (ckpt) {
+    checkpointSlot = new CheckpointSlot(
+      new KeeperFeedSlot({
+        system,
+        run: options.run,
+        keepers: allKeepers,
+        config: model,
+        total: params,
+        settings: settingsRecord,
+        cursors: (round) => monitor.cursorsAt(round),
+      }),
+      monitor,
+      { waitMs: ckpt.cursorWaitMs },
+    );
+    slot = checkpointSlot;
+  }
+  let resumedStates: AggregatorState[] = [];
+  if (resume) {
+    const aggregators = Array.from({ length: nAgg }, (_, i) => `${node}/run/aggregators/${i}`);
+    resumedStates = aggregatorStates(
+      resume,
+      shardMap(params, { aggregators: [...aggregators].sort(), block: DEFAULT_BLOCK }),
+    );
+    for (const st of resumedStates) {
+      if (checkpointSlot) checkpointSlot.prefill(st);
+      else slot.save(st);
+    }
+    const cursors: Record<string, ReportCursor> = {};
+    for (const [k, v] of Object.entries(resume.cursors ?? {})) {
+      if (isCursor(v)) cursors[k] = v;
+    }
+    monitor.seedCursors(startRound, cursors);
+  }
   let incarnation = 0;
   const onEvent = (e: SupervisorEvent) => monitor.supervisor(e);
+  let latestChain = Promise.resolve();
+  let committedRound = -1;
+  let commitWaiters: { round: number; resolve(ok: boolean): void }[] = [];
+  const onKeeperEvent = (e: KeeperEvent | CommitEvent) => {
+    if (e.type === "committed") {
+      committedRound = Math.max(committedRound, e.round);
+      for (const w of commitWaiters.filter((w) => w.round <= committedRound)) w.resolve(true);
+      commitWaiters = commitWaiters.filter((w) => w.round > committedRound);
+      monitor.event({
+        event: "committed",
+        round: e.round,
+        params_hash: e.params_hash,
+        holders: e.holders,
+        wall_s: round3(monitor.wallS),
+      });
+      const i = keeperPaths.indexOf(e.holders.find((h) => keeperPaths.includes(h)) ?? "");
+      if (ckpt && i >= 0) {
+        latestChain = latestChain.then(() =>
+          pointLatest(ckpt.dir, `keeper-${i}/rounds/${e.round}`).catch((err) =>
+            monitor.log(`cannot point ${ckpt.dir}/latest at round ${e.round}: ${err}`, "warn")
+          )
+        );
+      }
+      return;
+    }
+    const line = keeperLine(e);
+    if (line) monitor.log(line.text, line.warn ? "warn" : "info");
+  };
+  const keeperSup = new Supervisor({
+    intensity: 10,
+    periodMs: 60_000,
+    children: ckpt
+      ? [
+        {
+          id: "commit",
+          start: () =>
+            commitCoordinatorBehavior({
+              run: options.run,
+              keepers: allKeepers,
+              minReplicas: ckpt.minReplicas,
+              onEvent: onKeeperEvent,
+            }),
+        },
+        {
+          id: "registry",
+          start: (): Behavior => ({
+            receive(raw: unknown) {
+              const m = raw as { type?: string; run?: string; keeper?: unknown };
+              if (m?.type === "keeper_list") return { type: "keeper_list", keepers: allKeepers() };
+              if (
+                m?.type !== "keeper_hello" || m.run !== options.run ||
+                typeof m.keeper !== "string" || m.keeper.length > 256 || !m.keeper.includes("/")
+              ) {
+                return { type: "error", error: "Keeper registry: expected keeper_hello" };
+              }
+              if (!remoteKeepers.has(m.keeper) && !keeperPaths.includes(m.keeper)) {
+                monitor.log(`keeper ${m.keeper} joined`);
+              }
+              if (!keeperPaths.includes(m.keeper)) remoteKeepers.set(m.keeper, Date.now());
+              return { type: "keeper_list", keepers: allKeepers() };
+            },
+          }),
+        },
+        ...keeperPaths.map((path, i) => ({
+          id: String(i),
+          // A write in progress may finish before the keeper stops.
+          shutdownMs: 10_000,
+          start: () =>
+            keeperBehavior({
+              run: options.run,
+              id: path,
+              dir: `${ckpt.dir}/keeper-${i}`,
+              config: model,
+              settings: settingsRecord,
+              coordinator: coordinatorPath,
+              peers: allKeepers,
+              retention: ckpt.retention,
+              // Encode, hash and write on a low-priority thread: trainers keep the CPU.
+              writer: "worker",
+              onEvent: onKeeperEvent,
+            }),
+        })),
+      ]
+      : [],
+    onEvent,
+  });
+  const stateSource = ckpt
+    ? runStateSource({
+      keepers: allKeepers,
+      freshRound: resume ? undefined : startRound,
+      onEvent: (e) =>
+        monitor.log(
+          e.type === "fetched"
+            ? `start state of round ${e.round} fetched from ${
+              e.keepers.join(", ")
+            }: ${e.bytes} B in ${Math.round(e.ms)} ms`
+            : `start state of round ${e.round} from the aggregators: ${e.reason}`,
+        ),
+    })
+    : undefined;
   const trackerSup = new Supervisor({
     children: [{
       id: "tracker",
@@ -382,6 +829,7 @@ export async function startRunHost(
           rounds: options.rounds,
           minTrainers: options.minTrainers ?? Math.max(1, localTrainers),
           evictAfterMs: options.evictAfterMs,
+          startRound,
           incarnation: () => incarnation++,
           onEvent: (e) => monitor.tracker(e),
         }),
@@ -424,6 +872,8 @@ export async function startRunHost(
           dataShards: options.dataShards ?? 16,
           innerSteps: options.innerSteps,
           heartbeatMs: options.heartbeatMs,
+          ...(stateSource ? { stateSource } : {}),
+          ...(resume ? { resume: { round: startRound, cursors: resumeCursors(resume) } } : {}),
           onEvent: (e) => monitor.trainer(e),
         }),
     })),
@@ -433,20 +883,54 @@ export async function startRunHost(
     strategy: "one_for_one",
     children: [
       { id: "tracker", start: () => trackerSup, shutdownMs: Infinity },
+      // Keepers start before the aggregators that feed them.
+      { id: "keepers", start: () => keeperSup, shutdownMs: Infinity },
       { id: "aggregators", start: () => aggSup, shutdownMs: Infinity },
       { id: "trainers", start: () => trainerSup, shutdownMs: Infinity },
     ],
     onEvent,
   });
   await system.spawn(root, { name: "run", shutdownMs: Infinity });
+  if (resume) {
+    monitor.event({
+      event: "resumed",
+      round: resume.round,
+      params_hash: resume.paramsHash,
+      dir: resume.dir,
+      cursors: Object.keys(monitor.cursorsAt(startRound) ?? {}).length,
+      wall_s: round3(monitor.wallS),
+    });
+    // Keepers that do not hold the resumed round yet (another run directory) take it now.
+    for (const st of resumedStates) checkpointSlot?.announce(st);
+  }
   return {
     system,
     monitor,
     trackerPath,
     aggregatorPaths,
     trainerPaths,
-    supervisors: [root, trackerSup, aggSup, trainerSup],
-    shutdown: () => system.shutdown(),
+    keeperPaths,
+    coordinatorPath: ckpt ? coordinatorPath : undefined,
+    startRound,
+    stateSource,
+    committed(round, timeoutMs) {
+      if (!ckpt) return Promise.resolve(false);
+      if (committedRound >= round) return Promise.resolve(true);
+      const w = Promise.withResolvers<boolean>();
+      const entry = { round, resolve: w.resolve };
+      commitWaiters.push(entry);
+      const t = setTimeout(() => {
+        commitWaiters = commitWaiters.filter((x) => x !== entry);
+        w.resolve(false);
+      }, timeoutMs);
+      return w.promise.finally(() => clearTimeout(t));
+    },
+    supervisors: [root, trackerSup, keeperSup, aggSup, trainerSup],
+    shutdown: async () => {
+      checkpointSlot?.close();
+      await system.shutdown();
+      await latestChain;
+    },
   };
 }
 
@@ -454,10 +938,18 @@ export async function startRunHost(
 export interface RunFault {
   /** Inject after this round's event (i.e. during round + 1). */
   afterRound: number;
-  /** "tracker", "aggregator:<i>" or "trainer:<i>". */
+  /** "tracker", "aggregator:<i>", "keeper:<i>" or "trainer:<i>". */
   target: string;
   /** What to do. */
   fault: TrainerFault | { type: "crash"; reason: string };
+}
+
+/** The final θ (the start of round `rounds`) is committed before a bounded run ends. */
+async function finalCommit(host: RunHost, rounds: number): Promise<void> {
+  if (host.keeperPaths.length === 0 || !(rounds > 0)) return;
+  if (!(await host.committed(rounds, 60_000))) {
+    host.monitor.log(`the final round ${rounds} was not committed within 60 s`, "warn");
+  }
 }
 
 /** Options of {@linkcode runEmbedded}. */
@@ -546,7 +1038,11 @@ export function summarize(
 function targetPath(host: RunHost, target: string): string {
   if (target === "tracker") return host.trackerPath;
   const [role, i] = target.split(":");
-  const list = role === "aggregator" ? host.aggregatorPaths : host.trainerPaths;
+  const list = role === "aggregator"
+    ? host.aggregatorPaths
+    : role === "keeper"
+    ? host.keeperPaths
+    : host.trainerPaths;
   const path = list[Number(i)];
   if (!path) throw new RangeError(`Unknown fault target: ${target}`);
   return path;
@@ -586,6 +1082,7 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
       ),
       timeout,
     ]);
+    await finalCommit(host, options.rounds);
     const summary = summarize(monitor, {
       run: options.run,
       trainers: options.trainers,
@@ -605,6 +1102,12 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
 export interface RunInfo {
   type: "run_info";
   settings: RunSettings;
+  /** The host's checkpoint keepers (joiners fetch their start state from them). */
+  keepers?: string[];
+  /** The round the run opened at, when it was fresh (served by the aggregators). */
+  freshRound?: number;
+  /** A resumed run: its opening round and the data cursors of that round. */
+  resume?: { round: number; cursors: ReportCursor[] };
 }
 
 /** Options of {@linkcode runNetworked}. */
@@ -624,6 +1127,14 @@ export interface NetworkedOptions extends RunSettings {
   /** Heartbeat interval and eviction silence, ms. */
   heartbeatMs?: number;
   evictAfterMs?: number;
+  /** Host: checkpoint keepers. */
+  checkpoint?: CheckpointOptions;
+  /** Host: open at a resumed round. */
+  resume?: ResumedRun;
+  /** Joining: "trainer" (default) or "keeper" (a checkpoint keeper of the run). */
+  role?: "trainer" | "keeper";
+  /** Joining as a keeper: the run directory it writes (default runs/<run>/<node>). */
+  runDir?: string;
 }
 
 /**
@@ -643,27 +1154,27 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   const { ActorTransport } = await import("../transport/remote.ts");
   const [hostname, portText] = options.host!.split(":");
   const system = new ActorSystem({ node: "host" });
-  const settings: RunSettings = {
-    run: options.run,
-    config: options.config,
-    rounds: options.rounds,
-    innerSteps: options.innerSteps,
-    outer: options.outer,
-    seed: options.seed,
-    dataShards: options.dataShards,
-    innerLr: options.innerLr,
-    batch: options.batch,
-    ...(options.dataPath ? { dataPath: options.dataPath } : {}),
-  };
-  await system.spawn({ receive: () => ({ type: "run_info", settings }) }, { name: "run_info" });
+  const settings = runSettingsOf(options);
+  let info: RunInfo = { type: "run_info", settings };
+  await system.spawn({ receive: () => info }, { name: "run_info" });
   const host = await startRunHost({
     ...settings,
     localTrainers: options.trainers,
     minTrainers: options.minTrainers ?? Math.max(1, options.trainers),
     heartbeatMs: options.heartbeatMs,
     evictAfterMs: options.evictAfterMs,
+    ...(options.checkpoint ? { checkpoint: options.checkpoint } : {}),
+    ...(options.resume ? { resume: options.resume } : {}),
     emit,
   }, system);
+  info = {
+    type: "run_info",
+    settings,
+    keepers: host.keeperPaths,
+    ...(options.resume
+      ? { resume: { round: host.startRound, cursors: resumeCursors(options.resume) } }
+      : { freshRound: host.startRound }),
+  };
   const transport = new ActorTransport(system, {
     run: options.run,
     secret: options.secret!,
@@ -707,6 +1218,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
         host.monitor.log(`final evaluation on ${t} failed: ${err}`, "warn");
       }
     }
+    await finalCommit(host, options.rounds);
     const summary = summarize(host.monitor, {
       run: options.run,
       trainers: trainers.length,
@@ -753,7 +1265,24 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     // The corpus path is local to each machine.
     ...(options.dataPath ? { dataPath: options.dataPath } : {}),
   };
+  if (options.role === "keeper") {
+    return await keepOnJoin({ system, transport, client, info, node, options, log });
+  }
   log(`joined run "${settings.run}" as ${node}/node/trainer`);
+  const stateSource = info.keepers?.length
+    ? runStateSource({
+      keepers: info.keepers,
+      freshRound: info.freshRound,
+      onEvent: (e) =>
+        log(
+          e.type === "fetched"
+            ? `start state of round ${e.round} fetched from ${
+              e.keepers.join(", ")
+            }: ${e.bytes} B in ${Math.round(e.ms)} ms`
+            : `start state of round ${e.round} from the aggregators: ${e.reason}`,
+        ),
+    })
+    : undefined;
   const path = `${node}/node/trainer`;
   const finished = Promise.withResolvers<void>();
   let lastRound = -1;
@@ -772,6 +1301,8 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
           dataShards: settings.dataShards ?? 16,
           innerSteps: settings.innerSteps,
           heartbeatMs: options.heartbeatMs,
+          ...(stateSource ? { stateSource } : {}),
+          ...(info.resume ? { resume: info.resume } : {}),
           onEvent: (e) => {
             if (e.type === "report") {
               lastRound = e.report.round;
@@ -808,6 +1339,77 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   }
   log(`leaving after round ${lastRound}`);
   await transport.close();
+  await system.shutdown();
+  return 0;
+}
+
+/** A joined node that runs a checkpoint keeper of the host's run (`--join URL --role keeper`). */
+async function keepOnJoin(o: {
+  system: ActorSystem;
+  transport: { close(): Promise<void>; peers: string[] };
+  client: { closed: Promise<unknown> };
+  info: RunInfo;
+  node: string;
+  options: NetworkedOptions;
+  log: (message: string, level?: "info" | "warn") => void;
+}): Promise<number> {
+  const { system, info, node, log } = o;
+  const settings = info.settings;
+  const path = `${node}/node/keeper`;
+  const dir = o.options.runDir ?? `runs/${settings.run}/${node}`;
+  let hostKeepers = [...(info.keepers ?? [])];
+  const sup = new Supervisor({
+    intensity: 10,
+    periodMs: 60_000,
+    children: [{
+      id: "keeper",
+      shutdownMs: 10_000,
+      start: () =>
+        keeperBehavior({
+          run: settings.run,
+          id: path,
+          dir,
+          config: getConfig(settings.config).model,
+          settings: JSON.parse(JSON.stringify(settings)),
+          coordinator: "host/run/keepers/commit",
+          peers: () => hostKeepers,
+          writer: "worker",
+          onEvent: (e) => {
+            const line = keeperLine(e);
+            if (line) log(line.text, line.warn ? "warn" : "info");
+            else if (e.type === "written") log(`keeper wrote round ${e.round} (${e.params_hash})`);
+          },
+        }),
+    }],
+    onEvent: (e) => {
+      if (e.type === "restarted") log(`keeper restarted (restart ${e.restarts})`, "warn");
+    },
+  });
+  await system.spawn(sup, { name: "node", shutdownMs: Infinity });
+  log(`joined run "${settings.run}" as ${path}, writing ${dir}`);
+  const hello = async () => {
+    try {
+      const r = await system.ref("host/run/keepers/registry").ask<{ keepers?: string[] }>(
+        { type: "keeper_hello", run: settings.run, keeper: path },
+        { timeoutMs: 3000 },
+      );
+      if (Array.isArray(r?.keepers)) hostKeepers = r.keepers.filter((k) => k !== path);
+    } catch (err) {
+      log(`keeper registry did not answer: ${err instanceof Error ? err.message : err}`, "warn");
+    }
+  };
+  await hello();
+  const timer = setInterval(hello, REMOTE_KEEPER_TTL_MS / 4);
+  const stopped = Promise.withResolvers<void>();
+  const stop = () => stopped.resolve();
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+  await Promise.race([stopped.promise, o.client.closed]);
+  clearInterval(timer);
+  Deno.removeSignalListener("SIGINT", stop);
+  Deno.removeSignalListener("SIGTERM", stop);
+  log("keeper leaving");
+  await o.transport.close();
   await system.shutdown();
   return 0;
 }

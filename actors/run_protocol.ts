@@ -190,6 +190,8 @@ export interface UpdateMsg {
   loss: number;
   /** Total tokens of the contributors. */
   tokens: number;
+  /** Checksum of the aggregator's shard of θ_{round+1} (actors/_checksum.ts). */
+  check?: string;
 }
 
 /** A request for the start state of a shard (joiners, restarted trainers). */
@@ -231,6 +233,11 @@ export interface RoundClosedMsg {
   node: string;
   /** The aggregator's view, so that a restarted tracker can rebuild from it. */
   view?: ViewMsg;
+  /**
+   * Trainers whose contributions the round counted: they are alive, even
+   * when their heartbeats cannot reach the tracker (a partition).
+   */
+  contributors?: string[];
 }
 
 /** What a trainer reports after applying a round's update (to the run's monitor). */
@@ -252,6 +259,35 @@ export interface TrainerReportMsg {
   /** Encoded bytes the trainer sent and received this round. */
   bytesUp: number;
   bytesDown: number;
+  /** The trainer's data cursor at the start of round + 1 (kept by checkpoint keepers). */
+  cursor?: ReportCursor;
+}
+
+/** A trainer's data-sampler position (kernels/data.ts `DataCursor`). */
+export interface ReportCursor {
+  seed: number;
+  shard: { index: number; count: number };
+  step: number;
+}
+
+function cursorField(m: Record<string, unknown>, type: string): ReportCursor {
+  const c = m.cursor as Record<string, unknown> | null;
+  const shard = (c && typeof c === "object" ? c.shard : undefined) as
+    | Record<string, unknown>
+    | undefined;
+  const nat = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+  if (
+    !c || typeof c !== "object" || !nat(c.seed) || !nat(c.step) || !shard ||
+    typeof shard !== "object" || !nat(shard.index) || !nat(shard.count) ||
+    (shard.index as number) >= (shard.count as number)
+  ) {
+    fail(type, "cursor", "must be { seed, shard: { index < count }, step } of integers >= 0");
+  }
+  return {
+    seed: c.seed as number,
+    shard: { index: shard.index as number, count: shard.count as number },
+    step: c.step as number,
+  };
 }
 
 /** Any message of the run protocol. */
@@ -572,6 +608,7 @@ export function validateRunMessage(x: unknown, options: { block?: number } = {})
         contributors: strArray(m, type, "contributors"),
         loss: num(m, type, "loss"),
         tokens: int(m, type, "tokens"),
+        ...(m.check === undefined ? {} : { check: str(m, type, "check") }),
         ...t,
       };
     }
@@ -622,6 +659,7 @@ export function validateRunMessage(x: unknown, options: { block?: number } = {})
         blockedMs: num(m, type, "blockedMs"),
         bytesUp: int(m, type, "bytesUp"),
         bytesDown: int(m, type, "bytesDown"),
+        ...(m.cursor === undefined ? {} : { cursor: cursorField(m, type) }),
       };
     }
     case "round_closed": {
@@ -632,6 +670,7 @@ export function validateRunMessage(x: unknown, options: { block?: number } = {})
         node: str(m, type, "node"),
       };
       if (m.view !== undefined) out.view = validateView(obj(m.view));
+      if (m.contributors !== undefined) out.contributors = strArray(m, type, "contributors");
       return out;
     }
   }

@@ -23,6 +23,7 @@ import {
   type ContributionMsg,
   type HeartbeatAckMsg,
   type JoinReplyMsg,
+  type ReportCursor,
   type RunMessage,
   type StateMsg,
   tellLater,
@@ -33,6 +34,7 @@ import {
 } from "./run_protocol.ts";
 import type { InitReply, RoundReply, WorkerInit } from "./trainer_worker.ts";
 import { encode } from "../transport/codec.ts";
+import { tensorChecksum } from "./_checksum.ts";
 
 /**
  * Where a trainer gets the exact θ of a shard at the start of the current
@@ -76,7 +78,20 @@ export const aggregatorStateSource: StartStateSource = {
 /** Faults a trainer can be told to inject (tests and the chaos suite). */
 export type TrainerFault =
   | { type: "crash"; reason: string }
-  | { type: "poison"; kind: "nan" | "shape" | "stale" | "scale" };
+  | { type: "poison"; kind: "nan" | "shape" | "stale" | "scale" }
+  | { type: "poison"; kind: "inf" | "flip" | "replay" | "duplicate" }
+  | {
+    /**
+     * Breaks the compute Worker at inner step `atStep` of the next round:
+     * "device_lost" destroys its GPU device, "worker_exit" kills the Worker
+     * with an uncaught error.
+     */
+    type: "worker_fault";
+    kind: "device_lost" | "worker_exit" | "stall";
+    atStep?: number;
+    /** How long a "stall" holds the inner step (a straggler), ms. */
+    ms?: number;
+  };
 
 /** What a trainer reports besides its round reports. */
 export type TrainerEvent =
@@ -103,6 +118,11 @@ export interface TrainerOptions {
   heartbeatMs?: number;
   /** Where start states come from (default {@linkcode aggregatorStateSource}). */
   stateSource?: StartStateSource;
+  /**
+   * A resumed run's data cursors: the first round this trainer computes at
+   * `round`, its sampler goes on from the cursor of its data shard.
+   */
+  resume?: { round: number; cursors: readonly ReportCursor[] };
   /** Receives reports and log lines. */
   onEvent?: (event: TrainerEvent) => void;
 }
@@ -159,6 +179,9 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   let bytesUp = 0;
   let bytesDown = 0;
   let myLoss = 0;
+  /** The sampler's position after the last inner phase (reported with each round). */
+  let cursor: ReportCursor | undefined;
+  let resumeUsed = false;
   let sent: ContributionMsg[] = [];
   /** Updates by "round/shard"; kept while θ is being fetched, so none is lost. */
   const updates = new Map<string, UpdateMsg>();
@@ -166,6 +189,9 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   /** The true contributions of a poisoned round, resent after the rejection. */
   let clean: ContributionMsg[] = [];
   let poison: TrainerFault & { type: "poison" } | undefined;
+  /** The previous round's contributions (a "replay" fault sends them again). */
+  let previous: ContributionMsg[] = [];
+  let workerFault: TrainerFault & { type: "worker_fault" } | undefined;
   const emit = (e: TrainerEvent) => options.onEvent?.(e);
 
   const call = (req: Record<string, unknown>, transfer: ArrayBuffer[] = []) => {
@@ -230,12 +256,30 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     innerStart = performance.now();
     const shard = { index: dataShard % options.dataShards, count: options.dataShards };
     const r = round;
+    const wf = workerFault;
+    workerFault = undefined;
+    let resumeAt: ReportCursor | undefined;
+    if (options.resume && !resumeUsed && r === options.resume.round) {
+      resumeUsed = true;
+      resumeAt = options.resume.cursors.find((c) =>
+        c.shard.index === shard.index && c.shard.count === shard.count
+      );
+      if (resumeAt) {
+        emit({
+          type: "log",
+          trainer: id,
+          message: `data shard ${shard.index} resumes at step ${resumeAt.step}`,
+        });
+      }
+    }
     call({
       op: "round",
       round: r,
       theta: new Float32Array(theta!),
       steps: options.innerSteps,
       dataShard: shard,
+      ...(resumeAt ? { cursor: resumeAt } : {}),
+      ...(wf ? { fault: { kind: wf.kind, atStep: wf.atStep ?? 0, ms: wf.ms ?? 0 } } : {}),
     }).then(
       (reply) => ctx.self.tell({ type: "_inner_done", reply: reply as unknown as RoundReply }),
       (err) => ctx.self.tell({ type: "_worker_error", error: String(err) }),
@@ -259,24 +303,66 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         scales: reply.scales.slice(s.start / v.block, Math.ceil((s.start + s.length) / v.block)),
         loss: reply.loss,
       };
-      if (poison) {
+      const extra = poison?.kind === "replay" || poison?.kind === "duplicate";
+      if (poison && !extra) {
         clean.push({ ...msg, q: msg.q.slice(), scales: msg.scales.slice() });
         injectPoison(msg, poison);
       }
       sent.push(msg);
       bytesUp += encode(msg).byteLength;
       tellLater(ctx.system, s.aggregator, msg);
+      // A duplicated send, or a replay of the previous round's message.
+      if (poison?.kind === "duplicate") tellLater(ctx.system, s.aggregator, msg);
+      for (const old of poison?.kind === "replay" ? previous : []) {
+        if (old.shard === s.index) tellLater(ctx.system, s.aggregator, old);
+      }
     }
     poison = undefined;
   };
 
+  /**
+   * Messages can be lost (a dropped frame, a connection that closed with
+   * frames in flight): a trainer blocked for several heartbeats sends its
+   * contributions again. The aggregator counts each at most once ("duplicate"
+   * otherwise); if the round already closed, the "stale_round" answer makes
+   * this trainer take the current θ.
+   */
+  let lastResend = 0;
+  const resendIfStuck = (ctx: ActorContext) => {
+    const every = 4 * (options.heartbeatMs ?? 2000);
+    const now = performance.now();
+    if (phase !== "blocked" || !view || now - Math.max(blockedStart, lastResend) < every) return;
+    lastResend = now;
+    for (const c of sent) tellLater(ctx.system, view.shards[c.shard].aggregator, c);
+  };
+
   /** Applies the round's updates once every shard's has arrived. */
   const tryApply = async (ctx: ActorContext) => {
-    const v = view!;
+    if (!view) return; // a restarted trainer can get an update before its first view
+    const v = view;
     const mine = v.shards.map((s) => updates.get(`${round}/${s.index}`));
     if (theta === undefined || mine.some((u) => u === undefined)) return;
     for (const [i, s] of v.shards.entries()) {
       applyUpdate(theta.subarray(s.start, s.start + s.length), mine[i]!, { block: v.block });
+    }
+    const bad = v.shards.find((s, i) =>
+      mine[i]!.check !== undefined &&
+      tensorChecksum(theta!.subarray(s.start, s.start + s.length)) !== mine[i]!.check
+    );
+    if (bad) {
+      // θ_{r+1} differs from the aggregator's (bits changed on the way):
+      // never train on it; take the aggregators' θ again.
+      emit({
+        type: "log",
+        trainer: id,
+        message: `θ of shard ${bad.index} after round ${round} fails its checksum: refetching θ`,
+      });
+      theta = undefined;
+      round = -1;
+      if (phase === "blocked") phase = "idle";
+      updates.clear();
+      advance(ctx);
+      return;
     }
     const contributed = mine.every((u) => u!.contributors.includes(id));
     const hash = await thetaHash(theta);
@@ -293,11 +379,13 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       blockedMs: contributed ? blockedMs : 0,
       bytesUp,
       bytesDown,
+      ...(cursor ? { cursor } : {}),
     };
     emit({ type: "report", report });
     if (options.monitor) tellLater(ctx.system, options.monitor, report);
     bytesUp = 0;
     bytesDown = 0;
+    previous = sent;
     sent = [];
     clean = [];
     round += 1;
@@ -312,6 +400,14 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       case "view":
         if (msg.run !== run || (view && msg.epoch < view.epoch)) return;
         view = msg;
+        if (phase === "blocked" && msg.started && msg.round > round + 1) {
+          // The run left our round behind while we waited (its update was
+          // lost, or this node was cut off): take the current θ again.
+          emit({ type: "log", trainer: id, message: `round ${round} passed: refetching θ` });
+          theta = undefined;
+          round = -1;
+          phase = "idle";
+        }
         if (inView(msg)) member = true;
         else if (member) {
           // Evicted (silent too long): announce again and wait for admission.
@@ -320,12 +416,28 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           theta = undefined;
           round = -1;
           joined = false;
+          // No update will come for a contribution of the round we left.
+          if (phase === "blocked") phase = "idle";
           join(ctx);
         }
         advance(ctx);
         return;
       case "update":
         if (msg.run !== run || (theta !== undefined && msg.round < round)) return;
+        if (phase === "blocked" && theta !== undefined && msg.round > round) {
+          // A later round's update: ours closed and its update never came.
+          emit({
+            type: "log",
+            trainer: id,
+            message: `update of round ${round} lost: refetching θ`,
+          });
+          theta = undefined;
+          round = -1;
+          phase = "idle";
+          updates.clear();
+          advance(ctx);
+          return;
+        }
         bytesDown += encode(msg).byteLength;
         updates.set(`${msg.round}/${msg.shard}`, msg);
         await tryApply(ctx);
@@ -339,7 +451,12 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         return;
       case "reject":
         emit({ type: "rejected", trainer: id, reason: msg.reason, detail: msg.detail });
-        if (msg.reason === "stale_round" && msg.round === round && phase === "blocked") {
+        if (
+          (msg.reason === "stale_round" || msg.reason === "not_member") && msg.round === round &&
+          phase === "blocked"
+        ) {
+          // not_member: evicted while cut off (no update will come for this
+          // contribution); compute the round again once admitted.
           // The aggregators are past our round: take the current θ again.
           theta = undefined;
           round = -1;
@@ -404,6 +521,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
             join(ctx);
             return;
           }
+          resendIfStuck(ctx);
           ctx.system.ref(options.tracker).ask<HeartbeatAckMsg>(
             { type: "heartbeat", run, node: id, epoch: view?.epoch ?? 0 },
             { timeoutMs: 3000 },
@@ -419,7 +537,11 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
             theta = ctl.theta;
             round = ctl.round;
             for (const [k, u] of updates) if (u.round < round) updates.delete(k);
-            emit({ type: "log", trainer: id, message: `start state: round ${round}` });
+            emit({
+              type: "log",
+              trainer: id,
+              message: `start state: round ${round}, θ ${await thetaHash(theta)}`,
+            });
             // An update of this round may have come while θ was on its way.
             await tryApply(ctx);
           }
@@ -436,6 +558,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         case "_inner_done": {
           const reply = ctl.reply;
           innerMs = performance.now() - innerStart;
+          if (reply.cursor) cursor = reply.cursor;
           if (reply.round !== round) {
             // The round closed without us (deadline): θ already moved on.
             phase = "idle";
@@ -465,6 +588,9 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           throw new Error(`Trainer ${id} crashed on purpose: ${ctl.reason}`);
         case "poison":
           poison = ctl;
+          return;
+        case "worker_fault":
+          workerFault = ctl;
           return;
       }
       let msg: RunMessage;
@@ -502,6 +628,12 @@ function injectPoison(msg: ContributionMsg, fault: { kind: string }): void {
       break;
     case "scale":
       msg.scales = msg.scales.map((s) => s * 1000);
+      break;
+    case "inf":
+      msg.scales[0] = Infinity;
+      break;
+    case "flip":
+      msg.q = msg.q.map((q) => -q);
       break;
   }
 }

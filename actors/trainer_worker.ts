@@ -13,7 +13,7 @@
 import { acquireGpu, type Gpu } from "../kernels/device.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { createModel, type GptModel } from "../kernels/model.ts";
-import { type BatchSampler, batchSampler, loadCorpus } from "../kernels/data.ts";
+import { type BatchSampler, batchSampler, type DataCursor, loadCorpus } from "../kernels/data.ts";
 import { evaluate } from "../kernels/evaluate.ts";
 import { pseudoGradient, quantizeInt8 } from "../kernels/outer.ts";
 import type { Dispatch } from "../kernels/device.ts";
@@ -54,6 +54,10 @@ export interface WorkerRound {
   steps: number;
   /** This trainer's slice of the training stream (it may change when it rejoins). */
   dataShard?: { index: number; count: number };
+  /** Resume the sampler at this cursor (a resumed run); its shard wins over `dataShard`. */
+  cursor?: DataCursor;
+  /** A fault to inject at inner step `atStep` (tests and the chaos suite). */
+  fault?: { kind: "device_lost" | "worker_exit" | "stall"; atStep: number; ms?: number };
 }
 
 /** Evaluate θ on the validation stream. */
@@ -88,6 +92,8 @@ export interface RoundReply {
   tokens: number;
   /** Wall time of the inner phase, ms. */
   innerMs: number;
+  /** The sampler's cursor after the inner steps: where this data shard goes on next round. */
+  cursor: DataCursor;
 }
 
 interface Engine {
@@ -175,7 +181,13 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       const start = performance.now();
       const ds = req.dataShard;
       const cur = e.sampler.cursor.shard;
-      if (ds && (ds.index !== cur.index || ds.count !== cur.count)) {
+      if (req.cursor) {
+        e.sampler = batchSampler(e.train, {
+          batch: e.init.batch,
+          blockSize: e.init.config.blockSize,
+          cursor: req.cursor,
+        });
+      } else if (ds && (ds.index !== cur.index || ds.count !== cur.count)) {
         e.sampler = batchSampler(e.train, {
           batch: e.init.batch,
           blockSize: e.init.config.blockSize,
@@ -186,6 +198,9 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       e.model.setParams(req.theta);
       let sum = 0;
       for (let i = 0; i < req.steps; i++) {
+        if (req.fault && i === Math.min(req.fault.atStep, req.steps - 1)) {
+          await injectFault(e, req.fault);
+        }
         const { inputs, targets } = e.sampler.next();
         const lr = lrAt(e.init, req.round * req.steps + i, e.ownSteps++);
         sum += await e.model.step(inputs, targets, { lr });
@@ -207,6 +222,7 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
         loss: sum / Math.max(1, req.steps),
         tokens,
         innerMs: performance.now() - start,
+        cursor: e.sampler.cursor,
       };
     }
     case "eval": {
@@ -224,6 +240,27 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       return {};
     }
   }
+}
+
+/**
+ * Breaks the engine the way a real failure would: the GPU device lost (every
+ * later GPU call fails), or the Worker dying of an uncaught error.
+ */
+async function injectFault(
+  e: Engine,
+  fault: { kind: "device_lost" | "worker_exit" | "stall"; ms?: number },
+): Promise<void> {
+  if (fault.kind === "stall") {
+    await new Promise((r) => setTimeout(r, fault.ms ?? 0));
+    return;
+  }
+  if (fault.kind === "device_lost") {
+    e.gpu.device.destroy();
+    return;
+  }
+  setTimeout(() => {
+    throw new Error("Compute worker killed by an injected fault");
+  });
 }
 
 function need(): Engine {

@@ -58,7 +58,9 @@ if (import.meta.main) {
   const transport = new ActorTransport(system, {
     run: BENCH_RUN,
     secret: BENCH_SECRET,
-    log: () => {},
+    log: (level, message) => {
+      if (level === "warn" || level === "error") console.error(`joiner transport: ${message}`);
+    },
   });
   const client = transport.connect(actorUrl, { expectedPeer: "host" });
   await client.ready();
@@ -69,7 +71,8 @@ if (import.meta.main) {
       round,
       paramsOnly: true,
       ...(chunkBytes ? { chunkBytes } : {}),
-      timeoutMs: 60_000,
+      ...(Deno.env.get("BENCH_WINDOW") ? { window: Number(Deno.env.get("BENCH_WINDOW")) } : {}),
+      timeoutMs: Number(Deno.env.get("BENCH_TIMEOUT_MS") ?? 60_000),
     });
     return { bytes: got.bytes, ms: performance.now() - t0 };
   };

@@ -12,8 +12,13 @@
  * - `inner_step_ms` per load: the trainer's inner-step time while nothing
  *   else runs (`idle`), while the joiner fetches the round from the keeper
  *   again and again (`join_fetch`), while the keeper writes round after round
- *   (`keeper_write`), and while the joiner takes the same bytes from a bare
- *   WebSocket (`bare_ws`, the floor any transfer costs on this machine).
+ *   (`keeper_write`, on its low-priority writer thread as in a run), and
+ *   while the joiner takes the same bytes from a bare WebSocket (`bare_ws`,
+ *   the floor any transfer costs on this machine). Every step of a measured
+ *   phase overlaps the load: the worst case. The joiner process runs at
+ *   nice 19 here, standing in for a joiner on another machine (on one
+ *   2-core box, its own decoding and hashing would otherwise be counted
+ *   against the host's trainers).
  * - `inner_step_ratio_join_fetch`, `inner_step_ratio_keeper_write`,
  *   `inner_step_ratio_bare_ws` (loaded / idle; target ≤ 1.05 for the first two).
  * - `join_transfer_mb_per_s` vs `bare_ws_mb_per_s` and their ratio
@@ -32,7 +37,7 @@ import { engineSettings } from "../actors/run.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import { CheckpointStore } from "./store.ts";
-import { type KeeperEvent, keeperBehavior } from "./keeper.ts";
+import { keeperBehavior, type KeeperEvent } from "./keeper.ts";
 import type { KeeperPieceMsg } from "./transfer.ts";
 import { BENCH_RUN, BENCH_SECRET } from "./_bench_joiner.ts";
 
@@ -118,6 +123,18 @@ function bareServer(bytes: Uint8Array, chunk: number): Deno.HttpServer<Deno.NetA
   });
 }
 
+let niceOk: boolean | undefined;
+function hasNice(): boolean {
+  if (niceOk === undefined) {
+    try {
+      niceOk = new Deno.Command("nice", { args: ["true"] }).outputSync().success;
+    } catch {
+      niceOk = false;
+    }
+  }
+  return niceOk;
+}
+
 interface Joiner {
   child: Deno.ChildProcess;
   lines: Record<string, unknown>[];
@@ -125,9 +142,16 @@ interface Joiner {
   done: Promise<unknown>;
 }
 
-function joiner(args: string[]): Joiner {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", JOINER, ...args],
+/**
+ * Starts the joiner process. `nice`: at the lowest CPU priority, standing in
+ * for a joiner on another machine (its own decoding and hashing are not a
+ * cost to this machine's trainers in a real run; the keeper's serving is).
+ */
+function joiner(args: string[], nice = false): Joiner {
+  const deno = [Deno.execPath(), "run", "-A", JOINER, ...args];
+  const [cmd, ...rest] = nice && hasNice() ? ["nice", "-n", "19", ...deno] : deno;
+  const child = new Deno.Command(cmd, {
+    args: rest,
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
@@ -167,6 +191,10 @@ export interface CheckpointBenchOptions extends BenchOptions {
   width?: number;
   /** Bytes per chunk request of the joiner (default: the fetch's default). */
   chunkBytes?: number;
+  /** Where the keeper writes (default "worker", as in a run). */
+  writer?: "inline" | "worker";
+  /** Repetitions of each measurement (default 3, quick 2). */
+  reps?: number;
 }
 
 /** The checkpoint suite; see the module doc. */
@@ -175,12 +203,16 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
   const width = options.width ?? (options.quick ? 192 : 384);
   const big: GptConfig = { nLayer: 4, nHead: 8, nEmbd: width, blockSize: 64, vocabSize: 256 };
   const n = buildLayout(big).totalLength;
-  const reps = options.quick ? 2 : 3;
+  const reps = options.reps ?? (options.quick ? 2 : 3);
   const steps = options.quick ? 8 : 16;
   const chunk = options.chunkBytes ?? 0;
   const dir = await Deno.makeTempDir({ prefix: "ckpt_bench_" });
   const system = new ActorSystem({ node: "host" });
-  const transport = new ActorTransport(system, { run: BENCH_RUN, secret: BENCH_SECRET, log: () => {} });
+  const transport = new ActorTransport(system, {
+    run: BENCH_RUN,
+    secret: BENCH_SECRET,
+    log: () => {},
+  });
   const trainer = new TrainerWorker();
   let bare: Deno.HttpServer<Deno.NetAddr> | undefined;
   let listener: { url: string; shutdown(): Promise<void> } | undefined;
@@ -209,6 +241,7 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
         dir: keeperDir,
         config: big,
         retention: { keepLast: 2, keepEvery: 0 },
+        writer: options.writer ?? "worker",
         onEvent: (e: KeeperEvent) => {
           if (e.type === "written") {
             writes++;
@@ -226,7 +259,8 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
     await trainer.innerStepMs(0, 2); // warm
 
     // ---- (b) the joiner's transfer vs a bare WebSocket, alternated in one process.
-    const cmp = joiner(["compare", listener.url, bareUrl, "1", String(reps + 1), String(chunk)]);
+    const pairs = options.quick ? 4 : 8;
+    const cmp = joiner(["compare", listener.url, bareUrl, "1", String(pairs + 1), String(chunk)]);
     children.push(cmp);
     await cmp.done;
     const rate = (l: Record<string, unknown>) =>
@@ -238,11 +272,21 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
     const common = { model_mb: mb, params: n, reps: keeperRates.length };
     yield { name: "join_transfer_mb_per_s", value: median(keeperRates), unit: "MB/s", ...common };
     yield { name: "bare_ws_mb_per_s", value: median(bareRates), unit: "MB/s", ...common };
+    // Each keeper fetch runs right after a bare transfer: the ratio of each pair shares the
+    // machine's load of the moment, which on a shared box moves more than the effect.
     yield {
       name: "join_vs_bare_ws",
-      value: round3(median(keeperRates) / median(bareRates)),
+      value: round3(median(keeperRates.map((k, i) => k / bareRates[i]))),
       unit: "ratio",
       target: ">= 0.8",
+      statistic: "median of back-to-back pairs",
+      ...common,
+    };
+    yield {
+      name: "join_vs_bare_ws_best",
+      value: round3(Math.max(...keeperRates) / Math.max(...bareRates)),
+      unit: "ratio",
+      statistic: "best keeper fetch / best bare transfer",
       ...common,
     };
 
@@ -261,7 +305,7 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
             "1",
             "600",
             String(chunk),
-          ]);
+          ], true);
           children.push(j);
           await j.waitFor("loop_started");
           // Let the first transfer get going.
@@ -301,7 +345,6 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
         await stop();
       }
     }
-    const idle = median(times.idle);
     for (const load of loads) {
       yield {
         name: `inner_step_ms_${load}`,
@@ -315,7 +358,8 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
     for (const load of loads.slice(1)) {
       yield {
         name: `inner_step_ratio_${load}`,
-        value: round3(median(times[load]) / idle),
+        // Each rep measures idle then every load back to back: a ratio per rep, then the median.
+        value: round3(median(times[load].map((t, i) => t / times.idle[i]))),
         unit: "ratio",
         ...(load === "bare_ws" ? { note: "floor: a bare transfer of the same bytes" } : {
           target: "<= 1.05",
@@ -348,7 +392,10 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
 }
 
 if (import.meta.main) {
-  for await (const r of bench({ quick: Deno.args.includes("--quick") })) {
+  const writer = Deno.args.includes("--inline") ? "inline" : "worker";
+  const at = Deno.args.indexOf("--reps");
+  const reps = at >= 0 ? Number(Deno.args[at + 1]) : undefined;
+  for await (const r of bench({ quick: Deno.args.includes("--quick"), writer, reps })) {
     console.log(JSON.stringify(r));
   }
 }

@@ -85,8 +85,86 @@ export interface KeeperOptions {
   maxPending?: number;
   /** How often the newest durable round is re-acked to the coordinator, ms (default 2000). */
   ackIntervalMs?: number;
+  /**
+   * Where rounds are encoded, hashed and written: "inline" on the keeper's
+   * event loop (default; required with a custom `fs`), or "worker": a
+   * writer thread at the lowest CPU priority (checkpoint/_write_worker.ts),
+   * so that trainers computing on the same CPU keep their speed.
+   */
+  writer?: "inline" | "worker";
   /** Receives the keeper's reports. */
   onEvent?: (e: KeeperEvent) => void;
+}
+
+/** A round written by a keeper's writer thread. */
+interface Written {
+  manifest: Manifest;
+  prepared: PreparedRound;
+}
+
+/** A writer thread (see {@linkcode KeeperOptions.writer}). */
+class WriterThread {
+  #worker?: Worker;
+  #next = 0;
+  #pending = new Map<
+    number,
+    { resolve(w: Written): void; reject(e: Error): void; round: number }
+  >();
+
+  write(
+    dir: string,
+    retention: Partial<Retention> | undefined,
+    state: RoundState,
+  ): Promise<Written> {
+    if (!this.#worker) {
+      const w = new Worker(new URL("./_write_worker.ts", import.meta.url).href, {
+        type: "module",
+      });
+      w.onmessage = (ev: MessageEvent<Record<string, unknown>>) => {
+        const r = ev.data;
+        const p = this.#pending.get(r.id as number);
+        if (!p) return;
+        this.#pending.delete(r.id as number);
+        if (r.ok) {
+          const manifest = r.manifest as Manifest;
+          const files = new Map(Object.entries(r.files as Record<string, Uint8Array>));
+          p.resolve({ manifest, prepared: { round: manifest.round, manifest, files } });
+        } else if (r.write) {
+          p.reject(new CheckpointWriteError(p.round, String(r.code), String(r.error)));
+        } else p.reject(new Error(String(r.error)));
+      };
+      w.onerror = (ev: ErrorEvent) => {
+        ev.preventDefault();
+        for (const p of this.#pending.values()) {
+          p.reject(new Error(`Checkpoint writer thread failed: ${ev.message}`));
+        }
+        this.#pending.clear();
+        this.#worker?.terminate();
+        this.#worker = undefined;
+      };
+      this.#worker = w;
+    }
+    const id = ++this.#next;
+    const done = new Promise<Written>((resolve, reject) =>
+      this.#pending.set(id, { resolve, reject, round: state.round })
+    );
+    // The arrays are the keeper's own copies (assembled from pieces): hand them over.
+    const buffers = new Set<ArrayBuffer>();
+    for (const x of [state.params, state.momentum, state.residual]) {
+      if (x && x.byteOffset === 0 && x.byteLength === x.buffer.byteLength) {
+        buffers.add(x.buffer as ArrayBuffer);
+      }
+    }
+    this.#worker.postMessage({ id, dir, retention, state }, { transfer: [...buffers] });
+    return done;
+  }
+
+  close(): void {
+    for (const p of this.#pending.values()) p.reject(new Error("Checkpoint writer stopped"));
+    this.#pending.clear();
+    this.#worker?.terminate();
+    this.#worker = undefined;
+  }
 }
 
 interface Assembly {
@@ -142,6 +220,7 @@ function viewEpoch(v: unknown): number {
 export function keeperBehavior(options: KeeperOptions): Behavior {
   const { run, id } = options;
   const store = new CheckpointStore(options.dir, { retention: options.retention, fs: options.fs });
+  const writer = options.writer === "worker" && !options.fs ? new WriterThread() : undefined;
   const maxPending = Math.max(1, options.maxPending ?? 2);
   const emit = (e: KeeperEvent) => options.onEvent?.(e);
   const assembling = new Map<number, Assembly>();
@@ -192,9 +271,16 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
         writing = state.round;
         const t0 = performance.now();
         try {
-          const p = await prepareRound(state);
-          remember(p);
-          const manifest = await store.commit(p);
+          let manifest: Manifest;
+          if (writer) {
+            const w = await writer.write(options.dir, options.retention, state);
+            remember(w.prepared);
+            manifest = w.manifest;
+          } else {
+            const p = await prepareRound(state);
+            remember(p);
+            manifest = await store.commit(p);
+          }
           ctx.self.tell({ type: "_written", manifest, ms: performance.now() - t0 });
         } catch (err) {
           const code = err instanceof CheckpointWriteError ? err.code : "EINVAL";
@@ -368,6 +454,7 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
       stopping = true;
       // Let a write in progress finish (bounded by the actor's shutdown timeout).
       await flow;
+      writer?.close();
     },
     async receive(raw: unknown, ctx) {
       // Anything else falls through to the wire protocol below.
@@ -484,7 +571,8 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
             file: msg.file,
             offset: msg.offset,
             size: file.length,
-            bytes: file.slice(msg.offset, msg.offset + Math.min(msg.length, MAX_CHUNK_BYTES)),
+            // A view, not a copy: served files are never changed, and the transport copies once.
+            bytes: file.subarray(msg.offset, msg.offset + Math.min(msg.length, MAX_CHUNK_BYTES)),
           };
           return reply;
         }

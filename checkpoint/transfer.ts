@@ -30,8 +30,11 @@ import {
 
 /** Largest chunk a keeper serves (bytes); requests ask for at most this. */
 export const MAX_CHUNK_BYTES = 4 << 20;
-/** Default chunk a fetch asks for: 1 MiB. */
-export const DEFAULT_CHUNK_BYTES = 1 << 20;
+/**
+ * Default chunk a fetch asks for: 4 MiB (fewer round trips; the transport cuts
+ * it into its own frames).
+ */
+export const DEFAULT_CHUNK_BYTES = 4 << 20;
 
 /** Raised when a keeper message is malformed; names the field. */
 export class KeeperProtocolError extends Error {
@@ -303,8 +306,16 @@ export interface FetchOptions {
   round?: number;
   /** Only the files a joiner needs for θ (model, plus state when θ has padding). Default false. */
   paramsOnly?: boolean;
-  /** Bytes per chunk request (default 1 MiB). */
+  /** Bytes per chunk request (default 4 MiB). */
   chunkBytes?: number;
+  /**
+   * Chunk requests in flight at once (default 2): the keeper prepares the
+   * next chunk while the last one is on the wire, so the link stays busy.
+   * (With 4 in flight over the WebSocket transport, a reply was seen to go
+   * missing now and then, costing a request timeout: keep it at 2 until the
+   * transport is cleared.)
+   */
+  window?: number;
   /** Timeout of each request, ms (default 10 s). */
   timeoutMs?: number;
   /** Failed requests in a row tolerated before giving up (default 8). */
@@ -424,50 +435,69 @@ export async function fetchRound(
         );
       }
       const buf = new Uint8Array(want.size);
-      let offset = 0;
       let keeper = sources[pick % sources.length].keeper;
       if (used.at(-1) !== keeper) used.push(keeper);
-      while (offset < want.size) {
-        options.signal?.throwIfAborted();
-        try {
-          const raw = await system.ref(keeper).ask<Record<string, unknown>>({
-            type: "keeper_chunk",
-            run: options.run,
-            round: manifest.round,
-            file: name,
-            offset,
-            length: Math.min(chunk, want.size - offset),
-          }, { timeoutMs: options.timeoutMs ?? 10_000, signal: options.signal });
-          const part = raw?.bytes;
-          if (
-            raw?.type !== "keeper_chunk" || raw.offset !== offset ||
-            !(part instanceof Uint8Array) ||
-            part.length === 0 || part.length > want.size - offset
-          ) {
-            throw new FetchError(`${keeper} sent a bad chunk of ${name} at ${offset}`);
+      // Chunks are taken in order by `window` lanes; a failed chunk is asked
+      // again at the same offset (on the next keeper), so no byte comes twice.
+      let next = 0;
+      let fatal: unknown;
+      const lane = async () => {
+        while (next < want.size && fatal === undefined) {
+          const offset = next;
+          const length = Math.min(chunk, want.size - offset);
+          next += length;
+          for (;;) {
+            if (fatal !== undefined) return;
+            options.signal?.throwIfAborted();
+            const from = keeper;
+            try {
+              const raw = await system.ref(from).ask<Record<string, unknown>>({
+                type: "keeper_chunk",
+                run: options.run,
+                round: manifest.round,
+                file: name,
+                offset,
+                length,
+              }, { timeoutMs: options.timeoutMs ?? 10_000, signal: options.signal });
+              const part = raw?.bytes;
+              if (
+                raw?.type !== "keeper_chunk" || raw.offset !== offset ||
+                !(part instanceof Uint8Array) || part.length !== length
+              ) {
+                throw new FetchError(`${from} sent a bad chunk of ${name} at ${offset}`);
+              }
+              buf.set(part, offset);
+              bytes += part.length;
+              failures = 0;
+              break;
+            } catch (err) {
+              if (options.signal?.aborted) throw err;
+              if (++failures > retries) {
+                fatal ??= new FetchError(
+                  `Cannot fetch checkpoint round ${manifest.round}: ${name} at byte ${offset} ` +
+                    `failed ${failures} times in a row, last from ${from}: ${
+                      err instanceof Error ? err.message : err
+                    }`,
+                );
+                return;
+              }
+              resumed++;
+              // Same bytes everywhere (same sha256): go on at this offset, on the next keeper.
+              if (keeper === from) {
+                pick++;
+                keeper = sources[pick % sources.length].keeper;
+                if (used.at(-1) !== keeper) used.push(keeper);
+              }
+              await new Promise((r) =>
+                setTimeout(r, Math.min(1000, backoff * 2 ** (Math.max(1, failures) - 1)))
+              );
+            }
           }
-          buf.set(part, offset);
-          offset += part.length;
-          bytes += part.length;
-          failures = 0;
-        } catch (err) {
-          if (options.signal?.aborted) throw err;
-          if (++failures > retries) {
-            throw new FetchError(
-              `Cannot fetch checkpoint round ${manifest.round}: ${name} at byte ${offset} failed ` +
-                `${failures} times in a row, last from ${keeper}: ${
-                  err instanceof Error ? err.message : err
-                }`,
-            );
-          }
-          resumed++;
-          // Same bytes everywhere (same sha256): go on at this offset, on the next keeper.
-          pick++;
-          keeper = sources[pick % sources.length].keeper;
-          if (used.at(-1) !== keeper) used.push(keeper);
-          await new Promise((r) => setTimeout(r, Math.min(1000, backoff * 2 ** (failures - 1))));
         }
-      }
+      };
+      const lanes = Math.max(1, Math.min(16, options.window ?? 2));
+      await Promise.all(Array.from({ length: lanes }, lane));
+      if (fatal !== undefined) throw fatal;
       const got = await sha256Hex(buf);
       if (got === want.sha256) {
         files.set(name, buf);
@@ -513,7 +543,7 @@ export interface KeeperSourceOptions {
   /** How long to wait for a keeper to get the round in flight, ms (default 5000). */
   waitMs?: number;
   /** Chunk size and retries of the fetch. */
-  fetch?: Pick<FetchOptions, "chunkBytes" | "retries" | "timeoutMs" | "backoffMs">;
+  fetch?: Pick<FetchOptions, "chunkBytes" | "window" | "retries" | "timeoutMs" | "backoffMs">;
   /** Reports fetches and fallbacks. */
   onEvent?: (e: SourceEvent) => void;
 }

@@ -35,6 +35,7 @@ const SUITES: Record<string, () => Promise<{ bench: BenchSuite }>> = {
   kernels: () => import("../kernels/bench.ts"),
   train: () => import("../kernels/bench_train.ts"),
   transport: () => import("../transport/bench.ts"),
+  checkpoint: () => import("../checkpoint/bench.ts"),
 };
 
 async function main(): Promise<void> {
@@ -64,7 +65,9 @@ async function main(): Promise<void> {
       else {
         const { name: n, value, unit, ...rest } = record;
         const extra = Object.entries(rest).map(([k, v]) => `${k}=${v}`).join(" ");
-        console.log(`${n.padEnd(28)} ${value.toPrecision(4).padStart(12)} ${unit.padEnd(10)} ${extra}`);
+        console.log(
+          `${n.padEnd(28)} ${value.toPrecision(4).padStart(12)} ${unit.padEnd(10)} ${extra}`,
+        );
       }
     }
   }

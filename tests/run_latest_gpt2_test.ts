@@ -1,0 +1,114 @@
+/**
+ * `runs/<name>/latest/model.safetensors` written by a real (tiny, short)
+ * embedded run — trainers in Workers, aggregator, two checkpoint keepers —
+ * holds the run's final θ bit for bit, and `deno task eval` on it agrees with
+ * the independent numpy GPT-2 of tests/gpt2_reference.py.
+ *
+ * Slow-ish (Workers compile shaders, two extra processes): run alone with
+ * `deno test -A tests/run_latest_gpt2_test.ts`.
+ */
+import { equal, ok } from "@std/assert";
+import { runEmbedded, type RunEvent } from "../actors/run.ts";
+import { resumeRunDir } from "../checkpoint/resume.ts";
+import { CheckpointStore } from "../checkpoint/store.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
+
+async function run(cmd: string, args: string[]) {
+  const out = await new Deno.Command(cmd, {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test({
+  name: "embedded run: latest/model.safetensors is the final θ and numpy GPT-2 agrees with eval",
+  sanitizeOps: false, // Worker termination settles its ops after the test's end
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "run_latest_" });
+    try {
+      const runDir = `${dir}/runs/demo`;
+      const events: RunEvent[] = [];
+      const rounds = 2;
+      await runEmbedded({
+        run: "demo",
+        config: "tiny",
+        trainers: 2,
+        rounds,
+        innerSteps: 3,
+        outer: { lr: 0.7, momentum: 0.9 },
+        evalWindows: 8,
+        timeoutMs: 120_000,
+        checkpoint: { dir: runDir, keepers: 2 },
+        emit: (e) => events.push(e),
+      });
+      const rs = events.filter((e) => e.event === "round");
+      equal(rs.length, rounds);
+      const finalHash = rs.at(-1)!.theta_hashes[0];
+      const commits = events.filter((e) => e.event === "committed");
+      ok(commits.some((c) => c.round === rounds && c.params_hash === finalHash), "final commit");
+      for (const c of commits) equal(c.holders.length, 2, `holders of round ${c.round}`);
+      // latest -> a keeper's store, at the final round, verifying.
+      const target = await Deno.readLink(`${runDir}/latest`);
+      ok(target.endsWith(`/rounds/${rounds}`), target);
+      const keeper = `${runDir}/${target.split("/rounds/")[0]}`;
+      equal((await new CheckpointStore(keeper).verify(rounds)).params_hash, finalHash);
+      const resumed = await resumeRunDir(runDir);
+      equal(resumed.round, rounds);
+      equal(resumed.paramsHash, finalHash);
+      equal(Object.keys(resumed.cursors ?? {}).length, 2, "a data cursor per trainer");
+
+      const model = `${runDir}/latest/model.safetensors`;
+      const data = `${dir}/data.txt`;
+      await Deno.writeTextFile(
+        data,
+        "It is a truth universally acknowledged, that a single man in possession of a good " +
+          "fortune, must be in want of a wife. ".repeat(8),
+      );
+      const ev = await run(Deno.execPath(), [
+        "run",
+        "-A",
+        `${ROOT}kernels/eval_main.ts`,
+        "--checkpoint",
+        model,
+        "--data",
+        data,
+        "--max-windows",
+        "32",
+        "--json",
+      ]);
+      equal(ev.code, 0, ev.stderr);
+      const mine = JSON.parse(ev.stdout.trim().split("\n").at(-1)!);
+      ok(Number.isFinite(mine.eval_loss));
+      let py;
+      try {
+        py = await run("python3", [
+          `${ROOT}tests/gpt2_reference.py`,
+          model,
+          data,
+          "--max-windows",
+          "32",
+        ]);
+      } catch {
+        console.warn("SKIPPED numpy agreement: python3 is not on PATH");
+        return;
+      }
+      if (py.code !== 0 && /No module named 'numpy'/.test(py.stderr)) {
+        console.warn("SKIPPED numpy agreement: numpy is not installed for python3");
+        return;
+      }
+      equal(py.code, 0, py.stderr);
+      const ref = JSON.parse(py.stdout.trim());
+      equal(ref.windows, mine.windows);
+      const rel = Math.abs(mine.eval_loss - ref.eval_loss) / ref.eval_loss;
+      ok(rel < 1e-4, `deno eval ${mine.eval_loss} vs numpy ${ref.eval_loss}: relative ${rel}`);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
