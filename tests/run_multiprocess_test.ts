@@ -84,7 +84,11 @@ Deno.test({
     const port = 7900 + Math.floor(Math.random() * 90);
     const url = `ws://127.0.0.1:${port}`;
     const rounds = 14;
+    // Checkpoints go to a temporary folder, not the default runs/<run id>.
+    const runDir = await Deno.makeTempDir({ prefix: "run_multiprocess_" });
     const host = start([
+      "--run-dir",
+      runDir,
       "--host",
       `127.0.0.1:${port}`,
       "--secret",
@@ -162,6 +166,7 @@ Deno.test({
         }
         await p.done;
       }
+      await Deno.remove(runDir, { recursive: true }).catch(() => {});
     }
   },
 });
