@@ -78,3 +78,4 @@ export { trackerBehavior } from "./actors/tracker.ts";
 export { resumeRunDir } from "./checkpoint/resume.ts";
 export { CheckpointSlot, runStateSource } from "./actors/run.ts";
 export type { CheckpointOptions } from "./actors/run.ts";
+export { DEFAULT_INNER_STEPS, outerAt } from "./actors/aggregation.ts";

@@ -1,0 +1,582 @@
+/**
+ * The experiment behind the run's outer-optimizer defaults: DiLoCo against
+ * single trainers on the same token budget, with real models on the WebGPU
+ * device and the run's own aggregation code.
+ *
+ * A DiLoCo configuration here follows the embedded run step for step: every
+ * trainer starts from the same seed-initialised θ_0 and reads its own slice of
+ * the training stream (the run's 16 data shards), runs H AdamW steps with the
+ * trainer Worker's learning-rate schedule (cosine over the whole run, a
+ * warm-up of min(30, H) steps, AdamW moments kept across rounds), and sends
+ * Δ = θ_r − θ_local. With int8 exchange Δ goes through the run's
+ * {@linkcode ShardAggregator} (int8 with per-block scales both ways,
+ * residual feedback, Nesterov step, {@linkcode applyUpdate}), exactly what the
+ * aggregator actor does; with fp32 exchange the same Nesterov step is taken on
+ * the exact fp32 average. Trainers take turns on one device, so this is the
+ * run's math without its Workers and messages; the "diloco-run" configuration
+ * runs the real thing ({@linkcode runEmbedded}) for comparison.
+ *
+ * A single-trainer configuration is `deno task train`: one model reading the
+ * whole training stream with that task's schedule (warm-up, then cosine to
+ * 10%).
+ *
+ * Every configuration is scored the same way: the mean next-byte
+ * cross-entropy ({@linkcode evaluate}, the definition of `deno task eval`) on
+ * the same `evalWindows` windows spread over the validation split.
+ *
+ * @module
+ */
+import type { Gpu } from "../kernels/device.ts";
+import { getConfig } from "../kernels/config.ts";
+import type { Corpus } from "../kernels/data.ts";
+import { batchSampler } from "../kernels/data.ts";
+import { evaluate, windowCount } from "../kernels/evaluate.ts";
+import { createModel, type GptModel } from "../kernels/model.ts";
+import { nesterovStepRef } from "../kernels/reference.ts";
+import { learningRate } from "../kernels/train_main.ts";
+import {
+  applyUpdate,
+  DEFAULT_INNER_STEPS,
+  DEFAULT_OUTER,
+  DILOCO_PAPER_OUTER,
+  outerAt,
+  type OuterOptimizer,
+  quantizeInt8,
+  ShardAggregator,
+} from "../actors/aggregation.ts";
+import { DEFAULT_BLOCK, shardMap } from "../actors/run_protocol.ts";
+import { engineSettings, runEmbedded } from "../actors/run.ts";
+
+/** How a configuration trains. */
+export type ExperimentKind = "diloco" | "single" | "run";
+
+/** One configuration of the experiment. */
+export interface ExperimentConfig {
+  /** Name used with `--configs`. */
+  name: string;
+  /** One line for the table. */
+  description: string;
+  /** "diloco" (in-process DiLoCo), "single" (one trainer), "run" (runEmbedded). */
+  kind: ExperimentKind;
+  /** Trainers (1 for "single"). */
+  trainers: number;
+  /** Sequences per inner step. */
+  batch: number;
+  /** Inner steps per round H (ignored for "single"). */
+  innerSteps: number;
+  /** Outer optimizer (ignored for "single"). */
+  outer: OuterOptimizer;
+  /** Pseudo-gradient exchange (ignored for "single"). */
+  exchange: "int8" | "fp32";
+  /** Zero each trainer's AdamW moments at every round (default false: keep them). */
+  innerReset?: boolean;
+  /**
+   * Inner learning-rate schedule: "run" (default, the run's: one cosine over
+   * all rounds) or "round" (the cosine restarts every round).
+   */
+  innerSchedule?: "run" | "round";
+  /** Inner warm-up steps of each trainer's optimizer (default: the run's). */
+  innerWarmup?: number;
+}
+
+/** Settings shared by every configuration of one experiment. */
+export interface ExperimentSettings {
+  /** Model config name (default "small"). */
+  config: string;
+  /** Inner steps per trainer: the budget (single trainers take this many steps). */
+  steps: number;
+  /** Init and sampling seed. */
+  seed: number;
+  /** Validation windows, spread over the split, for the final loss. */
+  evalWindows: number;
+  /** Slices of the training stream (the run's default, 16). */
+  dataShards: number;
+}
+
+/** The result of one configuration (one JSON line with `--json`). */
+export interface ExperimentResult {
+  event: "config";
+  name: string;
+  description: string;
+  kind: ExperimentKind;
+  trainers: number;
+  batch: number;
+  inner_steps: number | null;
+  rounds: number | null;
+  outer_lr: number | null;
+  outer_momentum: number | null;
+  outer_warmup_rounds: number | null;
+  exchange: "int8" | "fp32" | null;
+  inner_reset: boolean | null;
+  inner_schedule: "run" | "round" | null;
+  /** Slices of the training stream; trainer i reads slice i (null: the whole stream). */
+  data_shards: number | null;
+  steps_per_trainer: number;
+  tokens: number;
+  final_train_loss: number;
+  final_eval_loss: number;
+  eval_windows: number;
+  wall_s: number;
+}
+
+/** Trainers, batch and H of the DiLoCo configurations unless overridden. */
+export interface DilocoDefaults {
+  trainers: number;
+  innerSteps: number;
+  outer: OuterOptimizer;
+  innerReset?: boolean;
+  innerSchedule?: "run" | "round";
+}
+
+/**
+ * The experiment's configurations: the issue's four plus the paper's preset
+ * and plain averaging for the record, and the default through the real run.
+ * `diloco` overrides the settings of the DiLoCo rows that use the defaults.
+ */
+export function standardConfigs(
+  config: string,
+  diloco: Partial<DilocoDefaults> = {},
+): ExperimentConfig[] {
+  const batch = getConfig(config).train.batch;
+  const d: DilocoDefaults = {
+    trainers: diloco.trainers ?? 4,
+    innerSteps: diloco.innerSteps ?? DEFAULT_INNER_STEPS,
+    outer: diloco.outer ?? { ...DEFAULT_OUTER },
+    innerReset: diloco.innerReset ?? false,
+    innerSchedule: diloco.innerSchedule ?? "run",
+  };
+  const k = d.trainers;
+  const base = {
+    trainers: k,
+    batch,
+    innerSteps: d.innerSteps,
+    innerReset: d.innerReset,
+    innerSchedule: d.innerSchedule,
+  };
+  return [
+    {
+      ...base,
+      name: "diloco-int8",
+      description: `DiLoCo, ${k} trainers, int8 exchange`,
+      kind: "diloco",
+      outer: d.outer,
+      exchange: "int8",
+    },
+    {
+      ...base,
+      name: "diloco-fp32",
+      description: `DiLoCo, ${k} trainers, fp32 exchange`,
+      kind: "diloco",
+      outer: d.outer,
+      exchange: "fp32",
+    },
+    {
+      name: "single-4x",
+      description: `one trainer, ${k}x batch (data-parallel equivalent)`,
+      kind: "single",
+      trainers: 1,
+      batch: batch * k,
+      innerSteps: 0,
+      outer: { lr: 1, momentum: 0 },
+      exchange: "fp32",
+    },
+    {
+      name: "single",
+      description: "one trainer, same batch (a volunteer alone)",
+      kind: "single",
+      trainers: 1,
+      batch,
+      innerSteps: 0,
+      outer: { lr: 1, momentum: 0 },
+      exchange: "fp32",
+    },
+    {
+      ...base,
+      name: "diloco-paper",
+      description: `DiLoCo, ${k} trainers, int8, paper's outer Nesterov`,
+      kind: "diloco",
+      outer: { ...DILOCO_PAPER_OUTER },
+      exchange: "int8",
+    },
+    {
+      ...base,
+      name: "diloco-average",
+      description: `DiLoCo, ${k} trainers, int8, plain averaging`,
+      kind: "diloco",
+      outer: { lr: 1, momentum: 0 },
+      exchange: "int8",
+    },
+    {
+      ...base,
+      name: "diloco-run",
+      description: `the embedded run (deno task node): ${k} trainers in Workers, int8`,
+      kind: "run",
+      outer: d.outer,
+      exchange: "int8",
+    },
+  ];
+}
+
+/** The inner learning rate of the run's trainer Worker (kept in step with actors/trainer_worker.ts). */
+export function innerLr(
+  peak: number,
+  opts: { globalStep: number; totalSteps: number; ownStep: number; warmup: number },
+): number {
+  const t = Math.min(1, opts.globalStep / Math.max(1, opts.totalSteps));
+  const cosine = 0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * t));
+  const warm = Math.min(1, (opts.ownStep + 1) / Math.max(1, opts.warmup));
+  return peak * cosine * warm;
+}
+
+function rounds(c: ExperimentConfig, steps: number): number {
+  if (!(c.innerSteps >= 1) || steps % c.innerSteps !== 0) {
+    throw new RangeError(
+      `Invalid experiment config "${c.name}": ${steps} steps per trainer is not a multiple of H = ${c.innerSteps}`,
+    );
+  }
+  return steps / c.innerSteps;
+}
+
+function result(
+  c: ExperimentConfig,
+  s: ExperimentSettings,
+  r: { trainLoss: number; evalLoss: number; windows: number; wallS: number },
+): ExperimentResult {
+  const single = c.kind === "single";
+  const T = getConfig(s.config).model.blockSize;
+  return {
+    event: "config",
+    name: c.name,
+    description: c.description,
+    kind: c.kind,
+    trainers: c.trainers,
+    batch: c.batch,
+    inner_steps: single ? null : c.innerSteps,
+    rounds: single ? null : s.steps / c.innerSteps,
+    outer_lr: single ? null : c.outer.lr,
+    outer_momentum: single ? null : c.outer.momentum,
+    outer_warmup_rounds: single ? null : (c.outer.warmupRounds ?? 0),
+    exchange: single ? null : c.exchange,
+    inner_reset: single ? null : (c.innerReset ?? false),
+    inner_schedule: single ? null : (c.innerSchedule ?? "run"),
+    data_shards: single ? null : s.dataShards,
+    steps_per_trainer: s.steps,
+    tokens: c.trainers * s.steps * c.batch * T,
+    final_train_loss: Math.round(r.trainLoss * 10_000) / 10_000,
+    final_eval_loss: Math.round(r.evalLoss * 10_000) / 10_000,
+    eval_windows: r.windows,
+    wall_s: Math.round(r.wallS * 10) / 10,
+  };
+}
+
+async function score(
+  model: GptModel,
+  corpus: Corpus,
+  s: ExperimentSettings,
+): Promise<{ loss: number; windows: number }> {
+  const r = await evaluate(model, corpus.val, { maxWindows: s.evalWindows, selection: "spread" });
+  return { loss: r.loss, windows: r.windows };
+}
+
+/** One trainer, `deno task train`'s schedule, on the whole training stream. */
+async function runSingle(
+  gpu: Gpu,
+  corpus: Corpus,
+  c: ExperimentConfig,
+  s: ExperimentSettings,
+): Promise<ExperimentResult> {
+  const t0 = performance.now();
+  const named = getConfig(s.config);
+  const model = await createModel(gpu, named.model, { seed: s.seed, batch: c.batch });
+  try {
+    const sampler = batchSampler(corpus.train, {
+      batch: c.batch,
+      blockSize: named.model.blockSize,
+      seed: s.seed,
+    });
+    const sched = {
+      lr: named.train.lr,
+      warmup: Math.min(named.train.warmup, s.steps),
+      steps: s.steps,
+    };
+    let last = NaN;
+    for (let i = 0; i < s.steps; i++) {
+      const { inputs, targets } = sampler.next();
+      last = await model.step(inputs, targets, { lr: learningRate(i, sched) });
+      if (!Number.isFinite(last)) {
+        throw new Error(`Training diverged: loss ${last} at step ${i + 1}`);
+      }
+    }
+    const ev = await score(model, corpus, s);
+    return result(c, s, {
+      trainLoss: last,
+      evalLoss: ev.loss,
+      windows: ev.windows,
+      wallS: (performance.now() - t0) / 1000,
+    });
+  } finally {
+    model.dispose();
+  }
+}
+
+/** DiLoCo in this process: real models, the run's schedule and aggregation. */
+async function runDiloco(
+  gpu: Gpu,
+  corpus: Corpus,
+  c: ExperimentConfig,
+  s: ExperimentSettings,
+): Promise<ExperimentResult> {
+  const t0 = performance.now();
+  const named = getConfig(s.config);
+  const R = rounds(c, s.steps);
+  const H = c.innerSteps;
+  const models: GptModel[] = [];
+  try {
+    for (let i = 0; i < c.trainers; i++) {
+      models.push(await createModel(gpu, named.model, { seed: s.seed, batch: c.batch }));
+    }
+    const samplers = models.map((_, i) =>
+      batchSampler(corpus.train, {
+        batch: c.batch,
+        blockSize: named.model.blockSize,
+        seed: s.seed,
+        shard: { index: i % s.dataShards, count: s.dataShards },
+      })
+    );
+    // The run's Worker compiles its pipelines with one throw-away step, which
+    // draws the first batch: skip it too.
+    for (const sp of samplers) sp.next();
+    const theta = await models[0].getParams();
+    const n = theta.length;
+    const names = models.map((_, i) => `t${i}`);
+    const [shard] = shardMap(n, { aggregators: ["a0"] });
+    const agg = new ShardAggregator({ run: "experiment", shard, theta, outer: c.outer });
+    const momentum = new Float32Array(n);
+    // The run's engine settings: peak lr, warm-up and the cosine's length.
+    const eng = engineSettings({
+      run: "experiment",
+      config: s.config,
+      rounds: R,
+      innerSteps: H,
+      outer: c.outer,
+      seed: s.seed,
+      batch: c.batch,
+      ...(c.innerWarmup !== undefined ? { innerWarmup: c.innerWarmup } : {}),
+    });
+    const tokens = H * c.batch * named.model.blockSize;
+    const ownSteps = models.map(() => 0);
+    let trainLoss = NaN;
+    for (let r = 0; r < R; r++) {
+      agg.setView({
+        type: "view",
+        run: "experiment",
+        epoch: r + 1,
+        round: r,
+        trainers: names,
+        aggregators: ["a0"],
+        shards: [shard],
+        params: n,
+        block: DEFAULT_BLOCK,
+        dataShards: names.map((_, i) => i),
+        started: true,
+        rounds: R,
+      });
+      const deltas: Float32Array[] = [];
+      let lossSum = 0;
+      for (let i = 0; i < models.length; i++) {
+        const m = models[i];
+        m.setParams(theta);
+        if (c.innerReset && r > 0) m.resetOptimizer();
+        let sum = 0;
+        for (let k = 0; k < H; k++) {
+          const { inputs, targets } = samplers[i].next();
+          const perRound = c.innerSchedule === "round";
+          const lr = innerLr(eng.lr, {
+            globalStep: perRound ? k : r * H + k,
+            totalSteps: perRound ? H : eng.totalSteps,
+            ownStep: ownSteps[i]++,
+            warmup: eng.warmup,
+          });
+          const loss = await m.step(inputs, targets, { lr });
+          if (!Number.isFinite(loss)) {
+            throw new Error(`Training diverged: trainer ${i} loss ${loss} in round ${r}`);
+          }
+          sum += loss;
+        }
+        lossSum += sum / H;
+        const local = await m.getParams();
+        const delta = new Float32Array(n);
+        for (let j = 0; j < n; j++) delta[j] = theta[j] - local[j];
+        deltas.push(delta);
+      }
+      trainLoss = lossSum / models.length;
+      if (c.exchange === "int8") {
+        for (let i = 0; i < deltas.length; i++) {
+          const { q, scales } = quantizeInt8(deltas[i], { block: DEFAULT_BLOCK });
+          const res = agg.offer({
+            type: "contribution",
+            run: "experiment",
+            round: r,
+            epoch: r + 1,
+            trainer: names[i],
+            shard: 0,
+            tokens,
+            n,
+            q,
+            scales,
+            loss: trainLoss,
+          });
+          if (res.status !== "accepted") {
+            throw new Error(
+              `Aggregator refused trainer ${i} in round ${r}: ${JSON.stringify(res)}`,
+            );
+          }
+        }
+        const { update } = agg.close();
+        applyUpdate(theta, update, { block: DEFAULT_BLOCK });
+      } else {
+        const avg = new Float32Array(n);
+        const w = Math.fround(1 / deltas.length);
+        for (const d of deltas) for (let j = 0; j < n; j++) avg[j] += Math.fround(w * d[j]);
+        const step = outerAt(c.outer, r);
+        nesterovStepRef({ theta, momentum, delta: avg }, { n, lr: step.lr, mu: step.momentum });
+      }
+    }
+    models[0].setParams(theta);
+    const ev = await score(models[0], corpus, s);
+    return result(c, s, {
+      trainLoss,
+      evalLoss: ev.loss,
+      windows: ev.windows,
+      wallS: (performance.now() - t0) / 1000,
+    });
+  } finally {
+    for (const m of models) m.dispose();
+  }
+}
+
+/** The real embedded run (trainers in Workers, actors, int8 on the GPU). */
+async function runReal(
+  corpus: Corpus,
+  c: ExperimentConfig,
+  s: ExperimentSettings,
+): Promise<ExperimentResult> {
+  if (c.innerReset || (c.innerSchedule ?? "run") !== "run") {
+    throw new RangeError(
+      `Invalid experiment config "${c.name}": the embedded run keeps AdamW state and one cosine over the run`,
+    );
+  }
+  const t0 = performance.now();
+  const R = rounds(c, s.steps);
+  const summary = await runEmbedded({
+    run: `experiment-${c.name}`,
+    config: s.config,
+    rounds: R,
+    innerSteps: c.innerSteps,
+    outer: c.outer,
+    seed: s.seed,
+    dataShards: s.dataShards,
+    batch: c.batch,
+    ...(c.innerWarmup !== undefined ? { innerWarmup: c.innerWarmup } : {}),
+    trainers: c.trainers,
+    evalWindows: s.evalWindows,
+    emit: () => {},
+  });
+  if (!summary.hashes_equal) throw new Error(`Run "${c.name}": trainers' θ hashes differ`);
+  return result(c, s, {
+    trainLoss: summary.last_loss,
+    evalLoss: summary.final_eval_loss,
+    windows: Math.min(
+      s.evalWindows,
+      windowCount(corpus.val.length, getConfig(s.config).model.blockSize),
+    ),
+    wallS: (performance.now() - t0) / 1000,
+  });
+}
+
+/**
+ * Runs one configuration and returns its result.
+ *
+ * @example
+ * ```ts ignore
+ * const gpu = await acquireGpu();
+ * const corpus = await loadCorpus();
+ * const [c] = standardConfigs("tiny");
+ * const r = await runConfig(gpu, corpus, c, { config: "tiny", steps: 4, seed: 1, evalWindows: 8, dataShards: 16 });
+ * ```
+ */
+export async function runConfig(
+  gpu: Gpu,
+  corpus: Corpus,
+  c: ExperimentConfig,
+  s: ExperimentSettings,
+): Promise<ExperimentResult> {
+  if (c.kind === "single") return await runSingle(gpu, corpus, c, s);
+  if (c.kind === "diloco") return await runDiloco(gpu, corpus, c, s);
+  return await runReal(corpus, c, s);
+}
+
+/** The closing line: headline comparisons between the configurations that ran. */
+export interface ExperimentSummary {
+  event: "summary";
+  steps_per_trainer: number;
+  seed: number;
+  eval_windows: number;
+  losses: Record<string, number>;
+  /** (int8 − fp32) / fp32 of the final eval loss, when both ran. */
+  int8_vs_fp32_relative: number | null;
+  /** single − diloco-int8 (positive: DiLoCo beats one trainer alone). */
+  diloco_gain_over_single: number | null;
+  /** diloco-int8 − single-4x (what is left to the data-parallel bound). */
+  diloco_gap_to_4x: number | null;
+  /** Fraction of the single → single-4x gap DiLoCo closes. */
+  diloco_gap_closed: number | null;
+  wall_s: number;
+}
+
+/** Builds the summary line from the results. */
+export function summarizeExperiment(
+  results: ExperimentResult[],
+  s: ExperimentSettings,
+  wallS: number,
+): ExperimentSummary {
+  const by = Object.fromEntries(results.map((r) => [r.name, r.final_eval_loss]));
+  const r4 = (x: number) => Math.round(x * 10_000) / 10_000;
+  const has = (...k: string[]) => k.every((x) => typeof by[x] === "number");
+  return {
+    event: "summary",
+    steps_per_trainer: s.steps,
+    seed: s.seed,
+    eval_windows: results[0]?.eval_windows ?? 0,
+    losses: by,
+    int8_vs_fp32_relative: has("diloco-int8", "diloco-fp32")
+      ? r4((by["diloco-int8"] - by["diloco-fp32"]) / by["diloco-fp32"])
+      : null,
+    diloco_gain_over_single: has("diloco-int8", "single")
+      ? r4(by["single"] - by["diloco-int8"])
+      : null,
+    diloco_gap_to_4x: has("diloco-int8", "single-4x")
+      ? r4(by["diloco-int8"] - by["single-4x"])
+      : null,
+    diloco_gap_closed: has("diloco-int8", "single-4x", "single")
+      ? r4((by["single"] - by["diloco-int8"]) / (by["single"] - by["single-4x"]))
+      : null,
+    wall_s: Math.round(wallS * 10) / 10,
+  };
+}
+
+/** The results as a markdown table. */
+export function markdownTable(results: ExperimentResult[]): string {
+  const head =
+    "| configuration | trainers × batch | H | outer lr | momentum | warm-up rounds | exchange | final eval loss | tokens | wall s |";
+  const sep = "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
+  const dash = (x: number | string | null) => x === null ? "–" : String(x);
+  const rows = results.map((r) =>
+    `| ${r.name}: ${r.description} | ${r.trainers} × ${r.batch} | ${dash(r.inner_steps)} | ${
+      dash(r.outer_lr)
+    } | ${dash(r.outer_momentum)} | ${dash(r.outer_warmup_rounds)} | ${dash(r.exchange)} | ${
+      r.final_eval_loss.toFixed(4)
+    } | ${r.tokens.toLocaleString("en-US")} | ${r.wall_s} |`
+  );
+  return [head, sep, ...rows].join("\n");
+}

@@ -1,0 +1,127 @@
+import { deepEqual, equal, ok, throws } from "@std/assert";
+import { parseExperimentArgs } from "./experiment_main.ts";
+import { type ExperimentResult, markdownTable } from "./_experiment.ts";
+import { outerAt, quantizeInt8, ShardAggregator } from "../actors/aggregation.ts";
+import { shardMap } from "../actors/run_protocol.ts";
+
+Deno.test("experiment: flags pick configurations and refuse bad input by name", () => {
+  const a = parseExperimentArgs([
+    "--steps",
+    "40",
+    "--configs",
+    "single,diloco-int8",
+    "--inner-steps",
+    "10",
+    "--outer-lr",
+    "1.5",
+    "--outer-warmup",
+    "2",
+  ]);
+  deepEqual(a.configs.map((c) => c.name), ["diloco-int8", "single"]);
+  equal(a.settings.steps, 40);
+  equal(a.configs[0].innerSteps, 10);
+  deepEqual(a.configs[0].outer, { lr: 1.5, momentum: 0, warmupRounds: 2 });
+  throws(() => parseExperimentArgs(["--configs", "nope"]), /Invalid --configs: unknown "nope"/);
+  throws(() => parseExperimentArgs(["--steps", "30", "--inner-steps", "20"]), /multiple of/);
+  throws(() => parseExperimentArgs(["--outer-momentum", "1"]), /--outer-momentum/);
+  throws(() => parseExperimentArgs(["--bogus"]), /bogus/);
+});
+
+Deno.test("experiment: outer warm-up ramps from plain averaging to the set values", () => {
+  const o = { lr: 2, momentum: 0.5, warmupRounds: 4 };
+  deepEqual(outerAt(o, 0), { lr: 1, momentum: 0 });
+  deepEqual(outerAt(o, 2), { lr: 1.5, momentum: 0.25 });
+  deepEqual(outerAt(o, 4), { lr: 2, momentum: 0.5 });
+  deepEqual(outerAt({ lr: 0.7, momentum: 0.9 }, 0), { lr: 0.7, momentum: 0.9 });
+  // In the aggregator: round 0 under warm-up is plain averaging, θ1 = θ0 − Δ.
+  const [shard] = shardMap(4, { aggregators: ["a0"] });
+  const agg = new ShardAggregator({
+    run: "r",
+    shard,
+    theta: new Float32Array(4),
+    outer: { lr: 3, momentum: 0.9, warmupRounds: 3 },
+  });
+  agg.setView({
+    type: "view",
+    run: "r",
+    epoch: 1,
+    round: 0,
+    trainers: ["t0"],
+    aggregators: ["a0"],
+    shards: [shard],
+    params: 4,
+    block: 256,
+    dataShards: [0],
+    started: true,
+    rounds: 0,
+  });
+  const { q, scales } = quantizeInt8(new Float32Array([0.5, -0.25, 1, 0]));
+  agg.offer({
+    type: "contribution",
+    run: "r",
+    round: 0,
+    epoch: 1,
+    trainer: "t0",
+    shard: 0,
+    tokens: 8,
+    n: 4,
+    q,
+    scales,
+    loss: 1,
+  });
+  agg.close();
+  const theta = agg.theta();
+  for (const [i, want] of [-0.5, 0.25, -1, 0].entries()) ok(Math.abs(theta[i] - want) < 0.01);
+});
+
+Deno.test("experiment: a tiny run prints one JSON line per configuration and a summary", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("./experiment_main.ts", import.meta.url).pathname,
+      "--json",
+      "--config",
+      "tiny",
+      "--steps",
+      "4",
+      "--inner-steps",
+      "2",
+      "--eval-windows",
+      "8",
+      "--configs",
+      "diloco-int8,diloco-fp32,single-4x,single",
+    ],
+    env: { XDG_RUNTIME_DIR: "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  equal(out.code, 0, stderr);
+  const lines = new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
+  equal(lines.length, 5);
+  const rows = lines.slice(0, 4) as ExperimentResult[];
+  deepEqual(rows.map((r) => r.event), ["config", "config", "config", "config"]);
+  deepEqual(rows.map((r) => r.name), ["diloco-int8", "diloco-fp32", "single-4x", "single"]);
+  for (const r of rows) {
+    ok(Number.isFinite(r.final_eval_loss) && r.final_eval_loss > 0, JSON.stringify(r));
+    equal(r.eval_windows, 8);
+    equal(r.steps_per_trainer, 4);
+  }
+  // The same token budget: 4 trainers × 4 steps × batch 2 × context 8, and a quarter alone.
+  deepEqual(rows.map((r) => r.tokens), [256, 256, 256, 64]);
+  equal(rows[0].rounds, 2);
+  equal(rows[0].exchange, "int8");
+  equal(rows[1].exchange, "fp32");
+  equal(rows[2].inner_steps, null);
+  equal(rows[0].data_shards, 16);
+  equal(rows[3].data_shards, null);
+  const summary = lines[4];
+  equal(summary.event, "summary");
+  deepEqual(Object.keys(summary.losses), ["diloco-int8", "diloco-fp32", "single-4x", "single"]);
+  ok(typeof summary.int8_vs_fp32_relative === "number");
+  ok(typeof summary.diloco_gap_closed === "number");
+  const table = markdownTable(rows);
+  equal(table.split("\n").length, 6);
+  ok(table.includes("| diloco-fp32: "));
+});
