@@ -56,20 +56,36 @@ async function main(): Promise<void> {
     return;
   }
   const names = values.only?.length ? values.only : Object.keys(SUITES);
+  const print = (record: BenchRecord) => {
+    if (values.json) console.log(JSON.stringify(record));
+    else {
+      const { name: n, value, unit, ...rest } = record;
+      const extra = Object.entries(rest).map(([k, v]) => `${k}=${v}`).join(" ");
+      console.log(
+        `${n.padEnd(28)} ${value.toPrecision(4).padStart(12)} ${unit.padEnd(10)} ${extra}`,
+      );
+    }
+  };
+  // Figures that are compared across suites measured in this same run.
+  let bestMatmul = 0;
+  let trainStep = 0;
   for (const name of names) {
     const load = SUITES[name];
     if (!load) throw new TypeError(`Unknown bench suite: ${name} (known: ${Object.keys(SUITES)})`);
     const { bench } = await load();
     for await (const record of bench({ quick: values.quick })) {
-      if (values.json) console.log(JSON.stringify(record));
-      else {
-        const { name: n, value, unit, ...rest } = record;
-        const extra = Object.entries(rest).map(([k, v]) => `${k}=${v}`).join(" ");
-        console.log(
-          `${n.padEnd(28)} ${value.toPrecision(4).padStart(12)} ${unit.padEnd(10)} ${extra}`,
-        );
-      }
+      if (record.name === "matmul_gflops") bestMatmul = Math.max(bestMatmul, record.value);
+      if (record.name === "train_step_gflops") trainStep = record.value;
+      print(record);
     }
+  }
+  if (bestMatmul > 0 && trainStep > 0) {
+    print({
+      name: "train_step_vs_best_matmul",
+      value: trainStep / bestMatmul,
+      unit: "ratio",
+      target: ">= 0.5",
+    });
   }
 }
 
