@@ -45,7 +45,7 @@ Options:
                         of the run, writing --run-dir, default runs/<run id>/<node>)
   --trainers N          trainers in this process (embedded/host; default 4 embedded, 0 host)
   --min-trainers N      host: open the first round when N trainers joined (default 1)
-  --rounds N            outer rounds (default 3)
+  --rounds N            outer rounds (default 10)
   --inner-steps H       inner AdamW steps per round (default ${DEFAULT_INNER_STEPS})
   --config NAME         model config: ${Object.keys(CONFIGS).join(", ")} (default small)
   --data PATH           training text (file or folder; default: the bundled corpus)
@@ -190,7 +190,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
   return {
     run: values["run-id"] ?? "run",
     config,
-    rounds: intArg("rounds", values.rounds, 3, 1),
+    rounds: intArg("rounds", values.rounds, 10, 1),
     innerSteps: intArg("inner-steps", values["inner-steps"], DEFAULT_INNER_STEPS, 1),
     outer: {
       lr: numArg("outer-lr", values["outer-lr"], preset.lr),
