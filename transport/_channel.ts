@@ -17,6 +17,7 @@ import {
 import {
   ALIGN,
   DEFAULT_CHUNK_BYTES,
+  DEFAULT_WHOLE_BYTES,
   digest128,
   extractAttachments,
   gather,
@@ -72,6 +73,12 @@ export interface SocketLike {
   readonly readyState: number;
 }
 
+/** Largest transfer sent whole, as one chunk frame. */
+function wholeBytes(options: ConnectionOptions): number {
+  return options.wholeBytes ??
+    Math.min(DEFAULT_WHOLE_BYTES, 4 * (options.chunkBytes ?? DEFAULT_CHUNK_BYTES));
+}
+
 /**
  * Checks connection tunables, throwing a `RangeError` that names the bad one.
  */
@@ -86,6 +93,10 @@ export function checkConnectionOptions(options: ConnectionOptions): void {
     throw new RangeError(
       `Invalid chunk size: ${chunkBytes} (at most 32 MiB, far below the 64 MiB frame limit)`,
     );
+  }
+  const whole = wholeBytes(options);
+  if (!Number.isSafeInteger(whole) || whole < 0 || whole > 15 << 20) {
+    throw new RangeError(`Invalid wholeBytes: ${whole} (must be an integer in [0, 15 MiB])`);
   }
   for (const key of ["highWaterBytes", "lowWaterBytes", "maxBatchBytes", "attachBytes"] as const) {
     const v = options[key];
@@ -128,6 +139,14 @@ export interface ConnectionOptions {
   limits?: Partial<Limits>;
   /** Bytes per chunk for large messages (a multiple of 16). Default 2 MiB. */
   chunkBytes?: number;
+  /**
+   * Large messages of up to this many bytes (attachments and head) travel
+   * whole, as one chunk frame that the receiver keeps in place; larger ones
+   * are cut into `chunkBytes` chunks. At most 15 MiB (under the default
+   * 16 MiB frame limit); 0 always cuts. Default: four chunks, at most
+   * 4 MiB + 64 KiB (a 4 MiB typed array and its envelope).
+   */
+  wholeBytes?: number;
   /**
    * Typed arrays of at least this many bytes travel as raw attachments in a
    * chunked transfer instead of inside the msgpack body. Default 16 KiB.
@@ -374,7 +393,10 @@ export class Channel {
 
   // --- receiving --------------------------------------------------------------
 
-  /** Feeds one WebSocket message into the channel. */
+  /**
+   * Feeds one WebSocket message into the channel. The channel may keep views
+   * of `data` (a message sent whole is delivered in place): do not reuse it.
+   */
   receive(data: unknown): void {
     if (this.#state === "closed" || this.#state === "idle") return;
     if (!(data instanceof ArrayBuffer) && !(data instanceof Uint8Array)) {
@@ -880,30 +902,41 @@ export class Channel {
     this.#outBytes += item instanceof Uint8Array ? item.byteLength : item.total;
     if (!this.#pumping) {
       this.#pumping = true;
-      this.#pump().finally(() => {
-        this.#pumping = false;
-        this.#notifyDrain();
+      this.#pump().catch((err) => {
+        this.#log("error", `Send queue failed: ${err instanceof Error ? err.message : err}`);
+        this.close(1011, "Send queue failed");
       });
     }
   }
 
   async #pump(): Promise<void> {
-    while (this.#out.length > 0 && this.#state === "open") {
-      const item = this.#out.shift()!;
-      if (item instanceof Uint8Array) {
-        await this.#waitBelowHighWater();
-        this.#outBytes -= item.byteLength;
-        this.#write(item, this.#peerId);
-        continue;
+    try {
+      while (this.#out.length > 0 && this.#state === "open") {
+        const item = this.#out.shift()!;
+        if (item instanceof Uint8Array) {
+          await this.#waitBelowHighWater();
+          this.#outBytes -= item.byteLength;
+          this.#write(item, this.#peerId);
+          continue;
+        }
+        await this.#sendTransfer(item);
       }
-      await this.#sendTransfer(item);
+    } finally {
+      // Cleared in the same turn as the last emptiness check: an item queued from a microtask
+      // after the loop (an ask's reply, say) must start a new pump, not join one that has ended.
+      this.#pumping = false;
+      this.#notifyDrain();
     }
   }
 
   /** Sends one transfer as chunk frames, building each frame in one reused buffer. */
   async #sendTransfer(item: TransferItem): Promise<void> {
-    const chunkBytes = this.#o.chunkBytes ?? DEFAULT_CHUNK_BYTES;
-    const frame = this.#frameBuf ??= new Uint8Array(PREFIX_ROOM + chunkBytes);
+    const whole = item.total <= wholeBytes(this.#o);
+    const chunkBytes = whole ? Math.max(1, item.total) : this.#o.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+    if ((this.#frameBuf?.byteLength ?? 0) < PREFIX_ROOM + chunkBytes) {
+      this.#frameBuf = new Uint8Array(PREFIX_ROOM + chunkBytes);
+    }
+    const frame = this.#frameBuf!;
     const xid = this.#xid++;
     const count = Math.max(1, Math.ceil(item.total / chunkBytes));
     const digests: Uint8Array[] = [];
@@ -916,13 +949,23 @@ export class Channel {
       gather(item.segments, offset, data);
       const digest = digest128(data);
       digests.push(digest);
-      const env = this.#envelope("chunk", item.to, undefined) as Partial<Envelope>;
+      const env = this.#envelope("chunk", item.to, undefined) as Partial<Envelope> & {
+        pad?: string;
+      };
       delete env.payload;
       env.chunk = { xid, index, count, total: item.total, offset, head: item.head, digest };
       if (index === count - 1) env.chunk.root = rootDigest(digests);
       // The envelope fields are packed as a map and "payload" (bin 32) is spliced in after them,
-      // so the chunk bytes are copied once, into this buffer.
-      const fields = encode(env);
+      // so the chunk bytes are copied once, into this buffer. A padding field puts the chunk
+      // bytes at an aligned offset of the frame, so that the receiver can keep a one-chunk
+      // transfer where it landed and view its typed arrays in place.
+      env.pad = "";
+      let fields = encode(env);
+      const misaligned = (fields.byteLength + PAYLOAD_KEY.byteLength + 5) % ALIGN;
+      if (misaligned !== 0) {
+        env.pad = " ".repeat(ALIGN - misaligned);
+        fields = encode(env);
+      }
       const start = PREFIX_ROOM - 5 - PAYLOAD_KEY.byteLength - fields.byteLength;
       if (start < 0) throw new RangeError("Cannot send chunk: envelope fields too long");
       frame.set(fields, start);

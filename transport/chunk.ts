@@ -26,6 +26,14 @@ type Timer = ReturnType<typeof setTimeout>;
 
 /** Default chunk size: 2 MiB, far below Deno's 64 MiB frame limit. */
 export const DEFAULT_CHUNK_BYTES = 2 << 20;
+/**
+ * Default size up to which a transfer travels whole, as one chunk frame: 4 MiB
+ * of attachments plus room for the head (a checkpoint chunk and its reply
+ * fields). The receiver keeps such a transfer where it landed instead of
+ * copying it into a reassembly buffer. Kept small enough that one frame
+ * crosses a 10 Mbit/s link (3.4 s) well within the 6 s ping timeout.
+ */
+export const DEFAULT_WHOLE_BYTES = (4 << 20) + (64 << 10);
 /** Bytes of a chunk digest. */
 export const DIGEST_BYTES = 16;
 /** Alignment of attachments inside a transfer. */
@@ -342,7 +350,8 @@ export class Reassembler {
 
   /**
    * Adds one chunk. Returns `undefined` while its transfer is incomplete and
-   * the whole transfer on the chunk that completes it. Throws a
+   * the whole transfer on the chunk that completes it (for a transfer of one
+   * chunk, a view over `data` itself: the caller hands `data` over). Throws a
    * {@linkcode FrameError} (`chunk_integrity`, `too_large`) when the chunk
    * fails its digest, contradicts earlier chunks, or the whole fails its root
    * digest; that transfer is dropped.
@@ -352,6 +361,7 @@ export class Reassembler {
     const head = header.head ?? total;
     if (this.#failed.has(xid)) return undefined;
     let t = this.#transfers.get(xid);
+    if (!t && count === 1) return this.#whole(header, data, head);
     if (!t) {
       if (this.#held + total > this.#options.maxMessageBytes) {
         throw new FrameError(
@@ -436,12 +446,57 @@ export class Reassembler {
     return { bytes: t.bytes, head: t.head };
   }
 
-  #drop(xid: number, failed = false): void {
-    if (failed) {
-      // Later chunks of a failed transfer are ignored instead of starting it over.
-      this.#failed.add(xid);
-      if (this.#failed.size > 256) this.#failed.delete(this.#failed.values().next().value!);
+  /**
+   * A transfer in one chunk: checked in place and returned as a view over
+   * `data` (no buffer to fill, no copy) when `data` sits at an aligned offset,
+   * as senders arrange; copied into an aligned buffer otherwise.
+   */
+  #whole(header: ChunkHeader, data: Uint8Array, head: number): Reassembled {
+    const { xid, total } = header;
+    // Whatever happens, later copies of this chunk are ignored, as for a finished transfer.
+    this.#finished(xid);
+    if (this.#held + total > this.#options.maxMessageBytes) {
+      throw new FrameError(
+        "too_large",
+        `Chunked message ${xid} of ${total} bytes would exceed the reassembly limit of ${this.#options.maxMessageBytes}`,
+      );
     }
+    if (data.byteLength !== total) {
+      throw new FrameError(
+        "chunk_integrity",
+        `Chunked message ${xid} chunks hold ${data.byteLength} bytes, expected ${total}`,
+      );
+    }
+    if (!bytesEqual(digest128(data), header.digest)) {
+      throw new FrameError(
+        "chunk_integrity",
+        `Chunk 0 of message ${xid} failed its digest check: corrupted in transit`,
+      );
+    }
+    if (!header.root) {
+      throw new FrameError(
+        "chunk_integrity",
+        `Chunked message ${xid} arrived without its root digest`,
+      );
+    }
+    if (!bytesEqual(rootDigest([header.digest]), header.root)) {
+      throw new FrameError(
+        "chunk_integrity",
+        `Chunked message ${xid} failed its whole-message digest check`,
+      );
+    }
+    const bytes = data.byteOffset % ALIGN === 0 ? data : data.slice();
+    return { bytes, head };
+  }
+
+  #finished(xid: number): void {
+    this.#failed.add(xid);
+    if (this.#failed.size > 256) this.#failed.delete(this.#failed.values().next().value!);
+  }
+
+  #drop(xid: number, failed = false): void {
+    // Later chunks of a failed (or finished) transfer are ignored instead of starting it over.
+    if (failed) this.#finished(xid);
     const t = this.#transfers.get(xid);
     if (!t) return;
     clearTimeout(t.timer);

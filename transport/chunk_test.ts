@@ -171,3 +171,35 @@ Deno.test("attachments come out of a payload and back as aligned typed-array vie
   );
   equal(extractAttachments({ small: new Uint8Array(3) }, 16), undefined);
 });
+
+Deno.test("a one-chunk transfer is checked and kept in place when aligned", () => {
+  const r = new Reassembler({ maxMessageBytes: 1 << 20, timeoutMs: 1000 });
+  try {
+    const frame = new Uint8Array(16 + 64).map((_, i) => i);
+    const data = frame.subarray(16);
+    const [{ header }] = split(data.slice(), 64, 7);
+    const done = r.add(header, data)!;
+    equal(done.bytes.buffer, frame.buffer, "a view over the frame, not a copy");
+    equal(done.bytes.byteOffset, 16);
+    equal(r.add(header, data), undefined, "a second copy of the frame is ignored");
+    equal(r.pending, 0);
+    // Misaligned bytes are copied, so that typed arrays can view them.
+    const odd = new Uint8Array(3 + 64).subarray(3);
+    odd.set(data);
+    const [{ header: h2 }] = split(odd.slice(), 64, 8);
+    const copied = r.add(h2, odd)!;
+    ok(copied.bytes.buffer !== odd.buffer);
+    equal(copied.bytes.byteOffset % 16, 0);
+    deepEqual(copied.bytes, odd.slice());
+    // A corrupted one-chunk transfer fails its digest.
+    const [{ header: h3, data: d3 }] = split(data.slice(), 64, 9);
+    d3[5] ^= 1;
+    throws(
+      () => r.add(h3, d3),
+      (e: unknown) => e instanceof FrameError && /digest/.test(e.message),
+    );
+    equal(r.pending, 0);
+  } finally {
+    r.close();
+  }
+});

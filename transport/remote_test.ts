@@ -1,4 +1,4 @@
-import { deepEqual, equal, ok, rejects } from "@std/assert";
+import { deepEqual, equal, ok, rejects, throws } from "@std/assert";
 import { ActorSystem } from "../actors/system.ts";
 import { ActorStoppedError, RemoteActorError, RemoteUnavailableError } from "../actors/ref.ts";
 import { ActorTransport } from "./remote.ts";
@@ -119,4 +119,57 @@ Deno.test("remote refs: in-flight asks fail with RemoteUnavailableError when the
   } finally {
     await p.close();
   }
+});
+
+Deno.test("remote refs: every large reply arrives with many asks in flight", async () => {
+  // Replies posted from microtasks while the send pump was finishing a transfer once stayed
+  // queued until a later message restarted the pump: the last reply of a burst never came.
+  const p = await pair();
+  try {
+    const sizes = [1 << 20, 3 << 19, 256 << 10, 2 << 20];
+    await p.b.spawn({
+      receive: async (m: { i: number; hops: number }) => {
+        for (let h = 0; h < m.hops; h++) await Promise.resolve();
+        const bytes = new Uint8Array(sizes[m.i % sizes.length]).fill(m.i & 0xff);
+        return m.i % 2 ? { i: m.i, bytes } : { i: m.i, bytes: new Float32Array(bytes.buffer) };
+      },
+    }, { name: "big" });
+    const ref = p.a.ref("b/big");
+    const bursts = 24;
+    const inFlight = 6;
+    let arrived = 0;
+    let wrong = 0;
+    const failures: string[] = [];
+    for (let burst = 0; burst < bursts; burst++) {
+      // Each burst ends with no later message that could restart a stalled pump.
+      await Promise.all(Array.from({ length: inFlight }, async (_, k) => {
+        const i = burst * inFlight + k;
+        try {
+          const r = await ref.ask<{ i: number; bytes: Uint8Array | Float32Array }>(
+            { i, hops: (burst * 7 + k * 3) % 32 },
+            { timeoutMs: 4000 },
+          );
+          const b = new Uint8Array(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength);
+          const n = sizes[i % sizes.length];
+          if (r.i !== i || b.byteLength !== n || b[0] !== (i & 0xff) || b[n - 1] !== (i & 0xff)) {
+            wrong++;
+          }
+          arrived++;
+        } catch (err) {
+          failures.push(`ask ${i}: ${(err as Error).message}`);
+        }
+      }));
+    }
+    deepEqual(failures, []);
+    equal(arrived, bursts * inFlight);
+    equal(wrong, 0);
+  } finally {
+    await p.close();
+  }
+});
+
+Deno.test("remote refs: a whole-frame size over the frame limit is refused", () => {
+  const a = new ActorSystem({ node: "a" });
+  throws(() => new ActorTransport(a, { ...OPTS, wholeBytes: 16 << 20 }), /Invalid wholeBytes/);
+  throws(() => new ActorTransport(a, { ...OPTS, wholeBytes: -1 }), RangeError);
 });
