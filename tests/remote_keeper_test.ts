@@ -10,63 +10,9 @@
  */
 import { equal, ok } from "@std/assert";
 import { CheckpointStore } from "../checkpoint/store.ts";
+import { startNode } from "./_node_process.ts";
 
-const MAIN = new URL("../actors/node_main.ts", import.meta.url).pathname;
-const env = { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" };
-type Line = Record<string, unknown>;
-
-function start(args: string[]) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args, "--json"],
-    stdout: "piped",
-    stderr: "piped",
-    env,
-  }).spawn();
-  const lines: Line[] = [];
-  const waiters: { pred: (l: Line) => boolean; resolve(l: Line): void }[] = [];
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    let buf = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      buf += chunk;
-      let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const text = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        let line: Line;
-        try {
-          line = JSON.parse(text);
-        } catch {
-          line = { event: "text", text };
-        }
-        lines.push(line);
-        for (const w of [...waiters]) {
-          if (w.pred(line)) {
-            waiters.splice(waiters.indexOf(w), 1);
-            w.resolve(line);
-          }
-        }
-      }
-    }
-  };
-  const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]);
-  return {
-    child,
-    lines,
-    waitFor(pred: (l: Line) => boolean, what: string): Promise<Line> {
-      const hit = lines.find(pred);
-      if (hit) return Promise.resolve(hit);
-      const { promise, resolve, reject } = Promise.withResolvers<Line>();
-      waiters.push({ pred, resolve });
-      const t = setTimeout(
-        () =>
-          reject(new Error(`Timed out waiting for ${what}: ${JSON.stringify(lines.slice(-5))}`)),
-        60_000,
-      );
-      return promise.finally(() => clearTimeout(t));
-    },
-    done: pumped.then(() => child.status),
-  };
-}
+const start = (args: string[]) => startNode(args, { timeoutMs: 60_000 });
 
 Deno.test({
   name: "a keeper joined from another process holds committed rounds that verify",

@@ -16,74 +16,11 @@
  */
 import { equal, ok } from "@std/assert";
 import { CheckpointStore } from "../checkpoint/store.ts";
+import { killNode, type Line, type NodeProcess, startNode } from "./_node_process.ts";
 
-const MAIN = new URL("../actors/node_main.ts", import.meta.url).pathname;
-const env = { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" };
-type Line = Record<string, unknown>;
-
-interface Proc {
-  child: Deno.ChildProcess;
-  lines: Line[];
-  waitFor(pred: (l: Line) => boolean, what: string): Promise<Line>;
-  done: Promise<Deno.CommandStatus>;
-}
-
-function start(args: string[]): Proc {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args, "--json"],
-    stdout: "piped",
-    stderr: "piped",
-    env,
-  }).spawn();
-  const lines: Line[] = [];
-  const waiters: { pred: (l: Line) => boolean; resolve(l: Line): void }[] = [];
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    let buf = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      buf += chunk;
-      let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const text = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        let line: Line;
-        try {
-          line = JSON.parse(text);
-        } catch {
-          line = { event: "text", text };
-        }
-        lines.push(line);
-        for (const w of [...waiters]) {
-          if (w.pred(line)) {
-            waiters.splice(waiters.indexOf(w), 1);
-            w.resolve(line);
-          }
-        }
-      }
-    }
-  };
-  const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]);
-  return {
-    child,
-    lines,
-    waitFor(pred, what) {
-      const hit = lines.find(pred);
-      if (hit) return Promise.resolve(hit);
-      const { promise, resolve, reject } = Promise.withResolvers<Line>();
-      waiters.push({ pred, resolve });
-      const t = setTimeout(() => reject(new Error(`Timed out waiting for ${what}`)), 90_000);
-      return promise.finally(() => clearTimeout(t));
-    },
-    done: pumped.then(() => child.status),
-  };
-}
-
-function kill(p: Proc): void {
-  try {
-    p.child.kill("SIGKILL");
-  } catch {
-    // Already exited.
-  }
-}
+type Proc = NodeProcess;
+const start = (args: string[]) => startNode(args, { timeoutMs: 90_000 });
+const kill = killNode;
 
 const isRound = (l: Line) => l.event === "round";
 const message = (l: Line) => String(l.message ?? "");

@@ -10,72 +10,10 @@
  * `deno test -A tests/run_multiprocess_test.ts`.
  */
 import { deepEqual, equal, ok } from "@std/assert";
+import { type NodeProcess, startNode } from "./_node_process.ts";
 
-const MAIN = new URL("../actors/node_main.ts", import.meta.url).pathname;
-const env = { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" };
-
-interface Proc {
-  child: Deno.ChildProcess;
-  lines: Record<string, unknown>[];
-  /** Resolves with the first line matching `pred`. */
-  waitFor(
-    pred: (l: Record<string, unknown>) => boolean,
-    what: string,
-  ): Promise<Record<string, unknown>>;
-  done: Promise<Deno.CommandStatus>;
-}
-
-function start(args: string[]): Proc {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args, "--json"],
-    stdout: "piped",
-    stderr: "piped",
-    env,
-  }).spawn();
-  const lines: Record<string, unknown>[] = [];
-  const waiters: {
-    pred: (l: Record<string, unknown>) => boolean;
-    resolve(l: Record<string, unknown>): void;
-  }[] = [];
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    let buf = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      buf += chunk;
-      let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const text = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        let line: Record<string, unknown>;
-        try {
-          line = JSON.parse(text);
-        } catch {
-          line = { event: "text", text };
-        }
-        lines.push(line);
-        for (const w of [...waiters]) {
-          if (w.pred(line)) {
-            waiters.splice(waiters.indexOf(w), 1);
-            w.resolve(line);
-          }
-        }
-      }
-    }
-  };
-  const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]);
-  return {
-    child,
-    lines,
-    waitFor(pred, what) {
-      const hit = lines.find(pred);
-      if (hit) return Promise.resolve(hit);
-      const { promise, resolve, reject } = Promise.withResolvers<Record<string, unknown>>();
-      waiters.push({ pred, resolve });
-      const t = setTimeout(() => reject(new Error(`Timed out waiting for ${what}`)), 180_000);
-      return promise.finally(() => clearTimeout(t));
-    },
-    done: pumped.then(() => child.status),
-  };
-}
+type Proc = NodeProcess;
+const start = (args: string[]) => startNode(args, { timeoutMs: 180_000 });
 
 Deno.test({
   name:

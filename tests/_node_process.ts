@@ -1,0 +1,94 @@
+/**
+ * Test helper: runs `deno task node ... --json` as a child process and
+ * collects its output lines (JSON events; other text as `{event: "text"}`),
+ * for the multi-process suites.
+ *
+ * @module
+ */
+
+const MAIN = new URL("../actors/node_main.ts", import.meta.url).pathname;
+
+/** One line of a node's output. */
+export type Line = Record<string, unknown>;
+
+/** A running node process. */
+export interface NodeProcess {
+  /** The child process. */
+  child: Deno.ChildProcess;
+  /** Every line printed so far, stdout and stderr. */
+  lines: Line[];
+  /** Resolves with the first line matching `pred`; rejects after the timeout naming `what`. */
+  waitFor(pred: (l: Line) => boolean, what: string): Promise<Line>;
+  /** Resolves when the process has exited and its output is read. */
+  done: Promise<Deno.CommandStatus>;
+}
+
+/** Options of {@linkcode startNode}. */
+export interface StartNodeOptions {
+  /** How long `waitFor` waits, ms (default 120 000). */
+  timeoutMs?: number;
+}
+
+/** Starts `deno run -A actors/node_main.ts ...args --json`. */
+export function startNode(args: string[], options: StartNodeOptions = {}): NodeProcess {
+  const timeoutMs = options.timeoutMs ?? 120_000;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args, "--json"],
+    stdout: "piped",
+    stderr: "piped",
+    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
+  }).spawn();
+  const lines: Line[] = [];
+  const waiters: { pred: (l: Line) => boolean; resolve(l: Line): void }[] = [];
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    let buf = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      buf += chunk;
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const text = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        let line: Line;
+        try {
+          line = JSON.parse(text);
+        } catch {
+          line = { event: "text", text };
+        }
+        lines.push(line);
+        for (const w of [...waiters]) {
+          if (w.pred(line)) {
+            waiters.splice(waiters.indexOf(w), 1);
+            w.resolve(line);
+          }
+        }
+      }
+    }
+  };
+  const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  return {
+    child,
+    lines,
+    waitFor(pred, what) {
+      const hit = lines.find(pred);
+      if (hit) return Promise.resolve(hit);
+      const { promise, resolve, reject } = Promise.withResolvers<Line>();
+      waiters.push({ pred, resolve });
+      const t = setTimeout(
+        () =>
+          reject(new Error(`Timed out waiting for ${what}: ${JSON.stringify(lines.slice(-5))}`)),
+        timeoutMs,
+      );
+      return promise.finally(() => clearTimeout(t));
+    },
+    done: pumped.then(() => child.status),
+  };
+}
+
+/** Kills a node process with SIGKILL; no error if it has already exited. */
+export function killNode(p: NodeProcess): void {
+  try {
+    p.child.kill("SIGKILL");
+  } catch {
+    // Already exited.
+  }
+}
