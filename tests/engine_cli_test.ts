@@ -5,6 +5,7 @@
  * numpy forward pass of tests/gpt2_reference.py.
  */
 import { equal, match, ok } from "@std/assert";
+import { assertAgreesWithNumpy } from "./_numpy_gpt2.ts";
 import { getConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import { initParams } from "../kernels/model.ts";
@@ -218,25 +219,5 @@ Deno.test("a short training run writes a checkpoint whose eval loss is reproduci
   const e2 = await evalCli([...args, "--batch", "7"]);
   const r2 = JSON.parse(e2.stdout.trim().split("\n").at(-1)!);
   equal(r2.eval_loss, r1.eval_loss, "eval must give the same number every run and batch size");
-  let py: Deno.CommandOutput;
-  try {
-    py = await new Deno.Command("python3", {
-      args: [`${ROOT}tests/gpt2_reference.py`, path, dataFile, "--max-windows", "96"],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-  } catch {
-    console.warn("SKIPPED numpy agreement: python3 is not on PATH");
-    return;
-  }
-  const pyErr = new TextDecoder().decode(py.stderr);
-  if (py.code !== 0 && /No module named 'numpy'/.test(pyErr)) {
-    console.warn("SKIPPED numpy agreement: numpy is not installed for python3");
-    return;
-  }
-  equal(py.code, 0, pyErr);
-  const ref = JSON.parse(new TextDecoder().decode(py.stdout).trim());
-  equal(ref.windows, 96);
-  const rel = Math.abs(r1.eval_loss - ref.eval_loss) / ref.eval_loss;
-  ok(rel < 1e-4, `deno eval ${r1.eval_loss} vs numpy ${ref.eval_loss}: relative difference ${rel}`);
+  await assertAgreesWithNumpy(r1, { checkpoint: path, data: dataFile, maxWindows: 96 });
 });

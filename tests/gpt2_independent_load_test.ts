@@ -4,7 +4,8 @@
  * checkpoint: the independent numpy GPT-2 of tests/gpt2_reference.py loads it
  * and agrees with `deno task eval` on it.
  */
-import { equal, ok } from "@std/assert";
+import { equal } from "@std/assert";
+import { assertAgreesWithNumpy } from "./_numpy_gpt2.ts";
 import { CheckpointStore } from "../checkpoint/store.ts";
 import { getConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
@@ -65,28 +66,7 @@ Deno.test("gpt2 independent load: latest/model.safetensors of a committed round 
     ]);
     equal(ev.code, 0, ev.stderr);
     const mine = JSON.parse(ev.stdout.trim().split("\n").at(-1)!);
-    let py;
-    try {
-      py = await run("python3", [
-        `${ROOT}tests/gpt2_reference.py`,
-        model,
-        data,
-        "--max-windows",
-        "32",
-      ]);
-    } catch {
-      console.warn("SKIPPED numpy agreement: python3 is not on PATH");
-      return;
-    }
-    if (py.code !== 0 && /No module named 'numpy'/.test(py.stderr)) {
-      console.warn("SKIPPED numpy agreement: numpy is not installed for python3");
-      return;
-    }
-    equal(py.code, 0, py.stderr);
-    const ref = JSON.parse(py.stdout.trim());
-    equal(ref.windows, mine.windows);
-    const rel = Math.abs(mine.eval_loss - ref.eval_loss) / ref.eval_loss;
-    ok(rel < 1e-4, `deno eval ${mine.eval_loss} vs numpy ${ref.eval_loss}: relative ${rel}`);
+    await assertAgreesWithNumpy(mine, { checkpoint: model, data, maxWindows: 32 });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -8,6 +8,7 @@
  * `deno test -A tests/run_latest_gpt2_test.ts`.
  */
 import { equal, ok } from "@std/assert";
+import { assertAgreesWithNumpy } from "./_numpy_gpt2.ts";
 import { runEmbedded, type RunEvent } from "../actors/run.ts";
 import { resumeRunDir } from "../checkpoint/resume.ts";
 import { CheckpointStore } from "../checkpoint/store.ts";
@@ -85,28 +86,7 @@ Deno.test({
       equal(ev.code, 0, ev.stderr);
       const mine = JSON.parse(ev.stdout.trim().split("\n").at(-1)!);
       ok(Number.isFinite(mine.eval_loss));
-      let py;
-      try {
-        py = await run("python3", [
-          `${ROOT}tests/gpt2_reference.py`,
-          model,
-          data,
-          "--max-windows",
-          "32",
-        ]);
-      } catch {
-        console.warn("SKIPPED numpy agreement: python3 is not on PATH");
-        return;
-      }
-      if (py.code !== 0 && /No module named 'numpy'/.test(py.stderr)) {
-        console.warn("SKIPPED numpy agreement: numpy is not installed for python3");
-        return;
-      }
-      equal(py.code, 0, py.stderr);
-      const ref = JSON.parse(py.stdout.trim());
-      equal(ref.windows, mine.windows);
-      const rel = Math.abs(mine.eval_loss - ref.eval_loss) / ref.eval_loss;
-      ok(rel < 1e-4, `deno eval ${mine.eval_loss} vs numpy ${ref.eval_loss}: relative ${rel}`);
+      await assertAgreesWithNumpy(mine, { checkpoint: model, data, maxWindows: 32 });
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

@@ -1,0 +1,59 @@
+/**
+ * Test helper: the independent numpy GPT-2 of tests/gpt2_reference.py, run on
+ * a checkpoint, for comparison with `deno task eval`.
+ *
+ * @module
+ */
+import { equal, ok } from "@std/assert";
+
+const SCRIPT = new URL("./gpt2_reference.py", import.meta.url).pathname;
+
+/** What the numpy reference computed. */
+export interface NumpyEval {
+  eval_loss: number;
+  windows: number;
+}
+
+/**
+ * Runs the numpy reference on `checkpoint` over `data`; `null` (with a
+ * warning saying why) when python3 or numpy is missing on this machine.
+ */
+export async function numpyEval(
+  checkpoint: string,
+  data: string,
+  maxWindows: number,
+): Promise<NumpyEval | null> {
+  let out: Deno.CommandOutput;
+  try {
+    out = await new Deno.Command("python3", {
+      args: [SCRIPT, checkpoint, data, "--max-windows", String(maxWindows)],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  } catch {
+    console.warn("SKIPPED numpy agreement: python3 is not on PATH");
+    return null;
+  }
+  const stderr = new TextDecoder().decode(out.stderr);
+  if (out.code !== 0 && /No module named 'numpy'/.test(stderr)) {
+    console.warn("SKIPPED numpy agreement: numpy is not installed for python3");
+    return null;
+  }
+  equal(out.code, 0, stderr);
+  return JSON.parse(new TextDecoder().decode(out.stdout).trim());
+}
+
+/**
+ * Asserts that `mine` (the output of `deno task eval --json`) agrees with the
+ * numpy reference on the same checkpoint and data within 1e-4 relative.
+ */
+export async function assertAgreesWithNumpy(
+  mine: NumpyEval,
+  run: { checkpoint: string; data: string; maxWindows: number },
+): Promise<void> {
+  const ref = await numpyEval(run.checkpoint, run.data, run.maxWindows);
+  if (ref === null) return;
+  equal(ref.windows, mine.windows);
+  const rel = Math.abs(mine.eval_loss - ref.eval_loss) / ref.eval_loss;
+  ok(rel < 1e-4, `deno eval ${mine.eval_loss} vs numpy ${ref.eval_loss}: relative ${rel}`);
+}
