@@ -57,3 +57,44 @@ export async function assertAgreesWithNumpy(
   const rel = Math.abs(mine.eval_loss - ref.eval_loss) / ref.eval_loss;
   ok(rel < 1e-4, `deno eval ${mine.eval_loss} vs numpy ${ref.eval_loss}: relative ${rel}`);
 }
+
+/**
+ * Runs `deno task eval --json` on `checkpoint` over a short English text
+ * written into `dir`, asserts it succeeds with a finite loss and agrees with
+ * the numpy reference; returns what eval printed.
+ */
+export async function assertEvalAgreesWithNumpy(
+  checkpoint: string,
+  dir: string,
+): Promise<NumpyEval> {
+  const data = `${dir}/data.txt`;
+  await Deno.writeTextFile(
+    data,
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, " +
+      "must be in want of a wife. ".repeat(8),
+  );
+  const maxWindows = 32;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../kernels/eval_main.ts", import.meta.url).pathname,
+      "--checkpoint",
+      checkpoint,
+      "--data",
+      data,
+      "--max-windows",
+      String(maxWindows),
+      "--json",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
+  }).output();
+  const dec = new TextDecoder();
+  equal(out.code, 0, dec.decode(out.stderr));
+  const mine: NumpyEval = JSON.parse(dec.decode(out.stdout).trim().split("\n").at(-1)!);
+  ok(Number.isFinite(mine.eval_loss), `eval loss: ${mine.eval_loss}`);
+  await assertAgreesWithNumpy(mine, { checkpoint, data, maxWindows });
+  return mine;
+}

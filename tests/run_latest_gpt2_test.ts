@@ -8,24 +8,12 @@
  * `deno test -A tests/run_latest_gpt2_test.ts`.
  */
 import { equal, ok } from "@std/assert";
-import { assertAgreesWithNumpy } from "./_numpy_gpt2.ts";
+import { assertEvalAgreesWithNumpy } from "./_numpy_gpt2.ts";
 import { runEmbedded, type RunEvent } from "../actors/run.ts";
 import { resumeRunDir } from "../checkpoint/resume.ts";
 import { CheckpointStore } from "../checkpoint/store.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
 Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
-
-async function run(cmd: string, args: string[]) {
-  const out = await new Deno.Command(cmd, {
-    args,
-    stdout: "piped",
-    stderr: "piped",
-    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
 
 Deno.test({
   name: "embedded run: latest/model.safetensors is the final θ and numpy GPT-2 agrees with eval",
@@ -64,29 +52,7 @@ Deno.test({
       equal(resumed.paramsHash, finalHash);
       equal(Object.keys(resumed.cursors ?? {}).length, 2, "a data cursor per trainer");
 
-      const model = `${runDir}/latest/model.safetensors`;
-      const data = `${dir}/data.txt`;
-      await Deno.writeTextFile(
-        data,
-        "It is a truth universally acknowledged, that a single man in possession of a good " +
-          "fortune, must be in want of a wife. ".repeat(8),
-      );
-      const ev = await run(Deno.execPath(), [
-        "run",
-        "-A",
-        `${ROOT}kernels/eval_main.ts`,
-        "--checkpoint",
-        model,
-        "--data",
-        data,
-        "--max-windows",
-        "32",
-        "--json",
-      ]);
-      equal(ev.code, 0, ev.stderr);
-      const mine = JSON.parse(ev.stdout.trim().split("\n").at(-1)!);
-      ok(Number.isFinite(mine.eval_loss));
-      await assertAgreesWithNumpy(mine, { checkpoint: model, data, maxWindows: 32 });
+      await assertEvalAgreesWithNumpy(`${runDir}/latest/model.safetensors`, dir);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
