@@ -662,22 +662,6 @@ export const FAULT_KINDS = [
 /** A fault kind. */
 export type FaultKind = typeof FAULT_KINDS[number];
 
-/** Kinds that need a network run. */
-export const NETWORK_KINDS: ReadonlySet<FaultKind> = new Set([
-  "drop_frames",
-  "delay_frames",
-  "duplicate_frames",
-  "reorder_frames",
-  "corrupt_frames",
-  "partition_node",
-  "partition_tracker",
-  "bandwidth_limit",
-  "wrong_secret",
-  "malformed_msgpack",
-  "oversized_frame",
-  "malformed_message",
-]);
-
 /** A fault at a chosen point of the run. */
 export interface ScheduledFault {
   /** Injected once round `afterRound` closed (i.e. during round afterRound + 1). */
