@@ -42,6 +42,19 @@ const SCALE = ${s.scale};`;
 }
 
 /**
+ * The opening of every attention shader: one invocation per (batch, head,
+ * position) row; binds `row`, the position as \`${pos}\`, \`bh\`, \`h\` and \`bb\`.
+ */
+function rowPrologue(stride: number, rows: number, pos: string): string {
+  return `  let row = gid.x + gid.y * ${stride}u;
+  if (row >= ${rows}u) { return; }
+  let ${pos} = row % T;
+  let bh = row / T;
+  let h = bh % NH;
+  let bb = bh / NH;`;
+}
+
+/**
  * Forward: one invocation per (b, head, query t) writes att[b,h,t,:] and
  * out[b,t,h*hs..].
  *
@@ -67,12 +80,7 @@ export function attentionForward(
   const code = `${header(["qkv", "o", "att"], s)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let row = gid.x + gid.y * ${g.stride}u;
-  if (row >= ${s.rows}u) { return; }
-  let t = row % T;
-  let bh = row / T;
-  let h = bh % NH;
-  let bb = bh / NH;
+${rowPrologue(g.stride, s.rows, "t")}
   var q: array<f32, HS>;
   let qo = (bb * T + t) * 3u * C + h * HS;
   for (var i = 0u; i < HS; i++) { q[i] = qkv[qo + i] * SCALE; }
@@ -142,12 +150,7 @@ export function attentionBackward(
   const queryCode = `${header(["dqkv", "datt", "dout", "qkv", "att"], s)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let row = gid.x + gid.y * ${g.stride}u;
-  if (row >= ${s.rows}u) { return; }
-  let t = row % T;
-  let bh = row / T;
-  let h = bh % NH;
-  let bb = bh / NH;
+${rowPrologue(g.stride, s.rows, "t")}
   var d: array<f32, HS>;
   let oo = (bb * T + t) * C + h * HS;
   for (var i = 0u; i < HS; i++) { d[i] = dout[oo + i]; }
@@ -174,12 +177,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   const keyCode = `${header(["dqkv", "datt", "dout", "qkv", "att"], s)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let row = gid.x + gid.y * ${g.stride}u;
-  if (row >= ${s.rows}u) { return; }
-  let t2 = row % T;
-  let bh = row / T;
-  let h = bh % NH;
-  let bb = bh / NH;
+${rowPrologue(g.stride, s.rows, "t2")}
   var dk: array<f32, HS>;
   var dv: array<f32, HS>;
   for (var t = t2; t < T; t++) {
