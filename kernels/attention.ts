@@ -43,7 +43,7 @@ const SCALE = ${s.scale};`;
 
 /**
  * The opening of every attention shader: one invocation per (batch, head,
- * position) row; binds `row`, the position as \`${pos}\`, \`bh\`, \`h\` and \`bb\`.
+ * position) row; binds `row`, the position under the name `pos`, `bh`, `h` and `bb`.
  */
 function rowPrologue(stride: number, rows: number, pos: string): string {
   return `  let row = gid.x + gid.y * ${stride}u;
