@@ -174,3 +174,30 @@ fn reduce(l: u32, w: u32) -> f32 {
   return workgroupUniformLoad(&red[0]);
 }`;
 }
+
+/**
+ * An element-wise kernel over n: one invocation per index `i` runs `body`
+ * with the named buffers bound in order (each checked to hold n elements);
+ * `prelude` holds helper functions the body calls.
+ */
+export function elementwise(
+  gpu: Gpu,
+  kernel: string,
+  refs: [string, TensorRef | undefined][],
+  n: number,
+  body: string,
+  prelude = "",
+): Dispatch {
+  checkShape(kernel, { n }, ["n"], ["n"]);
+  const g = grid(n);
+  const code = `${bindings(refs.map(([name]) => name))}
+${prelude}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.x + gid.y * ${g.stride}u;
+  if (i >= ${n}u) { return; }
+  ${body}
+}`;
+  const bound = refs.map(([name, ref]) => slice(checkRef(kernel, name, ref, n), n));
+  return gpu.dispatch(kernel, gpu.pipeline(code, "main", kernel), bound, n ? g.groups : [0]);
+}

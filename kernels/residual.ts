@@ -5,26 +5,7 @@
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
-import { bindings, checkRef, checkShape, grid, slice, WG } from "./_wgsl.ts";
-
-function elementwise(
-  gpu: Gpu,
-  kernel: string,
-  refs: [string, TensorRef][],
-  n: number,
-  body: string,
-): Dispatch {
-  const g = grid(n);
-  const code = `${bindings(refs.map(([name]) => name))}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.x + gid.y * ${g.stride}u;
-  if (i >= ${n}u) { return; }
-  ${body}
-}`;
-  const bound = refs.map(([name, ref]) => slice(checkRef(kernel, name, ref, n), n));
-  return gpu.dispatch(kernel, gpu.pipeline(code, "main", kernel), bound, n ? g.groups : [0]);
-}
+import { elementwise } from "./_wgsl.ts";
 
 /**
  * out[i] = a[i] + b[i] for i < n.
@@ -39,7 +20,6 @@ export function residualForward(
   bufs: { a: TensorRef; b: TensorRef; out: TensorRef },
   shape: { n: number },
 ): Dispatch {
-  checkShape("residualForward", shape, ["n"], ["n"]);
   return elementwise(
     gpu,
     "residualForward",
@@ -62,7 +42,6 @@ export function accumulate(
   bufs: { dst: TensorRef; src: TensorRef },
   shape: { n: number },
 ): Dispatch {
-  checkShape("accumulate", shape, ["n"], ["n"]);
   return elementwise(
     gpu,
     "accumulate",
