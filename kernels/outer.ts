@@ -32,12 +32,17 @@ import { INV127, QUANT_BLOCK, QUANT_TINY } from "./reference.ts";
 
 const TINY_BITS = new Uint32Array(new Float32Array([QUANT_TINY]).buffer)[0];
 
-function checkBlock(kernel: string, block: number): void {
+/** Checks a quantized layout's shape: n values in blocks of `block`, 4 int8 per u32 word. */
+function quantShape(kernel: string, shape: { n: number; block?: number }) {
+  checkShape(kernel, shape, ["n"]);
+  const { n } = shape;
+  const block = shape.block ?? QUANT_BLOCK;
   if (!Number.isInteger(block) || block <= 0 || block % 4 !== 0) {
     throw new RangeError(
       `Cannot build ${kernel}: block must be a positive multiple of 4, got ${block}`,
     );
   }
+  return { n, block, words: Math.ceil(n / 4), blocks: Math.ceil(n / block) };
 }
 
 /**
@@ -87,12 +92,7 @@ export function quantizeInt8(
   shape: { n: number; block?: number },
 ): Dispatch {
   const kernel = "quantizeInt8";
-  checkShape(kernel, shape, ["n"]);
-  const { n } = shape;
-  const block = shape.block ?? QUANT_BLOCK;
-  checkBlock(kernel, block);
-  const words = Math.ceil(n / 4);
-  const blocks = Math.ceil(n / block);
+  const { n, block, words, blocks } = quantShape(kernel, shape);
   const refs = [
     slice(checkRef(kernel, "x", bufs.x, n), n),
     slice(checkRef(kernel, "q", bufs.q, words), words),
@@ -178,12 +178,7 @@ export function dequantizeInt8(
   shape: { n: number; block?: number; accumulate?: boolean },
 ): Dispatch {
   const kernel = "dequantizeInt8";
-  checkShape(kernel, shape, ["n"]);
-  const { n } = shape;
-  const block = shape.block ?? QUANT_BLOCK;
-  checkBlock(kernel, block);
-  const words = Math.ceil(n / 4);
-  const blocks = Math.ceil(n / block);
+  const { n, block, words, blocks } = quantShape(kernel, shape);
   const refs = [
     slice(checkRef(kernel, "q", bufs.q, words), words),
     slice(checkRef(kernel, "scales", bufs.scales, blocks), blocks),
