@@ -12,7 +12,7 @@
  */
 import { acquireGpu, type Gpu } from "../kernels/device.ts";
 import type { GptConfig } from "../kernels/config.ts";
-import { createModel, type GptModel } from "../kernels/model.ts";
+import { createModel, type GptModel, pipelinedSteps } from "../kernels/model.ts";
 import { type BatchSampler, batchSampler, type DataCursor, loadCorpus } from "../kernels/data.ts";
 import { evaluate } from "../kernels/evaluate.ts";
 import { pseudoGradient, quantizeInt8 } from "../kernels/outer.ts";
@@ -197,14 +197,16 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       }
       e.model.setParams(req.theta);
       let sum = 0;
-      for (let i = 0; i < req.steps; i++) {
+      // Two steps in flight: the device starts step i+1 while step i's loss is read back.
+      await pipelinedSteps(e.model, req.steps, async (i) => {
         if (req.fault && i === Math.min(req.fault.atStep, req.steps - 1)) {
           await injectFault(e, req.fault);
         }
-        const { inputs, targets } = e.sampler.next();
-        const lr = lrAt(e.init, req.round * req.steps + i, e.ownSteps++);
-        sum += await e.model.step(inputs, targets, { lr });
-      }
+        const { inputs, targets } = e.sampler!.next();
+        return { inputs, targets, lr: lrAt(e.init, req.round * req.steps + i, e.ownSteps++) };
+      }, (_, loss) => {
+        sum += loss;
+      });
       // Δ = θ_r − θ_local and its int8 code, on the GPU; only the code comes back.
       const n = e.model.paramLength;
       e.gpu.write(e.global, req.theta);

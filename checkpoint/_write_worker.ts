@@ -6,7 +6,8 @@
  * here so that they, too, run on this thread.
  *
  * Protocol: `{ id, dir, retention, state }` in (typed arrays transferred);
- * `{ id, ok: true, manifest, files }` out (file bytes transferred), or
+ * `{ id, ok: true, manifest, files, spare }` out (file bytes and the state's
+ * params and momentum arrays, for reuse, transferred back), or
  * `{ id, ok: false, code, error, write }` (`write`: a CheckpointWriteError).
  *
  * @module
@@ -100,8 +101,17 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
         const p = await prepareRound(req.state);
         const manifest = await store.commit(p);
         const files = Object.fromEntries(p.files);
-        scope.postMessage({ id: req.id, ok: true, manifest, files }, {
-          transfer: [...new Set([...p.files.values()].map((b) => b.buffer as ArrayBuffer))],
+        // The state's arrays go back too: the keeper assembles the next rounds in them instead
+        // of in fresh memory, whose first touch is slow on these machines.
+        const spare = [req.state.params, req.state.momentum].filter((x) =>
+          x.byteOffset === 0 && x.byteLength === x.buffer.byteLength
+        );
+        const transfer = new Set<ArrayBuffer>([
+          ...[...p.files.values()].map((b) => b.buffer as ArrayBuffer),
+          ...spare.map((x) => x.buffer as ArrayBuffer),
+        ]);
+        scope.postMessage({ id: req.id, ok: true, manifest, files, spare }, {
+          transfer: [...transfer],
         });
       } catch (err) {
         scope.postMessage({

@@ -100,6 +100,8 @@ export interface KeeperOptions {
 interface Written {
   manifest: Manifest;
   prepared: PreparedRound;
+  /** The state's params and momentum arrays, handed back for reuse. */
+  spare: Float32Array[];
 }
 
 /** A writer thread (see {@linkcode KeeperOptions.writer}). */
@@ -128,7 +130,8 @@ class WriterThread {
         if (r.ok) {
           const manifest = r.manifest as Manifest;
           const files = new Map(Object.entries(r.files as Record<string, Uint8Array>));
-          p.resolve({ manifest, prepared: { round: manifest.round, manifest, files } });
+          const spare = (r.spare ?? []) as Float32Array[];
+          p.resolve({ manifest, prepared: { round: manifest.round, manifest, files }, spare });
         } else if (r.write) {
           p.reject(new CheckpointWriteError(p.round, String(r.code), String(r.error)));
         } else p.reject(new Error(String(r.error)));
@@ -275,6 +278,7 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
           if (writer) {
             const w = await writer.write(options.dir, options.retention, state);
             remember(w.prepared);
+            for (const x of w.spare) if (spare.length < 4) spare.push(x);
             manifest = w.manifest;
           } else {
             const p = await prepareRound(state);
@@ -310,14 +314,24 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
     kick(ctx);
   };
 
+  /**
+   * Arrays the writer thread handed back. A round is written only once its
+   * pieces cover every element, so a reused array needs no clearing.
+   */
+  const spare: Float32Array[] = [];
+  const reuse = (n: number): Float32Array => {
+    const at = spare.findIndex((x) => x.length === n);
+    return at >= 0 ? spare.splice(at, 1)[0] : new Float32Array(n);
+  };
+
   const takePiece = (ctx: ActorContext, m: KeeperPieceMsg) => {
     if (m.round <= newestTaken) return; // done already (or stale)
     let a = assembling.get(m.round);
     if (!a) {
       a = {
         total: m.total,
-        params: new Float32Array(m.total),
-        momentum: new Float32Array(m.total),
+        params: reuse(m.total),
+        momentum: reuse(m.total),
         pieces: new Map(),
         covered: 0,
         cursors: {},

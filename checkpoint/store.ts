@@ -26,6 +26,7 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
 import { type GptConfig, sameConfig } from "../kernels/config.ts";
 import { buildLayout, type ParamLayout } from "../kernels/layout.ts";
 import {
@@ -240,10 +241,14 @@ export const denoFs: StoreFs = {
   },
 };
 
-/** Lower-case hex sha256 of bytes. */
-export async function sha256Hex(bytes: Uint8Array): Promise<string> {
-  const d = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
-  return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
+/**
+ * Lower-case hex sha256 of bytes, on the calling thread: node:crypto's
+ * sha256 runs ~1.5 GB/s here against ~0.23 GB/s for `crypto.subtle.digest`,
+ * and running on the caller keeps a keeper's hashing on its low-priority
+ * writer thread.
+ */
+export function sha256Hex(bytes: Uint8Array): Promise<string> {
+  return Promise.resolve(createHash("sha256").update(bytes).digest("hex"));
 }
 
 function floatBytes(x: Float32Array): Uint8Array {

@@ -183,8 +183,13 @@ function floats(m: Record<string, unknown>, type: string, field: string, n: numb
   if (!v || v.length !== n) {
     fail(type, field, `must be ${n} float32 values, got ${v ? v.length : typeof m[field]}`);
   }
-  for (let i = 0; i < v.length; i++) {
-    if (!Number.isFinite(v[i])) fail(type, field, `holds a non-finite value at ${i}`);
+  // One float64 sum is non-finite exactly when some element is (float32 values cannot
+  // overflow it): a plain add loop, then a search only when there is something to name.
+  let sum = 0;
+  for (let i = 0; i < v.length; i++) sum += v[i];
+  if (!Number.isFinite(sum)) {
+    const at = v.findIndex((x) => !Number.isFinite(x));
+    fail(type, field, `holds a non-finite value at ${at}`);
   }
   return v;
 }

@@ -10,11 +10,17 @@
  * - Split: the last 10% of each document's bytes (floor) go to validation,
  *   the rest to training; both streams keep document order. Splitting per
  *   document keeps every era/author in both splits.
- * - Sampling: a batch at step s of trainer shard (i, n) takes windows of
- *   blockSize+1 bytes at offsets drawn from a counter-based hash of
- *   (seed, i, s, row), inside shard i's contiguous 1/n slice of the training
- *   stream. A {@linkcode DataCursor} (seed, shard, step) is all the state, so a
- *   run resumes exactly by seeking to its cursor.
+ * - Sharding: the training stream is cut into chunks of
+ *   {@linkcode shardChunkBytes} bytes, dealt round-robin: shard (i, n) owns
+ *   chunks i, i+n, i+2n, ... So every shard spans the whole corpus (every era of
+ *   a chronological corpus) while shards stay disjoint: a trainer of a
+ *   distributed run sees data distributed like a lone trainer's, not one
+ *   corner of it. With n = 1 the shard is the whole stream.
+ * - Sampling: a batch at step s of shard (i, n) takes windows of blockSize+1
+ *   bytes at offsets drawn uniformly from the shard's windows (each inside one
+ *   chunk) by a counter-based hash of (seed, i, n, s, row). A
+ *   {@linkcode DataCursor} (seed, shard, step) is all the state, so a run
+ *   resumes exactly by seeking to its cursor.
  *
  * @module
  */
@@ -212,6 +218,16 @@ function hashAll(...words: number[]): number {
   return h;
 }
 
+/**
+ * Bytes per sharding chunk for a stream of `length` bytes cut into `count` shards with windows
+ * of `blockSize + 1` bytes: 64 windows' worth, so that less than 2% of window positions are lost
+ * at chunk edges, and never more than `length / count` so that every shard owns a chunk.
+ */
+export function shardChunkBytes(length: number, count: number, blockSize: number): number {
+  if (count === 1) return length;
+  return Math.min(64 * (blockSize + 1), Math.floor(length / count));
+}
+
 /** Deterministic batch sampler over one shard of a byte stream. */
 export class BatchSampler {
   /** Sequences per batch. */
@@ -221,7 +237,8 @@ export class BatchSampler {
   readonly #bytes: Uint8Array;
   readonly #seed: number;
   readonly #shard: Shard;
-  readonly #start: number;
+  readonly #chunk: number;
+  readonly #perChunk: number;
   readonly #windows: number;
   #step = 0;
 
@@ -254,14 +271,15 @@ export class BatchSampler {
         );
       }
     }
-    // Shard i reads the contiguous slice [floor(i*len/n), floor((i+1)*len/n)).
-    const start = Math.floor((shard.index * bytes.length) / shard.count);
-    const end = Math.floor(((shard.index + 1) * bytes.length) / shard.count);
-    const windows = end - start - blockSize;
-    if (windows < 1) {
+    const chunk = shardChunkBytes(bytes.length, shard.count, blockSize);
+    // Whole chunks only, so every window lies inside one chunk of its own shard.
+    const chunks = Math.floor(bytes.length / Math.max(chunk, 1));
+    const owned = Math.max(0, Math.ceil((chunks - shard.index) / shard.count));
+    const perChunk = chunk - blockSize;
+    if (perChunk < 1 || owned < 1) {
       throw new DataError(
-        `Cannot sample batches: shard ${shard.index}/${shard.count} has ${end - start} bytes, ` +
-          `fewer than block size + 1 = ${blockSize + 1}`,
+        `Cannot sample batches: shard ${shard.index}/${shard.count} of ${bytes.length} bytes ` +
+          `has chunks of ${chunk} bytes, fewer than block size + 1 = ${blockSize + 1}`,
       );
     }
     this.batch = batch;
@@ -269,8 +287,9 @@ export class BatchSampler {
     this.#bytes = bytes;
     this.#seed = seed >>> 0;
     this.#shard = { index: shard.index, count: shard.count };
-    this.#start = start;
-    this.#windows = windows;
+    this.#chunk = chunk;
+    this.#perChunk = perChunk;
+    this.#windows = owned * perChunk;
     this.#step = options.cursor?.step ?? 0;
     if (!Number.isInteger(this.#step) || this.#step < 0) {
       throw new RangeError(`Invalid cursor step: ${this.#step}`);
@@ -282,7 +301,10 @@ export class BatchSampler {
     const hi = hashAll(this.#seed, this.#shard.index, this.#shard.count, step, row, 1);
     const lo = hashAll(this.#seed, this.#shard.index, this.#shard.count, step, row, 2);
     const u = (hi * 2 ** 21 + (lo >>> 11)) / 2 ** 53; // uniform in [0, 1)
-    return this.#start + Math.floor(u * this.#windows);
+    const w = Math.floor(u * this.#windows);
+    const j = Math.floor(w / this.#perChunk); // the shard's j-th chunk
+    const chunk = this.#shard.index + j * this.#shard.count;
+    return chunk * this.#chunk + (w - j * this.#perChunk);
   }
 
   /** Draws the next batch and advances the cursor. */

@@ -1,5 +1,5 @@
 import { deepEqual, equal, notDeepEqual, ok, rejects, throws } from "@std/assert";
-import { batchSampler, DataError, loadCorpus, splitDocuments } from "./data.ts";
+import { batchSampler, DataError, loadCorpus, shardChunkBytes, splitDocuments } from "./data.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 
@@ -64,21 +64,40 @@ Deno.test("batchSampler is deterministic, targets are inputs shifted by one, and
   notDeepEqual(other.next(), batchSampler(bytes, opts).next());
 });
 
-Deno.test("batchSampler shards read disjoint slices of the stream", () => {
-  const n = 10_000;
+Deno.test("batchSampler shards are disjoint and each spans the whole stream", () => {
+  const n = 100_000;
   const bytes = new Uint8Array(n);
   const count = 3;
+  const chunk = shardChunkBytes(n, count, 32);
+  equal(chunk, 64 * 33);
+  const owner = new Int32Array(n).fill(-1);
   for (let index = 0; index < count; index++) {
     const s = batchSampler(bytes, { batch: 8, blockSize: 32, seed: 1, shard: { index, count } });
-    const lo = Math.floor((index * n) / count);
-    const hi = Math.floor(((index + 1) * n) / count);
-    for (let step = 0; step < 50; step++) {
+    let first = n;
+    let last = 0;
+    for (let step = 0; step < 200; step++) {
       for (let row = 0; row < 8; row++) {
         const o = s.offset(step, row);
-        ok(o >= lo && o + 33 <= hi, `shard ${index}: window at ${o} outside [${lo}, ${hi})`);
+        const c = Math.floor(o / chunk);
+        equal(c % count, index, `shard ${index}: window at ${o} in chunk ${c}`);
+        ok(o + 33 <= (c + 1) * chunk, `shard ${index}: window at ${o} crosses its chunk's end`);
+        for (let b = o; b < o + 33; b++) {
+          ok(
+            owner[b] === -1 || owner[b] === index,
+            `byte ${b} read by shards ${owner[b]} and ${index}`,
+          );
+          owner[b] = index;
+        }
+        first = Math.min(first, o);
+        last = Math.max(last, o);
       }
     }
+    // Round-robin chunks: each shard reads from the first and the last tenth of the stream.
+    ok(first < n / 10 && last > (9 * n) / 10, `shard ${index} reads only [${first}, ${last}]`);
   }
+  // A stream too small for 64-window chunks falls back to one chunk per shard.
+  equal(shardChunkBytes(1000, 4, 32), 250);
+  equal(shardChunkBytes(1000, 1, 32), 1000);
   throws(
     () => batchSampler(bytes, { batch: 1, blockSize: 8, shard: { index: 3, count: 3 } }),
     /Invalid shard/,

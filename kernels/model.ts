@@ -172,7 +172,8 @@ export class GptModel {
   #losses!: GPUBuffer;
   #scalars!: GPUBuffer; // [0] mean loss, [64] grad norm (256-byte apart so each can be bound)
   #hyper!: GPUBuffer;
-  #staging!: GPUBuffer;
+  /** Free 8-byte loss/norm readback buffers: one per step in flight, reused. */
+  #stagingPool: GPUBuffer[] = [];
   #evalStaging!: GPUBuffer;
   #forward: Dispatch[] = [];
   #lossPart: Dispatch[] = [];
@@ -182,7 +183,10 @@ export class GptModel {
   #targetWords: Uint32Array;
   #hyperWords = new Float32Array(8);
   #t = 0;
+  /** An eval or gradient readback is in flight (they share staging buffers). */
   #busy = false;
+  /** Training steps submitted whose loss has not been read back yet. */
+  #inFlight = 0;
   #disposed = false;
 
   /** Use {@linkcode createModel}. */
@@ -259,17 +263,12 @@ export class GptModel {
     this.#hyper = this.#buf(8, "hyper");
     const lossRef: TensorRef = { buffer: this.#scalars, offset: 0, length: 1 };
     const normRef: TensorRef = { buffer: this.#scalars, offset: 256, length: 1 };
-    this.#staging = gpu.device.createBuffer({
-      label: "loss_staging",
-      size: 8,
-      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-    });
     this.#evalStaging = gpu.device.createBuffer({
       label: "eval_staging",
       size: Math.max(16, N * 4),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
-    this.#buffers.push(this.#staging, this.#evalStaging);
+    this.#buffers.push(this.#evalStaging);
     const mm = (
       bufs: { a: TensorRef; b: TensorRef; c: TensorRef; bias?: TensorRef },
       shape: {
@@ -578,20 +577,39 @@ export class GptModel {
     return enc;
   }
 
+  /**
+   * Submits `enc` with a copy of the loss and gradient norm into a staging
+   * buffer of its own, so that several steps can be in flight, and reads them
+   * back once the queue reaches them.
+   */
   async #readScalars(enc: GPUCommandEncoder): Promise<[number, number]> {
-    enc.copyBufferToBuffer(this.#scalars, 0, this.#staging, 0, 4);
-    enc.copyBufferToBuffer(this.#scalars, 256, this.#staging, 4, 4);
+    const staging = this.#stagingPool.pop() ?? this.#gpu.device.createBuffer({
+      label: "loss_staging",
+      size: 8,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    if (!this.#buffers.includes(staging)) this.#buffers.push(staging);
+    enc.copyBufferToBuffer(this.#scalars, 0, staging, 0, 4);
+    enc.copyBufferToBuffer(this.#scalars, 256, staging, 4, 4);
     this.#gpu.device.queue.submit([enc.finish()]);
-    await this.#staging.mapAsync(GPUMapMode.READ);
-    const f = new Float32Array(this.#staging.getMappedRange(0, 8));
+    await staging.mapAsync(GPUMapMode.READ);
+    const f = new Float32Array(staging.getMappedRange(0, 8));
     const out: [number, number] = [f[0], f[1]];
-    this.#staging.unmap();
+    staging.unmap();
+    this.#stagingPool.push(staging);
     return out;
   }
 
   /**
    * One training step on a full batch: forward, backward, gradient clipping and
-   * AdamW, in one submit. Returns the mean loss (nats/token) before the update.
+   * AdamW, in one submit. Resolves to the mean loss (nats/token) before the update.
+   *
+   * The step is queued when the call returns (its batch and learning rate are
+   * copied), so a training loop may call `step` again before awaiting the
+   * previous loss: the device then starts the next step while this one's loss
+   * travels back, which hides the ~10 ms readback floor of CPU adapters (see
+   * {@linkcode pipelinedSteps}). Steps run in call order; reads and writes of
+   * the parameters queue behind them.
    *
    * @example
    * ```ts ignore
@@ -615,7 +633,7 @@ export class GptModel {
     h[4] = this.#t;
     h[5] = this.#opts.maxGradNorm;
     this.#gpu.write(this.#hyper, h);
-    this.#busy = true;
+    this.#inFlight++;
     try {
       const enc = this.#encode(
         [this.#forward, this.#lossPart, this.#backward, this.#optimizer],
@@ -625,8 +643,13 @@ export class GptModel {
       this.lastGradNorm = norm;
       return loss;
     } finally {
-      this.#busy = false;
+      this.#inFlight--;
     }
+  }
+
+  /** Training steps submitted and not yet read back. */
+  get stepsInFlight(): number {
+    return this.#inFlight;
   }
 
   /**
@@ -758,4 +781,56 @@ export async function createModel(
       new Error(`Cannot create model: WebGPU validation failed: ${gpuError!.message}`);
   }
   return model!;
+}
+
+/** The batch and learning rate of one step of {@linkcode pipelinedSteps}. */
+export interface StepInput {
+  /** [batch, T] input tokens. */
+  inputs: Tokens;
+  /** [batch, T] target tokens. */
+  targets: Tokens;
+  /** The learning rate of this step. */
+  lr: number;
+}
+
+/**
+ * Runs `count` training steps keeping up to `depth` of them submitted ahead
+ * (default 2), so the device works on the next step while the previous loss
+ * is read back: on CPU adapters every readback costs ~10 ms of polling, a
+ * tenth of a small model's step. `next(i)` gives step i's batch when it is
+ * submitted; `done(i, loss)` sees the losses in order. When `done` throws
+ * (a diverged loss, say) or a step fails, no further step is submitted, the
+ * steps in flight finish, and the error is rethrown: at most `depth - 1`
+ * steps run past the one that failed.
+ *
+ * @example
+ * ```ts ignore
+ * await pipelinedSteps(model, 100, () => ({ ...sampler.next(), lr: 3e-3 }), (i, loss) => {
+ *   if (!Number.isFinite(loss)) throw new Error(`diverged at step ${i}`);
+ * });
+ * ```
+ */
+export async function pipelinedSteps(
+  model: GptModel,
+  count: number,
+  next: (i: number) => StepInput | Promise<StepInput>,
+  done?: (i: number, loss: number) => void,
+  depth = 2,
+): Promise<void> {
+  if (!Number.isInteger(depth) || depth < 1) {
+    throw new RangeError(`Invalid pipeline depth: ${depth} (expected a positive integer)`);
+  }
+  const pending: Promise<number>[] = [];
+  let finished = 0;
+  try {
+    for (let i = 0; i < count; i++) {
+      const s = await next(i);
+      pending.push(model.step(s.inputs, s.targets, { lr: s.lr }));
+      if (pending.length >= depth) done?.(finished++, await pending.shift()!);
+    }
+    while (pending.length > 0) done?.(finished++, await pending.shift()!);
+  } finally {
+    // On failure, let the steps in flight finish before the error leaves (no stray rejection).
+    await Promise.allSettled(pending);
+  }
 }

@@ -5,7 +5,7 @@
 import { deepEqual, equal, ok, rejects, throws } from "@std/assert";
 import { acquireGpu, type Gpu } from "./device.ts";
 import { getConfig, type GptConfig } from "./config.ts";
-import { createModel, initParams } from "./model.ts";
+import { createModel, initParams, pipelinedSteps } from "./model.ts";
 import { referenceBackward, referenceForward } from "./model_reference.ts";
 import { adamwRef, gradNormRef } from "./reference.ts";
 import { assertClose, randomU32, rng, sameBits } from "./_testing.ts";
@@ -180,6 +180,58 @@ Deno.test("training is deterministic: same seed and batches give bit-identical p
     ok(sameBits(a.p, b.p), "parameters differ between identical runs");
     deepEqual(a.losses, b.losses);
     ok(a.losses[14] < a.losses[0] - 0.5, `loss did not fall on a repeated batch: ${a.losses}`);
+  });
+});
+
+Deno.test("pipelined steps give the losses and bits of one-at-a-time steps; a failure stops them", async () => {
+  await withGpu(async (gpu) => {
+    const batch = 2;
+    const n = batch * tiny.blockSize;
+    const batches = Array.from({ length: 9 }, (_, s) => ({
+      inputs: randomU32(n, 10 + s, 256),
+      targets: randomU32(n, 40 + s, 256),
+      lr: 1e-2 * (1 + (s % 3)),
+    }));
+    const sequential = await createModel(gpu, tiny, { seed: 5, batch });
+    const want: number[] = [];
+    for (const b of batches) want.push(await sequential.step(b.inputs, b.targets, { lr: b.lr }));
+    for (const depth of [2, 3]) {
+      const piped = await createModel(gpu, tiny, { seed: 5, batch });
+      const got: number[] = [];
+      let most = 0;
+      await pipelinedSteps(piped, batches.length, (i) => {
+        most = Math.max(most, piped.stepsInFlight + 1);
+        return batches[i];
+      }, (i, loss) => {
+        equal(i, got.length);
+        got.push(loss);
+      }, depth);
+      deepEqual(got, want);
+      equal(most, depth, `at most ${depth} steps should be in flight`);
+      equal(piped.stepsInFlight, 0);
+      ok(sameBits(await piped.getParams(), await sequential.getParams()), `depth ${depth} differs`);
+      piped.dispose();
+    }
+    // A throwing `done` stops submitting: only the steps already in flight run after it.
+    const stopped = await createModel(gpu, tiny, { seed: 5, batch });
+    let submitted = 0;
+    await rejects(
+      pipelinedSteps(stopped, batches.length, (i) => {
+        submitted++;
+        return batches[i];
+      }, (i) => {
+        if (i === 2) throw new Error("diverged at 2");
+      }),
+      /diverged at 2/,
+    );
+    equal(submitted, 4);
+    equal(stopped.stepsInFlight, 0);
+    await rejects(
+      pipelinedSteps(stopped, 1, () => batches[0], undefined, 0),
+      /Invalid pipeline depth/,
+    );
+    stopped.dispose();
+    sequential.dispose();
   });
 });
 

@@ -16,7 +16,7 @@ import { CONFIGS, DEFAULT_CONFIG, describeConfig, getConfig } from "./config.ts"
 import { batchSampler, loadCorpus } from "./data.ts";
 import { acquireGpu, type Gpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
-import { createModel } from "./model.ts";
+import { createModel, pipelinedSteps } from "./model.ts";
 import { saveGpt2 } from "../checkpoint/gpt2_safetensors.ts";
 
 const HELP = `Usage: deno task train [flags]
@@ -183,37 +183,46 @@ async function train(a: TrainArgs): Promise<void> {
     let lastVal = NaN;
     let lastValStep = -1;
     let loss = NaN;
-    for (let step = 0; step < a.steps; step++) {
-      const { inputs, targets } = sampler.next();
-      const lr = learningRate(step, a);
+    // Steps run two in flight (pipelinedSteps) in segments that end at each evaluation, so an
+    // evaluation sees exactly the parameters after its step.
+    for (let from = 0; from < a.steps;) {
+      const to = a.evalEvery > 0
+        ? Math.min(a.steps, (Math.floor(from / a.evalEvery) + 1) * a.evalEvery)
+        : a.steps;
       const ts = performance.now();
-      loss = await model.step(inputs, targets, { lr });
-      stepTime += performance.now() - ts;
-      if (!Number.isFinite(loss)) {
-        throw new Error(`Training diverged: loss ${loss} at step ${step + 1} (try a lower --lr)`);
-      }
-      const done = step + 1;
-      const tokS = (done * tokensPerStep) / (stepTime / 1000);
-      const elapsed = (performance.now() - t0) / 1000;
-      log({
-        step: done,
-        loss,
-        lr,
-        grad_norm: model.lastGradNorm,
-        tokens_per_s: tokS,
-        elapsed_s: elapsed,
+      const lrs: number[] = [];
+      await pipelinedSteps(model, to - from, (i) => {
+        lrs[i] = learningRate(from + i, a);
+        return { ...sampler.next(), lr: lrs[i] };
+      }, (i, stepLoss) => {
+        loss = stepLoss;
+        const done = from + i + 1;
+        if (!Number.isFinite(loss)) {
+          throw new Error(`Training diverged: loss ${loss} at step ${done} (try a lower --lr)`);
+        }
+        const tokS = (done * tokensPerStep) / ((stepTime + performance.now() - ts) / 1000);
+        const elapsed = (performance.now() - t0) / 1000;
+        log({
+          step: done,
+          loss,
+          lr: lrs[i],
+          grad_norm: model.lastGradNorm,
+          tokens_per_s: tokS,
+          elapsed_s: elapsed,
+        });
+        const val = lastValStep > 0 ? ` | val ${lastVal.toFixed(4)} @${lastValStep}` : "";
+        status(
+          `step ${done}/${a.steps} | loss ${loss.toFixed(4)} | lr ${lrs[i].toExponential(2)} | ` +
+            `${fmtRate(tokS)} tok/s | ${elapsed.toFixed(0)} s${val}`,
+        );
       });
-      const isEval = a.evalEvery > 0 && done % a.evalEvery === 0 && done < a.steps;
-      if (isEval) {
+      stepTime += performance.now() - ts;
+      from = to;
+      if (a.evalEvery > 0 && to % a.evalEvery === 0 && to < a.steps) {
         lastVal = (await evaluate(model, corpus.val, evalOpts)).loss;
-        lastValStep = done;
-        log({ step: done, val_loss: lastVal, elapsed_s: (performance.now() - t0) / 1000 });
+        lastValStep = to;
+        log({ step: to, val_loss: lastVal, elapsed_s: (performance.now() - t0) / 1000 });
       }
-      const val = lastValStep > 0 ? ` | val ${lastVal.toFixed(4)} @${lastValStep}` : "";
-      status(
-        `step ${done}/${a.steps} | loss ${loss.toFixed(4)} | lr ${lr.toExponential(2)} | ` +
-          `${fmtRate(tokS)} tok/s | ${elapsed.toFixed(0)} s${val}`,
-      );
     }
     const final = await evaluate(model, corpus.val, evalOpts);
     const elapsed = (performance.now() - t0) / 1000;

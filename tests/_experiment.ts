@@ -31,7 +31,7 @@ import { getConfig } from "../kernels/config.ts";
 import type { Corpus } from "../kernels/data.ts";
 import { batchSampler } from "../kernels/data.ts";
 import { evaluate, windowCount } from "../kernels/evaluate.ts";
-import { createModel, type GptModel } from "../kernels/model.ts";
+import { createModel, type GptModel, pipelinedSteps } from "../kernels/model.ts";
 import { nesterovStepRef } from "../kernels/reference.ts";
 import { learningRate } from "../kernels/train_main.ts";
 import {
@@ -300,13 +300,15 @@ async function runSingle(
       steps: s.steps,
     };
     let last = NaN;
-    for (let i = 0; i < s.steps; i++) {
-      const { inputs, targets } = sampler.next();
-      last = await model.step(inputs, targets, { lr: learningRate(i, sched) });
-      if (!Number.isFinite(last)) {
-        throw new Error(`Training diverged: loss ${last} at step ${i + 1}`);
+    await pipelinedSteps(model, s.steps, (i) => ({
+      ...sampler.next(),
+      lr: learningRate(i, sched),
+    }), (i, loss) => {
+      last = loss;
+      if (!Number.isFinite(loss)) {
+        throw new Error(`Training diverged: loss ${loss} at step ${i + 1}`);
       }
-    }
+    });
     const ev = await score(model, corpus, s);
     return result(c, s, {
       trainLoss: last,
@@ -388,21 +390,21 @@ async function runDiloco(
         m.setParams(theta);
         if (c.innerReset && r > 0) m.resetOptimizer();
         let sum = 0;
-        for (let k = 0; k < H; k++) {
-          const { inputs, targets } = samplers[i].next();
-          const perRound = c.innerSchedule === "round";
-          const lr = innerLr(eng.lr, {
+        const perRound = c.innerSchedule === "round";
+        await pipelinedSteps(m, H, (k) => ({
+          ...samplers[i].next(),
+          lr: innerLr(eng.lr, {
             globalStep: perRound ? k : r * H + k,
             totalSteps: perRound ? H : eng.totalSteps,
             ownStep: ownSteps[i]++,
             warmup: eng.warmup,
-          });
-          const loss = await m.step(inputs, targets, { lr });
+          }),
+        }), (_, loss) => {
           if (!Number.isFinite(loss)) {
             throw new Error(`Training diverged: trainer ${i} loss ${loss} in round ${r}`);
           }
           sum += loss;
-        }
+        });
         lossSum += sum / H;
         const local = await m.getParams();
         const delta = new Float32Array(n);
