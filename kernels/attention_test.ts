@@ -15,7 +15,15 @@ import {
 // GPU f32 vs reference f64: 1e-5 relative plus 1e-5 absolute (values are O(1)).
 const TOL = { rtol: 1e-5, atol: 1e-5 };
 
-async function runCase(gpu: Gpu, b: number, t: number, c: number, nh: number, seed: number) {
+async function runCase(
+  gpu: Gpu,
+  b: number,
+  t: number,
+  c: number,
+  nh: number,
+  seed: number,
+  block?: number,
+) {
   const nQkv = b * t * 3 * c;
   const nAtt = b * nh * t * t;
   const qkv = randomF32(nQkv, seed, -2, 2);
@@ -31,11 +39,14 @@ async function runCase(gpu: Gpu, b: number, t: number, c: number, nh: number, se
     att: r(randomF32(nAtt, 7), nAtt),
     dout: r(dout, b * t * c),
     dqkv: r(dqkv0, nQkv),
+    // Scratch starts as NaN: entries the kernels do not write must never be used.
+    datt: r(new Float32Array(nAtt).fill(NaN), nAtt),
   };
-  const shape = { b, t, c, nh };
+  const shape = block === undefined ? { b, t, c, nh } : { b, t, c, nh, block };
   gpu.run([attentionForward(gpu, { qkv: g.qkv, out: g.out, att: g.att }, shape)]);
   const bw = attentionBackward(gpu, {
     dqkv: g.dqkv,
+    datt: g.datt,
     dout: g.dout,
     qkv: g.qkv,
     att: g.att,
@@ -62,6 +73,21 @@ Deno.test("attention forward and backward match the reference", async (t) => {
       await t.step("b=1, t=7, c=10, nh=1 (hs=10)", async () => {
         await runCase(gpu, 1, 7, 10, 1, 2);
       });
+      await t.step("b=1, t=7, c=24, nh=3 (hs=8, t not a multiple of 4)", async () => {
+        await runCase(gpu, 1, 7, 24, 3, 4);
+      });
+      await t.step("b=2, t=64, c=64, nh=4 (the model's shape)", async () => {
+        await runCase(gpu, 2, 64, 64, 4, 5);
+      });
+      await t.step("b=3, t=12, c=16, nh=2, block 8 (partial vec4 block)", async () => {
+        await runCase(gpu, 3, 12, 16, 2, 6, 8);
+      });
+      await t.step("b=2, t=9, c=12, nh=2, block 4 (hs=6, scalar loads)", async () => {
+        await runCase(gpu, 2, 9, 12, 2, 7, 4);
+      });
+      await t.step("b=2, t=11, c=8, nh=2, block 3 (block not a multiple of 4)", async () => {
+        await runCase(gpu, 2, 11, 8, 2, 8, 3);
+      });
       await t.step("b=4, t=64, c=64, nh=4, backward deterministic", async () => {
         const { g, bw, nQkv } = await runCase(gpu, 4, 64, 64, 4, 3);
         const runs: Float32Array[] = [];
@@ -77,6 +103,20 @@ Deno.test("attention forward and backward match the reference", async (t) => {
         assert.throws(
           () => attentionForward(gpu, { qkv: x, out: x, att: x }, { b: 1, t: 2, c: 5, nh: 2 }),
           /c \(5\) must be a multiple of nh \(2\)/,
+        );
+      });
+      await t.step("a bad block is refused", () => {
+        const x = { buffer: gpu.storage(64), length: 64 };
+        assert.throws(
+          () =>
+            attentionForward(gpu, { qkv: x, out: x, att: x }, {
+              b: 1,
+              t: 2,
+              c: 4,
+              nh: 2,
+              block: 0,
+            }),
+          /block must be an integer in 1\.\.64, got 0/,
         );
       });
     });

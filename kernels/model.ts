@@ -826,9 +826,16 @@ export async function pipelinedSteps(
     for (let i = 0; i < count; i++) {
       const s = await next(i);
       pending.push(model.step(s.inputs, s.targets, { lr: s.lr }));
-      if (pending.length >= depth) done?.(finished++, await pending.shift()!);
+      if (pending.length >= depth) {
+        // Not `done?.(i, await ...)`: an absent `done` would skip the await with the call.
+        const loss = await pending.shift()!;
+        done?.(finished++, loss);
+      }
     }
-    while (pending.length > 0) done?.(finished++, await pending.shift()!);
+    while (pending.length > 0) {
+      const loss = await pending.shift()!;
+      done?.(finished++, loss);
+    }
   } finally {
     // On failure, let the steps in flight finish before the error leaves (no stray rejection).
     await Promise.allSettled(pending);

@@ -212,6 +212,12 @@ Deno.test("pipelined steps give the losses and bits of one-at-a-time steps; a fa
       ok(sameBits(await piped.getParams(), await sequential.getParams()), `depth ${depth} differs`);
       piped.dispose();
     }
+    // Without `done` the steps still run (and are awaited) in order.
+    const quiet = await createModel(gpu, tiny, { seed: 5, batch });
+    await pipelinedSteps(quiet, batches.length, (i) => batches[i]);
+    equal(quiet.stepsInFlight, 0);
+    ok(sameBits(await quiet.getParams(), await sequential.getParams()), "no-done run differs");
+    quiet.dispose();
     // A throwing `done` stops submitting: only the steps already in flight run after it.
     const stopped = await createModel(gpu, tiny, { seed: 5, batch });
     let submitted = 0;
