@@ -16,7 +16,7 @@
  * @module
  */
 import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
-import { acquireGpu } from "./device.ts";
+import { acquireGpu, type Gpu } from "./device.ts";
 import { describeConfig, getConfig } from "./config.ts";
 import { createModel, pipelinedSteps } from "./model.ts";
 import { batchSampler } from "./data.ts";
@@ -31,68 +31,82 @@ export function trainStepFlops(
   return 6 * n * tokens + 12 * config.nLayer * config.nEmbd * config.blockSize * tokens;
 }
 
-/** Yields train_step_tokens_per_s, train_step_ms and train_step_gflops. */
+/**
+ * Yields train_step_tokens_per_s, train_step_ms, train_step_ms_unpipelined and
+ * train_step_gflops for the default "small" model and, unless quick, for
+ * "medium" (width 128): the small model's matmuls are 64 wide, where the
+ * register-blocked kernels run well below their square-matrix speed, so the
+ * wider model shows how the step's share of matmul speed grows with width.
+ */
 export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord> {
-  const name = "small";
-  const { model: config, train } = getConfig(name);
   const gpu = await acquireGpu();
   try {
-    const batch = train.batch;
-    const model = await createModel(gpu, config, { seed: 1, batch });
-    // Random bytes: speed does not depend on the text.
-    const bytes = new Uint8Array(1 << 16).map((_, i) => (i * 2654435761) >>> 24);
-    const sampler = batchSampler(bytes, { batch, blockSize: config.blockSize, seed: 1 });
-    const warmup = 3;
-    const steps = options.quick ? 5 : 30;
-    for (let i = 0; i < warmup; i++) {
-      const b = sampler.next();
-      await model.step(b.inputs, b.targets, { lr: 1e-3 });
+    for (const name of options.quick ? ["small"] : ["small", "medium"]) {
+      yield* benchConfig(gpu, name, options.quick ? 5 : name === "small" ? 30 : 8);
     }
-    const batches = Array.from({ length: steps }, () => sampler.next());
-    // One step at a time, each loss awaited before the next submit: what a loop that reads
-    // every loss at once pays.
-    let t0 = performance.now();
-    for (const b of batches) await model.step(b.inputs, b.targets, { lr: 1e-3 });
-    const syncSeconds = (performance.now() - t0) / 1000;
-    // As the trainers and `deno task train` run: two steps in flight.
-    t0 = performance.now();
-    await pipelinedSteps(model, steps, (i) => ({ ...batches[i], lr: 1e-3 }));
-    const seconds = (performance.now() - t0) / 1000;
-    const tokens = batch * config.blockSize;
-    const flops = trainStepFlops(config, model.paramCount, tokens);
-    const common = {
-      config: name,
-      shape: describeConfig(config),
-      params: model.paramCount,
-      batch,
-      steps,
-      adapter: gpu.adapter.description,
-      backend: gpu.adapter.backend,
-    };
-    yield {
-      name: "train_step_tokens_per_s",
-      value: (steps * tokens) / seconds,
-      unit: "tokens/s",
-      ...common,
-    };
-    yield { name: "train_step_ms", value: (seconds * 1000) / steps, unit: "ms", ...common };
-    yield {
-      name: "train_step_ms_unpipelined",
-      value: (syncSeconds * 1000) / steps,
-      unit: "ms",
-      note: "each loss read back before the next step is submitted",
-      ...common,
-    };
-    yield {
-      name: "train_step_gflops",
-      value: (steps * flops) / seconds / 1e9,
-      unit: "GFLOP/s",
-      flops_per_step: flops,
-      flop_formula: "6*(params-T*C)*tokens + 12*L*C*T*tokens",
-      ...common,
-    };
-    model.dispose();
   } finally {
     gpu.destroy();
   }
+}
+
+async function* benchConfig(
+  gpu: Gpu,
+  name: string,
+  steps: number,
+): AsyncGenerator<BenchRecord> {
+  const { model: config, train } = getConfig(name);
+  const batch = train.batch;
+  const model = await createModel(gpu, config, { seed: 1, batch });
+  // Random bytes: speed does not depend on the text.
+  const bytes = new Uint8Array(1 << 16).map((_, i) => (i * 2654435761) >>> 24);
+  const sampler = batchSampler(bytes, { batch, blockSize: config.blockSize, seed: 1 });
+  const warmup = 3;
+  for (let i = 0; i < warmup; i++) {
+    const b = sampler.next();
+    await model.step(b.inputs, b.targets, { lr: 1e-3 });
+  }
+  const batches = Array.from({ length: steps }, () => sampler.next());
+  // One step at a time, each loss awaited before the next submit: what a loop that reads
+  // every loss at once pays.
+  let t0 = performance.now();
+  for (const b of batches) await model.step(b.inputs, b.targets, { lr: 1e-3 });
+  const syncSeconds = (performance.now() - t0) / 1000;
+  // As the trainers and `deno task train` run: two steps in flight.
+  t0 = performance.now();
+  await pipelinedSteps(model, steps, (i) => ({ ...batches[i], lr: 1e-3 }));
+  const seconds = (performance.now() - t0) / 1000;
+  const tokens = batch * config.blockSize;
+  const flops = trainStepFlops(config, model.paramCount, tokens);
+  const common = {
+    config: name,
+    shape: describeConfig(config),
+    params: model.paramCount,
+    batch,
+    steps,
+    adapter: gpu.adapter.description,
+    backend: gpu.adapter.backend,
+  };
+  yield {
+    name: "train_step_tokens_per_s",
+    value: (steps * tokens) / seconds,
+    unit: "tokens/s",
+    ...common,
+  };
+  yield { name: "train_step_ms", value: (seconds * 1000) / steps, unit: "ms", ...common };
+  yield {
+    name: "train_step_ms_unpipelined",
+    value: (syncSeconds * 1000) / steps,
+    unit: "ms",
+    note: "each loss read back before the next step is submitted",
+    ...common,
+  };
+  yield {
+    name: "train_step_gflops",
+    value: (steps * flops) / seconds / 1e9,
+    unit: "GFLOP/s",
+    flops_per_step: flops,
+    flop_formula: "6*(params-T*C)*tokens + 12*L*C*T*tokens",
+    ...common,
+  };
+  model.dispose();
 }
