@@ -108,8 +108,12 @@ class TrainerWorker {
 }
 
 /** Serves `bytes` on a bare WebSocket: a text frame with the size, then binary chunks. */
-function bareServer(bytes: Uint8Array, chunk: number): Deno.HttpServer<Deno.NetAddr> {
-  return Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, (req) => {
+function bareServer(
+  bytes: Uint8Array,
+  chunk: number,
+  hostname: string,
+): Deno.HttpServer<Deno.NetAddr> {
+  return Deno.serve({ port: 0, hostname, onListen: () => {} }, (req) => {
     const { socket, response } = Deno.upgradeWebSocket(req);
     socket.onmessage = async () => {
       socket.send(String(bytes.length));
@@ -147,9 +151,10 @@ interface Joiner {
  * for a joiner on another machine (its own decoding and hashing are not a
  * cost to this machine's trainers in a real run; the keeper's serving is).
  */
-function joiner(args: string[], nice = false): Joiner {
+function joiner(args: string[], nice = false, ns?: string): Joiner {
   const deno = [Deno.execPath(), "run", "-A", JOINER, ...args];
-  const [cmd, ...rest] = nice && hasNice() ? ["nice", "-n", "19", ...deno] : deno;
+  const niced = nice && hasNice() ? ["nice", "-n", "19", ...deno] : deno;
+  const [cmd, ...rest] = ns ? ["ip", "netns", "exec", ns, ...niced] : niced;
   const child = new Deno.Command(cmd, {
     args: rest,
     stdout: "piped",
@@ -185,6 +190,83 @@ function joiner(args: string[], nice = false): Joiner {
   };
 }
 
+/** Where the joiner reaches the host, and how records of that path are named. */
+interface NetPath {
+  actorUrl: string;
+  bareUrl: string;
+  /** The joiner's network namespace, if any. */
+  ns?: string;
+  /** Appended to record names. */
+  suffix: string;
+  /** Described in each record. */
+  link: string;
+}
+
+function run(args: string[]): { ok: boolean; out: string } {
+  try {
+    const r = new Deno.Command(args[0], { args: args.slice(1), stdout: "piped", stderr: "piped" })
+      .outputSync();
+    const dec = new TextDecoder();
+    return { ok: r.success, out: (dec.decode(r.stdout) + dec.decode(r.stderr)).trim() };
+  } catch (err) {
+    return { ok: false, out: String(err) };
+  }
+}
+
+/** Why a namespaced link cannot be set up here, or undefined when it can. */
+function netnsUnavailable(): string | undefined {
+  if (Deno.build.os !== "linux") return `not Linux (${Deno.build.os})`;
+  if (Deno.uid() !== 0) return `not root (uid ${Deno.uid()}): ip netns needs root`;
+  const ipn = run(["ip", "netns", "list"]);
+  if (!ipn.ok) return `"ip netns" is not available: ${ipn.out}`;
+  const tc = run(["tc", "-V"]);
+  if (!tc.ok) return `"tc" is not available: ${tc.out}`;
+  return undefined;
+}
+
+/**
+ * A network namespace for the joiner, joined to this one by a veth pair
+ * whose both ends are shaped to `mbit` with tc tbf.
+ */
+async function openLink(mbit: number): Promise<{
+  ns: string;
+  hostIp: string;
+  close(): Promise<void>;
+}> {
+  const tag = String(Deno.pid % 100000);
+  const ns = `ckb-${tag}`;
+  const [hostDev, nsDev] = [`ckbh${tag}`, `ckbj${tag}`];
+  const net = 10 + (Deno.pid % 200);
+  const hostIp = `10.79.${net}.1`;
+  const must = (args: string[]) => {
+    const r = run(args);
+    if (!r.ok) throw new Error(`Cannot set up the bench link: ${args.join(" ")}: ${r.out}`);
+  };
+  const close = () => {
+    run(["ip", "link", "del", hostDev]);
+    run(["ip", "netns", "del", ns]);
+    return Promise.resolve();
+  };
+  try {
+    must(["ip", "netns", "add", ns]);
+    must(["ip", "-n", ns, "link", "set", "lo", "up"]);
+    must(["ip", "link", "add", hostDev, "type", "veth", "peer", "name", nsDev, "netns", ns]);
+    must(["ip", "addr", "add", `${hostIp}/24`, "dev", hostDev]);
+    must(["ip", "-n", ns, "addr", "add", `10.79.${net}.2/24`, "dev", nsDev]);
+    must(["ip", "link", "set", hostDev, "up"]);
+    must(["ip", "-n", ns, "link", "set", nsDev, "up"]);
+    // A burst of 1 ms at the rate (at least 64 KiB) keeps tbf accurate at high rates.
+    const burst = `${Math.max(64, Math.ceil((mbit * 1000) / 8 / 1024))}kb`;
+    const shape = ["root", "tbf", "rate", `${mbit}mbit`, "burst", burst, "latency", "50ms"];
+    must(["tc", "qdisc", "add", "dev", hostDev, ...shape]);
+    must(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", nsDev, ...shape]);
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  return { ns, hostIp, close };
+}
+
 /** Options of the checkpoint bench (besides {@linkcode BenchOptions}). */
 export interface CheckpointBenchOptions extends BenchOptions {
   /** Width of the synthetic model the keeper holds (default 384, quick 192). */
@@ -195,6 +277,11 @@ export interface CheckpointBenchOptions extends BenchOptions {
   writer?: "inline" | "worker";
   /** Repetitions of each measurement (default 3, quick 2). */
   reps?: number;
+  /**
+   * Rate of the shaped link the transfers are measured over a second time, in
+   * Mbit/s (default 1000; 0 skips it). Needs root and `ip netns`/`tc`.
+   */
+  linkMbit?: number;
 }
 
 /** The checkpoint suite; see the module doc. */
@@ -253,124 +340,161 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
       { name: "keepers/0", shutdownMs: 30_000 },
     );
     listener = await transport.listen({ port: 0, hostname: "127.0.0.1" });
-    bare = bareServer(modelBytes, 1 << 20);
-    const bareUrl = `ws://127.0.0.1:${bare.addr.port}/`;
+    bare = bareServer(modelBytes, 1 << 20, "127.0.0.1");
     await trainer.init("small", steps);
     await trainer.innerStepMs(0, 2); // warm
-
-    // ---- (b) the joiner's transfer vs a bare WebSocket, alternated in one process.
-    const pairs = options.quick ? 4 : 8;
-    const cmp = joiner(["compare", listener.url, bareUrl, "1", String(pairs + 1), String(chunk)]);
-    children.push(cmp);
-    await cmp.done;
-    const rate = (l: Record<string, unknown>) =>
-      (l.bytes as number) / 2 ** 20 / ((l.ms as number) / 1000);
-    // The first pair warms both paths (connections, JIT).
-    const keeperRates = cmp.lines.filter((l) => l.kind === "keeper").slice(1).map(rate);
-    const bareRates = cmp.lines.filter((l) => l.kind === "bare").slice(1).map(rate);
     const mb = round3(modelBytes.length / 2 ** 20);
-    const common = { model_mb: mb, params: n, reps: keeperRates.length };
-    yield { name: "join_transfer_mb_per_s", value: median(keeperRates), unit: "MB/s", ...common };
-    yield { name: "bare_ws_mb_per_s", value: median(bareRates), unit: "MB/s", ...common };
-    // Each keeper fetch runs right after a bare transfer: the ratio of each pair shares the
-    // machine's load of the moment, which on a shared box moves more than the effect.
-    yield {
-      name: "join_vs_bare_ws",
-      value: round3(median(keeperRates.map((k, i) => k / bareRates[i]))),
-      unit: "ratio",
-      target: ">= 0.8",
-      statistic: "median of back-to-back pairs",
-      ...common,
-    };
-    yield {
-      name: "join_vs_bare_ws_best",
-      value: round3(Math.max(...keeperRates) / Math.max(...bareRates)),
-      unit: "ratio",
-      statistic: "best keeper fetch / best bare transfer",
-      ...common,
+    let round = 2;
+
+    /** (b) The joiner's transfer vs a bare WebSocket, alternated in one joiner process. */
+    const compare = async function* (path: NetPath): AsyncGenerator<BenchRecord> {
+      const pairs = options.quick ? 4 : 8;
+      const cmp = joiner(
+        ["compare", path.actorUrl, path.bareUrl, "1", String(pairs + 1), String(chunk)],
+        false,
+        path.ns,
+      );
+      children.push(cmp);
+      await cmp.done;
+      const rate = (l: Record<string, unknown>) =>
+        (l.bytes as number) / 2 ** 20 / ((l.ms as number) / 1000);
+      // The first pair warms both paths (connections, JIT).
+      const keeperRates = cmp.lines.filter((l) => l.kind === "keeper").slice(1).map(rate);
+      const bareRates = cmp.lines.filter((l) => l.kind === "bare").slice(1).map(rate);
+      const common = { model_mb: mb, params: n, reps: keeperRates.length, link: path.link };
+      const x = path.suffix;
+      yield {
+        name: `join_transfer_mb_per_s${x}`,
+        value: median(keeperRates),
+        unit: "MB/s",
+        ...common,
+      };
+      yield { name: `bare_ws_mb_per_s${x}`, value: median(bareRates), unit: "MB/s", ...common };
+      // Each keeper fetch runs right after a bare transfer: the ratio of each pair shares the
+      // machine's load of the moment, which on a shared box moves more than the effect.
+      yield {
+        name: `join_vs_bare_ws${x}`,
+        value: round3(median(keeperRates.map((k, i) => k / bareRates[i]))),
+        unit: "ratio",
+        target: ">= 0.8",
+        statistic: "median of back-to-back pairs",
+        ...common,
+      };
+      yield {
+        name: `join_vs_bare_ws_best${x}`,
+        value: round3(Math.max(...keeperRates) / Math.max(...bareRates)),
+        unit: "ratio",
+        statistic: "best keeper fetch / best bare transfer",
+        ...common,
+      };
     };
 
-    // ---- (a), (c): the trainer's inner steps under each load, interleaved.
-    const loads = ["idle", "join_fetch", "keeper_write", "bare_ws"] as const;
-    const times: Record<string, number[]> = Object.fromEntries(loads.map((l) => [l, []]));
-    let round = 2;
-    for (let rep = 0; rep < reps; rep++) {
-      for (const load of loads) {
-        let stop = () => Promise.resolve();
-        if (load === "join_fetch" || load === "bare_ws") {
-          const j = joiner([
+    /** Starts a load beside the trainer; resolves to the function that stops it. */
+    const startLoad = async (load: string, path: NetPath): Promise<() => Promise<void>> => {
+      if (load === "join_fetch" || load === "bare_ws") {
+        const j = joiner(
+          [
             load === "join_fetch" ? "loop" : "bareloop",
-            listener.url,
-            bareUrl,
+            path.actorUrl,
+            path.bareUrl,
             "1",
             "600",
             String(chunk),
-          ], true);
-          children.push(j);
-          await j.waitFor("loop_started");
-          // Let the first transfer get going.
-          await new Promise((r) => setTimeout(r, 200));
-          stop = async () => {
-            try {
-              j.child.kill("SIGKILL");
-            } catch { /* exited */ }
-            await j.done;
-          };
-        } else if (load === "keeper_write") {
-          // θ of two rounds, made before the phase: in a run the aggregators compute θ whether
-          // or not keepers write it, so making it is no cost of checkpointing.
-          const thetas = [1, 2].map((k) => params.map((x) => x + k * 1e-6));
-          const momentum = new Float32Array(n);
-          let on = true;
-          const loop = (async () => {
-            while (on) {
-              written = Promise.withResolvers<void>();
-              const piece: KeeperPieceMsg = {
-                type: "keeper_piece",
-                run: BENCH_RUN,
-                round: round++,
-                start: 0,
-                total: n,
-                params: thetas[round % 2],
-                momentum,
-                config: big,
-              };
-              system.ref("host/keepers/0").tell(piece);
-              await written.promise;
-            }
-          })();
-          await new Promise((r) => setTimeout(r, 50));
-          stop = async () => {
-            on = false;
-            await loop;
-          };
-        }
-        times[load].push(await trainer.innerStepMs(rep + 1, steps));
-        await stop();
+          ],
+          true,
+          path.ns,
+        );
+        children.push(j);
+        await j.waitFor("loop_started");
+        // Let the first transfer get going.
+        await new Promise((r) => setTimeout(r, 200));
+        return async () => {
+          try {
+            j.child.kill("SIGKILL");
+          } catch { /* exited */ }
+          await j.done;
+        };
       }
-    }
-    for (const load of loads) {
-      yield {
-        name: `inner_step_ms_${load}`,
-        value: round3(median(times[load])),
-        unit: "ms",
-        config: "small",
-        steps,
-        reps,
-      };
-    }
-    for (const load of loads.slice(1)) {
-      yield {
-        name: `inner_step_ratio_${load}`,
-        // Each rep measures idle then every load back to back: a ratio per rep, then the median.
-        value: round3(median(times[load].map((t, i) => t / times.idle[i]))),
-        unit: "ratio",
-        ...(load === "bare_ws" ? { note: "floor: a bare transfer of the same bytes" } : {
-          target: "<= 1.05",
-        }),
-        model_mb: mb,
-      };
-    }
+      if (load === "keeper_write") {
+        // θ of two rounds, made before the phase: in a run the aggregators compute θ whether
+        // or not keepers write it, so making it is no cost of checkpointing.
+        const thetas = [1, 2].map((k) => params.map((x) => x + k * 1e-6));
+        const momentum = new Float32Array(n);
+        let on = true;
+        const loop = (async () => {
+          while (on) {
+            written = Promise.withResolvers<void>();
+            const piece: KeeperPieceMsg = {
+              type: "keeper_piece",
+              run: BENCH_RUN,
+              round: round++,
+              start: 0,
+              total: n,
+              params: thetas[round % 2],
+              momentum,
+              config: big,
+            };
+            system.ref("host/keepers/0").tell(piece);
+            await written.promise;
+          }
+        })();
+        await new Promise((r) => setTimeout(r, 50));
+        return async () => {
+          on = false;
+          await loop;
+        };
+      }
+      return () => Promise.resolve();
+    };
+
+    /** (a), (c): the trainer's inner steps under each load, interleaved with idle. */
+    const innerSteps = async function* (
+      loads: readonly string[],
+      path: NetPath,
+    ): AsyncGenerator<BenchRecord> {
+      const times: Record<string, number[]> = Object.fromEntries(loads.map((l) => [l, []]));
+      for (let rep = 0; rep < reps; rep++) {
+        for (const load of loads) {
+          const stop = await startLoad(load, path);
+          times[load].push(await trainer.innerStepMs(rep + 1, steps));
+          await stop();
+        }
+      }
+      const x = path.suffix;
+      for (const load of loads) {
+        yield {
+          name: `inner_step_ms_${load}${x}`,
+          value: round3(median(times[load])),
+          unit: "ms",
+          config: "small",
+          steps,
+          reps,
+          link: path.link,
+        };
+      }
+      for (const load of loads.slice(1)) {
+        yield {
+          name: `inner_step_ratio_${load}${x}`,
+          // Each rep measures idle then every load back to back: a ratio per rep, then the median.
+          value: round3(median(times[load].map((t, i) => t / times.idle[i]))),
+          unit: "ratio",
+          ...(load === "bare_ws" ? { note: "floor: a bare transfer of the same bytes" } : {
+            target: "<= 1.05",
+          }),
+          model_mb: mb,
+          link: path.link,
+        };
+      }
+    };
+
+    const loopback: NetPath = {
+      actorUrl: listener.url,
+      bareUrl: `ws://127.0.0.1:${bare.addr.port}/`,
+      suffix: "",
+      link: "loopback",
+    };
+    yield* compare(loopback);
+    yield* innerSteps(["idle", "join_fetch", "keeper_write", "bare_ws"], loopback);
     yield {
       name: "keeper_write_ms",
       value: round3(writeMs / Math.max(1, writes)),
@@ -379,6 +503,41 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
       note: "encode + sha256 + write + fsync of one round",
       model_mb: mb,
     };
+
+    // ---- The same transfers over a rate-limited link: a joiner in its own network namespace
+    // behind a veth pair shaped with tc tbf, as a joiner on another machine would be.
+    const why = options.linkMbit === 0 ? "disabled (--link-mbit 0)" : netnsUnavailable();
+    if (why) {
+      yield {
+        name: "link_skipped",
+        value: 0,
+        unit: "flag",
+        note: `rate-limited link not measured: ${why}`,
+      };
+    } else {
+      const mbit = options.linkMbit ?? 1000;
+      const link = await openLink(mbit);
+      try {
+        const linkListener = await transport.listen({ port: 0, hostname: link.hostIp });
+        const linkBare = bareServer(modelBytes, 1 << 20, link.hostIp);
+        try {
+          const path: NetPath = {
+            actorUrl: linkListener.url,
+            bareUrl: `ws://${link.hostIp}:${linkBare.addr.port}/`,
+            ns: link.ns,
+            suffix: "_link",
+            link: `${mbit} Mbit/s veth, tc tbf`,
+          };
+          yield* compare(path);
+          yield* innerSteps(["idle", "join_fetch", "bare_ws"], path);
+        } finally {
+          await linkListener.shutdown();
+          await linkBare.shutdown();
+        }
+      } finally {
+        await link.close();
+      }
+    }
   } finally {
     for (const j of children) {
       try {
@@ -397,9 +556,15 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
 
 if (import.meta.main) {
   const writer = Deno.args.includes("--inline") ? "inline" : "worker";
-  const at = Deno.args.indexOf("--reps");
-  const reps = at >= 0 ? Number(Deno.args[at + 1]) : undefined;
-  for await (const r of bench({ quick: Deno.args.includes("--quick"), writer, reps })) {
+  const flag = (name: string) => {
+    const at = Deno.args.indexOf(name);
+    return at >= 0 ? Number(Deno.args[at + 1]) : undefined;
+  };
+  const reps = flag("--reps");
+  const linkMbit = flag("--link-mbit");
+  for await (
+    const r of bench({ quick: Deno.args.includes("--quick"), writer, reps, linkMbit })
+  ) {
     console.log(JSON.stringify(r));
   }
 }
