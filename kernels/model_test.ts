@@ -227,7 +227,7 @@ Deno.test("pipelined steps give the losses and bits of one-at-a-time steps; a fa
         return batches[i];
       }, (i) => {
         if (i === 2) throw new Error("diverged at 2");
-      }),
+      }, 2),
       /diverged at 2/,
     );
     equal(submitted, 4);
