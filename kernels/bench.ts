@@ -14,7 +14,8 @@ import { acquireGpu, type Dispatch, type Gpu } from "./device.ts";
 import { matmul, matmulVariants } from "./matmul.ts";
 
 /** One matmul problem to time. */
-interface Problem {
+/** A matmul problem of the kernels suite. */
+export interface Problem {
   m: number;
   n: number;
   k: number;
@@ -54,7 +55,7 @@ async function runBatch(gpu: Gpu, d: Dispatch, reps: number, probe: GPUBuffer): 
 }
 
 /** GFLOP/s of `variant` on `p`, timing batches until one lasts `minMs`. */
-async function timeMatmul(
+export async function timeMatmul(
   gpu: Gpu,
   variant: string,
   p: Problem,

@@ -110,3 +110,29 @@ async function* benchConfig(
   };
   model.dispose();
 }
+
+/**
+ * A model of the named config ready to time: `measure(steps)` runs that many
+ * pipelined steps on fixed random batches and returns their GFLOP/s. For
+ * ratios against other kernels timed right before or after it.
+ */
+export async function openStepTimer(gpu: Gpu, name: string): Promise<{
+  measure(steps: number): Promise<number>;
+  close(): void;
+}> {
+  const { model: config, train } = getConfig(name);
+  const model = await createModel(gpu, config, { seed: 1, batch: train.batch });
+  const bytes = new Uint8Array(1 << 16).map((_, i) => (i * 2654435761) >>> 24);
+  const sampler = batchSampler(bytes, { batch: train.batch, blockSize: config.blockSize, seed: 1 });
+  const batch = sampler.next();
+  const flops = trainStepFlops(config, model.paramCount, train.batch * config.blockSize);
+  await pipelinedSteps(model, 2, () => ({ ...batch, lr: 1e-3 })); // compile and warm
+  return {
+    async measure(steps: number): Promise<number> {
+      const t0 = performance.now();
+      await pipelinedSteps(model, steps, () => ({ ...batch, lr: 1e-3 }));
+      return (steps * flops) / ((performance.now() - t0) / 1000) / 1e9;
+    },
+    close: () => model.dispose(),
+  };
+}
