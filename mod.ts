@@ -11,8 +11,8 @@
  */
 export * from "./kernels/device.ts";
 export * from "./actors/mod.ts";
-export { createModel, GptModel, initParams } from "./kernels/model.ts";
-export type { ModelOptions, StepOptions, Tokens } from "./kernels/model.ts";
+export { createModel, GptModel, initParams, pipelinedSteps } from "./kernels/model.ts";
+export type { ModelOptions, StepInput, StepOptions, Tokens } from "./kernels/model.ts";
 export { CONFIGS, DEFAULT_CONFIG, getConfig, validateConfig } from "./kernels/config.ts";
 export type { GptConfig, NamedConfig } from "./kernels/config.ts";
 export { BatchSampler, batchSampler, DataError, loadCorpus } from "./kernels/data.ts";
