@@ -110,7 +110,7 @@ export interface TrainerOptions {
   monitor?: string;
   /** Engine settings for the Worker (the data shard is set per round). */
   engine: Omit<WorkerInit, "op" | "id" | "dataShard">;
-  /** Number of slices the training stream is cut into (trainers take one each). */
+  /** Number of data shards the training stream is cut into (trainers take one each). */
   dataShards: number;
   /** Inner steps H per round. */
   innerSteps: number;

@@ -35,7 +35,7 @@ export interface WorkerInit {
   totalSteps: number;
   /** Corpus path; the default corpus when absent. */
   dataPath?: string;
-  /** This trainer's slice of the training stream. */
+  /** This trainer's shard of the training stream. */
   dataShard: { index: number; count: number };
   /** Seed of the batch sampler. */
   dataSeed: number;
@@ -52,7 +52,7 @@ export interface WorkerRound {
   theta: Float32Array;
   /** Inner steps H. */
   steps: number;
-  /** This trainer's slice of the training stream (it may change when it rejoins). */
+  /** This trainer's shard of the training stream (it may change when it rejoins). */
   dataShard?: { index: number; count: number };
   /** Resume the sampler at this cursor (a resumed run); its shard wins over `dataShard`. */
   cursor?: DataCursor;

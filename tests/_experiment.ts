@@ -4,7 +4,7 @@
  * device and the run's own aggregation code.
  *
  * A DiLoCo configuration here follows the embedded run step for step: every
- * trainer starts from the same seed-initialised θ_0 and reads its own slice of
+ * trainer starts from the same seed-initialised θ_0 and reads its own shard of
  * the training stream (the run's 16 data shards), runs H AdamW steps with the
  * trainer Worker's learning-rate schedule (cosine over the whole run, a
  * warm-up of min(30, H) steps, AdamW moments kept across rounds), and sends
@@ -109,7 +109,7 @@ export interface ExperimentResult {
   exchange: "int8" | "fp32" | null;
   inner_reset: boolean | null;
   inner_schedule: "run" | "round" | null;
-  /** Slices of the training stream; trainer i reads slice i (null: the whole stream). */
+  /** Data shards of the training stream; trainer i reads shard i (null: the whole stream). */
   data_shards: number | null;
   steps_per_trainer: number;
   tokens: number;

@@ -47,7 +47,7 @@ Options:
   --inner-reset        zero each trainer's AdamW moments every round (in-process rows only)
   --inner-schedule S   run (one cosine over the run, default) or round (restart each round)
   --eval-windows N     validation windows for the final loss (default 1024)
-  --data-shards N      slices of the training stream; trainer i reads slice i (default 16,
+  --data-shards N      data shards (chunks of the stream dealt round-robin); trainer i reads shard i (default 16,
                        the run's); single trainers read the whole stream
   --json               one JSON object per configuration, then a summary line
   --help               this text
