@@ -123,7 +123,32 @@ const NEG = -1e30f;`;
     names.map(([n, k], i) =>
       `@group(0) @binding(${i}) var<storage, read_write> ${n}: array<${k === "q" ? QT : AT}>;`
     ).join("\n");
-  return { W, KC, QT, AT, NJ, comp, rowDot, consts, prologue, bind };
+  /** Rows of the block, qkv elements of a head row, keys of an att element. */
+  const rows = [...Array(s.r).keys()];
+  const js = [...Array(NJ).keys()];
+  const cs = [...Array(KC).keys()];
+  /** Lines loading the K (or V) head rows of keys t2..t2+KC-1 as `k{c}_{j}` (or `v{c}_{j}`). */
+  const loadKeys = (what: "k" | "v") =>
+    cs.flatMap((c) =>
+      js.map((j) => `  let ${what}${c}_${j} = qkv[${what}b + (t2 + ${c}u) * C3W + ${j}u];`)
+    );
+  /** Whether key t2 + c is on or below the diagonal of the block's row r. */
+  const mask = (r: number, c: number) => `t2 + ${c}u <= t0 + ${r}u`;
+  /** The att (or datt) element of the block's row r at keys t2.. */
+  const attAt = (r: number) => `ab + qr${r} * TW + t2 / ${KC}u`;
+  /** A store into `buf` at {@linkcode attAt}, skipped for rows past T and idle lanes. */
+  const storeRow = (buf: string, r: number, value: string) =>
+    `  if (live && t0 + ${r}u < T) { ${buf}[${attAt(r)}] = ${value}; }`;
+  /** The whole shader: bindings, constants, and `body` after the prologue. */
+  const shader = (names: [string, "q" | "a"][], body: string[]) =>
+    `${bind(names)}
+${consts}
+@compute @workgroup_size(${LANES})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+${prologue}
+  ${body.join("\n  ")}
+}`;
+  return { KC, QT, AT, comp, rowDot, rows, js, cs, loadKeys, mask, attAt, storeRow, shader };
 }
 
 function groups(s: Sizes): [number, number] {
@@ -133,29 +158,18 @@ function groups(s: Sizes): [number, number] {
 /** WGSL of the forward kernel for `s`. */
 function attentionForwardShader(s: Sizes): string {
   const g = gen(s);
-  const { R, KC, NJ } = { R: s.r, KC: g.KC, NJ: g.NJ };
+  const { KC, rows, js, cs, mask, storeRow } = g;
   const L: string[] = [];
-  const rows = [...Array(R).keys()];
-  const js = [...Array(NJ).keys()];
-  const cs = [...Array(KC).keys()];
   for (const r of rows) L.push(`let qr${r} = min(t0 + ${r}u, T - 1u);`);
   for (const r of rows) {
     for (const j of js) L.push(`let q${r}_${j} = qkv[qb + qr${r} * C3W + ${j}u] * SCALE;`);
   }
-  L.push(`let kEnd = min(t0 + ${R}u, T);`);
+  L.push(`let kEnd = min(t0 + ${s.r}u, T);`);
   for (const r of rows) L.push(`var m${r} = NEG;`, `var l${r} = 0.0;`);
-  const loadK = (what: "k" | "v") => {
-    for (const c of cs) {
-      for (const j of js) {
-        L.push(`  let ${what}${c}_${j} = qkv[${what}b + (t2 + ${c}u) * C3W + ${j}u];`);
-      }
-    }
-  };
   const score = (r: number, c: number) => g.rowDot((j) => `q${r}_${j}`, (j) => `k${c}_${j}`);
-  const mask = (r: number, c: number) => `t2 + ${c}u <= t0 + ${r}u`;
   // Pass 1: row maxima and softmax denominators.
   L.push(`for (var t2 = 0u; t2 < kEnd; t2 += ${KC}u) {`);
-  loadK("k");
+  L.push(...g.loadKeys("k"));
   for (const r of rows) {
     for (const c of cs) L.push(`  let s${r}_${c} = select(NEG, ${score(r, c)}, ${mask(r, c)});`);
     const mx = cs.map((c) => `s${r}_${c}`).reduce((a, b) => `max(${a}, ${b})`);
@@ -166,19 +180,16 @@ function attentionForwardShader(s: Sizes): string {
       };`,
     );
     L.push(`  m${r} = mn${r};`);
-    const sv = cs.map((c) => `s${r}_${c}`).join(", ");
-    L.push(
-      `  if (live && t0 + ${r}u < T) { att[ab + qr${r} * TW + t2 / ${KC}u] = ${g.AT}(${sv}); }`,
-    );
+    L.push(storeRow("att", r, `${g.AT}(${cs.map((c) => `s${r}_${c}`).join(", ")})`));
   }
   L.push(`}`);
   // Pass 2: probabilities and P·V.
   for (const r of rows) L.push(`let il${r} = 1.0 / l${r};`);
   for (const r of rows) for (const j of js) L.push(`var o${r}_${j} = ${g.QT}(0.0);`);
   L.push(`for (var t2 = 0u; t2 < kEnd; t2 += ${KC}u) {`);
-  loadK("v");
+  L.push(...g.loadKeys("v"));
   for (const r of rows) {
-    L.push(`  let S${r} = att[ab + qr${r} * TW + t2 / ${KC}u];`);
+    L.push(`  let S${r} = att[${g.attAt(r)}];`);
     for (const c of cs) {
       L.push(
         `  let p${r}_${c} = select(0.0, exp(${g.comp(`S${r}`, c)} - m${r}) * il${r}, ${
@@ -186,10 +197,7 @@ function attentionForwardShader(s: Sizes): string {
         });`,
       );
     }
-    const pv = cs.map((c) => `p${r}_${c}`).join(", ");
-    L.push(
-      `  if (live && t0 + ${r}u < T) { att[ab + qr${r} * TW + t2 / ${KC}u] = ${g.AT}(${pv}); }`,
-    );
+    L.push(storeRow("att", r, `${g.AT}(${cs.map((c) => `p${r}_${c}`).join(", ")})`));
     for (const j of js) {
       L.push(
         `  o${r}_${j} = ${cs.map((c) => `p${r}_${c} * v${c}_${j}`).join(" + ")} + o${r}_${j};`,
@@ -199,58 +207,45 @@ function attentionForwardShader(s: Sizes): string {
   L.push(`}`);
   // Keys after the block are above the diagonal of every row in it.
   L.push(`for (var t2 = kEnd; t2 < T; t2 += ${KC}u) {`);
-  for (const r of rows) {
-    L.push(`  if (live && t0 + ${r}u < T) { att[ab + qr${r} * TW + t2 / ${KC}u] = ${g.AT}(0.0); }`);
-  }
+  for (const r of rows) L.push(storeRow("att", r, `${g.AT}(0.0)`));
   L.push(`}`);
   for (const r of rows) {
     L.push(`if (live && t0 + ${r}u < T) {`);
     for (const j of js) L.push(`  o[ob + qr${r} * CW + ${j}u] = o${r}_${j};`);
     L.push(`}`);
   }
-  return `${g.bind([["qkv", "q"], ["o", "q"], ["att", "a"]])}
-${g.consts}
-@compute @workgroup_size(${LANES})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-${g.prologue}
-  ${L.join("\n  ")}
-}`;
+  return g.shader([["qkv", "q"], ["o", "q"], ["att", "a"]], L);
 }
+
+/** The bindings of both backward kernels, in the order attentionBackward binds them. */
+const BACKWARD_BINDINGS: [string, "q" | "a"][] = [
+  ["dqkv", "q"],
+  ["datt", "a"],
+  ["dout", "q"],
+  ["qkv", "q"],
+  ["att", "a"],
+];
 
 /** WGSL of the backward query-block kernel (score gradients and dq). */
 function attentionQueryShader(s: Sizes): string {
   const g = gen(s);
-  const { R, KC, NJ } = { R: s.r, KC: g.KC, NJ: g.NJ };
+  const { KC, rows, js, cs, mask, storeRow } = g;
   const L: string[] = [];
-  const rows = [...Array(R).keys()];
-  const js = [...Array(NJ).keys()];
-  const cs = [...Array(KC).keys()];
   for (const r of rows) L.push(`let qr${r} = min(t0 + ${r}u, T - 1u);`);
   for (const r of rows) {
     for (const j of js) L.push(`let d${r}_${j} = dout[ob + qr${r} * CW + ${j}u];`);
   }
-  L.push(`let kEnd = min(t0 + ${R}u, T);`);
+  L.push(`let kEnd = min(t0 + ${s.r}u, T);`);
   for (const r of rows) L.push(`var ds${r} = 0.0;`);
-  const loadK = (what: "k" | "v") => {
-    for (const c of cs) {
-      for (const j of js) {
-        L.push(`  let ${what}${c}_${j} = qkv[${what}b + (t2 + ${c}u) * C3W + ${j}u];`);
-      }
-    }
-  };
   const dp = (r: number, c: number) => g.rowDot((j) => `d${r}_${j}`, (j) => `v${c}_${j}`);
-  const mask = (r: number, c: number) => `t2 + ${c}u <= t0 + ${r}u`;
-  const loadP = (r: number) => L.push(`  let P${r} = att[ab + qr${r} * TW + t2 / ${KC}u];`);
+  const loadP = (r: number) => L.push(`  let P${r} = att[${g.attAt(r)}];`);
   // Pass 1: dsum = Σ P·dP per row.
   L.push(`for (var t2 = 0u; t2 < kEnd; t2 += ${KC}u) {`);
-  loadK("v");
+  L.push(...g.loadKeys("v"));
   for (const r of rows) {
     loadP(r);
     for (const c of cs) L.push(`  let e${r}_${c} = ${dp(r, c)};`);
-    const ev = cs.map((c) => `e${r}_${c}`).join(", ");
-    L.push(
-      `  if (live && t0 + ${r}u < T) { datt[ab + qr${r} * TW + t2 / ${KC}u] = ${g.AT}(${ev}); }`,
-    );
+    L.push(storeRow("datt", r, `${g.AT}(${cs.map((c) => `e${r}_${c}`).join(", ")})`));
     const terms = cs.map((c) => `select(0.0, ${g.comp(`P${r}`, c)} * e${r}_${c}, ${mask(r, c)})`);
     L.push(`  ds${r} = ds${r} + ${terms.join(" + ")};`);
   }
@@ -258,10 +253,10 @@ function attentionQueryShader(s: Sizes): string {
   // Pass 2: datt = P (dP - dsum), dq += datt · K.
   for (const r of rows) for (const j of js) L.push(`var dq${r}_${j} = ${g.QT}(0.0);`);
   L.push(`for (var t2 = 0u; t2 < kEnd; t2 += ${KC}u) {`);
-  loadK("k");
+  L.push(...g.loadKeys("k"));
   for (const r of rows) {
     loadP(r);
-    L.push(`  let D${r} = datt[ab + qr${r} * TW + t2 / ${KC}u];`);
+    L.push(`  let D${r} = datt[${g.attAt(r)}];`);
     for (const c of cs) {
       L.push(
         `  let g${r}_${c} = select(0.0, ${g.comp(`P${r}`, c)} * (${g.comp(`D${r}`, c)} - ds${r}), ${
@@ -269,10 +264,7 @@ function attentionQueryShader(s: Sizes): string {
         });`,
       );
     }
-    const gv = cs.map((c) => `g${r}_${c}`).join(", ");
-    L.push(
-      `  if (live && t0 + ${r}u < T) { datt[ab + qr${r} * TW + t2 / ${KC}u] = ${g.AT}(${gv}); }`,
-    );
+    L.push(storeRow("datt", r, `${g.AT}(${cs.map((c) => `g${r}_${c}`).join(", ")})`));
     for (const j of js) {
       L.push(
         `  dq${r}_${j} = ${cs.map((c) => `g${r}_${c} * k${c}_${j}`).join(" + ")} + dq${r}_${j};`,
@@ -288,22 +280,14 @@ function attentionQueryShader(s: Sizes): string {
     }
     L.push(`}`);
   }
-  return `${g.bind([["dqkv", "q"], ["datt", "a"], ["dout", "q"], ["qkv", "q"], ["att", "a"]])}
-${g.consts}
-@compute @workgroup_size(${LANES})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-${g.prologue}
-  ${L.join("\n  ")}
-}`;
+  return g.shader(BACKWARD_BINDINGS, L);
 }
 
 /** WGSL of the backward key-block kernel (dk and dv). */
 function attentionKeyShader(s: Sizes): string {
   const g = gen(s);
-  const { R, KC, NJ } = { R: s.r, KC: g.KC, NJ: g.NJ };
+  const { KC, rows, js } = g;
   const L: string[] = [];
-  const rows = [...Array(R).keys()];
-  const js = [...Array(NJ).keys()];
   for (const r of rows) L.push(`let kr${r} = min(t0 + ${r}u, T - 1u);`);
   for (const r of rows) {
     for (const j of js) {
@@ -316,7 +300,7 @@ function attentionKeyShader(s: Sizes): string {
     L.push(`  let q${j} = qkv[qb + t * C3W + ${j}u];`);
     L.push(`  let d${j} = dout[ob + t * CW + ${j}u];`);
   }
-  for (let e = 0; e < R / KC; e++) {
+  for (let e = 0; e < s.r / KC; e++) {
     // The block's keys as att elements; clamped into the row (the excess is masked).
     const col = KC === 1 ? `kr${e}` : `min(t0 / 4u + ${e}u, TW - 1u)`;
     L.push(`  let G${e} = datt[ab + t * TW + ${col}];`);
@@ -342,13 +326,7 @@ function attentionKeyShader(s: Sizes): string {
     }
     L.push(`}`);
   }
-  return `${g.bind([["dqkv", "q"], ["datt", "a"], ["dout", "q"], ["qkv", "q"], ["att", "a"]])}
-${g.consts}
-@compute @workgroup_size(${LANES})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-${g.prologue}
-  ${L.join("\n  ")}
-}`;
+  return g.shader(BACKWARD_BINDINGS, L);
 }
 
 /**
