@@ -40,6 +40,7 @@ import { CheckpointStore } from "./store.ts";
 import { keeperBehavior, type KeeperEvent } from "./keeper.ts";
 import type { KeeperPieceMsg } from "./transfer.ts";
 import { BENCH_RUN, BENCH_SECRET } from "./_bench_joiner.ts";
+import { netnsUnavailable, runTool } from "../tests/_netns.ts";
 
 const JOINER = new URL("./_bench_joiner.ts", import.meta.url).pathname;
 const WORKER = new URL("../actors/trainer_worker.ts", import.meta.url).href;
@@ -202,28 +203,6 @@ interface NetPath {
   link: string;
 }
 
-function run(args: string[]): { ok: boolean; out: string } {
-  try {
-    const r = new Deno.Command(args[0], { args: args.slice(1), stdout: "piped", stderr: "piped" })
-      .outputSync();
-    const dec = new TextDecoder();
-    return { ok: r.success, out: (dec.decode(r.stdout) + dec.decode(r.stderr)).trim() };
-  } catch (err) {
-    return { ok: false, out: String(err) };
-  }
-}
-
-/** Why a namespaced link cannot be set up here, or undefined when it can. */
-function netnsUnavailable(): string | undefined {
-  if (Deno.build.os !== "linux") return `not Linux (${Deno.build.os})`;
-  if (Deno.uid() !== 0) return `not root (uid ${Deno.uid()}): ip netns needs root`;
-  const ipn = run(["ip", "netns", "list"]);
-  if (!ipn.ok) return `"ip netns" is not available: ${ipn.out}`;
-  const tc = run(["tc", "-V"]);
-  if (!tc.ok) return `"tc" is not available: ${tc.out}`;
-  return undefined;
-}
-
 /**
  * A network namespace for the joiner, joined to this one by a veth pair
  * whose both ends are shaped to `mbit` with tc tbf.
@@ -239,12 +218,12 @@ async function openLink(mbit: number): Promise<{
   const net = 10 + (Deno.pid % 200);
   const hostIp = `10.79.${net}.1`;
   const must = (args: string[]) => {
-    const r = run(args);
+    const r = runTool(args);
     if (!r.ok) throw new Error(`Cannot set up the bench link: ${args.join(" ")}: ${r.out}`);
   };
   const close = () => {
-    run(["ip", "link", "del", hostDev]);
-    run(["ip", "netns", "del", ns]);
+    runTool(["ip", "link", "del", hostDev]);
+    runTool(["ip", "netns", "del", ns]);
     return Promise.resolve();
   };
   try {

@@ -11,31 +11,11 @@
  * why. Every namespace is deleted in `finally`.
  */
 import { equal, ok } from "@std/assert";
+import { netnsUnavailable } from "./_netns.ts";
 
 const MAIN = new URL("../actors/node_main.ts", import.meta.url).pathname;
 
-function tool(args: string[]): { ok: boolean; out: string } {
-  try {
-    const r = new Deno.Command(args[0], { args: args.slice(1), stdout: "piped", stderr: "piped" })
-      .outputSync();
-    const dec = new TextDecoder();
-    return { ok: r.success, out: dec.decode(r.stdout) + dec.decode(r.stderr) };
-  } catch (err) {
-    return { ok: false, out: String(err) };
-  }
-}
-
-function skipReason(): string | undefined {
-  if (Deno.build.os !== "linux") return `not Linux (${Deno.build.os})`;
-  if (Deno.uid() !== 0) return `not root (uid ${Deno.uid()}): ip netns needs root`;
-  const ipn = tool(["ip", "netns", "list"]);
-  if (!ipn.ok) return `"ip netns" is not available: ${ipn.out.trim()}`;
-  const tc = tool(["tc", "-V"]);
-  if (!tc.ok) return `"tc" is not available: ${tc.out.trim()}`;
-  return undefined;
-}
-
-const reason = skipReason();
+const reason = netnsUnavailable();
 if (reason) console.log(`netns_test: skipped: ${reason}`);
 
 async function sh(args: string[]): Promise<string> {
