@@ -49,17 +49,24 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
   }
 }
 
+/** A model of the named config with its default batch, a sampler over random bytes, and FLOPs per step. */
+async function benchModel(gpu: Gpu, name: string) {
+  const { model: config, train } = getConfig(name);
+  const model = await createModel(gpu, config, { seed: 1, batch: train.batch });
+  // Random bytes: speed does not depend on the text.
+  const bytes = new Uint8Array(1 << 16).map((_, i) => (i * 2654435761) >>> 24);
+  const sampler = batchSampler(bytes, { batch: train.batch, blockSize: config.blockSize, seed: 1 });
+  const tokens = train.batch * config.blockSize;
+  const flops = trainStepFlops(config, model.paramCount, tokens);
+  return { config, batch: train.batch, model, sampler, tokens, flops };
+}
+
 async function* benchConfig(
   gpu: Gpu,
   name: string,
   steps: number,
 ): AsyncGenerator<BenchRecord> {
-  const { model: config, train } = getConfig(name);
-  const batch = train.batch;
-  const model = await createModel(gpu, config, { seed: 1, batch });
-  // Random bytes: speed does not depend on the text.
-  const bytes = new Uint8Array(1 << 16).map((_, i) => (i * 2654435761) >>> 24);
-  const sampler = batchSampler(bytes, { batch, blockSize: config.blockSize, seed: 1 });
+  const { config, batch, model, sampler, tokens, flops } = await benchModel(gpu, name);
   const warmup = 3;
   for (let i = 0; i < warmup; i++) {
     const b = sampler.next();
@@ -75,8 +82,6 @@ async function* benchConfig(
   t0 = performance.now();
   await pipelinedSteps(model, steps, (i) => ({ ...batches[i], lr: 1e-3 }));
   const seconds = (performance.now() - t0) / 1000;
-  const tokens = batch * config.blockSize;
-  const flops = trainStepFlops(config, model.paramCount, tokens);
   const common = {
     config: name,
     shape: describeConfig(config),
@@ -120,12 +125,8 @@ export async function openStepTimer(gpu: Gpu, name: string): Promise<{
   measure(steps: number): Promise<number>;
   close(): void;
 }> {
-  const { model: config, train } = getConfig(name);
-  const model = await createModel(gpu, config, { seed: 1, batch: train.batch });
-  const bytes = new Uint8Array(1 << 16).map((_, i) => (i * 2654435761) >>> 24);
-  const sampler = batchSampler(bytes, { batch: train.batch, blockSize: config.blockSize, seed: 1 });
+  const { model, sampler, flops } = await benchModel(gpu, name);
   const batch = sampler.next();
-  const flops = trainStepFlops(config, model.paramCount, train.batch * config.blockSize);
   await pipelinedSteps(model, 2, () => ({ ...batch, lr: 1e-3 })); // compile and warm
   return {
     async measure(steps: number): Promise<number> {
