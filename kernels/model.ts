@@ -583,12 +583,15 @@ export class GptModel {
    * back once the queue reaches them.
    */
   async #readScalars(enc: GPUCommandEncoder): Promise<[number, number]> {
-    const staging = this.#stagingPool.pop() ?? this.#gpu.device.createBuffer({
-      label: "loss_staging",
-      size: 8,
-      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-    });
-    if (!this.#buffers.includes(staging)) this.#buffers.push(staging);
+    let staging = this.#stagingPool.pop();
+    if (!staging) {
+      staging = this.#gpu.device.createBuffer({
+        label: "loss_staging",
+        size: 8,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+      this.#buffers.push(staging);
+    }
     enc.copyBufferToBuffer(this.#scalars, 0, staging, 0, 4);
     enc.copyBufferToBuffer(this.#scalars, 256, staging, 4, 4);
     this.#gpu.device.queue.submit([enc.finish()]);
