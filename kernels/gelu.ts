@@ -10,9 +10,22 @@ import { GELU_SCALE } from "./reference.ts";
 
 // tanh saturates to +-1 in f32 beyond |10|; clamping keeps exp-based tanh
 // implementations away from inf/inf.
-const PRELUDE = `
+/**
+ * WGSL functions `gelu(x)` and `gelu_grad(x)` (d gelu / dx), shared by the
+ * element-wise kernels here and the matmul epilogues that fuse them.
+ */
+export const GELU_WGSL = `
 fn tanh_arg(x: f32) -> f32 {
   return clamp(${f32Lit(GELU_SCALE)} * (x + 0.044715 * x * x * x), -10.0, 10.0);
+}
+fn gelu(x: f32) -> f32 {
+  return 0.5 * x * (1.0 + tanh(tanh_arg(x)));
+}
+fn gelu_grad(x: f32) -> f32 {
+  let th = tanh(tanh_arg(x));
+  let sech2 = 1.0 - th * th;
+  return 0.5 * (1.0 + th) +
+    x * 0.5 * sech2 * ${f32Lit(GELU_SCALE)} * (1.0 + 3.0 * 0.044715 * x * x);
 }`;
 
 /**
@@ -33,9 +46,8 @@ export function geluForward(
     "geluForward",
     [["inp", bufs.inp], ["o", bufs.out]],
     shape.n,
-    `let x = inp[i];
-  o[i] = 0.5 * x * (1.0 + tanh(tanh_arg(x)));`,
-    PRELUDE,
+    `o[i] = gelu(inp[i]);`,
+    GELU_WGSL,
   );
 }
 
@@ -57,12 +69,7 @@ export function geluBackward(
     "geluBackward",
     [["dinp", bufs.dinp], ["inp", bufs.inp], ["dout", bufs.dout]],
     shape.n,
-    `let x = inp[i];
-  let th = tanh(tanh_arg(x));
-  let sech2 = 1.0 - th * th;
-  let g = 0.5 * (1.0 + th) +
-    x * 0.5 * sech2 * ${f32Lit(GELU_SCALE)} * (1.0 + 3.0 * 0.044715 * x * x);
-  dinp[i] = dinp[i] + g * dout[i];`,
-    PRELUDE,
+    `dinp[i] = dinp[i] + gelu_grad(inp[i]) * dout[i];`,
+    GELU_WGSL,
   );
 }

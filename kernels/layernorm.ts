@@ -7,12 +7,40 @@
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
-import { bindings, checkRef, checkShape, f32Lit, grid, scratch, slice } from "./_wgsl.ts";
+import { checkRef, checkShape, f32Lit, grid, scratch, slice } from "./_wgsl.ts";
 import { LN_EPS } from "./reference.ts";
 
 /** Rows per chunk in the first stage of the dweight/dbias reduction. */
 const CHUNK = 32;
 const WG = 64;
+
+/**
+ * How the kernels read a row: as vec4s when the width allows (c a multiple of
+ * 4), else as scalars. Each invocation walks whole rows, so neighbouring lanes
+ * read addresses a row apart: on CPU adapters every such load is a gather of
+ * single elements, and vec4 loads make a quarter as many.
+ */
+interface RowAccess {
+  /** WGSL type of a row element: "vec4<f32>" or "f32". */
+  t: string;
+  /** Elements of type `t` per row. */
+  n: number;
+  /** WGSL expression summing the components of a `t` value `x`. */
+  sum(x: string): string;
+}
+
+function rowAccess(c: number): RowAccess {
+  return c % 4 === 0
+    ? { t: "vec4<f32>", n: c / 4, sum: (x) => `dot(${x}, vec4<f32>(1.0))` }
+    : { t: "f32", n: c, sum: (x) => x };
+}
+
+/** Storage bindings 0..n-1, each `[name, type]`. */
+function typedBindings(entries: [string, string][]): string {
+  return entries
+    .map(([n, t], i) => `@group(0) @binding(${i}) var<storage, read_write> ${n}: array<${t}>;`)
+    .join("\n");
+}
 
 /**
  * Per row r of inp [rows, c]: out = (x - mean) * rstd * weight + bias, with
@@ -47,20 +75,31 @@ export function layernormForward(
     slice(checkRef(kernel, "rstd", bufs.rstd, rows), rows),
   ];
   const g = grid(rows, WG);
-  const code = `${bindings(["inp", "weight", "bias", "o", "mean", "rstd"])}
+  const a = rowAccess(c);
+  const code = `${
+    typedBindings([
+      ["inp", a.t],
+      ["weight", a.t],
+      ["bias", a.t],
+      ["o", a.t],
+      ["mean", "f32"],
+      ["rstd", "f32"],
+    ])
+  }
 const C = ${c}u;
+const CV = ${a.n}u;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let r = gid.x + gid.y * ${g.stride}u;
   if (r >= ${rows}u) { return; }
-  let base = r * C;
-  var s = 0.0;
-  for (var i = 0u; i < C; i++) { s += inp[base + i]; }
-  let m = s / f32(C);
-  var v = 0.0;
-  for (var i = 0u; i < C; i++) { let d = inp[base + i] - m; v += d * d; }
-  let rs = 1.0 / sqrt(v / f32(C) + ${f32Lit(LN_EPS)});
-  for (var i = 0u; i < C; i++) {
+  let base = r * CV;
+  var s = ${a.t}(0.0);
+  for (var i = 0u; i < CV; i++) { s += inp[base + i]; }
+  let m = ${a.sum("s")} / f32(C);
+  var v = ${a.t}(0.0);
+  for (var i = 0u; i < CV; i++) { let d = inp[base + i] - m; v += d * d; }
+  let rs = 1.0 / sqrt(${a.sum("v")} / f32(C) + ${f32Lit(LN_EPS)});
+  for (var i = 0u; i < CV; i++) {
     o[base + i] = (inp[base + i] - m) * rs * weight[i] + bias[i];
   }
   mean[r] = m;
@@ -111,45 +150,60 @@ export function layernormBackward(
   const partial = scratch(gpu, chunks * 2 * c, "layernormBackward partial sums");
 
   const gRows = grid(rows, WG);
-  const dinpCode = `${bindings(["dinp", "dout", "inp", "weight", "mean", "rstd"])}
+  const a = rowAccess(c);
+  const dinpCode = `${
+    typedBindings([
+      ["dinp", a.t],
+      ["dout", a.t],
+      ["inp", a.t],
+      ["weight", a.t],
+      ["mean", "f32"],
+      ["rstd", "f32"],
+    ])
+  }
 const C = ${c}u;
+const CV = ${a.n}u;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let r = gid.x + gid.y * ${gRows.stride}u;
   if (r >= ${rows}u) { return; }
-  let base = r * C;
+  let base = r * CV;
   let m = mean[r];
   let rs = rstd[r];
-  var dm = 0.0;
-  var dnm = 0.0;
-  for (var i = 0u; i < C; i++) {
+  var dms = ${a.t}(0.0);
+  var dnms = ${a.t}(0.0);
+  for (var i = 0u; i < CV; i++) {
     let n = (inp[base + i] - m) * rs;
     let dn = weight[i] * dout[base + i];
-    dm += dn;
-    dnm += dn * n;
+    dms += dn;
+    dnms += dn * n;
   }
-  dm = dm / f32(C);
-  dnm = dnm / f32(C);
-  for (var i = 0u; i < C; i++) {
+  let dm = ${a.sum("dms")} / f32(C);
+  let dnm = ${a.sum("dnms")} / f32(C);
+  for (var i = 0u; i < CV; i++) {
     let n = (inp[base + i] - m) * rs;
     let dn = weight[i] * dout[base + i];
     dinp[base + i] = dinp[base + i] + (dn - dm - n * dnm) * rs;
   }
 }`;
 
-  const gPart = grid(chunks * c, WG);
-  const partCode = `${bindings(["partial", "dout", "inp", "mean", "rstd"])}
-const C = ${c}u;
+  // Lanes take neighbouring channels here, so their loads are contiguous already; vec4s
+  // still quarter the count of invocations and loads.
+  const gPart = grid(chunks * a.n, WG);
+  const partCode = `${
+    typedBindings([["partial", a.t], ["dout", a.t], ["inp", a.t], ["mean", "f32"], ["rstd", "f32"]])
+  }
+const C = ${a.n}u;
 const ROWS = ${rows}u;
 const CHUNK = ${CHUNK}u;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let idx = gid.x + gid.y * ${gPart.stride}u;
-  if (idx >= ${chunks * c}u) { return; }
+  if (idx >= ${chunks * a.n}u) { return; }
   let ch = idx / C;
   let i = idx % C;
-  var sw = 0.0;
-  var sb = 0.0;
+  var sw = ${a.t}(0.0);
+  var sb = ${a.t}(0.0);
   for (var k = 0u; k < CHUNK; k++) {
     let r = ch * CHUNK + k;
     if (r >= ROWS) { break; }
@@ -161,15 +215,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   partial[ch * 2u * C + C + i] = sb;
 }`;
 
-  const gCol = grid(c, WG);
-  const sumCode = `${bindings(["dweight", "dbias", "partial"])}
-const C = ${c}u;
+  const gCol = grid(a.n, WG);
+  const sumCode = `${typedBindings([["dweight", a.t], ["dbias", a.t], ["partial", a.t]])}
+const C = ${a.n}u;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.x + gid.y * ${gCol.stride}u;
   if (i >= C) { return; }
-  var sw = 0.0;
-  var sb = 0.0;
+  var sw = ${a.t}(0.0);
+  var sb = ${a.t}(0.0);
   for (var ch = 0u; ch < ${chunks}u; ch++) {
     sw += partial[ch * 2u * C + i];
     sb += partial[ch * 2u * C + C + i];

@@ -33,10 +33,16 @@
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
+import { GELU_WGSL } from "./gelu.ts";
 
 export { biasBackwardReference, matmulReference } from "./matmul_reference.ts";
 
-/** The buffers of {@linkcode matmul}. */
+/**
+ * The buffers of {@linkcode matmul}. The optional ones fuse the work of a
+ * separate element-wise kernel into the matmul's loads or stores, saving that
+ * kernel's pass over memory (on CPU adapters, where such passes are bound by
+ * per-element overhead, a whole dispatch's time).
+ */
 export interface MatmulBuffers {
   /** A stored [m,k], or [k,m] with `transA`. */
   a: TensorRef;
@@ -46,7 +52,24 @@ export interface MatmulBuffers {
   c: TensorRef;
   /** Optional bias [n] added to every row of C. */
   bias?: TensorRef;
+  /** Optional R [m,n] added to C (a residual connection: C = A·B + bias + R). */
+  residual?: TensorRef;
+  /**
+   * [m,n], with `epilogue`: `"gelu"` writes the pre-activation A·B + bias
+   * here and gelu of it to C; `"geluBackward"` reads the pre-activation here
+   * and writes C = (A·B) · gelu'(pre).
+   */
+  pre?: TensorRef;
+  /**
+   * Optional [n]: colSum[j] += Σ_k op(B)[k,j], summed in k order. With B the
+   * gradient of a linear layer's output, that is its bias gradient, taken
+   * from the loads the weight gradient already makes.
+   */
+  colSum?: TensorRef;
 }
+
+/** What {@linkcode matmul} applies to each output before storing it (see `pre`). */
+export type MatmulEpilogue = "none" | "gelu" | "geluBackward";
 
 /** The shape and options of {@linkcode matmul}. */
 export interface MatmulShape {
@@ -64,6 +87,8 @@ export interface MatmulShape {
   accumulate?: boolean;
   /** A variant name from {@linkcode matmulVariants}; default by adapter class. */
   variant?: string;
+  /** Applied to each output after bias and residual; needs `pre` (default "none"). */
+  epilogue?: MatmulEpilogue;
 }
 
 /** The default variant for CPU adapters (llvmpipe, lavapipe), chosen by measurement. */
@@ -136,6 +161,19 @@ interface Layout {
   transB: boolean;
   accumulate: boolean;
   bias: boolean;
+  residual: boolean;
+  epilogue: MatmulEpilogue;
+  colSum: boolean;
+}
+
+/** The optional buffers of a layout, in binding order after A, B, C and the sizes. */
+function extras(l: Layout): string[] {
+  const names: string[] = [];
+  if (l.bias) names.push("bias");
+  if (l.residual) names.push("residual");
+  if (l.epilogue !== "none") names.push("pre");
+  if (l.colSum) names.push("colSum");
+  return names;
 }
 
 function checkDim(name: string, v: number): void {
@@ -168,19 +206,33 @@ function header(l: Layout, vecA = false, vecB = false): string {
     // seconds to compile the large register-blocked kernels.
     `struct Dims { m: u32, n: u32, k: u32, pad: u32 }`,
     `@group(0) @binding(3) var<uniform> dims: Dims;`,
-    l.bias ? `@group(0) @binding(4) var<storage, read> bias: array<f32>;` : "",
+    ...extras(l).map((name, i) => {
+      const access = name === "colSum" || (name === "pre" && l.epilogue === "gelu")
+        ? "read_write"
+        : "read";
+      return `@group(0) @binding(${4 + i}) var<storage, ${access}> ${name}: array<f32>;`;
+    }),
+    l.epilogue === "none" ? "" : GELU_WGSL,
   ].join("\n");
 }
 
 const DIMS = "let M = dims.m;\n  let N = dims.n;\n  let K = dims.k;";
 
-/** The WGSL expression that finishes one output: bias, accumulate, store. */
+/** The WGSL statement that finishes one output: bias, residual, epilogue, accumulate, store. */
 function store(l: Layout, row: string, col: string, acc: string): string {
+  const idx = `${row} * dims.n + ${col}`;
   let v = acc;
   if (l.bias) v = `${v} + bias[${col}]`;
-  const idx = `${row} * dims.n + ${col}`;
+  if (l.residual) v = `${v} + residual[${idx}]`;
+  let pre = "";
+  if (l.epilogue === "gelu") {
+    pre = `let zpre = ${v}; pre[${idx}] = zpre; `;
+    v = "gelu(zpre)";
+  } else if (l.epilogue === "geluBackward") {
+    v = `(${v}) * gelu_grad(pre[${idx}])`;
+  }
   if (l.accumulate) v = `Cm[${idx}] + (${v})`;
-  return `Cm[${idx}] = ${v};`;
+  return pre ? `{ ${pre}Cm[${idx}] = ${v}; }` : `Cm[${idx}] = ${v};`;
 }
 
 function naivePlan(l: Layout): Plan {
@@ -194,10 +246,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.y;
   if (i >= M || j >= N) { return; }
   var acc = 0.0;
+  var bsum = 0.0;
   for (var p = 0u; p < K; p++) {
-    acc = fma(A[${aIdx}], B[${bIdx}], acc);
+    let b = B[${bIdx}];
+    acc = fma(A[${aIdx}], b, acc);
+    ${l.colSum ? "bsum += b;" : ""}
   }
   ${store(l, "i", "j", "acc")}
+  ${l.colSum ? "if (i == 0u) { colSum[j] = colSum[j] + bsum; }" : ""}
 }
 `;
   return { code, workgroups: [Math.ceil(l.n / 8), Math.ceil(l.m / 8), 1] };
@@ -261,6 +317,9 @@ function regPlan(l: Layout, p: RegParams): Plan {
   for (let i = 0; i < R; i++) {
     for (let j = 0; j < C; j++) lines.push(`var c${i}_${j} = 0.0;`);
   }
+  // Column sums of B: every workgroup keeps them (branch-free, C adds per k against R·C
+  // FMAs); the first row of workgroups stores them.
+  if (l.colSum) { for (let j = 0; j < C; j++) lines.push(`var s${j} = 0.0;`); }
   const ak = (kk: string) => (sAk === "1u" ? kk : `(${kk}) * ${sAk}`);
   const bk = (kk: string) => (sBk === "1u" ? kk : `(${kk}) * ${sBk}`);
   /** One pass over `steps` consecutive k: loads first, then each accumulator's FMAs in k order. */
@@ -295,6 +354,11 @@ function regPlan(l: Layout, p: RegParams): Plan {
         }
       }
     }
+    if (l.colSum) {
+      for (let j = 0; j < C; j++) {
+        for (let s = 0; s < steps; s++) lines.push(`  s${j} += b${j}_${s};`);
+      }
+    }
   };
   lines.push(`var kk = 0u;`);
   if (p.unroll > 1) {
@@ -312,6 +376,17 @@ function regPlan(l: Layout, p: RegParams): Plan {
       lines.push(`  if (col0 + ${u(j * colStep)} < N) {`);
       lines.push(`    let col = col0 + ${u(j * colStep)};`);
       lines.push(`    ${store(l, "row", "col", `c${i}_${j}`)}`);
+      lines.push(`  }`);
+    }
+    lines.push(`}`);
+  }
+  if (l.colSum) {
+    lines.push(`if (wg.y == 0u) {`);
+    for (let j = 0; j < C; j++) {
+      lines.push(`  if (col0 + ${u(j * colStep)} < N) {`);
+      lines.push(
+        `    colSum[col0 + ${u(j * colStep)}] = colSum[col0 + ${u(j * colStep)}] + s${j};`,
+      );
       lines.push(`  }`);
     }
     lines.push(`}`);
@@ -348,6 +423,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   let rowBase = wg.y * ${u(BM)};
   let colBase = wg.x * ${u(BN)};
   var acc: array<vec4<f32>, 4>;
+  var bsum = 0.0;
   for (var t = 0u; t < (K + ${u(BK - 1)}) / ${u(BK)}; t++) {
     let k0 = t * ${u(BK)};
     // 1024 elements per tile, 256 invocations: 4 loads each, zero outside the matrix.
@@ -366,6 +442,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
       Bs[kk * ${u(BN / 4)} + mm / 4u][mm % 4u] = bv;
     }
     workgroupBarrier();
+    ${
+    l.colSum
+      ? `if (wg.y == 0u && tid < ${u(BN)}) {
+      for (var kk = 0u; kk < ${u(BK)}; kk++) {
+        bsum += Bs[kk * ${u(BN / 4)} + tid / 4u][tid % 4u];
+      }
+    }`
+      : ""
+  }
     for (var kk = 0u; kk < ${u(BK)}; kk++) {
       let a = As[kk * ${u(BM / 4)} + lid.y];
       let b = Bs[kk * ${u(BN / 4)} + lid.x];
@@ -384,6 +469,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         ${store(l, "row", "col", "acc[y][x]")}
       }
     }
+  }
+  ${
+    l.colSum
+      ? `if (wg.y == 0u && tid < ${u(BN)} && colBase + tid < N) {
+    colSum[colBase + tid] = colSum[colBase + tid] + bsum;
+  }`
+      : ""
   }
 }
 `;
@@ -432,14 +524,29 @@ function plan(variant: string, l: Layout): Plan {
  * console.log(code.includes("fn main")); // true
  * ```
  */
-export function matmulShader(variant: string, shape: MatmulShape & { bias?: boolean }): string {
-  return plan(variant, layoutOf(shape, shape.bias ?? false)).code;
+export function matmulShader(
+  variant: string,
+  shape: MatmulShape & { bias?: boolean; residual?: boolean; colSum?: boolean },
+): string {
+  return plan(variant, layoutOf(shape, shape)).code;
 }
 
-function layoutOf(shape: MatmulShape, bias: boolean): Layout {
+/** Which optional buffers a matmul has. */
+interface Extras {
+  bias?: unknown;
+  residual?: unknown;
+  colSum?: unknown;
+  pre?: unknown;
+}
+
+function layoutOf(shape: MatmulShape, has: Extras): Layout {
   checkDim("m", shape.m);
   checkDim("n", shape.n);
   checkDim("k", shape.k);
+  const epilogue = shape.epilogue ?? "none";
+  if (!["none", "gelu", "geluBackward"].includes(epilogue)) {
+    throw new TypeError(`Invalid matmul epilogue: ${epilogue} (known: none, gelu, geluBackward)`);
+  }
   return {
     m: shape.m,
     n: shape.n,
@@ -447,7 +554,10 @@ function layoutOf(shape: MatmulShape, bias: boolean): Layout {
     transA: shape.transA ?? false,
     transB: shape.transB ?? false,
     accumulate: shape.accumulate ?? false,
-    bias,
+    bias: Boolean(has.bias),
+    residual: Boolean(has.residual),
+    epilogue,
+    colSum: Boolean(has.colSum),
   };
 }
 
@@ -475,15 +585,34 @@ function layoutOf(shape: MatmulShape, bias: boolean): Layout {
  * ```
  */
 export function matmul(gpu: Gpu, bufs: MatmulBuffers, shape: MatmulShape): Dispatch {
-  const l = layoutOf(shape, bufs.bias !== undefined);
+  const l = layoutOf(shape, bufs);
   checkRef("a", bufs.a, l.m * l.k);
   checkRef("b", bufs.b, l.k * l.n);
   checkRef("c", bufs.c, l.m * l.n);
-  if (bufs.bias) checkRef("bias", bufs.bias, l.n);
+  if ((l.epilogue === "none") !== (bufs.pre === undefined)) {
+    throw new TypeError(
+      `Invalid matmul buffers: pre must be given exactly when an epilogue is (epilogue ${l.epilogue})`,
+    );
+  }
+  const sizes: Record<string, number> = {
+    bias: l.n,
+    residual: l.m * l.n,
+    pre: l.m * l.n,
+    colSum: l.n,
+  };
+  const extra = extras(l).map((name) => {
+    const ref = bufs[name as keyof MatmulBuffers] as TensorRef;
+    checkRef(name, ref, sizes[name]);
+    return { ...ref, length: sizes[name] };
+  });
   const variant = shape.variant ?? defaultVariant(gpu, l);
   const p = plan(variant, l);
   const tag = `${l.transA ? "T" : "N"}${l.transB ? "T" : "N"}`;
-  const label = `matmul_${variant}_${tag}_${l.m}x${l.n}x${l.k}`;
+  const fused = [...extras(l).filter((x) => x !== "bias" && x !== "pre"), l.epilogue]
+    .filter((x) => x !== "none");
+  const label = `matmul_${variant}_${tag}_${l.m}x${l.n}x${l.k}${
+    fused.map((x) => `+${x}`).join("")
+  }`;
   const pipeline = gpu.pipeline(p.code, "main", label);
   // Bind exactly the used elements so a larger buffer (a view of the flat parameter buffer)
   // cannot shift arrayLength-based bounds checks.
@@ -494,7 +623,7 @@ export function matmul(gpu: Gpu, bufs: MatmulBuffers, shape: MatmulShape): Dispa
     { ...bufs.c, length: l.m * l.n },
     { buffer: dims, length: 4 },
   ];
-  if (bufs.bias) refs.push({ ...bufs.bias, length: l.n });
+  refs.push(...extra);
   return gpu.dispatch(label, pipeline, refs, p.workgroups);
 }
 

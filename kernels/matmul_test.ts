@@ -4,9 +4,11 @@ import {
   biasBackward,
   biasBackwardReference,
   matmul,
+  type MatmulEpilogue,
   matmulReference,
   matmulVariants,
 } from "./matmul.ts";
+import { geluBackwardRef, geluForwardRef } from "./reference.ts";
 
 // GPU results must match the f64 reference within 1e-4 relative to the magnitude of the
 // sum (sum of |a*b| plus |bias| and |c|), i.e. f32 rounding noise, not a wrong element.
@@ -134,6 +136,127 @@ Deno.test("matmul default variant runs the model's forward and backward shapes",
   }
 });
 
+/** The fused forms, computed from the plain reference and the element-wise references. */
+function fusedReference(
+  x: { a: Float32Array; b: Float32Array; c: Float32Array; bias: Float32Array; res: Float32Array },
+  x2: { pre: Float32Array; colSum: Float32Array },
+  cs: Case & { epilogue: MatmulEpilogue },
+): { c: Float32Array; pre: Float32Array; colSum: Float32Array } {
+  const { m, n, k } = cs;
+  const plain = matmulReference({ a: x.a, b: x.b, c: new Float32Array(m * n), bias: x.bias }, {
+    ...cs,
+    accumulate: false,
+  });
+  const v = plain.map((y, i) => y + x.res[i]);
+  let out = v;
+  const pre = x2.pre.slice();
+  if (cs.epilogue === "gelu") {
+    pre.set(v);
+    out = new Float32Array(m * n);
+    geluForwardRef({ inp: v, out }, { n: m * n });
+  } else if (cs.epilogue === "geluBackward") {
+    out = new Float32Array(m * n);
+    geluBackwardRef({ dinp: out, inp: x2.pre, dout: v }, { n: m * n });
+  }
+  const c = cs.accumulate ? out.map((y, i) => y + x.c[i]) : out;
+  // op(B)[kk, j] summed over kk.
+  const colSum = x2.colSum.slice();
+  for (let j = 0; j < n; j++) {
+    for (let kk = 0; kk < k; kk++) colSum[j] += cs.transB ? x.b[j * k + kk] : x.b[kk * n + j];
+  }
+  return { c, pre, colSum };
+}
+
+/** Runs one fused case; returns a failure line or null. */
+async function runFusedCase(
+  gpu: Gpu,
+  variant: string,
+  cs: Case & { epilogue: MatmulEpilogue },
+  seed: number,
+): Promise<string | null> {
+  const { m, n, k, epilogue } = cs;
+  const x = {
+    a: random(m * k, seed),
+    b: random(k * n, seed + 1),
+    c: random(m * n, seed + 2),
+    bias: random(n, seed + 3),
+    res: random(m * n, seed + 4),
+  };
+  const x2 = { pre: random(m * n, seed + 5).map((v) => 3 * v), colSum: random(n, seed + 6) };
+  const bufs = [x.a, x.b, x.c, x.bias, x.res, x2.pre, x2.colSum].map((d) => gpu.storage(d));
+  try {
+    const ref = (i: number, length: number) => ({ buffer: bufs[i], length });
+    gpu.run([matmul(gpu, {
+      a: ref(0, m * k),
+      b: ref(1, k * n),
+      c: ref(2, m * n),
+      bias: ref(3, n),
+      residual: ref(4, m * n),
+      pre: epilogue === "none" ? undefined : ref(5, m * n),
+      colSum: ref(6, n),
+    }, { ...cs, variant })]);
+    const got = {
+      c: await gpu.read(bufs[2], m * n),
+      pre: await gpu.read(bufs[5], m * n),
+      colSum: await gpu.read(bufs[6], n),
+    };
+    const want = fusedReference(x, x2, cs);
+    for (const key of ["c", "pre", "colSum"] as const) {
+      // Inputs are in [-1, 1): sums of k products, so k-scaled f32 noise.
+      const tol = 1e-5 * (k + 4);
+      const i = got[key].findIndex((g, i) =>
+        !(Math.abs(g - want[key][i]) <= tol * (1 + Math.abs(want[key][i])))
+      );
+      if (i >= 0) {
+        return `${variant} ${JSON.stringify(cs)} ${key}[${i}]: got ${got[key][i]}, want ${
+          want[key][i]
+        }`;
+      }
+    }
+    return null;
+  } finally {
+    for (const b of bufs) b.destroy();
+  }
+}
+
+Deno.test("matmul fuses residual, GELU forward and backward epilogues and column sums", async () => {
+  const gpu = await acquireGpu();
+  try {
+    const failures: string[] = [];
+    let seed = 300;
+    // Every layout and epilogue on variants that compile fast, with odd block shapes and
+    // odd sizes for the edge guards.
+    for (const variant of ["naive", "tiled", "lane5x3w4", "reg3x5k2"]) {
+      for (const shape of [{ m: 7, n: 13, k: 5 }, { m: 70, n: 66, k: 33 }]) {
+        for (const [transA, transB] of [[false, false], [true, false], [false, true]]) {
+          for (const epilogue of ["none", "gelu", "geluBackward"] as const) {
+            const accumulate = seed % 2 === 0;
+            const cs = { ...shape, transA, transB, accumulate, bias: true, epilogue };
+            const f = await runFusedCase(gpu, variant, cs, seed++);
+            if (f) failures.push(f);
+          }
+        }
+      }
+    }
+    // The CPU defaults (slow to compile) on the combinations the model uses.
+    for (const variant of ["reg32x16", "reg32x8"]) {
+      const cases = [
+        { m: 70, n: 136, k: 33, transA: false, transB: false, epilogue: "gelu" },
+        { m: 70, n: 66, k: 33, transA: false, transB: true, epilogue: "geluBackward" },
+        { m: 40, n: 66, k: 70, transA: true, transB: false, epilogue: "none" },
+      ] as const;
+      for (const c of cases) {
+        const cs = { ...c, accumulate: c.transA, bias: true };
+        const f = await runFusedCase(gpu, variant, cs, seed++);
+        if (f) failures.push(f);
+      }
+    }
+    deepEqual(failures.slice(0, 5), []);
+  } finally {
+    gpu.destroy();
+  }
+});
+
 Deno.test("matmul gives the same bits on repeated runs", async () => {
   const gpu = await acquireGpu();
   try {
@@ -195,6 +318,23 @@ Deno.test("matmul rejects bad shapes, short buffers and unknown variants", async
     throws(
       () => matmul(gpu, { a: ref, b: ref, c: ref }, { m: 2, n: 2, k: 2, variant: "fast" }),
       /Unknown matmul variant: fast/,
+    );
+    throws(
+      () => matmul(gpu, { a: ref, b: ref, c: ref }, { m: 2, n: 2, k: 2, epilogue: "gelu" }),
+      /pre must be given exactly when an epilogue is/,
+    );
+    throws(
+      () => matmul(gpu, { a: ref, b: ref, c: ref, pre: ref }, { m: 2, n: 2, k: 2 }),
+      /pre must be given exactly when an epilogue is \(epilogue none\)/,
+    );
+    throws(
+      () =>
+        matmul(gpu, { a: ref, b: ref, c: ref, residual: { buffer: buf, length: 3 } }, {
+          m: 2,
+          n: 2,
+          k: 2,
+        }),
+      /residual holds 3 < 4/,
     );
     throws(
       () => biasBackward(gpu, { dout: ref, dbias: ref }, { rows: 4, cols: 8 }),

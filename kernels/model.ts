@@ -14,11 +14,9 @@
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
 import { type GptConfig, validateConfig } from "./config.ts";
 import { buildLayout, type ParamLayout, type ParamView, viewOf } from "./layout.ts";
-import { biasBackward, matmul } from "./matmul.ts";
+import { matmul, type MatmulBuffers, type MatmulShape } from "./matmul.ts";
 import { embeddingBackward, embeddingForward } from "./embedding.ts";
 import { layernormBackward, layernormForward } from "./layernorm.ts";
-import { geluBackward, geluForward } from "./gelu.ts";
-import { residualForward } from "./residual.ts";
 import { attentionBackward, attentionForward } from "./attention.ts";
 import { crossEntropyForwardBackward, meanLoss } from "./crossentropy.ts";
 import { adamw, gradNorm } from "./adamw.ts";
@@ -130,14 +128,12 @@ interface LayerActs {
   qkv: GPUBuffer;
   atty: GPUBuffer;
   att: GPUBuffer;
-  attproj: GPUBuffer;
   residual2: GPUBuffer;
   ln2: GPUBuffer;
   ln2Mean: GPUBuffer;
   ln2Rstd: GPUBuffer;
   fch: GPUBuffer;
   fchGelu: GPUBuffer;
-  fcproj: GPUBuffer;
   residual3: GPUBuffer;
 }
 
@@ -270,15 +266,8 @@ export class GptModel {
     });
     this.#buffers.push(this.#evalStaging);
     const mm = (
-      bufs: { a: TensorRef; b: TensorRef; c: TensorRef; bias?: TensorRef },
-      shape: {
-        m: number;
-        n: number;
-        k: number;
-        transA?: boolean;
-        transB?: boolean;
-        accumulate?: boolean;
-      },
+      bufs: MatmulBuffers,
+      shape: Omit<MatmulShape, "variant">,
     ) => matmul(gpu, bufs, { ...shape, variant });
 
     // ---- forward
@@ -301,14 +290,12 @@ export class GptModel {
         qkv: this.#buf(N * 3 * C, `qkv_${l}`),
         atty: this.#buf(N * C, `atty_${l}`),
         att: this.#buf(B * NH * T * T, `att_${l}`),
-        attproj: this.#buf(N * C, `attproj_${l}`),
         residual2: this.#buf(N * C, `residual2_${l}`),
         ln2: this.#buf(N * C, `ln2_${l}`),
         ln2Mean: this.#buf(N, `ln2_mean_${l}`),
         ln2Rstd: this.#buf(N, `ln2_rstd_${l}`),
         fch: this.#buf(N * 4 * C, `fch_${l}`),
         fchGelu: this.#buf(N * 4 * C, `fch_gelu_${l}`),
-        fcproj: this.#buf(N * C, `fcproj_${l}`),
         residual3: this.#buf(N * C, `residual3_${l}`),
       };
       acts.push(a);
@@ -329,15 +316,14 @@ export class GptModel {
         out: ref(a.atty, N * C),
         att: ref(a.att, B * NH * T * T),
       }, { b: B, t: T, c: C, nh: NH }));
-      fwd.push(mm(
-        { a: ref(a.atty, N * C), b: P(w.attprojw), c: ref(a.attproj, N * C), bias: P(w.attprojb) },
-        { m: N, n: C, k: C },
-      ));
-      fwd.push(residualForward(gpu, {
-        a: ref(residual, N * C),
-        b: ref(a.attproj, N * C),
-        out: ref(a.residual2, N * C),
-      }, { n: N * C }));
+      // residual2 = residual + atty·W + b, the residual added in the matmul's stores.
+      fwd.push(mm({
+        a: ref(a.atty, N * C),
+        b: P(w.attprojw),
+        c: ref(a.residual2, N * C),
+        bias: P(w.attprojb),
+        residual: ref(residual, N * C),
+      }, { m: N, n: C, k: C }));
       fwd.push(layernormForward(gpu, {
         inp: ref(a.residual2, N * C),
         weight: P(w.ln2w),
@@ -346,27 +332,21 @@ export class GptModel {
         mean: ref(a.ln2Mean, N),
         rstd: ref(a.ln2Rstd, N),
       }, { rows: N, c: C }));
-      fwd.push(mm(
-        { a: ref(a.ln2, N * C), b: P(w.fcw), c: ref(a.fch, N * 4 * C), bias: P(w.fcb) },
-        { m: N, n: 4 * C, k: C },
-      ));
-      fwd.push(geluForward(gpu, { inp: ref(a.fch, N * 4 * C), out: ref(a.fchGelu, N * 4 * C) }, {
-        n: N * 4 * C,
-      }));
-      fwd.push(mm(
-        {
-          a: ref(a.fchGelu, N * 4 * C),
-          b: P(w.fcprojw),
-          c: ref(a.fcproj, N * C),
-          bias: P(w.fcprojb),
-        },
-        { m: N, n: C, k: 4 * C },
-      ));
-      fwd.push(residualForward(gpu, {
-        a: ref(a.residual2, N * C),
-        b: ref(a.fcproj, N * C),
-        out: ref(a.residual3, N * C),
-      }, { n: N * C }));
+      // fch = ln2·W + b is kept for the backward pass; gelu(fch) is applied in the same stores.
+      fwd.push(mm({
+        a: ref(a.ln2, N * C),
+        b: P(w.fcw),
+        c: ref(a.fchGelu, N * 4 * C),
+        bias: P(w.fcb),
+        pre: ref(a.fch, N * 4 * C),
+      }, { m: N, n: 4 * C, k: C, epilogue: "gelu" }));
+      fwd.push(mm({
+        a: ref(a.fchGelu, N * 4 * C),
+        b: P(w.fcprojw),
+        c: ref(a.residual3, N * C),
+        bias: P(w.fcprojb),
+        residual: ref(a.residual2, N * C),
+      }, { m: N, n: C, k: 4 * C }));
       residual = a.residual3;
     }
     const lnf = this.#buf(N * C, "lnf");
@@ -402,7 +382,6 @@ export class GptModel {
     const dln = ref(this.#buf(N * C, "dln"), N * C);
     const datty = ref(this.#buf(N * C, "datty"), N * C);
     const dqkv = ref(this.#buf(N * 3 * C, "dqkv"), N * 3 * C);
-    const dfchGelu = ref(this.#buf(N * 4 * C, "dfch_gelu"), N * 4 * C);
     const dfch = ref(this.#buf(N * 4 * C, "dfch"), N * 4 * C);
     const datt = ref(this.#buf(B * NH * T * T, "datt"), B * NH * T * T);
     const dl = ref(dlogits, N * V);
@@ -425,7 +404,8 @@ export class GptModel {
       mean: ref(lnfMean, N),
       rstd: ref(lnfRstd, N),
     }, { rows: N, c: C }));
-    // Linear backward: dx = dy·Wᵀ (written), dW += xᵀ·dy, db += colsum(dy).
+    // Linear backward: dx = dy·Wᵀ (written; times gelu'(geluPre) when the layer's input was
+    // gelu(geluPre)), dW += xᵀ·dy, and db += colsum(dy) from the same matmul's loads of dy.
     const linearBackward = (
       x: TensorRef,
       dy: TensorRef,
@@ -434,23 +414,39 @@ export class GptModel {
       bv: ParamView,
       ic: number,
       oc: number,
+      geluPre?: TensorRef,
     ) => {
-      bwd.push(mm({ a: dy, b: P(wv), c: dx }, { m: N, n: ic, k: oc, transB: true }));
-      bwd.push(
-        mm({ a: x, b: dy, c: G(wv) }, { m: ic, n: oc, k: N, transA: true, accumulate: true }),
-      );
-      bwd.push(biasBackward(gpu, { dout: dy, dbias: G(bv) }, { rows: N, cols: oc }));
+      bwd.push(mm({ a: dy, b: P(wv), c: dx, pre: geluPre }, {
+        m: N,
+        n: ic,
+        k: oc,
+        transB: true,
+        epilogue: geluPre ? "geluBackward" : "none",
+      }));
+      bwd.push(mm({ a: x, b: dy, c: G(wv), colSum: G(bv) }, {
+        m: ic,
+        n: oc,
+        k: N,
+        transA: true,
+        accumulate: true,
+      }));
     };
     for (let l = L - 1; l >= 0; l--) {
       const w = this.layout.blocks[l];
       const a = acts[l];
       const inp = l === 0 ? encoded : acts[l - 1].residual3;
-      // residual3 = residual2 + fcproj: dres is the gradient of both.
-      linearBackward(ref(a.fchGelu, N * 4 * C), dres, dfchGelu, w.fcprojw, w.fcprojb, 4 * C, C);
-      bwd.push(zeroFill(gpu, { buf: dfch }, { n: N * 4 * C }));
-      bwd.push(geluBackward(gpu, { dinp: dfch, inp: ref(a.fch, N * 4 * C), dout: dfchGelu }, {
-        n: N * 4 * C,
-      }));
+      // residual3 = residual2 + fcproj: dres is the gradient of both. fcproj's input was
+      // gelu(fch), so its dx comes out as dfch.
+      linearBackward(
+        ref(a.fchGelu, N * 4 * C),
+        dres,
+        dfch,
+        w.fcprojw,
+        w.fcprojb,
+        4 * C,
+        C,
+        ref(a.fch, N * 4 * C),
+      );
       linearBackward(ref(a.ln2, N * C), dfch, dln, w.fcw, w.fcb, C, 4 * C);
       bwd.push(...layernormBackward(gpu, {
         dinp: dres,
