@@ -21,14 +21,16 @@
  *
  * Suffixes on `reg`/`lane`, in this order: `w{W}` sets the workgroup width
  * (default 8, llvmpipe's SIMD width); `k{U}` unrolls the k loop U times; `v`
- * loads 4 consecutive elements at once where layout and sizes allow (B's
- * columns when B is not transposed, A's rows when A is). On llvmpipe neither
- * `k{U}` nor `v` measured faster, so the defaults do without them.
+ * loads 4 consecutive elements at once where layout and sizes allow: along k,
+ * 4 steps at once, for A not transposed and B transposed (k a multiple of 4);
+ * along the block, for B's columns when B is not transposed and A's rows when
+ * A is. On llvmpipe a load costs about the same at any width, so `v` took
+ * 0.55-0.8x the time at most of the model's shapes; `k{U}` measured no faster.
  *
- * The CPU default `reg32x16` measured fastest in all three layouts on
- * llvmpipe (~10-13 GFLOP per CPU-second; 32x32 spills 32 KiB of accumulators
- * per SIMD group and compiles for >10 s); for C at most 64 columns wide,
- * `reg32x8` ({@linkcode defaultVariant}).
+ * The CPU default `reg32x16v` measured fastest in all three layouts on
+ * llvmpipe for large matrices (32x32 spills 32 KiB of accumulators per SIMD
+ * group and compiles for >10 s); outputs at most 64 wide get `reg32x8v`
+ * ({@linkcode defaultVariant}).
  *
  * @module
  */
@@ -92,34 +94,37 @@ export interface MatmulShape {
 }
 
 /** The default variant for CPU adapters (llvmpipe, lavapipe), chosen by measurement. */
-export const CPU_DEFAULT_VARIANT = "reg32x16";
-/**
- * The CPU default for outputs at most 64 columns wide: a `reg32x16`
- * workgroup covers 8 × 16 = 128 columns, so at n = 64 half its lanes would
- * load and multiply clamped duplicates. `reg32x8` covers 64; measured on
- * llvmpipe at the small model's shapes (m or k = 1024 tokens, n = 64), it
- * took 0.5-0.65x the time of `reg32x16` in all three layouts.
- */
-export const CPU_NARROW_VARIANT = "reg32x8";
+export const CPU_DEFAULT_VARIANT = "reg32x16v";
+/** The CPU variant for outputs at most 64 columns wide (see {@linkcode defaultVariant}). */
+export const CPU_NARROW_VARIANT = "reg32x8v";
 
 /**
- * The variant {@linkcode matmul} uses when none is given: by adapter class,
- * and on CPU adapters by the width of C (see {@linkcode CPU_NARROW_VARIANT}).
+ * The variant {@linkcode matmul} uses when none is given. On GPUs, `tiled`.
+ * On CPU adapters, `reg32x16v`, or `reg32x8v` for outputs at most 64 columns
+ * wide: a `reg32x16` workgroup covers 8 × 16 = 128 columns, so at n = 64 half
+ * its lanes would multiply clamped duplicates. Measured on llvmpipe at the
+ * small model's shapes (m or k = 1024 tokens, n = 64), `reg32x8v` took
+ * 0.6-0.8x the time of `reg32x16v` in all three layouts; at n = 192 the wider
+ * block was faster despite its idle quarter.
  *
  * @example
  * ```ts ignore
- * defaultVariant(gpu, { m: 1024, n: 64, k: 256 }); // "reg32x8" on llvmpipe
+ * defaultVariant(gpu, { n: 64 }); // "reg32x8v" on llvmpipe
+ * defaultVariant(gpu, { n: 256 }); // "reg32x16v"
  * ```
  */
 export function defaultVariant(gpu: { isCpu: boolean }, shape: { n: number }): string {
   if (!gpu.isCpu) return GPU_DEFAULT_VARIANT;
   return shape.n <= 64 ? CPU_NARROW_VARIANT : CPU_DEFAULT_VARIANT;
 }
+
 /** The default variant for GPU adapters. */
 export const GPU_DEFAULT_VARIANT = "tiled";
 
 const CPU_VARIANTS = [
   "naive",
+  "reg32x16v",
+  "reg32x8v",
   "reg4x4",
   "reg4x4v",
   "reg8x8",
@@ -294,20 +299,32 @@ function regPlan(l: Layout, p: RegParams): Plan {
     lines.push(`let col0 = wg.x * ${u(W * C)} + lid.x;`);
   }
   const colStep = mode === "block" ? 1 : W;
-  // vec4 loads along the block's own dimension: B's columns (not transposed), A's rows
-  // (transposed). Needs 4-aligned blocks and sizes; otherwise scalar loads.
+  // vec4 loads: along the block's own dimension, B's columns (not transposed) and A's rows
+  // (transposed), which needs 4-aligned blocks and sizes; or along k, 4 steps at once, for
+  // an operand whose k is its contiguous dimension (A not transposed, B transposed), which
+  // needs k a multiple of 4. Otherwise scalar loads. On llvmpipe a load costs about the
+  // same whatever its width, so a vec4 is 4 loads for the price of one.
   const vecB = p.vec && mode === "block" && !l.transB && C % 4 === 0 && l.n % 4 === 0;
   const vecA = p.vec && l.transA && R % 4 === 0 && l.m % 4 === 0;
+  const vecAk = p.vec && !l.transA && l.k % 4 === 0;
+  const vecBk = p.vec && l.transB && l.k % 4 === 0;
+  const kVec = vecAk || vecBk;
   if (vecA) {
     for (let i = 0; i < R / 4; i++) {
       lines.push(`let aq${i} = min(row0 / 4u + ${u(i)}, M / 4u - 1u);`);
     }
+  } else if (vecAk) {
+    for (let i = 0; i < R; i++) lines.push(`let ar${i} = min(row0 + ${u(i)}, M - 1u) * (K / 4u);`);
   } else {
     for (let i = 0; i < R; i++) lines.push(`let ar${i} = min(row0 + ${u(i)}, M - 1u) * ${sAi};`);
   }
   if (vecB) {
     for (let j = 0; j < C / 4; j++) {
       lines.push(`let bq${j} = min(col0 / 4u + ${u(j)}, N / 4u - 1u);`);
+    }
+  } else if (vecBk) {
+    for (let j = 0; j < C; j++) {
+      lines.push(`let bc${j} = min(col0 + ${u(j * colStep)}, N - 1u) * (K / 4u);`);
     }
   } else {
     for (let j = 0; j < C; j++) {
@@ -324,9 +341,24 @@ function regPlan(l: Layout, p: RegParams): Plan {
   const bk = (kk: string) => (sBk === "1u" ? kk : `(${kk}) * ${sBk}`);
   /** One pass over `steps` consecutive k: loads first, then each accumulator's FMAs in k order. */
   const body = (steps: number): void => {
+    // Loads along k (steps is then 4): one vec4 per row of A or column of B.
+    if (steps === 4 && vecAk) {
+      for (let i = 0; i < R; i++) {
+        lines.push(`  let ak${i} = A[ar${i} + kk / 4u];`);
+        for (let s = 0; s < 4; s++) lines.push(`  let a${i}_${s} = ak${i}.${"xyzw"[s]};`);
+      }
+    }
+    if (steps === 4 && vecBk) {
+      for (let j = 0; j < C; j++) {
+        lines.push(`  let bk${j} = B[bc${j} + kk / 4u];`);
+        for (let s = 0; s < 4; s++) lines.push(`  let b${j}_${s} = bk${j}.${"xyzw"[s]};`);
+      }
+    }
     for (let s = 0; s < steps; s++) {
       const kk = s === 0 ? "kk" : `kk + ${u(s)}`;
-      if (vecA) {
+      if (vecAk) {
+        // Loaded above.
+      } else if (vecA) {
         for (let i = 0; i < R / 4; i++) {
           lines.push(`  let av${i}_${s} = A[aq${i} + (${kk}) * (M / 4u)];`);
           for (let t = 0; t < 4; t++) {
@@ -343,7 +375,7 @@ function regPlan(l: Layout, p: RegParams): Plan {
             lines.push(`  let b${4 * j + t}_${s} = bv${j}_${s}.${"xyzw"[t]};`);
           }
         }
-      } else {
+      } else if (!vecBk) {
         for (let j = 0; j < C; j++) lines.push(`  let b${j}_${s} = B[bc${j} + ${bk(kk)}];`);
       }
     }
@@ -361,14 +393,21 @@ function regPlan(l: Layout, p: RegParams): Plan {
     }
   };
   lines.push(`var kk = 0u;`);
-  if (p.unroll > 1) {
-    lines.push(`for (; kk + ${u(p.unroll - 1)} < K; kk += ${u(p.unroll)}) {`);
-    body(p.unroll);
+  if (kVec) {
+    // k is a multiple of 4 here: no remainder loop.
+    lines.push(`for (; kk < K; kk += 4u) {`);
+    body(4);
+    lines.push(`}`);
+  } else {
+    if (p.unroll > 1) {
+      lines.push(`for (; kk + ${u(p.unroll - 1)} < K; kk += ${u(p.unroll)}) {`);
+      body(p.unroll);
+      lines.push(`}`);
+    }
+    lines.push(`for (; kk < K; kk++) {`);
+    body(1);
     lines.push(`}`);
   }
-  lines.push(`for (; kk < K; kk++) {`);
-  body(1);
-  lines.push(`}`);
   for (let i = 0; i < R; i++) {
     lines.push(`if (row0 + ${u(i)} < M) {`);
     lines.push(`  let row = row0 + ${u(i)};`);
@@ -391,7 +430,7 @@ function regPlan(l: Layout, p: RegParams): Plan {
     }
     lines.push(`}`);
   }
-  const code = `${header(l, vecA, vecB)}
+  const code = `${header(l, vecA || vecAk, vecB || vecBk)}
 @compute @workgroup_size(${W}, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   ${DIMS}

@@ -84,11 +84,15 @@ Deno.test("matmul matches the reference for every variant, layout, accumulate an
       { m: 7, n: 13, k: 5 },
       { m: 1, n: 1, k: 1 },
       { m: 33, n: 17, k: 40 },
+      // Every size a multiple of 4: the `v` variants load vec4s from both operands.
+      { m: 36, n: 20, k: 12 },
     ];
-    // The listed defaults plus odd block shapes that exercise the edge guards. The largest
-    // listed blocks compile slowly on llvmpipe, so only the defaults of each class run here.
+    // Small and odd block shapes cover every path of the generators (edge guards, vec4 loads
+    // along k and along the block, unrolling) on every combination.
     const variants = [
-      ...new Set([...matmulVariants(gpu).slice(0, 1), "naive", "reg4x4", "tiled"]),
+      "naive",
+      "reg4x4",
+      "tiled",
       "reg3x5",
       "lane5x3w4",
       "reg2x8w2",
@@ -111,8 +115,19 @@ Deno.test("matmul matches the reference for every variant, layout, accumulate an
         }
       }
     }
+    // The CPU default takes seconds to compile per combination on llvmpipe: each layout once,
+    // with and without vec4 loads.
+    const dflt = matmulVariants(gpu)[0];
+    for (const shape of [shapes[0], shapes[3]]) {
+      for (const [transA, transB] of [[false, false], [true, false], [false, true]]) {
+        const cs = { ...shape, transA, transB, accumulate: true, bias: true };
+        const f = await runCase(gpu, dflt, cs, 17 + count);
+        count++;
+        if (f) failures.push(f);
+      }
+    }
     deepEqual(failures.slice(0, 5), []);
-    ok(count === variants.length * shapes.length * 12);
+    ok(count === variants.length * shapes.length * 12 + 6);
   } finally {
     gpu.destroy();
   }
@@ -226,8 +241,8 @@ Deno.test("matmul fuses residual, GELU forward and backward epilogues and column
     let seed = 300;
     // Every layout and epilogue on variants that compile fast, with odd block shapes and
     // odd sizes for the edge guards.
-    for (const variant of ["naive", "tiled", "lane5x3w4", "reg3x5k2"]) {
-      for (const shape of [{ m: 7, n: 13, k: 5 }, { m: 70, n: 66, k: 33 }]) {
+    for (const variant of ["naive", "tiled", "lane5x3w4", "reg3x5k2", "reg4x4v"]) {
+      for (const shape of [{ m: 7, n: 13, k: 5 }, { m: 68, n: 66, k: 36 }]) {
         for (const [transA, transB] of [[false, false], [true, false], [false, true]]) {
           for (const epilogue of ["none", "gelu", "geluBackward"] as const) {
             const accumulate = seed % 2 === 0;
@@ -238,12 +253,13 @@ Deno.test("matmul fuses residual, GELU forward and backward epilogues and column
         }
       }
     }
-    // The CPU defaults (slow to compile) on the combinations the model uses.
-    for (const variant of ["reg32x16", "reg32x8"]) {
+    // A CPU default (the narrower one compiles faster) on the model's combinations; k = 36
+    // takes the vec4-along-k loads.
+    for (const variant of ["reg32x8v"]) {
       const cases = [
-        { m: 70, n: 136, k: 33, transA: false, transB: false, epilogue: "gelu" },
-        { m: 70, n: 66, k: 33, transA: false, transB: true, epilogue: "geluBackward" },
-        { m: 40, n: 66, k: 70, transA: true, transB: false, epilogue: "none" },
+        { m: 70, n: 136, k: 36, transA: false, transB: false, epilogue: "gelu" },
+        { m: 70, n: 66, k: 36, transA: false, transB: true, epilogue: "geluBackward" },
+        { m: 40, n: 68, k: 70, transA: true, transB: false, epilogue: "none" },
       ] as const;
       for (const c of cases) {
         const cs = { ...c, accumulate: c.transA, bias: true };
