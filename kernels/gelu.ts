@@ -11,8 +11,9 @@ import { GELU_SCALE } from "./reference.ts";
 // tanh saturates to +-1 in f32 beyond |10|; clamping keeps exp-based tanh
 // implementations away from inf/inf.
 /**
- * WGSL functions `gelu(x)` and `gelu_grad(x)` (d gelu / dx), shared by the
- * element-wise kernels here and the matmul epilogues that fuse them.
+ * WGSL functions `gelu(x)` and `gelu_grad(x)` (d gelu / dx), and their vec4
+ * forms `gelu4` and `gelu_grad4`, shared by the element-wise kernels here and
+ * the matmul epilogues that fuse them.
  */
 export const GELU_WGSL = `
 fn tanh_arg(x: f32) -> f32 {
@@ -23,6 +24,20 @@ fn gelu(x: f32) -> f32 {
 }
 fn gelu_grad(x: f32) -> f32 {
   let th = tanh(tanh_arg(x));
+  let sech2 = 1.0 - th * th;
+  return 0.5 * (1.0 + th) +
+    x * 0.5 * sech2 * ${f32Lit(GELU_SCALE)} * (1.0 + 3.0 * 0.044715 * x * x);
+}
+fn tanh_arg4(x: vec4<f32>) -> vec4<f32> {
+  return clamp(${
+  f32Lit(GELU_SCALE)
+} * (x + 0.044715 * x * x * x), vec4<f32>(-10.0), vec4<f32>(10.0));
+}
+fn gelu4(x: vec4<f32>) -> vec4<f32> {
+  return 0.5 * x * (1.0 + tanh(tanh_arg4(x)));
+}
+fn gelu_grad4(x: vec4<f32>) -> vec4<f32> {
+  let th = tanh(tanh_arg4(x));
   let sech2 = 1.0 - th * th;
   return 0.5 * (1.0 + th) +
     x * 0.5 * sech2 * ${f32Lit(GELU_SCALE)} * (1.0 + 3.0 * 0.044715 * x * x);

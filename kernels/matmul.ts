@@ -202,11 +202,16 @@ function u(v: number): string {
   return `${v >>> 0}u`;
 }
 
-function header(l: Layout, vecA = false, vecB = false): string {
+/**
+ * The bindings and helper functions. `vecA`/`vecB`: A or B bound as vec4s;
+ * `vecC`: C and the per-output extras (bias, residual, pre) bound as vec4s.
+ */
+function header(l: Layout, vecA = false, vecB = false, vecC = false): string {
+  const t = (vec: boolean) => (vec ? "vec4<f32>" : "f32");
   return [
-    `@group(0) @binding(0) var<storage, read> A: array<${vecA ? "vec4<f32>" : "f32"}>;`,
-    `@group(0) @binding(1) var<storage, read> B: array<${vecB ? "vec4<f32>" : "f32"}>;`,
-    `@group(0) @binding(2) var<storage, read_write> Cm: array<f32>;`,
+    `@group(0) @binding(0) var<storage, read> A: array<${t(vecA)}>;`,
+    `@group(0) @binding(1) var<storage, read> B: array<${t(vecB)}>;`,
+    `@group(0) @binding(2) var<storage, read_write> Cm: array<${t(vecC)}>;`,
     // Sizes live in a uniform so one compiled pipeline serves every shape: llvmpipe takes
     // seconds to compile the large register-blocked kernels.
     `struct Dims { m: u32, n: u32, k: u32, pad: u32 }`,
@@ -215,7 +220,8 @@ function header(l: Layout, vecA = false, vecB = false): string {
       const access = name === "colSum" || (name === "pre" && l.epilogue === "gelu")
         ? "read_write"
         : "read";
-      return `@group(0) @binding(${4 + i}) var<storage, ${access}> ${name}: array<f32>;`;
+      const type = t(vecC && name !== "colSum");
+      return `@group(0) @binding(${4 + i}) var<storage, ${access}> ${name}: array<${type}>;`;
     }),
     l.epilogue === "none" ? "" : GELU_WGSL,
   ].join("\n");
@@ -223,18 +229,23 @@ function header(l: Layout, vecA = false, vecB = false): string {
 
 const DIMS = "let M = dims.m;\n  let N = dims.n;\n  let K = dims.k;";
 
-/** The WGSL statement that finishes one output: bias, residual, epilogue, accumulate, store. */
-function store(l: Layout, row: string, col: string, acc: string): string {
-  const idx = `${row} * dims.n + ${col}`;
+/**
+ * The WGSL statement that finishes one output: bias, residual, epilogue,
+ * accumulate, store. With `vec`, four: `acc` is a vec4 of the outputs at
+ * columns col..col+3 (col a multiple of 4, n too) and C and the extras are
+ * bound as vec4s, so each load or store moves four.
+ */
+function store(l: Layout, row: string, col: string, acc: string, vec = false): string {
+  const idx = vec ? `(${row} * dims.n + ${col}) / 4u` : `${row} * dims.n + ${col}`;
   let v = acc;
-  if (l.bias) v = `${v} + bias[${col}]`;
+  if (l.bias) v = `${v} + bias[${vec ? `${col} / 4u` : col}]`;
   if (l.residual) v = `${v} + residual[${idx}]`;
   let pre = "";
   if (l.epilogue === "gelu") {
     pre = `let zpre = ${v}; pre[${idx}] = zpre; `;
-    v = "gelu(zpre)";
+    v = vec ? "gelu4(zpre)" : "gelu(zpre)";
   } else if (l.epilogue === "geluBackward") {
-    v = `(${v}) * gelu_grad(pre[${idx}])`;
+    v = `(${v}) * ${vec ? "gelu_grad4" : "gelu_grad"}(pre[${idx}])`;
   }
   if (l.accumulate) v = `Cm[${idx}] + (${v})`;
   return pre ? `{ ${pre}Cm[${idx}] = ${v}; }` : `Cm[${idx}] = ${v};`;
@@ -408,13 +419,19 @@ function regPlan(l: Layout, p: RegParams): Plan {
     body(1);
     lines.push(`}`);
   }
+  // Outputs leave as vec4s when an invocation's columns are contiguous and 4-aligned.
+  const vecC = mode === "block" && C % 4 === 0 && l.n % 4 === 0;
+  const cw = vecC ? 4 : 1;
   for (let i = 0; i < R; i++) {
     lines.push(`if (row0 + ${u(i)} < M) {`);
     lines.push(`  let row = row0 + ${u(i)};`);
-    for (let j = 0; j < C; j++) {
+    for (let j = 0; j < C; j += cw) {
+      const acc = vecC
+        ? `vec4<f32>(${[0, 1, 2, 3].map((t) => `c${i}_${j + t}`).join(", ")})`
+        : `c${i}_${j}`;
       lines.push(`  if (col0 + ${u(j * colStep)} < N) {`);
       lines.push(`    let col = col0 + ${u(j * colStep)};`);
-      lines.push(`    ${store(l, "row", "col", `c${i}_${j}`)}`);
+      lines.push(`    ${store(l, "row", "col", acc, vecC)}`);
       lines.push(`  }`);
     }
     lines.push(`}`);
@@ -430,7 +447,7 @@ function regPlan(l: Layout, p: RegParams): Plan {
     }
     lines.push(`}`);
   }
-  const code = `${header(l, vecA || vecAk, vecB || vecBk)}
+  const code = `${header(l, vecA || vecAk, vecB || vecBk, vecC)}
 @compute @workgroup_size(${W}, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   ${DIMS}
