@@ -457,6 +457,12 @@ export interface CheckpointOptions {
    * never wait: the slot holds the state meanwhile.
    */
   cursorWaitMs?: number;
+  /**
+   * Keepers also serve joiners from a low-priority thread listening on this
+   * host name (see `KeeperOptions.serve` in checkpoint/keeper.ts). Set by a
+   * networked host to the name its transport listens on.
+   */
+  serve?: { hostname: string };
 }
 
 /**
@@ -569,6 +575,11 @@ function keeperLine(e: KeeperEvent | CommitEvent): { text: string; warn: boolean
       return { text: `keeper ${e.keeper} skipped round ${e.round}: ${e.reason}`, warn: true };
     case "refused":
       return { text: `keeper ${e.keeper} refused a message: ${e.error}`, warn: true };
+    case "direct_failed":
+      return {
+        text: `keeper ${e.keeper} serves joiners over the actor protocol only: ${e.error}`,
+        warn: true,
+      };
     case "conflict":
       return {
         text: `keepers disagree on round ${e.round}: ${JSON.stringify(e.hashes)}`,
@@ -798,6 +809,7 @@ export async function startRunHost(
               retention: ckpt.retention,
               // Encode, hash and write on a low-priority thread: trainers keep the CPU.
               writer: "worker",
+              ...(ckpt.serve ? { serve: ckpt.serve } : {}),
               onEvent: onKeeperEvent,
             }),
         })),
@@ -1163,7 +1175,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     minTrainers: options.minTrainers ?? Math.max(1, options.trainers),
     heartbeatMs: options.heartbeatMs,
     evictAfterMs: options.evictAfterMs,
-    ...(options.checkpoint ? { checkpoint: options.checkpoint } : {}),
+    ...(options.checkpoint ? { checkpoint: { serve: { hostname }, ...options.checkpoint } } : {}),
     ...(options.resume ? { resume: options.resume } : {}),
     emit,
   }, system);

@@ -74,7 +74,7 @@ if (import.meta.main) {
       ...(Deno.env.get("BENCH_WINDOW") ? { window: Number(Deno.env.get("BENCH_WINDOW")) } : {}),
       timeoutMs: Number(Deno.env.get("BENCH_TIMEOUT_MS") ?? 60_000),
     });
-    return { bytes: got.bytes, ms: performance.now() - t0 };
+    return { bytes: got.bytes, direct: got.direct, ms: performance.now() - t0 };
   };
   if (mode === "compare") {
     for (let i = 0; i < Number(nText); i++) {

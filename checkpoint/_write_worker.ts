@@ -5,9 +5,10 @@
  * the trainers' inner steps keep the cores. File operations are synchronous
  * here so that they, too, run on this thread.
  *
- * Protocol: `{ id, dir, retention, state }` in (typed arrays transferred);
- * `{ id, ok: true, manifest, files, spare }` out (file bytes and the state's
- * params and momentum arrays, for reuse, transferred back), or
+ * Protocol: `{ id, dir, retention, state, shared }` in (typed arrays
+ * transferred); `{ id, ok: true, manifest, files, spare }` out (file bytes,
+ * in SharedArrayBuffers when `shared`, and the state's params and momentum
+ * arrays, for reuse, transferred back), or
  * `{ id, ok: false, code, error, write }` (`write`: a CheckpointWriteError).
  *
  * @module
@@ -19,8 +20,10 @@ import {
   prepareRound,
   type Retention,
   type RoundState,
-  type StoreFs,
 } from "./store.ts";
+import { syncFs } from "./_sync_fs.ts";
+
+export { syncFs };
 
 /** A request to the writer. */
 export interface WriteRequest {
@@ -28,51 +31,9 @@ export interface WriteRequest {
   dir: string;
   retention?: Partial<Retention>;
   state: RoundState;
+  /** Put the model and state files in SharedArrayBuffers. */
+  shared?: boolean;
 }
-
-/** The real file system, through synchronous calls (on the calling thread). */
-export const syncFs: StoreFs = {
-  writeFile(path, bytes) {
-    const f = Deno.openSync(path, { write: true, create: true, truncate: true });
-    try {
-      let at = 0;
-      while (at < bytes.length) at += f.writeSync(bytes.subarray(at));
-      f.syncSync();
-    } finally {
-      f.close();
-    }
-    return Promise.resolve();
-  },
-  readFile: (path) => Promise.resolve(Deno.readFileSync(path)),
-  mkdir: (path) => Promise.resolve(Deno.mkdirSync(path, { recursive: true })),
-  rename: (from, to) => Promise.resolve(Deno.renameSync(from, to)),
-  remove(path) {
-    try {
-      Deno.removeSync(path, { recursive: true });
-    } catch (err) {
-      if (!(err instanceof Deno.errors.NotFound)) throw err;
-    }
-    return Promise.resolve();
-  },
-  syncDir(path) {
-    const d = Deno.openSync(path, { read: true });
-    try {
-      d.syncSync();
-    } finally {
-      d.close();
-    }
-    return Promise.resolve();
-  },
-  symlink: (target, path) => Promise.resolve(Deno.symlinkSync(target, path)),
-  readDir(path) {
-    try {
-      return Promise.resolve([...Deno.readDirSync(path)].map((e) => e.name));
-    } catch (err) {
-      if (err instanceof Deno.errors.NotFound) return Promise.resolve([]);
-      throw err;
-    }
-  },
-};
 
 interface WorkerScope {
   onmessage: ((ev: MessageEvent<WriteRequest>) => void) | null;
@@ -98,7 +59,11 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
           store = new CheckpointStore(req.dir, { retention: req.retention, fs: syncFs });
           stores.set(req.dir, store);
         }
-        const p = await prepareRound(req.state);
+        // The files go into shared memory: the keeper and its serving thread read them without
+        // a copy on the keeper's event loop.
+        const p = await prepareRound(req.state, {
+          alloc: req.shared ? (n) => new Uint8Array(new SharedArrayBuffer(n)) : undefined,
+        });
         const manifest = await store.commit(p);
         const files = Object.fromEntries(p.files);
         // The state's arrays go back too: the keeper assembles the next rounds in them instead
@@ -106,10 +71,10 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
         const spare = [req.state.params, req.state.momentum].filter((x) =>
           x.byteOffset === 0 && x.byteLength === x.buffer.byteLength
         );
-        const transfer = new Set<ArrayBuffer>([
-          ...[...p.files.values()].map((b) => b.buffer as ArrayBuffer),
-          ...spare.map((x) => x.buffer as ArrayBuffer),
-        ]);
+        const transfer = new Set<ArrayBuffer>();
+        for (const x of [...p.files.values(), ...spare]) {
+          if (x.buffer instanceof ArrayBuffer) transfer.add(x.buffer);
+        }
         scope.postMessage({ id: req.id, ok: true, manifest, files, spare }, {
           transfer: [...transfer],
         });

@@ -22,9 +22,13 @@
  * - `inner_step_ratio_join_fetch`, `inner_step_ratio_keeper_write`,
  *   `inner_step_ratio_bare_ws` (loaded / idle; target ≤ 1.05 for the first two).
  * - `join_transfer_mb_per_s` vs `bare_ws_mb_per_s` and their ratio
- *   `join_vs_bare_ws` (target ≥ 0.8): the joiner's fetch (chunked, verified
- *   against the manifest) against the same bytes over a bare WebSocket on the
- *   same link, alternated in the same run.
+ *   `join_vs_bare_ws` (target ≥ 0.8): the joiner's fetch (resumable,
+ *   verified against the manifest) against the same bytes over a bare
+ *   WebSocket on the same link, alternated in the same run. As in a run, the
+ *   keeper serves fetches from its low-priority serving thread (its direct
+ *   endpoint; `direct_share` says which part of the bytes came that way);
+ *   `--no-direct` measures chunk requests over the actor protocol instead.
+ *   `pairs` lists each pair's [keeper, bare] MB/s.
  *
  * Benchmarks measure and print; they never assert.
  *
@@ -254,6 +258,8 @@ export interface CheckpointBenchOptions extends BenchOptions {
   chunkBytes?: number;
   /** Where the keeper writes (default "worker", as in a run). */
   writer?: "inline" | "worker";
+  /** Serve joiners from the keeper's serving thread (default true, as in a run). */
+  direct?: boolean;
   /** Repetitions of each measurement (default 3, quick 2). */
   reps?: number;
   /**
@@ -308,6 +314,9 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
         config: big,
         retention: { keepLast: 2, keepEvery: 0 },
         writer: options.writer ?? "worker",
+        // As in a run: joiners take the bytes from the keeper's low-priority serving thread,
+        // which listens on every address (the joiner dials the host it reached the node by).
+        ...(options.direct === false ? {} : { serve: { hostname: "0.0.0.0" } }),
         onEvent: (e: KeeperEvent) => {
           if (e.type === "written") {
             writes++;
@@ -342,10 +351,14 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
       const bareRates = cmp.lines.filter((l) => l.kind === "bare").slice(1).map(rate);
       const common = { model_mb: mb, params: n, reps: keeperRates.length, link: path.link };
       const x = path.suffix;
+      const keeperLines = cmp.lines.filter((l) => l.kind === "keeper").slice(1);
+      const directShare = keeperLines.reduce((s, l) => s + ((l.direct as number) ?? 0), 0) /
+        Math.max(1, keeperLines.reduce((s, l) => s + (l.bytes as number), 0));
       yield {
         name: `join_transfer_mb_per_s${x}`,
         value: median(keeperRates),
         unit: "MB/s",
+        direct_share: round3(directShare),
         ...common,
       };
       yield { name: `bare_ws_mb_per_s${x}`, value: median(bareRates), unit: "MB/s", ...common };
@@ -357,6 +370,7 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
         unit: "ratio",
         target: ">= 0.8",
         statistic: "median of back-to-back pairs",
+        pairs: keeperRates.map((k, i) => [Math.round(k), Math.round(bareRates[i])]),
         ...common,
       };
       yield {
@@ -542,7 +556,13 @@ if (import.meta.main) {
   const reps = flag("--reps");
   const linkMbit = flag("--link-mbit");
   for await (
-    const r of bench({ quick: Deno.args.includes("--quick"), writer, reps, linkMbit })
+    const r of bench({
+      quick: Deno.args.includes("--quick"),
+      writer,
+      reps,
+      linkMbit,
+      direct: !Deno.args.includes("--no-direct"),
+    })
   ) {
     console.log(JSON.stringify(r));
   }

@@ -37,6 +37,7 @@ import {
   type StoreFs,
 } from "./store.ts";
 import {
+  type DirectEndpoint,
   fetchRound,
   type KeeperAckMsg,
   type KeeperChunkReply,
@@ -49,6 +50,7 @@ import {
   listCandidates,
   MAX_CHUNK_BYTES,
   validateKeeperMessage,
+  type ValidateOptions,
 } from "./transfer.ts";
 
 /** What a keeper reports. */
@@ -59,7 +61,8 @@ export type KeeperEvent =
   | { type: "recovered"; keeper: string; round: number }
   | { type: "skipped"; keeper: string; round: number; reason: string }
   | { type: "caught_up"; keeper: string; round: number; from: string[] }
-  | { type: "refused"; keeper: string; error: string };
+  | { type: "refused"; keeper: string; error: string }
+  | { type: "direct_failed"; keeper: string; error: string };
 
 /** Options of {@linkcode keeperBehavior}. */
 export interface KeeperOptions {
@@ -92,6 +95,16 @@ export interface KeeperOptions {
    * so that trainers computing on the same CPU keep their speed.
    */
   writer?: "inline" | "worker";
+  /**
+   * Also serve joiners' fetches of the rounds this keeper wrote from a
+   * low-priority thread with its own WebSocket listener on `hostname` (port
+   * `port`, default any free one), so that a join costs the host's event loop
+   * and trainers next to nothing. Manifest replies name the port and a
+   * random ticket; a joiner dials the host name it reaches this node by
+   * (`advertise` instead, when set). Needs `writer: "worker"`; without it,
+   * or when the direct path fails, fetches use the actor protocol.
+   */
+  serve?: { hostname: string; port?: number; advertise?: string };
   /** Receives the keeper's reports. */
   onEvent?: (e: KeeperEvent) => void;
 }
@@ -117,6 +130,7 @@ class WriterThread {
     dir: string,
     retention: Partial<Retention> | undefined,
     state: RoundState,
+    shared = false,
   ): Promise<Written> {
     if (!this.#worker) {
       const w = new Worker(new URL("./_write_worker.ts", import.meta.url).href, {
@@ -158,7 +172,7 @@ class WriterThread {
         buffers.add(x.buffer as ArrayBuffer);
       }
     }
-    this.#worker.postMessage({ id, dir, retention, state }, { transfer: [...buffers] });
+    this.#worker.postMessage({ id, dir, retention, state, shared }, { transfer: [...buffers] });
     return done;
   }
 
@@ -167,6 +181,117 @@ class WriterThread {
     this.#pending.clear();
     this.#worker?.terminate();
     this.#worker = undefined;
+  }
+}
+
+/** A keeper's serving thread (see {@linkcode KeeperOptions.serve}). */
+class ServeThread {
+  #worker: Worker;
+  #endpoint?: DirectEndpoint;
+  #closed = Promise.withResolvers<void>();
+  #next = 0;
+  #loads = new Map<number, { resolve(p: PreparedRound): void; reject(e: Error): void }>();
+  /** Rounds the thread holds. */
+  readonly rounds = new Set<number>();
+
+  constructor(serve: NonNullable<KeeperOptions["serve"]>, onFailed: (error: string) => void) {
+    const ticket = Array.from(
+      crypto.getRandomValues(new Uint8Array(16)),
+      (b) => b.toString(16).padStart(2, "0"),
+    ).join("");
+    const wildcard = ["0.0.0.0", "::", "[::]", ""].includes(serve.hostname);
+    const host = serve.advertise ?? (wildcard ? undefined : serve.hostname);
+    this.#worker = new Worker(new URL("./_serve_worker.ts", import.meta.url).href, {
+      type: "module",
+    });
+    this.#worker.onmessage = (ev: MessageEvent<Record<string, unknown>>) => {
+      const m = ev.data;
+      if (m.op === "listening") {
+        this.#endpoint = { port: m.port as number, ticket, ...(host ? { host } : {}) };
+      } else if (m.op === "failed") onFailed(String(m.error));
+      else if (m.op === "closed") this.#closed.resolve();
+      else if (m.op === "loaded") {
+        const p = this.#loads.get(m.id as number);
+        this.#loads.delete(m.id as number);
+        if (!p) return;
+        if (!m.ok) return p.reject(new Error(String(m.error)));
+        const manifest = m.manifest as Manifest;
+        const files = new Map(Object.entries(m.files as Record<string, Uint8Array>));
+        p.resolve({ round: manifest.round, manifest, files });
+      }
+    };
+    this.#worker.onerror = (ev: ErrorEvent) => {
+      ev.preventDefault();
+      this.#endpoint = undefined;
+      onFailed(ev.message);
+      this.#fail(new Error(`Checkpoint serving thread failed: ${ev.message}`));
+      this.#closed.resolve();
+    };
+    this.#worker.postMessage({
+      op: "start",
+      hostname: serve.hostname,
+      port: serve.port ?? 0,
+      ticket,
+    });
+  }
+
+  /** The endpoint for `round`, when the thread listens and holds it. */
+  endpoint(round: number): DirectEndpoint | undefined {
+    return this.rounds.has(round) ? this.#endpoint : undefined;
+  }
+
+  /** Hands a prepared round (files in shared memory) to the thread. */
+  hold(p: PreparedRound): void {
+    const files: Record<string, Uint8Array> = {};
+    for (const [name, bytes] of p.files) {
+      if (name !== MANIFEST_FILE && bytes.buffer instanceof SharedArrayBuffer) files[name] = bytes;
+    }
+    if (Object.keys(files).length === 0) return;
+    this.#worker.postMessage({ op: "round", round: p.round, files });
+    this.rounds.add(p.round);
+  }
+
+  /**
+   * Has the thread read a committed round from disk into shared memory and
+   * verify it (see {@linkcode CheckpointStore.readVerified}); it then holds it.
+   */
+  load(dir: string, round: number): Promise<PreparedRound> {
+    const id = ++this.#next;
+    const done = new Promise<PreparedRound>((resolve, reject) =>
+      this.#loads.set(id, { resolve, reject })
+    );
+    this.#worker.postMessage({ op: "load", id, dir, round });
+    return done.then((p) => {
+      this.rounds.add(round);
+      return p;
+    });
+  }
+
+  /** Drops every round but `keep`. */
+  keep(keep: readonly number[]): void {
+    const before = this.rounds.size;
+    for (const r of this.rounds) if (!keep.includes(r)) this.rounds.delete(r);
+    if (this.rounds.size !== before) {
+      this.#worker.postMessage({ op: "keep", rounds: [...this.rounds] });
+    }
+  }
+
+  #fail(err: Error): void {
+    for (const p of this.#loads.values()) p.reject(err);
+    this.#loads.clear();
+  }
+
+  async close(): Promise<void> {
+    this.#endpoint = undefined;
+    this.#fail(new Error("Checkpoint serving thread stopped"));
+    this.#worker.postMessage({ op: "close" });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.#closed.promise,
+      new Promise((r) => timer = setTimeout(r, 2000)),
+    ]);
+    clearTimeout(timer);
+    this.#worker.terminate();
   }
 }
 
@@ -190,9 +315,13 @@ type Control =
   | { type: "keeper_status" }
   | { type: "crash"; reason: string };
 
-function parse(raw: unknown, run: string): { msg: KeeperMessage } | { error: string } {
+function parse(
+  raw: unknown,
+  run: string,
+  options?: ValidateOptions,
+): { msg: KeeperMessage } | { error: string } {
   try {
-    const msg = validateKeeperMessage(raw);
+    const msg = validateKeeperMessage(raw, options);
     if (msg.run !== run) {
       return { error: `Invalid keeper message: run ${msg.run}, expected ${run}` };
     }
@@ -224,6 +353,7 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
   const { run, id } = options;
   const store = new CheckpointStore(options.dir, { retention: options.retention, fs: options.fs });
   const writer = options.writer === "worker" && !options.fs ? new WriterThread() : undefined;
+  let serving: ServeThread | undefined;
   const maxPending = Math.max(1, options.maxPending ?? 2);
   const emit = (e: KeeperEvent) => options.onEvent?.(e);
   const assembling = new Map<number, Assembly>();
@@ -232,6 +362,8 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
   const prepared = new Map<number, PreparedRound>();
   /** A durable round read back and verified, for serving. */
   let served: PreparedRound | undefined;
+  /** A read of a durable round in progress (concurrent requests share it). */
+  let loading: { round: number; p: Promise<PreparedRound> } | undefined;
   let durable: Manifest | undefined;
   let committed: KeeperCommittedMsg | undefined;
   /** The newest round taken (complete) in any form: pieces of older rounds are stale. */
@@ -261,9 +393,15 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
     } catch { /* the next tick tries again */ }
   };
 
+  /** Lets the serving thread drop the rounds this keeper no longer serves. */
+  const keepServed = () => {
+    serving?.keep([...prepared.keys(), ...(served ? [served.round] : [])]);
+  };
+
   const remember = (p: PreparedRound) => {
     prepared.set(p.round, p);
     for (const r of [...prepared.keys()].sort((a, b) => a - b).slice(0, -2)) prepared.delete(r);
+    keepServed();
   };
 
   const kick = (ctx: ActorContext) => {
@@ -276,8 +414,9 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
         try {
           let manifest: Manifest;
           if (writer) {
-            const w = await writer.write(options.dir, options.retention, state);
+            const w = await writer.write(options.dir, options.retention, state, !!serving);
             remember(w.prepared);
+            serving?.hold(w.prepared);
             for (const x of w.spare) if (spare.length < 4) spare.push(x);
             manifest = w.manifest;
           } else {
@@ -412,7 +551,20 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
     if (served?.round === round) return served;
     if (!(await store.rounds()).includes(round)) return undefined;
     try {
-      served = await store.readVerified(round);
+      // With a serving thread, that thread reads and verifies the round, and then serves it.
+      if (loading?.round !== round) {
+        const p = serving
+          ? serving.load(options.dir, round).catch(() => store.readVerified(round))
+          : store.readVerified(round);
+        loading = { round, p };
+        p.catch(() => {}).finally(() => {
+          if (loading?.p === p) loading = undefined;
+        });
+      }
+      const loaded = await loading.p;
+      if (prepared.has(round)) return prepared.get(round);
+      served = loaded;
+      keepServed();
       return served;
     } catch (err) {
       emit({ type: "skipped", keeper: id, round, reason: String(err) });
@@ -457,6 +609,11 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
 
   return {
     started(ctx) {
+      if (options.serve && writer) {
+        serving = new ServeThread(options.serve, (error) => {
+          emit({ type: "direct_failed", keeper: id, error });
+        });
+      }
       ctx.timers.interval(options.ackIntervalMs ?? 2000, { type: "_tick" }, { key: "tick" });
       // Recovery runs beside the mailbox: pieces and requests are served meanwhile.
       flow = recover(ctx).finally(() => {
@@ -469,6 +626,7 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
       // Let a write in progress finish (bounded by the actor's shutdown timeout).
       await flow;
       writer?.close();
+      await serving?.close();
     },
     async receive(raw: unknown, ctx) {
       // Anything else falls through to the wire protocol below.
@@ -529,7 +687,8 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
         case "crash":
           throw new Error(`Keeper crashed on purpose: ${ctl.reason}`);
       }
-      const parsed = parse(raw, run);
+      // With a writer thread, that thread checks that a round's floats are finite.
+      const parsed = parse(raw, run, { checkFinite: !writer });
       if ("error" in parsed) {
         emit({ type: "refused", keeper: id, error: parsed.error });
         return { type: "error", error: parsed.error };
@@ -555,11 +714,13 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
             };
             return reply;
           }
+          const direct = serving?.endpoint(round);
           const reply: KeeperManifestReply = {
             type: "keeper_manifest",
             run,
             keeper: id,
             manifest: p.manifest,
+            ...(direct ? { direct } : {}),
           };
           return reply;
         }

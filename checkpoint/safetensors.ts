@@ -71,6 +71,16 @@ function numel(shape: number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
+/** Options of {@linkcode encodeSafetensors}. */
+export interface EncodeOptions {
+  /**
+   * Allocates the output (zero-filled, exactly `bytes` long), e.g. in a
+   * SharedArrayBuffer that other threads read without a copy. Default: a new
+   * `Uint8Array`.
+   */
+  alloc?: (bytes: number) => Uint8Array;
+}
+
 /**
  * Encodes tensors (in the given order) and metadata into safetensors bytes.
  *
@@ -84,6 +94,7 @@ function numel(shape: number[]): number {
 export function encodeSafetensors(
   tensors: Record<string, TensorInput>,
   metadata: Record<string, string> = {},
+  options: EncodeOptions = {},
 ): Uint8Array {
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length > 0) {
@@ -120,8 +131,18 @@ export function encodeSafetensors(
   const jsonBytesLen = new TextEncoder().encode(json).length;
   json += " ".repeat((8 - ((8 + jsonBytesLen) % 8)) % 8);
   const headerBytes = new TextEncoder().encode(json);
-  const out = new Uint8Array(8 + headerBytes.length + offset);
-  new DataView(out.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
+  const length = 8 + headerBytes.length + offset;
+  const out = options.alloc?.(length) ?? new Uint8Array(length);
+  if (out.length !== length) {
+    throw new RangeError(
+      `Cannot encode safetensors: alloc gave ${out.length} bytes, not ${length}`,
+    );
+  }
+  new DataView(out.buffer, out.byteOffset, out.byteLength).setBigUint64(
+    0,
+    BigInt(headerBytes.length),
+    true,
+  );
   out.set(headerBytes, 8);
   let at = 8 + headerBytes.length;
   for (const p of parts) {

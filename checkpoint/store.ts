@@ -291,6 +291,17 @@ function scatterPadding(layout: ParamLayout, params: Float32Array, padding: Floa
   }
 }
 
+/**
+ * Index of the first non-finite element of `x`, -1 when all are finite. One
+ * float64 sum is non-finite exactly when some element is (float32 values
+ * cannot overflow it): a plain add loop, then a search only on failure.
+ */
+export function firstNonFinite(x: Float32Array): number {
+  let sum = 0;
+  for (let i = 0; i < x.length; i++) sum += x[i];
+  return Number.isFinite(sum) ? -1 : x.findIndex((v) => !Number.isFinite(v));
+}
+
 function checkState(state: RoundState): ParamLayout {
   if (!Number.isSafeInteger(state.round) || state.round < 0) {
     throw new RangeError(`Invalid round state: round ${state.round} is not a non-negative integer`);
@@ -311,9 +322,11 @@ function checkState(state: RoundState): ParamLayout {
       );
     }
   }
-  for (let i = 0; i < n; i++) {
-    if (!Number.isFinite(state.params[i])) {
-      throw new RangeError(`Invalid round state ${state.round}: params[${i}] is not finite`);
+  for (const key of ["params", "momentum", "residual"] as const) {
+    const x = state[key];
+    const at = x ? firstNonFinite(x) : -1;
+    if (at >= 0) {
+      throw new RangeError(`Invalid round state ${state.round}: ${key}[${at}] is not finite`);
     }
   }
   return layout;
@@ -321,7 +334,9 @@ function checkState(state: RoundState): ParamLayout {
 
 /**
  * Encodes and hashes a round: the model file in the HF GPT-2 layout, the
- * state file, and the manifest (last).
+ * state file, and the manifest (last). `alloc` allocates the two data files
+ * (see `EncodeOptions.alloc` in safetensors.ts). Refuses a state holding a
+ * non-finite value in params, momentum or residual (a RangeError naming it).
  *
  * @example
  * ```ts
@@ -337,8 +352,9 @@ function checkState(state: RoundState): ParamLayout {
  */
 export async function prepareRound(
   state: RoundState,
-  options: { created?: Date } = {},
+  options: { created?: Date; alloc?: (bytes: number) => Uint8Array } = {},
 ): Promise<PreparedRound> {
+  const alloc = options.alloc ? { alloc: options.alloc } : {};
   const layout = checkState(state);
   const hf = JSON.stringify(toHfConfig(state.config));
   const model = encodeSafetensors(gpt2Tensors(layout, state.params), {
@@ -346,7 +362,7 @@ export async function prepareRound(
     config: hf,
     run: state.run,
     round: String(state.round),
-  });
+  }, alloc);
   const tensors: Record<string, TensorInput> = {
     momentum: { dtype: "F32", shape: [state.momentum.length], data: state.momentum },
   };
@@ -363,7 +379,7 @@ export async function prepareRound(
     view: JSON.stringify(state.view ?? null),
     cursors: JSON.stringify(state.cursors ?? {}),
     settings: JSON.stringify(state.settings ?? {}),
-  });
+  }, alloc);
   const paramsSha = await sha256Hex(floatBytes(state.params));
   const manifest: Manifest = {
     format: MANIFEST_FORMAT,

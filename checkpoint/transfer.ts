@@ -14,6 +14,8 @@
  */
 import { createHash } from "node:crypto";
 import type { ActorContext, ActorSystem } from "../actors/system.ts";
+import { nodeOf } from "../actors/_remote.ts";
+import { peerHostname } from "../transport/remote.ts";
 import type { StartStateSource } from "../actors/trainer.ts";
 import type { StateMsg, ViewMsg } from "../actors/run_protocol.ts";
 import { asFloat32 } from "../actors/run_protocol.ts";
@@ -21,6 +23,7 @@ import type { GptConfig } from "../kernels/config.ts";
 import {
   CorruptCheckpointError,
   decodeRound,
+  firstNonFinite,
   type Manifest,
   MANIFEST_FILE,
   parseManifest,
@@ -79,12 +82,27 @@ export interface KeeperManifestRequest {
   round?: number;
 }
 
+/**
+ * Where a keeper's serving thread takes direct requests for a round's bytes
+ * (see `KeeperOptions.serve` in keeper.ts and checkpoint/_serve_worker.ts).
+ */
+export interface DirectEndpoint {
+  /** Port of the serving thread's WebSocket listener. */
+  port: number;
+  /** Ticket every request must carry. */
+  ticket: string;
+  /** Host name to dial, when the keeper names one (else: the one its node is reached by). */
+  host?: string;
+}
+
 /** A keeper's answer: the manifest of a round it can serve. */
 export interface KeeperManifestReply {
   type: "keeper_manifest";
   run: string;
   keeper: string;
   manifest: Manifest;
+  /** The keeper's direct endpoint for this round, when it has one. */
+  direct?: DirectEndpoint;
 }
 
 /** A keeper's answer when it lacks the round. */
@@ -178,20 +196,30 @@ function str(m: Record<string, unknown>, type: string, field: string): string {
   return v;
 }
 
-function floats(m: Record<string, unknown>, type: string, field: string, n: number): Float32Array {
+function floats(
+  m: Record<string, unknown>,
+  type: string,
+  field: string,
+  n: number,
+  finite: boolean,
+): Float32Array {
   const v = asFloat32(m[field]);
   if (!v || v.length !== n) {
     fail(type, field, `must be ${n} float32 values, got ${v ? v.length : typeof m[field]}`);
   }
-  // One float64 sum is non-finite exactly when some element is (float32 values cannot
-  // overflow it): a plain add loop, then a search only when there is something to name.
-  let sum = 0;
-  for (let i = 0; i < v.length; i++) sum += v[i];
-  if (!Number.isFinite(sum)) {
-    const at = v.findIndex((x) => !Number.isFinite(x));
-    fail(type, field, `holds a non-finite value at ${at}`);
-  }
+  const at = finite ? firstNonFinite(v) : -1;
+  if (at >= 0) fail(type, field, `holds a non-finite value at ${at}`);
   return v;
+}
+
+/** Options of {@linkcode validateKeeperMessage}. */
+export interface ValidateOptions {
+  /**
+   * Check that every float of a piece is finite (default true). A keeper with
+   * a writer thread leaves this scan to that thread (`prepareRound` refuses a
+   * round holding a non-finite value), off the event loop the trainers share.
+   */
+  checkFinite?: boolean;
 }
 
 /**
@@ -206,7 +234,8 @@ function floats(m: Record<string, unknown>, type: string, field: string, n: numb
  * throws(() => validateKeeperMessage({ type: "keeper_chunk", run: "r", file: "model.safetensors", round: -1 }), /round/);
  * ```
  */
-export function validateKeeperMessage(x: unknown): KeeperMessage {
+export function validateKeeperMessage(x: unknown, options: ValidateOptions = {}): KeeperMessage {
+  const finite = options.checkFinite ?? true;
   if (typeof x !== "object" || x === null || Array.isArray(x)) {
     throw new KeeperProtocolError("Invalid keeper message: not an object");
   }
@@ -230,10 +259,10 @@ export function validateKeeperMessage(x: unknown): KeeperMessage {
         round,
         start,
         total,
-        params: floats(m, type, "params", n),
-        momentum: floats(m, type, "momentum", n),
+        params: floats(m, type, "params", n, finite),
+        momentum: floats(m, type, "momentum", n, finite),
       };
-      if (m.residual !== undefined) out.residual = floats(m, type, "residual", n);
+      if (m.residual !== undefined) out.residual = floats(m, type, "residual", n, finite);
       for (const key of ["cursors", "settings"] as const) {
         const v = m[key];
         if (v === undefined) continue;
@@ -325,6 +354,13 @@ export interface FetchOptions {
   retries?: number;
   /** Base backoff between retries, ms (default 50, doubling, at most 1 s). */
   backoffMs?: number;
+  /**
+   * Take the bytes from a keeper's direct endpoint when its manifest reply
+   * names one (default true): a plain WebSocket stream served by the
+   * keeper's low-priority thread. Chunk requests over the actor protocol
+   * take over, at the offset reached, when it fails.
+   */
+  direct?: boolean;
   /** Aborts the fetch. */
   signal?: AbortSignal;
 }
@@ -335,6 +371,8 @@ export interface FetchedRound extends PreparedRound {
   keepers: string[];
   /** Payload bytes received (re-fetched bytes counted again). */
   bytes: number;
+  /** Of `bytes`, those taken from keepers' direct endpoints. */
+  direct: number;
   /** Chunk requests that failed and were resumed. */
   resumed: number;
 }
@@ -347,6 +385,116 @@ export class FetchError extends Error {
 interface Candidate {
   keeper: string;
   manifest: Manifest;
+  direct?: DirectEndpoint;
+}
+
+function directOf(x: unknown): DirectEndpoint | undefined {
+  const d = x as Record<string, unknown> | undefined;
+  if (typeof d !== "object" || d === null) return undefined;
+  const { port, ticket, host } = d;
+  if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) return;
+  if (typeof ticket !== "string" || ticket.length === 0 || ticket.length > 128) return;
+  if (host !== undefined && (typeof host !== "string" || host.length === 0 || host.length > 256)) {
+    return;
+  }
+  return { port, ticket, ...(host ? { host: host as string } : {}) };
+}
+
+/** Where to dial a keeper's direct endpoint, or undefined when it cannot be reached so. */
+function directUrl(system: ActorSystem, c: Candidate): string | undefined {
+  if (!c.direct) return undefined;
+  const node = nodeOf(c.keeper);
+  // A keeper in this process is served in memory, without any socket.
+  if (node === system.node) return undefined;
+  const host = c.direct.host ?? peerHostname(system, node);
+  return host ? `ws://${host}:${c.direct.port}/` : undefined;
+}
+
+/**
+ * Takes bytes `[offset, end)` of a round's file from a keeper's direct
+ * endpoint into `buf`, feeding each part to `onPart` in order; resolves with
+ * the bytes taken, also when the stream broke (`error` then says why).
+ */
+async function directFetch(
+  url: string,
+  req: { ticket: string; round: number; file: string; offset: number; end: number },
+  buf: Uint8Array,
+  options: { timeoutMs: number; signal?: AbortSignal; onPart(part: Uint8Array): void },
+): Promise<{ got: number; error?: string }> {
+  let got = 0;
+  let ws: WebSocket;
+  try {
+    ws = new WebSocket(url);
+  } catch (err) {
+    return { got, error: `cannot dial ${url}: ${err instanceof Error ? err.message : err}` };
+  }
+  ws.binaryType = "arraybuffer";
+  const done = Promise.withResolvers<string | undefined>();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const idle = () => {
+    clearTimeout(timer);
+    timer = setTimeout(
+      () => done.resolve(`no data from ${url} for ${options.timeoutMs} ms`),
+      options.timeoutMs,
+    );
+  };
+  const onAbort = () => done.resolve("aborted");
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+  const want = req.end - req.offset;
+  let started = false;
+  idle();
+  ws.onopen = () => {
+    idle();
+    ws.send(JSON.stringify({
+      ticket: req.ticket,
+      round: req.round,
+      file: req.file,
+      offset: req.offset,
+      length: want,
+    }));
+  };
+  ws.onerror = () => done.resolve(`cannot reach ${url}`);
+  ws.onclose = (ev) => done.resolve(`${url} closed the stream (${ev.code} ${ev.reason})`.trim());
+  ws.onmessage = (ev) => {
+    idle();
+    if (typeof ev.data === "string") {
+      let head: Record<string, unknown>;
+      try {
+        head = JSON.parse(ev.data);
+      } catch {
+        return done.resolve(`${url} sent a malformed header`);
+      }
+      if (typeof head.error === "string") return done.resolve(`${url}: ${head.error}`);
+      if (
+        started || head.offset !== req.offset || head.length !== want ||
+        head.size !== buf.length
+      ) {
+        return done.resolve(`${url} sent an unexpected header ${ev.data.slice(0, 200)}`);
+      }
+      started = true;
+      return;
+    }
+    const part = new Uint8Array(ev.data as ArrayBuffer);
+    if (!started || got + part.length > want) {
+      return done.resolve(`${url} sent bytes past the range asked for`);
+    }
+    buf.set(part, req.offset + got);
+    options.onPart(part);
+    got += part.length;
+    if (got === want) done.resolve(undefined);
+  };
+  const error = await done.promise;
+  clearTimeout(timer);
+  options.signal?.removeEventListener("abort", onAbort);
+  ws.onmessage =
+    ws.onclose =
+    ws.onerror =
+    ws.onopen =
+      null;
+  try {
+    ws.close();
+  } catch { /* closed already */ }
+  return error === undefined ? { got } : { got, error };
 }
 
 /** Asks every keeper for the manifest of `round` (or its newest); answers in arrival order. */
@@ -372,7 +520,12 @@ export async function listCandidates(
         const m = reply.manifest as Manifest;
         const round = options.round ?? m.round;
         const bytes = new TextEncoder().encode(JSON.stringify(m));
-        candidates.push({ keeper, manifest: parseManifest(bytes, round, `${keeper} manifest`) });
+        const direct = directOf(reply.direct);
+        candidates.push({
+          keeper,
+          manifest: parseManifest(bytes, round, `${keeper} manifest`),
+          ...(direct ? { direct } : {}),
+        });
       } else if (reply?.type === "keeper_missing") {
         missing.push(reply as unknown as KeeperMissingReply);
       } else errors.push(`${keeper}: ${JSON.stringify(reply).slice(0, 200)}`);
@@ -416,6 +569,7 @@ export async function fetchRound(
   const backoff = options.backoffMs ?? 50;
   const used: string[] = [];
   let bytes = 0;
+  let direct = 0;
   let resumed = 0;
   let failures = 0;
   let pick = 0;
@@ -512,6 +666,47 @@ export async function fetchRound(
           }
         }
       };
+      // The direct path first: one plain stream from the keeper's serving thread, hashed as it
+      // arrives. Whatever it could not bring is asked for over the actor protocol below.
+      for (let tries = 0; options.direct !== false && next < want.size && tries < 2; tries++) {
+        const c = sources.find((x) => x.keeper === keeper) ?? sources[0];
+        const url = directUrl(system, c);
+        if (!url) break;
+        if (used.at(-1) !== c.keeper) used.push(c.keeper);
+        options.signal?.throwIfAborted();
+        const r = await directFetch(
+          url,
+          {
+            ticket: c.direct!.ticket,
+            round: manifest.round,
+            file: name,
+            offset: next,
+            end: want.size,
+          },
+          buf,
+          {
+            timeoutMs: options.timeoutMs ?? 10_000,
+            signal: options.signal,
+            onPart: (part) => hash.update(part),
+          },
+        );
+        next += r.got;
+        hashed = next;
+        bytes += r.got;
+        direct += r.got;
+        if (r.error === undefined) break;
+        options.signal?.throwIfAborted();
+        resumed++;
+        if (++failures > retries) {
+          throw new FetchError(
+            `Cannot fetch checkpoint round ${manifest.round}: ${name} at byte ${next} ` +
+              `failed ${failures} times in a row, last from ${c.keeper}: ${r.error}`,
+          );
+        }
+        if (r.got > 0) failures = 0;
+        pick++;
+        keeper = sources[pick % sources.length].keeper;
+      }
       const lanes = Math.max(1, Math.min(16, options.window ?? 4));
       await Promise.all(Array.from({ length: lanes }, lane));
       if (fatal !== undefined) throw fatal;
@@ -533,7 +728,7 @@ export async function fetchRound(
     }
   }
   files.set(MANIFEST_FILE, new TextEncoder().encode(JSON.stringify(manifest, null, 2) + "\n"));
-  return { round: manifest.round, manifest, files, keepers: used, bytes, resumed };
+  return { round: manifest.round, manifest, files, keepers: used, bytes, direct, resumed };
 }
 
 /** What a {@linkcode keeperStateSource} reports. */

@@ -344,6 +344,11 @@ export class Channel {
     return this.#peerId;
   }
 
+  /** The peer's address, for logs and second endpoints: the URL dialled, or `host:port`. */
+  get remoteAddr(): string | undefined {
+    return this.#o.remoteAddr;
+  }
+
   /** Whether the handshake completed and the channel is not closed. */
   get isOpen(): boolean {
     return this.#state === "open";

@@ -21,6 +21,43 @@ import { type ClientOptions, TransportClient } from "./client.ts";
 import type { Envelope } from "./envelope.ts";
 import { TransportServer } from "./server.ts";
 
+const transports = new WeakMap<ActorSystem, ActorTransport>();
+
+/**
+ * The host name by which `system`'s transport reaches node `node` (the host
+ * of the URL it dialled, or the address a peer connected from), or
+ * `undefined` when no transport of `system` is connected to it. Lets a
+ * service on that node offer a second endpoint (another port) on the same
+ * host.
+ *
+ * @example
+ * ```ts
+ * import { ActorSystem } from "../actors/system.ts";
+ * import { peerHostname } from "./remote.ts";
+ * import assert from "node:assert/strict";
+ * assert.equal(peerHostname(new ActorSystem({ node: "a" }), "b"), undefined);
+ * ```
+ */
+export function peerHostname(system: ActorSystem, node: string): string | undefined {
+  return transports.get(system)?.peerHostname(node);
+}
+
+/** The host part of a channel's remote address (a URL, or `host:port`). */
+function hostOf(addr: string | undefined): string | undefined {
+  if (!addr) return undefined;
+  if (addr.includes("://")) {
+    try {
+      return new URL(addr).hostname || undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  const at = addr.lastIndexOf(":");
+  const host = at > 0 ? addr.slice(0, at) : addr;
+  // A bare IPv6 address needs brackets in a URL.
+  return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
+}
+
 /** Options of {@linkcode ActorTransport}. */
 export interface ActorTransportOptions extends ConnectionOptions {
   /** Run id shared by every node of the run. */
@@ -83,6 +120,7 @@ export class ActorTransport {
   constructor(system: ActorSystem, options: ActorTransportOptions) {
     this.#system = system;
     this.#options = options;
+    transports.set(system, this);
     this.server = new TransportServer({
       ...options,
       nodeId: system.node,
@@ -95,6 +133,11 @@ export class ActorTransport {
   /** Node ids with at least one open connection. */
   get peers(): string[] {
     return [...this.#channels.keys()];
+  }
+
+  /** The host name by which an open connection reaches `node` (see {@linkcode peerHostname}). */
+  peerHostname(node: string): string | undefined {
+    return hostOf(this.#channels.get(node)?.at(-1)?.remoteAddr);
   }
 
   /** Registers the transport route on `app` at `path`; returns this transport. */
