@@ -61,7 +61,8 @@ Deno.test("gradNorm and adamw match the reference", async (t) => {
   const gpu = await acquireGpu();
   try {
     await noGpuErrors(gpu.device, async () => {
-      for (const n of [7, 4099, 1_000_003]) {
+      // Sizes that are multiples of 4 take the vec4 loads.
+      for (const n of [7, 4099, 1_000_003, 4096, 1_000_000]) {
         await t.step(`gradNorm n=${n}, twice bitwise equal`, () => normCase(gpu, n, n));
       }
       await t.step("adamw with clipping active, offset 37, storage hyper", async () => {
@@ -71,6 +72,16 @@ Deno.test("gradNorm and adamw match the reference", async (t) => {
           n: 900,
           maxNorm: 1,
           uniform: false,
+        });
+        assert.ok(clipped, "the test norm exceeds maxGradNorm");
+      });
+      await t.step("adamw on a 4-aligned range (vec4), clipping active", async () => {
+        const { clipped } = await adamCase(gpu, {
+          total: 1000,
+          offset: 36,
+          n: 900,
+          maxNorm: 1,
+          uniform: true,
         });
         assert.ok(clipped, "the test norm exceeds maxGradNorm");
       });

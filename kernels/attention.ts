@@ -227,8 +227,9 @@ const BACKWARD_BINDINGS: [string, "q" | "a"][] = [
 ];
 
 /** WGSL of the backward query-block kernel (score gradients and dq). */
-function attentionQueryShader(s: Sizes): string {
+function attentionQueryShader(s: Sizes, accumulate: boolean): string {
   const g = gen(s);
+  const acc = (at: string) => (accumulate ? `dqkv[${at}] + ` : "");
   const { KC, rows, js, cs, mask, storeRow } = g;
   const L: string[] = [];
   for (const r of rows) L.push(`let qr${r} = min(t0 + ${r}u, T - 1u);`);
@@ -276,7 +277,7 @@ function attentionQueryShader(s: Sizes): string {
     L.push(`if (live && t0 + ${r}u < T) {`);
     for (const j of js) {
       L.push(`  let iq${r}_${j} = qb + qr${r} * C3W + ${j}u;`);
-      L.push(`  dqkv[iq${r}_${j}] = dqkv[iq${r}_${j}] + dq${r}_${j} * SCALE;`);
+      L.push(`  dqkv[iq${r}_${j}] = ${acc(`iq${r}_${j}`)}dq${r}_${j} * SCALE;`);
     }
     L.push(`}`);
   }
@@ -284,8 +285,9 @@ function attentionQueryShader(s: Sizes): string {
 }
 
 /** WGSL of the backward key-block kernel (dk and dv). */
-function attentionKeyShader(s: Sizes): string {
+function attentionKeyShader(s: Sizes, accumulate: boolean): string {
   const g = gen(s);
+  const acc = (at: string) => (accumulate ? `dqkv[${at}] + ` : "");
   const { KC, rows, js } = g;
   const L: string[] = [];
   for (const r of rows) L.push(`let kr${r} = min(t0 + ${r}u, T - 1u);`);
@@ -321,8 +323,8 @@ function attentionKeyShader(s: Sizes): string {
     L.push(`if (live && t0 + ${r}u < T) {`);
     for (const j of js) {
       L.push(`  let ik${r}_${j} = kb + kr${r} * C3W + ${j}u;`);
-      L.push(`  dqkv[ik${r}_${j}] = dqkv[ik${r}_${j}] + dk${r}_${j} * SCALE;`);
-      L.push(`  dqkv[ik${r}_${j} + CW] = dqkv[ik${r}_${j} + CW] + dv${r}_${j};`);
+      L.push(`  dqkv[ik${r}_${j}] = ${acc(`ik${r}_${j}`)}dk${r}_${j} * SCALE;`);
+      L.push(`  dqkv[ik${r}_${j} + CW] = ${acc(`ik${r}_${j} + CW`)}dv${r}_${j};`);
     }
     L.push(`}`);
   }
@@ -356,8 +358,10 @@ export function attentionForward(
 }
 
 /**
- * Backward: accumulates dqkv (+=) from dout [B,T,C], qkv and the saved att.
- * Two dispatches (query blocks, then key blocks); see the module comment.
+ * Backward: accumulates dqkv (+=) from dout [B,T,C], qkv and the saved att,
+ * or with `accumulate: false` writes it (every element is written once, so
+ * the caller need not clear it first). Two dispatches (query blocks, then key
+ * blocks); see the module comment.
  *
  * @example
  * ```ts ignore
@@ -368,8 +372,10 @@ export function attentionBackward(
   gpu: Gpu,
   bufs: { dqkv: TensorRef; datt?: TensorRef; dout: TensorRef; qkv: TensorRef; att: TensorRef },
   shape: AttentionShape,
+  options: { accumulate?: boolean } = {},
 ): Dispatch[] {
   const kernel = "attentionBackward";
+  const accumulate = options.accumulate ?? true;
   const s = sizes(kernel, shape);
   const { b, t, c, nh } = s;
   const nAtt = b * nh * t * t;
@@ -386,7 +392,12 @@ export function attentionBackward(
   const refs = [dqkv, datt, dout, qkv, att];
   const q = `${kernel} queries`, k = `${kernel} keys`;
   return [
-    gpu.dispatch(q, gpu.pipeline(attentionQueryShader(s), "main", q), refs, groups(s)),
-    gpu.dispatch(k, gpu.pipeline(attentionKeyShader(s), "main", k), refs, groups(s)),
+    gpu.dispatch(
+      q,
+      gpu.pipeline(attentionQueryShader(s, accumulate), "main", q),
+      refs,
+      groups(s),
+    ),
+    gpu.dispatch(k, gpu.pipeline(attentionKeyShader(s, accumulate), "main", k), refs, groups(s)),
   ];
 }

@@ -23,12 +23,14 @@ async function runCase(
   nh: number,
   seed: number,
   block?: number,
+  accumulate = true,
 ) {
   const nQkv = b * t * 3 * c;
   const nAtt = b * nh * t * t;
   const qkv = randomF32(nQkv, seed, -2, 2);
   const dout = randomF32(b * t * c, seed + 1);
-  const dqkv0 = randomF32(nQkv, seed + 2);
+  // Written, not accumulated: every element must be overwritten, so start from NaN.
+  const dqkv0 = accumulate ? randomF32(nQkv, seed + 2) : new Float32Array(nQkv).fill(NaN);
   const r = (data: Float32Array | number, length: number) => ({
     buffer: gpu.storage(data),
     length,
@@ -44,18 +46,23 @@ async function runCase(
   };
   const shape = block === undefined ? { b, t, c, nh } : { b, t, c, nh, block };
   gpu.run([attentionForward(gpu, { qkv: g.qkv, out: g.out, att: g.att }, shape)]);
-  const bw = attentionBackward(gpu, {
-    dqkv: g.dqkv,
-    datt: g.datt,
-    dout: g.dout,
-    qkv: g.qkv,
-    att: g.att,
-  }, shape);
+  const bw = attentionBackward(
+    gpu,
+    {
+      dqkv: g.dqkv,
+      datt: g.datt,
+      dout: g.dout,
+      qkv: g.qkv,
+      att: g.att,
+    },
+    shape,
+    { accumulate },
+  );
   gpu.run(bw);
   const out = new Float32Array(b * t * c);
   const att = new Float32Array(nAtt);
   attentionForwardRef({ qkv, out, att }, shape);
-  const dqkv = dqkv0.slice();
+  const dqkv = accumulate ? dqkv0.slice() : new Float32Array(nQkv);
   attentionBackwardRef({ dqkv, dout, qkv, att }, shape);
   assertClose(await gpu.read(g.att.buffer, nAtt), att, { ...TOL, label: "att" });
   assertClose(await gpu.read(g.out.buffer, b * t * c), out, { ...TOL, label: "out" });
@@ -87,6 +94,10 @@ Deno.test("attention forward and backward match the reference", async (t) => {
       });
       await t.step("b=2, t=11, c=8, nh=2, block 3 (block not a multiple of 4)", async () => {
         await runCase(gpu, 2, 11, 8, 2, 8, 3);
+      });
+      await t.step("backward that writes dqkv: the model's shape and an odd one", async () => {
+        await runCase(gpu, 2, 64, 64, 4, 9, undefined, false);
+        await runCase(gpu, 2, 9, 12, 2, 10, 4, false);
       });
       await t.step("b=4, t=64, c=64, nh=4, backward deterministic", async () => {
         const { g, bw, nQkv } = await runCase(gpu, 4, 64, 64, 4, 3);

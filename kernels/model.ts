@@ -20,7 +20,6 @@ import { layernormBackward, layernormForward } from "./layernorm.ts";
 import { attentionBackward, attentionForward } from "./attention.ts";
 import { crossEntropyForwardBackward, meanLoss } from "./crossentropy.ts";
 import { adamw, gradNorm } from "./adamw.ts";
-import { zeroFill } from "./_wgsl.ts";
 
 /** Options for {@linkcode createModel}. */
 export interface ModelOptions {
@@ -460,14 +459,19 @@ export class GptModel {
       }, { rows: N, c: C }));
       // residual2 = residual + attproj.
       linearBackward(ref(a.atty, N * C), dres, datty, w.attprojw, w.attprojb, C, C);
-      bwd.push(zeroFill(gpu, { buf: dqkv }, { n: N * 3 * C }));
-      bwd.push(...attentionBackward(gpu, {
-        dqkv,
-        datt,
-        dout: datty,
-        qkv: ref(a.qkv, N * 3 * C),
-        att: ref(a.att, B * NH * T * T),
-      }, { b: B, t: T, c: C, nh: NH }));
+      // Written whole by the attention backward: no clearing needed.
+      bwd.push(...attentionBackward(
+        gpu,
+        {
+          dqkv,
+          datt,
+          dout: datty,
+          qkv: ref(a.qkv, N * 3 * C),
+          att: ref(a.att, B * NH * T * T),
+        },
+        { b: B, t: T, c: C, nh: NH },
+        { accumulate: false },
+      ));
       linearBackward(ref(a.ln1, N * C), dqkv, dln, w.qkvw, w.qkvb, C, 3 * C);
       bwd.push(...layernormBackward(gpu, {
         dinp: dres,
