@@ -36,31 +36,44 @@ export function crossEntropyForwardBackward(
     slice(checkRef(kernel, "dlogits", bufs.dlogits, rows * v), rows * v),
   ];
   const g = grid(rows, WG);
-  const code = `@group(0) @binding(0) var<storage, read_write> logits: array<f32>;
+  // Rows are read as vec4s when v allows: each invocation walks a whole row, so on CPU
+  // adapters every load is a gather, and vec4s make a quarter as many.
+  const vec = v % 4 === 0;
+  const t = vec ? "vec4<f32>" : "f32";
+  const code = `@group(0) @binding(0) var<storage, read_write> logits: array<${t}>;
 @group(0) @binding(1) var<storage, read_write> targets: array<u32>;
 @group(0) @binding(2) var<storage, read_write> losses: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dlogits: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dlogits: array<${t}>;
 const V = ${v}u;
+const VW = ${vec ? v / 4 : v}u;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let r = gid.x + gid.y * ${g.stride}u;
   if (r >= ${rows}u) { return; }
-  let base = r * V;
-  var mx = logits[base];
-  for (var i = 1u; i < V; i++) { mx = max(mx, logits[base + i]); }
-  var sum = 0.0;
-  for (var i = 0u; i < V; i++) { sum += exp(logits[base + i] - mx); }
+  let base = r * VW;
+  var mxw = logits[base];
+  for (var i = 1u; i < VW; i++) { mxw = max(mxw, logits[base + i]); }
+  let mx = ${vec ? "max(max(mxw.x, mxw.y), max(mxw.z, mxw.w))" : "mxw"};
+  var sumw = ${t}(0.0);
+  for (var i = 0u; i < VW; i++) { sumw += exp(logits[base + i] - mx); }
+  let sum = ${vec ? "dot(sumw, vec4<f32>(1.0))" : "sumw"};
   let tgt = targets[r];
   if (tgt < V) {
-    losses[r] = log(sum) - (logits[base + tgt] - mx);
+    let lt = ${vec ? "logits[base + tgt / 4u][tgt % 4u]" : "logits[base + tgt]"};
+    losses[r] = log(sum) - (lt - mx);
   } else {
     losses[r] = bitcast<f32>(0x7fc00000u | (tgt & 0xffu));
   }
   let inv = 1.0 / sum;
   let k = 1.0 / f32(${rows}u);
-  for (var i = 0u; i < V; i++) {
+  for (var i = 0u; i < VW; i++) {
     let p = exp(logits[base + i] - mx) * inv;
-    dlogits[base + i] = (p - select(0.0, 1.0, i == tgt)) * k;
+    ${
+    vec
+      ? "let hot = select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(i * 4u) + vec4<u32>(0u, 1u, 2u, 3u) == vec4<u32>(tgt));"
+      : "let hot = select(0.0, 1.0, i == tgt);"
+  }
+    dlogits[base + i] = (p - hot) * k;
   }
 }`;
   return gpu.dispatch(kernel, gpu.pipeline(code, "main", kernel), refs, g.groups);
