@@ -65,7 +65,8 @@ async function* stepVsMatmul(
     for (const config of configs) {
       const timer = await openStepTimer(gpu, config);
       try {
-        const pairs = quick ? 2 : 5;
+        // This machine's speed swings within seconds: many short pairs, and their median.
+        const pairs = quick ? 2 : 9;
         const ratios: number[] = [];
         for (let i = 0; i < pairs; i++) {
           const mm = await timeMatmul(gpu, String(best.variant), shape, quick ? 100 : 300);
