@@ -29,6 +29,19 @@ interface RowAccess {
   sum(x: string): string;
 }
 
+/**
+ * Rows of at most this many elements (vec4s or scalars) are read once into
+ * named values and the passes over them reuse those: a reload from the stack
+ * is one SIMD load, a reload from storage a gather of one element per lane.
+ */
+const HELD_MAX = 32;
+
+/** WGSL lines for `count` elements: `each(i)` with i the element index as a literal or loop variable. */
+function perElement(count: number, held: boolean, each: (i: string, k: number) => string): string {
+  if (held) return Array.from({ length: count }, (_, k) => each(`${k}u`, k)).join("\n  ");
+  return `for (var i = 0u; i < ${count}u; i++) { ${each("i", -1)} }`;
+}
+
 function rowAccess(c: number): RowAccess {
   return c % 4 === 0
     ? { t: "vec4<f32>", n: c / 4, sum: (x) => `dot(${x}, vec4<f32>(1.0))` }
@@ -76,6 +89,9 @@ export function layernormForward(
   ];
   const g = grid(rows, WG);
   const a = rowAccess(c);
+  const held = a.n <= HELD_MAX;
+  /** Element i of the row: a held value, or a load. */
+  const x = (i: string) => (held ? `x${parseInt(i)}` : `inp[base + ${i}]`);
   const code = `${
     typedBindings([
       ["inp", a.t],
@@ -93,14 +109,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let r = gid.x + gid.y * ${g.stride}u;
   if (r >= ${rows}u) { return; }
   let base = r * CV;
+  ${held ? perElement(a.n, true, (i, k) => `let x${k} = inp[base + ${i}];`) : ""}
   var s = ${a.t}(0.0);
-  for (var i = 0u; i < CV; i++) { s += inp[base + i]; }
+  ${perElement(a.n, held, (i) => `s += ${x(i)};`)}
   let m = ${a.sum("s")} / f32(C);
   var v = ${a.t}(0.0);
-  for (var i = 0u; i < CV; i++) { let d = inp[base + i] - m; v += d * d; }
+  ${perElement(a.n, held, (i) => `{ let d = ${x(i)} - m; v += d * d; }`)}
   let rs = 1.0 / sqrt(${a.sum("v")} / f32(C) + ${f32Lit(LN_EPS)});
-  for (var i = 0u; i < CV; i++) {
-    o[base + i] = (inp[base + i] - m) * rs * weight[i] + bias[i];
+  ${
+    perElement(a.n, held, (i) =>
+      `o[base + ${i}] = (${x(i)} - m) * rs * weight[${i}] + bias[${i}];`)
   }
   mean[r] = m;
   rstd[r] = rs;
@@ -151,6 +169,12 @@ export function layernormBackward(
 
   const gRows = grid(rows, WG);
   const a = rowAccess(c);
+  const held = a.n <= HELD_MAX;
+  /** Binds n and dn of element i: held values, or loads. */
+  const nAt = (i: string) =>
+    held
+      ? `let n = n${parseInt(i)}; let dn = dn${parseInt(i)};`
+      : `let n = (inp[base + ${i}] - m) * rs; let dn = weight[${i}] * dout[base + ${i}];`;
   const dinpCode = `${
     typedBindings([
       ["dinp", a.t],
@@ -170,20 +194,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let base = r * CV;
   let m = mean[r];
   let rs = rstd[r];
+  ${
+    held
+      ? perElement(a.n, true, (i, k) =>
+        `let n${k} = (inp[base + ${i}] - m) * rs;\n  let dn${k} = weight[${i}] * dout[base + ${i}];`)
+      : ""
+  }
   var dms = ${a.t}(0.0);
   var dnms = ${a.t}(0.0);
-  for (var i = 0u; i < CV; i++) {
-    let n = (inp[base + i] - m) * rs;
-    let dn = weight[i] * dout[base + i];
-    dms += dn;
-    dnms += dn * n;
-  }
+  ${perElement(a.n, held, (i) => `{ ${nAt(i)} dms += dn; dnms += dn * n; }`)}
   let dm = ${a.sum("dms")} / f32(C);
   let dnm = ${a.sum("dnms")} / f32(C);
-  for (var i = 0u; i < CV; i++) {
-    let n = (inp[base + i] - m) * rs;
-    let dn = weight[i] * dout[base + i];
-    dinp[base + i] = dinp[base + i] + (dn - dm - n * dnm) * rs;
+  ${
+    perElement(a.n, held, (i) =>
+      `{ ${nAt(i)} dinp[base + ${i}] = dinp[base + ${i}] + (dn - dm - n * dnm) * rs; }`)
   }
 }`;
 

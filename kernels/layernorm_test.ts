@@ -91,6 +91,9 @@ Deno.test("layernorm forward and backward match the reference", async (t) => {
       await t.step("rows=7, c=24", () => runCase(gpu, 7, 24, 10).then(() => {}));
       // A width that is not a multiple of 4 takes the scalar path.
       await t.step("rows=5, c=13", () => runCase(gpu, 5, 13, 15).then(() => {}));
+      // Rows longer than the kernels hold in registers take the looping path.
+      await t.step("rows=3, c=260", () => runCase(gpu, 3, 260, 16).then(() => {}));
+      await t.step("rows=3, c=131", () => runCase(gpu, 3, 131, 17).then(() => {}));
       await t.step("rows=100, c=64", () => runCase(gpu, 100, 64, 20).then(() => {}));
       await t.step("backward is deterministic (rows=1024, c=128)", async () => {
         const rows = 1024;
