@@ -103,6 +103,10 @@ fn main(@builtin(local_invocation_index) l: u32) {
  * 1e-6)); maxGradNorm <= 0 turns clipping off. Then llm.c's update:
  * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; mhat = m / (1 - b1^t);
  * vhat = v / (1 - b2^t); p -= lr (mhat / (sqrt(vhat) + eps) + weightDecay p).
+ * With `decayEnd`, weight decay applies only to elements before that index
+ * (a model's 2-D weights laid out first), so one dispatch updates the decayed
+ * and the undecayed parameters: on CPU adapters each dispatch costs ~0.1 ms
+ * of fixed overhead.
  *
  * @example
  * ```ts ignore
@@ -121,10 +125,16 @@ export function adamw(
     norm: TensorRef;
     hyper: TensorRef;
   },
-  shape: { n: number; offset?: number; weightDecay: number },
+  shape: { n: number; offset?: number; weightDecay: number; decayEnd?: number },
 ): Dispatch {
   const kernel = "adamw";
   const offset = shape.offset ?? 0;
+  const decayEnd = shape.decayEnd ?? offset + shape.n;
+  if (!Number.isSafeInteger(decayEnd) || decayEnd < 0) {
+    throw new RangeError(
+      `Cannot build ${kernel}: decayEnd must be a non-negative integer, got ${decayEnd}`,
+    );
+  }
   checkShape(kernel, { ...shape, offset }, ["n", "offset"], ["n", "offset"]);
   if (!Number.isFinite(shape.weightDecay)) {
     throw new RangeError(
@@ -192,8 +202,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   // Component-wise, so each element gets the same bits with w = 1 or 4.
   let mh = mi / (1.0 - pow(b1, t));
   let vh = vi / (1.0 - pow(b2, t));
+  let wd = ${
+    w === 4
+      ? `select(vec4<f32>(0.0), vec4<f32>(${
+        f32Lit(shape.weightDecay)
+      }), vec4<u32>(i * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(${decayEnd}u))`
+      : `select(0.0, ${f32Lit(shape.weightDecay)}, i < ${decayEnd}u)`
+  };
   let p = params[i];
-  params[i] = p - lr * (mh / (sqrt(vh) + eps) + ${f32Lit(shape.weightDecay)} * p);
+  params[i] = p - lr * (mh / (sqrt(vh) + eps) + wd * p);
 }`;
   return gpu.dispatch(kernel, gpu.pipeline(code, "main", kernel), refs, n ? g.groups : [0]);
 }

@@ -24,7 +24,14 @@ async function normCase(gpu: Gpu, n: number, seed: number) {
 
 async function adamCase(
   gpu: Gpu,
-  opts: { total: number; offset: number; n: number; maxNorm: number; uniform: boolean },
+  opts: {
+    total: number;
+    offset: number;
+    n: number;
+    maxNorm: number;
+    uniform: boolean;
+    decayEnd?: number;
+  },
 ) {
   const { total, offset, n, maxNorm } = opts;
   const params = randomF32(total, 1);
@@ -40,11 +47,19 @@ async function adamCase(
     : { buffer: gpu.storage(hyper), length: 6 };
   gpu.run([
     ...gradNorm(gpu, { grads: g.grads, out: norm }, { n: total }),
-    adamw(gpu, { ...g, norm, hyper: hyperRef }, { n, offset, weightDecay: 0.1 }),
+    adamw(gpu, { ...g, norm, hyper: hyperRef }, {
+      n,
+      offset,
+      weightDecay: 0.1,
+      decayEnd: opts.decayEnd,
+    }),
   ]);
   const normV = await gpu.read(norm.buffer, 1);
   const e = { params: params.slice(), m: m.slice(), v: v.slice() };
-  adamwRef({ ...e, grads, norm: normV, hyper }, { n, offset, weightDecay: 0.1 });
+  // Decay on offset..decayEnd, none after it.
+  const de = Math.min(Math.max(opts.decayEnd ?? offset + n, offset), offset + n);
+  adamwRef({ ...e, grads, norm: normV, hyper }, { n: de - offset, offset, weightDecay: 0.1 });
+  adamwRef({ ...e, grads, norm: normV, hyper }, { n: offset + n - de, offset: de, weightDecay: 0 });
   // f32 pow/sqrt/div on the GPU vs f64: 1e-5 relative plus a small absolute term.
   const tol = { rtol: 1e-5, atol: 1e-6 };
   assertClose(await gpu.read(g.params.buffer, total), e.params, { ...tol, label: "params" });
@@ -84,6 +99,11 @@ Deno.test("gradNorm and adamw match the reference", async (t) => {
           uniform: true,
         });
         assert.ok(clipped, "the test norm exceeds maxGradNorm");
+      });
+      await t.step("adamw with weight decay before decayEnd only (vec4 and scalar)", async () => {
+        for (const [offset, n, decayEnd] of [[0, 1000, 514], [1, 999, 37]]) {
+          await adamCase(gpu, { total: 1000, offset, n, maxNorm: 1, uniform: true, decayEnd });
+        }
       });
       await t.step("adamw without clipping, uniform hyper, odd n", async () => {
         await adamCase(gpu, { total: 13, offset: 0, n: 13, maxNorm: 0, uniform: true });

@@ -492,31 +492,24 @@ export class GptModel {
     }, { b: B, t: T, c: C, v: V }));
     this.#backward = bwd;
 
-    // ---- optimizer: global grad norm, then AdamW on the decayed and the undecayed region.
+    // ---- optimizer: global grad norm, then AdamW in one dispatch over all parameters, with
+    // weight decay on the decayed region, which the layout puts first.
     const opt: Dispatch[] = [];
     opt.push(...gradNorm(gpu, { grads: ref(this.#grads, n), out: normRef }, { n }));
-    const hyper = ref(this.#hyper, 8);
-    for (
-      const [region, wd] of [
-        [this.layout.decayRegion, this.#opts.weightDecay],
-        [this.layout.noDecayRegion, 0],
-      ] as const
-    ) {
-      if (region.length === 0) continue;
-      const r = (buffer: GPUBuffer): TensorRef => ({
-        buffer,
-        offset: region.offset * 4,
-        length: region.length,
-      });
-      opt.push(adamw(gpu, {
-        params: r(this.#params),
-        grads: r(this.#grads),
-        m: r(this.#m),
-        v: r(this.#v),
-        norm: normRef,
-        hyper,
-      }, { n: region.length, weightDecay: wd }));
+    const { decayRegion } = this.layout;
+    if (decayRegion.offset !== 0) {
+      throw new Error(
+        `Cannot build the optimizer: the decayed region starts at ${decayRegion.offset}, not 0`,
+      );
     }
+    opt.push(adamw(gpu, {
+      params: ref(this.#params, n),
+      grads: ref(this.#grads, n),
+      m: ref(this.#m, n),
+      v: ref(this.#v, n),
+      norm: normRef,
+      hyper: ref(this.#hyper, 8),
+    }, { n, weightDecay: this.#opts.weightDecay, decayEnd: decayRegion.length }));
     this.#optimizer = opt;
   }
 
