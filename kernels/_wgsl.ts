@@ -110,11 +110,40 @@ export function f32Lit(x: number): string {
   return `${v.toPrecision(9)}f`;
 }
 
-/** WGSL declarations of `names` as `array<type>` storage bindings 0..n-1. */
-export function bindings(names: string[], type: string = "f32"): string {
+/**
+ * WGSL declarations of `names` as `array<type>` storage bindings 0..n-1; an
+ * entry `[name, elementType]` sets its own element type.
+ */
+export function bindings(names: (string | [string, string])[], type: string = "f32"): string {
   return names
-    .map((n, i) => `@group(0) @binding(${i}) var<storage, read_write> ${n}: array<${type}>;`)
+    .map((e, i) => {
+      const [n, t] = typeof e === "string" ? [e, type] : e;
+      return `@group(0) @binding(${i}) var<storage, read_write> ${n}: array<${t}>;`;
+    })
     .join("\n");
+}
+
+/**
+ * How a kernel reads n consecutive f32: as n/4 vec4s when n is a multiple of
+ * 4, else as n scalars. On CPU adapters (llvmpipe) a load costs about the same
+ * at any width, so vec4s make a quarter as many.
+ */
+export interface Vec4Access {
+  /** WGSL element type: "vec4<f32>" or "f32". */
+  t: string;
+  /** f32 per element: 4 or 1. */
+  w: number;
+  /** Elements of type `t`. */
+  n: number;
+  /** WGSL expression summing the components of a `t` value `x`. */
+  sum(x: string): string;
+}
+
+/** The {@linkcode Vec4Access} for `n` consecutive f32. */
+export function vec4Access(n: number): Vec4Access {
+  return n % 4 === 0
+    ? { t: "vec4<f32>", w: 4, n: n / 4, sum: (x) => `dot(${x}, vec4<f32>(1.0))` }
+    : { t: "f32", w: 1, n, sum: (x) => x };
 }
 
 /** A storage buffer sized for `length` elements, owned by a kernel as scratch. */

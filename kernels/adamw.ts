@@ -20,6 +20,7 @@ import {
   scratch,
   slice,
   treeSum,
+  vec4Access,
   WG,
 } from "./_wgsl.ts";
 
@@ -49,21 +50,17 @@ export function gradNorm(
   const grads = slice(checkRef(kernel, "grads", bufs.grads, n), n);
   const out = slice(checkRef(kernel, "out", bufs.out, 1), 1);
   // Read as vec4s when n allows (a quarter of the loads, which bound CPU adapters).
-  const vec = n % 4 === 0;
-  const nv = vec ? n / 4 : n;
+  const a = vec4Access(n);
   const groups = Math.max(1, Math.min(MAX_PARTIALS, Math.ceil(n / (RED * PER_INVOCATION))));
   const span = groups * RED;
-  const iters = Math.ceil(nv / span);
+  const iters = Math.ceil(a.n / span);
   const partial = scratch(gpu, groups, "gradNorm partials");
-  const stage1 = `@group(0) @binding(0) var<storage, read_write> grads: array<${
-    vec ? "vec4<f32>" : "f32"
-  }>;
-@group(0) @binding(1) var<storage, read_write> partial: array<f32>;
+  const stage1 = `${bindings([["grads", a.t], "partial"])}
 ${
     treeSum(`
   for (var k = 0u; k < ${iters}u; k++) {
     let i = k * ${span}u + w * ${RED}u + l;
-    if (i < ${nv}u) { let g = grads[i]; acc += ${vec ? "dot(g, g)" : "g * g"}; }
+    if (i < ${a.n}u) { let g = grads[i]; acc += ${a.w === 4 ? "dot(g, g)" : "g * g"}; }
   }`)
   }
 @compute @workgroup_size(${RED})
@@ -171,15 +168,10 @@ fn hp(i: u32) -> f32 { return hyper[i]; }`;
   }
   // Four elements per invocation as vec4s when the range is 4-aligned: on CPU adapters a
   // load costs about the same at any width.
-  const w = offset % 4 === 0 && n % 4 === 0 ? 4 : 1;
-  const type = w === 4 ? "vec4<f32>" : "f32";
+  // (A range that starts unaligned is read as scalars: vec4Access(1).)
+  const { w, t } = vec4Access(offset % 4 === 0 ? n : 1);
   const g = grid(n / w, WG);
-  const code = `${
-    ["params", "grads", "m", "v"].map((name, i) =>
-      `@group(0) @binding(${i}) var<storage, read_write> ${name}: array<${type}>;`
-    ).join("\n")
-  }
-@group(0) @binding(4) var<storage, read_write> norm: array<f32>;
+  const code = `${bindings([["params", t], ["grads", t], ["m", t], ["v", t], "norm"])}
 ${hyperDecl}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {

@@ -5,7 +5,7 @@
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
-import { bindings, checkRef, checkShape, grid, RED, slice, treeSum } from "./_wgsl.ts";
+import { bindings, checkRef, checkShape, grid, RED, slice, treeSum, vec4Access } from "./_wgsl.ts";
 
 const WG = 64;
 
@@ -38,14 +38,11 @@ export function crossEntropyForwardBackward(
   const g = grid(rows, WG);
   // Rows are read as vec4s when v allows: each invocation walks a whole row, so on CPU
   // adapters every load is a gather, and vec4s make a quarter as many.
-  const vec = v % 4 === 0;
-  const t = vec ? "vec4<f32>" : "f32";
-  const code = `@group(0) @binding(0) var<storage, read_write> logits: array<${t}>;
-@group(0) @binding(1) var<storage, read_write> targets: array<u32>;
-@group(0) @binding(2) var<storage, read_write> losses: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dlogits: array<${t}>;
+  const a = vec4Access(v);
+  const vec = a.w === 4;
+  const code = `${bindings([["logits", a.t], ["targets", "u32"], "losses", ["dlogits", a.t]])}
 const V = ${v}u;
-const VW = ${vec ? v / 4 : v}u;
+const VW = ${a.n}u;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let r = gid.x + gid.y * ${g.stride}u;
@@ -54,9 +51,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   var mxw = logits[base];
   for (var i = 1u; i < VW; i++) { mxw = max(mxw, logits[base + i]); }
   let mx = ${vec ? "max(max(mxw.x, mxw.y), max(mxw.z, mxw.w))" : "mxw"};
-  var sumw = ${t}(0.0);
+  var sumw = ${a.t}(0.0);
   for (var i = 0u; i < VW; i++) { sumw += exp(logits[base + i] - mx); }
-  let sum = ${vec ? "dot(sumw, vec4<f32>(1.0))" : "sumw"};
+  let sum = ${a.sum("sumw")};
   let tgt = targets[r];
   if (tgt < V) {
     let lt = ${vec ? "logits[base + tgt / 4u][tgt % 4u]" : "logits[base + tgt]"};

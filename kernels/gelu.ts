@@ -8,40 +8,33 @@ import type { Dispatch, Gpu, TensorRef } from "./device.ts";
 import { elementwise, f32Lit } from "./_wgsl.ts";
 import { GELU_SCALE } from "./reference.ts";
 
-// tanh saturates to +-1 in f32 beyond |10|; clamping keeps exp-based tanh
-// implementations away from inf/inf.
+/**
+ * The GELU functions for element type `t`, their names ending in `suffix`.
+ * tanh saturates to +-1 in f32 beyond |10|; clamping keeps exp-based tanh
+ * implementations away from inf/inf.
+ */
+function geluFunctions(t: string, suffix: string): string {
+  return `
+fn tanh_arg${suffix}(x: ${t}) -> ${t} {
+  return clamp(${f32Lit(GELU_SCALE)} * (x + 0.044715 * x * x * x), ${t}(-10.0), ${t}(10.0));
+}
+fn gelu${suffix}(x: ${t}) -> ${t} {
+  return 0.5 * x * (1.0 + tanh(tanh_arg${suffix}(x)));
+}
+fn gelu_grad${suffix}(x: ${t}) -> ${t} {
+  let th = tanh(tanh_arg${suffix}(x));
+  let sech2 = 1.0 - th * th;
+  return 0.5 * (1.0 + th) +
+    x * 0.5 * sech2 * ${f32Lit(GELU_SCALE)} * (1.0 + 3.0 * 0.044715 * x * x);
+}`;
+}
+
 /**
  * WGSL functions `gelu(x)` and `gelu_grad(x)` (d gelu / dx), and their vec4
  * forms `gelu4` and `gelu_grad4`, shared by the element-wise kernels here and
  * the matmul epilogues that fuse them.
  */
-export const GELU_WGSL = `
-fn tanh_arg(x: f32) -> f32 {
-  return clamp(${f32Lit(GELU_SCALE)} * (x + 0.044715 * x * x * x), -10.0, 10.0);
-}
-fn gelu(x: f32) -> f32 {
-  return 0.5 * x * (1.0 + tanh(tanh_arg(x)));
-}
-fn gelu_grad(x: f32) -> f32 {
-  let th = tanh(tanh_arg(x));
-  let sech2 = 1.0 - th * th;
-  return 0.5 * (1.0 + th) +
-    x * 0.5 * sech2 * ${f32Lit(GELU_SCALE)} * (1.0 + 3.0 * 0.044715 * x * x);
-}
-fn tanh_arg4(x: vec4<f32>) -> vec4<f32> {
-  return clamp(${
-  f32Lit(GELU_SCALE)
-} * (x + 0.044715 * x * x * x), vec4<f32>(-10.0), vec4<f32>(10.0));
-}
-fn gelu4(x: vec4<f32>) -> vec4<f32> {
-  return 0.5 * x * (1.0 + tanh(tanh_arg4(x)));
-}
-fn gelu_grad4(x: vec4<f32>) -> vec4<f32> {
-  let th = tanh(tanh_arg4(x));
-  let sech2 = 1.0 - th * th;
-  return 0.5 * (1.0 + th) +
-    x * 0.5 * sech2 * ${f32Lit(GELU_SCALE)} * (1.0 + 3.0 * 0.044715 * x * x);
-}`;
+export const GELU_WGSL = geluFunctions("f32", "") + geluFunctions("vec4<f32>", "4");
 
 /**
  * out = gelu(inp), element-wise over n.

@@ -7,27 +7,21 @@
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
-import { checkRef, checkShape, f32Lit, grid, scratch, slice } from "./_wgsl.ts";
+import {
+  bindings,
+  checkRef,
+  checkShape,
+  f32Lit,
+  grid,
+  scratch,
+  slice,
+  vec4Access,
+} from "./_wgsl.ts";
 import { LN_EPS } from "./reference.ts";
 
 /** Rows per chunk in the first stage of the dweight/dbias reduction. */
 const CHUNK = 32;
 const WG = 64;
-
-/**
- * How the kernels read a row: as vec4s when the width allows (c a multiple of
- * 4), else as scalars. Each invocation walks whole rows, so neighbouring lanes
- * read addresses a row apart: on CPU adapters every such load is a gather of
- * single elements, and vec4 loads make a quarter as many.
- */
-interface RowAccess {
-  /** WGSL type of a row element: "vec4<f32>" or "f32". */
-  t: string;
-  /** Elements of type `t` per row. */
-  n: number;
-  /** WGSL expression summing the components of a `t` value `x`. */
-  sum(x: string): string;
-}
 
 /**
  * Rows of at most this many elements (vec4s or scalars) are read once into
@@ -40,19 +34,6 @@ const HELD_MAX = 32;
 function perElement(count: number, held: boolean, each: (i: string, k: number) => string): string {
   if (held) return Array.from({ length: count }, (_, k) => each(`${k}u`, k)).join("\n  ");
   return `for (var i = 0u; i < ${count}u; i++) { ${each("i", -1)} }`;
-}
-
-function rowAccess(c: number): RowAccess {
-  return c % 4 === 0
-    ? { t: "vec4<f32>", n: c / 4, sum: (x) => `dot(${x}, vec4<f32>(1.0))` }
-    : { t: "f32", n: c, sum: (x) => x };
-}
-
-/** Storage bindings 0..n-1, each `[name, type]`. */
-function typedBindings(entries: [string, string][]): string {
-  return entries
-    .map(([n, t], i) => `@group(0) @binding(${i}) var<storage, read_write> ${n}: array<${t}>;`)
-    .join("\n");
 }
 
 /**
@@ -88,12 +69,12 @@ export function layernormForward(
     slice(checkRef(kernel, "rstd", bufs.rstd, rows), rows),
   ];
   const g = grid(rows, WG);
-  const a = rowAccess(c);
+  const a = vec4Access(c);
   const held = a.n <= HELD_MAX;
   /** Element i of the row: a held value, or a load. */
   const x = (i: string) => (held ? `x${parseInt(i)}` : `inp[base + ${i}]`);
   const code = `${
-    typedBindings([
+    bindings([
       ["inp", a.t],
       ["weight", a.t],
       ["bias", a.t],
@@ -168,7 +149,7 @@ export function layernormBackward(
   const partial = scratch(gpu, chunks * 2 * c, "layernormBackward partial sums");
 
   const gRows = grid(rows, WG);
-  const a = rowAccess(c);
+  const a = vec4Access(c);
   const held = a.n <= HELD_MAX;
   /** Binds n and dn of element i: held values, or loads. */
   const nAt = (i: string) =>
@@ -176,7 +157,7 @@ export function layernormBackward(
       ? `let n = n${parseInt(i)}; let dn = dn${parseInt(i)};`
       : `let n = (inp[base + ${i}] - m) * rs; let dn = weight[${i}] * dout[base + ${i}];`;
   const dinpCode = `${
-    typedBindings([
+    bindings([
       ["dinp", a.t],
       ["dout", a.t],
       ["inp", a.t],
@@ -215,7 +196,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   // still quarter the count of invocations and loads.
   const gPart = grid(chunks * a.n, WG);
   const partCode = `${
-    typedBindings([["partial", a.t], ["dout", a.t], ["inp", a.t], ["mean", "f32"], ["rstd", "f32"]])
+    bindings([["partial", a.t], ["dout", a.t], ["inp", a.t], ["mean", "f32"], ["rstd", "f32"]])
   }
 const C = ${a.n}u;
 const ROWS = ${rows}u;
@@ -240,7 +221,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`;
 
   const gCol = grid(a.n, WG);
-  const sumCode = `${typedBindings([["dweight", a.t], ["dbias", a.t], ["partial", a.t]])}
+  const sumCode = `${bindings([["dweight", a.t], ["dbias", a.t], ["partial", a.t]])}
 const C = ${a.n}u;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
