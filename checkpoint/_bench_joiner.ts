@@ -7,7 +7,7 @@
  * alternates a bare transfer and a keeper fetch REPS times; one JSON line each.
  * `deno run -A checkpoint/_bench_joiner.ts loop ACTOR_URL BARE_URL ROUND SECONDS CHUNK`:
  * fetches the round from the keeper again and again for SECONDS (`bareloop`: from the
- * bare WebSocket).
+ * bare WebSocket); one JSON line per transfer.
  *
  * @module
  */
@@ -86,8 +86,8 @@ if (import.meta.main) {
     let n = 0;
     console.log(JSON.stringify({ kind: "loop_started" }));
     while (performance.now() < until) {
-      if (mode === "bareloop") await bareTransfer(bareUrl);
-      else await keeperFetch();
+      const got = mode === "bareloop" ? await bareTransfer(bareUrl) : await keeperFetch();
+      console.log(JSON.stringify({ kind: "fetch", ...got }));
       n++;
     }
     console.log(JSON.stringify({ kind: "loop", fetches: n }));

@@ -1,8 +1,10 @@
 /**
  * A keeper's serving thread: sends the bytes of the rounds it holds to
- * joiners over its own WebSocket listener, at the lowest CPU priority (nice
- * 19, this thread only), so that serving a join neither runs on the host's
- * event loop nor takes the cores from trainers computing on the same CPU.
+ * joiners over its own WebSocket listener, at the lowest CPU priority
+ * (SCHED_IDLE, this thread only) and within a CPU budget while the machine
+ * is busy (see _background.ts), so that serving a join neither runs on the
+ * host's event loop nor takes the cores from trainers computing on the same
+ * CPU. On an idle machine it sends as fast as the link takes.
  *
  * The keeper hands it each round it prepared (file bytes in
  * SharedArrayBuffers: no copy) and tells it which rounds to keep. The keeper
@@ -17,7 +19,7 @@
  *   {@linkcode DIRECT_FRAME_BYTES} in order; or text `{"error"}`.
  *
  * Protocol with the keeper (postMessage): `{ op: "start", hostname, port,
- * ticket }` → `{ op: "listening", port }` or `{ op: "failed", error }`;
+ * ticket, duty }` → `{ op: "listening", port }` or `{ op: "failed", error }`;
  * `{ op: "round", round, files }`; `{ op: "load", id, dir, round }` (read a
  * committed round from disk into shared memory and verify it against its
  * manifest, here rather than on the keeper's event loop) → `{ op: "loaded",
@@ -26,7 +28,7 @@
  *
  * @module
  */
-import { setPriority } from "node:os";
+import { CpuPacer, lowerThisThread } from "./_background.ts";
 import { CheckpointStore } from "./store.ts";
 import { sharedReadFs } from "./_sync_fs.ts";
 
@@ -46,7 +48,7 @@ export interface DirectRequest {
 
 /** Messages from the keeper. */
 export type ServeControl =
-  | { op: "start"; hostname: string; port: number; ticket: string }
+  | { op: "start"; hostname: string; port: number; ticket: string; duty?: number }
   | { op: "round"; round: number; files: Record<string, Uint8Array> }
   | { op: "load"; id: number; dir: string; round: number }
   | { op: "keep"; rounds: number[] }
@@ -85,12 +87,8 @@ function parseRequest(data: unknown): DirectRequest | string {
 }
 
 if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== "undefined") {
-  try {
-    // On Linux this lowers this thread only (nice values are per thread).
-    setPriority(0, 19);
-  } catch {
-    // Not permitted here: serve at the normal priority.
-  }
+  lowerThisThread();
+  let pacer = new CpuPacer();
   const scope = self as unknown as WorkerScope;
   const rounds = new Map<number, Map<string, Uint8Array>>();
   let server: Deno.HttpServer<Deno.NetAddr> | undefined;
@@ -133,6 +131,7 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
           const n = Math.min(DIRECT_FRAME_BYTES, end - o);
           frame.set(file.subarray(o, o + n));
           socket.send(frame.subarray(0, n));
+          await pacer.pace();
         }
       } catch {
         /* the joiner went away; it resumes elsewhere */
@@ -149,6 +148,7 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
     switch (m.op) {
       case "start":
         ticket = m.ticket;
+        pacer = new CpuPacer({ duty: m.duty });
         try {
           const listening = Promise.withResolvers<number>();
           server = Deno.serve({

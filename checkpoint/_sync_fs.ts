@@ -6,21 +6,27 @@
  *
  * @module
  */
-import type { StoreFs } from "./store.ts";
+import { PACE_BYTES, type StoreFs } from "./store.ts";
+
+/** Writes, fsyncs and closes a file; `pace` after every {@linkcode PACE_BYTES}. */
+function writeFileSync(path: string, bytes: Uint8Array, pace?: () => void): Promise<void> {
+  const f = Deno.openSync(path, { write: true, create: true, truncate: true });
+  try {
+    let at = 0;
+    while (at < bytes.length) {
+      at += f.writeSync(bytes.subarray(at, pace ? at + PACE_BYTES : bytes.length));
+      pace?.();
+    }
+    f.syncSync();
+  } finally {
+    f.close();
+  }
+  return Promise.resolve();
+}
 
 /** The real file system, through synchronous calls (on the calling thread). */
 export const syncFs: StoreFs = {
-  writeFile(path, bytes) {
-    const f = Deno.openSync(path, { write: true, create: true, truncate: true });
-    try {
-      let at = 0;
-      while (at < bytes.length) at += f.writeSync(bytes.subarray(at));
-      f.syncSync();
-    } finally {
-      f.close();
-    }
-    return Promise.resolve();
-  },
+  writeFile: (path, bytes) => writeFileSync(path, bytes),
   readFile: (path) => Promise.resolve(Deno.readFileSync(path)),
   mkdir: (path) => Promise.resolve(Deno.mkdirSync(path, { recursive: true })),
   rename: (from, to) => Promise.resolve(Deno.renameSync(from, to)),
@@ -75,3 +81,12 @@ export const sharedReadFs: StoreFs = {
     }
   },
 };
+
+/**
+ * {@linkcode syncFs} whose file writes call `pace` after every
+ * {@linkcode PACE_BYTES} (a background thread's CPU budget: copying into the
+ * page cache is most of a write's CPU).
+ */
+export function pacedSyncFs(pace: () => void): StoreFs {
+  return { ...syncFs, writeFile: (path, bytes) => writeFileSync(path, bytes, pace) };
+}

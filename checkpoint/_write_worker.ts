@@ -1,11 +1,12 @@
 /**
  * A keeper's writer thread: encodes, hashes and commits a round off the
- * keeper's event loop, at the lowest CPU priority (nice 19, this thread
- * only), so that on a machine whose compute also runs on the CPU (llvmpipe)
- * the trainers' inner steps keep the cores. File operations are synchronous
- * here so that they, too, run on this thread.
+ * keeper's event loop, at the lowest CPU priority (SCHED_IDLE, this thread
+ * only) and within a CPU budget while the machine is busy (see
+ * _background.ts), so that on a machine whose compute also runs on the CPU
+ * (llvmpipe) the trainers' inner steps keep the cores. File operations are
+ * synchronous here so that they, too, run on this thread.
  *
- * Protocol: `{ id, dir, retention, state, shared }` in (typed arrays
+ * Protocol: `{ id, dir, retention, state, shared, duty }` in (typed arrays
  * transferred); `{ id, ok: true, manifest, files, spare }` out (file bytes,
  * in SharedArrayBuffers when `shared`, and the state's params and momentum
  * arrays, for reuse, transferred back), or
@@ -13,7 +14,7 @@
  *
  * @module
  */
-import { setPriority } from "node:os";
+import { CpuPacer, DEFAULT_DUTY, lowerThisThread } from "./_background.ts";
 import {
   CheckpointStore,
   CheckpointWriteError,
@@ -21,7 +22,7 @@ import {
   type Retention,
   type RoundState,
 } from "./store.ts";
-import { syncFs } from "./_sync_fs.ts";
+import { pacedSyncFs, syncFs } from "./_sync_fs.ts";
 
 export { syncFs };
 
@@ -33,6 +34,8 @@ export interface WriteRequest {
   state: RoundState;
   /** Put the model and state files in SharedArrayBuffers. */
   shared?: boolean;
+  /** CPU share of one core while the machine is busy (see `CpuPacer`). */
+  duty?: number;
 }
 
 interface WorkerScope {
@@ -41,12 +44,9 @@ interface WorkerScope {
 }
 
 if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== "undefined") {
-  try {
-    // On Linux this lowers this thread only (nice values are per thread).
-    setPriority(0, 19);
-  } catch {
-    // Not permitted here: run at the normal priority.
-  }
+  lowerThisThread();
+  let pacer: CpuPacer | undefined;
+  const pace = () => pacer?.paceSync();
   const scope = self as unknown as WorkerScope;
   const stores = new Map<string, CheckpointStore>();
   let queue = Promise.resolve();
@@ -54,15 +54,19 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
     const req = ev.data;
     queue = queue.then(async () => {
       try {
+        if (!pacer || pacer.duty !== (req.duty ?? DEFAULT_DUTY)) {
+          pacer = new CpuPacer({ duty: req.duty });
+        }
         let store = stores.get(req.dir);
         if (!store) {
-          store = new CheckpointStore(req.dir, { retention: req.retention, fs: syncFs });
+          store = new CheckpointStore(req.dir, { retention: req.retention, fs: pacedSyncFs(pace) });
           stores.set(req.dir, store);
         }
         // The files go into shared memory: the keeper and its serving thread read them without
         // a copy on the keeper's event loop.
         const p = await prepareRound(req.state, {
           alloc: req.shared ? (n) => new Uint8Array(new SharedArrayBuffer(n)) : undefined,
+          pace,
         });
         const manifest = await store.commit(p);
         const files = Object.fromEntries(p.files);

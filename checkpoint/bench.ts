@@ -12,15 +12,19 @@
  * - `inner_step_ms` per load: the trainer's inner-step time while nothing
  *   else runs (`idle`), while the joiner fetches the round from the keeper
  *   again and again (`join_fetch`), while the keeper writes round after round
- *   (`keeper_write`, on its low-priority writer thread as in a run), and
- *   while the joiner takes the same bytes from a bare WebSocket (`bare_ws`,
- *   the floor any transfer costs on this machine). Every step of a measured
- *   phase overlaps the load: the worst case. The joiner process runs at
- *   nice 19 here, standing in for a joiner on another machine (on one
- *   2-core box, its own decoding and hashing would otherwise be counted
- *   against the host's trainers).
+ *   (`keeper_write`, on its writer thread as in a run), and while the joiner
+ *   takes the same bytes from a bare WebSocket (`bare_ws`, served from this
+ *   process's event loop at normal priority: what an unmanaged transfer
+ *   costs). Every step of a loaded block overlaps the load: the worst case.
+ *   The joiner process runs at SCHED_IDLE here, standing in for a joiner on
+ *   another machine (on one 2-core box, its own decoding and hashing would
+ *   otherwise be counted against the host's trainers; it still costs them
+ *   some, see _background.ts).
  * - `inner_step_ratio_join_fetch`, `inner_step_ratio_keeper_write`,
- *   `inner_step_ratio_bare_ws` (loaded / idle; target ≤ 1.05 for the first two).
+ *   `inner_step_ratio_bare_ws`: each loaded block runs between two idle
+ *   blocks and is divided by their mean; the median over blocks (target ≤
+ *   1.05 for the first two). `join_mb_per_s_during_steps` and
+ *   `bare_ws_mb_per_s_during_steps`: the transfers that completed meanwhile.
  * - `join_transfer_mb_per_s` vs `bare_ws_mb_per_s` and their ratio
  *   `join_vs_bare_ws` (target ≥ 0.8): the joiner's fetch (resumable,
  *   verified against the manifest) against the same bytes over a bare
@@ -132,16 +136,20 @@ function bareServer(
   });
 }
 
-let niceOk: boolean | undefined;
-function hasNice(): boolean {
-  if (niceOk === undefined) {
-    try {
-      niceOk = new Deno.Command("nice", { args: ["true"] }).outputSync().success;
-    } catch {
-      niceOk = false;
-    }
+let lowest: string[] | undefined;
+/** The command prefix that runs a process at the lowest CPU priority here. */
+function lowestPriority(): string[] {
+  if (lowest === undefined) {
+    const works = (cmd: string[]) => {
+      try {
+        return new Deno.Command(cmd[0], { args: [...cmd.slice(1), "true"] }).outputSync().success;
+      } catch {
+        return false;
+      }
+    };
+    lowest = [["chrt", "-i", "0"], ["nice", "-n", "19"]].find(works) ?? [];
   }
-  return niceOk;
+  return lowest;
 }
 
 interface Joiner {
@@ -152,13 +160,19 @@ interface Joiner {
 }
 
 /**
- * Starts the joiner process. `nice`: at the lowest CPU priority, standing in
- * for a joiner on another machine (its own decoding and hashing are not a
- * cost to this machine's trainers in a real run; the keeper's serving is).
+ * Starts the joiner process. `low`: at the lowest CPU priority (SCHED_IDLE),
+ * standing in for a joiner on another machine (its own decoding and hashing
+ * are not a cost to this machine's trainers in a real run; the keeper's
+ * serving is).
  */
-function joiner(args: string[], nice = false, ns?: string): Joiner {
+function joiner(args: string[], low = false, ns?: string, cpus?: string): Joiner {
   const deno = [Deno.execPath(), "run", "-A", JOINER, ...args];
-  const niced = nice && hasNice() ? ["nice", "-n", "19", ...deno] : deno;
+  // A joiner with a core of its own stands in for another machine at its normal priority.
+  const niced = cpus
+    ? ["taskset", "-c", cpus, ...deno]
+    : low
+    ? [...lowestPriority(), ...deno]
+    : deno;
   const [cmd, ...rest] = ns ? ["ip", "netns", "exec", ns, ...niced] : niced;
   const child = new Deno.Command(cmd, {
     args: rest,
@@ -203,6 +217,8 @@ interface NetPath {
   ns?: string;
   /** Appended to record names. */
   suffix: string;
+  /** CPUs the joiner runs on, when it has its own (`split`). */
+  joinerCpus?: string;
   /** Described in each record. */
   link: string;
 }
@@ -260,6 +276,15 @@ export interface CheckpointBenchOptions extends BenchOptions {
   writer?: "inline" | "worker";
   /** Serve joiners from the keeper's serving thread (default true, as in a run). */
   direct?: boolean;
+  /** The keeper's `backgroundDuty` (default: the keeper's default). */
+  duty?: number;
+  /**
+   * Two machines on one box: this process (trainer with one llvmpipe
+   * thread, keeper) runs pinned to CPU 0 and the joiner to CPU 1; only the
+   * loaded steps are measured, records end in `_split`. The full bench runs
+   * this in a child process after its other phases (`false` skips that).
+   */
+  split?: boolean;
   /** Repetitions of each measurement (default 3, quick 2). */
   reps?: number;
   /**
@@ -271,12 +296,62 @@ export interface CheckpointBenchOptions extends BenchOptions {
 
 /** The checkpoint suite; see the module doc. */
 export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<BenchRecord> {
+  yield* sharedLayout(options);
+  if (options.split === undefined && !options.quick) yield* splitLayout(options);
+}
+
+/**
+ * The `split` layout (see {@linkcode CheckpointBenchOptions.split}) in a
+ * child process pinned to CPU 0, with one llvmpipe thread.
+ */
+async function* splitLayout(options: CheckpointBenchOptions): AsyncGenerator<BenchRecord> {
+  let why = navigator.hardwareConcurrency < 2 ? "needs 2 CPUs" : "";
+  try {
+    const ok = new Deno.Command("taskset", { args: ["-c", "1", "true"] }).outputSync().success;
+    if (!ok) why ||= "taskset cannot pin to CPU 1";
+  } catch {
+    why ||= "taskset is not installed";
+  }
+  if (why) {
+    yield { name: "split_skipped", value: 0, unit: "flag", note: why };
+    return;
+  }
+  const flags = [
+    ...(options.reps ? ["--reps", String(options.reps)] : []),
+    ...(options.duty ? ["--duty", String(options.duty)] : []),
+    ...(options.direct === false ? ["--no-direct"] : []),
+  ];
+  const child = new Deno.Command("taskset", {
+    args: ["-c", "0", Deno.execPath(), "run", "-A", new URL(import.meta.url).pathname, "--split"]
+      .concat(flags),
+    env: { LP_NUM_THREADS: "1" },
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  let buf = "";
+  for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+    buf += chunk;
+    let nl;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl).trim();
+      buf = buf.slice(nl + 1);
+      if (line.startsWith("{")) yield JSON.parse(line) as BenchRecord;
+    }
+  }
+  const status = await child.status;
+  if (!status.success) {
+    yield { name: "split_failed", value: status.code, unit: "exit code" };
+  }
+}
+
+/** Every process on all of the machine's cores: the joiner at the lowest priority. */
+async function* sharedLayout(options: CheckpointBenchOptions): AsyncGenerator<BenchRecord> {
   Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
   const width = options.width ?? (options.quick ? 192 : 384);
   const big: GptConfig = { nLayer: 4, nHead: 8, nEmbd: width, blockSize: 64, vocabSize: 256 };
   const n = buildLayout(big).totalLength;
-  const reps = options.reps ?? (options.quick ? 2 : 3);
-  const steps = options.quick ? 8 : 16;
+  const reps = options.reps ?? (options.quick ? 2 : 6);
+  const steps = options.quick ? 4 : 8;
   const chunk = options.chunkBytes ?? 0;
   const dir = await Deno.makeTempDir({ prefix: "ckpt_bench_" });
   const system = new ActorSystem({ node: "host" });
@@ -314,6 +389,7 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
         config: big,
         retention: { keepLast: 2, keepEvery: 0 },
         writer: options.writer ?? "worker",
+        ...(options.duty ? { backgroundDuty: options.duty } : {}),
         // As in a run: joiners take the bytes from the keeper's low-priority serving thread,
         // which listens on every address (the joiner dials the host it reached the node by).
         ...(options.direct === false ? {} : { serve: { hostname: "0.0.0.0" } }),
@@ -334,6 +410,10 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
     const mb = round3(modelBytes.length / 2 ** 20);
     let round = 2;
 
+    /** MB/s of one transfer line of the joiner. */
+    const rate = (l: Record<string, unknown>) =>
+      (l.bytes as number) / 2 ** 20 / ((l.ms as number) / 1000);
+
     /** (b) The joiner's transfer vs a bare WebSocket, alternated in one joiner process. */
     const compare = async function* (path: NetPath): AsyncGenerator<BenchRecord> {
       const pairs = options.quick ? 4 : 8;
@@ -344,8 +424,6 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
       );
       children.push(cmp);
       await cmp.done;
-      const rate = (l: Record<string, unknown>) =>
-        (l.bytes as number) / 2 ** 20 / ((l.ms as number) / 1000);
       // The first pair warms both paths (connections, JIT).
       const keeperRates = cmp.lines.filter((l) => l.kind === "keeper").slice(1).map(rate);
       const bareRates = cmp.lines.filter((l) => l.kind === "bare").slice(1).map(rate);
@@ -382,8 +460,11 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
       };
     };
 
-    /** Starts a load beside the trainer; resolves to the function that stops it. */
-    const startLoad = async (load: string, path: NetPath): Promise<() => Promise<void>> => {
+    /**
+     * Starts a load beside the trainer; resolves to the function that stops
+     * it, which returns the joiner's completed transfers (MB/s each).
+     */
+    const startLoad = async (load: string, path: NetPath): Promise<() => Promise<number[]>> => {
       if (load === "join_fetch" || load === "bare_ws") {
         const j = joiner(
           [
@@ -396,16 +477,19 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
           ],
           true,
           path.ns,
+          path.joinerCpus,
         );
         children.push(j);
         await j.waitFor("loop_started");
         // Let the first transfer get going.
         await new Promise((r) => setTimeout(r, 200));
         return async () => {
+          const rates = j.lines.filter((l) => l.kind === "fetch").map(rate);
           try {
             j.child.kill("SIGKILL");
           } catch { /* exited */ }
           await j.done;
+          return rates;
         };
       }
       if (load === "keeper_write") {
@@ -434,62 +518,90 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
         await new Promise((r) => setTimeout(r, 50));
         return async () => {
           on = false;
+          // The write in flight finishes before the next idle block.
           await loop;
+          return [];
         };
       }
-      return () => Promise.resolve();
+      return () => Promise.resolve([]);
     };
 
-    /** (a), (c): the trainer's inner steps under each load, interleaved with idle. */
+    /**
+     * (a), (c): the trainer's inner steps under each load. Every loaded block
+     * sits between two idle blocks and is compared with their mean: the
+     * machine's speed drifts between blocks by more than the effect measured.
+     */
     const innerSteps = async function* (
       loads: readonly string[],
       path: NetPath,
     ): AsyncGenerator<BenchRecord> {
-      const times: Record<string, number[]> = Object.fromEntries(loads.map((l) => [l, []]));
+      const times: Record<string, number[]> = { idle: [] };
+      const ratios: Record<string, number[]> = {};
+      const rates: Record<string, number[]> = {};
+      for (const load of loads) [times[load], ratios[load], rates[load]] = [[], [], []];
+      let before = await trainer.innerStepMs(1, steps);
+      times.idle.push(before);
       for (let rep = 0; rep < reps; rep++) {
         for (const load of loads) {
           const stop = await startLoad(load, path);
-          times[load].push(await trainer.innerStepMs(rep + 1, steps));
-          await stop();
+          const loaded = await trainer.innerStepMs(rep + 1, steps);
+          rates[load].push(...await stop());
+          const after = await trainer.innerStepMs(rep + 1, steps);
+          times[load].push(loaded);
+          times.idle.push(after);
+          ratios[load].push(loaded / ((before + after) / 2));
+          before = after;
         }
       }
       const x = path.suffix;
-      for (const load of loads) {
+      for (const load of ["idle", ...loads]) {
         yield {
           name: `inner_step_ms_${load}${x}`,
           value: round3(median(times[load])),
           unit: "ms",
           config: "small",
           steps,
-          reps,
+          blocks: times[load].length,
           link: path.link,
         };
       }
-      for (const load of loads.slice(1)) {
+      for (const load of loads) {
         yield {
           name: `inner_step_ratio_${load}${x}`,
-          // Each rep measures idle then every load back to back: a ratio per rep, then the median.
-          value: round3(median(times[load].map((t, i) => t / times.idle[i]))),
+          value: round3(median(ratios[load])),
           unit: "ratio",
           ...(load === "bare_ws" ? { note: "floor: a bare transfer of the same bytes" } : {
             target: "<= 1.05",
           }),
+          statistic: "median over blocks of loaded / mean of the idle blocks around it",
+          blocks: ratios[load].map(round3),
           model_mb: mb,
           link: path.link,
         };
+        if (rates[load].length > 0) {
+          yield {
+            name: `${load === "bare_ws" ? "bare_ws" : "join"}_mb_per_s_during_steps${x}`,
+            value: round3(median(rates[load])),
+            unit: "MB/s",
+            transfers: rates[load].length,
+            note: "transfers completed while the trainer stepped",
+            link: path.link,
+          };
+        }
       }
     };
 
     const loopback: NetPath = {
       actorUrl: listener.url,
       bareUrl: `ws://127.0.0.1:${bare.addr.port}/`,
-      suffix: "",
-      link: "loopback",
+      suffix: options.split ? "_split" : "",
+      link: options.split ? "loopback; host on CPU 0, joiner on CPU 1" : "loopback",
+      ...(options.split ? { joinerCpus: "1" } : {}),
     };
-    yield* compare(loopback);
-    yield* innerSteps(["idle", "join_fetch", "keeper_write", "bare_ws"], loopback);
+    if (!options.split) yield* compare(loopback);
+    yield* innerSteps(["join_fetch", "keeper_write", "bare_ws"], loopback);
     yield {
-      name: "keeper_write_ms",
+      name: `keeper_write_ms${loopback.suffix}`,
       value: round3(writeMs / Math.max(1, writes)),
       unit: "ms",
       writes,
@@ -499,8 +611,14 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
 
     // ---- The same transfers over a rate-limited link: a joiner in its own network namespace
     // behind a veth pair shaped with tc tbf, as a joiner on another machine would be.
-    const why = options.linkMbit === 0 ? "disabled (--link-mbit 0)" : netnsUnavailable();
-    if (why) {
+    const why = options.split
+      ? "not in the split layout"
+      : options.linkMbit === 0
+      ? "disabled (--link-mbit 0)"
+      : netnsUnavailable();
+    if (options.split) {
+      // Nothing more in the child.
+    } else if (why) {
       yield {
         name: "link_skipped",
         value: 0,
@@ -522,7 +640,7 @@ export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<Be
             link: `${mbit} Mbit/s veth, tc tbf`,
           };
           yield* compare(path);
-          yield* innerSteps(["idle", "join_fetch", "bare_ws"], path);
+          yield* innerSteps(["join_fetch", "bare_ws"], path);
         } finally {
           await linkListener.shutdown();
           await linkBare.shutdown();
@@ -555,12 +673,15 @@ if (import.meta.main) {
   };
   const reps = flag("--reps");
   const linkMbit = flag("--link-mbit");
+  const duty = flag("--duty");
   for await (
     const r of bench({
       quick: Deno.args.includes("--quick"),
       writer,
       reps,
       linkMbit,
+      duty,
+      ...(Deno.args.includes("--split") ? { split: true } : {}),
       direct: !Deno.args.includes("--no-direct"),
     })
   ) {

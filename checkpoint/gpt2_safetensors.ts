@@ -59,7 +59,8 @@ export function fromHfConfig(h: HfGpt2Config): GptConfig {
 }
 
 /**
- * Encodes the flat parameters as HF GPT-2 tensors (copies out of the padded layout).
+ * The flat parameters as HF GPT-2 tensors: views into `params` (no copy), to
+ * be encoded before `params` changes.
  */
 export function gpt2Tensors(
   layout: ParamLayout,
@@ -77,7 +78,7 @@ export function gpt2Tensors(
     tensors[v.name] = {
       dtype: "F32",
       shape: v.shape,
-      data: params.slice(v.offset, v.offset + v.length),
+      data: params.subarray(v.offset, v.offset + v.length),
     };
   }
   return tensors;

@@ -25,6 +25,7 @@ import type { ActorContext, ActorSystem, Behavior } from "../actors/system.ts";
 import type { AggregatorState } from "../actors/aggregation.ts";
 import { type KeeperSlot, MemoryKeeperSlot } from "../actors/aggregator.ts";
 import type { GptConfig } from "../kernels/config.ts";
+import { DEFAULT_DUTY } from "./_background.ts";
 import {
   CheckpointStore,
   CheckpointWriteError,
@@ -105,6 +106,12 @@ export interface KeeperOptions {
    * or when the direct path fails, fetches use the actor protocol.
    */
   serve?: { hostname: string; port?: number; advertise?: string };
+  /**
+   * Share of one core the writer and serving threads may use while other
+   * work keeps most of the machine's cores busy, in (0, 1] (default 0.05; 1:
+   * no limit). On an idle machine they run flat out. See _background.ts.
+   */
+  backgroundDuty?: number;
   /** Receives the keeper's reports. */
   onEvent?: (e: KeeperEvent) => void;
 }
@@ -120,11 +127,16 @@ interface Written {
 /** A writer thread (see {@linkcode KeeperOptions.writer}). */
 class WriterThread {
   #worker?: Worker;
+  #duty: number;
   #next = 0;
   #pending = new Map<
     number,
     { resolve(w: Written): void; reject(e: Error): void; round: number }
   >();
+
+  constructor(duty: number) {
+    this.#duty = duty;
+  }
 
   write(
     dir: string,
@@ -172,7 +184,9 @@ class WriterThread {
         buffers.add(x.buffer as ArrayBuffer);
       }
     }
-    this.#worker.postMessage({ id, dir, retention, state, shared }, { transfer: [...buffers] });
+    this.#worker.postMessage({ id, dir, retention, state, shared, duty: this.#duty }, {
+      transfer: [...buffers],
+    });
     return done;
   }
 
@@ -194,7 +208,11 @@ class ServeThread {
   /** Rounds the thread holds. */
   readonly rounds = new Set<number>();
 
-  constructor(serve: NonNullable<KeeperOptions["serve"]>, onFailed: (error: string) => void) {
+  constructor(
+    serve: NonNullable<KeeperOptions["serve"]>,
+    duty: number,
+    onFailed: (error: string) => void,
+  ) {
     const ticket = Array.from(
       crypto.getRandomValues(new Uint8Array(16)),
       (b) => b.toString(16).padStart(2, "0"),
@@ -232,6 +250,7 @@ class ServeThread {
       hostname: serve.hostname,
       port: serve.port ?? 0,
       ticket,
+      duty,
     });
   }
 
@@ -352,7 +371,11 @@ function viewEpoch(v: unknown): number {
 export function keeperBehavior(options: KeeperOptions): Behavior {
   const { run, id } = options;
   const store = new CheckpointStore(options.dir, { retention: options.retention, fs: options.fs });
-  const writer = options.writer === "worker" && !options.fs ? new WriterThread() : undefined;
+  const duty = options.backgroundDuty ?? DEFAULT_DUTY;
+  if (!(duty > 0 && duty <= 1)) {
+    throw new RangeError(`Invalid keeper options: backgroundDuty must be in (0, 1], got ${duty}`);
+  }
+  const writer = options.writer === "worker" && !options.fs ? new WriterThread(duty) : undefined;
   let serving: ServeThread | undefined;
   const maxPending = Math.max(1, options.maxPending ?? 2);
   const emit = (e: KeeperEvent) => options.onEvent?.(e);
@@ -610,7 +633,7 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
   return {
     started(ctx) {
       if (options.serve && writer) {
-        serving = new ServeThread(options.serve, (error) => {
+        serving = new ServeThread(options.serve, duty, (error) => {
           emit({ type: "direct_failed", keeper: id, error });
         });
       }

@@ -1,4 +1,4 @@
-import { deepEqual, equal, ok, rejects } from "@std/assert";
+import { deepEqual, equal, ok, rejects, throws } from "@std/assert";
 import { ActorSystem } from "../actors/system.ts";
 import type { AggregatorState } from "../actors/aggregation.ts";
 import type { StartStateSource } from "../actors/trainer.ts";
@@ -471,5 +471,22 @@ Deno.test("keeper: malformed messages are refused with the field named and never
     equal(r.events.filter((e) => e.type === "refused").length, bad.length);
   } finally {
     await r.cleanup();
+  }
+});
+
+Deno.test("keeper: a background CPU budget outside (0, 1] is refused by name", () => {
+  const config: GptConfig = { nLayer: 1, nHead: 1, nEmbd: 8, blockSize: 4, vocabSize: 16 };
+  for (const backgroundDuty of [0, -0.1, 1.5, NaN]) {
+    throws(
+      () =>
+        keeperBehavior({
+          run: "r",
+          id: "a/keepers/0",
+          dir: "/nonexistent",
+          config,
+          backgroundDuty,
+        }),
+      /backgroundDuty must be in \(0, 1\]/,
+    );
   }
 });

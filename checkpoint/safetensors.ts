@@ -79,6 +79,8 @@ export interface EncodeOptions {
    * `Uint8Array`.
    */
   alloc?: (bytes: number) => Uint8Array;
+  /** Called after every MiB copied (a background thread's CPU budget). */
+  pace?: () => void;
 }
 
 /**
@@ -145,9 +147,14 @@ export function encodeSafetensors(
   );
   out.set(headerBytes, 8);
   let at = 8 + headerBytes.length;
+  const step = options.pace ? 1 << 20 : Infinity;
   for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
+    for (let o = 0; o < p.length; o += step) {
+      const piece = step === Infinity ? p : p.subarray(o, o + step);
+      out.set(piece, at);
+      at += piece.length;
+      options.pace?.();
+    }
   }
   return out;
 }

@@ -247,9 +247,22 @@ export const denoFs: StoreFs = {
  * and running on the caller keeps a keeper's hashing on its low-priority
  * writer thread.
  */
-export function sha256Hex(bytes: Uint8Array): Promise<string> {
-  return Promise.resolve(createHash("sha256").update(bytes).digest("hex"));
+export function sha256Hex(bytes: Uint8Array, pace?: () => void): Promise<string> {
+  const hash = createHash("sha256");
+  if (!pace) return Promise.resolve(hash.update(bytes).digest("hex"));
+  for (let at = 0; at < bytes.length; at += PACE_BYTES) {
+    hash.update(bytes.subarray(at, at + PACE_BYTES));
+    pace();
+  }
+  return Promise.resolve(hash.digest("hex"));
 }
+
+/**
+ * Bytes of work between two calls of a `pace` hook: about 1 ms of hashing or
+ * copying here, short enough that a paced background thread's bursts stay
+ * shorter than a kernel dispatch.
+ */
+export const PACE_BYTES = 1 << 20;
 
 function floatBytes(x: Float32Array): Uint8Array {
   return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
@@ -296,13 +309,18 @@ function scatterPadding(layout: ParamLayout, params: Float32Array, padding: Floa
  * float64 sum is non-finite exactly when some element is (float32 values
  * cannot overflow it): a plain add loop, then a search only on failure.
  */
-export function firstNonFinite(x: Float32Array): number {
+export function firstNonFinite(x: Float32Array, pace?: () => void): number {
   let sum = 0;
-  for (let i = 0; i < x.length; i++) sum += x[i];
+  const step = pace ? PACE_BYTES / 4 : x.length;
+  for (let at = 0; at < x.length; at += step) {
+    const end = Math.min(x.length, at + step);
+    for (let i = at; i < end; i++) sum += x[i];
+    pace?.();
+  }
   return Number.isFinite(sum) ? -1 : x.findIndex((v) => !Number.isFinite(v));
 }
 
-function checkState(state: RoundState): ParamLayout {
+function checkState(state: RoundState, pace?: () => void): ParamLayout {
   if (!Number.isSafeInteger(state.round) || state.round < 0) {
     throw new RangeError(`Invalid round state: round ${state.round} is not a non-negative integer`);
   }
@@ -324,7 +342,7 @@ function checkState(state: RoundState): ParamLayout {
   }
   for (const key of ["params", "momentum", "residual"] as const) {
     const x = state[key];
-    const at = x ? firstNonFinite(x) : -1;
+    const at = x ? firstNonFinite(x, pace) : -1;
     if (at >= 0) {
       throw new RangeError(`Invalid round state ${state.round}: ${key}[${at}] is not finite`);
     }
@@ -335,8 +353,11 @@ function checkState(state: RoundState): ParamLayout {
 /**
  * Encodes and hashes a round: the model file in the HF GPT-2 layout, the
  * state file, and the manifest (last). `alloc` allocates the two data files
- * (see `EncodeOptions.alloc` in safetensors.ts). Refuses a state holding a
- * non-finite value in params, momentum or residual (a RangeError naming it).
+ * (see `EncodeOptions.alloc` in safetensors.ts); `pace` is called after
+ * every {@linkcode PACE_BYTES} of checking, copying and hashing (a
+ * background thread's CPU budget, see _background.ts). Refuses a state
+ * holding a non-finite value in params, momentum or residual (a RangeError
+ * naming it).
  *
  * @example
  * ```ts
@@ -352,10 +373,11 @@ function checkState(state: RoundState): ParamLayout {
  */
 export async function prepareRound(
   state: RoundState,
-  options: { created?: Date; alloc?: (bytes: number) => Uint8Array } = {},
+  options: { created?: Date; alloc?: (bytes: number) => Uint8Array; pace?: () => void } = {},
 ): Promise<PreparedRound> {
-  const alloc = options.alloc ? { alloc: options.alloc } : {};
-  const layout = checkState(state);
+  const { pace } = options;
+  const alloc = { alloc: options.alloc, pace };
+  const layout = checkState(state, pace);
   const hf = JSON.stringify(toHfConfig(state.config));
   const model = encodeSafetensors(gpt2Tensors(layout, state.params), {
     format: "pt",
@@ -380,7 +402,7 @@ export async function prepareRound(
     cursors: JSON.stringify(state.cursors ?? {}),
     settings: JSON.stringify(state.settings ?? {}),
   }, alloc);
-  const paramsSha = await sha256Hex(floatBytes(state.params));
+  const paramsSha = await sha256Hex(floatBytes(state.params), pace);
   const manifest: Manifest = {
     format: MANIFEST_FORMAT,
     run: state.run,
@@ -391,8 +413,8 @@ export async function prepareRound(
     params_hash: paramsSha.slice(0, 16),
     ...(padding ? { params_padding: true } : {}),
     files: {
-      "model.safetensors": { sha256: await sha256Hex(model), size: model.length },
-      "state.safetensors": { sha256: await sha256Hex(stateBytes), size: stateBytes.length },
+      "model.safetensors": { sha256: await sha256Hex(model, pace), size: model.length },
+      "state.safetensors": { sha256: await sha256Hex(stateBytes, pace), size: stateBytes.length },
     },
   };
   const files = new Map<string, Uint8Array>([
