@@ -1,5 +1,5 @@
 import { deepEqual, equal, ok, throws } from "@std/assert";
-import { CpuPacer, DEFAULT_DUTY, lowerThisThread } from "./_background.ts";
+import { CpuPacer, DEFAULT_DUTY } from "./_background.ts";
 import { prepareRound } from "./store.ts";
 import { buildLayout } from "../kernels/layout.ts";
 
