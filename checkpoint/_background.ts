@@ -56,8 +56,9 @@ export function lowerThisThread(): "idle" | "nice" | "none" {
 
 /**
  * The default CPU budget of a background thread while the machine is busy:
- * 5% of one core. A keeper's writes on a 2-core machine measured 1.00-1.05x
- * the idle step time at 5% and 1.06x at 10%.
+ * 5% of one core. With a keeper writing round after round beside a trainer
+ * on a 2-core machine, steps took 1.00-1.06x their idle time at 5% (0.99-1.02x
+ * with the trainer on one core and the keeper beside it), 1.06x at 10%.
  */
 export const DEFAULT_DUTY = 0.05;
 
@@ -68,23 +69,65 @@ export interface PacerOptions {
   /** CPU time worked between two checks, ms (default 2). */
   sliceMs?: number;
   /**
-   * The machine counts as busy when this thread waited for a CPU more than
-   * this many times as long as it ran, lately (default 0.5). A SCHED_IDLE
-   * thread beside a trainer on llvmpipe waited 1.4-9x its run time in
-   * measurements here; beside one busy core on a 2-core machine, 0.02x.
+   * The cores count as busy when other threads kept more than this share of
+   * the cores this thread may run on busy, lately (default 0.7). A trainer
+   * on llvmpipe kept 0.85-0.88 of a 2-core machine busy; a joiner receiving
+   * as fast as it could, 0.5-0.67.
    */
-  busyWait?: number;
-  /** CPU time over which that share is taken, ms (default 10). */
+  busyShare?: number;
+  /** Wall time over which that share is taken, ms (default 100). */
   windowMs?: number;
-  /** Reads the thread's [run, wait] ns (default: /proc/thread-self/schedstat; tests fake it). */
-  sched?: () => [number, number] | undefined;
+  /** Reads the thread's CPU time, ns (default: /proc; tests fake it). */
+  cpuTime?: () => number | undefined;
+  /**
+   * Reads [ticks other threads kept busy, all ticks] since boot, over the
+   * cores this thread may run on (default: /proc; tests fake it).
+   */
+  coreTicks?: () => [number, number] | undefined;
 }
 
-/** [run, wait] ns of the calling thread, from /proc; undefined where it is not there. */
-function threadSched(): [number, number] | undefined {
+/** CPU time of the calling thread, ns, from /proc; undefined where it is not there. */
+function threadCpuNs(): number | undefined {
   try {
-    const f = Deno.readTextFileSync("/proc/thread-self/schedstat").split(" ");
-    return [Number(f[0]), Number(f[1])];
+    return Number(Deno.readTextFileSync("/proc/thread-self/schedstat").split(" ")[0]);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The CPUs the calling thread may run on (its affinity), from /proc. */
+function allowedCpus(): Set<number> {
+  const line = Deno.readTextFileSync("/proc/thread-self/status").split("\n").find((l) =>
+    l.startsWith("Cpus_allowed_list:")
+  );
+  const out = new Set<number>();
+  for (const part of (line?.split(":")[1] ?? "").trim().split(",")) {
+    const [a, b] = part.split("-").map(Number);
+    for (let c = a; c <= (b ?? a); c++) out.add(c);
+  }
+  return out;
+}
+
+/**
+ * [busy ticks of other threads, all ticks] since boot over `cpus`, from
+ * /proc/stat less this thread's own ticks.
+ */
+function procCoreTicks(cpus: Set<number>): [number, number] | undefined {
+  try {
+    let busy = 0;
+    let total = 0;
+    for (const line of Deno.readTextFileSync("/proc/stat").split("\n")) {
+      const m = /^cpu(\d+)\s/.exec(line);
+      if (!m || !cpus.has(Number(m[1]))) continue;
+      // user nice system idle iowait irq softirq steal (guest time is inside user).
+      const f = line.trim().split(/\s+/).slice(1, 9).map(Number);
+      const all = f.reduce((x, y) => x + y, 0);
+      total += all;
+      busy += all - f[3] - f[4];
+    }
+    const st = Deno.readTextFileSync("/proc/thread-self/stat");
+    const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
+    return total > 0 ? [busy - Number(f[11]) - Number(f[12]), total] : undefined;
   } catch {
     return undefined;
   }
@@ -93,11 +136,9 @@ function threadSched(): [number, number] | undefined {
 /**
  * Holds a background thread to a CPU budget while the rest of the machine
  * is busy (see the module doc). Call {@linkcode due} (or `pace`/`paceSync`)
- * between small pieces of work. It reads the thread's own scheduling
- * statistics from /proc: the CPU time it ran, and how long it waited for a
- * CPU, which is how it tells that other threads keep the cores busy (this
- * also holds when the thread may only use some of the cores). Where /proc
- * is missing it never asks for a pause.
+ * between small pieces of work. It reads the thread's CPU time, and every
+ * `windowMs` how busy other threads kept the cores it may run on (its CPU
+ * affinity), from /proc. Where /proc is missing it never asks for a pause.
  *
  * @example
  * ```ts
@@ -113,15 +154,16 @@ export class CpuPacer {
   /** The budget's share of one core. */
   readonly duty: number;
   #sliceNs: number;
-  #busyWait: number;
-  #windowNs: number;
-  /** Run time at the last check. */
-  #runAt: number | undefined;
+  #busyShare: number;
+  #windowMs: number;
+  #cpuTime: () => number | undefined;
+  #coreTicks: () => [number, number] | undefined;
+  /** CPU time at the last check. */
+  #cpuAt: number | undefined;
   #wallAt = performance.now();
-  /** [run, wait] at the start of the current window. */
-  #window: [number, number] | undefined;
+  /** Ticks at the start of the current window, and when it started. */
+  #window: { ticks: [number, number]; at: number } | undefined;
   #busy = false;
-  #sched: () => [number, number] | undefined;
   /** Total ms this pacer asked to sleep (for reports). */
   sleptMs = 0;
 
@@ -131,35 +173,50 @@ export class CpuPacer {
       throw new RangeError(`CPU duty must be in (0, 1], got ${options.duty}`);
     }
     this.#sliceNs = (options.sliceMs ?? 2) * 1e6;
-    this.#busyWait = options.busyWait ?? 0.5;
-    this.#windowNs = (options.windowMs ?? 10) * 1e6;
-    this.#sched = options.sched ?? threadSched;
-    this.#window = this.#sched();
-    this.#runAt = this.#window?.[0];
+    this.#busyShare = options.busyShare ?? 0.7;
+    this.#windowMs = options.windowMs ?? 100;
+    this.#cpuTime = options.cpuTime ?? threadCpuNs;
+    if (options.coreTicks) this.#coreTicks = options.coreTicks;
+    else {
+      let cpus: Set<number> | undefined;
+      try {
+        cpus = allowedCpus();
+      } catch { /* no /proc */ }
+      this.#coreTicks = () => cpus ? procCoreTicks(cpus) : undefined;
+    }
+    this.#cpuAt = this.#cpuTime();
+    const ticks = this.#coreTicks();
+    if (ticks) this.#window = { ticks, at: performance.now() };
   }
 
-  /** Whether this thread waited for a CPU much of the time it wanted one, lately. */
-  #othersBusy(now: [number, number]): boolean {
-    const [run, wait] = [now[0] - this.#window![0], now[1] - this.#window![1]];
-    if (run >= this.#windowNs) {
-      this.#busy = wait > this.#busyWait * run;
-      this.#window = now;
+  /** Whether other threads kept more than `busyShare` of this thread's cores busy lately. */
+  #othersBusy(): boolean {
+    const now = performance.now();
+    if (!this.#window || now - this.#window.at < this.#windowMs) return this.#busy;
+    const ticks = this.#coreTicks();
+    if (!ticks) return this.#busy;
+    const busy = ticks[0] - this.#window.ticks[0];
+    const total = ticks[1] - this.#window.ticks[1];
+    // Ticks are 10 ms: a window too short to hold a few of them keeps the last reading.
+    if (total >= 4) {
+      this.#busy = busy > this.#busyShare * total;
+      this.#window = { ticks, at: now };
     }
     return this.#busy;
   }
 
   /** Ms to pause now to keep within the budget; 0 most of the time. */
   due(): number {
-    if (this.#runAt === undefined || this.duty >= 1) return 0;
+    if (this.#cpuAt === undefined || this.duty >= 1) return 0;
     // A cheap clock read first: the thread cannot have worked a slice in less wall time.
     if ((performance.now() - this.#wallAt) * 1e6 < this.#sliceNs) return 0;
-    const now = this.#sched();
-    if (!now) return 0;
-    const worked = now[0] - this.#runAt;
+    const cpu = this.#cpuTime();
+    if (cpu === undefined) return 0;
+    const worked = cpu - this.#cpuAt;
     if (worked < this.#sliceNs) return 0;
-    this.#runAt = now[0];
+    this.#cpuAt = cpu;
     this.#wallAt = performance.now();
-    if (!this.#othersBusy(now)) return 0;
+    if (!this.#othersBusy()) return 0;
     const ms = (worked / 1e6) * (1 / this.duty - 1);
     this.sleptMs += ms;
     return ms;

@@ -3,47 +3,56 @@ import { CpuPacer, DEFAULT_DUTY } from "./_background.ts";
 import { prepareRound } from "./store.ts";
 import { buildLayout } from "../kernels/layout.ts";
 
-/** A fake clock of the thread's [run, wait] ns. */
-function fakeSched() {
-  const t = { run: 0, wait: 0 };
-  return { t, read: (): [number, number] => [t.run, t.wait] };
+/** Fake readings: the thread's CPU time (ns) and its cores' [others' busy, all] ticks. */
+function fakeProc() {
+  const t = { cpu: 0, busy: 0, total: 0 };
+  return {
+    t,
+    cpuTime: () => t.cpu,
+    coreTicks: (): [number, number] => [t.busy, t.total],
+  };
 }
 
-Deno.test("CpuPacer: no pause while the thread gets a CPU when it wants one", () => {
-  const s = fakeSched();
-  const pacer = new CpuPacer({ duty: 0.1, sliceMs: 0, windowMs: 5, sched: s.read });
+Deno.test("CpuPacer: no pause while other threads leave the cores mostly idle", () => {
+  const p = fakeProc();
+  const pacer = new CpuPacer({ duty: 0.1, sliceMs: 0, windowMs: 0, ...p });
   for (let i = 0; i < 10; i++) {
-    s.t.run += 2e6;
-    s.t.wait += 0.1e6;
+    p.t.cpu += 2e6;
+    p.t.total += 20;
+    p.t.busy += 12; // 60% busy: a joiner receiving beside this thread
     equal(pacer.due(), 0);
   }
   equal(pacer.sleptMs, 0);
 });
 
-Deno.test("CpuPacer: while the thread waits for busy cores, pauses hold it to its duty", () => {
-  const s = fakeSched();
-  const pacer = new CpuPacer({ duty: 0.1, sliceMs: 0, windowMs: 5, sched: s.read });
+Deno.test("CpuPacer: while other threads keep the cores busy, pauses hold it to its duty", () => {
+  const p = fakeProc();
+  const pacer = new CpuPacer({ duty: 0.1, sliceMs: 0, windowMs: 0, ...p });
   const pauses: number[] = [];
-  for (let i = 0; i < 6; i++) {
-    s.t.run += 2e6; // 2 ms of work per slice
-    s.t.wait += 3e6; // waited 1.5x as long: others keep the cores
+  for (let i = 0; i < 4; i++) {
+    p.t.cpu += 2e6; // 2 ms of work per slice
+    p.t.total += i === 0 ? 2 : 20; // the first window is too short to judge (< 4 ticks)
+    p.t.busy += i === 0 ? 2 : 18; // 90% busy: a trainer on llvmpipe
     pauses.push(pacer.due());
   }
-  // The first window (5 ms of run) closes at the third slice; from there, 2 ms work → 18 ms pause.
-  deepEqual(pauses.map((x) => Math.round(x)), [0, 0, 18, 18, 18, 18]);
-  // The machine frees up: the next full window ends the pauses.
-  const after: number[] = [];
-  for (let i = 0; i < 4; i++) {
-    s.t.run += 2e6;
-    after.push(pacer.due());
-  }
-  equal(after.at(-1), 0);
+  // 2 ms of work at a 10% duty: 18 ms of pause.
+  deepEqual(pauses.map((x) => Math.round(x)), [0, 18, 18, 18]);
+  // The trainers stop: the next window ends the pauses.
+  p.t.cpu += 2e6;
+  p.t.total += 20;
+  equal(pacer.due(), 0);
+  equal(Math.round(pacer.sleptMs), 54);
 });
 
-Deno.test("CpuPacer: never pauses without scheduling statistics, and checks its duty", () => {
-  const pacer = new CpuPacer({ sliceMs: 0, sched: () => undefined });
+Deno.test("CpuPacer: never pauses without /proc readings, and checks its duty", () => {
+  const pacer = new CpuPacer({
+    sliceMs: 0,
+    windowMs: 0,
+    cpuTime: () => undefined,
+    coreTicks: () => undefined,
+  });
   equal(pacer.due(), 0);
-  equal(new CpuPacer({ sched: () => [0, 0] }).duty, DEFAULT_DUTY);
+  equal(new CpuPacer({ cpuTime: () => 0, coreTicks: () => [0, 0] }).duty, DEFAULT_DUTY);
   throws(() => new CpuPacer({ duty: 0 }), RangeError);
   throws(() => new CpuPacer({ duty: 1.5 }), RangeError);
   throws(() => new CpuPacer({ duty: NaN }), RangeError);

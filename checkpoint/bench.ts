@@ -9,6 +9,12 @@
  * a round of a larger synthetic GPT-2 (tens of MB) so that transfers and
  * writes take measurable time.
  *
+ * Two layouts: every process on all of the machine's cores, over loopback
+ * and over a shaped link (records without a suffix and `_link`); and
+ * `split` (`_split`), two machines on one box: a child process pinned to
+ * CPU 0 holds the trainer (one llvmpipe thread) and the keeper, the joiner
+ * runs pinned to CPU 1 at its normal priority (`--no-split` skips it).
+ *
  * - `inner_step_ms` per load: the trainer's inner-step time while nothing
  *   else runs (`idle`), while the joiner fetches the round from the keeper
  *   again and again (`join_fetch`), while the keeper writes round after round
@@ -350,7 +356,7 @@ async function* sharedLayout(options: CheckpointBenchOptions): AsyncGenerator<Be
   const width = options.width ?? (options.quick ? 192 : 384);
   const big: GptConfig = { nLayer: 4, nHead: 8, nEmbd: width, blockSize: 64, vocabSize: 256 };
   const n = buildLayout(big).totalLength;
-  const reps = options.reps ?? (options.quick ? 2 : 6);
+  const reps = options.reps ?? (options.quick ? 2 : 10);
   const steps = options.quick ? 4 : 8;
   const chunk = options.chunkBytes ?? 0;
   const dir = await Deno.makeTempDir({ prefix: "ckpt_bench_" });
@@ -416,11 +422,12 @@ async function* sharedLayout(options: CheckpointBenchOptions): AsyncGenerator<Be
 
     /** (b) The joiner's transfer vs a bare WebSocket, alternated in one joiner process. */
     const compare = async function* (path: NetPath): AsyncGenerator<BenchRecord> {
-      const pairs = options.quick ? 4 : 8;
+      const pairs = options.quick ? 4 : 12;
       const cmp = joiner(
         ["compare", path.actorUrl, path.bareUrl, "1", String(pairs + 1), String(chunk)],
         false,
         path.ns,
+        path.joinerCpus,
       );
       children.push(cmp);
       await cmp.done;
@@ -598,7 +605,7 @@ async function* sharedLayout(options: CheckpointBenchOptions): AsyncGenerator<Be
       link: options.split ? "loopback; host on CPU 0, joiner on CPU 1" : "loopback",
       ...(options.split ? { joinerCpus: "1" } : {}),
     };
-    if (!options.split) yield* compare(loopback);
+    yield* compare(loopback);
     yield* innerSteps(["join_fetch", "keeper_write", "bare_ws"], loopback);
     yield {
       name: `keeper_write_ms${loopback.suffix}`,
@@ -682,6 +689,7 @@ if (import.meta.main) {
       linkMbit,
       duty,
       ...(Deno.args.includes("--split") ? { split: true } : {}),
+      ...(Deno.args.includes("--no-split") ? { split: false } : {}),
       direct: !Deno.args.includes("--no-direct"),
     })
   ) {
