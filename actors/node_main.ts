@@ -52,6 +52,9 @@ Options:
   --run-dir DIR         where the run writes its log (run.jsonl) and checkpoints
                         (keeper-<i>/rounds/<round>, latest); default runs/<run id>
   --keepers N           checkpoint keepers in this process (default 2 embedded/host, 0: none)
+  --keeper-cpu X        share of one core (0 < X <= 1, default 0.05) that a keeper's writing
+                        and serving threads may take while trainers keep the cores busy; on an
+                        idle machine they run flat out
   --resume DIR          restart the run from the newest verified round under DIR
                         (its settings; --rounds N may extend it)
   --run-id ID           run id (default "run")
@@ -78,6 +81,8 @@ export interface NodeArgs extends RunSettings {
   runDir?: string;
   /** Checkpoint keepers in this process. */
   keepers: number;
+  /** Keepers' CPU budget while trainers keep the cores busy (`KeeperOptions.backgroundDuty`). */
+  keeperCpu?: number;
   /** Resume from this run directory. */
   resumeDir?: string;
   /** Flags given on the command line (a resumed run keeps its recorded settings otherwise). */
@@ -91,6 +96,15 @@ function intArg(name: string, v: string | undefined, def: number, min = 0): numb
   const n = Number(v);
   if (!Number.isInteger(n) || n < min) {
     throw new RangeError(`Invalid --${name}: expected an integer >= ${min}, got "${v}"`);
+  }
+  return n;
+}
+
+/** A share in (0, 1]. */
+function shareArg(name: string, v: string): number {
+  const n = Number(v);
+  if (!(n > 0 && n <= 1)) {
+    throw new RangeError(`Invalid --${name}: expected a number in (0, 1], got "${v}"`);
   }
   return n;
 }
@@ -131,6 +145,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       data: { type: "string" },
       "run-dir": { type: "string" },
       keepers: { type: "string" },
+      "keeper-cpu": { type: "string" },
       resume: { type: "string" },
       "run-id": { type: "string" },
       "outer-lr": { type: "string" },
@@ -209,6 +224,9 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       : intArg("min-trainers", values["min-trainers"], 1, 1),
     runDir: values["run-dir"],
     keepers: intArg("keepers", values.keepers, values.join ? 0 : 2),
+    ...(values["keeper-cpu"] !== undefined
+      ? { keeperCpu: shareArg("keeper-cpu", values["keeper-cpu"]) }
+      : {}),
     ...(values.resume !== undefined ? { resumeDir: values.resume } : {}),
     given: Object.keys(values),
     json: values.json ?? false,
@@ -290,16 +308,18 @@ async function main(argv: string[]): Promise<number> {
   const runDir = args.join ? args.runDir : args.runDir ?? args.resumeDir ?? `runs/${args.run}`;
   if (!args.join && args.keepers > 0 && !resumed && runDir) await setAside(runDir);
   const emit = eventPrinter({ json: args.json, runDir });
+  const duty = args.keeperCpu !== undefined ? { backgroundDuty: args.keeperCpu } : {};
   const checkpoint = !args.join && args.keepers > 0 && runDir
-    ? { checkpoint: { dir: runDir, keepers: args.keepers } }
+    ? { checkpoint: { dir: runDir, keepers: args.keepers, ...duty } }
     : {};
-  const { resumeDir: _, role, ...rest } = args;
+  const { resumeDir: _, role, keeperCpu: __, ...rest } = args;
   const resume = resumed ? { resume: resumed } : {};
   if (args.host || args.join) {
     return await runNetworked({
       ...rest,
       trainers: args.trainers,
       role: role === "keeper" ? "keeper" : "trainer",
+      ...(role === "keeper" ? duty : {}),
       ...checkpoint,
       ...resume,
     }, emit);

@@ -451,6 +451,8 @@ export interface CheckpointOptions {
   minReplicas?: number;
   /** Retention of each keeper's store (default: last 3 and every 10th). */
   retention?: Partial<Retention>;
+  /** Each keeper's CPU budget while trainers keep the cores busy (`KeeperOptions.backgroundDuty`). */
+  backgroundDuty?: number;
   /**
    * How long a round's state waits for the trainers' data cursors before it
    * goes to the keepers without them, ms (default 5000). The aggregators
@@ -809,6 +811,7 @@ export async function startRunHost(
               retention: ckpt.retention,
               // Encode, hash and write on a low-priority thread: trainers keep the CPU.
               writer: "worker",
+              ...(ckpt.backgroundDuty ? { backgroundDuty: ckpt.backgroundDuty } : {}),
               ...(ckpt.serve ? { serve: ckpt.serve } : {}),
               onEvent: onKeeperEvent,
             }),
@@ -1147,6 +1150,8 @@ export interface NetworkedOptions extends RunSettings {
   role?: "trainer" | "keeper";
   /** Joining as a keeper: the run directory it writes (default runs/<run>/<node>). */
   runDir?: string;
+  /** Joining as a keeper: its CPU budget while trainers keep the cores busy (`KeeperOptions.backgroundDuty`). */
+  backgroundDuty?: number;
 }
 
 /**
@@ -1386,6 +1391,7 @@ async function keepOnJoin(o: {
           coordinator: "host/run/keepers/commit",
           peers: () => hostKeepers,
           writer: "worker",
+          ...(o.options.backgroundDuty ? { backgroundDuty: o.options.backgroundDuty } : {}),
           onEvent: (e) => {
             const line = keeperLine(e);
             if (line) log(line.text, line.warn ? "warn" : "info");

@@ -9,8 +9,8 @@
  * a round of a larger synthetic GPT-2 (tens of MB) so that transfers and
  * writes take measurable time.
  *
- * Two layouts: every process on all of the machine's cores, over loopback
- * and over a shaped link (records without a suffix and `_link`); and
+ * Two layouts, each over loopback and over a shaped link (`_link`): every
+ * process on all of the machine's cores (no layout suffix); and
  * `split` (`_split`), two machines on one box: a child process pinned to
  * CPU 0 holds the trainer (one llvmpipe thread) and the keeper, the joiner
  * runs pinned to CPU 1 at its normal priority (`--no-split` skips it).
@@ -618,16 +618,10 @@ async function* sharedLayout(options: CheckpointBenchOptions): AsyncGenerator<Be
 
     // ---- The same transfers over a rate-limited link: a joiner in its own network namespace
     // behind a veth pair shaped with tc tbf, as a joiner on another machine would be.
-    const why = options.split
-      ? "not in the split layout"
-      : options.linkMbit === 0
-      ? "disabled (--link-mbit 0)"
-      : netnsUnavailable();
-    if (options.split) {
-      // Nothing more in the child.
-    } else if (why) {
+    const why = options.linkMbit === 0 ? "disabled (--link-mbit 0)" : netnsUnavailable();
+    if (why) {
       yield {
-        name: "link_skipped",
+        name: `link_skipped${loopback.suffix}`,
         value: 0,
         unit: "flag",
         note: `rate-limited link not measured: ${why}`,
@@ -643,8 +637,9 @@ async function* sharedLayout(options: CheckpointBenchOptions): AsyncGenerator<Be
             actorUrl: linkListener.url,
             bareUrl: `ws://${link.hostIp}:${linkBare.addr.port}/`,
             ns: link.ns,
-            suffix: "_link",
-            link: `${mbit} Mbit/s veth, tc tbf`,
+            suffix: `${loopback.suffix}_link`,
+            link: `${mbit} Mbit/s veth, tc tbf${options.split ? "; joiner on CPU 1" : ""}`,
+            joinerCpus: loopback.joinerCpus,
           };
           yield* compare(path);
           yield* innerSteps(["join_fetch", "bare_ws"], path);
