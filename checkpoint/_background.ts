@@ -133,6 +133,9 @@ function procCoreTicks(cpus: Set<number>): [number, number] | undefined {
   }
 }
 
+/** A word nobody changes: `Atomics.wait` on it sleeps for its timeout. */
+const SLEEPER = new Int32Array(new SharedArrayBuffer(4));
+
 /**
  * Holds a background thread to a CPU budget while the rest of the machine
  * is busy (see the module doc). Call {@linkcode due} (or `pace`/`paceSync`)
@@ -233,7 +236,7 @@ export class CpuPacer {
   paceSync(): void {
     const ms = this.due();
     if (ms > 0) {
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+      Atomics.wait(SLEEPER, 0, 0, ms);
       this.#wallAt = performance.now();
     }
   }
