@@ -25,12 +25,26 @@ import { setPriority } from "node:os";
 const SCHED_IDLE = 5;
 
 /**
+ * Whether a permission is granted now. Asked without prompting: a keeper
+ * may run inside another service whose terminal must not see a prompt from
+ * a background thread.
+ */
+function granted(desc: Deno.PermissionDescriptor): boolean {
+  try {
+    return Deno.permissions.querySync(desc).state === "granted";
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Puts the calling thread (only it, and threads it starts later) at the
  * lowest CPU priority there is: SCHED_IDLE on Linux (through libc; needs
- * `--allow-ffi`), else nice 19. Returns what it got; never throws.
+ * `--allow-ffi`), else nice 19 (needs `--allow-sys`). Returns what it got;
+ * never throws, never prompts.
  */
 export function lowerThisThread(): "idle" | "nice" | "none" {
-  if (Deno.build.os === "linux") {
+  if (Deno.build.os === "linux" && granted({ name: "ffi" })) {
     try {
       const lib = Deno.dlopen("libc.so.6", {
         sched_setscheduler: { parameters: ["i32", "i32", "buffer"], result: "i32" },
@@ -42,9 +56,10 @@ export function lowerThisThread(): "idle" | "nice" | "none" {
         lib.close();
       }
     } catch {
-      // No FFI permission or no glibc: nice below.
+      // No glibc: nice below.
     }
   }
+  if (!granted({ name: "sys", kind: "setPriority" })) return "none";
   try {
     // On Linux this lowers this thread only (nice values are per thread).
     setPriority(0, 19);
@@ -141,7 +156,8 @@ const SLEEPER = new Int32Array(new SharedArrayBuffer(4));
  * is busy (see the module doc). Call {@linkcode due} (or `pace`/`paceSync`)
  * between small pieces of work. It reads the thread's CPU time, and every
  * `windowMs` how busy other threads kept the cores it may run on (its CPU
- * affinity), from /proc. Where /proc is missing it never asks for a pause.
+ * affinity), from /proc. Where /proc is missing or not readable (no
+ * `--allow-read` for it) it never asks for a pause.
  *
  * @example
  * ```ts
@@ -178,12 +194,14 @@ export class CpuPacer {
     this.#sliceNs = (options.sliceMs ?? 2) * 1e6;
     this.#busyShare = options.busyShare ?? 0.7;
     this.#windowMs = options.windowMs ?? 100;
-    this.#cpuTime = options.cpuTime ?? threadCpuNs;
+    // Without /proc (or leave to read it) the pacer never pauses.
+    const proc = Deno.build.os === "linux" && granted({ name: "read", path: "/proc" });
+    this.#cpuTime = options.cpuTime ?? (proc ? threadCpuNs : () => undefined);
     if (options.coreTicks) this.#coreTicks = options.coreTicks;
     else {
       let cpus: Set<number> | undefined;
       try {
-        cpus = allowedCpus();
+        if (proc) cpus = allowedCpus();
       } catch { /* no /proc */ }
       this.#coreTicks = () => cpus ? procCoreTicks(cpus) : undefined;
     }

@@ -105,3 +105,31 @@ Deno.test("prepareRound: paced, the same bytes and hashes; the pace hook runs pe
   // Each of the two data files (~n*4 bytes) is checked, copied and hashed in 1 MiB pieces.
   ok(calls >= 2 * 3 * Math.floor((n * 4) / (1 << 20)), `pace ran ${calls} times`);
 });
+
+Deno.test("without ffi, sys and /proc permissions: normal priority and no pauses, no error", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const script = `${dir}/probe.ts`;
+    await Deno.writeTextFile(
+      script,
+      `import { CpuPacer, lowerThisThread } from ${
+        JSON.stringify(import.meta.resolve("./_background.ts"))
+      };
+      const pacer = new CpuPacer({ sliceMs: 0, windowMs: 0 });
+      let x = 0;
+      for (let i = 0; i < 1e6; i++) x += i;
+      console.log(JSON.stringify({ got: lowerThisThread(), due: pacer.due(), x: x > 0 }));`,
+    );
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--no-prompt", "--no-config", script],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    equal(out.code, 0, stderr);
+    deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), { got: "none", due: 0, x: true });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
