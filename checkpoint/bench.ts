@@ -286,9 +286,9 @@ export interface CheckpointBenchOptions extends BenchOptions {
   duty?: number;
   /**
    * Two machines on one box: this process (trainer with one llvmpipe
-   * thread, keeper) runs pinned to CPU 0 and the joiner to CPU 1; only the
-   * loaded steps are measured, records end in `_split`. The full bench runs
-   * this in a child process after its other phases (`false` skips that).
+   * thread, keeper) runs pinned to CPU 0 and the joiner to CPU 1; records
+   * end in `_split`. The full bench runs this in a child process after its
+   * other phases (`false` skips that).
    */
   split?: boolean;
   /** Repetitions of each measurement (default 3, quick 2). */
@@ -302,7 +302,7 @@ export interface CheckpointBenchOptions extends BenchOptions {
 
 /** The checkpoint suite; see the module doc. */
 export async function* bench(options: CheckpointBenchOptions): AsyncGenerator<BenchRecord> {
-  yield* sharedLayout(options);
+  yield* measureLayout(options);
   if (options.split === undefined && !options.quick) yield* splitLayout(options);
 }
 
@@ -350,8 +350,8 @@ async function* splitLayout(options: CheckpointBenchOptions): AsyncGenerator<Ben
   }
 }
 
-/** Every process on all of the machine's cores: the joiner at the lowest priority. */
-async function* sharedLayout(options: CheckpointBenchOptions): AsyncGenerator<BenchRecord> {
+/** One layout's figures: every process on all cores, or the `split` layout when asked. */
+async function* measureLayout(options: CheckpointBenchOptions): AsyncGenerator<BenchRecord> {
   Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
   const width = options.width ?? (options.quick ? 192 : 384);
   const big: GptConfig = { nLayer: 4, nHead: 8, nEmbd: width, blockSize: 64, vocabSize: 256 };
