@@ -115,10 +115,23 @@ function allowedCpus(): Set<number> {
   const line = Deno.readTextFileSync("/proc/thread-self/status").split("\n").find((l) =>
     l.startsWith("Cpus_allowed_list:")
   );
+  return parseCpuList(line?.split(":")[1] ?? "");
+}
+
+/**
+ * The CPUs of a Linux CPU list such as `0-3,8,10-11` (as in
+ * /proc/self/status `Cpus_allowed_list`).
+ *
+ * @throws {RangeError} naming the list when it is not one
+ */
+export function parseCpuList(list: string): Set<number> {
   const out = new Set<number>();
-  for (const part of (line?.split(":")[1] ?? "").trim().split(",")) {
-    const [a, b] = part.split("-").map(Number);
-    for (let c = a; c <= (b ?? a); c++) out.add(c);
+  for (const part of list.trim().split(",")) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
+    if (!m || (m[2] !== undefined && Number(m[2]) < Number(m[1]))) {
+      throw new RangeError(`Not a CPU list: "${list.trim()}"`);
+    }
+    for (let c = Number(m[1]); c <= Number(m[2] ?? m[1]); c++) out.add(c);
   }
   return out;
 }

@@ -1,5 +1,5 @@
 import { deepEqual, equal, ok, throws } from "@std/assert";
-import { CpuPacer, DEFAULT_DUTY } from "./_background.ts";
+import { CpuPacer, DEFAULT_DUTY, parseCpuList } from "./_background.ts";
 import { prepareRound } from "./store.ts";
 import { buildLayout } from "../kernels/layout.ts";
 
@@ -131,5 +131,13 @@ Deno.test("without ffi, sys and /proc permissions: normal priority and no pauses
     deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), { got: "none", due: 0, x: true });
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("parseCpuList: ranges and single CPUs, and a bad list named", () => {
+  deepEqual([...parseCpuList("0-3,8,10-11\n")], [0, 1, 2, 3, 8, 10, 11]);
+  deepEqual([...parseCpuList(" 1")], [1]);
+  for (const bad of ["", "a", "3-1", "0-", "1,,2"]) {
+    throws(() => parseCpuList(bad), RangeError);
   }
 });
