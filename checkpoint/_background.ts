@@ -72,8 +72,9 @@ export function lowerThisThread(): "idle" | "nice" | "none" {
 /**
  * The default CPU budget of a background thread while the machine is busy:
  * 5% of one core. With a keeper writing round after round beside a trainer
- * on a 2-core machine, steps took 1.00-1.06x their idle time at 5% (0.99-1.02x
- * with the trainer on one core and the keeper beside it), 1.06x at 10%.
+ * on a 2-core machine, steps took 0.97-1.07x their idle time at 5% over nine
+ * bench runs (0.98-1.00x with the trainer on one core and the keeper beside
+ * it), and 1.06x at 10% in the one run made.
  */
 export const DEFAULT_DUTY = 0.05;
 
