@@ -559,6 +559,14 @@ export function runStateSource(options: {
 export const REMOTE_KEEPER_TTL_MS = 10_000;
 
 /** Describes a keeper or commit event for the run's log; undefined for routine ones. */
+/** How long a keeper's write took, and how much of it yielded the CPU to trainers. */
+function writeTime(e: Extract<KeeperEvent, { type: "written" }>): string {
+  const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+  return e.yielded_ms
+    ? `in ${s(e.ms)}, ${s(e.yielded_ms)} of it yielding to trainers`
+    : `in ${s(e.ms)}`;
+}
+
 function keeperLine(e: KeeperEvent | CommitEvent): { text: string; warn: boolean } | undefined {
   switch (e.type) {
     case "write_failed":
@@ -1395,7 +1403,9 @@ async function keepOnJoin(o: {
           onEvent: (e) => {
             const line = keeperLine(e);
             if (line) log(line.text, line.warn ? "warn" : "info");
-            else if (e.type === "written") log(`keeper wrote round ${e.round} (${e.params_hash})`);
+            else if (e.type === "written") {
+              log(`keeper wrote round ${e.round} (${e.params_hash}) ${writeTime(e)}`);
+            }
           },
         }),
     }],

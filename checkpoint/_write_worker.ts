@@ -7,7 +7,8 @@
  * synchronous here so that they, too, run on this thread.
  *
  * Protocol: `{ id, dir, retention, state, shared, duty }` in (typed arrays
- * transferred); `{ id, ok: true, manifest, files, spare }` out (file bytes,
+ * transferred); `{ id, ok: true, manifest, files, spare, yieldedMs }` out
+ * (`yieldedMs`: of the write, the pauses its CPU budget took; file bytes,
  * in SharedArrayBuffers when `shared`, and the state's params and momentum
  * arrays, for reuse, transferred back), or
  * `{ id, ok: false, code, error, write }` (`write`: a CheckpointWriteError).
@@ -64,6 +65,7 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
         }
         // The files go into shared memory: the keeper and its serving thread read them without
         // a copy on the keeper's event loop.
+        const slept = pacer.sleptMs;
         const p = await prepareRound(req.state, {
           alloc: req.shared ? (n) => new Uint8Array(new SharedArrayBuffer(n)) : undefined,
           pace,
@@ -79,7 +81,8 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
         for (const x of [...p.files.values(), ...spare]) {
           if (x.buffer instanceof ArrayBuffer) transfer.add(x.buffer);
         }
-        scope.postMessage({ id: req.id, ok: true, manifest, files, spare }, {
+        const yieldedMs = pacer.sleptMs - slept;
+        scope.postMessage({ id: req.id, ok: true, manifest, files, spare, yieldedMs }, {
           transfer: [...transfer],
         });
       } catch (err) {

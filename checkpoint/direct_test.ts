@@ -101,7 +101,14 @@ Deno.test("direct: a joiner takes a round from the keeper's serving thread, on d
     for (let i = 0; i < 200 && !r.events.some((e) => e.type === "written"); i++) {
       await new Promise((res) => setTimeout(res, 20));
     }
-    ok(r.events.some((e) => e.type === "written" && e.round === 2), "round 2 written");
+    const [written] = r.events.flatMap((e) => e.type === "written" && e.round === 2 ? [e] : []);
+    if (!written) throw new Error("round 2 was not written");
+    // The writer thread reports how much of the write yielded the CPU (none needed is 0).
+    ok(
+      typeof written.yielded_ms === "number" && written.yielded_ms >= 0 &&
+        written.yielded_ms <= written.ms,
+      JSON.stringify(written),
+    );
     const fresh = await fetchRound(r.joiner, ["host/keeper"], { run: "r", paramsOnly: true });
     equal(fresh.round, 2);
     deepEqual(

@@ -56,7 +56,15 @@ import {
 
 /** What a keeper reports. */
 export type KeeperEvent =
-  | { type: "written"; keeper: string; round: number; params_hash: string; ms: number }
+  | {
+    type: "written";
+    keeper: string;
+    round: number;
+    params_hash: string;
+    ms: number;
+    /** Of `ms`, the writer's pauses for its CPU budget (trainers kept the cores busy). */
+    yielded_ms?: number;
+  }
   | { type: "write_failed"; keeper: string; round: number; code: string; error: string }
   | { type: "superseded"; keeper: string; round: number; by: number }
   | { type: "recovered"; keeper: string; round: number }
@@ -122,6 +130,8 @@ interface Written {
   prepared: PreparedRound;
   /** The state's params and momentum arrays, handed back for reuse. */
   spare: Float32Array[];
+  /** Of the write, the pauses its CPU budget took, ms. */
+  yieldedMs: number;
 }
 
 /** A writer thread (see {@linkcode KeeperOptions.writer}). */
@@ -157,7 +167,13 @@ class WriterThread {
           const manifest = r.manifest as Manifest;
           const files = new Map(Object.entries(r.files as Record<string, Uint8Array>));
           const spare = (r.spare ?? []) as Float32Array[];
-          p.resolve({ manifest, prepared: { round: manifest.round, manifest, files }, spare });
+          const yieldedMs = (r.yieldedMs as number) ?? 0;
+          p.resolve({
+            manifest,
+            prepared: { round: manifest.round, manifest, files },
+            spare,
+            yieldedMs,
+          });
         } else if (r.write) {
           p.reject(new CheckpointWriteError(p.round, String(r.code), String(r.error)));
         } else p.reject(new Error(String(r.error)));
@@ -329,7 +345,7 @@ interface Assembly {
 
 type Control =
   | { type: "_tick" }
-  | { type: "_written"; manifest: Manifest; ms: number }
+  | { type: "_written"; manifest: Manifest; ms: number; yieldedMs?: number }
   | { type: "_write_failed"; round: number; code: string; error: string }
   | { type: "keeper_status" }
   | { type: "crash"; reason: string };
@@ -436,18 +452,20 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
         const t0 = performance.now();
         try {
           let manifest: Manifest;
+          let yieldedMs: number | undefined;
           if (writer) {
             const w = await writer.write(options.dir, options.retention, state, !!serving);
             remember(w.prepared);
             serving?.hold(w.prepared);
             for (const x of w.spare) if (spare.length < 4) spare.push(x);
             manifest = w.manifest;
+            yieldedMs = w.yieldedMs;
           } else {
             const p = await prepareRound(state);
             remember(p);
             manifest = await store.commit(p);
           }
-          ctx.self.tell({ type: "_written", manifest, ms: performance.now() - t0 });
+          ctx.self.tell({ type: "_written", manifest, ms: performance.now() - t0, yieldedMs });
         } catch (err) {
           const code = err instanceof CheckpointWriteError ? err.code : "EINVAL";
           ctx.self.tell({
@@ -666,6 +684,7 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
             round: ctl.manifest.round,
             params_hash: ctl.manifest.params_hash,
             ms: ctl.ms,
+            ...(ctl.yieldedMs !== undefined ? { yielded_ms: ctl.yieldedMs } : {}),
           });
           ack(ctx);
           return;
