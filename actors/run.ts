@@ -558,7 +558,6 @@ export function runStateSource(options: {
 /** A remote keeper that has not said hello for this long is left out of the run's keepers. */
 export const REMOTE_KEEPER_TTL_MS = 10_000;
 
-/** Describes a keeper or commit event for the run's log; undefined for routine ones. */
 /** How long a keeper's write took, and how much of it yielded the CPU to trainers. */
 function writeTime(e: Extract<KeeperEvent, { type: "written" }>): string {
   const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
@@ -567,6 +566,7 @@ function writeTime(e: Extract<KeeperEvent, { type: "written" }>): string {
     : `in ${s(e.ms)}`;
 }
 
+/** Describes a keeper or commit event for the run's log; undefined for routine ones. */
 function keeperLine(e: KeeperEvent | CommitEvent): { text: string; warn: boolean } | undefined {
   switch (e.type) {
     case "write_failed":

@@ -6,7 +6,8 @@
  *
  * @module
  */
-import { PACE_BYTES, type StoreFs } from "./store.ts";
+import type { StoreFs } from "./store.ts";
+import { PACE_BYTES } from "./_background.ts";
 
 /** Writes, fsyncs and closes a file; `pace` after every {@linkcode PACE_BYTES}. */
 function writeFileSync(path: string, bytes: Uint8Array, pace?: () => void): Promise<void> {

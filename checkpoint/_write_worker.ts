@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { CpuPacer, DEFAULT_DUTY, lowerThisThread } from "./_background.ts";
+import { CpuPacer, lowerThisThread } from "./_background.ts";
 import {
   CheckpointStore,
   CheckpointWriteError,
@@ -55,9 +55,8 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
     const req = ev.data;
     queue = queue.then(async () => {
       try {
-        if (!pacer || pacer.duty !== (req.duty ?? DEFAULT_DUTY)) {
-          pacer = new CpuPacer({ duty: req.duty });
-        }
+        // A writer thread serves one keeper, whose budget does not change.
+        pacer ??= new CpuPacer({ duty: req.duty });
         let store = stores.get(req.dir);
         if (!store) {
           store = new CheckpointStore(req.dir, { retention: req.retention, fs: pacedSyncFs(pace) });

@@ -25,7 +25,7 @@ import type { ActorContext, ActorSystem, Behavior } from "../actors/system.ts";
 import type { AggregatorState } from "../actors/aggregation.ts";
 import { type KeeperSlot, MemoryKeeperSlot } from "../actors/aggregator.ts";
 import type { GptConfig } from "../kernels/config.ts";
-import { DEFAULT_DUTY } from "./_background.ts";
+import { checkDuty, DEFAULT_DUTY } from "./_background.ts";
 import {
   CheckpointStore,
   CheckpointWriteError,
@@ -387,10 +387,10 @@ function viewEpoch(v: unknown): number {
 export function keeperBehavior(options: KeeperOptions): Behavior {
   const { run, id } = options;
   const store = new CheckpointStore(options.dir, { retention: options.retention, fs: options.fs });
-  const duty = options.backgroundDuty ?? DEFAULT_DUTY;
-  if (!(duty > 0 && duty <= 1)) {
-    throw new RangeError(`Invalid keeper options: backgroundDuty must be in (0, 1], got ${duty}`);
-  }
+  const duty = checkDuty(
+    options.backgroundDuty ?? DEFAULT_DUTY,
+    "Invalid keeper options: backgroundDuty",
+  );
   const writer = options.writer === "worker" && !options.fs ? new WriterThread(duty) : undefined;
   let serving: ServeThread | undefined;
   const maxPending = Math.max(1, options.maxPending ?? 2);

@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { inPieces, PACE_BYTES } from "./_background.ts";
 
 /** Raised for a malformed or unreadable safetensors file. */
 export class SafetensorsError extends Error {
@@ -79,7 +80,7 @@ export interface EncodeOptions {
    * `Uint8Array`.
    */
   alloc?: (bytes: number) => Uint8Array;
-  /** Called after every MiB copied (a background thread's CPU budget). */
+  /** Called after every {@linkcode PACE_BYTES} copied (a background thread's CPU budget). */
   pace?: () => void;
 }
 
@@ -147,14 +148,10 @@ export function encodeSafetensors(
   );
   out.set(headerBytes, 8);
   let at = 8 + headerBytes.length;
-  const step = options.pace ? 1 << 20 : Infinity;
   for (const p of parts) {
-    for (let o = 0; o < p.length; o += step) {
-      const piece = step === Infinity ? p : p.subarray(o, o + step);
-      out.set(piece, at);
-      at += piece.length;
-      options.pace?.();
-    }
+    const start = at;
+    inPieces(p.length, PACE_BYTES, options.pace, (a, b) => out.set(p.subarray(a, b), start + a));
+    at += p.length;
   }
   return out;
 }

@@ -27,6 +27,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
+import { inPieces, PACE_BYTES } from "./_background.ts";
 import { type GptConfig, sameConfig } from "../kernels/config.ts";
 import { buildLayout, type ParamLayout } from "../kernels/layout.ts";
 import {
@@ -249,20 +250,9 @@ export const denoFs: StoreFs = {
  */
 export function sha256Hex(bytes: Uint8Array, pace?: () => void): Promise<string> {
   const hash = createHash("sha256");
-  if (!pace) return Promise.resolve(hash.update(bytes).digest("hex"));
-  for (let at = 0; at < bytes.length; at += PACE_BYTES) {
-    hash.update(bytes.subarray(at, at + PACE_BYTES));
-    pace();
-  }
+  inPieces(bytes.length, PACE_BYTES, pace, (a, b) => hash.update(bytes.subarray(a, b)));
   return Promise.resolve(hash.digest("hex"));
 }
-
-/**
- * Bytes of work between two calls of a `pace` hook: about 1 ms of hashing or
- * copying here, short enough that a paced background thread's bursts stay
- * shorter than a kernel dispatch.
- */
-export const PACE_BYTES = 1 << 20;
 
 function floatBytes(x: Float32Array): Uint8Array {
   return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
@@ -311,12 +301,11 @@ function scatterPadding(layout: ParamLayout, params: Float32Array, padding: Floa
  */
 export function firstNonFinite(x: Float32Array, pace?: () => void): number {
   let sum = 0;
-  const step = pace ? PACE_BYTES / 4 : x.length;
-  for (let at = 0; at < x.length; at += step) {
-    const end = Math.min(x.length, at + step);
-    for (let i = at; i < end; i++) sum += x[i];
-    pace?.();
-  }
+  inPieces(x.length, PACE_BYTES / 4, pace, (a, b) => {
+    let s = 0;
+    for (let i = a; i < b; i++) s += x[i];
+    sum += s;
+  });
   return Number.isFinite(sum) ? -1 : x.findIndex((v) => !Number.isFinite(v));
 }
 
