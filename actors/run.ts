@@ -59,6 +59,7 @@ import {
 import { keeperStateSource, type SourceEvent } from "../checkpoint/transfer.ts";
 import { aggregatorStates, type ResumedRun } from "../checkpoint/resume.ts";
 import type { Retention } from "../checkpoint/store.ts";
+import { checkDuty } from "../checkpoint/_background.ts";
 
 /** Settings of a run (shared by host, joiners and the embedded run). */
 export interface RunSettings {
@@ -651,6 +652,10 @@ export async function startRunHost(
   system: ActorSystem = new ActorSystem({ node: "host" }),
 ): Promise<RunHost> {
   const node = system.node;
+  if (options.checkpoint?.backgroundDuty !== undefined) {
+    // Checked here: a keeper that throws when it starts would only be restarted by its supervisor.
+    checkDuty(options.checkpoint.backgroundDuty, "Invalid checkpoint options: backgroundDuty");
+  }
   const params = paramLength(options.config);
   const localTrainers = options.localTrainers ?? 0;
   const nAgg = options.aggregators ?? 1;
@@ -819,7 +824,7 @@ export async function startRunHost(
               retention: ckpt.retention,
               // Encode, hash and write on a low-priority thread: trainers keep the CPU.
               writer: "worker",
-              ...(ckpt.backgroundDuty ? { backgroundDuty: ckpt.backgroundDuty } : {}),
+              backgroundDuty: ckpt.backgroundDuty,
               ...(ckpt.serve ? { serve: ckpt.serve } : {}),
               onEvent: onKeeperEvent,
             }),
@@ -1171,6 +1176,10 @@ export async function runNetworked(
   options: NetworkedOptions,
   emit: (e: RunEvent) => void,
 ): Promise<number> {
+  if (options.backgroundDuty !== undefined) {
+    // Before dialing anyone: a joined keeper that threw when it starts would only be restarted.
+    checkDuty(options.backgroundDuty, "Invalid options: backgroundDuty");
+  }
   return options.host ? await hostRun(options, emit) : await joinRun(options, emit);
 }
 
@@ -1399,7 +1408,7 @@ async function keepOnJoin(o: {
           coordinator: "host/run/keepers/commit",
           peers: () => hostKeepers,
           writer: "worker",
-          ...(o.options.backgroundDuty ? { backgroundDuty: o.options.backgroundDuty } : {}),
+          backgroundDuty: o.options.backgroundDuty,
           onEvent: (e) => {
             const line = keeperLine(e);
             if (line) log(line.text, line.warn ? "warn" : "info");

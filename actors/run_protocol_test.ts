@@ -1,4 +1,4 @@
-import { deepEqual, equal, ok, throws } from "@std/assert";
+import { deepEqual, equal, ok, rejects, throws } from "@std/assert";
 import { Packr } from "msgpackr";
 import {
   type ContributionMsg,
@@ -9,6 +9,8 @@ import {
   type ViewMsg,
 } from "./run_protocol.ts";
 import { quantizeInt8 } from "./aggregation.ts";
+import { startRunHost } from "./run.ts";
+import { ActorSystem } from "./system.ts";
 
 const view: ViewMsg = {
   type: "view",
@@ -162,4 +164,28 @@ Deno.test("shardMap splits on block boundaries, evenly, and assigns owners round
   // More shards than blocks: one shard per block.
   equal(shardMap(300, { aggregators: ["a"], count: 8 }).length, 2);
   throws(() => shardMap(10, { aggregators: [] }), /no aggregators/);
+});
+
+Deno.test("a host refuses a keepers' CPU budget outside (0, 1] before it starts anything", async () => {
+  for (const backgroundDuty of [0, 1.5]) {
+    const system = new ActorSystem({ node: "host" });
+    try {
+      await rejects(
+        startRunHost({
+          run: "r",
+          config: "small",
+          rounds: 1,
+          innerSteps: 1,
+          outer: { lr: 0.7, momentum: 0.9 },
+          checkpoint: { dir: "/nonexistent", backgroundDuty },
+          emit: () => {},
+        }, system),
+        new RegExp(
+          `^RangeError: Invalid checkpoint options: backgroundDuty must be in \\(0, 1\\], got ${backgroundDuty}$`,
+        ),
+      );
+    } finally {
+      await system.shutdown();
+    }
+  }
 });
