@@ -332,6 +332,39 @@ export function attentionBackwardRef(
   }
 }
 
+/**
+ * lse [B,NH,T] of attentionForwardRef: per query row, the natural log of the
+ * softmax denominator plus the maximum scaled score (what flash attention keeps).
+ */
+export function attentionLseRef(
+  bufs: { qkv: FloatsIn; lse: Floats },
+  shape: { b: number; t: number; c: number; nh: number },
+): void {
+  const { qkv, lse } = bufs;
+  const { b, t: T, c: C, nh } = shape;
+  const hs = C / nh;
+  const scale = 1 / Math.sqrt(hs);
+  const s = new Float64Array(T);
+  for (let bb = 0; bb < b; bb++) {
+    for (let h = 0; h < nh; h++) {
+      for (let t = 0; t < T; t++) {
+        const q = (bb * T + t) * 3 * C + h * hs;
+        let max = -Infinity;
+        for (let t2 = 0; t2 <= t; t2++) {
+          const k = (bb * T + t2) * 3 * C + C + h * hs;
+          let d = 0;
+          for (let i = 0; i < hs; i++) d += qkv[q + i] * qkv[k + i];
+          s[t2] = d * scale;
+          max = Math.max(max, s[t2]);
+        }
+        let sum = 0;
+        for (let t2 = 0; t2 <= t; t2++) sum += Math.exp(s[t2] - max);
+        lse[(bb * nh + h) * T + t] = max + Math.log(sum);
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------- adamw
 
 /** out[0] = sqrt(sum of grads[i]^2). */

@@ -1,0 +1,139 @@
+import assert from "@std/assert";
+import { acquireGpu, type Gpu } from "./device.ts";
+import { flashAttentionBackward, flashAttentionForward } from "./flash_attention.ts";
+import { flashPlan } from "./_flash_wgsl.ts";
+import { attentionBackwardRef, attentionForwardRef, attentionLseRef } from "./reference.ts";
+import { assertClose, noGpuErrors, randomF32, sameBits } from "./_testing.ts";
+
+// GPU f32 vs reference f64 (values are O(1)); long rows sum more terms, so they get more room.
+const TOL = { rtol: 1e-5, atol: 1e-5 };
+const LONG_TOL = { rtol: 1e-4, atol: 2e-5 };
+
+interface Case {
+  b: number;
+  t: number;
+  c: number;
+  nh: number;
+  seed: number;
+  accumulate?: boolean;
+  tol?: { rtol: number; atol: number };
+}
+
+/** Runs forward and backward on the GPU and checks out, lse and dqkv against the reference. */
+async function runCase(gpu: Gpu, k: Case) {
+  const { b, t, c, nh, seed } = k;
+  const accumulate = k.accumulate ?? true;
+  const tol = k.tol ?? TOL;
+  const shape = { b, t, c, nh };
+  const nQkv = b * t * 3 * c, nOut = b * t * c, nRow = b * nh * t;
+  const qkv = randomF32(nQkv, seed, -2, 2);
+  const dout = randomF32(nOut, seed + 1);
+  // Written, not accumulated: every element must be overwritten, so start from NaN.
+  const dqkv0 = accumulate ? randomF32(nQkv, seed + 2) : new Float32Array(nQkv).fill(NaN);
+  const r = (data: Float32Array | number, length: number) => ({
+    buffer: gpu.storage(data),
+    length,
+  });
+  const g = {
+    qkv: r(qkv, nQkv),
+    out: r(new Float32Array(nOut).fill(NaN), nOut),
+    lse: r(new Float32Array(nRow).fill(NaN), nRow),
+    dout: r(dout, nOut),
+    dqkv: r(dqkv0, nQkv),
+    dsum: r(new Float32Array(nRow).fill(NaN), nRow),
+  };
+  const bw = flashAttentionBackward(gpu, g, shape, { accumulate });
+  gpu.run([flashAttentionForward(gpu, g, shape), ...bw]);
+  const out = new Float64Array(nOut);
+  const att = new Float64Array(b * nh * t * t);
+  const lse = new Float64Array(nRow);
+  attentionForwardRef({ qkv, out, att }, shape);
+  attentionLseRef({ qkv, lse }, shape);
+  const dqkv = accumulate ? Float64Array.from(dqkv0) : new Float64Array(nQkv);
+  attentionBackwardRef({ dqkv, dout, qkv, att }, shape);
+  assertClose(await gpu.read(g.out.buffer, nOut), out, { ...tol, label: "out" });
+  assertClose(await gpu.read(g.lse.buffer, nRow), lse, { ...tol, label: "lse" });
+  assertClose(await gpu.read(g.dqkv.buffer, nQkv), dqkv, { ...tol, label: "dqkv" });
+  return { g, bw, nQkv };
+}
+
+Deno.test("flash attention forward (out, lse) and backward (dqkv) match the reference", async (t) => {
+  const gpu = await acquireGpu();
+  try {
+    await noGpuErrors(gpu.device, async () => {
+      const cases: [string, Case][] = [
+        ["b=1, t=1, hs=8 (one row)", { b: 1, t: 1, c: 8, nh: 1, seed: 1 }],
+        ["b=3, t=7, hs=6 (scalar path)", { b: 3, t: 7, c: 12, nh: 2, seed: 2 }],
+        ["b=1, t=33, hs=10 (scalar, two row tiles)", { b: 1, t: 33, c: 20, nh: 2, seed: 3 }],
+        ["b=3, t=65, hs=16 (t one past two tiles)", { b: 3, t: 65, c: 48, nh: 3, seed: 4 }],
+        ["b=1, t=100, hs=32", { b: 1, t: 100, c: 64, nh: 2, seed: 5 }],
+        ["b=1, t=70, hs=64 (several staged tiles)", { b: 1, t: 70, c: 128, nh: 2, seed: 6 }],
+        ["b=2, t=9, hs=6, written", { b: 2, t: 9, c: 12, nh: 2, seed: 7, accumulate: false }],
+        ["b=3, t=65, hs=8, written", { b: 3, t: 65, c: 32, nh: 4, seed: 8, accumulate: false }],
+      ];
+      for (const [name, k] of cases) await t.step(name, () => runCase(gpu, k).then(() => {}));
+      await t.step("b=1, nh=2, t=1024, hs=8: long context without a T×T buffer", async () => {
+        await runCase(gpu, { b: 1, t: 1024, c: 16, nh: 2, seed: 9, tol: LONG_TOL });
+      });
+      await t.step("two runs give identical bits", async () => {
+        const { g, bw, nQkv } = await runCase(gpu, {
+          b: 2,
+          t: 77,
+          c: 40,
+          nh: 2,
+          seed: 10,
+          accumulate: false,
+        });
+        const fw = flashAttentionForward(gpu, g, { b: 2, t: 77, c: 40, nh: 2 });
+        const runs: Float32Array[] = [];
+        for (let i = 0; i < 2; i++) {
+          gpu.write(g.dqkv.buffer, new Float32Array(nQkv));
+          gpu.run([fw, ...bw]);
+          const o = await gpu.read(g.out.buffer, 2 * 77 * 40);
+          const d = await gpu.read(g.dqkv.buffer, nQkv);
+          runs.push(new Float32Array([...o, ...d]));
+        }
+        assert.ok(sameBits(runs[0], runs[1]));
+      });
+      await t.step("bad shapes are refused by name", () => {
+        const x = { buffer: gpu.storage(64), length: 64 };
+        const bufs = { qkv: x, out: x, lse: x };
+        assert.throws(
+          () => flashAttentionForward(gpu, bufs, { b: 1, t: 2, c: 5, nh: 2 }),
+          /Cannot build flashAttentionForward: c \(5\) must be a multiple of nh \(2\)/,
+        );
+        assert.throws(
+          () => flashAttentionForward(gpu, bufs, { b: 1, t: 0, c: 4, nh: 2 }),
+          /t must be an integer >= 1, got 0/,
+        );
+        assert.throws(
+          () => flashAttentionForward(gpu, bufs, { b: 1, t: 2, c: 512, nh: 1 }),
+          /head size 512 exceeds 256/,
+        );
+        assert.throws(
+          () => flashAttentionForward(gpu, bufs, { b: 1, t: 8, c: 8, nh: 2 }),
+          /Cannot build flashAttentionForward: qkv holds 64 elements, needs 192/,
+        );
+      });
+    });
+  } finally {
+    gpu.destroy();
+  }
+});
+
+Deno.test("flash attention tiles follow the head size and the workgroup-memory limit", () => {
+  const shape = (t: number, hs: number) => ({ b: 1, t, c: 2 * hs, nh: 2 });
+  const at = (t: number, hs: number, bytes: number) => {
+    const p = flashPlan("k", shape(t, hs), bytes);
+    return [p.rows, p.keyTile, p.queryTile, p.w];
+  };
+  assert.deepEqual(at(256, 64, 32768), [64, 64, 32, 4]);
+  assert.deepEqual(at(256, 64, 49152), [64, 64, 64, 4]);
+  assert.deepEqual(at(256, 128, 32768), [64, 32, 16, 4]);
+  assert.deepEqual(at(256, 128, 49152), [64, 32, 32, 4]);
+  assert.deepEqual(at(7, 6, 32768), [32, 64, 64, 1]);
+  assert.throws(
+    () => flashPlan("flashAttentionForward", shape(8, 256), 4096),
+    /Cannot build flashAttentionForward: K and V tiles of head size 256 need 8192 bytes of workgroup memory, the device allows 4096/,
+  );
+});
