@@ -136,14 +136,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let ob = bb * T * CW + h * HSW;
   let lb = bh * T;`;
   /** Cooperative copy of `tile` head rows from `t0` of `src` (row stride `stride`) per pair. */
-  const stage = (tile: number, pairs: [string, string, string][]) => `    for (var e = lid; e < ${
-    tile * HSW
-  }u; e += R) {
+  const stage = (tile: number, pairs: [string, string, string][]) =>
+    `    for (var e = lid; e < ${tile * HSW}u; e += R) {
       let rr = min(t0 + e / HSW, T - 1u);
       let jj = e % HSW;
-${pairs.map(([dst, src, at]) => `      ${dst}[e] = ${src}[${at} + rr * ${
-    src === "qkv" ? "C3W" : "CW"
-  } + jj];`).join("\n")}
+${
+      pairs.map(([dst, src, at]) =>
+        `      ${dst}[e] = ${src}[${at} + rr * ${src === "qkv" ? "C3W" : "CW"} + jj];`
+      ).join("\n")
+    }
     }`;
   return { E, HSW, js, dot, row, header, stage };
 }

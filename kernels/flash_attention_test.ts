@@ -3,7 +3,10 @@ import { acquireGpu, type Gpu } from "./device.ts";
 import { flashAttentionBackward, flashAttentionForward } from "./flash_attention.ts";
 import { flashPlan } from "./_flash_wgsl.ts";
 import { attentionBackwardRef, attentionForwardRef, attentionLseRef } from "./reference.ts";
-import { assertClose, noGpuErrors, randomF32, sameBits } from "./_testing.ts";
+import { assertClose, noGpuErrors, randomF32, randomU32, rng, sameBits } from "./_testing.ts";
+import { type AttentionKind, createModel } from "./model.ts";
+import { getConfig, type GptConfig } from "./config.ts";
+import { referenceForward } from "./model_reference.ts";
 
 // GPU f32 vs reference f64 (values are O(1)); long rows sum more terms, so they get more room.
 const TOL = { rtol: 1e-5, atol: 1e-5 };
@@ -136,4 +139,107 @@ Deno.test("flash attention tiles follow the head size and the workgroup-memory l
     () => flashPlan("flashAttentionForward", shape(8, 256), 4096),
     /Cannot build flashAttentionForward: K and V tiles of head size 256 need 8192 bytes of workgroup memory, the device allows 4096/,
   );
+});
+
+/** Loss and gradients of `config` with GPT-2 init plus noise, run with `attention`. */
+async function modelGradients(
+  gpu: Gpu,
+  config: GptConfig,
+  batch: number,
+  attention: AttentionKind,
+) {
+  const model = await createModel(gpu, config, { seed: 5, batch, attention });
+  try {
+    assert.equal(model.attention, attention);
+    const p = await model.getParams();
+    const r = rng(105);
+    for (const v of model.layout.views) {
+      for (let i = v.offset; i < v.offset + v.length; i++) p[i] += r(-0.1, 0.1);
+    }
+    model.setParams(p);
+    const n = batch * config.blockSize;
+    const inputs = randomU32(n, 1, config.vocabSize);
+    const targets = randomU32(n, 2, config.vocabSize);
+    return { ...(await model.computeGradients(inputs, targets)), p, inputs, targets, model };
+  } finally {
+    model.dispose();
+  }
+}
+
+for (const name of ["tiny", "small"]) {
+  Deno.test(`the model with flash attention matches blocked attention (${name})`, async () => {
+    const gpu = await acquireGpu();
+    try {
+      const config = getConfig(name).model;
+      const blocked = await modelGradients(gpu, config, 2, "blocked");
+      const flash = await modelGradients(gpu, config, 2, "flash");
+      assert.ok(
+        Math.abs(flash.loss - blocked.loss) <= 1e-6 * blocked.loss,
+        `loss ${flash.loss} vs ${blocked.loss}`,
+      );
+      for (const v of flash.model.layout.views) {
+        assertClose(
+          flash.grads.subarray(v.offset, v.offset + v.length),
+          blocked.grads.subarray(v.offset, v.offset + v.length),
+          { rtol: 1e-3, atol: 1e-6, label: `grad ${v.name}` },
+        );
+      }
+    } finally {
+      gpu.destroy();
+    }
+  });
+}
+
+Deno.test("gradient check: the model with flash attention agrees with central finite differences (tiny)", async () => {
+  const gpu = await acquireGpu();
+  try {
+    const config = getConfig("tiny").model;
+    const batch = 2;
+    const { grads, p, inputs, targets, model } = await modelGradients(gpu, config, batch, "flash");
+    const p64 = Float64Array.from(p);
+    const h = 1e-5;
+    const pick = rng(77);
+    let sumSqDiff = 0, sumSq = 0;
+    for (const v of model.layout.views) {
+      // 4 elements per tensor; the attention weights' gradients all pass through flash attention.
+      for (let e = 0; e < Math.min(4, v.length); e++) {
+        const i = v.offset + Math.floor(pick(0, v.length));
+        const save = p64[i];
+        p64[i] = save + h;
+        const lp = referenceForward(config, p64, inputs, targets, { batch }).loss;
+        p64[i] = save - h;
+        const lm = referenceForward(config, p64, inputs, targets, { batch }).loss;
+        p64[i] = save;
+        const fd = (lp - lm) / (2 * h);
+        assert.ok(
+          Math.abs(grads[i] - fd) <= 2e-6 + 1e-3 * Math.abs(fd),
+          `${v.name}[${i - v.offset}]: GPU ${grads[i]} vs fd ${fd}`,
+        );
+        sumSqDiff += (grads[i] - fd) ** 2;
+        sumSq += fd ** 2;
+      }
+    }
+    const rel = Math.sqrt(sumSqDiff / sumSq);
+    assert.ok(rel < 1e-4, `relative L2 error of GPU gradients vs finite differences: ${rel}`);
+  } finally {
+    gpu.destroy();
+  }
+});
+
+Deno.test("the model picks blocked attention on CPU adapters and flash on GPUs", async () => {
+  const config = getConfig("tiny").model;
+  for (const [adapterClass, want] of [["cpu", "blocked"], ["gpu", "flash"]] as const) {
+    const gpu = await acquireGpu({ adapterClass });
+    try {
+      const model = await createModel(gpu, config, { batch: 1 });
+      assert.equal(model.attention, want);
+      model.dispose();
+      await assert.rejects(
+        () => createModel(gpu, config, { attention: "fast" as AttentionKind }),
+        /Invalid attention: fast \(expected "blocked" or "flash"\)/,
+      );
+    } finally {
+      gpu.destroy();
+    }
+  }
 });

@@ -18,6 +18,7 @@ import { matmul, type MatmulBuffers, type MatmulShape } from "./matmul.ts";
 import { embeddingBackward, embeddingForward } from "./embedding.ts";
 import { layernormBackward, layernormForward } from "./layernorm.ts";
 import { attentionBackward, attentionForward } from "./attention.ts";
+import { flashAttentionBackward, flashAttentionForward } from "./flash_attention.ts";
 import { crossEntropyForwardBackward, meanLoss } from "./crossentropy.ts";
 import { adamw, gradNorm } from "./adamw.ts";
 
@@ -39,7 +40,16 @@ export interface ModelOptions {
   maxGradNorm?: number;
   /** Matmul variant (default: chosen by matmul.ts from the adapter). */
   matmulVariant?: string;
+  /**
+   * Attention kernels: "blocked" (kernels/attention.ts, register-blocked for CPU adapters, saves
+   * [B,NH,T,T] probabilities) or "flash" (kernels/flash_attention.ts, workgroup tiles for GPUs,
+   * saves [B,NH,T] log-sum-exps). Default: "blocked" on CPU adapters, "flash" otherwise.
+   */
+  attention?: AttentionKind;
 }
+
+/** The attention kernel families a model can use (see {@linkcode ModelOptions.attention}). */
+export type AttentionKind = "blocked" | "flash";
 
 /** Options of one training step. */
 export interface StepOptions {
@@ -126,6 +136,7 @@ interface LayerActs {
   ln1Rstd: GPUBuffer;
   qkv: GPUBuffer;
   atty: GPUBuffer;
+  /** The saved softmax: probabilities [B,NH,T,T] (blocked) or log-sum-exps [B,NH,T] (flash). */
   att: GPUBuffer;
   residual2: GPUBuffer;
   ln2: GPUBuffer;
@@ -151,11 +162,13 @@ export class GptModel {
    * {@linkcode setParams} takes: the layout's padded length (padding included, always 0).
    */
   readonly paramLength: number;
+  /** The attention kernels in use. */
+  readonly attention: AttentionKind;
   /** The gradient norm (before clipping) of the last step. */
   lastGradNorm = NaN;
 
   readonly #gpu: Gpu;
-  readonly #opts: Required<Omit<ModelOptions, "matmulVariant" | "seed" | "batch">>;
+  readonly #opts: Required<Omit<ModelOptions, "matmulVariant" | "seed" | "batch" | "attention">>;
   readonly #buffers: GPUBuffer[] = [];
   #params!: GPUBuffer;
   #grads!: GPUBuffer;
@@ -191,6 +204,13 @@ export class GptModel {
     if (!Number.isInteger(batch) || batch < 1) {
       throw new RangeError(`Invalid batch: ${batch} (expected a positive integer)`);
     }
+    const attention = options.attention ?? (gpu.isCpu ? "blocked" : "flash");
+    if (attention !== "blocked" && attention !== "flash") {
+      throw new RangeError(
+        `Invalid attention: ${String(attention)} (expected "blocked" or "flash")`,
+      );
+    }
+    this.attention = attention;
     this.#gpu = gpu;
     this.config = config;
     this.layout = buildLayout(config);
@@ -237,6 +257,10 @@ export class GptModel {
     const N = B * T;
     const n = this.layout.totalLength;
     const ref = (buffer: GPUBuffer, length: number): TensorRef => ({ buffer, offset: 0, length });
+    const flash = this.attention === "flash";
+    // Flash attention keeps one float per (batch, head, row) instead of a T×T matrix.
+    const nAtt = flash ? B * NH * T : B * NH * T * T;
+    const attShape = { b: B, t: T, c: C, nh: NH };
     this.#params = this.#buf(n, "params");
     this.#grads = this.#buf(n, "grads");
     this.#m = this.#buf(n, "adam_m");
@@ -288,7 +312,7 @@ export class GptModel {
         ln1Rstd: this.#buf(N, `ln1_rstd_${l}`),
         qkv: this.#buf(N * 3 * C, `qkv_${l}`),
         atty: this.#buf(N * C, `atty_${l}`),
-        att: this.#buf(B * NH * T * T, `att_${l}`),
+        att: this.#buf(nAtt, `att_${l}`),
         residual2: this.#buf(N * C, `residual2_${l}`),
         ln2: this.#buf(N * C, `ln2_${l}`),
         ln2Mean: this.#buf(N, `ln2_mean_${l}`),
@@ -310,11 +334,12 @@ export class GptModel {
         { a: ref(a.ln1, N * C), b: P(w.qkvw), c: ref(a.qkv, N * 3 * C), bias: P(w.qkvb) },
         { m: N, n: 3 * C, k: C },
       ));
-      fwd.push(attentionForward(gpu, {
-        qkv: ref(a.qkv, N * 3 * C),
-        out: ref(a.atty, N * C),
-        att: ref(a.att, B * NH * T * T),
-      }, { b: B, t: T, c: C, nh: NH }));
+      const attBufs = { qkv: ref(a.qkv, N * 3 * C), out: ref(a.atty, N * C) };
+      fwd.push(
+        flash
+          ? flashAttentionForward(gpu, { ...attBufs, lse: ref(a.att, nAtt) }, attShape)
+          : attentionForward(gpu, { ...attBufs, att: ref(a.att, nAtt) }, attShape),
+      );
       // residual2 = residual + atty·W + b, the residual added in the matmul's stores.
       fwd.push(mm({
         a: ref(a.atty, N * C),
@@ -382,7 +407,8 @@ export class GptModel {
     const datty = ref(this.#buf(N * C, "datty"), N * C);
     const dqkv = ref(this.#buf(N * 3 * C, "dqkv"), N * 3 * C);
     const dfch = ref(this.#buf(N * 4 * C, "dfch"), N * 4 * C);
-    const datt = ref(this.#buf(B * NH * T * T, "datt"), B * NH * T * T);
+    // Scratch of the attention backward: datt [B,NH,T,T] (blocked) or D [B,NH,T] (flash).
+    const datt = ref(this.#buf(nAtt, "datt"), nAtt);
     const dl = ref(dlogits, N * V);
     // logits = lnf · wteᵀ: dwte += dlogitsᵀ · lnf, dlnf = dlogits · wte.
     bwd.push(mm({ a: dl, b: ref(lnf, N * C), c: G(this.layout.wte) }, {
@@ -460,18 +486,24 @@ export class GptModel {
       // residual2 = residual + attproj.
       linearBackward(ref(a.atty, N * C), dres, datty, w.attprojw, w.attprojb, C, C);
       // Written whole by the attention backward: no clearing needed.
-      bwd.push(...attentionBackward(
-        gpu,
-        {
-          dqkv,
-          datt,
-          dout: datty,
-          qkv: ref(a.qkv, N * 3 * C),
-          att: ref(a.att, B * NH * T * T),
-        },
-        { b: B, t: T, c: C, nh: NH },
-        { accumulate: false },
-      ));
+      const attGrad = { dqkv, dout: datty, qkv: ref(a.qkv, N * 3 * C) };
+      bwd.push(
+        ...(flash
+          ? flashAttentionBackward(
+            gpu,
+            {
+              ...attGrad,
+              out: ref(a.atty, N * C),
+              lse: ref(a.att, nAtt),
+              dsum: datt,
+            },
+            attShape,
+            { accumulate: false },
+          )
+          : attentionBackward(gpu, { ...attGrad, datt, att: ref(a.att, nAtt) }, attShape, {
+            accumulate: false,
+          })),
+      );
       linearBackward(ref(a.ln1, N * C), dqkv, dln, w.qkvw, w.qkvb, C, 3 * C);
       bwd.push(...layernormBackward(gpu, {
         dinp: dres,
