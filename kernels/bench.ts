@@ -1,7 +1,7 @@
 /**
  * The `kernels` bench suite: matmul throughput per variant, layout and size on
  * the WebGPU adapter in use, with numpy's float32 matmul on the same machine as
- * the yardstick.
+ * the yardstick, and blocked against flash attention (kernels/bench_attention.ts).
  *
  * Each measurement encodes a batch of repetitions into one submit and reads
  * back once, doubling the batch until it runs long enough that the ~10 ms
@@ -12,6 +12,7 @@
 import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
 import { acquireGpu, type Dispatch, type Gpu } from "./device.ts";
 import { matmul, matmulVariants } from "./matmul.ts";
+import { benchAttention } from "./bench_attention.ts";
 
 /** One matmul problem to time. */
 /** A matmul problem of the kernels suite. */
@@ -128,7 +129,7 @@ async function numpyGflops(n: number, minSeconds: number): Promise<
 
 /**
  * Runs the suite: one `matmul_gflops` record per variant, layout and size,
- * then `numpy_matmul_gflops` and `matmul_vs_numpy` when numpy is available.
+ * the `attention_ms` and `attention_gflops` records, then `numpy_matmul_gflops` and `matmul_vs_numpy` when numpy is available.
  *
  * @example
  * ```ts ignore
@@ -169,6 +170,7 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
         yield record;
       }
     }
+    yield* benchAttention(gpu, options);
   } finally {
     gpu.destroy();
   }
