@@ -71,6 +71,13 @@ Deno.test("flash attention forward (out, lse) and backward (dqkv) match the refe
         ["b=3, t=65, hs=16 (t one past two tiles)", { b: 3, t: 65, c: 48, nh: 3, seed: 4 }],
         ["b=1, t=100, hs=32", { b: 1, t: 100, c: 64, nh: 2, seed: 5 }],
         ["b=1, t=70, hs=64 (several staged tiles)", { b: 1, t: 70, c: 128, nh: 2, seed: 6 }],
+        ["b=1, t=70, hs=128 (tiles shorter than the row tile)", {
+          b: 1,
+          t: 70,
+          c: 128,
+          nh: 1,
+          seed: 11,
+        }],
         ["b=2, t=9, hs=6, written", { b: 2, t: 9, c: 12, nh: 2, seed: 7, accumulate: false }],
         ["b=3, t=65, hs=8, written", { b: 3, t: 65, c: 32, nh: 4, seed: 8, accumulate: false }],
       ];
