@@ -237,7 +237,10 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
   const gpu = await acquireGpu({ features: ["timestamp-query"] });
   try {
     const models = options.quick ? GPU_MODELS.slice(0, 1) : GPU_MODELS;
-    const fit = models.map((m) => ({ ...m, misfit: misfit(m.config, GPU_BATCH, gpu.device.limits) }));
+    const fit = models.map((m) => ({
+      ...m,
+      misfit: misfit(m.config, GPU_BATCH, gpu.device.limits),
+    }));
     for (const m of fit) {
       if (!m.misfit) continue;
       yield {
