@@ -234,6 +234,7 @@ function profileRecords(
 
 /** Yields the table, then the profile (see the module comment). */
 export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord> {
+  const chosen = options.model ? modelNamed(options.model) : undefined; // refuse a bad name first
   const gpu = await acquireGpu({ features: ["timestamp-query"] });
   try {
     const models = options.quick ? GPU_MODELS.slice(0, 1) : GPU_MODELS;
@@ -275,11 +276,7 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
     for (const m of runnable) {
       yield* tableRow(gpu, m.name, m.config, torch, torchMissing, options.quick);
     }
-    const target = options.model
-      ? modelNamed(options.model)
-      : options.quick
-      ? runnable[0]
-      : runnable.at(-1);
+    const target = chosen ?? (options.quick ? runnable[0] : runnable.at(-1));
     if (!target) return;
     const why = misfit(target.config, GPU_BATCH, gpu.device.limits);
     if (why) throw new RangeError(`Cannot profile model ${target.name}: ${why}`);
