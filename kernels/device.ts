@@ -59,6 +59,12 @@ export interface AcquireOptions {
   adapterClass?: AdapterClass;
   /** Print which adapter is used to stderr (default false). */
   log?: boolean;
+  /**
+   * Optional features to enable where the adapter has them (e.g.
+   * `timestamp-query` for profiling); check `gpu.device.features` for which
+   * were granted. Default none.
+   */
+  features?: GPUFeatureName[];
 }
 
 const CPU_ADAPTER = /llvmpipe|lavapipe|swiftshader|warp|softpipe/i;
@@ -277,6 +283,7 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
   }
   const limits = adapter.limits;
   const device = await adapter.requestDevice({
+    requiredFeatures: (options.features ?? []).filter((f) => adapter.features.has(f)),
     requiredLimits: {
       maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
       maxBufferSize: limits.maxBufferSize,

@@ -129,6 +129,14 @@ export function initParams(config: GptConfig, seed = 0): Float32Array {
   return params;
 }
 
+/** One dispatch of a training step, from {@linkcode GptModel.profileDispatches}. */
+export interface ProfiledDispatch {
+  /** The part of the step it belongs to. */
+  part: "forward" | "loss" | "backward" | "optimizer";
+  /** The dispatch; its label names the kernel and its shape. */
+  dispatch: Dispatch;
+}
+
 /** Per-layer activations kept for the backward pass. */
 interface LayerActs {
   ln1: GPUBuffer;
@@ -673,6 +681,27 @@ export class GptModel {
     } finally {
       this.#inFlight--;
     }
+  }
+
+  /**
+   * One training step as {@linkcode step} encodes it, for profilers that time
+   * its dispatches one by one (kernels/step_profile.ts): the buffers the step
+   * clears first (`clearBuffer`, outside any pass) and every dispatch in step
+   * order with the part of the step it belongs to. Encoding them replays a
+   * step on the batch and hyper-parameters last staged, updating the
+   * parameters and optimizer state like a step does.
+   */
+  profileDispatches(): { clears: GPUBuffer[]; dispatches: ProfiledDispatch[] } {
+    const parts: [ProfiledDispatch["part"], Dispatch[]][] = [
+      ["forward", this.#forward],
+      ["loss", this.#lossPart],
+      ["backward", this.#backward],
+      ["optimizer", this.#optimizer],
+    ];
+    return {
+      clears: [this.#grads, this.#dres],
+      dispatches: parts.flatMap(([part, list]) => list.map((dispatch) => ({ part, dispatch }))),
+    };
   }
 
   /** Training steps submitted and not yet read back. */

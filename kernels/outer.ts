@@ -10,10 +10,16 @@
  *   (one rounded multiply, not a division, whose GPU accuracy WGSL leaves
  *   loose) and q = round(x / scale) is computed in integer arithmetic on the
  *   f32 bits (no GPU division), rounding half away from zero.
- * - dequantizeInt8 with accumulate and nesterovStep: a multiply followed by an
- *   add, which a GPU compiler may fuse into one FMA, so they can differ from
- *   the twins in the last bit; outer_test.ts checks within 2 ulp and reports
- *   whether the adapter matched exactly.
+ * - dequantizeInt8 with accumulate and nesterovStep: multiplies followed by
+ *   adds, which a GPU compiler may fuse into FMAs (the NVIDIA driver does;
+ *   llvmpipe does not). A fused result skips the product's rounding, so it
+ *   can differ from the twin by up to a rounding of the product: many ulps of
+ *   a result that cancels (2048 for a dequantized sum on an H200). outer_test.ts
+ *   holds CPU adapters to 2 ulp of the twins (they match to the bit) and every
+ *   adapter to the error bound of any fused or separate f32 evaluation,
+ *   relative to the magnitudes of the terms. The distributed run does not
+ *   depend on these two: trainers and aggregators apply updates and the
+ *   Nesterov step on the CPU with the twins (actors/aggregation.ts).
  *
  * Quantized layout: q is u32 words holding 4 int8 each, little-endian (element
  * 4w+j in byte j of word w), ceil(n/4) words, the last zero-padded; scales is

@@ -27,12 +27,27 @@ export interface BenchRecord {
 export interface BenchOptions {
   /** Smaller sizes and fewer repetitions, for a quick look. */
   quick: boolean;
+  /** The model a suite profiles (`--model`, the gpu suite's model names), when given. */
+  model?: string;
 }
 
 /** A benchmark suite. */
 export type BenchSuite = (options: BenchOptions) => AsyncGenerator<BenchRecord>;
 
-const SUITES: Record<string, () => Promise<{ bench: BenchSuite }>> = {
+/**
+ * A suite module: `bench`, and optionally `summarize`, which turns the
+ * suite's records into text for people (printed after them, to stderr with
+ * `--json` so that stdout stays one JSON object per line).
+ */
+export interface BenchModule {
+  /** The suite. */
+  bench: BenchSuite;
+  /** Its records as text for people. */
+  summarize?: (records: BenchRecord[]) => string;
+}
+
+const SUITES: Record<string, () => Promise<BenchModule>> = {
+  gpu: () => import("../kernels/bench_gpu.ts"),
   kernels: () => import("../kernels/bench.ts"),
   train: () => import("../kernels/bench_train.ts"),
   transport: () => import("../transport/bench.ts"),
@@ -100,13 +115,15 @@ async function main(): Promise<void> {
       json: { type: "boolean", default: false },
       quick: { type: "boolean", default: false },
       only: { type: "string", multiple: true },
+      model: { type: "string" },
       help: { type: "boolean", default: false },
     },
     strict: true,
   });
   if (values.help) {
     console.log(
-      "Usage: deno task bench [--json] [--quick] [--only kernels|train|transport ...]",
+      "Usage: deno task bench [--json] [--quick] [--only gpu|kernels|train|transport|checkpoint ...]" +
+        " [--model NAME (gpu: the model to profile)]",
     );
     return;
   }
@@ -115,7 +132,8 @@ async function main(): Promise<void> {
     if (values.json) console.log(JSON.stringify(record));
     else {
       const { name: n, value, unit, ...rest } = record;
-      const extra = Object.entries(rest).map(([k, v]) => `${k}=${v}`).join(" ");
+      const extra = Object.entries(rest).filter(([, v]) => v !== undefined)
+        .map(([k, v]) => `${k}=${v}`).join(" ");
       console.log(
         `${n.padEnd(28)} ${value.toPrecision(4).padStart(12)} ${unit.padEnd(10)} ${extra}`,
       );
@@ -127,12 +145,15 @@ async function main(): Promise<void> {
   for (const name of names) {
     const load = SUITES[name];
     if (!load) throw new TypeError(`Unknown bench suite: ${name} (known: ${Object.keys(SUITES)})`);
-    const { bench } = await load();
-    for await (const record of bench({ quick: values.quick })) {
+    const { bench, summarize } = await load();
+    const records: BenchRecord[] = [];
+    for await (const record of bench({ quick: values.quick, model: values.model })) {
       if (record.name === "matmul_gflops" && record.value > (best?.value ?? 0)) best = record;
       if (record.name === "train_step_gflops") trainSteps.set(String(record.config), record.value);
+      records.push(record);
       print(record);
     }
+    if (summarize) (values.json ? console.error : console.log)(`\n${summarize(records)}\n`);
   }
   if (best && trainSteps.size > 0) {
     for await (const r of stepVsMatmul(best, [...trainSteps.keys()], values.quick)) print(r);

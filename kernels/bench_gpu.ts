@@ -1,0 +1,370 @@
+/**
+ * The `gpu` bench suite (`deno task bench --only gpu [--json] [--quick]
+ * [--model NAME]`): the report to run in one call on a lent GPU machine.
+ *
+ * 1. For each model of {@linkcode GPU_MODELS} at batch 16: our training
+ *    step's tokens/s (pipelined steps as the trainers run them, after a
+ *    warm-up; the median of timed blocks of about a second each) and, in the
+ *    same run, PyTorch's for the identical model in fp32 eager and with TF32
+ *    (tests/torch_gpt2_bench.py), when some `python3` imports torch with
+ *    CUDA; otherwise the records say why those columns are missing. Models
+ *    whose tensors do not fit the adapter's bindings are skipped with the
+ *    reason.
+ * 2. The per-kernel profile of one step (kernels/step_profile.ts) of the
+ *    model named by `--model` (default the largest that fits), by kind of
+ *    kernel and by family (all matmuls together).
+ *
+ * `--quick` measures the small model alone with short blocks. Records:
+ * `gpu_step_tokens_per_s` (with the PyTorch figures and the ratio as
+ * fields), `torch_step_tokens_per_s` (one per precision),
+ * `gpu_vs_torch_fp32`, `gpu_model_skipped`, `gpu_profile_step_ms`,
+ * `gpu_profile_kind`, `gpu_profile_family`. {@linkcode summarize} prints them
+ * as two Markdown tables.
+ *
+ * @module
+ */
+import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
+import { acquireGpu, type Gpu } from "./device.ts";
+import { describeConfig, type GptConfig } from "./config.ts";
+import { buildLayout } from "./layout.ts";
+import { createModel, type GptModel, pipelinedSteps } from "./model.ts";
+import { batchSampler } from "./data.ts";
+import { trainStepFlops } from "./bench_train.ts";
+import { type DispatchTime, groupProfile, profileStep } from "./step_profile.ts";
+import { findTorch, runTorchBaseline, type TorchResult } from "../tests/_torch_baseline.ts";
+
+/** Sequences per step of every model of the report. */
+export const GPU_BATCH = 16;
+
+const BYTES = 256;
+
+/** The report's models, smallest first; `--model` takes these names. */
+export const GPU_MODELS: readonly { name: string; config: GptConfig }[] = [
+  { name: "small", config: { nLayer: 2, nHead: 4, nEmbd: 64, blockSize: 64, vocabSize: BYTES } },
+  { name: "medium", config: { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: BYTES } },
+  { name: "large", config: { nLayer: 6, nHead: 8, nEmbd: 256, blockSize: 256, vocabSize: BYTES } },
+  { name: "L8C512", config: { nLayer: 8, nHead: 8, nEmbd: 512, blockSize: 256, vocabSize: BYTES } },
+  {
+    name: "L12C768",
+    config: { nLayer: 12, nHead: 12, nEmbd: 768, blockSize: 256, vocabSize: BYTES },
+  },
+];
+
+/**
+ * The largest tensor one dispatch of a step binds, in bytes: the flat
+ * parameters (AdamW and the gradient norm bind all of them), the attention
+ * probabilities [B,NH,T,T], the logits [B·T,V] or the MLP activations [B·T,4C].
+ *
+ * @example
+ * ```ts
+ * import { largestBinding } from "./bench_gpu.ts";
+ * const bytes = largestBinding({ nLayer: 2, nHead: 4, nEmbd: 64, blockSize: 64, vocabSize: 256 }, 16);
+ * console.log(bytes); // 1048576 (the logits and the MLP activations, 1024 x 256 floats)
+ * ```
+ */
+export function largestBinding(config: GptConfig, batch: number): number {
+  const { nHead: NH, nEmbd: C, blockSize: T, vocabSize: V } = config;
+  const N = batch * T;
+  return 4 * Math.max(buildLayout(config).totalLength, batch * NH * T * T, N * V, N * 4 * C);
+}
+
+/** Why `config` at `batch` cannot run on a device with `limits`, or undefined if it can. */
+export function misfit(
+  config: GptConfig,
+  batch: number,
+  limits: { maxStorageBufferBindingSize: number; maxBufferSize: number },
+): string | undefined {
+  const need = largestBinding(config, batch);
+  const limit = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+  if (need <= limit) return undefined;
+  const mib = (b: number) => `${Math.round(b / 2 ** 20)} MiB`;
+  return `largest binding ${mib(need)} exceeds the adapter's ${mib(limit)} per binding`;
+}
+
+/** The model named `name` of {@linkcode GPU_MODELS}; RangeError naming the known ones. */
+function modelNamed(name: string) {
+  const m = GPU_MODELS.find((m) => m.name === name);
+  if (!m) {
+    const known = GPU_MODELS.map((m) => m.name).join(", ");
+    throw new RangeError(`Cannot profile model: unknown model ${name} (known: ${known})`);
+  }
+  return m;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
+
+/** A model at {@linkcode GPU_BATCH} and a fixed batch of pseudo-random bytes (speed does not depend on the text). */
+async function openModel(gpu: Gpu, config: GptConfig) {
+  const model = await createModel(gpu, config, { seed: 1, batch: GPU_BATCH });
+  const bytes = new Uint8Array(1 << 16).map((_, i) => (i * 2654435761) >>> 24);
+  const sampler = batchSampler(bytes, { batch: GPU_BATCH, blockSize: config.blockSize, seed: 1 });
+  const batches = Array.from({ length: 4 }, () => sampler.next());
+  const run = (steps: number) =>
+    pipelinedSteps(model, steps, (i) => ({ ...batches[i % batches.length], lr: 1e-3 }));
+  return { model, run };
+}
+
+/** Our tokens/s: warm-up, then blocks of pipelined steps sized to about `blockSeconds`. */
+async function measureOurs(
+  run: (steps: number) => Promise<void>,
+  tokensPerStep: number,
+  quick: boolean,
+) {
+  await run(2); // compiles every pipeline
+  let t0 = performance.now();
+  await run(2);
+  const stepMs = (performance.now() - t0) / 2;
+  const blockSeconds = quick ? 0.3 : 1;
+  const steps = Math.max(2, Math.min(50, Math.round((blockSeconds * 1000) / stepMs)));
+  const rates: number[] = [];
+  for (let b = 0; b < (quick ? 2 : 5); b++) {
+    t0 = performance.now();
+    await run(steps);
+    rates.push((steps * tokensPerStep) / ((performance.now() - t0) / 1000));
+  }
+  return { tokensPerS: median(rates), rates, steps };
+}
+
+/** The table's figures for one model ({@linkcode bench} step 1). */
+async function* tableRow(
+  gpu: Gpu,
+  name: string,
+  config: GptConfig,
+  torch: Map<string, TorchResult>,
+  torchMissing: string | undefined,
+  quick: boolean,
+): AsyncGenerator<BenchRecord> {
+  const { model, run } = await openModel(gpu, config);
+  try {
+    const tokens = GPU_BATCH * config.blockSize;
+    const ours = await measureOurs(run, tokens, quick);
+    const fp32 = torch.get(`${name}/fp32`);
+    const tf32 = torch.get(`${name}/tf32`);
+    const common = { model: name, shape: describeConfig(config), batch: GPU_BATCH };
+    const flops = trainStepFlops(config, model.paramCount, tokens);
+    yield {
+      name: "gpu_step_tokens_per_s",
+      value: ours.tokensPerS,
+      unit: "tokens/s",
+      ...common,
+      params: model.paramCount,
+      step_ms: round((tokens / ours.tokensPerS) * 1000, 2),
+      gflops: round((flops * ours.tokensPerS) / tokens / 1e9),
+      statistic: `median of ${ours.rates.length} blocks of ${ours.steps} pipelined steps`,
+      blocks: ours.rates.map((r) => Math.round(r)).join(" "),
+      torch_fp32_tokens_per_s: fp32 ? Math.round(fp32.tokens_per_s) : undefined,
+      torch_tf32_tokens_per_s: tf32 ? Math.round(tf32.tokens_per_s) : undefined,
+      ratio_vs_torch_fp32: fp32 ? round(ours.tokensPerS / fp32.tokens_per_s, 4) : undefined,
+      torch_missing: fp32 ? undefined : torchMissing ?? "the PyTorch run gave no figure",
+      adapter: gpu.adapter.description,
+    };
+    for (const r of [fp32, tf32]) {
+      if (!r) continue;
+      yield {
+        name: "torch_step_tokens_per_s",
+        value: r.tokens_per_s,
+        unit: "tokens/s",
+        ...common,
+        precision: r.precision,
+        params: r.params,
+        attention: r.attention,
+        statistic: `median of ${r.block_tokens_per_s.length} blocks of ${r.steps_per_block} steps`,
+        torch: r.torch,
+        device: r.device,
+      };
+    }
+    if (fp32) {
+      yield {
+        name: "gpu_vs_torch_fp32",
+        value: ours.tokensPerS / fp32.tokens_per_s,
+        unit: "ratio",
+        ...common,
+      };
+    }
+  } finally {
+    model.dispose();
+  }
+}
+
+/** The profile's records for `dispatches` ({@linkcode bench} step 2). */
+function profileRecords(
+  name: string,
+  config: GptConfig,
+  dispatches: DispatchTime[],
+  extra: Record<string, unknown>,
+): BenchRecord[] {
+  const total = dispatches.reduce((s, d) => s + d.ms, 0);
+  const common = { model: name, shape: describeConfig(config), batch: GPU_BATCH };
+  const records: BenchRecord[] = [{
+    name: "gpu_profile_step_ms",
+    value: total,
+    unit: "ms",
+    ...common,
+    ...extra,
+    dispatches: dispatches.length,
+  }];
+  const family = (kind: string) => kind.startsWith("matmul") ? "matmul (all)" : kind;
+  const groups = [
+    ["gpu_profile_kind", groupProfile(dispatches)],
+    ["gpu_profile_family", groupProfile(dispatches, (d) => family(d.kind))],
+  ] as const;
+  for (const [recordName, list] of groups) {
+    for (const g of list) {
+      records.push({
+        name: recordName,
+        value: g.ms,
+        unit: "ms",
+        model: name,
+        kind: g.kind,
+        count: g.count,
+        ms_per_call: round(g.ms / g.count, 4),
+        share_pct: round(g.share * 100, 2),
+        gflops: g.flops !== undefined && g.ms > 0 ? round(g.flops / g.ms / 1e6) : undefined,
+      });
+    }
+  }
+  return records;
+}
+
+/** Yields the table, then the profile (see the module comment). */
+export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord> {
+  const chosen = options.model ? modelNamed(options.model) : undefined; // refuse a bad name first
+  const gpu = await acquireGpu({ features: ["timestamp-query"] });
+  try {
+    const models = options.quick ? GPU_MODELS.slice(0, 1) : GPU_MODELS;
+    const fit = models.map((m) => ({
+      ...m,
+      misfit: misfit(m.config, GPU_BATCH, gpu.device.limits),
+    }));
+    for (const m of fit) {
+      if (!m.misfit) continue;
+      yield {
+        name: "gpu_model_skipped",
+        value: 1,
+        unit: "count",
+        model: m.name,
+        shape: describeConfig(m.config),
+        reason: m.misfit,
+      };
+    }
+    const runnable = fit.filter((m) => !m.misfit);
+    const probe = await findTorch();
+    const torch = new Map<string, TorchResult>();
+    let torchMissing = probe.missing;
+    if (probe.cuda && runnable.length > 0) {
+      try {
+        const results = await runTorchBaseline(
+          runnable.map((m) => ({ name: m.name, ...m.config })),
+          {
+            python: probe.python!,
+            batch: GPU_BATCH,
+            blocks: options.quick ? 2 : 5,
+            blockSeconds: options.quick ? 0.3 : 1,
+          },
+        );
+        for (const r of results) torch.set(`${r.model}/${r.precision}`, r);
+      } catch (err) {
+        torchMissing = err instanceof Error ? err.message : String(err);
+      }
+    }
+    for (const m of runnable) {
+      yield* tableRow(gpu, m.name, m.config, torch, torchMissing, options.quick);
+    }
+    const target = chosen ?? (options.quick ? runnable[0] : runnable.at(-1));
+    if (!target) return;
+    const why = misfit(target.config, GPU_BATCH, gpu.device.limits);
+    if (why) throw new RangeError(`Cannot profile model ${target.name}: ${why}`);
+    yield* profileModel(gpu, target.name, target.config, options.quick);
+  } finally {
+    gpu.destroy();
+  }
+}
+
+async function* profileModel(
+  gpu: Gpu,
+  name: string,
+  config: GptConfig,
+  quick: boolean,
+): AsyncGenerator<BenchRecord> {
+  let model: GptModel | undefined;
+  try {
+    const opened = await openModel(gpu, config);
+    model = opened.model;
+    await opened.run(2);
+    const t0 = performance.now();
+    await opened.run(3);
+    const wallMs = (performance.now() - t0) / 3;
+    const profile = await profileStep(gpu, model, { reps: quick ? 2 : 5 });
+    yield* profileRecords(name, config, profile.dispatches, {
+      method: profile.method,
+      reps: profile.reps,
+      wall_step_ms: round(wallMs, 2),
+      note: "sum of the dispatches' times; the step's two clearBuffer calls are not timed",
+    });
+  } finally {
+    model?.dispose();
+  }
+}
+
+const num = (v: unknown, digits = 0) =>
+  typeof v === "number" ? v.toLocaleString("en-US", { maximumFractionDigits: digits }) : "–";
+
+/**
+ * The suite's records as Markdown: the tokens/s table and the profile by
+ * kind, for a reader of the device's output.
+ */
+export function summarize(records: BenchRecord[]): string {
+  const lines: string[] = [];
+  const rows = records.filter((r) => r.name === "gpu_step_tokens_per_s");
+  const skipped = records.filter((r) => r.name === "gpu_model_skipped");
+  if (rows.length > 0 || skipped.length > 0) {
+    lines.push(
+      `Training step, batch ${GPU_BATCH}, tokens/s (${String(rows[0]?.adapter ?? "")})`,
+      "",
+      "| model | shape | ours | PyTorch fp32 eager | ours / fp32 | PyTorch TF32 |",
+      "| --- | --- | ---: | ---: | ---: | ---: |",
+    );
+    for (const r of rows) {
+      lines.push(
+        `| ${r.model} | ${r.shape} | ${num(r.value)} | ${num(r.torch_fp32_tokens_per_s)} | ${
+          num(r.ratio_vs_torch_fp32, 3)
+        } | ${num(r.torch_tf32_tokens_per_s)} |`,
+      );
+    }
+    for (const r of skipped) lines.push(`| ${r.model} | ${r.shape} | skipped: ${r.reason} | | | |`);
+    const missing = rows.find((r) => r.torch_missing)?.torch_missing;
+    if (missing) lines.push("", `PyTorch columns missing: ${missing}`);
+  }
+  const step = records.find((r) => r.name === "gpu_profile_step_ms");
+  if (step) {
+    lines.push(
+      "",
+      `Profile of one step of ${step.model} (${step.shape}, batch ${step.batch}): ${
+        num(step.value, 1)
+      } ms in ${step.dispatches} dispatches (${step.method}, median of ${step.reps}); ` +
+        `the pipelined step measured ${num(step.wall_step_ms, 1)} ms`,
+      "",
+      "| kind | dispatches | ms/step | ms/call | % of step | GFLOP/s |",
+      "| --- | ---: | ---: | ---: | ---: | ---: |",
+    );
+    // Families first, then the matmuls by layout and shape (the other kinds are families).
+    const families = records.filter((r) => r.name === "gpu_profile_family");
+    const matmuls = records.filter((r) =>
+      r.name === "gpu_profile_kind" && String(r.kind).startsWith("matmul")
+    );
+    for (const r of [...families, ...matmuls]) {
+      lines.push(
+        `| ${r.kind} | ${r.count} | ${num(r.value, 2)} | ${num(r.ms_per_call, 3)} | ${
+          num(r.share_pct, 1)
+        } | ${num(r.gflops, 1)} |`,
+      );
+    }
+  }
+  return lines.join("\n");
+}

@@ -1,0 +1,129 @@
+import assert from "@std/assert";
+import { bench, GPU_MODELS, largestBinding, misfit, summarize } from "./bench_gpu.ts";
+import { dispatchFlops, groupProfile, kernelKind, profileStep } from "./step_profile.ts";
+import { acquireGpu } from "./device.ts";
+import { getConfig } from "./config.ts";
+import { createModel } from "./model.ts";
+import type { BenchRecord } from "../tests/bench_main.ts";
+
+const UNITS: Record<string, string> = {
+  gpu_step_tokens_per_s: "tokens/s",
+  torch_step_tokens_per_s: "tokens/s",
+  gpu_vs_torch_fp32: "ratio",
+  gpu_model_skipped: "count",
+  gpu_profile_step_ms: "ms",
+  gpu_profile_kind: "ms",
+  gpu_profile_family: "ms",
+};
+
+Deno.test("gpu suite, quick: well-formed records for the table and the profile", async () => {
+  const records: BenchRecord[] = [];
+  for await (const r of bench({ quick: true })) records.push(r);
+  for (const r of records) {
+    assert.equal(UNITS[r.name], r.unit, `${r.name}: unit ${r.unit}`);
+    assert.ok(Number.isFinite(r.value) && r.value >= 0, `${r.name}: value ${r.value}`);
+    for (const [k, v] of Object.entries(r)) {
+      if (typeof v === "number") assert.ok(Number.isFinite(v), `${r.name}.${k} = ${v}`);
+    }
+    JSON.parse(JSON.stringify(r));
+  }
+  const rows = records.filter((r) => r.name === "gpu_step_tokens_per_s");
+  assert.deepEqual(rows.map((r) => r.model), ["small"]);
+  assert.ok(rows[0].value > 0);
+  // Either PyTorch's figures or the reason they are missing.
+  assert.ok(
+    typeof rows[0].torch_fp32_tokens_per_s === "number" ||
+      (typeof rows[0].torch_missing === "string" && rows[0].torch_missing.length > 0),
+  );
+  const step = records.find((r) => r.name === "gpu_profile_step_ms")!;
+  assert.equal(step.model, "small");
+  const kinds = records.filter((r) => r.name === "gpu_profile_kind");
+  const families = records.filter((r) => r.name === "gpu_profile_family");
+  const sum = (rs: BenchRecord[], k: "value" | "share_pct" | "count") =>
+    rs.reduce((s, r) => s + Number(r[k]), 0);
+  // Every dispatch of the small model's step is in exactly one kind and one family.
+  assert.equal(sum(kinds, "count"), step.dispatches);
+  assert.equal(sum(families, "count"), step.dispatches);
+  assert.ok(Math.abs(sum(kinds, "value") - step.value) <= 1e-6 * step.value + 1e-9);
+  assert.ok(Math.abs(sum(families, "share_pct") - 100) < 0.1);
+  for (const k of ["attention forward", "attention backward", "adamw", "cross-entropy"]) {
+    assert.ok(kinds.some((r) => r.kind === k), `kind ${k}`);
+  }
+  const matmul = families.find((r) => r.kind === "matmul (all)")!;
+  assert.equal(matmul.count, 27, "2 layers x (4 forward + 8 backward) + head forward and 2 back");
+  assert.ok(typeof matmul.gflops === "number" && matmul.gflops > 0);
+  const text = summarize(records);
+  assert.match(text, /\| small \| L2 C64 H4 T64 V256 \| [\d,]+ \|/);
+  assert.match(text, /\| matmul \(all\) \| 27 \|/);
+});
+
+Deno.test("a model whose tensors exceed a binding is named with the reason", () => {
+  const limits = { maxStorageBufferBindingSize: 128 * 2 ** 20, maxBufferSize: 256 * 2 ** 20 };
+  const [small, , , l8, l12] = GPU_MODELS.map((m) => m.config);
+  assert.equal(misfit(small, 16, limits), undefined);
+  assert.equal(misfit(l8, 16, limits), undefined); // 25.5 M params: 97 MiB
+  // GPT-2 small width: 85 M parameters, 326 MiB, bound whole by AdamW.
+  assert.equal(
+    misfit(l12, 16, limits),
+    "largest binding 326 MiB exceeds the adapter's 128 MiB per binding",
+  );
+  // Attention probabilities dominate at long context: 16 x 4 x 2048² floats.
+  const long = { ...small, blockSize: 2048 };
+  assert.equal(largestBinding(long, 16), 4 * 16 * 4 * 2048 * 2048);
+});
+
+Deno.test("kernel kinds and FLOPs from dispatch labels", () => {
+  const config = GPU_MODELS[0].config;
+  assert.equal(
+    kernelKind("matmul_tiled_NT_4096x768x3072+geluBackward"),
+    "matmul NT 4096x768x3072 +geluBackward",
+  );
+  assert.equal(kernelKind("matmul_reg32x8v_TN_256x64x1024"), "matmul TN 256x64x1024");
+  assert.equal(kernelKind("layernormBackward partial"), "layernorm backward");
+  assert.equal(kernelKind("gradNorm total"), "grad norm");
+  assert.equal(kernelKind("somethingNew x"), "somethingNew");
+  assert.equal(
+    dispatchFlops("matmul_tiled_TN_64x192x1024+colSum", config, 16),
+    2 * 64 * 192 * 1024,
+  );
+  // 4·B·T²·C each: QKᵀ and P·V forward; dP, dQ (queries) and dK, dV (keys) backward.
+  assert.equal(dispatchFlops("attentionForward", config, 16), 4 * 16 * 64 * 64 * 64);
+  assert.equal(dispatchFlops("attentionBackward keys", config, 2), 4 * 2 * 64 * 64 * 64);
+  assert.equal(dispatchFlops("layernormForward", config, 16), undefined);
+  const groups = groupProfile([
+    { label: "a", part: "forward", kind: "x", ms: 1, flops: 10 },
+    { label: "b", part: "forward", kind: "x", ms: 2, flops: 20 },
+    { label: "c", part: "backward", kind: "y", ms: 1 },
+  ]);
+  assert.deepEqual(groups, [
+    { kind: "x", count: 2, ms: 3, share: 0.75, flops: 30 },
+    { kind: "y", count: 1, ms: 1, share: 0.25, flops: undefined },
+  ]);
+});
+
+Deno.test("profileStep without timestamps times every dispatch alone", async () => {
+  const gpu = await acquireGpu(); // no features requested: no timestamp-query
+  const { model: config, train } = getConfig("tiny");
+  const model = await createModel(gpu, config, { seed: 1, batch: train.batch });
+  try {
+    const x = new Uint8Array(train.batch * config.blockSize).map((_, i) => (i * 37) & 255);
+    await model.step(x, x, { lr: 1e-3 });
+    await assert.rejects(
+      () => profileStep(gpu, model, { method: "timestamp-query" }),
+      TypeError,
+    );
+    await assert.rejects(() => profileStep(gpu, model, { reps: 0 }), RangeError);
+    const profile = await profileStep(gpu, model, { reps: 2 });
+    assert.equal(profile.method, "alone");
+    const labels = model.profileDispatches().dispatches.map((d) => d.dispatch.label);
+    assert.deepEqual(profile.dispatches.map((d) => d.label), labels);
+    assert.equal(labels[0], "embeddingForward");
+    assert.equal(labels.at(-1), "adamw");
+    for (const d of profile.dispatches) assert.ok(Number.isFinite(d.ms) && d.ms >= 0, d.label);
+    // The replayed steps trained the model like steps do: its loss is still finite.
+    assert.ok(Number.isFinite(await model.step(x, x, { lr: 1e-3 })));
+  } finally {
+    model.dispose();
+    gpu.destroy();
+  }
+});
