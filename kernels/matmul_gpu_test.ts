@@ -85,13 +85,18 @@ function reference(x: Inputs, cs: Case, abs = false): Outputs {
   return { c, pre, colSum };
 }
 
-/** Runs one case on the device; returns what it wrote. */
-async function run(gpu: Gpu, variant: string, cs: Case, x: Inputs): Promise<Outputs> {
+/** Runs one case on the device (the default variant if none); returns what it wrote. */
+async function run(
+  gpu: Gpu,
+  variant: string | undefined,
+  cs: Case,
+  x: Inputs,
+): Promise<Outputs & { label: string }> {
   const { m, n, k } = cs;
   const bufs = [x.a, x.b, x.c, x.bias, x.res, x.pre, x.colSum].map((d) => gpu.storage(d));
   try {
     const ref = (i: number, length: number) => ({ buffer: bufs[i], length });
-    gpu.run([matmul(gpu, {
+    const d = matmul(gpu, {
       a: ref(0, m * k),
       b: ref(1, k * n),
       c: ref(2, m * n),
@@ -99,14 +104,15 @@ async function run(gpu: Gpu, variant: string, cs: Case, x: Inputs): Promise<Outp
       residual: cs.residual ? ref(4, m * n) : undefined,
       pre: cs.epilogue === "none" ? undefined : ref(5, m * n),
       colSum: cs.colSum ? ref(6, n) : undefined,
-    }, { ...cs, variant })]);
+    }, { ...cs, variant });
+    gpu.run([d]);
     // Read back together: they share one ~10 ms mapAsync floor.
     const [c, pre, colSum] = await Promise.all([
       gpu.read(bufs[2], m * n),
       gpu.read(bufs[5], m * n),
       gpu.read(bufs[6], n),
     ]);
-    return { c, pre, colSum };
+    return { c, pre, colSum, label: d.label };
   } finally {
     for (const b of bufs) b.destroy();
   }
@@ -122,7 +128,11 @@ function mismatch(got: Outputs, want: Outputs, scale: Outputs, what: string): st
     const i = got[key].findIndex((g, i) =>
       !(Math.abs(g - want[key][i]) <= REL_TOL * scale[key][i] + 1e-6)
     );
-    if (i >= 0) return `${what} ${key}[${i}]: got ${got[key][i]}, want ${want[key][i]} scale ${scale[key][i]} len ${got[key].length} ${want[key].length} ${scale[key].length}`;
+    if (i >= 0) {
+      return `${what} ${key}[${i}]: got ${got[key][i]}, want ${want[key][i]} scale ${
+        scale[key][i]
+      } len ${got[key].length} ${want[key].length} ${scale[key].length}`;
+    }
   }
   return null;
 }
@@ -268,6 +278,26 @@ Deno.test("GPU matmul default picks tiles by output size and splits k for small 
   // CPU adapters keep their choice.
   equal(defaultVariant({ isCpu: true }, { m: 4096, n: 64, k: 4096 }), "reg32x8v");
   equal(defaultVariant({ isCpu: true }, { m: 256, n: 1024, k: 4096 }), "reg32x16v");
+});
+
+Deno.test("matmul on a GPU-class adapter runs the per-shape default, split-K included", async () => {
+  // Kernels for GPUs on llvmpipe: the default then comes from gpuDefaultVariant.
+  const gpu = await acquireGpu({ adapterClass: "gpu" });
+  try {
+    const cases: [Case, string][] = [
+      [{ ...MODEL_COMBOS[2], m: 96, n: 160, k: 40 }, "tile64"],
+      [{ ...MODEL_COMBOS[7], m: 24, n: 40, k: 1024 }, "tile64s4"],
+    ];
+    for (const [cs, variant] of cases) {
+      equal(defaultVariant(gpu, cs), variant);
+      const x = inputs(cs, 500);
+      const got = await run(gpu, undefined, cs, x);
+      equal(got.label.startsWith(`matmul_${variant}_`), true, got.label);
+      equal(mismatch(got, reference(x, cs), reference(x, cs, true), variant), null);
+    }
+  } finally {
+    gpu.destroy();
+  }
 });
 
 Deno.test("GPU matmul variants reject bad names and split counts", async () => {
