@@ -131,7 +131,7 @@ function mismatch(got: Outputs, want: Outputs, scale: Outputs, what: string): st
     if (i >= 0) {
       return `${what} ${key}[${i}]: got ${got[key][i]}, want ${want[key][i]} scale ${
         scale[key][i]
-      } len ${got[key].length} ${want[key].length} ${scale[key].length}`;
+      }`;
     }
   }
   return null;
