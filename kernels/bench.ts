@@ -11,7 +11,7 @@
  */
 import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
 import { acquireGpu, type Dispatch, type Gpu } from "./device.ts";
-import { matmul, matmulVariants } from "./matmul.ts";
+import { defaultVariant, matmul, matmulVariants } from "./matmul.ts";
 import { benchAttention } from "./bench_attention.ts";
 
 /** One matmul problem to time. */
@@ -36,8 +36,18 @@ const MODEL: Problem[] = [
   { m: 256, n: 128, k: 1024, layout: "TN", use: "head dwte+=dlogitsᵀ·x" },
 ];
 
+// Shapes a real GPU meets: a large square, and a weight gradient whose small output (m·n =
+// 256·1024) over k = 4096 tokens left most of an H200 idle without split-K.
+const GPU_SIZED: Problem[] = [
+  SQUARE(4096),
+  { m: 256, n: 1024, k: 4096, layout: "TN", use: "weight gradient dW+=xᵀ·dy, 4096 tokens" },
+];
+
+/** The workgroup-tiled variants, the ones timed at {@linkcode GPU_SIZED} shapes. */
+const GPU_SHAPED = ["tile128", "tile128x64", "tile64", "tile64s4", "tiled"];
+
 /** Variants too slow to time at large sizes on a CPU adapter (seconds per run). */
-const SLOW_ON_CPU = new Set(["naive", "tiled"]);
+const SLOW_ON_CPU = new Set(["naive", ...GPU_SHAPED]);
 
 function flops(p: Problem): number {
   return 2 * p.m * p.n * p.k;
@@ -143,13 +153,23 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
   const problems: Problem[] = options.quick
     ? [SQUARE(256), SQUARE(1024), MODEL[0], MODEL[2]]
     : [SQUARE(256), SQUARE(512), SQUARE(1024), ...MODEL];
+  // Minutes per run on CPU emulation.
+  if (!gpu.isCpu) problems.push(...GPU_SIZED);
   const backend = gpu.adapter.backend;
   const adapter = gpu.adapter.description;
   let best: BenchRecord | null = null;
   try {
     for (const p of problems) {
       // The 32x32 block is listed apart: its pipelines take >10 s to compile on llvmpipe.
-      const variants = options.quick ? matmulVariants(gpu) : [...matmulVariants(gpu), "reg32x32"];
+      // The CPU-shaped variants would only add minutes at the GPU-sized shapes.
+      const listed = GPU_SIZED.includes(p)
+        ? GPU_SHAPED
+        : options.quick
+        ? matmulVariants(gpu)
+        : [...matmulVariants(gpu), "reg32x32"];
+      // The per-shape choice (on GPUs e.g. a split-K `tile64s9`) is marked `chosen`.
+      const chosen = defaultVariant(gpu, p);
+      const variants = listed.includes(chosen) ? listed : [chosen, ...listed];
       for (const variant of variants) {
         if (gpu.isCpu && SLOW_ON_CPU.has(variant) && flops(p) > 2 * 512 ** 3) continue;
         const value = await timeMatmul(gpu, variant, p, minMs);
@@ -163,6 +183,7 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
           k: p.k,
           layout: p.layout,
           use: p.use,
+          chosen: variant === chosen,
           backend,
           adapter,
         };

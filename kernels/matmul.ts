@@ -16,8 +16,8 @@
  * - `lane{R}x{C}` (e.g. `lane16x8`): like `reg`, but the columns of the
  *   workgroup's invocations interleave, so neighbouring lanes load neighbouring
  *   elements of B.
- * - `tiled`: the usual GPU kernel: a 64×64 tile of C per 16×16 workgroup,
- *   staged through workgroup memory, 4×4 outputs per invocation.
+ * - `tiled`, `tile128`, `tile128x64`, `tile64`, and split-K `tile64s{S}`:
+ *   workgroup-tiled kernels for real GPUs, in `matmul_gpu.ts`.
  *
  * Suffixes on `reg`/`lane`, in this order: `w{W}` sets the workgroup width
  * (default 8, llvmpipe's SIMD width); `k{U}` unrolls the k loop U times; `v`
@@ -35,7 +35,9 @@
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
-import { GELU_WGSL } from "./gelu.ts";
+import { extras, type Layout, type MatmulEpilogue, type Plan, u } from "./_matmul_wgsl.ts";
+import { cpuPlan } from "./matmul_cpu.ts";
+import { GPU_VARIANTS, gpuDefaultVariant, gpuPlan, type MatmulPlan } from "./matmul_gpu.ts";
 
 export { biasBackwardReference, matmulReference } from "./matmul_reference.ts";
 
@@ -71,7 +73,7 @@ export interface MatmulBuffers {
 }
 
 /** What {@linkcode matmul} applies to each output before storing it (see `pre`). */
-export type MatmulEpilogue = "none" | "gelu" | "geluBackward";
+export type { MatmulEpilogue };
 
 /** The shape and options of {@linkcode matmul}. */
 export interface MatmulShape {
@@ -99,7 +101,10 @@ export const CPU_DEFAULT_VARIANT = "reg32x16v";
 export const CPU_NARROW_VARIANT = "reg32x8v";
 
 /**
- * The variant {@linkcode matmul} uses when none is given. On GPUs, `tiled`.
+ * The variant {@linkcode matmul} uses when none is given. On GPUs, by the
+ * number of tiles the output makes (`tile128`, `tile128x64`, `tile64`, or
+ * split-K `tile64s{S}`: see `gpuDefaultVariant` in `matmul_gpu.ts`), or
+ * `tiled` where the device's workgroup storage cannot hold the choice.
  * On CPU adapters, `reg32x16v`, or `reg32x8v` for outputs at most 64 columns
  * wide: a `reg32x16` workgroup covers 8 × 16 = 128 columns, so at n = 64 half
  * its lanes would multiply clamped duplicates. Measured on llvmpipe at the
@@ -109,17 +114,21 @@ export const CPU_NARROW_VARIANT = "reg32x8v";
  *
  * @example
  * ```ts ignore
- * defaultVariant(gpu, { n: 64 }); // "reg32x8v" on llvmpipe
- * defaultVariant(gpu, { n: 256 }); // "reg32x16v"
+ * defaultVariant(gpu, { m: 1024, n: 64, k: 256 }); // "reg32x8v" on llvmpipe
+ * defaultVariant(gpu, { m: 1024, n: 256, k: 64 }); // "reg32x16v"
+ * defaultVariant(gpu, { m: 256, n: 1024, k: 4096 }); // "tile64s9" on a GPU
  * ```
  */
-export function defaultVariant(gpu: { isCpu: boolean }, shape: { n: number }): string {
-  if (!gpu.isCpu) return GPU_DEFAULT_VARIANT;
-  return shape.n <= 64 ? CPU_NARROW_VARIANT : CPU_DEFAULT_VARIANT;
+export function defaultVariant(
+  gpu: { isCpu: boolean; device?: { limits: { maxComputeWorkgroupStorageSize: number } } },
+  shape: { m: number; n: number; k: number },
+): string {
+  if (gpu.isCpu) return shape.n <= 64 ? CPU_NARROW_VARIANT : CPU_DEFAULT_VARIANT;
+  const choice = gpuDefaultVariant(shape);
+  const limit = gpu.device?.limits.maxComputeWorkgroupStorageSize ?? Infinity;
+  const p = gpuPlan(choice, { ...layoutOf(shape, {}) });
+  return p && p.workgroupBytes <= limit ? choice : "tiled";
 }
-
-/** The default variant for GPU adapters. */
-export const GPU_DEFAULT_VARIANT = "tiled";
 
 const CPU_VARIANTS = [
   "naive",
@@ -132,12 +141,13 @@ const CPU_VARIANTS = [
   "reg32x16",
   "reg32x8",
   "lane16x8",
-  "tiled",
 ];
 
 /**
- * The variant names {@linkcode matmul} accepts on this adapter, the default first.
- * Other `reg{R}x{C}[w{W}]` and `lane{R}x{C}[w{W}]` names are accepted too.
+ * The variant names {@linkcode matmul} accepts on this adapter, the default
+ * first (on GPUs the default depends on the shape: `tile128` is the choice
+ * for large outputs). Other `reg{R}x{C}[w{W}][k{U}][v]`, `lane{R}x{C}[w{W}]`
+ * and `tile{64|128}[x{64|128}][s{S}]` names are accepted too.
  *
  * @example
  * ```ts
@@ -149,36 +159,12 @@ const CPU_VARIANTS = [
  * ```
  */
 export function matmulVariants(gpu: Gpu): string[] {
-  const first = gpu.isCpu ? CPU_DEFAULT_VARIANT : GPU_DEFAULT_VARIANT;
-  return [first, ...CPU_VARIANTS.filter((v) => v !== first)];
-}
-
-interface Plan {
-  code: string;
-  workgroups: [number, number, number];
-}
-
-interface Layout {
-  m: number;
-  n: number;
-  k: number;
-  transA: boolean;
-  transB: boolean;
-  accumulate: boolean;
-  bias: boolean;
-  residual: boolean;
-  epilogue: MatmulEpilogue;
-  colSum: boolean;
-}
-
-/** The optional buffers of a layout, in binding order after A, B, C and the sizes. */
-function extras(l: Layout): string[] {
-  const names: string[] = [];
-  if (l.bias) names.push("bias");
-  if (l.residual) names.push("residual");
-  if (l.epilogue !== "none") names.push("pre");
-  if (l.colSum) names.push("colSum");
-  return names;
+  if (!gpu.isCpu) return [...GPU_VARIANTS, ...CPU_VARIANTS];
+  return [
+    CPU_DEFAULT_VARIANT,
+    ...CPU_VARIANTS.filter((v) => v !== CPU_DEFAULT_VARIANT),
+    ...GPU_VARIANTS,
+  ];
 }
 
 function checkDim(name: string, v: number): void {
@@ -197,388 +183,29 @@ function checkRef(name: string, ref: TensorRef, need: number): void {
   }
 }
 
-/** `u` literal for WGSL. */
-function u(v: number): string {
-  return `${v >>> 0}u`;
-}
-
-/**
- * The bindings and helper functions. `vecA`/`vecB`: A or B bound as vec4s;
- * `vecC`: C and the per-output extras (bias, residual, pre) bound as vec4s.
- */
-function header(l: Layout, vecA = false, vecB = false, vecC = false): string {
-  const t = (vec: boolean) => (vec ? "vec4<f32>" : "f32");
-  return [
-    `@group(0) @binding(0) var<storage, read> A: array<${t(vecA)}>;`,
-    `@group(0) @binding(1) var<storage, read> B: array<${t(vecB)}>;`,
-    `@group(0) @binding(2) var<storage, read_write> Cm: array<${t(vecC)}>;`,
-    // Sizes live in a uniform so one compiled pipeline serves every shape: llvmpipe takes
-    // seconds to compile the large register-blocked kernels.
-    `struct Dims { m: u32, n: u32, k: u32, pad: u32 }`,
-    `@group(0) @binding(3) var<uniform> dims: Dims;`,
-    ...extras(l).map((name, i) => {
-      const access = name === "colSum" || (name === "pre" && l.epilogue === "gelu")
-        ? "read_write"
-        : "read";
-      const type = t(vecC && name !== "colSum");
-      return `@group(0) @binding(${4 + i}) var<storage, ${access}> ${name}: array<${type}>;`;
-    }),
-    l.epilogue === "none" ? "" : GELU_WGSL,
-  ].join("\n");
-}
-
-const DIMS = "let M = dims.m;\n  let N = dims.n;\n  let K = dims.k;";
-
-/**
- * The WGSL statement that finishes one output: bias, residual, epilogue,
- * accumulate, store. With `vec`, four: `acc` is a vec4 of the outputs at
- * columns col..col+3 (col a multiple of 4, n too) and C and the extras are
- * bound as vec4s, so each load or store moves four.
- */
-function store(l: Layout, row: string, col: string, acc: string, vec = false): string {
-  const idx = vec ? `(${row} * dims.n + ${col}) / 4u` : `${row} * dims.n + ${col}`;
-  let v = acc;
-  if (l.bias) v = `${v} + bias[${vec ? `${col} / 4u` : col}]`;
-  if (l.residual) v = `${v} + residual[${idx}]`;
-  let pre = "";
-  if (l.epilogue === "gelu") {
-    pre = `let zpre = ${v}; pre[${idx}] = zpre; `;
-    v = vec ? "gelu4(zpre)" : "gelu(zpre)";
-  } else if (l.epilogue === "geluBackward") {
-    v = `(${v}) * ${vec ? "gelu_grad4" : "gelu_grad"}(pre[${idx}])`;
-  }
-  if (l.accumulate) v = `Cm[${idx}] + (${v})`;
-  return pre ? `{ ${pre}Cm[${idx}] = ${v}; }` : `Cm[${idx}] = ${v};`;
-}
-
-function naivePlan(l: Layout): Plan {
-  const aIdx = l.transA ? `p * M + i` : `i * K + p`;
-  const bIdx = l.transB ? `j * K + p` : `p * N + j`;
-  const code = `${header(l)}
-@compute @workgroup_size(8, 8, 1)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  ${DIMS}
-  let j = gid.x;
-  let i = gid.y;
-  if (i >= M || j >= N) { return; }
-  var acc = 0.0;
-  var bsum = 0.0;
-  for (var p = 0u; p < K; p++) {
-    let b = B[${bIdx}];
-    acc = fma(A[${aIdx}], b, acc);
-    ${l.colSum ? "bsum += b;" : ""}
-  }
-  ${store(l, "i", "j", "acc")}
-  ${l.colSum ? "if (i == 0u) { colSum[j] = colSum[j] + bsum; }" : ""}
-}
-`;
-  return { code, workgroups: [Math.ceil(l.n / 8), Math.ceil(l.m / 8), 1] };
-}
-
-interface RegParams {
-  /** Rows per invocation. */
-  r: number;
-  /** Columns per invocation. */
-  c: number;
-  /** Invocations per workgroup (along n). */
-  w: number;
-  /** "block": contiguous columns per invocation; "lane": rows shared by the workgroup. */
-  mode: "block" | "lane";
-  /** Load 4 consecutive elements at once where the layout and sizes allow it. */
-  vec: boolean;
-  /** Steps of k per loop iteration: each accumulator is read and written once per `unroll` FMAs. */
-  unroll: number;
-}
-
-/**
- * Register-blocked kernel. Load indices are clamped into range so that the
- * inner loop has no branches; only the stores are guarded.
- */
-function regPlan(l: Layout, p: RegParams): Plan {
-  const { r: R, c: C, w: W, mode } = p;
-  // Strides: A(i, kk) = A[i*sAi + kk*sAk]; B(kk, j) = B[j*sBj + kk*sBk].
-  const sAi = l.transA ? "1u" : "K";
-  const sAk = l.transA ? "M" : "1u";
-  const sBj = l.transB ? "K" : "1u";
-  const sBk = l.transB ? "1u" : "N";
-  const lines: string[] = [];
-  if (mode === "block") {
-    lines.push(`let row0 = wg.y * ${u(R)};`);
-    lines.push(`let col0 = (wg.x * ${u(W)} + lid.x) * ${u(C)};`);
-  } else {
-    lines.push(`let row0 = wg.y * ${u(R)};`);
-    lines.push(`let col0 = wg.x * ${u(W * C)} + lid.x;`);
-  }
-  const colStep = mode === "block" ? 1 : W;
-  // vec4 loads: along the block's own dimension, B's columns (not transposed) and A's rows
-  // (transposed), which needs 4-aligned blocks and sizes; or along k, 4 steps at once, for
-  // an operand whose k is its contiguous dimension (A not transposed, B transposed), which
-  // needs k a multiple of 4. Otherwise scalar loads. On llvmpipe a load costs about the
-  // same whatever its width, so a vec4 is 4 loads for the price of one.
-  const vecB = p.vec && mode === "block" && !l.transB && C % 4 === 0 && l.n % 4 === 0;
-  const vecA = p.vec && l.transA && R % 4 === 0 && l.m % 4 === 0;
-  const vecAk = p.vec && !l.transA && l.k % 4 === 0;
-  const vecBk = p.vec && l.transB && l.k % 4 === 0;
-  const kVec = vecAk || vecBk;
-  if (vecA) {
-    for (let i = 0; i < R / 4; i++) {
-      lines.push(`let aq${i} = min(row0 / 4u + ${u(i)}, M / 4u - 1u);`);
-    }
-  } else if (vecAk) {
-    for (let i = 0; i < R; i++) lines.push(`let ar${i} = min(row0 + ${u(i)}, M - 1u) * (K / 4u);`);
-  } else {
-    for (let i = 0; i < R; i++) lines.push(`let ar${i} = min(row0 + ${u(i)}, M - 1u) * ${sAi};`);
-  }
-  if (vecB) {
-    for (let j = 0; j < C / 4; j++) {
-      lines.push(`let bq${j} = min(col0 / 4u + ${u(j)}, N / 4u - 1u);`);
-    }
-  } else if (vecBk) {
-    for (let j = 0; j < C; j++) {
-      lines.push(`let bc${j} = min(col0 + ${u(j * colStep)}, N - 1u) * (K / 4u);`);
-    }
-  } else {
-    for (let j = 0; j < C; j++) {
-      lines.push(`let bc${j} = min(col0 + ${u(j * colStep)}, N - 1u) * ${sBj};`);
-    }
-  }
-  for (let i = 0; i < R; i++) {
-    for (let j = 0; j < C; j++) lines.push(`var c${i}_${j} = 0.0;`);
-  }
-  // Column sums of B: every workgroup keeps them (branch-free, C adds per k against R·C
-  // FMAs); the first row of workgroups stores them.
-  if (l.colSum) { for (let j = 0; j < C; j++) lines.push(`var s${j} = 0.0;`); }
-  const ak = (kk: string) => (sAk === "1u" ? kk : `(${kk}) * ${sAk}`);
-  const bk = (kk: string) => (sBk === "1u" ? kk : `(${kk}) * ${sBk}`);
-  /**
-   * One pass over `steps` consecutive k. B's values for every step are loaded first; then
-   * row by row (4 rows per vec4 of a transposed A), A's values and the row's FMAs, each
-   * accumulator's in k order. Loading A next to its use keeps few values live: llvmpipe
-   * holds each in a SIMD register per component, and a body that loads all of A first
-   * spills them (2x the time at n = 64).
-   */
-  const body = (steps: number): void => {
-    const kAt = (s: number) => (s === 0 ? "kk" : `kk + ${u(s)}`);
-    if (steps === 4 && vecBk) {
-      for (let j = 0; j < C; j++) {
-        lines.push(`  let bk${j} = B[bc${j} + kk / 4u];`);
-        for (let s = 0; s < 4; s++) lines.push(`  let b${j}_${s} = bk${j}.${"xyzw"[s]};`);
-      }
-    } else {
-      for (let s = 0; s < steps; s++) {
-        if (vecB) {
-          for (let j = 0; j < C / 4; j++) {
-            lines.push(`  let bv${j}_${s} = B[bq${j} + (${kAt(s)}) * (N / 4u)];`);
-            for (let t = 0; t < 4; t++) {
-              lines.push(`  let b${4 * j + t}_${s} = bv${j}_${s}.${"xyzw"[t]};`);
-            }
-          }
-        } else {
-          for (let j = 0; j < C; j++) lines.push(`  let b${j}_${s} = B[bc${j} + ${bk(kAt(s))}];`);
-        }
-      }
-    }
-    const group = vecA ? 4 : 1;
-    for (let i0 = 0; i0 < R; i0 += group) {
-      if (steps === 4 && vecAk) {
-        lines.push(`  let ak${i0} = A[ar${i0} + kk / 4u];`);
-        for (let s = 0; s < 4; s++) lines.push(`  let a${i0}_${s} = ak${i0}.${"xyzw"[s]};`);
-      } else if (vecA) {
-        const q = i0 / 4;
-        for (let s = 0; s < steps; s++) {
-          lines.push(`  let av${q}_${s} = A[aq${q} + (${kAt(s)}) * (M / 4u)];`);
-          for (let t = 0; t < 4; t++) {
-            lines.push(`  let a${i0 + t}_${s} = av${q}_${s}.${"xyzw"[t]};`);
-          }
-        }
-      } else {
-        for (let s = 0; s < steps; s++) {
-          lines.push(`  let a${i0}_${s} = A[ar${i0} + ${ak(kAt(s))}];`);
-        }
-      }
-      for (let i = i0; i < i0 + group; i++) {
-        for (let j = 0; j < C; j++) {
-          for (let s = 0; s < steps; s++) {
-            lines.push(`  c${i}_${j} = fma(a${i}_${s}, b${j}_${s}, c${i}_${j});`);
-          }
-        }
-      }
-    }
-    if (l.colSum) {
-      for (let j = 0; j < C; j++) {
-        for (let s = 0; s < steps; s++) lines.push(`  s${j} += b${j}_${s};`);
-      }
-    }
-  };
-  lines.push(`var kk = 0u;`);
-  if (kVec) {
-    // k is a multiple of 4 here: no remainder loop.
-    lines.push(`for (; kk < K; kk += 4u) {`);
-    body(4);
-    lines.push(`}`);
-  } else {
-    if (p.unroll > 1) {
-      lines.push(`for (; kk + ${u(p.unroll - 1)} < K; kk += ${u(p.unroll)}) {`);
-      body(p.unroll);
-      lines.push(`}`);
-    }
-    lines.push(`for (; kk < K; kk++) {`);
-    body(1);
-    lines.push(`}`);
-  }
-  // Outputs leave as vec4s when an invocation's columns are contiguous and 4-aligned.
-  const vecC = mode === "block" && C % 4 === 0 && l.n % 4 === 0;
-  const cw = vecC ? 4 : 1;
-  for (let i = 0; i < R; i++) {
-    lines.push(`if (row0 + ${u(i)} < M) {`);
-    lines.push(`  let row = row0 + ${u(i)};`);
-    for (let j = 0; j < C; j += cw) {
-      const acc = vecC
-        ? `vec4<f32>(${[0, 1, 2, 3].map((t) => `c${i}_${j + t}`).join(", ")})`
-        : `c${i}_${j}`;
-      lines.push(`  if (col0 + ${u(j * colStep)} < N) {`);
-      lines.push(`    let col = col0 + ${u(j * colStep)};`);
-      lines.push(`    ${store(l, "row", "col", acc, vecC)}`);
-      lines.push(`  }`);
-    }
-    lines.push(`}`);
-  }
-  if (l.colSum) {
-    lines.push(`if (wg.y == 0u) {`);
-    for (let j = 0; j < C; j++) {
-      lines.push(`  if (col0 + ${u(j * colStep)} < N) {`);
-      lines.push(
-        `    colSum[col0 + ${u(j * colStep)}] = colSum[col0 + ${u(j * colStep)}] + s${j};`,
-      );
-      lines.push(`  }`);
-    }
-    lines.push(`}`);
-  }
-  const code = `${header(l, vecA || vecAk, vecB || vecBk, vecC)}
-@compute @workgroup_size(${W}, 1, 1)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  ${DIMS}
-  ${lines.join("\n  ")}
-}
-`;
-  const perGroupCols = W * C;
-  return {
-    code,
-    workgroups: [Math.ceil(l.n / perGroupCols), Math.ceil(l.m / R), 1],
-  };
-}
-
-/** Workgroup-tiled kernel for real GPUs: 64×64 tile, 16×16 invocations, 4×4 each. */
-function tiledPlan(l: Layout): Plan {
-  const BM = 64, BN = 64, BK = 16;
-  const aLoad = l.transA ? `A[gk * M + gi]` : `A[gi * K + gk]`;
-  const bLoad = l.transB ? `B[gj * K + gk]` : `B[gk * N + gj]`;
-  // Tiles are stored as vec4s: 4 consecutive rows (columns) that one invocation reads at
-  // once. Small vec4 arrays also keep the GL backend's compile time down: its zero
-  // initialization of workgroup memory is unrolled per array element.
-  const code = `${header(l)}
-var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>;
-var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>;
-@compute @workgroup_size(16, 16, 1)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  ${DIMS}
-  let tid = lid.y * 16u + lid.x;
-  let rowBase = wg.y * ${u(BM)};
-  let colBase = wg.x * ${u(BN)};
-  var acc: array<vec4<f32>, 4>;
-  var bsum = 0.0;
-  for (var t = 0u; t < (K + ${u(BK - 1)}) / ${u(BK)}; t++) {
-    let k0 = t * ${u(BK)};
-    // 1024 elements per tile, 256 invocations: 4 loads each, zero outside the matrix.
-    for (var e = 0u; e < 4u; e++) {
-      let idx = tid + e * 256u;
-      let kk = idx / ${u(BM)};
-      let mm = idx % ${u(BM)};
-      let gi = rowBase + mm;
-      let gk = k0 + kk;
-      var av = 0.0;
-      if (gi < M && gk < K) { av = ${aLoad}; }
-      As[kk * ${u(BM / 4)} + mm / 4u][mm % 4u] = av;
-      let gj = colBase + mm;
-      var bv = 0.0;
-      if (gj < N && gk < K) { bv = ${bLoad}; }
-      Bs[kk * ${u(BN / 4)} + mm / 4u][mm % 4u] = bv;
-    }
-    workgroupBarrier();
-    ${
-    l.colSum
-      ? `if (wg.y == 0u && tid < ${u(BN)}) {
-      for (var kk = 0u; kk < ${u(BK)}; kk++) {
-        bsum += Bs[kk * ${u(BN / 4)} + tid / 4u][tid % 4u];
-      }
-    }`
-      : ""
-  }
-    for (var kk = 0u; kk < ${u(BK)}; kk++) {
-      let a = As[kk * ${u(BM / 4)} + lid.y];
-      let b = Bs[kk * ${u(BN / 4)} + lid.x];
-      acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
-      acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
-      acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
-      acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
-    }
-    workgroupBarrier();
-  }
-  for (var y = 0u; y < 4u; y++) {
-    let row = rowBase + lid.y * 4u + y;
-    for (var x = 0u; x < 4u; x++) {
-      let col = colBase + lid.x * 4u + x;
-      if (row < M && col < N) {
-        ${store(l, "row", "col", "acc[y][x]")}
-      }
-    }
-  }
-  ${
-    l.colSum
-      ? `if (wg.y == 0u && tid < ${u(BN)} && colBase + tid < N) {
-    colSum[colBase + tid] = colSum[colBase + tid] + bsum;
-  }`
-      : ""
-  }
-}
-`;
-  return { code, workgroups: [Math.ceil(l.n / BN), Math.ceil(l.m / BM), 1] };
-}
-
-const REG_NAME = /^(reg|lane)(\d+)x(\d+)(?:w(\d+))?(?:k(\d+))?(v?)$/;
-
-/** The generated WGSL and workgroup counts for `variant` at shape `l`. */
-function plan(variant: string, l: Layout): Plan {
-  if (variant === "naive") return naivePlan(l);
-  if (variant === "tiled") return tiledPlan(l);
-  const m = REG_NAME.exec(variant);
-  if (m) {
-    const r = Number(m[2]), c = Number(m[3]), w = m[4] ? Number(m[4]) : 8;
-    const unroll = m[5] ? Number(m[5]) : 1;
-    if (r < 1 || c < 1 || r * c > 4096 || w < 1 || w > 256 || unroll < 1 || unroll > 16) {
-      throw new RangeError(
-        `Invalid matmul variant: ${variant} (need 1 <= R*C <= 4096, 1 <= W <= 256, 1 <= k <= 16)`,
-      );
-    }
-    return regPlan(l, {
-      r,
-      c,
-      w,
-      unroll,
-      vec: m[6] === "v",
-      mode: m[1] === "reg" ? "block" : "lane",
-    });
-  }
+/** The passes of `variant` at shape `l`. */
+function plan(variant: string, l: Layout): MatmulPlan {
+  const gpuVariant = gpuPlan(variant, l);
+  if (gpuVariant) return gpuVariant;
+  const one = (p: Plan): MatmulPlan => ({
+    passes: [{ ...p, role: "matmul" }],
+    scratch: 0,
+    workgroupBytes: 0,
+  });
+  const cpu = cpuPlan(variant, l);
+  if (cpu) return one(cpu);
   throw new TypeError(
     `Unknown matmul variant: ${variant} (known: ${
-      CPU_VARIANTS.join(", ")
+      [...CPU_VARIANTS, ...GPU_VARIANTS].join(", ")
     }, reg{R}x{C}[w{W}][k{U}][v], ` +
-      `lane{R}x{C}[w{W}])`,
+      `lane{R}x{C}[w{W}], tile{64|128}[x{64|128}][s{S}])`,
   );
 }
 
 /**
- * The generated WGSL of a variant at a shape, for inspection and tests.
+ * The generated WGSL of a variant at a shape, for inspection and tests. A
+ * split-K variant has two passes: their modules, one after the other, the
+ * second after a `// next pass` line.
  *
  * @example
  * ```ts
@@ -591,7 +218,7 @@ export function matmulShader(
   variant: string,
   shape: MatmulShape & { bias?: boolean; residual?: boolean; colSum?: boolean },
 ): string {
-  return plan(variant, layoutOf(shape, shape)).code;
+  return plan(variant, layoutOf(shape, shape)).passes.map((p) => p.code).join("\n// next pass\n");
 }
 
 /** Which optional buffers a matmul has. */
@@ -629,8 +256,11 @@ function layoutOf(shape: MatmulShape, has: Extras): Layout {
  *
  * A is stored [m,k] or, with `transA`, [k,m]; B is stored [k,n] or, with
  * `transB`, [n,k]. The variant defaults to the register-blocked kernel on CPU
- * adapters and the workgroup-tiled one on GPUs. The summation order is fixed,
- * so repeated runs give the same bits.
+ * adapters and a workgroup-tiled one chosen by shape on GPUs
+ * ({@linkcode defaultVariant}). The summation order is fixed, so repeated runs
+ * give the same bits. A split-K variant encodes two dispatches (the partial
+ * products, then their sum in split order) and allocates its scratch buffer
+ * here, once; it lives as long as the device.
  *
  * @example Multiply two 2x2 matrices
  * ```ts
@@ -670,24 +300,50 @@ export function matmul(gpu: Gpu, bufs: MatmulBuffers, shape: MatmulShape): Dispa
   });
   const variant = shape.variant ?? defaultVariant(gpu, l);
   const p = plan(variant, l);
+  const limits = gpu.device.limits;
+  if (p.workgroupBytes > limits.maxComputeWorkgroupStorageSize) {
+    throw new RangeError(
+      `Cannot build matmul ${variant}: it needs ${p.workgroupBytes} bytes of workgroup storage, ` +
+        `the device allows ${limits.maxComputeWorkgroupStorageSize}`,
+    );
+  }
+  if (p.scratch * 4 > limits.maxStorageBufferBindingSize) {
+    throw new RangeError(
+      `Cannot build matmul ${variant}: its ${p.scratch * 4}-byte split-K scratch exceeds ` +
+        `the device's ${limits.maxStorageBufferBindingSize}-byte binding limit`,
+    );
+  }
   const tag = `${l.transA ? "T" : "N"}${l.transB ? "T" : "N"}`;
   const fused = [...extras(l).filter((x) => x !== "bias" && x !== "pre"), l.epilogue]
     .filter((x) => x !== "none");
   const label = `matmul_${variant}_${tag}_${l.m}x${l.n}x${l.k}${
     fused.map((x) => `+${x}`).join("")
   }`;
-  const pipeline = gpu.pipeline(p.code, "main", label);
   // Bind exactly the used elements so a larger buffer (a view of the flat parameter buffer)
   // cannot shift arrayLength-based bounds checks.
   const dims = gpu.uniform(new Uint32Array([l.m, l.n, l.k, 0]), `${label}_dims`);
-  const refs: TensorRef[] = [
-    { ...bufs.a, length: l.m * l.k },
-    { ...bufs.b, length: l.k * l.n },
-    { ...bufs.c, length: l.m * l.n },
-    { buffer: dims, length: 4 },
-  ];
-  refs.push(...extra);
-  return gpu.dispatch(label, pipeline, refs, p.workgroups);
+  const a = { ...bufs.a, length: l.m * l.k }, b = { ...bufs.b, length: l.k * l.n };
+  const c = { ...bufs.c, length: l.m * l.n }, d = { buffer: dims, length: 4 };
+  const scratch = p.scratch > 0
+    ? { buffer: gpu.storage(p.scratch, `${label}_scratch`), length: p.scratch }
+    : undefined;
+  const refs: Record<string, TensorRef[]> = {
+    matmul: [a, b, c, d, ...extra],
+    partial: scratch ? [a, b, scratch, d] : [],
+    reduce: scratch ? [scratch, c, d, ...extra] : [],
+  };
+  const ds = p.passes.map((pass) => {
+    const name = p.passes.length > 1 ? `${label}_${pass.role}` : label;
+    const pipeline = gpu.pipeline(pass.code, "main", name);
+    return gpu.dispatch(name, pipeline, refs[pass.role], pass.workgroups);
+  });
+  // Dispatches in one compute pass run in order, each seeing the storage writes of the last.
+  return ds.length === 1 ? ds[0] : {
+    label,
+    encode(pass) {
+      for (const x of ds) x.encode(pass);
+    },
+  };
 }
 
 /**
