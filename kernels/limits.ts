@@ -214,24 +214,39 @@ export function planModel(
     attentionScratch: options.attentionScratch ?? false,
   };
   const list = needs(config, o);
-  let largest = 0;
+  const capOf = (n: Need) => n.limit === "binding" ? limits.maxBindingBytes : limits.maxBufferBytes;
+  const largest = Math.max(
+    ...list.filter((n) => n.limit === "binding").map((n) => bytesOf(n.shape)),
+  );
+  // The need most over its limit is named; the largest batch named is one at which every
+  // activation fits.
+  let worst = -1;
   for (let i = 0; i < list.length; i++) {
-    const n = list[i];
+    const over = bytesOf(list[i].shape) / capOf(list[i]);
+    if (over > 1 && (worst < 0 || over > bytesOf(list[worst].shape) / capOf(list[worst]))) {
+      worst = i;
+    }
+  }
+  if (worst >= 0) {
+    const n = list[worst];
     const bytes = bytesOf(n.shape);
-    const cap = n.limit === "binding" ? limits.maxBindingBytes : limits.maxBufferBytes;
-    if (n.limit === "binding") largest = Math.max(largest, bytes);
-    if (bytes <= cap) continue;
+    const cap = capOf(n);
     const limitName = n.limit === "binding"
       ? `the ${mib(cap)} binding limit (maxStorageBufferBindingSize)`
       : `the ${mib(cap)} buffer limit (maxBufferSize)`;
     let hint = n.hint;
-    let best = largestFit(config, o, i, hint, cap);
+    let best = largestFit(config, o, worst, hint, cap);
+    if (hint === "batch") {
+      list.forEach((m, j) => {
+        if (m.hint === "batch") best = Math.min(best, largestFit(config, o, j, "batch", capOf(m)));
+      });
+    }
     if (best === 0 && hint === "batch") {
       hint = "blockSize";
-      best = largestFit(config, { ...o, batch: 1 }, i, hint, cap);
+      best = largestFit(config, { ...o, batch: 1 }, worst, hint, cap);
     } else if (best === 0 && hint === "nLayer") {
       hint = "nEmbd";
-      best = largestFit({ ...config, nLayer: 1 }, o, i, hint, cap);
+      best = largestFit({ ...config, nLayer: 1 }, o, worst, hint, cap);
     }
     const fit = best > 0
       ? `; the largest ${HINT_NAMES[hint]} that fits is ${best}${
