@@ -717,7 +717,7 @@ export class GptModel {
     const rows = this.#stage(inputs, targets, "step", true);
     if (rows !== this.batch * this.gradAccum) {
       throw new RangeError(
-        `Invalid step inputs: ${rows} rows, a step takes ${this.#stepRows()}`,
+        `Invalid step inputs: ${rows} rows, ${this.#stepRows()}`,
       );
     }
     this.#t++;
@@ -739,13 +739,12 @@ export class GptModel {
     }
   }
 
-  /** "16 rows (the model's batch)" or "8 rows (batch 4 × 2 micro-batches)". */
+  /** "the model's batch is 16" or "a step takes 8 rows (batch 4 × 2 micro-batches)". */
   #stepRows(): string {
-    return this.gradAccum === 1
-      ? `${this.batch} rows (the model's batch)`
-      : `${
-        this.batch * this.gradAccum
-      } rows (batch ${this.batch} × ${this.gradAccum} micro-batches)`;
+    const { batch, gradAccum } = this;
+    return gradAccum === 1
+      ? `the model's batch is ${batch}`
+      : `a step takes ${batch * gradAccum} rows (batch ${batch} × ${gradAccum} micro-batches)`;
   }
 
   /** Tokens one step trains on: gradAccum × batch × blockSize. */
@@ -781,7 +780,7 @@ export class GptModel {
     const rows = this.#stage(inputs, targets, "gradient", true);
     if (rows !== this.batch * this.gradAccum) {
       throw new RangeError(
-        `Invalid gradient inputs: ${rows} rows, a step takes ${this.#stepRows()}`,
+        `Invalid gradient inputs: ${rows} rows, ${this.#stepRows()}`,
       );
     }
     this.#busy = true;

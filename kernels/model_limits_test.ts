@@ -63,7 +63,7 @@ function noAllocGpu(limits: BufferLimits): Gpu {
     limits,
     storage: fail,
     uniform: fail,
-    device: { createBuffer: fail, pushErrorScope() {}, popErrorScope: async () => null },
+    device: { createBuffer: fail, pushErrorScope() {}, popErrorScope: () => Promise.resolve(null) },
   } as unknown as Gpu;
 }
 
