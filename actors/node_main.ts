@@ -28,7 +28,14 @@ import {
   OUTER_PRESETS,
 } from "./aggregation.ts";
 import { runEmbedded, type RunEvent, runNetworked, type RunSettings } from "./run.ts";
-import { CONFIGS, getConfig } from "../kernels/config.ts";
+import { CONFIGS } from "../kernels/config.ts";
+import {
+  resolveShape,
+  SHAPE_FIELDS,
+  SHAPE_FLAG_OPTIONS,
+  SHAPE_HELP,
+  shapeFlags,
+} from "../kernels/shape.ts";
 import { NothingToResumeError, type ResumedRun, resumeRunDir } from "../checkpoint/resume.ts";
 
 const HELP = `Usage: deno task node [options]
@@ -47,7 +54,13 @@ Options:
   --min-trainers N      host: open the first round when N trainers joined (default 1)
   --rounds N            outer rounds (default 10)
   --inner-steps H       inner AdamW steps per round (default ${DEFAULT_INNER_STEPS})
-  --config NAME         model config: ${Object.keys(CONFIGS).join(", ")} (default small)
+  --config NAME         model config: ${
+  Object.keys(CONFIGS).join(", ")
+} (default small); the shape flags
+                        below override its fields (joiners train the host's shape)
+${SHAPE_HELP.replace(/^ {2}(--\S+ N) +/gm, (_, f) => `  ${f.padEnd(20)}  `)}
+  --batch N             sequences per micro-batch of an inner step (default: the config's)
+  --grad-accum N        micro-batches per inner step, one AdamW update (default 1)
   --data PATH           training text (file or folder; default: the bundled corpus)
   --run-dir DIR         where the run writes its log (run.jsonl) and checkpoints
                         (keeper-<i>/rounds/<round>, latest); default runs/<run id>
@@ -142,6 +155,9 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       rounds: { type: "string" },
       "inner-steps": { type: "string" },
       config: { type: "string" },
+      ...SHAPE_FLAG_OPTIONS,
+      batch: { type: "string" },
+      "grad-accum": { type: "string" },
       data: { type: "string" },
       "run-dir": { type: "string" },
       keepers: { type: "string" },
@@ -163,6 +179,8 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       `Invalid --config: "${config}" (known: ${Object.keys(CONFIGS).join(", ")})`,
     );
   }
+  const model = shapeFlags(values);
+  resolveShape(config, model);
   const presetName = values["outer-preset"] ?? "default";
   const preset = OUTER_PRESETS[presetName];
   if (!preset) {
@@ -205,6 +223,11 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
   return {
     run: values["run-id"] ?? "run",
     config,
+    ...(Object.keys(model).length ? { model } : {}),
+    ...(values.batch !== undefined ? { batch: intArg("batch", values.batch, 1, 1) } : {}),
+    ...(values["grad-accum"] !== undefined
+      ? { gradAccum: intArg("grad-accum", values["grad-accum"], 1, 1) }
+      : {}),
     rounds: intArg("rounds", values.rounds, 10, 1),
     innerSteps: intArg("inner-steps", values["inner-steps"], DEFAULT_INNER_STEPS, 1),
     outer: {
@@ -328,8 +351,12 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-/** A resumed run keeps its recorded settings; flags given on the command line win. */
-function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
+/**
+ * A resumed run keeps its recorded settings (its shape overrides included);
+ * flags given on the command line win, and the shape they make must be the
+ * checkpoint's.
+ */
+export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
   const rec = (r.settings ?? {}) as Partial<RunSettings>;
   const flag: Record<string, keyof RunSettings> = {
     "run-id": "run",
@@ -338,6 +365,8 @@ function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
     "inner-steps": "innerSteps",
     data: "dataPath",
     seed: "seed",
+    batch: "batch",
+    "grad-accum": "gradAccum",
   };
   const out: NodeArgs = { ...args };
   const set = out as unknown as Record<string, unknown>;
@@ -348,15 +377,21 @@ function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
       ["outer-lr", "outer-momentum", "outer-preset", "outer-warmup"].some((f) =>
         args.given.includes(f)
       );
-    if (!given && !outerGiven) set[k] = v;
+    if (!given && !outerGiven && k !== "model") set[k] = v;
   }
-  const expect = getConfig(out.config).model;
+  // Shape flags given now override the recorded ones field by field; the result must be the
+  // checkpoint's shape.
+  const model = { ...(rec.model ?? {}), ...(args.model ?? {}) };
+  if (Object.keys(model).length) out.model = model;
+  const expect = resolveShape(out.config, model);
   const shape = (r.config ?? {}) as unknown as Record<string, unknown>;
   for (const [k, v] of Object.entries(expect)) {
     if (shape[k] !== undefined && shape[k] !== v) {
-      throw new RangeError(
-        `Cannot resume ${r.dir}: its model has ${k} ${shape[k]}, config ${out.config} has ${v}`,
-      );
+      const flag = SHAPE_FIELDS.find((f) => f.field === k);
+      const by = flag && args.model?.[flag.field] !== undefined
+        ? `--${flag.flag} gives ${v}`
+        : `config ${out.config}${rec.model ? " with the run's recorded overrides" : ""} has ${v}`;
+      throw new RangeError(`Cannot resume ${r.dir}: its model has ${k} ${shape[k]}, ${by}`);
     }
   }
   return out;

@@ -1,5 +1,7 @@
-import { equal, throws } from "@std/assert";
-import { parseNodeArgs } from "./node_main.ts";
+import { deepEqual, equal, throws } from "@std/assert";
+import { parseNodeArgs, resumedArgs } from "./node_main.ts";
+import type { ResumedRun } from "../checkpoint/resume.ts";
+import { engineSettings, runModel, runSettingsOf, shapeConflict } from "./run.ts";
 
 Deno.test("node flags: --keeper-cpu takes a share of one core in (0, 1]", () => {
   equal(parseNodeArgs([]).keeperCpu, undefined);
@@ -21,4 +23,77 @@ Deno.test("node flags: defaults and bad integers are named", () => {
   equal(args.trainers, 4);
   throws(() => parseNodeArgs(["--keepers", "two"]), /Invalid --keepers/);
   throws(() => parseNodeArgs(["--rounds", "0"]), /Invalid --rounds/);
+});
+
+Deno.test("node flags: shape flags override the config, are checked by name, and reach the engine", () => {
+  const args = parseNodeArgs([
+    "--config",
+    "medium",
+    "--n-layer",
+    "1",
+    "--n-embd",
+    "96",
+    "--block-size",
+    "32",
+    "--batch",
+    "3",
+    "--grad-accum",
+    "2",
+  ]);
+  deepEqual(args.model, { nLayer: 1, nEmbd: 96, blockSize: 32 });
+  equal(args.batch, 3);
+  equal(args.gradAccum, 2);
+  const engine = engineSettings(args);
+  deepEqual(engine.config, { nLayer: 1, nHead: 4, nEmbd: 96, blockSize: 32, vocabSize: 256 });
+  equal(engine.batch, 3);
+  equal(engine.gradAccum, 2);
+  deepEqual(runSettingsOf(args).model, { nLayer: 1, nEmbd: 96, blockSize: 32 });
+  equal(runSettingsOf(args).gradAccum, 2);
+  // No flags: the settings (and so the checkpoints' records) stay as they were.
+  equal(parseNodeArgs([]).model, undefined);
+  equal(runSettingsOf(parseNodeArgs([])).gradAccum, undefined);
+  equal(engineSettings(parseNodeArgs([])).gradAccum, 1);
+  const bad: [string[], string][] = [
+    [["--n-head", "5"], "Invalid --n-head: 5 does not divide the n-embd 64 of config small"],
+    [["--n-head", "5", "--n-embd", "64"], "Invalid --n-head: 5 does not divide --n-embd 64"],
+    [["--n-embd", "30"], "Invalid --n-embd: 30 is not a multiple of the n-head 4 of config small"],
+    [["--n-layer", "0"], 'Invalid --n-layer: "0" (expected an integer in [1, 256])'],
+    [["--block-size", "1.5"], 'Invalid --block-size: "1.5" (expected an integer in [1, 16384])'],
+    [["--grad-accum", "0"], 'Invalid --grad-accum: expected an integer >= 1, got "0"'],
+  ];
+  for (const [argv, message] of bad) {
+    throws(() => parseNodeArgs(argv), (err: Error) => err.message === message, argv.join(" "));
+  }
+});
+
+Deno.test("joiners train the host's shape: their own shape flags must agree with it", () => {
+  const host = runModel({ config: "small", model: { nLayer: 4 } });
+  equal(shapeConflict(undefined, host), undefined);
+  equal(shapeConflict({ nLayer: 4 }, host), undefined);
+  equal(
+    shapeConflict({ nLayer: 2, nEmbd: 64 }, host),
+    "--n-layer 2 differs from the run's model L4 C64 H4 T64 V256",
+  );
+  throws(
+    () => runModel({ config: "small", model: { nHead: 3 } }),
+    /Invalid nHead: 3 does not divide/,
+  );
+});
+
+Deno.test("a resumed run rebuilds its recorded shape; shape flags that disagree are refused", () => {
+  const settings = { run: "r", config: "small", model: { nLayer: 3 }, gradAccum: 2, rounds: 5 };
+  const resumed = {
+    dir: "runs/r",
+    settings,
+    config: { nLayer: 3, nHead: 4, nEmbd: 64, blockSize: 64, vocabSize: 256 },
+  } as unknown as ResumedRun;
+  const args = resumedArgs(parseNodeArgs(["--resume", "runs/r", "--rounds", "9"]), resumed);
+  deepEqual(args.model, { nLayer: 3 });
+  equal(args.gradAccum, 2);
+  equal(args.rounds, 9);
+  deepEqual(engineSettings(args).config, resumed.config);
+  throws(
+    () => resumedArgs(parseNodeArgs(["--resume", "runs/r", "--n-layer", "2"]), resumed),
+    /^RangeError: Cannot resume runs\/r: its model has nLayer 3, --n-layer gives 2$/,
+  );
 });

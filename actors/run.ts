@@ -45,7 +45,8 @@ import {
   validateRunMessage,
   type ViewMsg,
 } from "./run_protocol.ts";
-import { getConfig } from "../kernels/config.ts";
+import { describeConfig, getConfig, type GptConfig } from "../kernels/config.ts";
+import { resolveShape, SHAPE_FIELDS, type ShapeOverrides } from "../kernels/shape.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import type { WorkerInit } from "./trainer_worker.ts";
 import type { AggregatorState } from "./aggregation.ts";
@@ -67,6 +68,12 @@ export interface RunSettings {
   run: string;
   /** Model configuration name (kernels/config.ts). */
   config: string;
+  /**
+   * Fields of the config's shape to override (`--n-layer --n-head --n-embd
+   * --block-size`); the host hands them to joiners and records them with
+   * every checkpoint, so every trainer and a resumed run build this shape.
+   */
+  model?: ShapeOverrides;
   /** Rounds to train (0: no bound). */
   rounds: number;
   /** Inner steps H per round. */
@@ -81,8 +88,14 @@ export interface RunSettings {
   dataShards?: number;
   /** Inner learning rate (default: the config's). */
   innerLr?: number;
-  /** Sequences per inner step (default: the config's). */
+  /** Sequences per micro-batch of an inner step (default: the config's). */
   batch?: number;
+  /**
+   * Micro-batches per inner step (default 1): each inner step trains on
+   * gradAccum × batch sequences with one AdamW update, and a trainer's
+   * contributed tokens count all of them.
+   */
+  gradAccum?: number;
   /** Inner warm-up steps of each trainer's own optimizer (default: the config's). */
   innerWarmup?: number;
 }
@@ -360,9 +373,40 @@ function round4(x: number): number {
   return Math.round(x * 10_000) / 10_000;
 }
 
-/** Length of the flat parameter vector of a named config (padding included). */
-export function paramLength(config: string): number {
-  return buildLayout(getConfig(config).model).totalLength;
+/** Length of the flat parameter vector of a named config or a shape (padding included). */
+export function paramLength(config: string | GptConfig): number {
+  return buildLayout(typeof config === "string" ? getConfig(config).model : config).totalLength;
+}
+
+/**
+ * The model shape a run trains: its named config with `model`'s overrides;
+ * a RangeError names the bad field.
+ *
+ * @example
+ * ```ts
+ * import { runModel } from "./run.ts";
+ * console.log(runModel({ config: "small", model: { nLayer: 4 } }).nLayer); // 4
+ * ```
+ */
+export function runModel(s: Pick<RunSettings, "config" | "model">): GptConfig {
+  return resolveShape(s.config, s.model ?? {}, "field");
+}
+
+/**
+ * Refuses a joiner's own shape overrides that disagree with the run it joins
+ * (joiners train the host's shape); undefined when they agree.
+ */
+export function shapeConflict(
+  own: ShapeOverrides | undefined,
+  run: GptConfig,
+): string | undefined {
+  for (const { field, flag } of SHAPE_FIELDS) {
+    const want = own?.[field];
+    if (want !== undefined && want !== run[field]) {
+      return `--${flag} ${want} differs from the run's model ${describeConfig(run)}`;
+    }
+  }
+  return undefined;
 }
 
 /** The run settings part of host options (recorded with every checkpoint). */
@@ -370,6 +414,7 @@ export function runSettingsOf(o: RunSettings): RunSettings {
   return {
     run: o.run,
     config: o.config,
+    ...(o.model && Object.keys(o.model).length ? { model: { ...o.model } } : {}),
     rounds: o.rounds,
     innerSteps: o.innerSteps,
     outer: o.outer,
@@ -378,6 +423,7 @@ export function runSettingsOf(o: RunSettings): RunSettings {
     ...(o.dataShards !== undefined ? { dataShards: o.dataShards } : {}),
     ...(o.innerLr !== undefined ? { innerLr: o.innerLr } : {}),
     ...(o.batch !== undefined ? { batch: o.batch } : {}),
+    ...(o.gradAccum !== undefined ? { gradAccum: o.gradAccum } : {}),
   };
 }
 
@@ -404,8 +450,9 @@ export function resumeCursors(resume: Pick<ResumedRun, "cursors">): ReportCursor
 export function engineSettings(s: RunSettings): Omit<WorkerInit, "op" | "id" | "dataShard"> {
   const c = getConfig(s.config);
   return {
-    config: c.model,
+    config: runModel(s),
     batch: s.batch ?? c.train.batch,
+    gradAccum: s.gradAccum ?? 1,
     seed: s.seed ?? 1,
     lr: s.innerLr ?? c.train.lr,
     // The warm-up counts the trainer's own steps across rounds; clamping it to
@@ -656,7 +703,8 @@ export async function startRunHost(
     // Checked here: a keeper that throws when it starts would only be restarted by its supervisor.
     checkDuty(options.checkpoint.backgroundDuty, "Invalid checkpoint options: backgroundDuty");
   }
-  const params = paramLength(options.config);
+  const model = runModel(options);
+  const params = paramLength(model);
   const localTrainers = options.localTrainers ?? 0;
   const nAgg = options.aggregators ?? 1;
   const resume = options.resume;
@@ -664,7 +712,9 @@ export async function startRunHost(
   if (resume) {
     if (resume.params.length !== params) {
       throw new RangeError(
-        `Cannot resume: the checkpoint holds ${resume.params.length} parameters, config ${options.config} ${params}`,
+        `Cannot resume: the checkpoint holds ${resume.params.length} parameters, the model ${
+          describeConfig(model)
+        } ${params}`,
       );
     }
     if (options.rounds > 0 && startRound >= options.rounds) {
@@ -704,7 +754,6 @@ export async function startRunHost(
     }
     return [...keeperPaths, ...[...remoteKeepers.keys()].sort()];
   };
-  const model = getConfig(options.config).model;
   const settingsRecord: Record<string, unknown> = JSON.parse(
     JSON.stringify(runSettingsOf(options)),
   );
@@ -1299,6 +1348,14 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     // The corpus path is local to each machine.
     ...(options.dataPath ? { dataPath: options.dataPath } : {}),
   };
+  // Every trainer trains the host's shape: a joiner's own shape flags must agree with it.
+  const conflict = shapeConflict(options.model, runModel(settings));
+  if (conflict) {
+    log(`Cannot join run at ${options.join}: ${conflict}`, "warn");
+    await transport.close();
+    await system.shutdown();
+    return 2;
+  }
   if (options.role === "keeper") {
     return await keepOnJoin({ system, transport, client, info, node, options, log });
   }
@@ -1403,7 +1460,7 @@ async function keepOnJoin(o: {
           run: settings.run,
           id: path,
           dir,
-          config: getConfig(settings.config).model,
+          config: runModel(settings),
           settings: JSON.parse(JSON.stringify(settings)),
           coordinator: "host/run/keepers/commit",
           peers: () => hostKeepers,

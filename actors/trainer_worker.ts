@@ -15,7 +15,7 @@ import type { GptConfig } from "../kernels/config.ts";
 import { createModel, type GptModel, pipelinedSteps } from "../kernels/model.ts";
 import { type BatchSampler, batchSampler, type DataCursor, loadCorpus } from "../kernels/data.ts";
 import { evaluate } from "../kernels/evaluate.ts";
-import { pseudoGradient, quantizeInt8 } from "../kernels/outer.ts";
+import { outerDispatches } from "../kernels/outer.ts";
 import type { Dispatch } from "../kernels/device.ts";
 
 /** Settings of the engine inside the Worker. */
@@ -23,8 +23,10 @@ export interface WorkerInit {
   op: "init";
   id: number;
   config: GptConfig;
-  /** Sequences per inner step. */
+  /** Sequences per micro-batch. */
   batch: number;
+  /** Micro-batches per inner step (default 1); the sampler draws gradAccum × batch rows a step. */
+  gradAccum?: number;
   /** Seed of the parameter init (all trainers of a run use the same). */
   seed: number;
   /** Peak inner learning rate. */
@@ -127,10 +129,14 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
   switch (req.op) {
     case "init": {
       const gpu = await acquireGpu();
-      const model = await createModel(gpu, req.config, { seed: req.seed, batch: req.batch });
+      const model = await createModel(gpu, req.config, {
+        seed: req.seed,
+        batch: req.batch,
+        gradAccum: req.gradAccum ?? 1,
+      });
       const corpus = await loadCorpus(req.dataPath ? { path: req.dataPath } : {});
       const sampler = batchSampler(corpus.train, {
-        batch: req.batch,
+        batch: stepRows(req),
         blockSize: req.config.blockSize,
         seed: req.dataSeed,
         shard: req.dataShard,
@@ -149,18 +155,10 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       const delta = gpu.storage(n, "delta");
       const q = gpu.storage(words, "delta_q");
       const scales = gpu.storage(blocks, "delta_scales");
-      const outer = [
-        pseudoGradient(gpu, {
-          global: { buffer: global, length: n },
-          local: { buffer: model.paramBuffer, length: n },
-          out: { buffer: delta, length: n },
-        }, { n }),
-        quantizeInt8(gpu, {
-          x: { buffer: delta, length: n },
-          q: { buffer: q, length: words },
-          scales: { buffer: scales, length: blocks },
-        }, { n, block: req.block }),
-      ];
+      const outer = outerDispatches(gpu, { global, local: model.paramBuffer, delta, q, scales }, {
+        n,
+        block: req.block,
+      });
       engine = {
         gpu,
         model,
@@ -183,13 +181,13 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       const cur = e.sampler.cursor.shard;
       if (req.cursor) {
         e.sampler = batchSampler(e.train, {
-          batch: e.init.batch,
+          batch: stepRows(e.init),
           blockSize: e.init.config.blockSize,
           cursor: req.cursor,
         });
       } else if (ds && (ds.index !== cur.index || ds.count !== cur.count)) {
         e.sampler = batchSampler(e.train, {
-          batch: e.init.batch,
+          batch: stepRows(e.init),
           blockSize: e.init.config.blockSize,
           seed: e.init.dataSeed,
           shard: ds,
@@ -216,7 +214,8 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
         e.gpu.read(e.scales, Math.ceil(n / e.init.block)),
       ]);
       const q = new Int8Array(bytes.buffer, bytes.byteOffset, n);
-      const tokens = req.steps * e.init.batch * e.init.config.blockSize;
+      // Every micro-batch counts.
+      const tokens = req.steps * e.model.tokensPerStep;
       return {
         round: req.round,
         q,
@@ -242,6 +241,11 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       return {};
     }
   }
+}
+
+/** Sequences an inner step draws: every micro-batch's. */
+function stepRows(init: WorkerInit): number {
+  return init.batch * (init.gradAccum ?? 1);
 }
 
 /**

@@ -24,15 +24,24 @@ import {
   WG,
 } from "./_wgsl.ts";
 
-/** Elements each invocation of gradNorm's first stage sums, at least. */
-const PER_INVOCATION = 16;
-/** Most workgroups in gradNorm's first stage (= invocations of the second). */
-const MAX_PARTIALS = RED;
+/**
+ * Floats each workgroup of gradNorm's first stage reduces: a fixed segment of
+ * the vector, so the order of the sum depends on n only, not on how the
+ * vector is cut into bindings. Whole-vector kernels are dispatched in chunks
+ * of a multiple of it ({@linkcode CHUNK_ALIGN}).
+ */
+export const NORM_SEGMENT = RED * 64;
 
 /**
- * out[0] = sqrt(sum of grads[i]^2) over n floats. Two dispatches: up to 256
- * workgroups each reduce a fixed strided subset into a scratch partial, then
+ * out[0] = sqrt(sum of grads[i]^2) over n floats. Two stages: one workgroup
+ * per segment of {@linkcode NORM_SEGMENT} floats sums its segment (each
+ * invocation a fixed strided subset, then a fixed tree) into a partial, then
  * one workgroup sums the partials in a fixed order. Same input, same bits.
+ *
+ * With `chunk` (floats, a multiple of NORM_SEGMENT), the first stage binds
+ * `grads` in ranges of at most `chunk` floats, one dispatch each, for vectors
+ * larger than one binding may be (maxStorageBufferBindingSize); the result
+ * has the same bits with or without it.
  *
  * @example
  * ```ts ignore
@@ -42,36 +51,60 @@ const MAX_PARTIALS = RED;
 export function gradNorm(
   gpu: Gpu,
   bufs: { grads: TensorRef; out: TensorRef },
-  shape: { n: number },
+  shape: { n: number; chunk?: number },
 ): Dispatch[] {
   const kernel = "gradNorm";
   checkShape(kernel, shape, ["n"]);
   const { n } = shape;
-  const grads = slice(checkRef(kernel, "grads", bufs.grads, n), n);
-  const out = slice(checkRef(kernel, "out", bufs.out, 1), 1);
-  // Read as vec4s when n allows (a quarter of the loads, which bound CPU adapters).
-  const a = vec4Access(n);
-  const groups = Math.max(1, Math.min(MAX_PARTIALS, Math.ceil(n / (RED * PER_INVOCATION))));
-  const span = groups * RED;
-  const iters = Math.ceil(a.n / span);
-  const partial = scratch(gpu, groups, "gradNorm partials");
-  const stage1 = `${bindings([["grads", a.t], "partial"])}
-${
-    treeSum(`
-  for (var k = 0u; k < ${iters}u; k++) {
-    let i = k * ${span}u + w * ${RED}u + l;
-    if (i < ${a.n}u) { let g = grads[i]; acc += ${a.w === 4 ? "dot(g, g)" : "g * g"}; }
-  }`)
+  const chunk = shape.chunk ?? Math.ceil(n / NORM_SEGMENT) * NORM_SEGMENT;
+  if (!Number.isSafeInteger(chunk) || chunk < NORM_SEGMENT || chunk % NORM_SEGMENT !== 0) {
+    throw new RangeError(
+      `Cannot build ${kernel}: chunk must be a positive multiple of ${NORM_SEGMENT}, got ${chunk}`,
+    );
   }
+  const grads = checkRef(kernel, "grads", bufs.grads, n);
+  const out = slice(checkRef(kernel, "out", bufs.out, 1), 1);
+  // Read as vec4s when n allows (a quarter of the loads, which bound CPU adapters); chunks
+  // start at multiples of NORM_SEGMENT, so every chunk takes the same access.
+  const a = vec4Access(n);
+  const segW = NORM_SEGMENT / a.w;
+  const parts = Math.ceil(n / NORM_SEGMENT);
+  const partial = scratch(gpu, parts, "gradNorm partials");
+  const out1: Dispatch[] = [];
+  for (let start = 0; start < n; start += chunk) {
+    const len = Math.min(chunk, n - start);
+    const groups = Math.ceil(len / NORM_SEGMENT);
+    const base = start / NORM_SEGMENT;
+    const stage1 = `${bindings([["grads", a.t], "partial"])}
+${
+      treeSum(`
+  for (var k = 0u; k < ${segW / RED}u; k++) {
+    let i = w * ${segW}u + k * ${RED}u + l;
+    if (i < ${Math.ceil(len / a.w)}u) { let g = grads[i]; acc += ${
+        a.w === 4 ? "dot(g, g)" : "g * g"
+      }; }
+  }`)
+    }
 @compute @workgroup_size(${RED})
 fn main(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let total = reduce(l, wid.x);
-  if (l == 0u) { partial[wid.x] = total; }
+  if (l == 0u) { partial[${base}u + wid.x] = total; }
 }`;
+    const range = { buffer: grads.buffer, offset: (grads.offset ?? 0) + start * 4, length: len };
+    out1.push(gpu.dispatch(
+      `${kernel} partials`,
+      gpu.pipeline(stage1, "main", `${kernel} partials`),
+      [range, partial],
+      [groups],
+    ));
+  }
   const stage2 = `${bindings(["partial", "o"])}
 ${
     treeSum(`
-  if (l < ${groups}u) { acc = partial[l]; }`)
+  for (var k = 0u; k < ${Math.ceil(parts / RED)}u; k++) {
+    let i = k * ${RED}u + l;
+    if (i < ${parts}u) { acc += partial[i]; }
+  }`)
   }
 @compute @workgroup_size(${RED})
 fn main(@builtin(local_invocation_index) l: u32) {
@@ -79,12 +112,7 @@ fn main(@builtin(local_invocation_index) l: u32) {
   if (l == 0u) { o[0] = sqrt(total); }
 }`;
   return [
-    gpu.dispatch(
-      `${kernel} partials`,
-      gpu.pipeline(stage1, "main", `${kernel} partials`),
-      [grads, partial],
-      [groups],
-    ),
+    ...out1,
     gpu.dispatch(`${kernel} total`, gpu.pipeline(stage2, "main", `${kernel} total`), [
       partial,
       out,
@@ -205,4 +233,62 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   params[i] = p - lr * (mh / (sqrt(vh) + eps) + wd * p);
 }`;
   return gpu.dispatch(kernel, gpu.pipeline(code, "main", kernel), refs, n ? g.groups : [0]);
+}
+
+/**
+ * {@linkcode adamw} over elements 0..n of whole vectors, as one dispatch per
+ * range of at most `chunk` floats (default: all n in one), each binding only
+ * its range: for vectors larger than one binding may be. Element-wise, so the
+ * result has the same bits however the vector is cut. `decayEnd` counts from
+ * element 0 of the vectors.
+ *
+ * @example
+ * ```ts ignore
+ * gpu.run(adamwChunks(gpu, { params, grads, m, v, norm, hyper }, {
+ *   n, weightDecay: 0.1, decayEnd, chunk: 1 << 20,
+ * }));
+ * ```
+ */
+export function adamwChunks(
+  gpu: Gpu,
+  bufs: {
+    params: TensorRef;
+    grads: TensorRef;
+    m: TensorRef;
+    v: TensorRef;
+    norm: TensorRef;
+    hyper: TensorRef;
+  },
+  shape: { n: number; weightDecay: number; decayEnd?: number; chunk?: number },
+): Dispatch[] {
+  const { n } = shape;
+  const chunk = shape.chunk ?? n;
+  if (!Number.isSafeInteger(chunk) || chunk < 1 || (chunk % 64 !== 0 && chunk < n)) {
+    throw new RangeError(
+      `Cannot build adamw: chunk must be a positive multiple of 64 floats, got ${chunk}`,
+    );
+  }
+  const decayEnd = shape.decayEnd ?? n;
+  const out: Dispatch[] = [];
+  for (let start = 0; start < n; start += chunk) {
+    const len = Math.min(chunk, n - start);
+    const range = (name: string, r: TensorRef): TensorRef => ({
+      buffer: checkRef("adamw", name, r, n).buffer,
+      offset: (r.offset ?? 0) + start * 4,
+      length: len,
+    });
+    out.push(adamw(gpu, {
+      params: range("params", bufs.params),
+      grads: range("grads", bufs.grads),
+      m: range("m", bufs.m),
+      v: range("v", bufs.v),
+      norm: bufs.norm,
+      hyper: bufs.hyper,
+    }, {
+      n: len,
+      weightDecay: shape.weightDecay,
+      decayEnd: Math.min(len, Math.max(0, decayEnd - start)),
+    }));
+  }
+  return out;
 }

@@ -1,6 +1,6 @@
 import assert from "@std/assert";
 import { acquireGpu, type Gpu } from "./device.ts";
-import { adamw, gradNorm } from "./adamw.ts";
+import { adamw, adamwChunks, gradNorm, NORM_SEGMENT } from "./adamw.ts";
 import { adamwRef, gradNormRef } from "./reference.ts";
 import { assertClose, noGpuErrors, randomF32, sameBits } from "./_testing.ts";
 
@@ -120,6 +120,68 @@ Deno.test("gradNorm and adamw match the reference", async (t) => {
           /adamw: params holds 8 elements, needs 9/,
         );
       });
+    });
+  } finally {
+    gpu.destroy();
+  }
+});
+
+/** Runs gradNorm then AdamW over a whole vector, cut into `chunk`-float bindings or not. */
+async function wholeVectorStep(gpu: Gpu, n: number, decayEnd: number, chunk?: number) {
+  const r = (data: Float32Array) => ({ buffer: gpu.storage(data), length: data.length });
+  const g = {
+    params: r(randomF32(n, 1)),
+    grads: r(randomF32(n, 2, -0.5, 0.5)),
+    m: r(randomF32(n, 3, -0.1, 0.1)),
+    v: r(randomF32(n, 4, 0, 0.01)),
+  };
+  const norm = { buffer: gpu.storage(1), length: 1 };
+  const hyper = { buffer: gpu.storage(new Float32Array([1e-2, 0.9, 0.95, 1e-8, 3, 1])), length: 6 };
+  const ds = [
+    ...gradNorm(gpu, { grads: g.grads, out: norm }, { n, chunk }),
+    ...adamwChunks(gpu, { ...g, norm, hyper }, { n, weightDecay: 0.1, decayEnd, chunk }),
+  ];
+  gpu.run(ds);
+  const out = {
+    dispatches: ds.length,
+    norm: await gpu.read(norm.buffer, 1),
+    params: await gpu.read(g.params.buffer, n),
+    m: await gpu.read(g.m.buffer, n),
+    v: await gpu.read(g.v.buffer, n),
+  };
+  for (const b of [g.params, g.grads, g.m, g.v, norm, hyper]) b.buffer.destroy();
+  return out;
+}
+
+Deno.test("gradNorm and AdamW cut into bindings give the bits of the whole-vector dispatch", async () => {
+  const gpu = await acquireGpu();
+  try {
+    await noGpuErrors(gpu.device, async () => {
+      // Vec4 and scalar access; chunks of 1 and 3 segments, the last one partial; the decay
+      // boundary inside a chunk.
+      for (
+        const [n, chunk] of [[5 * NORM_SEGMENT + 4100, NORM_SEGMENT], [200_003, 3 * NORM_SEGMENT]]
+      ) {
+        const decayEnd = 2 * NORM_SEGMENT + 999;
+        const whole = await wholeVectorStep(gpu, n, decayEnd);
+        const cut = await wholeVectorStep(gpu, n, decayEnd, chunk);
+        assert.ok(cut.dispatches > whole.dispatches + 2, `n=${n}: cut into several dispatches`);
+        assert.ok(
+          sameBits(cut.norm, whole.norm),
+          `n=${n}: norm ${cut.norm[0]} vs ${whole.norm[0]}`,
+        );
+        for (const k of ["params", "m", "v"] as const) {
+          assert.ok(sameBits(cut[k], whole[k]), `n=${n}: ${k} bitwise equal`);
+        }
+        const expected = new Float64Array(1);
+        gradNormRef({ grads: randomF32(n, 2, -0.5, 0.5), out: expected }, { n });
+        assertClose(cut.norm, expected, { rtol: 1e-5, atol: 0, label: `norm n=${n}` });
+      }
+      const x = { buffer: gpu.storage(8), length: 8 };
+      assert.throws(
+        () => gradNorm(gpu, { grads: x, out: x }, { n: 8, chunk: 1000 }),
+        /gradNorm: chunk must be a positive multiple of 16384, got 1000/,
+      );
     });
   } finally {
     gpu.destroy();

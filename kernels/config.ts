@@ -77,6 +77,18 @@ export const CONFIGS: Readonly<Record<string, NamedConfig>> = Object.freeze({
     model: { nLayer: 6, nHead: 8, nEmbd: 256, blockSize: 256, vocabSize: BYTE_VOCAB },
     train: { batch: 16, lr: 1e-3, steps: 5000, warmup: 200, evalEvery: 250 },
   },
+  // GPT-2 small's depth, width and heads over bytes (85.4M parameters: the byte vocabulary
+  // and the shorter context drop most of GPT-2's 124M embedding parameters). Context
+  // 256, not GPT-2's 1024: the CPU adapters' attention keeps a [B, NH, T, T] scratch per layer,
+  // which at T = 256 and batch 16 is 48 MiB and fits llvmpipe's 128 MiB binding (at T = 1024 it is
+  // 768 MiB, and batch 2 is the most that fits); it is also the shape measured against PyTorch on
+  // an H200 (PLATFORM.md). `--block-size 1024` gives GPT-2's context where the memory allows.
+  "gpt2-small": {
+    name: "gpt2-small",
+    description: "12 layers, width 768, 12 heads, context 256, batch 16 (GPT-2 small, ~85M params)",
+    model: { nLayer: 12, nHead: 12, nEmbd: 768, blockSize: 256, vocabSize: BYTE_VOCAB },
+    train: { batch: 16, lr: 6e-4, steps: 5000, warmup: 200, evalEvery: 250 },
+  },
 });
 
 /** The configuration `deno task train` uses without `--config`. */

@@ -5,14 +5,25 @@
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
-import { bindings, checkRef, checkShape, grid, RED, slice, treeSum, vec4Access } from "./_wgsl.ts";
+import {
+  bindings,
+  checkRef,
+  checkShape,
+  f32Lit,
+  grid,
+  RED,
+  slice,
+  treeSum,
+  vec4Access,
+} from "./_wgsl.ts";
 
 const WG = 64;
 
 /**
  * Per row r of logits [rows, v]: losses[r] = -log softmax(logits[r])[targets[r]]
  * and dlogits[r] = (softmax(logits[r]) - onehot(targets[r])) / rows, WRITTEN
- * (not accumulated). Max-subtracted, so large logits do not overflow. A target
+ * (not accumulated); with `scale`, times `scale` instead of / rows (a
+ * micro-batch of a step over more rows: 1 / all of the step's rows). Max-subtracted, so large logits do not overflow. A target
  * >= v gives a NaN loss (and no onehot term).
  *
  * @example
@@ -24,10 +35,15 @@ const WG = 64;
 export function crossEntropyForwardBackward(
   gpu: Gpu,
   bufs: { logits: TensorRef; targets: TensorRef; losses: TensorRef; dlogits: TensorRef },
-  shape: { rows: number; v: number },
+  shape: { rows: number; v: number; scale?: number },
 ): Dispatch {
   const kernel = "crossEntropyForwardBackward";
   checkShape(kernel, shape, ["rows", "v"]);
+  if (shape.scale !== undefined && !(Number.isFinite(shape.scale) && shape.scale > 0)) {
+    throw new RangeError(
+      `Cannot build ${kernel}: scale must be a positive finite number, got ${shape.scale}`,
+    );
+  }
   const { rows, v } = shape;
   const refs = [
     slice(checkRef(kernel, "logits", bufs.logits, rows * v), rows * v),
@@ -62,7 +78,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     losses[r] = bitcast<f32>(0x7fc00000u | (tgt & 0xffu));
   }
   let inv = 1.0 / sum;
-  let k = 1.0 / f32(${rows}u);
+  let k = ${shape.scale === undefined ? `1.0 / f32(${rows}u)` : f32Lit(shape.scale)};
   for (var i = 0u; i < VW; i++) {
     let p = exp(logits[base + i] - mx) * inv;
     ${

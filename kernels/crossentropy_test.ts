@@ -7,7 +7,14 @@ import { assertClose, noGpuErrors, randomF32, randomU32, sameBits } from "./_tes
 // f32 exp/log on the GPU vs f64 in the reference.
 const TOL = { rtol: 1e-5, atol: 1e-6 };
 
-async function runCase(gpu: Gpu, rows: number, v: number, seed: number, spread: number) {
+async function runCase(
+  gpu: Gpu,
+  rows: number,
+  v: number,
+  seed: number,
+  spread: number,
+  scale?: number,
+) {
   const logits = randomF32(rows * v, seed, -spread, spread);
   const targets = randomU32(rows, seed + 1, v);
   const r = (data: Float32Array | Uint32Array | number, length: number) => ({
@@ -20,12 +27,20 @@ async function runCase(gpu: Gpu, rows: number, v: number, seed: number, spread: 
   const dlogits = r(randomF32(rows * v, 9), rows * v);
   const out = r(1, 1);
   gpu.run([
-    crossEntropyForwardBackward(gpu, { logits: gl, targets: gt, losses, dlogits }, { rows, v }),
+    crossEntropyForwardBackward(gpu, { logits: gl, targets: gt, losses, dlogits }, {
+      rows,
+      v,
+      scale,
+    }),
     meanLoss(gpu, { losses, out }, { rows }),
   ]);
   const eLosses = new Float32Array(rows);
   const eD = new Float32Array(rows * v);
-  crossEntropyForwardBackwardRef({ logits, targets, losses: eLosses, dlogits: eD }, { rows, v });
+  crossEntropyForwardBackwardRef({ logits, targets, losses: eLosses, dlogits: eD }, {
+    rows,
+    v,
+    scale,
+  });
   const eMean = new Float32Array(1);
   meanLossRef({ losses: eLosses, out: eMean }, { rows });
   assertClose(await gpu.read(losses.buffer, rows), eLosses, { ...TOL, label: "losses" });
@@ -44,6 +59,10 @@ Deno.test("cross-entropy and mean loss match the reference", async (t) => {
     await noGpuErrors(gpu.device, async () => {
       await t.step("rows=7, v=13", () => runCase(gpu, 7, 13, 1, 3).then(() => {}));
       await t.step("rows=1024, v=256", () => runCase(gpu, 1024, 256, 2, 4).then(() => {}));
+      await t.step(
+        "rows=9, v=20 with the gradient scaled for 3 micro-batches (scale 1/27)",
+        () => runCase(gpu, 9, 20, 5, 3, 1 / 27).then(() => {}),
+      );
       await t.step("large logits stay finite (rows=5, v=300, |x|<80)", async () => {
         const { losses } = await runCase(gpu, 5, 300, 3, 80);
         assert.ok((await gpu.read(losses.buffer, 5)).every(Number.isFinite));

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { type BufferLimits, checkBindingOverride } from "./limits.ts";
 
 /** Raised when no WebGPU device can be obtained or the device is lost. */
 export class GpuUnavailableError extends Error {
@@ -65,6 +66,12 @@ export interface AcquireOptions {
    * were granted. Default none.
    */
   features?: GPUFeatureName[];
+  /**
+   * Bind at most this many bytes at once (default: the device's
+   * maxStorageBufferBindingSize; at least 64 KiB). Tests set a small value to
+   * exercise the chunked whole-vector kernels and the shape checks on a small model.
+   */
+  maxBindingBytes?: number;
 }
 
 const CPU_ADAPTER = /llvmpipe|lavapipe|swiftshader|warp|softpipe/i;
@@ -89,13 +96,26 @@ export class Gpu {
   readonly adapter: AdapterSummary;
   /** Resolves with the loss error if the device is lost (never rejects). */
   readonly lost: Promise<GpuDeviceLostError>;
+  /** The buffer limits models plan against (the binding limit may be lowered by an option). */
+  readonly limits: BufferLimits;
   #pipelines = new Map<string, GPUComputePipeline>();
   #modules = new Map<string, GPUShaderModule>();
   #destroyed = false;
 
-  constructor(device: GPUDevice, adapter: AdapterSummary) {
+  constructor(
+    device: GPUDevice,
+    adapter: AdapterSummary,
+    options: { maxBindingBytes?: number } = {},
+  ) {
     this.device = device;
     this.adapter = adapter;
+    const deviceMax = device.limits.maxStorageBufferBindingSize;
+    this.limits = {
+      maxBindingBytes: options.maxBindingBytes === undefined
+        ? deviceMax
+        : checkBindingOverride(options.maxBindingBytes, deviceMax),
+      maxBufferBytes: device.limits.maxBufferSize,
+    };
     this.lost = device.lost.then((info) => new GpuDeviceLostError(info.reason, info.message));
     // A WGSL or validation error otherwise only voids the submit, silently: say so.
     device.addEventListener("uncapturederror", (event) => {
@@ -313,5 +333,10 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
       `WebGPU: ${summary.description} (backend ${summary.backend}, kernels for ${summary.class})`,
     );
   }
-  return new Gpu(device, summary);
+  try {
+    return new Gpu(device, summary, { maxBindingBytes: options.maxBindingBytes });
+  } catch (err) {
+    device.destroy();
+    throw err;
+  }
 }

@@ -9,7 +9,14 @@
  * @module
  */
 import { exitWithError, intFlag, parseFlags, UsageError } from "./_cli.ts";
-import { CONFIGS, getConfig } from "./config.ts";
+import { CONFIGS, getConfig, type GptConfig } from "./config.ts";
+import {
+  SHAPE_FIELDS,
+  SHAPE_FLAG_OPTIONS,
+  SHAPE_HELP,
+  shapeFlags,
+  type ShapeOverrides,
+} from "./shape.ts";
 import { DataError, loadCorpus } from "./data.ts";
 import { acquireGpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
@@ -27,6 +34,7 @@ Flags:
   --config NAME      fail unless the checkpoint has this config (known: ${
   Object.keys(CONFIGS).join(", ")
 })
+${SHAPE_HELP.replace(/\(default: the config's\)/g, "(must match the checkpoint)")}
   --batch N          windows per forward pass (default 16; does not change the result)
   --json             print {"eval_loss": ..., "windows": ...} as the last line
   --help             this text
@@ -38,6 +46,8 @@ export interface EvalArgs {
   data?: string;
   maxWindows?: number;
   configName?: string;
+  /** Shape flags: each must match the checkpoint's config. */
+  shape: ShapeOverrides;
   batch: number;
   json: boolean;
   help: boolean;
@@ -50,12 +60,20 @@ export function parseEvalArgs(args: string[]): EvalArgs {
     data: { type: "string" },
     "max-windows": { type: "string" },
     config: { type: "string" },
+    ...SHAPE_FLAG_OPTIONS,
     batch: { type: "string" },
     json: { type: "boolean" },
     help: { type: "boolean" },
   });
+  let shape: ShapeOverrides;
+  try {
+    shape = shapeFlags(v);
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  }
   const out: EvalArgs = {
     checkpoint: v.checkpoint,
+    shape,
     data: v.data,
     maxWindows: intFlag("max-windows", v["max-windows"]),
     configName: v.config,
@@ -87,9 +105,36 @@ async function readData(path: string): Promise<Uint8Array> {
   }
 }
 
+/**
+ * Refuses, by flag, a shape flag of `deno task eval` that disagrees with the
+ * checkpoint's config (`Invalid --n-layer: 4, the checkpoint has n_layer 2`).
+ *
+ * @example
+ * ```ts
+ * import { checkShapeFlags } from "./eval_main.ts";
+ * import { throws } from "@std/assert";
+ * const c = { nLayer: 2, nHead: 4, nEmbd: 64, blockSize: 64, vocabSize: 256 };
+ * throws(() => checkShapeFlags({ nLayer: 4 }, c, "model.safetensors"), /Invalid --n-layer: 4/);
+ * ```
+ */
+export function checkShapeFlags(shape: ShapeOverrides, config: GptConfig, file: string): void {
+  for (const { field, flag } of SHAPE_FIELDS) {
+    const want = shape[field];
+    if (want !== undefined && want !== config[field]) {
+      const hf = { nLayer: "n_layer", nHead: "n_head", nEmbd: "n_embd", blockSize: "n_ctx" }[field];
+      throw new UsageError(
+        `Invalid --${flag}: ${want}, the checkpoint ${file} has ${hf} ${config[field]}`,
+      );
+    }
+  }
+}
+
 async function main(a: EvalArgs): Promise<void> {
   const expect = a.configName ? getConfig(a.configName).model : undefined;
-  const ckpt = await loadGpt2(a.checkpoint!, { expect });
+  const ckpt = await loadGpt2(a.checkpoint!, {
+    expect: expect && { ...expect, ...a.shape },
+  });
+  checkShapeFlags(a.shape, ckpt.config, a.checkpoint!);
   const bytes = a.data ? await readData(a.data) : (await loadCorpus()).val;
   const source = a.data ?? "default corpus validation split";
   const gpu = await acquireGpu();

@@ -20,7 +20,8 @@ import { layernormBackward, layernormForward } from "./layernorm.ts";
 import { attentionBackward, attentionForward } from "./attention.ts";
 import { flashAttentionBackward, flashAttentionForward } from "./flash_attention.ts";
 import { crossEntropyForwardBackward, meanLoss } from "./crossentropy.ts";
-import { adamw, gradNorm } from "./adamw.ts";
+import { adamwChunks, gradNorm } from "./adamw.ts";
+import { type ModelPlan, planModel } from "./limits.ts";
 
 /** Options for {@linkcode createModel}. */
 export interface ModelOptions {
@@ -46,6 +47,20 @@ export interface ModelOptions {
    * saves [B,NH,T] log-sum-exps). Default: "blocked" on CPU adapters, "flash" otherwise.
    */
   attention?: AttentionKind;
+  /**
+   * Micro-batches per step (default 1): a step takes `gradAccum × batch`
+   * sequences, runs forward and backward on `batch` of them at a time, sums
+   * their gradients on the GPU (scaled so that the sum is the gradient of the
+   * mean loss over all of them) and makes one clip and AdamW update, as one
+   * step on the whole batch would.
+   */
+  gradAccum?: number;
+  /**
+   * Bind at most this many bytes at once (default: the Gpu's
+   * `limits.maxBindingBytes`; at most that). Whole-vector kernels are
+   * dispatched in chunks of this size; tests lower it to exercise them.
+   */
+  maxBindingBytes?: number;
 }
 
 /** The attention kernel families a model can use (see {@linkcode ModelOptions.attention}). */
@@ -161,8 +176,12 @@ export class GptModel {
   readonly config: GptConfig;
   /** The flat parameter layout. */
   readonly layout: ParamLayout;
-  /** Sequences per step. */
+  /** Sequences per micro-batch (and per eval call). */
   readonly batch: number;
+  /** Micro-batches per step: a step takes `gradAccum × batch` sequences. */
+  readonly gradAccum: number;
+  /** How the shape fits the device's buffer limits (chunks of the whole-vector kernels). */
+  readonly plan: ModelPlan;
   /** Number of real parameters (padding excluded). */
   readonly paramCount: number;
   /**
@@ -176,7 +195,12 @@ export class GptModel {
   lastGradNorm = NaN;
 
   readonly #gpu: Gpu;
-  readonly #opts: Required<Omit<ModelOptions, "matmulVariant" | "seed" | "batch" | "attention">>;
+  readonly #opts: Required<
+    Omit<
+      ModelOptions,
+      "matmulVariant" | "seed" | "batch" | "attention" | "gradAccum" | "maxBindingBytes"
+    >
+  >;
   readonly #buffers: GPUBuffer[] = [];
   #params!: GPUBuffer;
   #grads!: GPUBuffer;
@@ -184,6 +208,11 @@ export class GptModel {
   #v!: GPUBuffer;
   #tokens!: GPUBuffer;
   #targets!: GPUBuffer;
+  /** A step's tokens and targets, all micro-batches (only with gradAccum > 1). */
+  #stepTokens?: GPUBuffer;
+  #stepTargets?: GPUBuffer;
+  /** Each micro-batch's mean loss (only with gradAccum > 1). */
+  #microLosses?: GPUBuffer;
   #dres!: GPUBuffer;
   #losses!: GPUBuffer;
   #scalars!: GPUBuffer; // [0] mean loss, [64] grad norm (256-byte apart so each can be bound)
@@ -219,10 +248,31 @@ export class GptModel {
       );
     }
     this.attention = attention;
+    const gradAccum = options.gradAccum ?? 1;
+    if (!Number.isInteger(gradAccum) || gradAccum < 1 || gradAccum > 65536) {
+      throw new RangeError(`Invalid gradAccum: ${gradAccum} (expected an integer in [1, 65536])`);
+    }
+    const limits = { ...gpu.limits };
+    if (options.maxBindingBytes !== undefined) {
+      const max = options.maxBindingBytes;
+      if (!Number.isSafeInteger(max) || max < 1 || max > limits.maxBindingBytes) {
+        throw new RangeError(
+          `Invalid maxBindingBytes: ${max} (expected an integer in [1, ${limits.maxBindingBytes}])`,
+        );
+      }
+      limits.maxBindingBytes = max;
+    }
+    // Before any allocation: a shape that cannot fit is refused with what would fit.
+    this.plan = planModel(
+      config,
+      { batch, gradAccum, attentionScratch: attention === "blocked" },
+      limits,
+    );
     this.#gpu = gpu;
     this.config = config;
     this.layout = buildLayout(config);
     this.batch = batch;
+    this.gradAccum = gradAccum;
     this.paramCount = this.layout.paramCount;
     this.paramLength = this.layout.totalLength;
     this.#opts = {
@@ -232,8 +282,8 @@ export class GptModel {
       eps: options.eps ?? 1e-8,
       maxGradNorm: options.maxGradNorm ?? 1,
     };
-    this.#tokenWords = new Uint32Array(batch * config.blockSize);
-    this.#targetWords = new Uint32Array(batch * config.blockSize);
+    this.#tokenWords = new Uint32Array(gradAccum * batch * config.blockSize);
+    this.#targetWords = new Uint32Array(gradAccum * batch * config.blockSize);
     this.#build(options.matmulVariant);
   }
 
@@ -285,6 +335,11 @@ export class GptModel {
     });
     this.#tokens = this.#buf(N, "tokens");
     this.#targets = this.#buf(N, "targets");
+    if (this.gradAccum > 1) {
+      this.#stepTokens = this.#buf(this.gradAccum * N, "step_tokens");
+      this.#stepTargets = this.#buf(this.gradAccum * N, "step_targets");
+      this.#microLosses = this.#buf(this.gradAccum, "micro_losses");
+    }
     this.#losses = this.#buf(N, "losses");
     this.#scalars = this.#buf(128, "scalars");
     this.#hyper = this.#buf(8, "hyper");
@@ -398,12 +453,16 @@ export class GptModel {
       { a: ref(lnf, N * C), b: P(this.layout.wte), c: ref(logits, N * V) },
       { m: N, n: V, k: C, transB: true },
     ));
-    fwd.push(crossEntropyForwardBackward(gpu, {
-      logits: ref(logits, N * V),
-      targets: ref(this.#targets, N),
-      losses: ref(this.#losses, N),
-      dlogits: ref(dlogits, N * V),
-    }, { rows: N, v: V }));
+    fwd.push(crossEntropyForwardBackward(
+      gpu,
+      {
+        logits: ref(logits, N * V),
+        targets: ref(this.#targets, N),
+        losses: ref(this.#losses, N),
+        dlogits: ref(dlogits, N * V),
+      },
+      this.gradAccum > 1 ? { rows: N, v: V, scale: 1 / (N * this.gradAccum) } : { rows: N, v: V },
+    ));
     this.#forward = fwd;
     this.#lossPart = [meanLoss(gpu, { losses: ref(this.#losses, N), out: lossRef }, { rows: N })];
 
@@ -532,24 +591,26 @@ export class GptModel {
     }, { b: B, t: T, c: C, v: V }));
     this.#backward = bwd;
 
-    // ---- optimizer: global grad norm, then AdamW in one dispatch over all parameters, with
-    // weight decay on the decayed region, which the layout puts first.
+    // ---- optimizer: global grad norm, then AdamW over all parameters, with weight decay on
+    // the decayed region, which the layout puts first; one dispatch each per chunk of at most
+    // one binding (one chunk unless the vectors exceed maxStorageBufferBindingSize).
     const opt: Dispatch[] = [];
-    opt.push(...gradNorm(gpu, { grads: ref(this.#grads, n), out: normRef }, { n }));
+    const chunk = this.plan.chunk;
+    opt.push(...gradNorm(gpu, { grads: ref(this.#grads, n), out: normRef }, { n, chunk }));
     const { decayRegion } = this.layout;
     if (decayRegion.offset !== 0) {
       throw new Error(
         `Cannot build the optimizer: the decayed region starts at ${decayRegion.offset}, not 0`,
       );
     }
-    opt.push(adamw(gpu, {
+    opt.push(...adamwChunks(gpu, {
       params: ref(this.#params, n),
       grads: ref(this.#grads, n),
       m: ref(this.#m, n),
       v: ref(this.#v, n),
       norm: normRef,
       hyper: ref(this.#hyper, 8),
-    }, { n, weightDecay: this.#opts.weightDecay, decayEnd: decayRegion.length }));
+    }, { n, weightDecay: this.#opts.weightDecay, decayEnd: decayRegion.length, chunk }));
     this.#optimizer = opt;
   }
 
@@ -558,14 +619,18 @@ export class GptModel {
     if (this.#busy) throw new Error("Cannot use model: another step or eval is in flight");
   }
 
-  /** Copies [rows, T] tokens into the reused u32 arrays (rows <= batch; the rest 0). */
-  #stage(inputs: Tokens, targets: Tokens | undefined, what: string): number {
+  /**
+   * Copies [rows, T] tokens into the reused u32 arrays (rows <= batch, or for a
+   * whole step rows <= gradAccum × batch; the rest 0) and on to the GPU.
+   */
+  #stage(inputs: Tokens, targets: Tokens | undefined, what: string, whole = false): number {
     const T = this.config.blockSize;
     const V = this.config.vocabSize;
     const rows = inputs.length / T;
-    if (!Number.isInteger(rows) || rows < 1 || rows > this.batch) {
+    const most = whole ? this.batch * this.gradAccum : this.batch;
+    if (!Number.isInteger(rows) || rows < 1 || rows > most) {
       throw new RangeError(
-        `Invalid ${what} inputs: ${inputs.length} tokens is not 1..${this.batch} rows of T=${T}`,
+        `Invalid ${what} inputs: ${inputs.length} tokens is not 1..${most} rows of T=${T}`,
       );
     }
     if (targets && targets.length !== inputs.length) {
@@ -573,8 +638,11 @@ export class GptModel {
         `Invalid ${what} targets: ${targets.length} tokens, inputs have ${inputs.length}`,
       );
     }
-    const tw = this.#tokenWords;
-    const gw = this.#targetWords;
+    // Micro-batches reach the GPU as one upload and are copied into place by the step.
+    const staged = whole && this.#stepTokens !== undefined;
+    const length = most * T;
+    const tw = this.#tokenWords.subarray(0, length);
+    const gw = this.#targetWords.subarray(0, length);
     tw.fill(0);
     gw.fill(0);
     for (let i = 0; i < inputs.length; i++) {
@@ -593,8 +661,8 @@ export class GptModel {
         gw[i] = y;
       }
     }
-    this.#gpu.write(this.#tokens, tw);
-    this.#gpu.write(this.#targets, gw);
+    this.#gpu.write(staged ? this.#stepTokens! : this.#tokens, tw);
+    this.#gpu.write(staged ? this.#stepTargets! : this.#targets, gw);
     return rows;
   }
 
@@ -611,33 +679,70 @@ export class GptModel {
   }
 
   /**
+   * A training step's commands: zeroed gradients, then per micro-batch its
+   * tokens copied into place, the residual gradient zeroed, forward, loss and
+   * backward (the gradient kernels add into the gradients), its loss kept;
+   * then, with `optimizer`, the gradient norm and AdamW once.
+   */
+  #encodeStep(optimizer: boolean): GPUCommandEncoder {
+    const tail = optimizer ? [this.#optimizer] : [];
+    const parts = [this.#forward, this.#lossPart, this.#backward];
+    if (this.gradAccum === 1) return this.#encode([...parts, ...tail], true);
+    const enc = this.#gpu.device.createCommandEncoder({ label: "gpt_step" });
+    const bytes = this.batch * this.config.blockSize * 4;
+    enc.clearBuffer(this.#grads);
+    for (let m = 0; m < this.gradAccum; m++) {
+      enc.copyBufferToBuffer(this.#stepTokens!, m * bytes, this.#tokens, 0, bytes);
+      enc.copyBufferToBuffer(this.#stepTargets!, m * bytes, this.#targets, 0, bytes);
+      enc.clearBuffer(this.#dres);
+      const pass = enc.beginComputePass({ label: `gpt micro-batch ${m}` });
+      for (const list of parts) for (const d of list) d.encode(pass);
+      pass.end();
+      enc.copyBufferToBuffer(this.#scalars, 0, this.#microLosses!, m * 4, 4);
+    }
+    if (optimizer) {
+      const pass = enc.beginComputePass({ label: "gpt optimizer" });
+      for (const d of this.#optimizer) d.encode(pass);
+      pass.end();
+    }
+    return enc;
+  }
+
+  /**
    * Submits `enc` with a copy of the loss and gradient norm into a staging
    * buffer of its own, so that several steps can be in flight, and reads them
    * back once the queue reaches them.
    */
   async #readScalars(enc: GPUCommandEncoder): Promise<[number, number]> {
+    // The loss, or each micro-batch's, then the gradient norm.
+    const losses = this.gradAccum;
     let staging = this.#stagingPool.pop();
     if (!staging) {
       staging = this.#gpu.device.createBuffer({
         label: "loss_staging",
-        size: 8,
+        size: 4 * (losses + 1),
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       });
       this.#buffers.push(staging);
     }
-    enc.copyBufferToBuffer(this.#scalars, 0, staging, 0, 4);
-    enc.copyBufferToBuffer(this.#scalars, 256, staging, 4, 4);
+    if (this.#microLosses) enc.copyBufferToBuffer(this.#microLosses, 0, staging, 0, 4 * losses);
+    else enc.copyBufferToBuffer(this.#scalars, 0, staging, 0, 4);
+    enc.copyBufferToBuffer(this.#scalars, 256, staging, 4 * losses, 4);
     this.#gpu.device.queue.submit([enc.finish()]);
     await staging.mapAsync(GPUMapMode.READ);
-    const f = new Float32Array(staging.getMappedRange(0, 8));
-    const out: [number, number] = [f[0], f[1]];
+    const f = new Float32Array(staging.getMappedRange(0, 4 * (losses + 1)));
+    // Micro-batches hold equally many positions: the step's loss is the mean of theirs.
+    let loss = f[0];
+    for (let m = 1; m < losses; m++) loss += f[m];
+    const out: [number, number] = [losses === 1 ? f[0] : loss / losses, f[losses]];
     staging.unmap();
     this.#stagingPool.push(staging);
     return out;
   }
 
   /**
-   * One training step on a full batch: forward, backward, gradient clipping and
+   * One training step on a full batch (gradAccum × batch rows, run as gradAccum
+   * micro-batches of batch rows): forward, backward, gradient clipping and
    * AdamW, in one submit. Resolves to the mean loss (nats/token) before the update.
    *
    * The step is queued when the call returns (its batch and learning rate are
@@ -656,9 +761,11 @@ export class GptModel {
     this.#check();
     const { lr } = options;
     if (!Number.isFinite(lr) || lr < 0) throw new RangeError(`Invalid learning rate: ${lr}`);
-    const rows = this.#stage(inputs, targets, "step");
-    if (rows !== this.batch) {
-      throw new RangeError(`Invalid step inputs: ${rows} rows, the model's batch is ${this.batch}`);
+    const rows = this.#stage(inputs, targets, "step", true);
+    if (rows !== this.batch * this.gradAccum) {
+      throw new RangeError(
+        `Invalid step inputs: ${rows} rows, ${this.#stepRows()}`,
+      );
     }
     this.#t++;
     const h = this.#hyperWords;
@@ -671,11 +778,7 @@ export class GptModel {
     this.#gpu.write(this.#hyper, h);
     this.#inFlight++;
     try {
-      const enc = this.#encode(
-        [this.#forward, this.#lossPart, this.#backward, this.#optimizer],
-        true,
-      );
-      const [loss, norm] = await this.#readScalars(enc);
+      const [loss, norm] = await this.#readScalars(this.#encodeStep(true));
       this.lastGradNorm = norm;
       return loss;
     } finally {
@@ -704,6 +807,19 @@ export class GptModel {
     };
   }
 
+  /** "the model's batch is 16" or "a step takes 8 rows (batch 4 × 2 micro-batches)". */
+  #stepRows(): string {
+    const { batch, gradAccum } = this;
+    return gradAccum === 1
+      ? `the model's batch is ${batch}`
+      : `a step takes ${batch * gradAccum} rows (batch ${batch} × ${gradAccum} micro-batches)`;
+  }
+
+  /** Tokens one step trains on: gradAccum × batch × blockSize. */
+  get tokensPerStep(): number {
+    return this.gradAccum * this.batch * this.config.blockSize;
+  }
+
   /** Training steps submitted and not yet read back. */
   get stepsInFlight(): number {
     return this.#inFlight;
@@ -729,16 +845,15 @@ export class GptModel {
     targets: Tokens,
   ): Promise<{ loss: number; grads: Float32Array }> {
     this.#check();
-    const rows = this.#stage(inputs, targets, "gradient");
-    if (rows !== this.batch) {
+    const rows = this.#stage(inputs, targets, "gradient", true);
+    if (rows !== this.batch * this.gradAccum) {
       throw new RangeError(
-        `Invalid gradient inputs: ${rows} rows, the model's batch is ${this.batch}`,
+        `Invalid gradient inputs: ${rows} rows, ${this.#stepRows()}`,
       );
     }
     this.#busy = true;
     try {
-      const enc = this.#encode([this.#forward, this.#lossPart, this.#backward], true);
-      const [loss] = await this.#readScalars(enc);
+      const [loss] = await this.#readScalars(this.#encodeStep(false));
       const grads = await this.#gpu.read(this.#grads, this.paramLength);
       return { loss, grads };
     } finally {

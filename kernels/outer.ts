@@ -35,6 +35,7 @@
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
 import { bindings, checkRef, checkShape, f32Lit, grid, slice, WG } from "./_wgsl.ts";
 import { INV127, QUANT_BLOCK, QUANT_TINY } from "./reference.ts";
+import { bindingChunk } from "./limits.ts";
 
 const TINY_BITS = new Uint32Array(new Float32Array([QUANT_TINY]).buffer)[0];
 
@@ -248,4 +249,55 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   theta[i] = theta[i] - LR * (d + MU * m);
 }`;
   return gpu.dispatch(kernel, gpu.pipeline(code, "main", kernel), refs, n ? g.groups : [0]);
+}
+
+/**
+ * Δ = θ_r − θ_local and its int8 code, as dispatches over ranges of at most
+ * one binding (maxStorageBufferBindingSize) each: element-wise and per block,
+ * so the bytes are those of one dispatch over the whole vector. The ranges
+ * start at multiples of CHUNK_ALIGN floats, where the int8 words and the
+ * scales start 256-byte aligned too.
+ *
+ * @example
+ * ```ts ignore
+ * gpu.run(outerDispatches(gpu, { global, local: model.paramBuffer, delta, q, scales }, {
+ *   n: model.paramLength,
+ *   block: 256,
+ * }));
+ * ```
+ */
+export function outerDispatches(
+  gpu: Gpu,
+  bufs: { global: GPUBuffer; local: GPUBuffer; delta: GPUBuffer; q: GPUBuffer; scales: GPUBuffer },
+  shape: { n: number; block: number; chunk?: number },
+): Dispatch[] {
+  const { n, block } = shape;
+  const chunk = shape.chunk ?? bindingChunk(gpu.limits.maxBindingBytes);
+  if (chunk % block !== 0 || chunk % 64 !== 0 || (chunk / block) % 64 !== 0) {
+    throw new RangeError(
+      `Cannot build the outer kernels: chunk ${chunk} is not a multiple of 64 blocks of ${block}`,
+    );
+  }
+  const out: Dispatch[] = [];
+  for (let start = 0; start < n; start += chunk) {
+    const len = Math.min(chunk, n - start);
+    const at = (buffer: GPUBuffer, first: number, length: number) => ({
+      buffer,
+      offset: first * 4,
+      length,
+    });
+    out.push(
+      pseudoGradient(gpu, {
+        global: at(bufs.global, start, len),
+        local: at(bufs.local, start, len),
+        out: at(bufs.delta, start, len),
+      }, { n: len }),
+      quantizeInt8(gpu, {
+        x: at(bufs.delta, start, len),
+        q: at(bufs.q, start / 4, Math.ceil(len / 4)),
+        scales: at(bufs.scales, start / block, Math.ceil(len / block)),
+      }, { n: len, block }),
+    );
+  }
+  return out;
 }

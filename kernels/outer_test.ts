@@ -1,6 +1,13 @@
 import assert from "@std/assert";
 import { acquireGpu } from "./device.ts";
-import { dequantizeInt8, nesterovStep, pseudoGradient, quantizeInt8 } from "./outer.ts";
+import {
+  dequantizeInt8,
+  nesterovStep,
+  outerDispatches,
+  pseudoGradient,
+  quantizeInt8,
+} from "./outer.ts";
+import { CHUNK_ALIGN } from "./limits.ts";
 import {
   dequantizeInt8Ref,
   nesterovStepRef,
@@ -352,6 +359,52 @@ Deno.test("outer-loop kernels match their TypeScript twins", async (t) => {
         );
       });
     });
+  } finally {
+    gpu.destroy();
+  }
+});
+
+Deno.test("the outer kernels cut into bindings give the bytes of one whole-vector dispatch", async () => {
+  const gpu = await acquireGpu();
+  try {
+    const n = 3 * CHUNK_ALIGN + 1000;
+    const block = 256;
+    const global = randomF32(n, 31, -1, 1);
+    const local = randomF32(n, 32, -1, 1);
+    const run = async (chunk?: number) => {
+      const b = {
+        global: gpu.storage(global),
+        local: gpu.storage(local),
+        delta: gpu.storage(n),
+        q: gpu.storage(Math.ceil(n / 4)),
+        scales: gpu.storage(Math.ceil(n / block)),
+      };
+      const ds = outerDispatches(gpu, b, { n, block, chunk });
+      gpu.run(ds);
+      const out = {
+        dispatches: ds.length,
+        delta: await gpu.read(b.delta, n),
+        q: await gpu.readBytes(b.q, n),
+        scales: await gpu.read(b.scales, Math.ceil(n / block)),
+      };
+      for (const x of Object.values(b)) x.destroy();
+      return out;
+    };
+    const whole = await run();
+    const cut = await run(CHUNK_ALIGN);
+    assert.equal(whole.dispatches, 2);
+    assert.equal(cut.dispatches, 8);
+    assert.ok(sameBits(cut.delta, whole.delta), "delta bitwise equal");
+    assert.deepEqual(cut.q, whole.q);
+    assert.ok(sameBits(cut.scales, whole.scales), "scales bitwise equal");
+    // And the whole-vector result is the reference's.
+    const d = new Float32Array(n);
+    for (let i = 0; i < n; i++) d[i] = Math.fround(global[i] - local[i]);
+    assert.ok(sameBits(whole.delta, d), "delta is the reference's");
+    assert.throws(
+      () => outerDispatches(gpu, {} as never, { n, block, chunk: 1000 }),
+      /Cannot build the outer kernels: chunk 1000 is not a multiple of 64 blocks of 256/,
+    );
   } finally {
     gpu.destroy();
   }

@@ -207,14 +207,16 @@ export function embeddingBackwardRef(
 
 /**
  * Fused softmax + cross-entropy per row: losses[r] = -log softmax(logits[r])[target];
- * dlogits WRITTEN as (softmax - onehot) / rows. A target >= v gives a NaN loss.
+ * dlogits WRITTEN as (softmax - onehot) / rows (times `scale` instead, when given). A target
+ * >= v gives a NaN loss.
  */
 export function crossEntropyForwardBackwardRef(
   bufs: { logits: FloatsIn; targets: ArrayLike<number>; losses: Floats; dlogits: Floats },
-  shape: { rows: number; v: number },
+  shape: { rows: number; v: number; scale?: number },
 ): void {
   const { logits, targets, losses, dlogits } = bufs;
   const { rows, v } = shape;
+  const k = shape.scale ?? 1 / rows;
   for (let r = 0; r < rows; r++) {
     const o = r * v;
     let max = -Infinity;
@@ -225,7 +227,7 @@ export function crossEntropyForwardBackwardRef(
     losses[r] = tgt < v ? Math.log(sum) - (logits[o + tgt] - max) : NaN;
     for (let i = 0; i < v; i++) {
       const p = Math.exp(logits[o + i] - max) / sum;
-      dlogits[o + i] = (p - (i === tgt ? 1 : 0)) / rows;
+      dlogits[o + i] = (p - (i === tgt ? 1 : 0)) * k;
     }
   }
 }

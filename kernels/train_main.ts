@@ -12,7 +12,8 @@
  * @module
  */
 import { exitWithError, intFlag, numberFlag, parseFlags, UsageError } from "./_cli.ts";
-import { CONFIGS, DEFAULT_CONFIG, describeConfig, getConfig } from "./config.ts";
+import { CONFIGS, DEFAULT_CONFIG, describeConfig, getConfig, type GptConfig } from "./config.ts";
+import { resolveShape, SHAPE_FLAG_OPTIONS, SHAPE_HELP, shapeFlags } from "./shape.ts";
 import { batchSampler, loadCorpus } from "./data.ts";
 import { acquireGpu, type Gpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
@@ -26,7 +27,9 @@ Trains a byte-level GPT-2 on WebGPU and writes DIR/model.safetensors.
 Flags:
   --config NAME      model config (default ${DEFAULT_CONFIG}; known: ${
   Object.keys(CONFIGS).join(", ")
-})
+}); the shape flags
+                     below override its fields
+${SHAPE_HELP}
   --steps N          optimizer steps (default: the config's, ${
   CONFIGS[DEFAULT_CONFIG].train.steps
 } for ${DEFAULT_CONFIG})
@@ -37,7 +40,9 @@ Flags:
   CONFIGS[DEFAULT_CONFIG].train.lr
 } for ${DEFAULT_CONFIG})
   --warmup N         linear warmup steps (default: the config's)
-  --batch N          sequences per step (default: the config's)
+  --batch N          sequences per micro-batch (default: the config's)
+  --grad-accum N     micro-batches per step, gradients summed before one AdamW update
+                     (default 1): a step trains on N × batch sequences
   --eval-every N     steps between validation evaluations (default: the config's; 0 = only at the end)
   --eval-windows N   validation windows per evaluation, spread over the split (default 1024)
   --json             one JSON object per line on stdout instead of the progress line
@@ -47,6 +52,10 @@ Flags:
 /** Parsed training options. */
 export interface TrainArgs {
   configName: string;
+  /** The model shape: the named config's with the shape flags applied. */
+  config: GptConfig;
+  /** Micro-batches per step. */
+  gradAccum: number;
   steps: number;
   data?: string;
   out: string;
@@ -71,6 +80,8 @@ export function parseTrainArgs(args: string[]): TrainArgs {
     lr: { type: "string" },
     warmup: { type: "string" },
     batch: { type: "string" },
+    "grad-accum": { type: "string" },
+    ...SHAPE_FLAG_OPTIONS,
     "eval-every": { type: "string" },
     "eval-windows": { type: "string" },
     json: { type: "boolean" },
@@ -78,8 +89,10 @@ export function parseTrainArgs(args: string[]): TrainArgs {
   });
   const configName = v.config ?? DEFAULT_CONFIG;
   let named;
+  let config;
   try {
     named = getConfig(configName);
+    config = resolveShape(configName, shapeFlags(v));
   } catch (err) {
     throw new UsageError(err instanceof Error ? err.message : String(err));
   }
@@ -87,6 +100,8 @@ export function parseTrainArgs(args: string[]): TrainArgs {
   const steps = intFlag("steps", v.steps) ?? d.steps;
   const out = {
     configName,
+    config,
+    gradAccum: intFlag("grad-accum", v["grad-accum"]) ?? 1,
     steps,
     data: v.data,
     out: v.out ?? "runs/train",
@@ -123,8 +138,7 @@ function fmtRate(x: number): string {
 }
 
 async function train(a: TrainArgs): Promise<void> {
-  const named = getConfig(a.configName);
-  const config = named.model;
+  const config = a.config;
   const log = (obj: Record<string, unknown>) => {
     if (a.json) console.log(JSON.stringify(obj));
   };
@@ -142,9 +156,20 @@ async function train(a: TrainArgs): Promise<void> {
   }
   const gpu: Gpu = await acquireGpu();
   try {
-    const model = await createModel(gpu, config, { seed: a.seed, batch: a.batch });
-    const sampler = batchSampler(corpus.train, {
+    const model = await createModel(gpu, config, {
+      seed: a.seed,
       batch: a.batch,
+      gradAccum: a.gradAccum,
+    }).catch((err) => {
+      // A shape the device cannot hold is the flags' fault: exit 2, like other bad flags.
+      throw err instanceof RangeError && err.message.startsWith("Cannot build model")
+        ? new UsageError(err.message)
+        : err;
+    });
+    // A step's N micro-batches are the rows of one N × batch draw: the same data as one batch
+    // of that size.
+    const sampler = batchSampler(corpus.train, {
+      batch: a.batch * a.gradAccum,
       blockSize: config.blockSize,
       seed: a.seed,
     });
@@ -154,6 +179,7 @@ async function train(a: TrainArgs): Promise<void> {
       shape: describeConfig(config),
       params: model.paramCount,
       batch: a.batch,
+      grad_accum: a.gradAccum,
       steps: a.steps,
       lr: a.lr,
       warmup: a.warmup,
@@ -169,7 +195,9 @@ async function train(a: TrainArgs): Promise<void> {
         `train: ${a.configName} (${describeConfig(config)}, ${
           model.paramCount.toLocaleString("en-US")
         } params), ` +
-          `batch ${a.batch}, ${a.steps} steps, lr ${a.lr}, data ${corpus.source} ` +
+          `batch ${a.batch}${
+            a.gradAccum > 1 ? ` × ${a.gradAccum} micro-batches` : ""
+          }, ${a.steps} steps, lr ${a.lr}, data ${corpus.source} ` +
           `(${corpus.train.length.toLocaleString("en-US")} train / ${
             corpus.val.length.toLocaleString("en-US")
           } val bytes), ` +
@@ -177,7 +205,8 @@ async function train(a: TrainArgs): Promise<void> {
       );
     }
     const evalOpts = { maxWindows: a.evalWindows, selection: "spread" as const };
-    const tokensPerStep = a.batch * config.blockSize;
+    // Every micro-batch counts.
+    const tokensPerStep = model.tokensPerStep;
     const t0 = performance.now();
     let stepTime = 0;
     let lastVal = NaN;
@@ -232,6 +261,7 @@ async function train(a: TrainArgs): Promise<void> {
     await saveGpt2(path, config, await model.getParams(), {
       metadata: {
         config_name: a.configName,
+        grad_accum: String(a.gradAccum),
         step: String(a.steps),
         seed: String(a.seed),
         val_loss: String(final.loss),
