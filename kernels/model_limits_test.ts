@@ -61,6 +61,7 @@ function noAllocGpu(limits: BufferLimits): Gpu {
   };
   return {
     limits,
+    isCpu: true,
     storage: fail,
     uniform: fail,
     device: { createBuffer: fail, pushErrorScope() {}, popErrorScope: () => Promise.resolve(null) },
@@ -80,6 +81,11 @@ Deno.test("shapes over a binding or a buffer are refused before anything is allo
     ),
   );
   await rejects(() => createModel(gpu, t1024, { batch: 16 }), /largest batch that fits is 2/);
+  // Flash attention keeps no T·T scratch: the same shape is bounded by the MLP activation instead.
+  throws(
+    () => new GptModel(gpu, t1024, { batch: 16, attention: "flash" }),
+    /activation fch \[16, 1024, 3072\] needs 192 MiB.*the largest batch that fits is 10$/,
+  );
   // Even batch 1 over the binding: the largest block size at batch 1.
   throws(
     () => new GptModel(gpu, { ...gpt2, blockSize: 4096 }, { batch: 1 }),
