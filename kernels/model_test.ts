@@ -14,8 +14,11 @@ const tiny = getConfig("tiny").model;
 /** Odd sizes: 1 layer, width 24, 3 heads (head size 8), context 7, vocabulary 13. */
 const odd: GptConfig = { nLayer: 1, nHead: 3, nEmbd: 24, blockSize: 7, vocabSize: 13 };
 
-async function withGpu(fn: (gpu: Gpu) => Promise<void>): Promise<void> {
-  const gpu = await acquireGpu();
+async function withGpu(
+  fn: (gpu: Gpu) => Promise<void>,
+  adapterClass?: "cpu" | "gpu",
+): Promise<void> {
+  const gpu = await acquireGpu({ adapterClass });
   try {
     await fn(gpu);
   } finally {
@@ -35,7 +38,20 @@ async function perturbed(gpu: Gpu, config: GptConfig, batch: number, seed: numbe
   return { model, params: p };
 }
 
-for (const [label, config, batch] of [["tiny", tiny, 2], ["odd shapes", odd, 3]] as const) {
+/**
+ * Odd sizes over 536 tokens: enough that the GPU family's weight gradients (k = tokens, small
+ * outputs) take split-K, with T not a multiple of any attention tile.
+ */
+const oddLong: GptConfig = { nLayer: 1, nHead: 2, nEmbd: 40, blockSize: 67, vocabSize: 13 };
+
+const CASES = [
+  ["tiny", tiny, 2, undefined],
+  ["odd shapes", odd, 3, undefined],
+  // The kernels a real GPU runs (flash attention, tile and split-K matmuls), forced here.
+  ["odd shapes with the GPU kernel family", oddLong, 8, "gpu"],
+] as const;
+
+for (const [label, config, batch, adapterClass] of CASES) {
   Deno.test(`GPU forward and backward match model_reference on ${label}`, async () => {
     await withGpu(async (gpu) => {
       const { model, params } = await perturbed(gpu, config, batch, 5);
@@ -63,8 +79,13 @@ for (const [label, config, batch] of [["tiny", tiny, 2], ["odd shapes", odd, 3]]
       }
       const evalLoss = await model.evalLoss(inputs, targets);
       ok(Math.abs(evalLoss - ref.loss) <= 1e-5 * ref.loss, `eval ${evalLoss} vs ${ref.loss}`);
+      if (adapterClass === "gpu") {
+        equal(model.attention, "flash");
+        const labels = model.profileDispatches().dispatches.map((d) => d.dispatch.label);
+        ok(labels.some((l) => /^matmul_tile\d+(x\d+)?s\d+_/.test(l)), `no split-K in ${labels}`);
+      }
       model.dispose();
-    });
+    }, adapterClass);
   });
 }
 
