@@ -1233,7 +1233,7 @@ export async function runNetworked(
 }
 
 async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): Promise<number> {
-  const { Hono } = await import("hono");
+  const { Hono } = await import("../transport/_deps.ts");
   const { ActorTransport } = await import("../transport/remote.ts");
   const [hostname, portText] = options.host!.split(":");
   const system = new ActorSystem({ node: "host" });

@@ -32,7 +32,8 @@ import {
   validateRunMessage,
   type ViewMsg,
 } from "./run_protocol.ts";
-import type { InitReply, RoundReply, WorkerInit } from "./trainer_worker.ts";
+import type { InitReply, RoundReply, ThreadHello, WorkerInit } from "./trainer_worker.ts";
+import { retireWorker } from "./_worker_thread.ts";
 import { encode } from "../transport/codec.ts";
 import { tensorChecksum } from "./_checksum.ts";
 
@@ -162,6 +163,10 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   const { run, id } = options;
   const source = options.stateSource ?? aggregatorStateSource;
   let worker: Worker | undefined;
+  /** The compute Worker's OS thread (its first message), waited on when it retires. */
+  let workerThread: number | undefined;
+  /** The Worker died of an uncaught error: it cannot answer a close. */
+  let workerDead = false;
   let nextReq = 0;
   const pending = new Map<number, { resolve(v: WorkerReply): void; reject(e: Error): void }>();
   let seed: Float32Array | undefined;
@@ -478,13 +483,20 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     started(ctx) {
       const url = new URL("./trainer_worker.ts", import.meta.url);
       worker = new Worker(url.href, { type: "module" });
-      worker.onmessage = (ev: MessageEvent<WorkerReply>) => {
-        const p = pending.get(ev.data.id);
-        pending.delete(ev.data.id);
-        p?.resolve(ev.data);
+      worker.onmessage = (ev: MessageEvent<WorkerReply | ThreadHello>) => {
+        const m = ev.data;
+        if (m.op === "thread") {
+          workerThread = (m as ThreadHello).thread;
+          return;
+        }
+        const reply = m as WorkerReply;
+        const p = pending.get(reply.id);
+        pending.delete(reply.id);
+        p?.resolve(reply);
       };
       worker.onerror = (ev: ErrorEvent) => {
         ev.preventDefault();
+        workerDead = true;
         ctx.self.tell({ type: "_worker_error", error: ev.message });
       };
       call({ op: "init", ...options.engine, dataShard: { index: 0, count: options.dataShards } })
@@ -602,10 +614,18 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       }
       await handleRun(ctx, msg);
     },
-    stopped() {
+    async stopped() {
       for (const p of pending.values()) p.reject(new Error("trainer stopped"));
       pending.clear();
-      worker?.terminate();
+      if (!worker) return;
+      // The Worker releases its model and device, then its thread must be gone
+      // before this resolves: a process exiting while a Worker thread tears down
+      // its GL context crashes (see _worker_thread.ts). Bounded well below the
+      // trainer's shutdown time.
+      await retireWorker(worker, {
+        ...(workerDead ? {} : { close: () => call({ op: "close" }) }),
+        ...(workerThread !== undefined ? { thread: workerThread } : {}),
+      });
       worker = undefined;
     },
   };

@@ -17,6 +17,7 @@ import { type BatchSampler, batchSampler, type DataCursor, loadCorpus } from "..
 import { evaluate } from "../kernels/evaluate.ts";
 import { outerDispatches } from "../kernels/outer.ts";
 import type { Dispatch } from "../kernels/device.ts";
+import { workerThreadId } from "./_worker_thread.ts";
 
 /** Settings of the engine inside the Worker. */
 export interface WorkerInit {
@@ -68,6 +69,16 @@ export interface WorkerEval {
   id: number;
   theta: Float32Array;
   maxWindows: number;
+}
+
+/**
+ * The Worker's first message, before any answer: the OS thread it runs on,
+ * for its host to wait on when it retires the Worker (see _worker_thread.ts).
+ */
+export interface ThreadHello {
+  op: "thread";
+  /** Undefined where the thread cannot be known (no /proc, or no read permission). */
+  thread?: number;
 }
 
 /** A request to the Worker. */
@@ -280,6 +291,8 @@ interface WorkerScope {
   close(): void;
 }
 const scope = self as unknown as WorkerScope;
+
+scope.postMessage({ op: "thread", thread: workerThreadId() } satisfies ThreadHello);
 
 // Requests are handled one at a time, in order.
 let queue = Promise.resolve();

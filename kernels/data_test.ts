@@ -1,5 +1,14 @@
 import { deepEqual, equal, notDeepEqual, ok, rejects, throws } from "@std/assert";
-import { batchSampler, DataError, loadCorpus, shardChunkBytes, splitDocuments } from "./data.ts";
+import {
+  batchSampler,
+  DataError,
+  DEFAULT_CORPUS,
+  DEFAULT_CORPUS_SPECIFIER,
+  defaultCorpusDir,
+  loadCorpus,
+  shardChunkBytes,
+  splitDocuments,
+} from "./data.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 
@@ -19,6 +28,17 @@ Deno.test("loadCorpus reads the default corpus deterministically", async () => {
   const b = await loadCorpus();
   deepEqual(a.val.subarray(0, 4096), b.val.subarray(0, 4096));
   equal(a.train.length, b.train.length);
+});
+
+Deno.test("the default corpus resolves by its pinned specifier, the one deno.json maps to", async () => {
+  const config = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  equal(config.imports[DEFAULT_CORPUS], DEFAULT_CORPUS_SPECIFIER);
+  // The fetch-on-first-use import names the same version (an import needs a literal).
+  const source = await Deno.readTextFile(new URL("./data.ts", import.meta.url));
+  ok(source.includes(`await import("${DEFAULT_CORPUS_SPECIFIER}")`));
+  const dir = await defaultCorpusDir();
+  ok(dir.includes("datasets-sotu/0.2.3/"), dir);
+  ok((await Deno.stat(`${dir}/1790_george_washington_n.txt`)).isFile, dir);
 });
 
 Deno.test("loadCorpus reads a file or a sorted folder, and names a missing path", async () => {

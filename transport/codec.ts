@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { Packr } from "msgpackr";
+import { Packr } from "./_deps.ts";
 import { Buffer } from "node:buffer";
 
 const OPTIONS = { useRecords: false, moreTypes: true } as const;

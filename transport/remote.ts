@@ -15,7 +15,7 @@
  */
 import type { RemoteFrame, RemoteLink } from "../actors/_remote.ts";
 import type { ActorSystem } from "../actors/system.ts";
-import type { Hono } from "hono";
+import type { Hono } from "./_deps.ts";
 import { type Channel, type CloseInfo, type ConnectionOptions, consoleLogger } from "./_channel.ts";
 import { type ClientOptions, TransportClient } from "./client.ts";
 import type { Envelope } from "./envelope.ts";

@@ -5,8 +5,7 @@
  *
  * @module
  */
-import { Hono, type MiddlewareHandler } from "hono";
-import { upgradeWebSocket } from "hono/deno";
+import { Hono, type MiddlewareHandler, upgradeWebSocket } from "./_deps.ts";
 import { importSecret } from "./auth.ts";
 import {
   Channel,
