@@ -10,7 +10,7 @@
  * @module
  */
 export * from "./kernels/device.ts";
-export * from "./actors/mod.ts";
+export * from "./actors/runtime/mod.ts";
 export { createModel, GptModel, initParams, pipelinedSteps } from "./kernels/model.ts";
 export type { ModelOptions, StepInput, StepOptions, Tokens } from "./kernels/model.ts";
 export { CONFIGS, DEFAULT_CONFIG, getConfig, validateConfig } from "./kernels/config.ts";
@@ -21,25 +21,17 @@ export { evaluate } from "./kernels/evaluate.ts";
 export { CheckpointMismatchError, loadGpt2, saveGpt2 } from "./checkpoint/gpt2_safetensors.ts";
 export { SafetensorsError } from "./checkpoint/safetensors.ts";
 export {
-  aggregatorStates,
   CheckpointStore,
   CheckpointWriteError,
-  commitCoordinatorBehavior,
   CorruptCheckpointError,
-  fetchRound,
-  keeperBehavior,
-  KeeperFeedSlot,
-  keeperStateSource,
   NothingToResumeError,
   resumeRun,
 } from "./checkpoint/mod.ts";
-export type {
-  KeeperOptions,
-  Manifest,
-  ResumedRun,
-  Retention,
-  RoundState,
-} from "./checkpoint/mod.ts";
+export type { Manifest, ResumedRun, Retention, RoundState } from "./checkpoint/mod.ts";
+export { commitCoordinatorBehavior, keeperBehavior, KeeperFeedSlot } from "./actors/keeper.ts";
+export type { KeeperOptions } from "./actors/keeper.ts";
+export { fetchRound, keeperStateSource } from "./actors/keeper_transfer.ts";
+export { aggregatorStates } from "./actors/restore.ts";
 export * from "./transport/mod.ts";
 export {
   paramLength,

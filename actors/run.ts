@@ -20,8 +20,8 @@
  *
  * @module
  */
-import { ActorSystem, type Behavior, describeReason } from "./system.ts";
-import { Supervisor, type SupervisorEvent } from "./supervisor.ts";
+import { ActorSystem, type Behavior, describeReason } from "./runtime/system.ts";
+import { Supervisor, type SupervisorEvent } from "./runtime/supervisor.ts";
 import { trackerBehavior, type TrackerEvent } from "./tracker.ts";
 import {
   aggregatorBehavior,
@@ -56,9 +56,10 @@ import {
   keeperBehavior,
   type KeeperEvent,
   KeeperFeedSlot,
-} from "../checkpoint/keeper.ts";
-import { keeperStateSource, type SourceEvent } from "../checkpoint/transfer.ts";
-import { aggregatorStates, type ResumedRun } from "../checkpoint/resume.ts";
+} from "./keeper.ts";
+import { keeperStateSource, type SourceEvent } from "./keeper_transfer.ts";
+import type { ResumedRun } from "../checkpoint/resume.ts";
+import { aggregatorStates } from "./restore.ts";
 import type { Retention } from "../checkpoint/store.ts";
 import { checkDuty } from "../checkpoint/_background.ts";
 
@@ -509,7 +510,7 @@ export interface CheckpointOptions {
   cursorWaitMs?: number;
   /**
    * Keepers also serve joiners from a low-priority thread listening on this
-   * host name (see `KeeperOptions.serve` in checkpoint/keeper.ts). Set by a
+   * host name (see `KeeperOptions.serve` in actors/keeper.ts). Set by a
    * networked host to the name its transport listens on.
    */
   serve?: { hostname: string };

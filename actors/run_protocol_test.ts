@@ -10,7 +10,7 @@ import {
 } from "./run_protocol.ts";
 import { quantizeInt8 } from "./aggregation.ts";
 import { startRunHost } from "./run.ts";
-import { ActorSystem } from "./system.ts";
+import { ActorSystem } from "./runtime/system.ts";
 
 const view: ViewMsg = {
   type: "view",

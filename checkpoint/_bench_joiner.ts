@@ -11,9 +11,9 @@
  *
  * @module
  */
-import { ActorSystem } from "../actors/system.ts";
+import { ActorSystem } from "../actors/runtime/system.ts";
 import { ActorTransport } from "../transport/remote.ts";
-import { fetchRound } from "./transfer.ts";
+import { fetchRound } from "../actors/keeper_transfer.ts";
 
 /** The bench's run id and secret (loopback only). */
 export const BENCH_RUN = "ckpt-bench";

@@ -45,14 +45,14 @@
  * @module
  */
 import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
-import { ActorSystem } from "../actors/system.ts";
+import { ActorSystem } from "../actors/runtime/system.ts";
 import { ActorTransport } from "../transport/remote.ts";
 import { engineSettings } from "../actors/run.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import { CheckpointStore } from "./store.ts";
-import { keeperBehavior, type KeeperEvent } from "./keeper.ts";
-import type { KeeperPieceMsg } from "./transfer.ts";
+import { keeperBehavior, type KeeperEvent } from "../actors/keeper.ts";
+import type { KeeperPieceMsg } from "../actors/keeper_transfer.ts";
 import { BENCH_RUN, BENCH_SECRET } from "./_bench_joiner.ts";
 import { netnsUnavailable, runTool } from "../tests/_netns.ts";
 

@@ -1,11 +1,15 @@
 /**
- * Checkpoints of a training run: the safetensors format and the Hugging Face
- * GPT-2 layout of the model file, the atomic durable store of committed
- * rounds (`runs/<name>/rounds/<round>/{model,state}.safetensors` +
- * `manifest.json`, `latest`, retention, verified loading with fallback), the
- * checkpoint keeper actor with replicated commits and catch-up, chunked and
- * resumable transfer of a round to joiners (the run's `StartStateSource`),
- * and whole-run resume.
+ * Checkpoints of a training run, as a storage library: the safetensors
+ * format and the Hugging Face GPT-2 layout of the model file, the atomic
+ * durable store of committed rounds
+ * (`runs/<name>/rounds/<round>/{model,state}.safetensors` + `manifest.json`,
+ * `latest`, retention, verified loading with fallback), the low-priority
+ * threads that write and serve rounds, and whole-run resume from disk.
+ *
+ * It builds on kernels/ (the model's shape and parameter layout) only. The
+ * keeper role that feeds this store from the aggregators, replicates commits
+ * and hands rounds to joiners is an actor like its fellow roles, so it lives
+ * in actors/ (keeper.ts, keeper_transfer.ts).
  *
  * @example Commit a round and resume from it
  * ```ts
@@ -30,6 +34,4 @@
 export * from "./safetensors.ts";
 export * from "./gpt2_safetensors.ts";
 export * from "./store.ts";
-export * from "./transfer.ts";
-export * from "./keeper.ts";
 export * from "./resume.ts";

@@ -1,16 +1,14 @@
 /**
  * Restarting a whole run from disk (`deno task node --resume DIR`): the
  * newest round of DIR that verifies, with θ bit for bit, the outer momentum
- * and residual, the round, the view and the data cursors; and the per-shard
- * aggregator states to restore from it.
+ * and residual, the round, the view and the data cursors (actors/restore.ts
+ * cuts it into the aggregators' per-shard states).
  *
  * Run as a program, it prints what it would resume from as one JSON line:
  * `deno run -A checkpoint/resume.ts runs/<name>`.
  *
  * @module
  */
-import type { AggregatorState } from "../actors/aggregation.ts";
-import type { Shard } from "../actors/run_protocol.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { CheckpointStore, type RoundState, type SkippedRound } from "./store.ts";
 
@@ -121,50 +119,6 @@ export async function resumeRunDir(
   }
   if (!best) throw new NothingToResumeError(reasons.join("; "));
   return best;
-}
-
-/**
- * Cuts a resumed round into the aggregator states of a shard map, for a
- * run's keeper slot: each aggregator then restores its shards at the resumed
- * round as after a restart.
- *
- * @example
- * ```ts
- * import { aggregatorStates } from "./resume.ts";
- * const states = aggregatorStates(
- *   { run: "r", round: 7, params: new Float32Array(4).fill(1), momentum: new Float32Array(4) },
- *   [{ index: 0, start: 0, length: 2, aggregator: "a" }, { index: 1, start: 2, length: 2, aggregator: "b" }],
- * );
- * console.log(states.map((s) => [s.round, s.theta.length])); // [[7, 2], [7, 2]]
- * ```
- */
-export function aggregatorStates(
-  resumed: Pick<RoundState, "run" | "round" | "params" | "momentum" | "residual" | "view">,
-  shards: readonly Shard[],
-): AggregatorState[] {
-  const n = resumed.params.length;
-  return shards.map((shard) => {
-    if (shard.start + shard.length > n) {
-      throw new RangeError(
-        `Cannot restore shard ${shard.index}: [${shard.start}, ${
-          shard.start + shard.length
-        }) is past the ${n} parameters`,
-      );
-    }
-    const cut = (x: Float32Array | undefined) =>
-      x && x.length === n
-        ? x.slice(shard.start, shard.start + shard.length)
-        : new Float32Array(shard.length);
-    return {
-      run: resumed.run,
-      shard: { ...shard },
-      round: resumed.round,
-      theta: resumed.params.slice(shard.start, shard.start + shard.length),
-      momentum: cut(resumed.momentum),
-      residual: cut(resumed.residual),
-      norms: [],
-    };
-  });
 }
 
 if (import.meta.main) {

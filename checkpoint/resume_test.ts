@@ -1,5 +1,6 @@
 import { deepEqual, equal, ok, rejects } from "@std/assert";
-import { aggregatorStates, NothingToResumeError, resumeRun } from "./resume.ts";
+import { NothingToResumeError, resumeRun } from "./resume.ts";
+import { aggregatorStates } from "../actors/restore.ts";
 import { CheckpointStore } from "./store.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import type { GptConfig } from "../kernels/config.ts";

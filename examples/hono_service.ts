@@ -12,7 +12,7 @@
  * @module
  */
 import { Hono } from "hono";
-import { ActorSystem } from "../actors/system.ts";
+import { ActorSystem } from "../actors/runtime/system.ts";
 import { ActorTransport } from "../transport/remote.ts";
 
 /** An item of the service. */

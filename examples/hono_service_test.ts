@@ -1,5 +1,5 @@
 import { deepEqual, equal, ok } from "@std/assert";
-import { ActorSystem } from "../actors/system.ts";
+import { ActorSystem } from "../actors/runtime/system.ts";
 import { ActorTransport } from "../transport/remote.ts";
 import { createService, type Item } from "./hono_service.ts";
 

@@ -16,8 +16,8 @@
  *
  * @module
  */
-import { ActorSystem } from "../actors/system.ts";
-import { Supervisor, type SupervisorEvent } from "../actors/supervisor.ts";
+import { ActorSystem } from "../actors/runtime/system.ts";
+import { Supervisor, type SupervisorEvent } from "../actors/runtime/supervisor.ts";
 import { trackerBehavior } from "../actors/tracker.ts";
 import { aggregatorBehavior, type KeeperSlot, MemoryKeeperSlot } from "../actors/aggregator.ts";
 import { type StartStateSource, trainerBehavior, type TrainerEvent } from "../actors/trainer.ts";

@@ -7,8 +7,8 @@
  * @module
  */
 import { parseArgs } from "@std/cli";
-import { ActorSystem } from "../actors/system.ts";
-import { Supervisor } from "../actors/supervisor.ts";
+import { ActorSystem } from "../actors/runtime/system.ts";
+import { Supervisor } from "../actors/runtime/supervisor.ts";
 import { trainerBehavior } from "../actors/trainer.ts";
 import { engineSettings } from "../actors/run.ts";
 import { ActorTransport } from "../transport/remote.ts";

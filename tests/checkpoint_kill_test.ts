@@ -13,10 +13,10 @@
  */
 import { equal, ok } from "@std/assert";
 import { CheckpointStore, sha256Hex } from "../checkpoint/store.ts";
-import { KILL_CONFIG, roundParams } from "../checkpoint/_kill_child.ts";
+import { KILL_CONFIG, roundParams } from "./_checkpoint_kill_child.ts";
 
 const KILLS = 20;
-const CHILD = new URL("../checkpoint/_kill_child.ts", import.meta.url).pathname;
+const CHILD = new URL("./_checkpoint_kill_child.ts", import.meta.url).pathname;
 
 function mulberry32(seed: number): () => number {
   let a = seed >>> 0;

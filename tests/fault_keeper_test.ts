@@ -11,14 +11,14 @@
  */
 import { deepEqual, ok } from "@std/assert";
 import { FaultRun, faultSeed, scheduleRandom } from "./_fault_harness.ts";
-import { Supervisor } from "../actors/supervisor.ts";
+import { Supervisor } from "../actors/runtime/supervisor.ts";
 import {
   commitCoordinatorBehavior,
   type CommitEvent,
   keeperBehavior,
   type KeeperEvent,
   KeeperFeedSlot,
-} from "../checkpoint/keeper.ts";
+} from "../actors/keeper.ts";
 import { CheckpointStore, denoFs, type StoreFs } from "../checkpoint/store.ts";
 import { getConfig } from "../kernels/config.ts";
 

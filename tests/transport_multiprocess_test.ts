@@ -4,8 +4,8 @@
  * `deno test -A tests/transport_multiprocess_test.ts`.
  */
 import { deepEqual, equal, ok } from "@std/assert";
-import { ActorSystem } from "../actors/system.ts";
-import { RemoteUnavailableError } from "../actors/ref.ts";
+import { ActorSystem } from "../actors/runtime/system.ts";
+import { RemoteUnavailableError } from "../actors/runtime/ref.ts";
 import { ActorTransport } from "../transport/remote.ts";
 
 const RUN = "mp-run";

@@ -37,8 +37,8 @@ import {
   validateEnvelope,
   WIRE_VERSION,
 } from "./envelope.ts";
-import { nodeOf } from "../actors/_remote.ts";
-import { AskTimeoutError } from "../actors/ref.ts";
+import { nodeOf } from "../actors/runtime/_remote.ts";
+import { AskTimeoutError } from "../actors/runtime/ref.ts";
 import {
   AuthenticationError,
   ConnectionClosedError,

@@ -14,7 +14,7 @@
  * @module
  */
 import { Packr } from "msgpackr";
-import { ActorSystem } from "../actors/system.ts";
+import { ActorSystem } from "../actors/runtime/system.ts";
 import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
 import { ActorTransport } from "./remote.ts";
 

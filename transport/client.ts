@@ -17,7 +17,7 @@ import {
   type MessageHandler,
 } from "./_channel.ts";
 import { type Envelope, resolveLimits } from "./envelope.ts";
-import { AskTimeoutError } from "../actors/ref.ts";
+import { AskTimeoutError } from "../actors/runtime/ref.ts";
 import { AuthenticationError, ConnectionClosedError } from "./errors.ts";
 import { backoffDelay, mulberry32 } from "./rng.ts";
 

@@ -11,7 +11,7 @@
  */
 import { Buffer } from "node:buffer";
 import { decode } from "./codec.ts";
-export { nodeOf } from "../actors/_remote.ts";
+export { nodeOf } from "../actors/runtime/_remote.ts";
 import { type ErrorCode, FrameError } from "./errors.ts";
 
 /** The wire version this build speaks. */

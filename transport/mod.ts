@@ -17,7 +17,7 @@
  *
  * @example Two actor systems over a real WebSocket
  * ```ts
- * import { ActorSystem } from "../actors/system.ts";
+ * import { ActorSystem } from "../actors/runtime/system.ts";
  * import { ActorTransport } from "./mod.ts";
  * import assert from "node:assert/strict";
  *

@@ -13,8 +13,8 @@
  *
  * @module
  */
-import type { RemoteFrame, RemoteLink } from "../actors/_remote.ts";
-import type { ActorSystem } from "../actors/system.ts";
+import type { RemoteFrame, RemoteLink } from "../actors/runtime/_remote.ts";
+import type { ActorSystem } from "../actors/runtime/system.ts";
 import type { Hono } from "./_deps.ts";
 import { type Channel, type CloseInfo, type ConnectionOptions, consoleLogger } from "./_channel.ts";
 import { type ClientOptions, TransportClient } from "./client.ts";
@@ -32,7 +32,7 @@ const transports = new WeakMap<ActorSystem, ActorTransport>();
  *
  * @example
  * ```ts
- * import { ActorSystem } from "../actors/system.ts";
+ * import { ActorSystem } from "../actors/runtime/system.ts";
  * import { peerHostname } from "./remote.ts";
  * import assert from "node:assert/strict";
  * assert.equal(peerHostname(new ActorSystem({ node: "a" }), "b"), undefined);
@@ -88,7 +88,7 @@ export interface Listener {
  *
  * @example Two systems on real WebSockets
  * ```ts
- * import { ActorSystem } from "../actors/system.ts";
+ * import { ActorSystem } from "../actors/runtime/system.ts";
  * import { ActorTransport } from "./remote.ts";
  * import assert from "node:assert/strict";
  *

@@ -1,6 +1,10 @@
 import { deepEqual, equal, ok, rejects, throws } from "@std/assert";
-import { ActorSystem } from "../actors/system.ts";
-import { ActorStoppedError, RemoteActorError, RemoteUnavailableError } from "../actors/ref.ts";
+import { ActorSystem } from "../actors/runtime/system.ts";
+import {
+  ActorStoppedError,
+  RemoteActorError,
+  RemoteUnavailableError,
+} from "../actors/runtime/ref.ts";
 import { ActorTransport } from "./remote.ts";
 
 const OPTS = { run: "r-remote", secret: "remote-secret", log: () => {} };

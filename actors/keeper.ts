@@ -21,11 +21,11 @@
  *
  * @module
  */
-import type { ActorContext, ActorSystem, Behavior } from "../actors/system.ts";
-import type { AggregatorState } from "../actors/aggregation.ts";
-import { type KeeperSlot, MemoryKeeperSlot } from "../actors/aggregator.ts";
+import type { ActorContext, ActorSystem, Behavior } from "./runtime/system.ts";
+import type { AggregatorState } from "./aggregation.ts";
+import { type KeeperSlot, MemoryKeeperSlot } from "./aggregator.ts";
 import type { GptConfig } from "../kernels/config.ts";
-import { checkDuty, DEFAULT_DUTY } from "./_background.ts";
+import { checkDuty, DEFAULT_DUTY } from "../checkpoint/_background.ts";
 import {
   CheckpointStore,
   CheckpointWriteError,
@@ -36,7 +36,7 @@ import {
   type Retention,
   type RoundState,
   type StoreFs,
-} from "./store.ts";
+} from "../checkpoint/store.ts";
 import {
   type DirectEndpoint,
   fetchRound,
@@ -52,7 +52,7 @@ import {
   MAX_CHUNK_BYTES,
   validateKeeperMessage,
   type ValidateOptions,
-} from "./transfer.ts";
+} from "./keeper_transfer.ts";
 
 /** What a keeper reports. */
 export type KeeperEvent =
@@ -155,7 +155,7 @@ class WriterThread {
     shared = false,
   ): Promise<Written> {
     if (!this.#worker) {
-      const w = new Worker(new URL("./_write_worker.ts", import.meta.url).href, {
+      const w = new Worker(new URL("../checkpoint/_write_worker.ts", import.meta.url).href, {
         type: "module",
       });
       w.onmessage = (ev: MessageEvent<Record<string, unknown>>) => {
@@ -235,7 +235,7 @@ class ServeThread {
     ).join("");
     const wildcard = ["0.0.0.0", "::", "[::]", ""].includes(serve.hostname);
     const host = serve.advertise ?? (wildcard ? undefined : serve.hostname);
-    this.#worker = new Worker(new URL("./_serve_worker.ts", import.meta.url).href, {
+    this.#worker = new Worker(new URL("../checkpoint/_serve_worker.ts", import.meta.url).href, {
       type: "module",
     });
     this.#worker.onmessage = (ev: MessageEvent<Record<string, unknown>>) => {

@@ -13,12 +13,12 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import type { ActorContext, ActorSystem } from "../actors/system.ts";
-import { nodeOf } from "../actors/_remote.ts";
+import type { ActorContext, ActorSystem } from "./runtime/system.ts";
+import { nodeOf } from "./runtime/_remote.ts";
 import { peerHostname } from "../transport/remote.ts";
-import type { StartStateSource } from "../actors/trainer.ts";
-import type { StateMsg, ViewMsg } from "../actors/run_protocol.ts";
-import { asFloat32 } from "../actors/run_protocol.ts";
+import type { StartStateSource } from "./trainer.ts";
+import type { StateMsg, ViewMsg } from "./run_protocol.ts";
+import { asFloat32 } from "./run_protocol.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import {
   CorruptCheckpointError,
@@ -30,7 +30,7 @@ import {
   type PreparedRound,
   ROUND_FILES,
   sha256Hex,
-} from "./store.ts";
+} from "../checkpoint/store.ts";
 
 /** Largest chunk a keeper serves (bytes); requests ask for at most this. */
 export const MAX_CHUNK_BYTES = 4 << 20;
@@ -229,7 +229,7 @@ export interface ValidateOptions {
  *
  * @example
  * ```ts
- * import { validateKeeperMessage } from "./transfer.ts";
+ * import { validateKeeperMessage } from "./keeper_transfer.ts";
  * import { throws } from "node:assert/strict";
  * throws(() => validateKeeperMessage({ type: "keeper_chunk", run: "r", file: "model.safetensors", round: -1 }), /round/);
  * ```

@@ -1,11 +1,11 @@
 import { deepEqual, equal, ok } from "@std/assert";
-import { ActorSystem } from "../actors/system.ts";
+import { ActorSystem } from "./runtime/system.ts";
 import { ActorTransport } from "../transport/remote.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import type { GptConfig } from "../kernels/config.ts";
-import { CheckpointStore } from "./store.ts";
+import { CheckpointStore } from "../checkpoint/store.ts";
 import { keeperBehavior, type KeeperEvent } from "./keeper.ts";
-import { fetchRound, type KeeperPieceMsg } from "./transfer.ts";
+import { fetchRound, type KeeperPieceMsg } from "./keeper_transfer.ts";
 
 const CONFIG: GptConfig = { nLayer: 1, nHead: 2, nEmbd: 32, blockSize: 8, vocabSize: 64 };
 const N = buildLayout(CONFIG).totalLength;

@@ -1,8 +1,8 @@
 import { deepEqual, equal, ok, rejects, throws } from "@std/assert";
-import { ActorSystem } from "../actors/system.ts";
-import type { AggregatorState } from "../actors/aggregation.ts";
-import type { StartStateSource } from "../actors/trainer.ts";
-import type { ViewMsg } from "../actors/run_protocol.ts";
+import { ActorSystem } from "./runtime/system.ts";
+import type { AggregatorState } from "./aggregation.ts";
+import type { StartStateSource } from "./trainer.ts";
+import type { ViewMsg } from "./run_protocol.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import {
@@ -18,8 +18,8 @@ import {
   denoFs,
   type Manifest,
   type StoreFs,
-} from "./store.ts";
-import { fetchRound, keeperStateSource, type SourceEvent } from "./transfer.ts";
+} from "../checkpoint/store.ts";
+import { fetchRound, keeperStateSource, type SourceEvent } from "./keeper_transfer.ts";
 
 const CONFIG: GptConfig = { nLayer: 1, nHead: 2, nEmbd: 8, blockSize: 4, vocabSize: 16 };
 const N = buildLayout(CONFIG).totalLength;

@@ -6,15 +6,15 @@
  * `WRITE <round> <file>` before each file write and `COMMITTED <round> <hash>`
  * when the coordinator reports a round committed.
  *
- * Usage: deno run -A checkpoint/_kill_child.ts DIR START
+ * Usage: deno run -A tests/_checkpoint_kill_child.ts DIR START
  *
  * @module
  */
-import { ActorSystem } from "../actors/system.ts";
+import { ActorSystem } from "../actors/runtime/system.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
-import { commitCoordinatorBehavior, keeperBehavior, KeeperFeedSlot } from "./keeper.ts";
-import { denoFs, type StoreFs } from "./store.ts";
+import { commitCoordinatorBehavior, keeperBehavior, KeeperFeedSlot } from "../actors/keeper.ts";
+import { denoFs, type StoreFs } from "../checkpoint/store.ts";
 
 /** The model of the kill test: big enough that a round takes a while to write. */
 export const KILL_CONFIG: GptConfig = {
