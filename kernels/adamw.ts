@@ -121,6 +121,25 @@ fn main(@builtin(local_invocation_index) l: u32) {
 }
 
 /**
+ * The buffers of {@linkcode adamw} and {@linkcode adamwChunks}: parameters, gradients and the two
+ * moments (updated in place), the gradient norm of the step (for clipping) and the hyper-parameters.
+ */
+export interface AdamwBuffers {
+  /** Parameters, updated in place. */
+  params: TensorRef;
+  /** Gradients of the step. */
+  grads: TensorRef;
+  /** First moment. */
+  m: TensorRef;
+  /** Second moment. */
+  v: TensorRef;
+  /** One f32: the global gradient norm, from the gradient-norm kernel. */
+  norm: TensorRef;
+  /** The step's hyper-parameters: >= 6 f32, storage or uniform (see the module doc). */
+  hyper: TensorRef;
+}
+
+/**
  * AdamW on elements offset..offset+n of params, grads, m and v (offset in
  * elements, default 0, so a sub-range need not be 256-byte aligned).
  * hyper = [lr, beta1, beta2, eps, step_t, maxGradNorm] (f32, rewritten by the
@@ -142,14 +161,7 @@ fn main(@builtin(local_invocation_index) l: u32) {
  */
 export function adamw(
   gpu: Gpu,
-  bufs: {
-    params: TensorRef;
-    grads: TensorRef;
-    m: TensorRef;
-    v: TensorRef;
-    norm: TensorRef;
-    hyper: TensorRef;
-  },
+  bufs: AdamwBuffers,
   shape: { n: number; offset?: number; weightDecay: number; decayEnd?: number },
 ): Dispatch {
   const kernel = "adamw";
@@ -251,14 +263,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  */
 export function adamwChunks(
   gpu: Gpu,
-  bufs: {
-    params: TensorRef;
-    grads: TensorRef;
-    m: TensorRef;
-    v: TensorRef;
-    norm: TensorRef;
-    hyper: TensorRef;
-  },
+  bufs: AdamwBuffers,
   shape: { n: number; weightDecay: number; decayEnd?: number; chunk?: number },
 ): Dispatch[] {
   const { n } = shape;

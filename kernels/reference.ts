@@ -245,6 +245,28 @@ export function meanLossRef(
 // --------------------------------------------------------------- attention
 
 /**
+ * The scaled scores of query row t of (batch bb, head h) against keys 0..t,
+ * written to s[0..t]; returns their maximum.
+ */
+function causalScores(
+  qkv: FloatsIn,
+  s: Float64Array,
+  at: { bb: number; h: number; t: number; T: number; C: number; hs: number; scale: number },
+): number {
+  const { bb, h, t, T, C, hs, scale } = at;
+  const q = (bb * T + t) * 3 * C + h * hs;
+  let max = -Infinity;
+  for (let t2 = 0; t2 <= t; t2++) {
+    const k = (bb * T + t2) * 3 * C + C + h * hs;
+    let d = 0;
+    for (let i = 0; i < hs; i++) d += qkv[q + i] * qkv[k + i];
+    s[t2] = d * scale;
+    max = Math.max(max, s[t2]);
+  }
+  return max;
+}
+
+/**
  * Causal multi-head attention. qkv is [B,T,3C] (q, k, v blocks; head h uses
  * columns h*hs..(h+1)*hs of each), out [B,T,C], att [B,NH,T,T] the softmax
  * probabilities (zero above the diagonal). Scores are scaled by 1/sqrt(hs).
@@ -261,15 +283,7 @@ export function attentionForwardRef(
   for (let bb = 0; bb < b; bb++) {
     for (let h = 0; h < nh; h++) {
       for (let t = 0; t < T; t++) {
-        const q = (bb * T + t) * 3 * C + h * hs;
-        let max = -Infinity;
-        for (let t2 = 0; t2 <= t; t2++) {
-          const k = (bb * T + t2) * 3 * C + C + h * hs;
-          let d = 0;
-          for (let i = 0; i < hs; i++) d += qkv[q + i] * qkv[k + i];
-          s[t2] = d * scale;
-          max = Math.max(max, s[t2]);
-        }
+        const max = causalScores(qkv, s, { bb, h, t, T, C, hs, scale });
         let sum = 0;
         for (let t2 = 0; t2 <= t; t2++) {
           s[t2] = Math.exp(s[t2] - max);
@@ -350,15 +364,7 @@ export function attentionLseRef(
   for (let bb = 0; bb < b; bb++) {
     for (let h = 0; h < nh; h++) {
       for (let t = 0; t < T; t++) {
-        const q = (bb * T + t) * 3 * C + h * hs;
-        let max = -Infinity;
-        for (let t2 = 0; t2 <= t; t2++) {
-          const k = (bb * T + t2) * 3 * C + C + h * hs;
-          let d = 0;
-          for (let i = 0; i < hs; i++) d += qkv[q + i] * qkv[k + i];
-          s[t2] = d * scale;
-          max = Math.max(max, s[t2]);
-        }
+        const max = causalScores(qkv, s, { bb, h, t, T, C, hs, scale });
         let sum = 0;
         for (let t2 = 0; t2 <= t; t2++) sum += Math.exp(s[t2] - max);
         lse[(bb * nh + h) * T + t] = max + Math.log(sum);
