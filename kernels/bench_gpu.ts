@@ -8,7 +8,7 @@
  *    same run, PyTorch's for the identical model in fp32 eager and with TF32
  *    (tests/torch_gpt2_bench.py), when some `python3` imports torch with
  *    CUDA; otherwise the records say why those columns are missing. Models
- *    whose tensors do not fit the adapter's bindings are skipped with the
+ *    that the model would refuse (kernels/limits.ts) are skipped with the
  *    reason.
  * 2. The per-kernel profile of one step (kernels/step_profile.ts) of the
  *    model named by `--model` (default the largest that fits), by kind of
@@ -26,7 +26,7 @@
 import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
 import { acquireGpu, type Gpu } from "./device.ts";
 import { describeConfig, type GptConfig } from "./config.ts";
-import { buildLayout } from "./layout.ts";
+import { planModel } from "./limits.ts";
 import { createModel, type GptModel, pipelinedSteps } from "./model.ts";
 import { batchSampler } from "./data.ts";
 import { trainStepFlops } from "./bench_train.ts";
@@ -51,34 +51,22 @@ export const GPU_MODELS: readonly { name: string; config: GptConfig }[] = [
 ];
 
 /**
- * The largest tensor one dispatch of a step binds, in bytes: the flat
- * parameters (AdamW and the gradient norm bind all of them), the attention
- * probabilities [B,NH,T,T], the logits [B·T,V] or the MLP activations [B·T,4C].
- *
- * @example
- * ```ts
- * import { largestBinding } from "./bench_gpu.ts";
- * const bytes = largestBinding({ nLayer: 2, nHead: 4, nEmbd: 64, blockSize: 64, vocabSize: 256 }, 16);
- * console.log(bytes); // 1048576 (the logits and the MLP activations, 1024 x 256 floats)
- * ```
+ * Why `config` at `batch` cannot run on `gpu`, or undefined if it can: the
+ * model's own pre-allocation check (kernels/limits.ts), with the attention
+ * family the model would choose there (the T·T scratch only on CPU adapters).
  */
-export function largestBinding(config: GptConfig, batch: number): number {
-  const { nHead: NH, nEmbd: C, blockSize: T, vocabSize: V } = config;
-  const N = batch * T;
-  return 4 * Math.max(buildLayout(config).totalLength, batch * NH * T * T, N * V, N * 4 * C);
-}
-
-/** Why `config` at `batch` cannot run on a device with `limits`, or undefined if it can. */
 export function misfit(
   config: GptConfig,
   batch: number,
-  limits: { maxStorageBufferBindingSize: number; maxBufferSize: number },
+  gpu: Pick<Gpu, "isCpu" | "limits">,
 ): string | undefined {
-  const need = largestBinding(config, batch);
-  const limit = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
-  if (need <= limit) return undefined;
-  const mib = (b: number) => `${Math.round(b / 2 ** 20)} MiB`;
-  return `largest binding ${mib(need)} exceeds the adapter's ${mib(limit)} per binding`;
+  try {
+    planModel(config, { batch, attentionScratch: gpu.isCpu }, gpu.limits);
+    return undefined;
+  } catch (err) {
+    if (err instanceof RangeError) return err.message;
+    throw err;
+  }
 }
 
 /** The model named `name` of {@linkcode GPU_MODELS}; RangeError naming the known ones. */
@@ -240,7 +228,7 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
     const models = options.quick ? GPU_MODELS.slice(0, 1) : GPU_MODELS;
     const fit = models.map((m) => ({
       ...m,
-      misfit: misfit(m.config, GPU_BATCH, gpu.device.limits),
+      misfit: misfit(m.config, GPU_BATCH, gpu),
     }));
     for (const m of fit) {
       if (!m.misfit) continue;
@@ -278,7 +266,7 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
     }
     const target = chosen ?? (options.quick ? runnable[0] : runnable.at(-1));
     if (!target) return;
-    const why = misfit(target.config, GPU_BATCH, gpu.device.limits);
+    const why = misfit(target.config, GPU_BATCH, gpu);
     if (why) throw new RangeError(`Cannot profile model ${target.name}: ${why}`);
     yield* profileModel(gpu, target.name, target.config, options.quick);
   } finally {

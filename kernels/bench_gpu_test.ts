@@ -1,5 +1,5 @@
 import assert from "@std/assert";
-import { bench, GPU_MODELS, largestBinding, misfit, summarize } from "./bench_gpu.ts";
+import { bench, GPU_MODELS, misfit, summarize } from "./bench_gpu.ts";
 import { dispatchFlops, groupProfile, kernelKind, profileStep } from "./step_profile.ts";
 import { acquireGpu } from "./device.ts";
 import { getConfig } from "./config.ts";
@@ -57,19 +57,22 @@ Deno.test("gpu suite, quick: well-formed records for the table and the profile",
   assert.match(text, /\| matmul \(all\) \| 27 \|/);
 });
 
-Deno.test("a model whose tensors exceed a binding is named with the reason", () => {
-  const limits = { maxStorageBufferBindingSize: 128 * 2 ** 20, maxBufferSize: 256 * 2 ** 20 };
+Deno.test("a model that cannot fit is named with the model's own reason", () => {
+  const limits = { maxBindingBytes: 128 * 2 ** 20, maxBufferBytes: 256 * 2 ** 20 };
+  const cpu = { isCpu: true, limits };
   const [small, , , l8, l12] = GPU_MODELS.map((m) => m.config);
-  assert.equal(misfit(small, 16, limits), undefined);
-  assert.equal(misfit(l8, 16, limits), undefined); // 25.5 M params: 97 MiB
-  // GPT-2 small width: 85 M parameters, 326 MiB, bound whole by AdamW.
-  assert.equal(
-    misfit(l12, 16, limits),
-    "largest binding 326 MiB exceeds the adapter's 128 MiB per binding",
+  assert.equal(misfit(small, 16, cpu), undefined);
+  assert.equal(misfit(l8, 16, cpu), undefined); // 25.5 M params: 97 MiB
+  // GPT-2 small width: 85 M parameters, 326 MiB, over the buffer limit (bindings are chunked).
+  assert.match(
+    misfit(l12, 16, cpu) ?? "",
+    /^Cannot build model L12 C768 H12 T256 V256 at batch 16: the flat parameter vector .* needs 326 MiB, more than the 256 MiB buffer limit \(maxBufferSize\)/,
   );
-  // Attention probabilities dominate at long context: 16 x 4 x 2048² floats.
+  // The CPU attention's probabilities dominate at long context: 16 x 4 x 2048² floats;
+  // flash attention, chosen on GPUs, keeps none.
   const long = { ...small, blockSize: 2048 };
-  assert.equal(largestBinding(long, 16), 4 * 16 * 4 * 2048 * 2048);
+  assert.match(misfit(long, 16, cpu) ?? "", /att .*\[16, 4, 2048, 2048\] needs 1.00 GiB/);
+  assert.equal(misfit(long, 16, { isCpu: false, limits }), undefined);
 });
 
 Deno.test("kernel kinds and FLOPs from dispatch labels", () => {
