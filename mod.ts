@@ -28,9 +28,12 @@ export {
   resumeRun,
 } from "./checkpoint/mod.ts";
 export type { Manifest, ResumedRun, Retention, RoundState } from "./checkpoint/mod.ts";
-export { commitCoordinatorBehavior, keeperBehavior, KeeperFeedSlot } from "./actors/keeper.ts";
+export { keeperBehavior } from "./actors/keeper.ts";
+export { commitCoordinatorBehavior } from "./actors/keeper_commit.ts";
+export { KeeperFeedSlot } from "./actors/keeper_feed.ts";
 export type { KeeperOptions } from "./actors/keeper.ts";
-export { fetchRound, keeperStateSource } from "./actors/keeper_transfer.ts";
+export { fetchRound } from "./actors/keeper_fetch.ts";
+export { keeperStateSource } from "./actors/keeper_source.ts";
 export { aggregatorStates } from "./actors/restore.ts";
 export * from "./transport/mod.ts";
 export {

@@ -5,7 +5,8 @@ import { buildLayout } from "../kernels/layout.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { CheckpointStore } from "../checkpoint/store.ts";
 import { keeperBehavior, type KeeperEvent } from "./keeper.ts";
-import { fetchRound, type KeeperPieceMsg } from "./keeper_transfer.ts";
+import type { KeeperPieceMsg } from "./keeper_protocol.ts";
+import { fetchRound } from "./keeper_fetch.ts";
 
 const CONFIG: GptConfig = { nLayer: 1, nHead: 2, nEmbd: 32, blockSize: 8, vocabSize: 64 };
 const N = buildLayout(CONFIG).totalLength;

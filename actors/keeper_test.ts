@@ -5,13 +5,9 @@ import type { StartStateSource } from "./trainer.ts";
 import type { ViewMsg } from "./run_protocol.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import type { GptConfig } from "../kernels/config.ts";
-import {
-  commitCoordinatorBehavior,
-  type CommitEvent,
-  keeperBehavior,
-  type KeeperEvent,
-  KeeperFeedSlot,
-} from "./keeper.ts";
+import { keeperBehavior, type KeeperEvent } from "./keeper.ts";
+import { commitCoordinatorBehavior, type CommitEvent } from "./keeper_commit.ts";
+import { KeeperFeedSlot } from "./keeper_feed.ts";
 import {
   CheckpointStore,
   CorruptCheckpointError,
@@ -19,7 +15,8 @@ import {
   type Manifest,
   type StoreFs,
 } from "../checkpoint/store.ts";
-import { fetchRound, keeperStateSource, type SourceEvent } from "./keeper_transfer.ts";
+import { fetchRound } from "./keeper_fetch.ts";
+import { keeperStateSource, type SourceEvent } from "./keeper_source.ts";
 
 const CONFIG: GptConfig = { nLayer: 1, nHead: 2, nEmbd: 8, blockSize: 4, vocabSize: 16 };
 const N = buildLayout(CONFIG).totalLength;

@@ -50,14 +50,10 @@ import { resolveShape, SHAPE_FIELDS, type ShapeOverrides } from "../kernels/shap
 import { buildLayout } from "../kernels/layout.ts";
 import type { WorkerInit } from "./trainer_worker.ts";
 import type { AggregatorState } from "./aggregation.ts";
-import {
-  commitCoordinatorBehavior,
-  type CommitEvent,
-  keeperBehavior,
-  type KeeperEvent,
-  KeeperFeedSlot,
-} from "./keeper.ts";
-import { keeperStateSource, type SourceEvent } from "./keeper_transfer.ts";
+import { keeperBehavior, type KeeperEvent } from "./keeper.ts";
+import { commitCoordinatorBehavior, type CommitEvent } from "./keeper_commit.ts";
+import { KeeperFeedSlot } from "./keeper_feed.ts";
+import { keeperStateSource, type SourceEvent } from "./keeper_source.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { aggregatorStates } from "./restore.ts";
 import type { Retention } from "../checkpoint/store.ts";

@@ -13,7 +13,7 @@
  */
 import { ActorSystem } from "../actors/runtime/system.ts";
 import { ActorTransport } from "../transport/remote.ts";
-import { fetchRound } from "../actors/keeper_transfer.ts";
+import { fetchRound } from "../actors/keeper_fetch.ts";
 
 /** The bench's run id and secret (loopback only). */
 export const BENCH_RUN = "ckpt-bench";

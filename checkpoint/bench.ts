@@ -52,7 +52,7 @@ import type { GptConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import { CheckpointStore } from "./store.ts";
 import { keeperBehavior, type KeeperEvent } from "../actors/keeper.ts";
-import type { KeeperPieceMsg } from "../actors/keeper_transfer.ts";
+import type { KeeperPieceMsg } from "../actors/keeper_protocol.ts";
 import { BENCH_RUN, BENCH_SECRET } from "./_bench_joiner.ts";
 import { netnsUnavailable, runTool } from "../tests/_netns.ts";
 

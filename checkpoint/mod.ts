@@ -9,7 +9,7 @@
  * It builds on kernels/ (the model's shape and parameter layout) only. The
  * keeper role that feeds this store from the aggregators, replicates commits
  * and hands rounds to joiners is an actor like its fellow roles, so it lives
- * in actors/ (keeper.ts, keeper_transfer.ts).
+ * in actors/ (keeper.ts and its keeper_*.ts modules).
  *
  * @example Commit a round and resume from it
  * ```ts

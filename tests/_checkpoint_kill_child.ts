@@ -13,7 +13,9 @@
 import { ActorSystem } from "../actors/runtime/system.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
-import { commitCoordinatorBehavior, keeperBehavior, KeeperFeedSlot } from "../actors/keeper.ts";
+import { keeperBehavior } from "../actors/keeper.ts";
+import { commitCoordinatorBehavior } from "../actors/keeper_commit.ts";
+import { KeeperFeedSlot } from "../actors/keeper_feed.ts";
 import { denoFs, type StoreFs } from "../checkpoint/store.ts";
 
 /** The model of the kill test: big enough that a round takes a while to write. */

@@ -12,13 +12,9 @@
 import { deepEqual, ok } from "@std/assert";
 import { FaultRun, faultSeed, scheduleRandom } from "./_fault_harness.ts";
 import { Supervisor } from "../actors/runtime/supervisor.ts";
-import {
-  commitCoordinatorBehavior,
-  type CommitEvent,
-  keeperBehavior,
-  type KeeperEvent,
-  KeeperFeedSlot,
-} from "../actors/keeper.ts";
+import { keeperBehavior, type KeeperEvent } from "../actors/keeper.ts";
+import { commitCoordinatorBehavior, type CommitEvent } from "../actors/keeper_commit.ts";
+import { KeeperFeedSlot } from "../actors/keeper_feed.ts";
 import { CheckpointStore, denoFs, type StoreFs } from "../checkpoint/store.ts";
 import { getConfig } from "../kernels/config.ts";
 
