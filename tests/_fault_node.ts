@@ -1,7 +1,7 @@
 /**
  * One trainer node in its own process, for the fault suite's process tests:
  * `deno run -A tests/_fault_node.ts --node p0 --host ws://... --tracker ws://...`.
- * Joins a fault run (tests/_fault_harness.ts) over WebSockets and prints one
+ * Joins a fault run (tests/_fault_run.ts) over WebSockets and prints one
  * JSON line per event on stdout.
  *
  * @module
@@ -12,7 +12,7 @@ import { Supervisor } from "../actors/runtime/supervisor.ts";
 import { trainerBehavior } from "../actors/trainer.ts";
 import { engineSettings } from "../actors/run.ts";
 import { ActorTransport } from "../transport/remote.ts";
-import { RUN, SECRET } from "./_fault_harness.ts";
+import { RUN, SECRET } from "./_fault_run.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

@@ -15,7 +15,8 @@
  * @module
  */
 import { parseArgs } from "@std/cli";
-import { chaos, FAULT_KINDS, type FaultKind } from "./_fault_harness.ts";
+import { FAULT_KINDS, type FaultKind } from "./_fault_inject.ts";
+import { chaos } from "./_fault_compare.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

@@ -7,7 +7,9 @@
  * fault plan and the same per-frame decisions of the fault layer.
  */
 import { deepEqual, equal, notDeepEqual, ok } from "@std/assert";
-import { chaos, chaosPlan, faultSeed, PhasedFaults } from "./_fault_harness.ts";
+import { PhasedFaults } from "./_fault_layer.ts";
+import { chaosPlan, faultSeed } from "./_fault_plan.ts";
+import { chaos } from "./_fault_compare.ts";
 
 Deno.test("chaos: a seed replays the same plan and the same frame faults", () => {
   const seed = faultSeed("fault_chaos plan", 5);

@@ -10,7 +10,8 @@
  * holder's disk verifies (file hashes against the manifest).
  */
 import { deepEqual, ok } from "@std/assert";
-import { FaultRun, faultSeed, scheduleRandom } from "./_fault_harness.ts";
+import { FaultRun } from "./_fault_run.ts";
+import { faultSeed, scheduleRandom } from "./_fault_plan.ts";
 import { Supervisor } from "../actors/runtime/supervisor.ts";
 import { keeperBehavior, type KeeperEvent } from "../actors/keeper.ts";
 import { commitCoordinatorBehavior, type CommitEvent } from "../actors/keeper_commit.ts";

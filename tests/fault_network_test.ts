@@ -11,7 +11,9 @@
  * contribution counted twice, and the loss within 5% of a fault-free run.
  */
 import { deepEqual, ok } from "@std/assert";
-import { faultSeed, runWithFaults, type ScheduledFault } from "./_fault_harness.ts";
+import type { ScheduledFault } from "./_fault_inject.ts";
+import { faultSeed } from "./_fault_plan.ts";
+import { runWithFaults } from "./_fault_compare.ts";
 
 Deno.test({
   name: "fault suite (network): frame faults, partitions, bandwidth, hostile peers",

@@ -9,7 +9,8 @@
  * the end within 5% of a fault-free run with the same seed.
  */
 import { deepEqual, ok } from "@std/assert";
-import { FaultRun, faultSeed } from "./_fault_harness.ts";
+import { FaultRun } from "./_fault_run.ts";
+import { faultSeed } from "./_fault_plan.ts";
 
 const NODE_MAIN = new URL("./_fault_node.ts", import.meta.url).pathname;
 

@@ -10,7 +10,9 @@
  * fault-free run with the same seed.
  */
 import { deepEqual, ok } from "@std/assert";
-import { faultSeed, runWithFaults, type ScheduledFault } from "./_fault_harness.ts";
+import type { ScheduledFault } from "./_fault_inject.ts";
+import { faultSeed } from "./_fault_plan.ts";
+import { runWithFaults } from "./_fault_compare.ts";
 
 Deno.test({
   name: "fault suite (embedded): role crashes, worker and device loss, hostile updates",
