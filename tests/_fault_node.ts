@@ -12,7 +12,7 @@ import { Supervisor } from "../actors/runtime/supervisor.ts";
 import { trainerBehavior } from "../actors/trainer.ts";
 import { engineSettings } from "../actors/run.ts";
 import { ActorTransport } from "../transport/remote.ts";
-import { RUN, SECRET } from "./_fault_run.ts";
+import { faultSettings, RUN, SECRET } from "./_fault_run.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -54,14 +54,7 @@ await system.spawn(
           id: path,
           tracker: "trk/tracker/tracker",
           monitor: "host/monitor",
-          engine: engineSettings({
-            run: RUN,
-            config: "tiny",
-            rounds: 0,
-            innerSteps,
-            outer: { lr: 1, momentum: 0 },
-            seed: 1,
-          }),
+          engine: engineSettings(faultSettings(innerSteps)),
           dataShards: 16,
           innerSteps,
           heartbeatMs: 500,

@@ -22,7 +22,13 @@ import { Supervisor, type SupervisorEvent } from "../actors/runtime/supervisor.t
 import { trackerBehavior } from "../actors/tracker.ts";
 import { aggregatorBehavior, type KeeperSlot, MemoryKeeperSlot } from "../actors/aggregator.ts";
 import { type StartStateSource, trainerBehavior, type TrainerEvent } from "../actors/trainer.ts";
-import { engineSettings, paramLength, type RunEvent, RunMonitor } from "../actors/run.ts";
+import {
+  engineSettings,
+  paramLength,
+  type RunEvent,
+  RunMonitor,
+  type RunSettings,
+} from "../actors/run.ts";
 import { type StateMsg, validateRunMessage } from "../actors/run_protocol.ts";
 import { ActorTransport, type Listener } from "../transport/remote.ts";
 import { hashSeed } from "../transport/rng.ts";
@@ -37,6 +43,23 @@ export const SECRET = "fault-suite-secret";
 /** Run id of fault runs. */
 export const RUN = "fault-run";
 type Timer = ReturnType<typeof setTimeout>;
+
+/**
+ * The run settings of every fault run, also in a trainer node's own process
+ * (_fault_node.ts). The inner learning-rate schedule must not depend on where
+ * a run is stopped (`rounds: 0`): a faulty run and its fault-free twin use
+ * the same one.
+ */
+export function faultSettings(innerSteps: number): RunSettings {
+  return {
+    run: RUN,
+    config: "tiny",
+    rounds: 0,
+    innerSteps,
+    outer: { lr: 1, momentum: 0 },
+    seed: 1,
+  };
+}
 
 /** Options of {@linkcode FaultRun.start}. */
 export interface FaultRunOptions {
@@ -216,16 +239,7 @@ export class FaultRun {
     const o = this.#options;
     const network = o.network ?? false;
     const innerSteps = o.innerSteps ?? 3;
-    const settings = {
-      run: RUN,
-      config: "tiny",
-      // The inner learning-rate schedule must not depend on where a run is
-      // stopped: a faulty run and its fault-free twin use the same one.
-      rounds: 0,
-      innerSteps,
-      outer: { lr: 1, momentum: 0 },
-      seed: 1,
-    };
+    const settings = faultSettings(innerSteps);
     const params = paramLength("tiny");
     const host = this.#host;
     const monitor = this.monitor;
