@@ -141,6 +141,7 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
     "Invalid keeper options: backgroundDuty",
   );
   const writer = options.writer === "worker" && !options.fs ? new WriterThread(duty) : undefined;
+  const emit = (e: KeeperEvent) => options.onEvent?.(e);
   const server = new RoundServer({
     run,
     id,
@@ -148,7 +149,6 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
     onSkipped: (round, reason) => emit({ type: "skipped", keeper: id, round, reason }),
   });
   const maxPending = Math.max(1, options.maxPending ?? 2);
-  const emit = (e: KeeperEvent) => options.onEvent?.(e);
   const assembler = new PieceAssembler(options);
   const pending: RoundState[] = [];
   let durable: Manifest | undefined;
