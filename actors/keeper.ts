@@ -21,7 +21,8 @@
  *
  * @module
  */
-import type { ActorContext, ActorSystem, Behavior } from "./runtime/system.ts";
+import type { ActorContext, Behavior } from "./runtime/behavior.ts";
+import type { ActorSystem } from "./runtime/system.ts";
 import type { AggregatorState } from "./aggregation.ts";
 import { type KeeperSlot, MemoryKeeperSlot } from "./aggregator.ts";
 import type { GptConfig } from "../kernels/config.ts";

@@ -13,7 +13,8 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import type { ActorContext, ActorSystem } from "./runtime/system.ts";
+import type { ActorContext } from "./runtime/behavior.ts";
+import type { ActorSystem } from "./runtime/system.ts";
 import { nodeOf } from "./runtime/_remote.ts";
 import { peerHostname } from "../transport/remote.ts";
 import type { StartStateSource } from "./trainer.ts";
