@@ -91,7 +91,8 @@ export interface StopOptions {
  *
  * @example Spawn, ask, watch, shut down
  * ```ts
- * import { ActorSystem, type DownNotice } from "./system.ts";
+ * import type { DownNotice } from "./behavior.ts";
+ * import { ActorSystem } from "./system.ts";
  * import assert from "node:assert/strict";
  *
  * const system = new ActorSystem({ node: "a" });
