@@ -1,16 +1,16 @@
 /**
  * One authenticated connection to a peer node, on either side: its states
- * (handshake, verifying, open, closed), the run-secret handshake, checks on
- * every arriving envelope (run, sender, route, replay), and delivery to the
- * handlers. Sockets are driven from outside (`attach`, `receive`,
+ * (handshake, verifying, open, closed), the run-secret handshake, the checks
+ * on every arriving envelope (run, sender, route, replay) and the sending of
+ * envelopes. Sockets are driven from outside (`attach`, `receive`,
  * `socketClosed`) so the same code serves accepted and dialled sockets.
  *
- * The channel's parts that hold state of their own live beside it: the send
- * queue with batching and backpressure (`_send_queue.ts`), the chunk-frame
- * layout (`_chunk_frames.ts`), ask correlation (`_asks.ts`), the rate limit
- * (`_rate_limit.ts`), the anti-replay window (`_replay_window.ts`) and the
- * ping timer (`_liveness.ts`); the options and types are in
- * `_channel_options.ts`.
+ * The channel's parts live beside it: the send queue with batching and
+ * backpressure (`_send_queue.ts`), the chunk-frame layout
+ * (`_chunk_frames.ts`), ask correlation (`_asks.ts`), delivery to the
+ * application handlers (`_deliver.ts`), the rate limit (`_rate_limit.ts`),
+ * the anti-replay window (`_replay_window.ts`) and the ping timer
+ * (`_liveness.ts`); the options and types are in `_channel_options.ts`.
  *
  * @module
  */
