@@ -12,7 +12,7 @@
  *
  * @module
  */
-import type { ActorContext, Behavior } from "./runtime/system.ts";
+import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import {
   type AggregatorState,
   type OuterOptimizer,

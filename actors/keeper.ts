@@ -22,7 +22,7 @@
  *
  * @module
  */
-import type { ActorContext, Behavior } from "./runtime/system.ts";
+import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { checkDuty, DEFAULT_DUTY } from "../checkpoint/_background.ts";
 import {

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { ActorContext, Behavior } from "./runtime/system.ts";
+import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import {
   type KeeperAckMsg,
   type KeeperCommittedMsg,

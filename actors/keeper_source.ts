@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { ActorContext } from "./runtime/system.ts";
+import type { ActorContext } from "./runtime/behavior.ts";
 import type { StartStateSource } from "./trainer.ts";
 import type { StateMsg, ViewMsg } from "./run_protocol.ts";
 import { decodeRound } from "../checkpoint/store.ts";

@@ -20,7 +20,8 @@
  *
  * @module
  */
-import { ActorSystem, type Behavior, describeReason } from "./runtime/system.ts";
+import { type Behavior, describeReason } from "./runtime/behavior.ts";
+import { ActorSystem } from "./runtime/system.ts";
 import { Supervisor, type SupervisorEvent } from "./runtime/supervisor.ts";
 import { trackerBehavior, type TrackerEvent } from "./tracker.ts";
 import {

@@ -12,7 +12,7 @@
  *
  * @module
  */
-import type { ActorContext, Behavior } from "./runtime/system.ts";
+import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import { Membership, type MembershipOptions } from "./membership.ts";
 import { type RunMessage, tellLater, validateRunMessage, type ViewMsg } from "./run_protocol.ts";
 

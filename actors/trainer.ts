@@ -17,7 +17,7 @@
  *
  * @module
  */
-import type { ActorContext, Behavior } from "./runtime/system.ts";
+import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import { applyUpdate, thetaHash } from "./aggregation.ts";
 import {
   type ContributionMsg,

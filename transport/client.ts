@@ -8,14 +8,14 @@
  * @module
  */
 import { AUTH_FAILED_CODE, importSecret } from "./auth.ts";
+import { Channel } from "./_channel.ts";
 import {
   type AskOptions,
-  Channel,
   checkConnectionOptions,
   type CloseInfo,
   type ConnectionOptions,
   type MessageHandler,
-} from "./_channel.ts";
+} from "./_channel_options.ts";
 import { type Envelope, resolveLimits } from "./envelope.ts";
 import { AskTimeoutError } from "../actors/runtime/ref.ts";
 import { AuthenticationError, ConnectionClosedError } from "./errors.ts";

@@ -47,9 +47,9 @@ export * from "./faults.ts";
 export * from "./remote.ts";
 export * from "./rng.ts";
 export * from "./server.ts";
+export { Channel } from "./_channel.ts";
 export {
   type AskOptions as TransportAskOptions,
-  Channel,
   type ChannelStats,
   type CloseInfo,
   type ConnectionOptions,
@@ -58,4 +58,4 @@ export {
   type Logger,
   type LogLevel,
   type MessageHandler,
-} from "./_channel.ts";
+} from "./_channel_options.ts";

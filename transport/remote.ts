@@ -16,7 +16,8 @@
 import type { RemoteFrame, RemoteLink } from "../actors/runtime/_remote.ts";
 import type { ActorSystem } from "../actors/runtime/system.ts";
 import type { Hono } from "./_deps.ts";
-import { type Channel, type CloseInfo, type ConnectionOptions, consoleLogger } from "./_channel.ts";
+import type { Channel } from "./_channel.ts";
+import { type CloseInfo, type ConnectionOptions, consoleLogger } from "./_channel_options.ts";
 import { type ClientOptions, TransportClient } from "./client.ts";
 import type { Envelope } from "./envelope.ts";
 import { TransportServer } from "./server.ts";

@@ -7,14 +7,14 @@
  */
 import { Hono, type MiddlewareHandler, upgradeWebSocket } from "./_deps.ts";
 import { importSecret } from "./auth.ts";
+import { Channel } from "./_channel.ts";
 import {
-  Channel,
   checkConnectionOptions,
   type CloseInfo,
   type ConnectionOptions,
   type Logger,
   type MessageHandler,
-} from "./_channel.ts";
+} from "./_channel_options.ts";
 import { type Envelope, resolveLimits } from "./envelope.ts";
 
 /** Options of {@linkcode TransportServer}. */

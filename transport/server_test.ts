@@ -1,7 +1,7 @@
 import { deepEqual, equal, ok, rejects } from "@std/assert";
 import { prove } from "./auth.ts";
 import { importSecret } from "./auth.ts";
-import type { IncomingMessage, LogLevel } from "./_channel.ts";
+import type { IncomingMessage, LogLevel } from "./_channel_options.ts";
 import { TransportClient } from "./client.ts";
 import { decode, encode } from "./codec.ts";
 import type { Envelope } from "./envelope.ts";

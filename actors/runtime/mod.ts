@@ -68,6 +68,7 @@
  * @module
  */
 export * from "./_remote.ts";
+export * from "./behavior.ts";
 export * from "./mailbox.ts";
 export * from "./ref.ts";
 export * from "./supervisor.ts";

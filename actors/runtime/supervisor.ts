@@ -36,7 +36,7 @@ import {
   type DownNotice,
   type ExitReason,
   isAbnormal,
-} from "./system.ts";
+} from "./behavior.ts";
 import type { OverflowPolicy } from "./mailbox.ts";
 import type { ActorRef } from "./ref.ts";
 

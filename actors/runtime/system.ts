@@ -1,166 +1,55 @@
 /**
  * The actor system: spawning, a named registry, location-transparent refs,
- * bounded mailboxes processed one message at a time, lifecycle hooks, watch,
- * timers, remote links, and ordered shutdown.
+ * bounded mailboxes processed one message at a time, lifecycle (start,
+ * stop, kill, ordered shutdown), watch, and the routing of messages to local
+ * actors or, through the remote side (`_remote_nodes.ts`), to other nodes.
+ * What an actor is (behavior, context, exit reasons) is in `behavior.ts`,
+ * the record kept per actor in `_cell.ts`, and an ask's settlement in
+ * `_ask.ts`.
+ *
+ * Somewhat over 600 lines because what is left is one state machine: the
+ * steps of a local actor's life (spawn, run loop, stop, kill, finalize,
+ * watch notices) all read and change the same registry and cell states, and
+ * their ordering rules (children stop in reverse, a stopping actor takes no
+ * mail, a killed one's children die with it) hold only when read together.
  *
  * @module
  */
 
 import { assertRemoteFrame, nodeOf } from "./_remote.ts";
-import type { RemoteErrorPayload, RemoteFrame, RemoteLink } from "./_remote.ts";
+import type { RemoteFrame, RemoteLink } from "./_remote.ts";
+import {
+  type ActorContext,
+  type Behavior,
+  DEFAULT_SHUTDOWN_MS,
+  describeReason,
+  type DownNotice,
+  type ExitReason,
+  isAbnormal,
+  type SpawnOptions,
+} from "./behavior.ts";
 import { DEFAULT_MAILBOX_SIZE, Mailbox } from "./mailbox.ts";
-import type { OverflowPolicy } from "./mailbox.ts";
 import {
   ActorStoppedError,
-  AskTimeoutError,
   assertName,
   DEFAULT_ASK_TIMEOUT_MS,
   MailboxFullError,
   parsePath,
-  RemoteActorError,
-  RemoteUnavailableError,
 } from "./ref.ts";
 import type { ActorRef, AskOptions } from "./ref.ts";
-import { Timers } from "./timers.ts";
-
-/**
- * Why an actor stopped:
- * - "normal": it stopped itself, or its work was done.
- * - "shutdown": its parent, supervisor or the system stopped it.
- * - "killed": it did not stop within its shutdown timeout and was abandoned.
- * - "noproc": (in a watch notice) there was no such actor to watch.
- * - an Error: it failed (a handler or hook threw, or it was stopped with an error).
- *
- * "normal" and "shutdown" are normal exits; the rest are abnormal (see
- * {@linkcode isAbnormal}), which is what a "transient" child is restarted on.
- */
-export type ExitReason = "normal" | "shutdown" | "killed" | "noproc" | Error;
-
-/** Whether an exit reason is a failure (anything but "normal" and "shutdown"). */
-export function isAbnormal(reason: ExitReason): boolean {
-  return reason !== "normal" && reason !== "shutdown";
-}
-
-/** A short text for an exit reason, for logs and error messages. */
-export function describeReason(reason: ExitReason): string {
-  return reason instanceof Error ? `${reason.name}: ${reason.message}` : reason;
-}
-
-/** The notice a watcher gets when a watched actor stops. */
-export interface DownNotice {
-  /**
-   * The stopped actor. For a local actor this is the very ref `spawn`
-   * returned for that incarnation, so `notice.ref === ref` tells a restarted
-   * actor's old incarnation from the new one.
-   */
-  ref: ActorRef;
-  /** Why it stopped. */
-  reason: ExitReason;
-}
-
-/**
- * What an actor does. A plain object or a class instance; only `receive` is
- * required. Hooks and handlers may be async: the actor awaits each before
- * taking the next message, so an actor handles one message at a time.
- *
- * A throw from any hook or handler is the actor's failure: it stops with the
- * error as its exit reason (an ask being handled rejects with that error), and
- * its watchers and supervisor are told.
- *
- * @example A class behavior with a timer
- * ```ts
- * import { ActorSystem, type ActorContext, type Behavior } from "./system.ts";
- * import assert from "node:assert/strict";
- *
- * class Ticker implements Behavior {
- *   ticks = 0;
- *   started(ctx: ActorContext) {
- *     ctx.timers.interval(1, "tick", { key: "tick" });
- *   }
- *   receive(msg: unknown) {
- *     if (msg === "tick") this.ticks++;
- *     return this.ticks;
- *   }
- * }
- *
- * const system = new ActorSystem({ node: "local" });
- * const ref = await system.spawn(new Ticker());
- * while ((await ref.ask<number>("count")) < 3) await new Promise((r) => setTimeout(r, 2));
- * await system.shutdown(); // timers die with their actor
- * assert.ok(true);
- * ```
- */
-// deno-lint-ignore no-explicit-any
-export interface Behavior<M = any> {
-  /** Runs before the first message. A throw here is a failure to start. */
-  started?(ctx: ActorContext<M>): unknown;
-  /** Handles one message; the return value (awaited) answers an ask. */
-  receive(msg: M, ctx: ActorContext<M>): unknown;
-  /** Handles the death notice of an actor this one watches. Default: ignore it. */
-  down?(notice: DownNotice, ctx: ActorContext<M>): unknown;
-  /**
-   * Runs once when the actor stops, after its current message and before its
-   * children are stopped. Not called when `started` failed.
-   */
-  stopped?(ctx: ActorContext<M>, reason: ExitReason): unknown;
-}
-
-/** Options for {@linkcode ActorSystem.spawn}. */
-export interface SpawnOptions {
-  /**
-   * The actor's name on this node, unique while it lives; segments may be
-   * joined with `/`. Default: a generated name like "$7".
-   */
-  name?: string;
-  /** Mailbox capacity in messages. Default {@linkcode DEFAULT_MAILBOX_SIZE}. */
-  mailboxSize?: number;
-  /** What a full mailbox does with a new message. Default "drop-newest". */
-  overflow?: OverflowPolicy;
-  /**
-   * How long the actor gets to stop (finish its message, run `stopped`, stop
-   * its children) when stopped by its parent or the system, before it is
-   * killed. Default {@linkcode DEFAULT_SHUTDOWN_MS}; `Infinity` waits forever.
-   */
-  shutdownMs?: number;
-}
-
-/** Default time an actor gets to stop before it is killed (OTP's worker default). */
-export const DEFAULT_SHUTDOWN_MS = 5000;
-
-/** What an actor's handlers see of the system and of themselves. */
-// deno-lint-ignore no-explicit-any
-export interface ActorContext<M = any> {
-  /** This actor's ref. */
-  readonly self: ActorRef<M>;
-  /** The system hosting this actor. */
-  readonly system: ActorSystem;
-  /** The actor that spawned this one, if any. */
-  readonly parent: ActorRef | undefined;
-  /** This actor's timers; they send to its own mailbox and die with it. */
-  readonly timers: Timers;
-  /** Aborted when this actor has stopped or was killed. */
-  readonly signal: AbortSignal;
-  /** Whether this actor has been asked to stop. */
-  readonly stopping: boolean;
-  /** Spawns a child, stopped (in reverse spawn order) when this actor stops. */
-  spawn<C>(behavior: Behavior<C>, options?: SpawnOptions): Promise<ActorRef<C>>;
-  /** The live children, in spawn order. */
-  children(): ActorRef[];
-  /**
-   * Watches another actor: when it stops, this actor's `down` hook gets a
-   * {@linkcode DownNotice}, in order with its messages. Watching an actor that
-   * is not running gives a notice at once ("noproc" if it never existed here).
-   * For a remote actor, the notice comes when its node is removed.
-   */
-  watch(ref: ActorRef): void;
-  /** Stops watching. */
-  unwatch(ref: ActorRef): void;
-  /**
-   * Stops this actor with `reason` (default "normal") once the current
-   * message is handled. An Error reason is a failure.
-   */
-  stop(reason?: ExitReason): void;
-}
+import {
+  accepting,
+  Cell,
+  type Envelope,
+  isStopped,
+  Ref,
+  type Reply,
+  type Router,
+  toError,
+  type Watcher,
+} from "./_cell.ts";
+import { openAsk } from "./_ask.ts";
+import { RemoteNodes } from "./_remote_nodes.ts";
 
 /** Options for {@linkcode ActorSystem}. */
 export interface ActorSystemOptions {
@@ -196,86 +85,14 @@ export interface StopOptions {
   timeoutMs?: number;
 }
 
-type Watcher = Cell | ((notice: DownNotice) => void);
-interface Reply {
-  resolve(value: unknown): void;
-  reject(error: unknown): void;
-}
-type Envelope = { kind: "msg"; msg: unknown; reply?: Reply } | {
-  kind: "down";
-  notice: DownNotice;
-};
-interface Router {
-  tell(ref: Ref, msg: unknown): void;
-  ask(ref: Ref, msg: unknown, options: AskOptions): Promise<unknown>;
-}
-interface PendingAsk {
-  node: string;
-  target: string;
-  settle(error: unknown, value?: unknown): void;
-}
-
-class Ref implements ActorRef {
-  readonly path: string;
-  readonly node: string;
-  readonly name: string;
-  #router: Router;
-  constructor(router: Router, node: string, name: string) {
-    this.#router = router;
-    this.node = node;
-    this.name = name;
-    this.path = `${node}/${name}`;
-  }
-  tell(msg: unknown): void {
-    this.#router.tell(this, msg);
-  }
-  ask<R = unknown>(msg: unknown, options: AskOptions = {}): Promise<R> {
-    return this.#router.ask(this, msg, options) as Promise<R>;
-  }
-  toString(): string {
-    return this.path;
-  }
-  toJSON(): string {
-    return this.path;
-  }
-}
-
-class Cell {
-  readonly ref: Ref;
-  readonly mailbox: Mailbox<Envelope>;
-  readonly timers: Timers;
-  readonly abort = new AbortController();
-  readonly children = new Set<Cell>();
-  readonly watchers = new Set<Watcher>();
-  readonly watching = new Set<Cell>();
-  state: "starting" | "running" | "stopping" | "stopped" = "starting";
-  startedOk = false;
-  busy: Promise<void> | null = null;
-  stopAfter: ExitReason | undefined;
-  stopping: Promise<"stopped" | "killed"> | undefined;
-  exit: ExitReason | undefined;
-  ctx!: ActorContext;
-  constructor(
-    ref: Ref,
-    readonly behavior: Behavior,
-    readonly parent: Cell | undefined,
-    readonly shutdownMs: number,
-    mailbox: Mailbox<Envelope>,
-    send: (msg: unknown) => void,
-  ) {
-    this.ref = ref;
-    this.mailbox = mailbox;
-    this.timers = new Timers(send);
-  }
-}
-
 /**
  * Hosts actors on one node and routes messages to actors on other nodes
  * through remote links.
  *
  * @example Spawn, ask, watch, shut down
  * ```ts
- * import { ActorSystem, type DownNotice } from "./system.ts";
+ * import type { DownNotice } from "./behavior.ts";
+ * import { ActorSystem } from "./system.ts";
  * import assert from "node:assert/strict";
  *
  * const system = new ActorSystem({ node: "a" });
@@ -319,10 +136,7 @@ export class ActorSystem {
   #dropped = 0;
   #closed = false;
   #shutdown: Promise<void> | undefined;
-  #links = new Map<string, RemoteLink>();
-  #pending = new Map<number, PendingAsk>();
-  #nextAskId = 0;
-  #remoteWatchers = new Map<string, Set<{ watcher: Watcher; ref: ActorRef }>>();
+  #remotes: RemoteNodes;
   #router: Router;
 
   /** Creates an empty system for node `options.node`. */
@@ -339,6 +153,11 @@ export class ActorSystem {
       tell: (ref, msg) => this.#tell(ref, msg),
       ask: (ref, msg, opts) => this.#ask(ref, msg, opts),
     };
+    this.#remotes = new RemoteNodes(node, {
+      deadLetter: (target, msg) => this.#deadLetter(target, msg),
+      notify: (watcher, notice) => this.#notify(watcher, notice),
+      isShutDown: () => this.#closed,
+    });
   }
 
   /** Whether `shutdown` has been called. */
@@ -401,8 +220,8 @@ export class ActorSystem {
       actors: this.#registry.size,
       deadLetters: this.#deadLetters,
       dropped: this.#dropped,
-      pendingRemoteAsks: this.#pending.size,
-      remotes: [...this.#links.keys()],
+      pendingRemoteAsks: this.#remotes.pendingAsks,
+      remotes: this.#remotes.nodes(),
     };
   }
 
@@ -421,11 +240,7 @@ export class ActorSystem {
         const i = this.#topLevel.lastIndexOf(cell);
         if (i !== -1) this.#topLevel.splice(i, 1);
       }
-      for (const [id, p] of this.#pending) {
-        this.#pending.delete(id);
-        p.settle(new RemoteUnavailableError(p.target, `actor system ${this.node} shut down`));
-      }
-      this.#links.clear();
+      this.#remotes.close();
     })();
     return this.#shutdown;
   }
@@ -442,18 +257,7 @@ export class ActorSystem {
    * Replacing an existing link (a reconnect) keeps the asks waiting on it.
    */
   addRemote(nodeId: string, link: RemoteLink): void {
-    if (typeof nodeId !== "string" || nodeId.length === 0 || nodeId.includes("/")) {
-      throw new TypeError(
-        `Invalid node id: expected a non-empty string without "/", got ${nodeId}`,
-      );
-    }
-    if (nodeId === this.node) {
-      throw new TypeError(`Cannot add remote ${nodeId}: it is this node`);
-    }
-    if (typeof link?.send !== "function") {
-      throw new TypeError(`Cannot add remote ${nodeId}: link has no send function`);
-    }
-    this.#links.set(nodeId, link);
+    this.#remotes.add(nodeId, link);
   }
 
   /**
@@ -462,24 +266,7 @@ export class ActorSystem {
    * notice with that error as the reason. Returns whether it was connected.
    */
   removeRemote(nodeId: string, reason: string | Error = "link closed"): boolean {
-    const had = this.#links.delete(nodeId);
-    const why = reason instanceof Error ? reason.message : reason;
-    for (const [id, p] of this.#pending) {
-      if (p.node !== nodeId) continue;
-      this.#pending.delete(id);
-      p.settle(
-        new RemoteUnavailableError(p.target, `node ${nodeId} disconnected: ${why}`, {
-          cause: reason,
-        }),
-      );
-    }
-    const watchers = this.#remoteWatchers.get(nodeId);
-    this.#remoteWatchers.delete(nodeId);
-    for (const { watcher, ref } of watchers ?? []) {
-      const error = new RemoteUnavailableError(ref.path, `node ${nodeId} disconnected: ${why}`);
-      this.#notify(watcher, { ref, reason: error });
-    }
-    return had;
+    return this.#remotes.remove(nodeId, reason);
   }
 
   /**
@@ -505,51 +292,23 @@ export class ActorSystem {
         const from = frame.from as string;
         const id = frame.id as number;
         if (nodeOf(frame.to) !== this.node) {
-          this.#replyRemote(from, id, new ActorStoppedError(frame.to, `not on node ${this.node}`));
+          this.#remotes.reply(
+            from,
+            id,
+            new ActorStoppedError(frame.to, `not on node ${this.node}`),
+          );
           return;
         }
         this.#ask(this.ref(frame.to) as Ref, frame.payload, { timeoutMs: Infinity }).then(
-          (value) => this.#replyRemote(from, id, undefined, value),
-          (error) => this.#replyRemote(from, id, error),
+          (value) => this.#remotes.reply(from, id, undefined, value),
+          (error) => this.#remotes.reply(from, id, error),
         );
         return;
       }
       default: {
-        const pending = this.#pending.get(frame.id as number);
-        if (pending === undefined) return; // late reply to a timed-out ask
-        if (frame.from !== undefined && frame.from !== pending.node) return;
-        this.#pending.delete(frame.id as number);
-        if (frame.kind === "reply") pending.settle(undefined, frame.payload);
-        else pending.settle(errorFromWire(pending.target, frame.payload as RemoteErrorPayload));
+        this.#remotes.answer(frame);
       }
     }
-  }
-
-  #replyRemote(to: string, id: number, error: unknown, value?: unknown): void {
-    const link = this.#links.get(to);
-    if (link === undefined) return;
-    const errorFrame = (e: unknown): RemoteFrame => ({
-      kind: "error",
-      to,
-      from: this.node,
-      id,
-      payload: {
-        name: e instanceof Error ? e.name : "Error",
-        message: e instanceof Error ? e.message : String(e),
-      },
-    });
-    const send = (frame: RemoteFrame, fallback: boolean) => {
-      try {
-        const r = link.send(frame);
-        if (r instanceof Promise && fallback) r.catch((e) => send(errorFrame(e), false));
-        else if (r instanceof Promise) r.catch(() => {});
-      } catch (e) {
-        // The reply could not be encoded or sent; tell the asker why, once.
-        if (fallback) send(errorFrame(new TypeError(`Cannot send reply: ${errMsg(e)}`)), false);
-      }
-    };
-    if (error !== undefined) send(errorFrame(error), false);
-    else send({ kind: "reply", to, from: this.node, id, payload: value }, true);
   }
 
   // --- internals --------------------------------------------------------------
@@ -768,9 +527,7 @@ export class ActorSystem {
     }
     for (const target of cell.watching) target.watchers.delete(cell);
     cell.watching.clear();
-    for (const set of this.#remoteWatchers.values()) {
-      for (const entry of set) if (entry.watcher === cell) set.delete(entry);
-    }
+    this.#remotes.dropWatcher(cell);
     cell.abort.abort(reason);
     if (isAbnormal(reason)) this.#options.onFailure?.(cell.ref.path, reason);
     const notice: DownNotice = { ref: cell.ref, reason };
@@ -794,17 +551,7 @@ export class ActorSystem {
   }
 
   #watch(watcher: Watcher, ref: ActorRef): void {
-    if (ref.node !== this.node) {
-      let set = this.#remoteWatchers.get(ref.node);
-      if (set === undefined) this.#remoteWatchers.set(ref.node, set = new Set());
-      if (!this.#links.has(ref.node)) {
-        const reason = new RemoteUnavailableError(ref.path, `node ${ref.node} is not connected`);
-        queueMicrotask(() => this.#notify(watcher, { ref, reason }));
-        return;
-      }
-      set.add({ watcher, ref });
-      return;
-    }
+    if (ref.node !== this.node) return this.#remotes.watch(watcher, ref);
     const cell = this.#exactCellOf(ref);
     if (cell === undefined || cell.state === "stopped") {
       const reason: ExitReason = cell?.exit ?? "noproc";
@@ -816,13 +563,7 @@ export class ActorSystem {
   }
 
   #unwatch(watcher: Watcher, ref: ActorRef): void {
-    if (ref.node !== this.node) {
-      const set = this.#remoteWatchers.get(ref.node);
-      for (const entry of set ?? []) {
-        if (entry.watcher === watcher && entry.ref.path === ref.path) set!.delete(entry);
-      }
-      return;
-    }
+    if (ref.node !== this.node) return this.#remotes.unwatch(watcher, ref);
     const cell = this.#exactCellOf(ref);
     if (cell === undefined) return;
     cell.watchers.delete(watcher);
@@ -835,7 +576,7 @@ export class ActorSystem {
   }
 
   #tell(ref: Ref, msg: unknown): void {
-    if (ref.node !== this.node) return this.#remoteTell(ref, msg);
+    if (ref.node !== this.node) return this.#remotes.tell(ref, msg);
     const cell = this.#cellOf(ref);
     if (cell === undefined || !accepting(cell)) return this.#deadLetter(ref.path, msg);
     const result = cell.mailbox.push({ kind: "msg", msg });
@@ -864,37 +605,18 @@ export class ActorSystem {
         new RangeError(`Invalid ask timeout: expected a number >= 0, got ${timeoutMs}`),
       );
     }
-    const signal = options.signal;
-    if (signal?.aborted) return Promise.reject(signal.reason);
-    const { promise, resolve, reject } = Promise.withResolvers<unknown>();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let done = false;
+    if (options.signal?.aborted) return Promise.reject(options.signal.reason);
     let askId: number | undefined;
-    const forget = () => {
-      if (askId !== undefined) this.#pending.delete(askId);
-    };
-    const onAbort = () => {
-      forget();
-      settle(signal!.reason);
-    };
-    const settle = (error: unknown, value?: unknown) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      if (error !== undefined) reject(error);
-      else resolve(value);
-    };
-    if (timeoutMs !== Infinity) {
-      timer = setTimeout(() => {
-        forget();
-        settle(new AskTimeoutError(ref.path, timeoutMs));
-      }, timeoutMs);
-    }
-    signal?.addEventListener("abort", onAbort, { once: true });
+    const { promise, settle } = openAsk(ref.path, {
+      timeoutMs,
+      signal: options.signal,
+      giveUp: () => {
+        if (askId !== undefined) this.#remotes.forget(askId);
+      },
+    });
 
     if (ref.node !== this.node) {
-      askId = this.#remoteAsk(ref, msg, settle);
+      askId = this.#remotes.ask(ref, msg, settle);
       return promise;
     }
     const cell = this.#cellOf(ref);
@@ -915,85 +637,4 @@ export class ActorSystem {
     this.#schedule(cell);
     return promise;
   }
-
-  #remoteTell(ref: Ref, msg: unknown): void {
-    const link = this.#links.get(ref.node);
-    if (link === undefined) return this.#deadLetter(ref.path, msg);
-    try {
-      const r = link.send({ kind: "tell", to: ref.path, from: this.node, payload: msg });
-      if (r instanceof Promise) r.catch(() => this.#deadLetter(ref.path, msg));
-    } catch {
-      this.#deadLetter(ref.path, msg);
-    }
-  }
-
-  #remoteAsk(
-    ref: Ref,
-    msg: unknown,
-    settle: (error: unknown, value?: unknown) => void,
-  ): number | undefined {
-    const link = this.#links.get(ref.node);
-    if (link === undefined) {
-      settle(new RemoteUnavailableError(ref.path, `node ${ref.node} is not connected`));
-      return undefined;
-    }
-    if (this.#closed) {
-      settle(new RemoteUnavailableError(ref.path, `actor system ${this.node} shut down`));
-      return undefined;
-    }
-    const id = this.#nextAskId++;
-    this.#pending.set(id, { node: ref.node, target: ref.path, settle });
-    const fail = (e: unknown) => {
-      if (!this.#pending.delete(id)) return;
-      settle(new RemoteUnavailableError(ref.path, `send failed: ${errMsg(e)}`, { cause: e }));
-    };
-    try {
-      const r = link.send({ kind: "ask", to: ref.path, from: this.node, id, payload: msg });
-      if (r instanceof Promise) r.catch(fail);
-    } catch (e) {
-      fail(e);
-    }
-    return id;
-  }
-}
-
-// An actor that failed or was asked to stop takes no new messages.
-function accepting(cell: Cell): boolean {
-  return (cell.state === "running" || cell.state === "starting") && cell.stopAfter === undefined;
-}
-
-// A function, not an inline comparison: the state changes across awaits.
-function isStopped(cell: Cell): boolean {
-  return cell.state === "stopped";
-}
-
-function errMsg(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
-
-function toError(e: unknown): Error {
-  if (e instanceof Error) return e;
-  return new Error(`Non-error thrown: ${typeof e === "string" ? e : JSON.stringify(e)}`, {
-    cause: e,
-  });
-}
-
-function errorFromWire(target: string, payload: RemoteErrorPayload): Error {
-  let error: Error;
-  switch (payload.name) {
-    case "ActorStoppedError":
-      error = new ActorStoppedError(target, "");
-      break;
-    case "MailboxFullError":
-      error = new MailboxFullError(target, 0);
-      break;
-    case "RemoteUnavailableError":
-      error = new RemoteUnavailableError(target, "");
-      break;
-    default:
-      return new RemoteActorError(target, payload);
-  }
-  // The remote message already names the target and the detail.
-  error.message = payload.message;
-  return error;
 }

@@ -19,7 +19,7 @@
  * @module
  */
 
-import { type ActorContext, type Behavior, describeReason, type ExitReason } from "./system.ts";
+import { type ActorContext, type Behavior, describeReason, type ExitReason } from "./behavior.ts";
 
 /** What a behavior hosted in a Worker sees. */
 export interface WorkerContext {
