@@ -41,6 +41,9 @@ export class PendingAsks {
     defaultTimeoutMs: number,
     post: (id: number) => void,
   ): Promise<R> {
+    // An ask aborted before it starts must leave nothing behind: no timer
+    // that would later reject unheard and hold the process open.
+    if (options.signal?.aborted) return Promise.reject(options.signal.reason);
     const id = this.#askId++;
     const { promise, resolve, reject } = Promise.withResolvers<R>();
     const pending: PendingAsk = { to, resolve: resolve as (v: unknown) => void, reject };
@@ -52,7 +55,6 @@ export class PendingAsks {
       }, timeoutMs);
     }
     if (options.signal) {
-      if (options.signal.aborted) return Promise.reject(options.signal.reason);
       pending.signal = options.signal;
       pending.onAbort = () => {
         this.#settle(id, pending);
