@@ -27,7 +27,10 @@ import {
   DILOCO_PAPER_OUTER,
   OUTER_PRESETS,
 } from "./aggregation.ts";
-import { runEmbedded, type RunEvent, runNetworked, type RunSettings } from "./run.ts";
+import { runEmbedded } from "./embedded.ts";
+import type { RunEvent } from "./monitor.ts";
+import { runNetworked } from "./networked.ts";
+import type { RunSettings } from "./run_settings.ts";
 import { CONFIGS } from "../kernels/config.ts";
 import {
   resolveShape,

@@ -1,7 +1,7 @@
 import { deepEqual, equal, throws } from "@std/assert";
 import { parseNodeArgs, resumedArgs } from "./node_main.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
-import { engineSettings, runModel, runSettingsOf, shapeConflict } from "./run.ts";
+import { engineSettings, runModel, runSettingsOf, shapeConflict } from "./run_settings.ts";
 
 Deno.test("node flags: --keeper-cpu takes a share of one core in (0, 1]", () => {
   equal(parseNodeArgs([]).keeperCpu, undefined);
