@@ -33,6 +33,7 @@ import {
 import { aggregatorStates } from "./restore.ts";
 import { MONITOR_NAME, round3, type RunEvent, RunMonitor } from "./monitor.ts";
 import {
+  checkResumeRound,
   engineSettings,
   isReportCursor,
   paramLength,
@@ -40,6 +41,7 @@ import {
   runModel,
   type RunSettings,
   runSettingsOf,
+  savedDataShards,
 } from "./run_settings.ts";
 import {
   type CheckpointOptions,
@@ -119,6 +121,7 @@ export async function startRunHost(
   const model = runModel(options);
   const params = paramLength(model);
   const localTrainers = options.localTrainers ?? 0;
+  const dataShards = options.dataShards ?? 16;
   const nAgg = options.aggregators ?? 1;
   const resume = options.resume;
   const startRound = resume?.round ?? 0;
@@ -130,12 +133,7 @@ export async function startRunHost(
         } ${params}`,
       );
     }
-    if (options.rounds > 0 && startRound >= options.rounds) {
-      throw new RangeError(
-        `Cannot resume at round ${startRound}: the run trains ${options.rounds} rounds ` +
-          `(pass --rounds N with N > ${startRound} to train on)`,
-      );
-    }
+    checkResumeRound(startRound, options.rounds);
   }
   const monitor = new RunMonitor(
     { params, innerSteps: options.innerSteps, rounds: options.rounds, startRound },
@@ -167,8 +165,9 @@ export async function startRunHost(
     }
     return [...keeperPaths, ...[...remoteKeepers.keys()].sort()];
   };
+  // The count of this host's own trainers goes with every checkpoint: a resumed run starts as many.
   const settingsRecord: Record<string, unknown> = JSON.parse(
-    JSON.stringify(runSettingsOf(options)),
+    JSON.stringify({ ...runSettingsOf(options), trainers: localTrainers }),
   );
   let checkpointSlot: CheckpointSlot | undefined;
   let slot: KeeperSlot = new MemoryKeeperSlot();
@@ -320,6 +319,9 @@ export async function startRunHost(
           minTrainers: options.minTrainers ?? Math.max(1, localTrainers),
           evictAfterMs: options.evictAfterMs,
           startRound,
+          ...(resume
+            ? { resumedShards: savedDataShards(resume, { dataShards, trainers: trainerPaths }) }
+            : {}),
           incarnation: () => incarnation++,
           onEvent: (e) => monitor.tracker(e),
         }),
@@ -359,7 +361,7 @@ export async function startRunHost(
           tracker: trackerPath,
           monitor: `${node}/${MONITOR_NAME}`,
           engine,
-          dataShards: options.dataShards ?? 16,
+          dataShards,
           innerSteps: options.innerSteps,
           heartbeatMs: options.heartbeatMs,
           ...(stateSource ? { stateSource } : {}),

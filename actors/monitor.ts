@@ -76,6 +76,10 @@ export class RunMonitor {
   #nextRound: number;
   #shardCount = 1;
   #cursors = new Map<number, Record<string, ReportCursor>>();
+  /** The round {@linkcode seedCursors} set (a resumed run's opening round), else -1. */
+  #seededRound = -1;
+  /** Seeded cursors whose data shard no trainer has reported on from yet, by trainer id. */
+  #parked = new Map<string, ReportCursor>();
   #view?: ViewMsg;
   /** Round events emitted so far. */
   readonly rounds: Extract<RunEvent, { event: "round" }>[] = [];
@@ -107,12 +111,22 @@ export class RunMonitor {
    * from their reports of round - 1 (or given by {@linkcode seedCursors}).
    */
   cursorsAt(round: number): Record<string, ReportCursor> | undefined {
-    return this.#cursors.get(round);
+    const reported = this.#cursors.get(round);
+    if (!reported || round <= this.#seededRound || this.#parked.size === 0) return reported;
+    // A saved cursor that no trainer read on from (a run resumed with fewer trainers) goes into
+    // every later checkpoint, so that a trainer resumed onto its shard does not start it over.
+    const out = { ...reported };
+    for (const [id, c] of this.#parked) {
+      out[id in out ? `parked/${c.shard.index}/${c.shard.count}` : id] = c;
+    }
+    return out;
   }
 
   /** Sets the cursors of a round (a resumed run's opening round). */
   seedCursors(round: number, cursors: Record<string, ReportCursor>): void {
     this.#cursors.set(round, { ...cursors });
+    this.#seededRound = round;
+    this.#parked = new Map(Object.entries(cursors));
   }
 
   /** Seconds since the monitor started. */
@@ -207,6 +221,11 @@ export class RunMonitor {
       if (!c) this.#cursors.set(r.round + 1, c = {});
       c[r.trainer] = r.cursor;
       for (const k of this.#cursors.keys()) if (k < r.round - 8) this.#cursors.delete(k);
+      for (const [id, c] of this.#parked) {
+        if (c.shard.index === r.cursor.shard.index && c.shard.count === r.cursor.shard.count) {
+          this.#parked.delete(id);
+        }
+      }
     }
     this.#flush();
   }

@@ -145,3 +145,81 @@ export function engineSettings(s: RunSettings): Omit<WorkerInit, "op" | "id" | "
     block: DEFAULT_BLOCK,
   };
 }
+
+/**
+ * Refuses to resume at `round` a run bounded to `rounds` rounds: it would
+ * have no round left to train. The RangeError names `--rounds`.
+ *
+ * @example
+ * ```ts
+ * import { checkResumeRound } from "./run_settings.ts";
+ * checkResumeRound(4, 9); // trains rounds 4 to 8
+ * ```
+ */
+export function checkResumeRound(round: number, rounds: number): void {
+  if (rounds > 0 && round >= rounds) {
+    throw new RangeError(
+      `Cannot resume at round ${round}: the run trains ${rounds} rounds ` +
+        `(pass --rounds N with N > ${round} to train on)`,
+    );
+  }
+}
+
+/** The actor path of a host's own trainer, `<node>/run/trainers/<i>` (joiners have other ids). */
+const OWN_TRAINER = /^[^/]+\/run\/trainers\/\d+$/;
+
+/**
+ * The trainers the checkpointed host ran in its own process: the count
+ * recorded with the checkpoint, else (a checkpoint written before the count
+ * was recorded) the number of its own trainers that saved a data cursor;
+ * undefined when neither says.
+ *
+ * @example
+ * ```ts
+ * import { resumedTrainers } from "./run_settings.ts";
+ * console.log(resumedTrainers({ settings: { trainers: 2 } })); // 2
+ * ```
+ */
+export function resumedTrainers(
+  resume: Pick<ResumedRun, "settings" | "cursors">,
+): number | undefined {
+  const recorded = resume.settings?.trainers;
+  if (typeof recorded === "number" && Number.isSafeInteger(recorded) && recorded >= 0) {
+    return recorded;
+  }
+  const own = Object.entries(resume.cursors ?? {})
+    .filter(([id, c]) => OWN_TRAINER.test(id) && isReportCursor(c));
+  return own.length > 0 ? own.length : undefined;
+}
+
+/**
+ * The data shards a resumed run deals before it opens (the tracker's
+ * `resumedShards`): each of `trainers` (the host's own trainers, back under
+ * the ids they saved their cursors with) gets its own shard back, and every
+ * shard with a saved cursor is `saved`. Cursors cut into another number of
+ * shards than `dataShards` name no shard of this run and are left out.
+ *
+ * @example
+ * ```ts
+ * import { savedDataShards } from "./run_settings.ts";
+ * const cursors = {
+ *   "host/run/trainers/0": { seed: 1, shard: { index: 1, count: 16 }, step: 40 },
+ *   "trainer-7/node/trainer": { seed: 1, shard: { index: 0, count: 16 }, step: 40 },
+ * };
+ * console.log(savedDataShards({ cursors }, { dataShards: 16, trainers: ["host/run/trainers/0"] }));
+ * // { byTrainer: { "host/run/trainers/0": 1 }, saved: [0, 1] }
+ * ```
+ */
+export function savedDataShards(
+  resume: Pick<ResumedRun, "cursors">,
+  options: { dataShards: number; trainers: readonly string[] },
+): { byTrainer: Record<string, number>; saved: number[] } {
+  const byTrainer: Record<string, number> = {};
+  const saved = new Set<number>();
+  for (const [id, c] of Object.entries(resume.cursors ?? {})) {
+    if (!isReportCursor(c) || c.shard.count !== options.dataShards) continue;
+    saved.add(c.shard.index);
+    if (options.trainers.includes(id)) byTrainer[id] = c.shard.index;
+  }
+  return { byTrainer, saved: [...saved].sort((a, b) => a - b) };
+}
