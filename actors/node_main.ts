@@ -77,7 +77,8 @@ ${SHAPE_HELP.replace(/^ {2}(--\S+ N) +/gm, (_, f) => `  ${f.padEnd(20)}  `)}
                         and serving threads may take while trainers keep the cores busy; on an
                         idle machine they run flat out
   --resume DIR          restart the run from the newest verified round under DIR
-                        (its settings; --rounds N may extend it)
+                        (its settings and trainers, each on its own data shard;
+                        --rounds N may extend it, --trainers N re-deals the shards)
   --run-id ID           run id (default "run")
   --outer-lr X          outer learning rate (default ${DEFAULT_OUTER.lr})
   --outer-momentum X    outer Nesterov momentum (default ${DEFAULT_OUTER.momentum})
