@@ -50,6 +50,7 @@ import {
   pointLatest,
   REMOTE_KEEPER_TTL_MS,
   runStateSource,
+  sourceLine,
 } from "./run_checkpoint.ts";
 import { describeConfig } from "../kernels/config.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
@@ -298,14 +299,7 @@ export async function startRunHost(
     ? runStateSource({
       keepers: allKeepers,
       freshRound: resume ? undefined : startRound,
-      onEvent: (e) =>
-        monitor.log(
-          e.type === "fetched"
-            ? `start state of round ${e.round} fetched from ${
-              e.keepers.join(", ")
-            }: ${e.bytes} B in ${Math.round(e.ms)} ms`
-            : `start state of round ${e.round} from the aggregators: ${e.reason}`,
-        ),
+      onEvent: (e) => monitor.log(sourceLine(e)),
     })
     : undefined;
   const trackerSup = new Supervisor({

@@ -25,6 +25,7 @@ import {
   keeperLine,
   REMOTE_KEEPER_TTL_MS,
   runStateSource,
+  sourceLine,
   writeTime,
 } from "./run_checkpoint.ts";
 import { startRunHost } from "./host.ts";
@@ -221,14 +222,7 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     ? runStateSource({
       keepers: info.keepers,
       freshRound: info.freshRound,
-      onEvent: (e) =>
-        log(
-          e.type === "fetched"
-            ? `start state of round ${e.round} fetched from ${
-              e.keepers.join(", ")
-            }: ${e.bytes} B in ${Math.round(e.ms)} ms`
-            : `start state of round ${e.round} from the aggregators: ${e.reason}`,
-        ),
+      onEvent: (e) => log(sourceLine(e)),
     })
     : undefined;
   const path = `${node}/node/trainer`;

@@ -128,6 +128,15 @@ export function runStateSource(options: {
   };
 }
 
+/** Describes where a trainer's start state came from, for the run's log. */
+export function sourceLine(e: SourceEvent): string {
+  return e.type === "fetched"
+    ? `start state of round ${e.round} fetched from ${e.keepers.join(", ")}: ${e.bytes} B in ${
+      Math.round(e.ms)
+    } ms`
+    : `start state of round ${e.round} from the aggregators: ${e.reason}`;
+}
+
 /** A remote keeper that has not said hello for this long is left out of the run's keepers. */
 export const REMOTE_KEEPER_TTL_MS = 10_000;
 
