@@ -36,23 +36,18 @@ export { fetchRound } from "./actors/keeper_fetch.ts";
 export { keeperStateSource } from "./actors/keeper_source.ts";
 export { aggregatorStates } from "./actors/restore.ts";
 export * from "./transport/mod.ts";
-export {
-  paramLength,
-  runEmbedded,
-  RunMonitor,
-  runNetworked,
-  startRunHost,
-  summarize,
-} from "./actors/run.ts";
-export type {
-  EmbeddedOptions,
-  HostOptions,
-  NetworkedOptions,
-  RunEvent,
-  RunHost,
-  RunSettings,
-  RunSummary,
-} from "./actors/run.ts";
+export { paramLength } from "./actors/run_settings.ts";
+export type { RunSettings } from "./actors/run_settings.ts";
+export { RunMonitor } from "./actors/monitor.ts";
+export type { RunEvent } from "./actors/monitor.ts";
+export { startRunHost } from "./actors/host.ts";
+export type { HostOptions, RunHost } from "./actors/host.ts";
+export { runEmbedded } from "./actors/embedded.ts";
+export type { EmbeddedOptions } from "./actors/embedded.ts";
+export { summarize } from "./actors/run_summary.ts";
+export type { RunSummary } from "./actors/run_summary.ts";
+export { runNetworked } from "./actors/networked.ts";
+export type { NetworkedOptions } from "./actors/networked.ts";
 export { Membership } from "./actors/membership.ts";
 export {
   applyUpdate,
@@ -71,6 +66,6 @@ export { aggregatorBehavior, MemoryKeeperSlot } from "./actors/aggregator.ts";
 export type { KeeperSlot } from "./actors/aggregator.ts";
 export { trackerBehavior } from "./actors/tracker.ts";
 export { resumeRunDir } from "./checkpoint/resume.ts";
-export { CheckpointSlot, runStateSource } from "./actors/run.ts";
-export type { CheckpointOptions } from "./actors/run.ts";
+export { CheckpointSlot, runStateSource } from "./actors/run_checkpoint.ts";
+export type { CheckpointOptions } from "./actors/run_checkpoint.ts";
 export { DEFAULT_INNER_STEPS, outerAt } from "./actors/aggregation.ts";

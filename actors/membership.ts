@@ -55,6 +55,16 @@ export interface MembershipOptions {
   rounds?: number;
   /** The round the run opens at (default 0; a resumed run opens at its checkpoint's round). */
   startRound?: number;
+  /**
+   * A resumed run's data shards, dealt to the trainers that join before the
+   * run opens: a trainer named in `byTrainer` (the host's own trainers, which
+   * come back under the same ids) takes its own shard back, and the other
+   * trainers take the `saved` shards no one holds or is owed, lowest first.
+   * Beyond them, and once the run is open, a trainer takes the lowest shard
+   * that no trainer holds and no saved cursor names, so that no trainer
+   * starts a saved shard over from its first step.
+   */
+  resumedShards?: { byTrainer?: Readonly<Record<string, number>>; saved: readonly number[] };
 }
 
 /** What the tracker knows of a member. */
@@ -110,8 +120,10 @@ export class Membership {
   #view: ViewMsg;
   #started = false;
   #rounds: number;
+  #resumed?: MembershipOptions["resumedShards"];
 
   constructor(options: MembershipOptions) {
+    this.#resumed = options.resumedShards;
     this.#run = options.run;
     this.#params = options.params;
     this.#block = options.block ?? DEFAULT_BLOCK;
@@ -160,14 +172,23 @@ export class Membership {
     return sorted(this.#members.keys()).map((k) => ({ ...this.#members.get(k)! }));
   }
 
-  #freeDataShard(): number {
+  #freeDataShard(node?: string): number {
     const used = new Set(
       [...this.#members.values()].filter((m) => m.roles.includes("trainer")).map((m) =>
         m.dataShard
       ),
     );
+    const saved = this.#resumed?.saved ?? [];
+    if (!this.#started && this.#resumed) {
+      const owed = Object.entries(this.#resumed.byTrainer ?? {});
+      const own = owed.find(([n]) => n === node)?.[1];
+      if (own !== undefined && !used.has(own)) return own;
+      const others = new Set(owed.filter(([n]) => n !== node).map(([, d]) => d));
+      const next = saved.find((d) => !used.has(d) && !others.has(d));
+      if (next !== undefined) return next;
+    }
     let d = 0;
-    while (used.has(d)) d++;
+    while (used.has(d) || saved.includes(d)) d++;
     return d;
   }
 
@@ -274,7 +295,7 @@ export class Membership {
         node: msg.node,
         roles: [...msg.roles],
         status: !this.#started || inView ? "member" : "pending",
-        dataShard: wanted !== undefined && !taken ? wanted : this.#freeDataShard(),
+        dataShard: wanted !== undefined && !taken ? wanted : this.#freeDataShard(msg.node),
         lastSeen: now,
         address: msg.address,
       };

@@ -164,3 +164,31 @@ Deno.test("round reports from the past do not move the round back", () => {
   equal(s.round, 2);
   deepEqual(s.members.map((x) => x.node), ["agg0", "agg1", "t0", "t1"]);
 });
+
+Deno.test("a resumed run deals each returning trainer its own saved data shard, new ones the unsaved", () => {
+  const clock = { t: 0 };
+  const dataShard = (m: Membership, n: string) => m.members().find((x) => x.node === n)!.dataShard;
+  // The host's trainers t0 and t1 saved shards 3 and 5; a joiner of the old run saved shard 1.
+  const resumedShards = { byTrainer: { t0: 3, t1: 5 }, saved: [1, 3, 5] };
+  const m = new Membership({ run: RUN, params: 2000, now: () => clock.t, resumedShards });
+  m.join(join("agg0", ["aggregator"]));
+  // Join order does not decide: t1 and a new joiner come first, t0 last.
+  for (const t of ["t1", "j0", "j1", "t0"]) m.join(join(t));
+  equal(dataShard(m, "t0"), 3);
+  equal(dataShard(m, "t1"), 5);
+  // The new joiner takes the saved shard no returning trainer is owed; the next one a fresh shard.
+  equal(dataShard(m, "j0"), 1);
+  equal(dataShard(m, "j1"), 0);
+  m.start();
+  // Once the run is open, a new trainer never starts a saved shard over.
+  m.join(join("j2"));
+  equal(dataShard(m, "j2"), 2);
+  m.join(join("j3"));
+  equal(dataShard(m, "j3"), 4);
+
+  // Fewer trainers than saved shards: each takes its own; the others' shards stay unread.
+  const few = new Membership({ run: RUN, params: 2000, now: () => clock.t, resumedShards });
+  few.join(join("t1"));
+  few.start();
+  equal(dataShard(few, "t1"), 5);
+});

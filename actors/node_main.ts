@@ -27,7 +27,15 @@ import {
   DILOCO_PAPER_OUTER,
   OUTER_PRESETS,
 } from "./aggregation.ts";
-import { runEmbedded, type RunEvent, runNetworked, type RunSettings } from "./run.ts";
+import { runEmbedded } from "./embedded.ts";
+import type { RunEvent } from "./monitor.ts";
+import { runNetworked } from "./networked.ts";
+import {
+  checkResumeRound,
+  resumeCursors,
+  resumedTrainers,
+  type RunSettings,
+} from "./run_settings.ts";
 import { CONFIGS } from "../kernels/config.ts";
 import {
   resolveShape,
@@ -69,7 +77,8 @@ ${SHAPE_HELP.replace(/^ {2}(--\S+ N) +/gm, (_, f) => `  ${f.padEnd(20)}  `)}
                         and serving threads may take while trainers keep the cores busy; on an
                         idle machine they run flat out
   --resume DIR          restart the run from the newest verified round under DIR
-                        (its settings; --rounds N may extend it)
+                        (its settings and trainers, each on its own data shard;
+                        --rounds N may extend it, --trainers N re-deals the shards)
   --run-id ID           run id (default "run")
   --outer-lr X          outer learning rate (default ${DEFAULT_OUTER.lr})
   --outer-momentum X    outer Nesterov momentum (default ${DEFAULT_OUTER.momentum})
@@ -326,7 +335,13 @@ async function main(argv: string[]): Promise<number> {
       console.error(err.message);
       return 1;
     }
-    args = resumedArgs(args, resumed);
+    try {
+      args = resumedArgs(args, resumed);
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err;
+      console.error(err.message);
+      return 2;
+    }
   }
   const runDir = args.join ? args.runDir : args.runDir ?? args.resumeDir ?? `runs/${args.run}`;
   if (!args.join && args.keepers > 0 && !resumed && runDir) await setAside(runDir);
@@ -352,9 +367,10 @@ async function main(argv: string[]): Promise<number> {
 }
 
 /**
- * A resumed run keeps its recorded settings (its shape overrides included);
- * flags given on the command line win, and the shape they make must be the
- * checkpoint's.
+ * A resumed run keeps its recorded settings (its shape overrides included)
+ * and its number of trainers; flags given on the command line win, the shape
+ * they make must be the checkpoint's, and `--rounds` must leave a round to
+ * train.
  */
 export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
   const rec = (r.settings ?? {}) as Partial<RunSettings>;
@@ -377,8 +393,16 @@ export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
       ["outer-lr", "outer-momentum", "outer-preset", "outer-warmup"].some((f) =>
         args.given.includes(f)
       );
-    if (!given && !outerGiven && k !== "model") set[k] = v;
+    if (!given && !outerGiven && k !== "model" && k !== "trainers") set[k] = v;
   }
+  if (!args.given.includes("trainers")) {
+    const own = resumedTrainers(r);
+    // An embedded run needs trainers: a host's run with none of its own takes one per data shard.
+    out.trainers = !args.host && !args.join && !own
+      ? resumeCursors(r).length || args.trainers
+      : own ?? args.trainers;
+  }
+  checkResumeRound(r.round, out.rounds);
   // Shape flags given now override the recorded ones field by field; the result must be the
   // checkpoint's shape.
   const model = { ...(rec.model ?? {}), ...(args.model ?? {}) };

@@ -1,7 +1,10 @@
-import { deepEqual, equal, throws } from "@std/assert";
+import { deepEqual, equal, ok, throws } from "@std/assert";
 import { parseNodeArgs, resumedArgs } from "./node_main.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
-import { engineSettings, runModel, runSettingsOf, shapeConflict } from "./run.ts";
+import { CheckpointStore } from "../checkpoint/store.ts";
+import { getConfig } from "../kernels/config.ts";
+import { buildLayout } from "../kernels/layout.ts";
+import { engineSettings, runModel, runSettingsOf, shapeConflict } from "./run_settings.ts";
 
 Deno.test("node flags: --keeper-cpu takes a share of one core in (0, 1]", () => {
   equal(parseNodeArgs([]).keeperCpu, undefined);
@@ -96,4 +99,95 @@ Deno.test("a resumed run rebuilds its recorded shape; shape flags that disagree 
     () => resumedArgs(parseNodeArgs(["--resume", "runs/r", "--n-layer", "2"]), resumed),
     /^RangeError: Cannot resume runs\/r: its model has nLayer 3, --n-layer gives 2$/,
   );
+});
+
+Deno.test("a resumed run keeps its number of trainers unless --trainers is given", () => {
+  const cursor = (index: number) => ({ seed: 1, shard: { index, count: 16 }, step: 30 });
+  const resumed = {
+    dir: "runs/r",
+    round: 4,
+    settings: { run: "r", config: "small", rounds: 5, trainers: 2 },
+    cursors: { "host/run/trainers/0": cursor(0), "host/run/trainers/1": cursor(1) },
+  } as unknown as ResumedRun;
+  const resume = (argv: string[], r = resumed) =>
+    resumedArgs(parseNodeArgs(["--resume", "runs/r", "--rounds", "9", ...argv]), r);
+  equal(resume([]).trainers, 2);
+  equal(resume(["--trainers", "3"]).trainers, 3);
+  equal(resume(["--trainers", "1"]).trainers, 1);
+  // A checkpoint from before the count was recorded: one trainer per own trainer's cursor.
+  const unrecorded = { ...resumed, settings: { run: "r", config: "small", rounds: 5 } };
+  equal(resume([], unrecorded as ResumedRun).trainers, 2);
+  // A host's run whose trainers all joined from elsewhere, resumed in one process.
+  const joined = {
+    ...resumed,
+    settings: { ...resumed.settings, trainers: 0 },
+    cursors: { "trainer-1/node/trainer": cursor(0), "trainer-2/node/trainer": cursor(1) },
+  } as unknown as ResumedRun;
+  equal(resume([], joined).trainers, 2);
+  equal(
+    resumedArgs(parseNodeArgs(["--resume", "runs/r", "--host", "h:1", "--secret", "s"]), joined)
+      .trainers,
+    0,
+  );
+});
+
+Deno.test("a resume with no round left to train is refused by one line naming --rounds", () => {
+  const resumed = {
+    dir: "runs/r",
+    round: 4,
+    settings: { run: "r", config: "small", rounds: 4 },
+  } as unknown as ResumedRun;
+  throws(
+    () => resumedArgs(parseNodeArgs(["--resume", "runs/r"]), resumed),
+    (err: Error) =>
+      err instanceof RangeError &&
+      err.message ===
+        "Cannot resume at round 4: the run trains 4 rounds (pass --rounds N with N > 4 to train on)",
+  );
+  throws(() => resumedArgs(parseNodeArgs(["--resume", "runs/r", "--rounds", "1"]), resumed));
+  equal(resumedArgs(parseNodeArgs(["--resume", "runs/r", "--rounds", "5"]), resumed).rounds, 5);
+});
+
+Deno.test("deno task node --resume DIR --rounds 1 past the run's end exits 2 with one line", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "node_main_resume_" });
+  try {
+    const config = getConfig("tiny").model;
+    const n = buildLayout(config).totalLength;
+    await new CheckpointStore(`${dir}/keeper-0`).commit({
+      run: "r",
+      round: 3,
+      config,
+      params: new Float32Array(n),
+      momentum: new Float32Array(n),
+      settings: {
+        run: "r",
+        config: "tiny",
+        rounds: 3,
+        innerSteps: 2,
+        outer: { lr: 1, momentum: 0 },
+      },
+    });
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("./node_main.ts", import.meta.url).pathname,
+        "--resume",
+        dir,
+        "--rounds",
+        "1",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr).trim();
+    equal(out.code, 2, stderr);
+    deepEqual(
+      stderr.split("\n").filter((l) => !l.startsWith("\x1b") && !/^(Download|Check)\b/.test(l)),
+      ["Cannot resume at round 3: the run trains 1 rounds (pass --rounds N with N > 3 to train on)"],
+    );
+    ok(!stderr.includes("Uncaught"), stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -9,7 +9,7 @@ import {
   type ViewMsg,
 } from "./run_protocol.ts";
 import { quantizeInt8 } from "./aggregation.ts";
-import { startRunHost } from "./run.ts";
+import { startRunHost } from "./host.ts";
 import { ActorSystem } from "./runtime/system.ts";
 
 const view: ViewMsg = {

@@ -47,7 +47,7 @@
 import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
 import { ActorSystem } from "../actors/runtime/system.ts";
 import { ActorTransport } from "../transport/remote.ts";
-import { engineSettings } from "../actors/run.ts";
+import { engineSettings } from "../actors/run_settings.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import { CheckpointStore } from "./store.ts";

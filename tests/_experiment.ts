@@ -45,7 +45,8 @@ import {
   ShardAggregator,
 } from "../actors/aggregation.ts";
 import { DEFAULT_BLOCK, shardMap } from "../actors/run_protocol.ts";
-import { engineSettings, runEmbedded } from "../actors/run.ts";
+import { engineSettings } from "../actors/run_settings.ts";
+import { runEmbedded } from "../actors/embedded.ts";
 
 /** How a configuration trains. */
 export type ExperimentKind = "diloco" | "single" | "run";

@@ -10,7 +10,7 @@ import { parseArgs } from "@std/cli";
 import { ActorSystem } from "../actors/runtime/system.ts";
 import { Supervisor } from "../actors/runtime/supervisor.ts";
 import { trainerBehavior } from "../actors/trainer.ts";
-import { engineSettings } from "../actors/run.ts";
+import { engineSettings } from "../actors/run_settings.ts";
 import { ActorTransport } from "../transport/remote.ts";
 import { faultSettings, RUN, SECRET } from "./_fault_run.ts";
 

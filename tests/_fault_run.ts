@@ -22,13 +22,8 @@ import { Supervisor, type SupervisorEvent } from "../actors/runtime/supervisor.t
 import { trackerBehavior } from "../actors/tracker.ts";
 import { aggregatorBehavior, type KeeperSlot, MemoryKeeperSlot } from "../actors/aggregator.ts";
 import { type StartStateSource, trainerBehavior, type TrainerEvent } from "../actors/trainer.ts";
-import {
-  engineSettings,
-  paramLength,
-  type RunEvent,
-  RunMonitor,
-  type RunSettings,
-} from "../actors/run.ts";
+import { engineSettings, paramLength, type RunSettings } from "../actors/run_settings.ts";
+import { type RunEvent, RunMonitor } from "../actors/monitor.ts";
 import { type StateMsg, validateRunMessage } from "../actors/run_protocol.ts";
 import { ActorTransport, type Listener } from "../transport/remote.ts";
 import { hashSeed } from "../transport/rng.ts";

@@ -106,8 +106,8 @@ Deno.test("layering: an import that runs back up is caught and named", () => {
     ["actors/runtime/system.ts", 'import { x } from "../../transport/codec.ts";'],
     ["checkpoint/store.ts", 'import type { A } from "../actors/aggregation.ts";\n'],
     ["transport/remote.ts", 'import { ActorSystem } from "../actors/runtime/system.ts";'],
-    ["checkpoint/bench.ts", 'import { run } from "../actors/run.ts";'],
-    ["kernels/model.ts", '/** ```ts\n import { y } from "../actors/run.ts";\n``` */'],
+    ["checkpoint/bench.ts", 'import { run } from "../actors/embedded.ts";'],
+    ["kernels/model.ts", '/** ```ts\n import { y } from "../actors/embedded.ts";\n``` */'],
   ]);
   deepEqual(violations(files), [
     "actors/runtime/system.ts imports ../../transport/codec.ts (runtime may not import transport)",

@@ -9,7 +9,8 @@
  * `deno test -A tests/run_embedded_test.ts`.
  */
 import { deepEqual, equal, ok } from "@std/assert";
-import { runEmbedded, type RunEvent } from "../actors/run.ts";
+import { runEmbedded } from "../actors/embedded.ts";
+import type { RunEvent } from "../actors/monitor.ts";
 
 Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
 

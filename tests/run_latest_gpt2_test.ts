@@ -9,7 +9,8 @@
  */
 import { equal, ok } from "@std/assert";
 import { assertEvalAgreesWithNumpy } from "./_numpy_gpt2.ts";
-import { runEmbedded, type RunEvent } from "../actors/run.ts";
+import { runEmbedded } from "../actors/embedded.ts";
+import type { RunEvent } from "../actors/monitor.ts";
 import { resumeRunDir } from "../checkpoint/resume.ts";
 import { CheckpointStore } from "../checkpoint/store.ts";
 

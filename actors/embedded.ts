@@ -1,0 +1,92 @@
+/**
+ * A whole run in one process ({@linkcode runEmbedded}): the host side, the
+ * trainers in Workers, a bounded number of rounds, optional faults injected
+ * when a round's event is emitted, and a final evaluation.
+ *
+ * @module
+ */
+import type { TrainerFault } from "./trainer.ts";
+import { type HostOptions, type RunHost, startRunHost } from "./host.ts";
+import { finalCommit, type RunSummary, summarize } from "./run_summary.ts";
+
+/** A fault to inject during an embedded run, when a round's event is emitted. */
+export interface RunFault {
+  /** Inject after this round's event (i.e. during round + 1). */
+  afterRound: number;
+  /** "tracker", "aggregator:<i>", "keeper:<i>" or "trainer:<i>". */
+  target: string;
+  /** What to do. */
+  fault: TrainerFault | { type: "crash"; reason: string };
+}
+/** Options of {@linkcode runEmbedded}. */
+export interface EmbeddedOptions extends Omit<HostOptions, "localTrainers"> {
+  /** Trainers in this process. */
+  trainers: number;
+  /** Faults to inject (tests, the chaos suite). */
+  faults?: RunFault[];
+  /** Validation windows of the final evaluation (default 64). */
+  evalWindows?: number;
+  /** Give up after this long, ms (default: no limit). */
+  timeoutMs?: number;
+}
+
+function targetPath(host: RunHost, target: string): string {
+  if (target === "tracker") return host.trackerPath;
+  const [role, i] = target.split(":");
+  const list = role === "aggregator"
+    ? host.aggregatorPaths
+    : role === "keeper"
+    ? host.keeperPaths
+    : host.trainerPaths;
+  const path = list[Number(i)];
+  if (!path) throw new RangeError(`Unknown fault target: ${target}`);
+  return path;
+}
+
+/**
+ * Hosts a whole run in this process (tracker, aggregators, trainers in
+ * Workers), trains `rounds` rounds, evaluates the final θ on the validation
+ * stream and returns the summary. Emits events as it goes.
+ */
+export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary> {
+  if (!(options.rounds > 0)) throw new RangeError("Cannot run embedded: rounds must be positive");
+  const host = await startRunHost({ ...options, localTrainers: options.trainers });
+  const { monitor } = host;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    for (const f of options.faults ?? []) {
+      monitor.roundEmitted(f.afterRound).then(() => {
+        const path = targetPath(host, f.target);
+        monitor.log(`injecting ${JSON.stringify(f.fault)} into ${path}`, "warn");
+        host.system.ref(path).tell(f.fault);
+      });
+    }
+    const timeout = new Promise<never>((_, reject) => {
+      if (options.timeoutMs) {
+        timer = setTimeout(
+          () => reject(new Error(`Run did not finish within ${options.timeoutMs} ms`)),
+          options.timeoutMs,
+        );
+      }
+    });
+    await Promise.race([monitor.done, timeout]);
+    const evalReply = await Promise.race([
+      host.system.ref(host.trainerPaths[0]).ask<{ loss: number }>(
+        { type: "eval", maxWindows: options.evalWindows ?? 64 },
+        { timeoutMs: 600_000 },
+      ),
+      timeout,
+    ]);
+    await finalCommit(host, options.rounds);
+    const summary = summarize(monitor, {
+      run: options.run,
+      trainers: options.trainers,
+      evalLoss: evalReply.loss,
+    });
+    options.emit({ event: "done", ...summary });
+    return summary;
+  } finally {
+    clearTimeout(timer);
+    await host.shutdown();
+  }
+}

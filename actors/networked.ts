@@ -1,0 +1,360 @@
+/**
+ * A run across processes ({@linkcode runNetworked}): `--host ADDR:PORT`
+ * serves the host side behind the WebSocket transport and `GET /status`;
+ * `--join URL` joins it as a trainer or, with `--role keeper`, as a
+ * checkpoint keeper.
+ *
+ * @module
+ */
+import { ActorSystem } from "./runtime/system.ts";
+import { Supervisor } from "./runtime/supervisor.ts";
+import { trainerBehavior } from "./trainer.ts";
+import type { ReportCursor } from "./run_protocol.ts";
+import { keeperBehavior } from "./keeper.ts";
+import { MONITOR_NAME, type RunEvent } from "./monitor.ts";
+import {
+  engineSettings,
+  resumeCursors,
+  runModel,
+  type RunSettings,
+  runSettingsOf,
+  shapeConflict,
+} from "./run_settings.ts";
+import {
+  type CheckpointOptions,
+  keeperLine,
+  REMOTE_KEEPER_TTL_MS,
+  runStateSource,
+  sourceLine,
+  writeTime,
+} from "./run_checkpoint.ts";
+import { startRunHost } from "./host.ts";
+import { finalCommit, summarize } from "./run_summary.ts";
+import type { ResumedRun } from "../checkpoint/resume.ts";
+import { checkDuty } from "../checkpoint/_background.ts";
+
+/** Settings the host hands to joiners, so that every trainer runs the same engine. */
+export interface RunInfo {
+  type: "run_info";
+  settings: RunSettings;
+  /** The host's checkpoint keepers (joiners fetch their start state from them). */
+  keepers?: string[];
+  /** The round the run opened at, when it was fresh (served by the aggregators). */
+  freshRound?: number;
+  /** A resumed run: its opening round and the data cursors of that round. */
+  resume?: { round: number; cursors: ReportCursor[] };
+}
+
+/** Options of {@linkcode runNetworked}. */
+export interface NetworkedOptions extends RunSettings {
+  /** `ADDR:PORT` to host on. */
+  host?: string;
+  /** `ws://ADDR:PORT` to join. */
+  join?: string;
+  /** The run secret. */
+  secret?: string;
+  /** Trainers in the host process. */
+  trainers: number;
+  /** Host: open the first round once this many trainers joined. */
+  minTrainers?: number;
+  /** This node's id when joining (default `trainer-<pid>`). */
+  node?: string;
+  /** Heartbeat interval and eviction silence, ms. */
+  heartbeatMs?: number;
+  evictAfterMs?: number;
+  /** Host: checkpoint keepers. */
+  checkpoint?: CheckpointOptions;
+  /** Host: open at a resumed round. */
+  resume?: ResumedRun;
+  /** Joining: "trainer" (default) or "keeper" (a checkpoint keeper of the run). */
+  role?: "trainer" | "keeper";
+  /** Joining as a keeper: the run directory it writes (default runs/<run>/<node>). */
+  runDir?: string;
+  /** Joining as a keeper: its CPU budget while trainers keep the cores busy (`KeeperOptions.backgroundDuty`). */
+  backgroundDuty?: number;
+}
+
+/**
+ * Hosts a run on `--host ADDR:PORT` (tracker, aggregators, monitor, local
+ * trainers; GET /status on the same port) or joins one as a trainer. Returns
+ * the process exit code.
+ */
+export async function runNetworked(
+  options: NetworkedOptions,
+  emit: (e: RunEvent) => void,
+): Promise<number> {
+  if (options.backgroundDuty !== undefined) {
+    // Before dialing anyone: a joined keeper that threw when it starts would only be restarted.
+    checkDuty(options.backgroundDuty, "Invalid options: backgroundDuty");
+  }
+  return options.host ? await hostRun(options, emit) : await joinRun(options, emit);
+}
+
+async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): Promise<number> {
+  const { Hono } = await import("../transport/_deps.ts");
+  const { ActorTransport } = await import("../transport/remote.ts");
+  const [hostname, portText] = options.host!.split(":");
+  const system = new ActorSystem({ node: "host" });
+  const settings = runSettingsOf(options);
+  let info: RunInfo = { type: "run_info", settings };
+  await system.spawn({ receive: () => info }, { name: "run_info" });
+  const host = await startRunHost({
+    ...settings,
+    localTrainers: options.trainers,
+    minTrainers: options.minTrainers ?? Math.max(1, options.trainers),
+    heartbeatMs: options.heartbeatMs,
+    evictAfterMs: options.evictAfterMs,
+    ...(options.checkpoint ? { checkpoint: { serve: { hostname }, ...options.checkpoint } } : {}),
+    ...(options.resume ? { resume: options.resume } : {}),
+    emit,
+  }, system);
+  info = {
+    type: "run_info",
+    settings,
+    keepers: host.keeperPaths,
+    ...(options.resume
+      ? { resume: { round: host.startRound, cursors: resumeCursors(options.resume) } }
+      : { freshRound: host.startRound }),
+  };
+  const transport = new ActorTransport(system, {
+    run: options.run,
+    secret: options.secret!,
+    log: (level, message) => {
+      if (level === "warn" || level === "error") host.monitor.log(`transport: ${message}`, "warn");
+    },
+  });
+  const app = new Hono();
+  app.get("/status", async (c) => {
+    const status = await system.ref(host.trackerPath).ask<Record<string, unknown>>(
+      { type: "status" },
+      { timeoutMs: 3000 },
+    ).catch((err) => ({ error: String(err) }));
+    return c.json({ ...status, rounds_done: host.monitor.rounds.length, peers: transport.peers });
+  });
+  transport.mount(app, "/");
+  const listening = Promise.withResolvers<void>();
+  const http = Deno.serve({
+    hostname,
+    port: Number(portText),
+    onListen: (addr) => {
+      host.monitor.log(`hosting run "${options.run}" on ws://${addr.hostname}:${addr.port}`);
+      listening.resolve();
+    },
+  }, app.fetch);
+  await listening.promise;
+  let code = 0;
+  try {
+    await host.monitor.done;
+    // The final evaluation runs on any trainer of the last view (they hold the same θ).
+    const trainers = host.monitor.view?.trainers ?? host.trainerPaths;
+    let evalLoss = NaN;
+    for (const t of [...host.trainerPaths, ...trainers]) {
+      try {
+        evalLoss = (await system.ref(t).ask<{ loss: number }>(
+          { type: "eval", maxWindows: 64 },
+          { timeoutMs: 300_000 },
+        )).loss;
+        break;
+      } catch (err) {
+        host.monitor.log(`final evaluation on ${t} failed: ${err}`, "warn");
+      }
+    }
+    await finalCommit(host, options.rounds);
+    const summary = summarize(host.monitor, {
+      run: options.run,
+      trainers: trainers.length,
+      evalLoss,
+    });
+    emit({ event: "done", ...summary });
+  } catch (err) {
+    host.monitor.log(`run failed: ${err}`, "warn");
+    code = 1;
+  } finally {
+    await transport.close();
+    await http.shutdown();
+    await host.shutdown();
+  }
+  return code;
+}
+
+async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): Promise<number> {
+  const { ActorTransport } = await import("../transport/remote.ts");
+  const node = options.node ?? `trainer-${Deno.pid}`;
+  const system = new ActorSystem({ node });
+  const start = performance.now();
+  const log = (message: string, level: "info" | "warn" = "info") =>
+    emit({ event: "log", level, message, wall_s: Math.round(performance.now() - start) / 1000 });
+  const transport = new ActorTransport(system, {
+    run: options.run,
+    secret: options.secret!,
+    log: (level, message) => {
+      if (level === "warn" || level === "error") log(`transport: ${message}`, "warn");
+    },
+  });
+  const client = transport.connect(options.join!, { expectedPeer: "host", maxAttempts: 20 });
+  try {
+    await client.ready();
+  } catch (err) {
+    log(`Cannot join run at ${options.join}: ${err instanceof Error ? err.message : err}`, "warn");
+    await transport.close();
+    await system.shutdown();
+    return 1;
+  }
+  const info = await system.ref("host/run_info").ask<RunInfo>({ type: "run_info" });
+  const settings: RunSettings = {
+    ...info.settings,
+    // The corpus path is local to each machine.
+    ...(options.dataPath ? { dataPath: options.dataPath } : {}),
+  };
+  // Every trainer trains the host's shape: a joiner's own shape flags must agree with it.
+  const conflict = shapeConflict(options.model, runModel(settings));
+  if (conflict) {
+    log(`Cannot join run at ${options.join}: ${conflict}`, "warn");
+    await transport.close();
+    await system.shutdown();
+    return 2;
+  }
+  if (options.role === "keeper") {
+    return await keepOnJoin({ system, transport, client, info, node, options, log });
+  }
+  log(`joined run "${settings.run}" as ${node}/node/trainer`);
+  const stateSource = info.keepers?.length
+    ? runStateSource({
+      keepers: info.keepers,
+      freshRound: info.freshRound,
+      onEvent: (e) => log(sourceLine(e)),
+    })
+    : undefined;
+  const path = `${node}/node/trainer`;
+  const finished = Promise.withResolvers<void>();
+  let lastRound = -1;
+  const sup = new Supervisor({
+    intensity: 5,
+    periodMs: 60_000,
+    children: [{
+      id: "trainer",
+      start: () =>
+        trainerBehavior({
+          run: settings.run,
+          id: path,
+          tracker: "host/run/tracker/tracker",
+          monitor: `host/${MONITOR_NAME}`,
+          engine: engineSettings(settings),
+          dataShards: settings.dataShards ?? 16,
+          innerSteps: settings.innerSteps,
+          heartbeatMs: options.heartbeatMs,
+          ...(stateSource ? { stateSource } : {}),
+          ...(info.resume ? { resume: info.resume } : {}),
+          onEvent: (e) => {
+            if (e.type === "report") {
+              lastRound = e.report.round;
+              if (settings.rounds > 0 && lastRound + 1 >= settings.rounds) finished.resolve();
+            } else if (e.type === "rejected") {
+              log(`rejected: ${e.reason}: ${e.detail}`, "warn");
+            } else if (e.type === "log") log(e.message);
+          },
+        }),
+    }],
+    onEvent: (e) => {
+      if (e.type === "restarted") log(`trainer restarted (restart ${e.restarts})`, "warn");
+    },
+  });
+  await system.spawn(sup, { name: "node", shutdownMs: Infinity });
+  const stop = () => finished.resolve();
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+  // Done when the last round is applied and the host let go (it may still
+  // ask this trainer for the final evaluation), or when the host went away.
+  const hostGone = async () => {
+    const deadline = Date.now() + 120_000;
+    while (transport.peers.includes("host") && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  };
+  await Promise.race([finished.promise.then(hostGone), client.closed]);
+  Deno.removeSignalListener("SIGINT", stop);
+  Deno.removeSignalListener("SIGTERM", stop);
+  try {
+    system.ref("host/run/tracker/tracker").tell({ type: "leave", run: settings.run, node: path });
+  } catch {
+    // The host is gone: nothing to tell.
+  }
+  log(`leaving after round ${lastRound}`);
+  await transport.close();
+  await system.shutdown();
+  return 0;
+}
+
+/** A joined node that runs a checkpoint keeper of the host's run (`--join URL --role keeper`). */
+async function keepOnJoin(o: {
+  system: ActorSystem;
+  transport: { close(): Promise<void>; peers: string[] };
+  client: { closed: Promise<unknown> };
+  info: RunInfo;
+  node: string;
+  options: NetworkedOptions;
+  log: (message: string, level?: "info" | "warn") => void;
+}): Promise<number> {
+  const { system, info, node, log } = o;
+  const settings = info.settings;
+  const path = `${node}/node/keeper`;
+  const dir = o.options.runDir ?? `runs/${settings.run}/${node}`;
+  let hostKeepers = [...(info.keepers ?? [])];
+  const sup = new Supervisor({
+    intensity: 10,
+    periodMs: 60_000,
+    children: [{
+      id: "keeper",
+      shutdownMs: 10_000,
+      start: () =>
+        keeperBehavior({
+          run: settings.run,
+          id: path,
+          dir,
+          config: runModel(settings),
+          settings: JSON.parse(JSON.stringify(settings)),
+          coordinator: "host/run/keepers/commit",
+          peers: () => hostKeepers,
+          writer: "worker",
+          backgroundDuty: o.options.backgroundDuty,
+          onEvent: (e) => {
+            const line = keeperLine(e);
+            if (line) log(line.text, line.warn ? "warn" : "info");
+            else if (e.type === "written") {
+              log(`keeper wrote round ${e.round} (${e.params_hash}) ${writeTime(e)}`);
+            }
+          },
+        }),
+    }],
+    onEvent: (e) => {
+      if (e.type === "restarted") log(`keeper restarted (restart ${e.restarts})`, "warn");
+    },
+  });
+  await system.spawn(sup, { name: "node", shutdownMs: Infinity });
+  log(`joined run "${settings.run}" as ${path}, writing ${dir}`);
+  const hello = async () => {
+    try {
+      const r = await system.ref("host/run/keepers/registry").ask<{ keepers?: string[] }>(
+        { type: "keeper_hello", run: settings.run, keeper: path },
+        { timeoutMs: 3000 },
+      );
+      if (Array.isArray(r?.keepers)) hostKeepers = r.keepers.filter((k) => k !== path);
+    } catch (err) {
+      log(`keeper registry did not answer: ${err instanceof Error ? err.message : err}`, "warn");
+    }
+  };
+  await hello();
+  const timer = setInterval(hello, REMOTE_KEEPER_TTL_MS / 4);
+  const stopped = Promise.withResolvers<void>();
+  const stop = () => stopped.resolve();
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+  await Promise.race([stopped.promise, o.client.closed]);
+  clearInterval(timer);
+  Deno.removeSignalListener("SIGINT", stop);
+  Deno.removeSignalListener("SIGTERM", stop);
+  log("keeper leaving");
+  await o.transport.close();
+  await system.shutdown();
+  return 0;
+}

@@ -1,0 +1,88 @@
+/**
+ * The end of a bounded run: the final θ committed ({@linkcode finalCommit})
+ * and the totals of the "done" event ({@linkcode summarize}), shared by the
+ * embedded run and the networked host.
+ *
+ * @module
+ */
+import type { RunHost } from "./host.ts";
+import type { RunMonitor } from "./monitor.ts";
+
+/** The final θ (the start of round `rounds`) is committed before a bounded run ends. */
+export async function finalCommit(host: RunHost, rounds: number): Promise<void> {
+  if (host.keeperPaths.length === 0 || !(rounds > 0)) return;
+  if (!(await host.committed(rounds, 60_000))) {
+    host.monitor.log(`the final round ${rounds} was not committed within 60 s`, "warn");
+  }
+}
+
+/** The summary of a finished run (the "done" event's fields). */
+export interface RunSummary {
+  [k: string]: unknown;
+  run: string;
+  rounds: number;
+  trainers: number;
+  params: number;
+  inner_steps: number;
+  tokens: number;
+  first_loss: number;
+  last_loss: number;
+  final_eval_loss: number;
+  restarts: number;
+  rejected: number;
+  hashes_equal: boolean;
+  bytes_up_per_round_per_trainer: number;
+  bytes_down_per_round_per_trainer: number;
+  fp32_exchange_bytes_per_round_per_trainer: number;
+  fp32_data_parallel_bytes_per_round_per_trainer: number;
+  ratio_vs_fp32_exchange: number;
+  reduction_vs_data_parallel: number;
+  utilization: number;
+  wall_s: number;
+}
+
+/** Builds the summary from the monitor's round events. */
+export function summarize(
+  monitor: RunMonitor,
+  options: { run: string; trainers: number; evalLoss: number },
+): RunSummary {
+  const rounds = monitor.rounds;
+  const params = rounds[0]?.params ?? 0;
+  const h = rounds[0]?.inner_steps ?? 0;
+  let up = 0;
+  let down = 0;
+  let n = 0;
+  for (const r of rounds) {
+    const k = Math.max(1, r.theta_hashes.length);
+    up += r.bytes_up / Math.max(1, r.trainers);
+    down += r.bytes_down / k;
+    n++;
+  }
+  const perUp = Math.round(up / Math.max(1, n));
+  const perDown = Math.round(down / Math.max(1, n));
+  return {
+    run: options.run,
+    rounds: rounds.length,
+    trainers: options.trainers,
+    params,
+    inner_steps: h,
+    tokens: rounds.reduce((s, r) => s + r.tokens, 0),
+    first_loss: rounds[0]?.loss ?? NaN,
+    last_loss: rounds.at(-1)?.loss ?? NaN,
+    final_eval_loss: Math.round(options.evalLoss * 10_000) / 10_000,
+    restarts: monitor.restarts,
+    restarts_by_child: monitor.restartsBy,
+    rejected: monitor.rejections.length,
+    hashes_equal: rounds.every((r) => new Set(r.theta_hashes).size === 1),
+    bytes_up_per_round_per_trainer: perUp,
+    bytes_down_per_round_per_trainer: perDown,
+    fp32_exchange_bytes_per_round_per_trainer: 4 * params,
+    fp32_data_parallel_bytes_per_round_per_trainer: 4 * params * h,
+    ratio_vs_fp32_exchange: Math.round(perUp / (4 * params) * 10_000) / 10_000,
+    reduction_vs_data_parallel: Math.round(4 * params * h / Math.max(1, perUp) * 10) / 10,
+    utilization: Math.round(
+      rounds.reduce((s, r) => s + r.utilization, 0) / Math.max(1, rounds.length) * 10_000,
+    ) / 10_000,
+    wall_s: Math.round(monitor.wallS * 1000) / 1000,
+  };
+}
