@@ -17,7 +17,8 @@ import { resolveShape, SHAPE_FLAG_OPTIONS, SHAPE_HELP, shapeFlags } from "./shap
 import { batchSampler, loadCorpus } from "./data.ts";
 import { acquireGpu, type Gpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
-import { createModel, pipelinedSteps } from "./model.ts";
+import { createModel } from "./model.ts";
+import { pipelinedSteps } from "./pipeline.ts";
 import { saveGpt2 } from "../checkpoint/gpt2_safetensors.ts";
 
 const HELP = `Usage: deno task train [flags]

@@ -8,7 +8,7 @@ import { equal, match, ok } from "@std/assert";
 import { assertAgreesWithNumpy } from "./_numpy_gpt2.ts";
 import { getConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
-import { initParams } from "../kernels/model.ts";
+import { initParams } from "../kernels/init.ts";
 import { loadCorpus } from "../kernels/data.ts";
 import { gpt2Tensors, saveGpt2, toHfConfig } from "../checkpoint/gpt2_safetensors.ts";
 import { writeSafetensors } from "../checkpoint/safetensors.ts";
