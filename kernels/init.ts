@@ -1,15 +1,25 @@
 /**
- * GPT-2 parameter init and the seeded random numbers behind it: the same seed
- * gives the same parameters on every machine, so a run can be repeated.
+ * GPT-2 parameter init and the seeded random numbers behind it (also the
+ * sampler's, kernels/sample.ts): the same seed gives the same parameters, or
+ * the same text, on every machine, so a run can be repeated.
  *
  * @module
  */
 import type { GptConfig } from "./config.ts";
 import { buildLayout, viewOf } from "./layout.ts";
 
-/** A standard normal generator from a seed (xoshiro128** + Box-Muller), deterministic across runs. */
-export function normalRng(seed: number): () => number {
-  // splitmix32 expands the seed into the four state words.
+/**
+ * A uniform u32 generator from a seed (xoshiro128**, its state expanded from
+ * the seed by splitmix32), deterministic across runs and machines.
+ *
+ * @example
+ * ```ts
+ * import { u32Rng } from "./init.ts";
+ * const a = u32Rng(7), b = u32Rng(7);
+ * console.log(a() === b()); // true
+ * ```
+ */
+export function u32Rng(seed: number): () => number {
   let s = seed >>> 0;
   const split = () => {
     s = (s + 0x9e3779b9) >>> 0;
@@ -19,7 +29,7 @@ export function normalRng(seed: number): () => number {
     return (z ^ (z >>> 16)) >>> 0;
   };
   let a = split(), b = split(), c = split(), d = split();
-  const next = () => {
+  return () => {
     const r = Math.imul(((Math.imul(b, 5) << 7) | (Math.imul(b, 5) >>> 25)) >>> 0, 9) >>> 0;
     const t = (b << 9) >>> 0;
     c = (c ^ a) >>> 0;
@@ -30,6 +40,11 @@ export function normalRng(seed: number): () => number {
     d = ((d << 11) | (d >>> 21)) >>> 0;
     return r;
   };
+}
+
+/** A standard normal generator from a seed ({@linkcode u32Rng} + Box-Muller), deterministic across runs. */
+export function normalRng(seed: number): () => number {
+  const next = u32Rng(seed);
   let spare: number | undefined;
   return () => {
     if (spare !== undefined) {

@@ -31,6 +31,7 @@ import {
 import { buildForward, modelGraph, ref } from "./model_forward.ts";
 import { buildBackward } from "./model_backward.ts";
 import { buildOptimizer } from "./model_optimizer.ts";
+import { stageTokens, type Tokens } from "./tokens.ts";
 import { type ModelPlan, planModel } from "./limits.ts";
 
 // Names this module exported before the model was split into the modules above: code that
@@ -38,15 +39,13 @@ import { type ModelPlan, planModel } from "./limits.ts";
 export { initParams, normalRng } from "./init.ts";
 export { pipelinedSteps, type StepInput } from "./pipeline.ts";
 export type { AttentionKind, ModelOptions } from "./model_options.ts";
+export type { Tokens } from "./tokens.ts";
 
 /** Options of one training step. */
 export interface StepOptions {
   /** Learning rate of this step. */
   lr: number;
 }
-
-/** Token input: [B, T] row-major bytes or u32 token ids. */
-export type Tokens = Uint8Array | Uint32Array;
 
 /** One dispatch of a training step, from {@linkcode GptModel.profileDispatches}. */
 export interface ProfiledDispatch {
@@ -102,6 +101,11 @@ export class GptModel {
   #stagingPool: GPUBuffer[] = [];
   #evalStaging!: GPUBuffer;
   #forward: Dispatch[] = [];
+  /** The forward pass up to the logits (the cross-entropy left out), for sampling. */
+  #logitsPart: Dispatch[] = [];
+  #logits!: GPUBuffer;
+  /** Readback of {@linkcode forwardLogits}, made on first use and grown as needed. */
+  #logitsStaging?: GPUBuffer;
   #lossPart: Dispatch[] = [];
   #backward: Dispatch[] = [];
   #optimizer: Dispatch[] = [];
@@ -204,6 +208,8 @@ export class GptModel {
       lossScale: this.gradAccum > 1 ? 1 / (N * this.gradAccum) : undefined,
     });
     this.#forward = forward.dispatches;
+    this.#logitsPart = forward.dispatches.slice(0, forward.logitsDispatches);
+    this.#logits = forward.logits;
     this.#lossPart = [meanLoss(gpu, { losses: ref(this.#losses, N), out: lossRef }, { rows: N })];
     // Grads and dres are cleared before the pass; the kernels accumulate.
     const backward = buildBackward(graph, forward, this.#tokens);
@@ -230,42 +236,13 @@ export class GptModel {
    */
   #stage(inputs: Tokens, targets: Tokens | undefined, what: string, whole = false): number {
     const T = this.config.blockSize;
-    const V = this.config.vocabSize;
-    const rows = inputs.length / T;
     const most = whole ? this.batch * this.gradAccum : this.batch;
-    if (!Number.isInteger(rows) || rows < 1 || rows > most) {
-      throw new RangeError(
-        `Invalid ${what} inputs: ${inputs.length} tokens is not 1..${most} rows of T=${T}`,
-      );
-    }
-    if (targets && targets.length !== inputs.length) {
-      throw new RangeError(
-        `Invalid ${what} targets: ${targets.length} tokens, inputs have ${inputs.length}`,
-      );
-    }
+    const words = { inputs: this.#tokenWords, targets: this.#targetWords };
+    const rows = stageTokens(inputs, targets, words, { T, V: this.config.vocabSize, most, what });
     // Micro-batches reach the GPU as one upload and are copied into place by the step.
     const staged = whole && this.#stepTokens !== undefined;
-    const length = most * T;
-    const tw = this.#tokenWords.subarray(0, length);
-    const gw = this.#targetWords.subarray(0, length);
-    tw.fill(0);
-    gw.fill(0);
-    for (let i = 0; i < inputs.length; i++) {
-      const x = inputs[i];
-      if (x >= V) {
-        throw new RangeError(`Invalid ${what} inputs: token ${x} at ${i} >= vocabulary ${V}`);
-      }
-      tw[i] = x;
-    }
-    if (targets) {
-      for (let i = 0; i < targets.length; i++) {
-        const y = targets[i];
-        if (y >= V) {
-          throw new RangeError(`Invalid ${what} targets: token ${y} at ${i} >= vocabulary ${V}`);
-        }
-        gw[i] = y;
-      }
-    }
+    const tw = this.#tokenWords.subarray(0, most * T);
+    const gw = this.#targetWords.subarray(0, most * T);
     this.#gpu.write(staged ? this.#stepTokens! : this.#tokens, tw);
     this.#gpu.write(staged ? this.#stepTargets! : this.#targets, gw);
     return rows;
@@ -488,6 +465,53 @@ export class GptModel {
     }
   }
 
+  /**
+   * Forward only, up to the logits: for [rows, T] inputs (rows <= batch), the
+   * logits [V] of each position in `positions` (flat: row × T + t), one after
+   * the other. Causal attention makes the logits at t depend on tokens 0..t of
+   * the row alone, so a context shorter than T may be padded with anything.
+   *
+   * @example
+   * ```ts ignore
+   * const next = await model.forwardLogits(contextPaddedToT, [contextLength - 1]);
+   * ```
+   */
+  async forwardLogits(inputs: Tokens, positions: readonly number[]): Promise<Float32Array> {
+    this.#check();
+    const rows = this.#stage(inputs, undefined, "logits");
+    const V = this.config.vocabSize;
+    const n = rows * this.config.blockSize;
+    if (positions.length < 1 || positions.some((p) => !Number.isInteger(p) || p < 0 || p >= n)) {
+      throw new RangeError(
+        `Invalid logits positions: [${positions}] (expected 1 or more integers in [0, ${n}))`,
+      );
+    }
+    const bytes = positions.length * V * 4;
+    if (!this.#logitsStaging || this.#logitsStaging.size < bytes) {
+      this.#logitsStaging?.destroy();
+      this.#logitsStaging = this.#gpu.device.createBuffer({
+        label: "logits_staging",
+        size: bytes,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+    }
+    const staging = this.#logitsStaging;
+    this.#busy = true;
+    try {
+      const enc = this.#encode([this.#logitsPart], false);
+      positions.forEach((p, i) => {
+        enc.copyBufferToBuffer(this.#logits, p * V * 4, staging, i * V * 4, V * 4);
+      });
+      this.#gpu.device.queue.submit([enc.finish()]);
+      await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+      const out = new Float32Array(staging.getMappedRange(0, bytes).slice(0));
+      staging.unmap();
+      return out;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
   /** The mean cross-entropy (nats/token) of [rows, T] inputs (rows <= batch); forward only. */
   async evalLoss(inputs: Tokens, targets: Tokens): Promise<number> {
     const losses = await this.evalLosses(inputs, targets);
@@ -531,6 +555,7 @@ export class GptModel {
     this.#disposed = true;
     for (const b of this.#buffers) b.destroy();
     this.#buffers.length = 0;
+    this.#logitsStaging?.destroy();
   }
 }
 

@@ -4,7 +4,8 @@
  *
  * @module
  */
-import type { GptModel, Tokens } from "./model.ts";
+import type { GptModel } from "./model.ts";
+import type { Tokens } from "./tokens.ts";
 
 /** The batch and learning rate of one step of {@linkcode pipelinedSteps}. */
 export interface StepInput {
