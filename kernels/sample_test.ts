@@ -6,7 +6,7 @@
 import { deepEqual, equal, notDeepEqual, ok, rejects, throws } from "@std/assert";
 import { acquireGpu } from "./device.ts";
 import type { GptConfig } from "./config.ts";
-import { createModel } from "./model.ts";
+import { createModel, type GptModel } from "./model.ts";
 import { initParams } from "./init.ts";
 import { referenceForward } from "./model_reference.ts";
 import { generate, pickToken, Sampler } from "./sample.ts";
@@ -15,9 +15,24 @@ import { assertClose, randomU32 } from "./_testing.ts";
 /** Large enough that several attention heads and a 2-row batch are exercised. */
 const config: GptConfig = { nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 256 };
 
-/** GPT-2 init scaled up so that the logits spread over a few nats (init alone is near uniform). */
-function spreadParams(): Float32Array {
-  return initParams(config, 3).map((x) => x * 3);
+/**
+ * Runs `fn` on a model of `batch` rows whose parameters are GPT-2 init scaled
+ * up, so that the logits spread over a few nats (init alone is near uniform).
+ */
+async function withModel(
+  batch: number,
+  fn: (model: GptModel, params: Float32Array) => Promise<void>,
+): Promise<void> {
+  const gpu = await acquireGpu();
+  try {
+    const model = await createModel(gpu, config, { batch });
+    const params = initParams(config, 3).map((x) => x * 3);
+    model.setParams(params);
+    await fn(model, params);
+    model.dispose();
+  } finally {
+    gpu.destroy();
+  }
 }
 
 Deno.test("pickToken: temperature 0 takes the first largest logit; top-k draws only among the k largest", () => {
@@ -50,11 +65,7 @@ Deno.test("Sampler: a high temperature draws near-uniformly, a low one near-gree
 });
 
 Deno.test("forwardLogits matches the TypeScript reference model at chosen positions of a 2-row batch", async () => {
-  const gpu = await acquireGpu();
-  try {
-    const model = await createModel(gpu, config, { batch: 2 });
-    const params = spreadParams();
-    model.setParams(params);
+  await withModel(2, async (model, params) => {
     const T = config.blockSize;
     const V = config.vocabSize;
     const inputs = randomU32(2 * T, 4, V);
@@ -71,18 +82,11 @@ Deno.test("forwardLogits matches the TypeScript reference model at chosen positi
     });
     await rejects(() => model.forwardLogits(inputs, [2 * T]), /Invalid logits positions/);
     await rejects(() => model.forwardLogits(inputs, []), /Invalid logits positions/);
-    model.dispose();
-  } finally {
-    gpu.destroy();
-  }
+  });
 });
 
 Deno.test("generate: the same seed gives the same bytes, another seed others; greedy follows the reference argmax", async () => {
-  const gpu = await acquireGpu();
-  try {
-    const model = await createModel(gpu, config, { batch: 1 });
-    const params = spreadParams();
-    model.setParams(params);
+  await withModel(1, async (model, params) => {
     const prompt = new TextEncoder().encode("Hi");
     // 24 new bytes from a 2-byte prompt: the context slides past T = 16.
     const run = async (options: { seed?: number; temperature?: number }) =>
@@ -101,8 +105,5 @@ Deno.test("generate: the same seed gives the same bytes, another seed others; gr
     }
     await rejects(() => generate(model, new Uint8Array(0), { tokens: 1 }), /Invalid prompt: empty/);
     await rejects(() => generate(model, prompt, { tokens: 0 }), /Invalid tokens: 0/);
-    model.dispose();
-  } finally {
-    gpu.destroy();
-  }
+  });
 });
