@@ -11,8 +11,13 @@
  */
 export * from "./kernels/device.ts";
 export * from "./actors/runtime/mod.ts";
-export { createModel, GptModel, initParams, pipelinedSteps } from "./kernels/model.ts";
-export type { ModelOptions, StepInput, StepOptions, Tokens } from "./kernels/model.ts";
+export { createModel, GptModel } from "./kernels/model.ts";
+export { initParams } from "./kernels/init.ts";
+export { pipelinedSteps } from "./kernels/pipeline.ts";
+export type { StepOptions } from "./kernels/model.ts";
+export type { Tokens } from "./kernels/tokens.ts";
+export type { ModelOptions } from "./kernels/model_options.ts";
+export type { StepInput } from "./kernels/pipeline.ts";
 export { CONFIGS, DEFAULT_CONFIG, getConfig, validateConfig } from "./kernels/config.ts";
 export type { GptConfig, NamedConfig } from "./kernels/config.ts";
 export { BatchSampler, batchSampler, DataError, loadCorpus } from "./kernels/data.ts";

@@ -12,7 +12,8 @@
  */
 import { acquireGpu, type Gpu } from "../kernels/device.ts";
 import type { GptConfig } from "../kernels/config.ts";
-import { createModel, type GptModel, pipelinedSteps } from "../kernels/model.ts";
+import { createModel, type GptModel } from "../kernels/model.ts";
+import { pipelinedSteps } from "../kernels/pipeline.ts";
 import { type BatchSampler, batchSampler, type DataCursor, loadCorpus } from "../kernels/data.ts";
 import { evaluate } from "../kernels/evaluate.ts";
 import { outerDispatches } from "../kernels/outer.ts";

@@ -15,7 +15,7 @@ import {
 } from "./safetensors.ts";
 import { getConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
-import { initParams } from "../kernels/model.ts";
+import { initParams } from "../kernels/init.ts";
 
 const tiny = getConfig("tiny").model;
 

@@ -18,7 +18,8 @@
 import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
 import { acquireGpu, type Gpu } from "./device.ts";
 import { describeConfig, getConfig } from "./config.ts";
-import { createModel, pipelinedSteps } from "./model.ts";
+import { createModel } from "./model.ts";
+import { pipelinedSteps } from "./pipeline.ts";
 import { batchSampler } from "./data.ts";
 
 /** FLOPs of one training step of `config` on `tokens` tokens (see the module doc). */

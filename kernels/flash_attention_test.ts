@@ -4,7 +4,8 @@ import { flashAttentionBackward, flashAttentionForward } from "./flash_attention
 import { flashPlan } from "./_flash_wgsl.ts";
 import { attentionBackwardRef, attentionForwardRef, attentionLseRef } from "./reference.ts";
 import { assertClose, noGpuErrors, randomF32, randomU32, rng, sameBits } from "./_testing.ts";
-import { type AttentionKind, createModel } from "./model.ts";
+import { createModel } from "./model.ts";
+import type { AttentionKind } from "./model_options.ts";
 import { getConfig, type GptConfig } from "./config.ts";
 import { referenceForward } from "./model_reference.ts";
 

@@ -9,139 +9,42 @@
  * and AdamW into one command buffer, submits it once and reads back 8 bytes
  * (the mean loss and the gradient norm) through a reused staging buffer.
  *
+ * The pieces, in llm.c's order: parameter init in kernels/init.ts, the
+ * forward pass (one function per layer) in kernels/model_forward.ts, the
+ * backward pass in kernels/model_backward.ts, gradient norm and AdamW in
+ * kernels/model_optimizer.ts; the pipelined training loop over
+ * {@linkcode GptModel.step} is kernels/pipeline.ts.
+ *
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
 import { type GptConfig, validateConfig } from "./config.ts";
-import { buildLayout, type ParamLayout, type ParamView, viewOf } from "./layout.ts";
-import { matmul, type MatmulBuffers, type MatmulShape } from "./matmul.ts";
-import { embeddingBackward, embeddingForward } from "./embedding.ts";
-import { layernormBackward, layernormForward } from "./layernorm.ts";
-import { attentionBackward, attentionForward } from "./attention.ts";
-import { flashAttentionBackward, flashAttentionForward } from "./flash_attention.ts";
-import { crossEntropyForwardBackward, meanLoss } from "./crossentropy.ts";
-import { adamwChunks, gradNorm } from "./adamw.ts";
+import { buildLayout, type ParamLayout } from "./layout.ts";
+import { meanLoss } from "./crossentropy.ts";
+import { initParams } from "./init.ts";
+import {
+  type AdamwOptions,
+  type AttentionKind,
+  type ModelOptions,
+  resolveModelOptions,
+} from "./model_options.ts";
+import { buildForward, modelGraph, ref } from "./model_forward.ts";
+import { buildBackward } from "./model_backward.ts";
+import { buildOptimizer } from "./model_optimizer.ts";
+import { stageTokens, type Tokens } from "./tokens.ts";
 import { type ModelPlan, planModel } from "./limits.ts";
 
-/** Options for {@linkcode createModel}. */
-export interface ModelOptions {
-  /** Seed of the parameter init (default 0). */
-  seed?: number;
-  /** Sequences per step (default 1). Every step and eval call uses this batch size. */
-  batch?: number;
-  /** AdamW decoupled weight decay on 2-D tensors (default 0.1). */
-  weightDecay?: number;
-  /** AdamW beta1 (default 0.9). */
-  beta1?: number;
-  /** AdamW beta2 (default 0.95). */
-  beta2?: number;
-  /** AdamW epsilon (default 1e-8). */
-  eps?: number;
-  /** Clip the global gradient norm to this (default 1; 0 disables clipping). */
-  maxGradNorm?: number;
-  /** Matmul variant (default: chosen by matmul.ts from the adapter). */
-  matmulVariant?: string;
-  /**
-   * Attention kernels: "blocked" (kernels/attention.ts, register-blocked for CPU adapters, saves
-   * [B,NH,T,T] probabilities) or "flash" (kernels/flash_attention.ts, workgroup tiles for GPUs,
-   * saves [B,NH,T] log-sum-exps). Default: "blocked" on CPU adapters, "flash" otherwise.
-   */
-  attention?: AttentionKind;
-  /**
-   * Micro-batches per step (default 1): a step takes `gradAccum × batch`
-   * sequences, runs forward and backward on `batch` of them at a time, sums
-   * their gradients on the GPU (scaled so that the sum is the gradient of the
-   * mean loss over all of them) and makes one clip and AdamW update, as one
-   * step on the whole batch would.
-   */
-  gradAccum?: number;
-  /**
-   * Bind at most this many bytes at once (default: the Gpu's
-   * `limits.maxBindingBytes`; at most that). Whole-vector kernels are
-   * dispatched in chunks of this size; tests lower it to exercise them.
-   */
-  maxBindingBytes?: number;
-}
-
-/** The attention kernel families a model can use (see {@linkcode ModelOptions.attention}). */
-export type AttentionKind = "blocked" | "flash";
+// Names this module exported before the model was split into the modules above: code that
+// imports them from here keeps working.
+export { initParams, normalRng } from "./init.ts";
+export { pipelinedSteps, type StepInput } from "./pipeline.ts";
+export type { AttentionKind, ModelOptions } from "./model_options.ts";
+export type { Tokens } from "./tokens.ts";
 
 /** Options of one training step. */
 export interface StepOptions {
   /** Learning rate of this step. */
   lr: number;
-}
-
-/** Token input: [B, T] row-major bytes or u32 token ids. */
-export type Tokens = Uint8Array | Uint32Array;
-
-/** A standard normal generator from a seed (xoshiro128** + Box-Muller), deterministic across runs. */
-export function normalRng(seed: number): () => number {
-  // splitmix32 expands the seed into the four state words.
-  let s = seed >>> 0;
-  const split = () => {
-    s = (s + 0x9e3779b9) >>> 0;
-    let z = s;
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-    return (z ^ (z >>> 16)) >>> 0;
-  };
-  let a = split(), b = split(), c = split(), d = split();
-  const next = () => {
-    const r = Math.imul(((Math.imul(b, 5) << 7) | (Math.imul(b, 5) >>> 25)) >>> 0, 9) >>> 0;
-    const t = (b << 9) >>> 0;
-    c = (c ^ a) >>> 0;
-    d = (d ^ b) >>> 0;
-    b = (b ^ c) >>> 0;
-    a = (a ^ d) >>> 0;
-    c = (c ^ t) >>> 0;
-    d = ((d << 11) | (d >>> 21)) >>> 0;
-    return r;
-  };
-  let spare: number | undefined;
-  return () => {
-    if (spare !== undefined) {
-      const v = spare;
-      spare = undefined;
-      return v;
-    }
-    const u1 = (next() + 1) / 4294967297; // (0, 1)
-    const u2 = next() / 4294967296;
-    const r = Math.sqrt(-2 * Math.log(u1));
-    spare = r * Math.sin(2 * Math.PI * u2);
-    return r * Math.cos(2 * Math.PI * u2);
-  };
-}
-
-/**
- * GPT-2 init in the flat layout: weights and embeddings ~ N(0, 0.02), the two
- * residual projections (attn.c_proj, mlp.c_proj) ~ N(0, 0.02/sqrt(2L)),
- * biases 0, LayerNorm weights 1. Padding is 0.
- *
- * @example
- * ```ts
- * import { initParams } from "./model.ts";
- * const p = initParams({ nLayer: 1, nHead: 1, nEmbd: 8, blockSize: 4, vocabSize: 16 }, 1);
- * console.log(p.length % 64); // 0
- * ```
- */
-export function initParams(config: GptConfig, seed = 0): Float32Array {
-  const layout = buildLayout(config);
-  const params = new Float32Array(layout.totalLength);
-  const rand = normalRng(seed);
-  const residualStd = 0.02 / Math.sqrt(2 * config.nLayer);
-  for (const v of layout.views) {
-    const x = viewOf(params, v);
-    if (
-      v.name.endsWith("ln_1.weight") || v.name.endsWith("ln_2.weight") || v.name === "ln_f.weight"
-    ) {
-      x.fill(1);
-    } else if (v.shape.length >= 2) {
-      const std = v.name.endsWith("c_proj.weight") ? residualStd : 0.02;
-      for (let i = 0; i < x.length; i++) x[i] = rand() * std;
-    }
-  }
-  return params;
 }
 
 /** One dispatch of a training step, from {@linkcode GptModel.profileDispatches}. */
@@ -150,24 +53,6 @@ export interface ProfiledDispatch {
   part: "forward" | "loss" | "backward" | "optimizer";
   /** The dispatch; its label names the kernel and its shape. */
   dispatch: Dispatch;
-}
-
-/** Per-layer activations kept for the backward pass. */
-interface LayerActs {
-  ln1: GPUBuffer;
-  ln1Mean: GPUBuffer;
-  ln1Rstd: GPUBuffer;
-  qkv: GPUBuffer;
-  atty: GPUBuffer;
-  /** The saved softmax: probabilities [B,NH,T,T] (blocked) or log-sum-exps [B,NH,T] (flash). */
-  att: GPUBuffer;
-  residual2: GPUBuffer;
-  ln2: GPUBuffer;
-  ln2Mean: GPUBuffer;
-  ln2Rstd: GPUBuffer;
-  fch: GPUBuffer;
-  fchGelu: GPUBuffer;
-  residual3: GPUBuffer;
 }
 
 /** A GPT-2 model on the GPU with its optimizer state. Create it with {@linkcode createModel}. */
@@ -195,12 +80,7 @@ export class GptModel {
   lastGradNorm = NaN;
 
   readonly #gpu: Gpu;
-  readonly #opts: Required<
-    Omit<
-      ModelOptions,
-      "matmulVariant" | "seed" | "batch" | "attention" | "gradAccum" | "maxBindingBytes"
-    >
-  >;
+  readonly #opts: AdamwOptions;
   readonly #buffers: GPUBuffer[] = [];
   #params!: GPUBuffer;
   #grads!: GPUBuffer;
@@ -221,6 +101,11 @@ export class GptModel {
   #stagingPool: GPUBuffer[] = [];
   #evalStaging!: GPUBuffer;
   #forward: Dispatch[] = [];
+  /** The forward pass up to the logits (the cross-entropy left out), for sampling. */
+  #logitsPart: Dispatch[] = [];
+  #logits!: GPUBuffer;
+  /** Readback of {@linkcode forwardLogits}, made on first use and grown as needed. */
+  #logitsStaging?: GPUBuffer;
   #lossPart: Dispatch[] = [];
   #backward: Dispatch[] = [];
   #optimizer: Dispatch[] = [];
@@ -237,31 +122,8 @@ export class GptModel {
   /** Use {@linkcode createModel}. */
   constructor(gpu: Gpu, config: GptConfig, options: ModelOptions = {}) {
     validateConfig(config);
-    const batch = options.batch ?? 1;
-    if (!Number.isInteger(batch) || batch < 1) {
-      throw new RangeError(`Invalid batch: ${batch} (expected a positive integer)`);
-    }
-    const attention = options.attention ?? (gpu.isCpu ? "blocked" : "flash");
-    if (attention !== "blocked" && attention !== "flash") {
-      throw new RangeError(
-        `Invalid attention: ${String(attention)} (expected "blocked" or "flash")`,
-      );
-    }
+    const { batch, attention, gradAccum, limits, optimizer } = resolveModelOptions(gpu, options);
     this.attention = attention;
-    const gradAccum = options.gradAccum ?? 1;
-    if (!Number.isInteger(gradAccum) || gradAccum < 1 || gradAccum > 65536) {
-      throw new RangeError(`Invalid gradAccum: ${gradAccum} (expected an integer in [1, 65536])`);
-    }
-    const limits = { ...gpu.limits };
-    if (options.maxBindingBytes !== undefined) {
-      const max = options.maxBindingBytes;
-      if (!Number.isSafeInteger(max) || max < 1 || max > limits.maxBindingBytes) {
-        throw new RangeError(
-          `Invalid maxBindingBytes: ${max} (expected an integer in [1, ${limits.maxBindingBytes}])`,
-        );
-      }
-      limits.maxBindingBytes = max;
-    }
     // Before any allocation: a shape that cannot fit is refused with what would fit.
     this.plan = planModel(
       config,
@@ -275,13 +137,7 @@ export class GptModel {
     this.gradAccum = gradAccum;
     this.paramCount = this.layout.paramCount;
     this.paramLength = this.layout.totalLength;
-    this.#opts = {
-      weightDecay: options.weightDecay ?? 0.1,
-      beta1: options.beta1 ?? 0.9,
-      beta2: options.beta2 ?? 0.95,
-      eps: options.eps ?? 1e-8,
-      maxGradNorm: options.maxGradNorm ?? 1,
-    };
+    this.#opts = optimizer;
     this.#tokenWords = new Uint32Array(gradAccum * batch * config.blockSize);
     this.#targetWords = new Uint32Array(gradAccum * batch * config.blockSize);
     this.#build(options.matmulVariant);
@@ -310,29 +166,13 @@ export class GptModel {
 
   #build(variant: string | undefined): void {
     const gpu = this.#gpu;
-    const { nLayer: L, nHead: NH, nEmbd: C, blockSize: T, vocabSize: V } = this.config;
-    const B = this.batch;
-    const N = B * T;
+    const { blockSize: T } = this.config;
+    const N = this.batch * T;
     const n = this.layout.totalLength;
-    const ref = (buffer: GPUBuffer, length: number): TensorRef => ({ buffer, offset: 0, length });
-    const flash = this.attention === "flash";
-    // Flash attention keeps one float per (batch, head, row) instead of a T×T matrix.
-    const nAtt = flash ? B * NH * T : B * NH * T * T;
-    const attShape = { b: B, t: T, c: C, nh: NH };
     this.#params = this.#buf(n, "params");
     this.#grads = this.#buf(n, "grads");
     this.#m = this.#buf(n, "adam_m");
     this.#v = this.#buf(n, "adam_v");
-    const P = (v: ParamView): TensorRef => ({
-      buffer: this.#params,
-      offset: v.offset * 4,
-      length: v.length,
-    });
-    const G = (v: ParamView): TensorRef => ({
-      buffer: this.#grads,
-      offset: v.offset * 4,
-      length: v.length,
-    });
     this.#tokens = this.#buf(N, "tokens");
     this.#targets = this.#buf(N, "targets");
     if (this.gradAccum > 1) {
@@ -351,267 +191,38 @@ export class GptModel {
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
     this.#buffers.push(this.#evalStaging);
-    const mm = (
-      bufs: MatmulBuffers,
-      shape: Omit<MatmulShape, "variant">,
-    ) => matmul(gpu, bufs, { ...shape, variant });
-
-    // ---- forward
-    const encoded = this.#buf(N * C, "encoded");
-    const fwd: Dispatch[] = [];
-    fwd.push(embeddingForward(gpu, {
-      tokens: ref(this.#tokens, N),
-      wte: P(this.layout.wte),
-      wpe: P(this.layout.wpe),
-      out: ref(encoded, N * C),
-    }, { b: B, t: T, c: C }));
-    const acts: LayerActs[] = [];
-    let residual = encoded;
-    for (let l = 0; l < L; l++) {
-      const w = this.layout.blocks[l];
-      const a: LayerActs = {
-        ln1: this.#buf(N * C, `ln1_${l}`),
-        ln1Mean: this.#buf(N, `ln1_mean_${l}`),
-        ln1Rstd: this.#buf(N, `ln1_rstd_${l}`),
-        qkv: this.#buf(N * 3 * C, `qkv_${l}`),
-        atty: this.#buf(N * C, `atty_${l}`),
-        att: this.#buf(nAtt, `att_${l}`),
-        residual2: this.#buf(N * C, `residual2_${l}`),
-        ln2: this.#buf(N * C, `ln2_${l}`),
-        ln2Mean: this.#buf(N, `ln2_mean_${l}`),
-        ln2Rstd: this.#buf(N, `ln2_rstd_${l}`),
-        fch: this.#buf(N * 4 * C, `fch_${l}`),
-        fchGelu: this.#buf(N * 4 * C, `fch_gelu_${l}`),
-        residual3: this.#buf(N * C, `residual3_${l}`),
-      };
-      acts.push(a);
-      fwd.push(layernormForward(gpu, {
-        inp: ref(residual, N * C),
-        weight: P(w.ln1w),
-        bias: P(w.ln1b),
-        out: ref(a.ln1, N * C),
-        mean: ref(a.ln1Mean, N),
-        rstd: ref(a.ln1Rstd, N),
-      }, { rows: N, c: C }));
-      fwd.push(mm(
-        { a: ref(a.ln1, N * C), b: P(w.qkvw), c: ref(a.qkv, N * 3 * C), bias: P(w.qkvb) },
-        { m: N, n: 3 * C, k: C },
-      ));
-      const attBufs = { qkv: ref(a.qkv, N * 3 * C), out: ref(a.atty, N * C) };
-      fwd.push(
-        flash
-          ? flashAttentionForward(gpu, { ...attBufs, lse: ref(a.att, nAtt) }, attShape)
-          : attentionForward(gpu, { ...attBufs, att: ref(a.att, nAtt) }, attShape),
-      );
-      // residual2 = residual + atty·W + b, the residual added in the matmul's stores.
-      fwd.push(mm({
-        a: ref(a.atty, N * C),
-        b: P(w.attprojw),
-        c: ref(a.residual2, N * C),
-        bias: P(w.attprojb),
-        residual: ref(residual, N * C),
-      }, { m: N, n: C, k: C }));
-      fwd.push(layernormForward(gpu, {
-        inp: ref(a.residual2, N * C),
-        weight: P(w.ln2w),
-        bias: P(w.ln2b),
-        out: ref(a.ln2, N * C),
-        mean: ref(a.ln2Mean, N),
-        rstd: ref(a.ln2Rstd, N),
-      }, { rows: N, c: C }));
-      // fch = ln2·W + b is kept for the backward pass; gelu(fch) is applied in the same stores.
-      fwd.push(mm({
-        a: ref(a.ln2, N * C),
-        b: P(w.fcw),
-        c: ref(a.fchGelu, N * 4 * C),
-        bias: P(w.fcb),
-        pre: ref(a.fch, N * 4 * C),
-      }, { m: N, n: 4 * C, k: C, epilogue: "gelu" }));
-      fwd.push(mm({
-        a: ref(a.fchGelu, N * 4 * C),
-        b: P(w.fcprojw),
-        c: ref(a.residual3, N * C),
-        bias: P(w.fcprojb),
-        residual: ref(a.residual2, N * C),
-      }, { m: N, n: C, k: 4 * C }));
-      residual = a.residual3;
-    }
-    const lnf = this.#buf(N * C, "lnf");
-    const lnfMean = this.#buf(N, "lnf_mean");
-    const lnfRstd = this.#buf(N, "lnf_rstd");
-    const logits = this.#buf(N * V, "logits");
-    const dlogits = this.#buf(N * V, "dlogits");
-    fwd.push(layernormForward(gpu, {
-      inp: ref(residual, N * C),
-      weight: P(this.layout.lnfw),
-      bias: P(this.layout.lnfb),
-      out: ref(lnf, N * C),
-      mean: ref(lnfMean, N),
-      rstd: ref(lnfRstd, N),
-    }, { rows: N, c: C }));
-    fwd.push(mm(
-      { a: ref(lnf, N * C), b: P(this.layout.wte), c: ref(logits, N * V) },
-      { m: N, n: V, k: C, transB: true },
-    ));
-    fwd.push(crossEntropyForwardBackward(
+    const graph = modelGraph({
       gpu,
-      {
-        logits: ref(logits, N * V),
-        targets: ref(this.#targets, N),
-        losses: ref(this.#losses, N),
-        dlogits: ref(dlogits, N * V),
-      },
-      this.gradAccum > 1 ? { rows: N, v: V, scale: 1 / (N * this.gradAccum) } : { rows: N, v: V },
-    ));
-    this.#forward = fwd;
+      config: this.config,
+      layout: this.layout,
+      batch: this.batch,
+      flash: this.attention === "flash",
+      buf: (length, label) => this.#buf(length, label),
+      params: this.#params,
+      grads: this.#grads,
+    }, variant);
+    const forward = buildForward(graph, {
+      tokens: this.#tokens,
+      targets: this.#targets,
+      losses: this.#losses,
+      lossScale: this.gradAccum > 1 ? 1 / (N * this.gradAccum) : undefined,
+    });
+    this.#forward = forward.dispatches;
+    this.#logitsPart = forward.dispatches.slice(0, forward.logitsDispatches);
+    this.#logits = forward.logits;
     this.#lossPart = [meanLoss(gpu, { losses: ref(this.#losses, N), out: lossRef }, { rows: N })];
-
-    // ---- backward (grads and dres are cleared before the pass; the kernels accumulate)
-    const bwd: Dispatch[] = [];
-    this.#dres = this.#buf(N * C, "dresidual");
-    const dres = ref(this.#dres, N * C);
-    const dln = ref(this.#buf(N * C, "dln"), N * C);
-    const datty = ref(this.#buf(N * C, "datty"), N * C);
-    const dqkv = ref(this.#buf(N * 3 * C, "dqkv"), N * 3 * C);
-    const dfch = ref(this.#buf(N * 4 * C, "dfch"), N * 4 * C);
-    // Scratch of the attention backward: datt [B,NH,T,T] (blocked) or D [B,NH,T] (flash).
-    const datt = ref(this.#buf(nAtt, "datt"), nAtt);
-    const dl = ref(dlogits, N * V);
-    // logits = lnf · wteᵀ: dwte += dlogitsᵀ · lnf, dlnf = dlogits · wte.
-    bwd.push(mm({ a: dl, b: ref(lnf, N * C), c: G(this.layout.wte) }, {
-      m: V,
-      n: C,
-      k: N,
-      transA: true,
-      accumulate: true,
-    }));
-    bwd.push(mm({ a: dl, b: P(this.layout.wte), c: dln }, { m: N, n: C, k: V }));
-    bwd.push(...layernormBackward(gpu, {
-      dinp: dres,
-      dweight: G(this.layout.lnfw),
-      dbias: G(this.layout.lnfb),
-      dout: dln,
-      inp: ref(residual, N * C),
-      weight: P(this.layout.lnfw),
-      mean: ref(lnfMean, N),
-      rstd: ref(lnfRstd, N),
-    }, { rows: N, c: C }));
-    // Linear backward: dx = dy·Wᵀ (written; times gelu'(geluPre) when the layer's input was
-    // gelu(geluPre)), dW += xᵀ·dy, and db += colsum(dy) from the same matmul's loads of dy.
-    const linearBackward = (
-      x: TensorRef,
-      dy: TensorRef,
-      dx: TensorRef,
-      wv: ParamView,
-      bv: ParamView,
-      ic: number,
-      oc: number,
-      geluPre?: TensorRef,
-    ) => {
-      bwd.push(mm({ a: dy, b: P(wv), c: dx, pre: geluPre }, {
-        m: N,
-        n: ic,
-        k: oc,
-        transB: true,
-        epilogue: geluPre ? "geluBackward" : "none",
-      }));
-      bwd.push(mm({ a: x, b: dy, c: G(wv), colSum: G(bv) }, {
-        m: ic,
-        n: oc,
-        k: N,
-        transA: true,
-        accumulate: true,
-      }));
-    };
-    for (let l = L - 1; l >= 0; l--) {
-      const w = this.layout.blocks[l];
-      const a = acts[l];
-      const inp = l === 0 ? encoded : acts[l - 1].residual3;
-      // residual3 = residual2 + fcproj: dres is the gradient of both. fcproj's input was
-      // gelu(fch), so its dx comes out as dfch.
-      linearBackward(
-        ref(a.fchGelu, N * 4 * C),
-        dres,
-        dfch,
-        w.fcprojw,
-        w.fcprojb,
-        4 * C,
-        C,
-        ref(a.fch, N * 4 * C),
-      );
-      linearBackward(ref(a.ln2, N * C), dfch, dln, w.fcw, w.fcb, C, 4 * C);
-      bwd.push(...layernormBackward(gpu, {
-        dinp: dres,
-        dweight: G(w.ln2w),
-        dbias: G(w.ln2b),
-        dout: dln,
-        inp: ref(a.residual2, N * C),
-        weight: P(w.ln2w),
-        mean: ref(a.ln2Mean, N),
-        rstd: ref(a.ln2Rstd, N),
-      }, { rows: N, c: C }));
-      // residual2 = residual + attproj.
-      linearBackward(ref(a.atty, N * C), dres, datty, w.attprojw, w.attprojb, C, C);
-      // Written whole by the attention backward: no clearing needed.
-      const attGrad = { dqkv, dout: datty, qkv: ref(a.qkv, N * 3 * C) };
-      bwd.push(
-        ...(flash
-          ? flashAttentionBackward(
-            gpu,
-            {
-              ...attGrad,
-              out: ref(a.atty, N * C),
-              lse: ref(a.att, nAtt),
-              dsum: datt,
-            },
-            attShape,
-            { accumulate: false },
-          )
-          : attentionBackward(gpu, { ...attGrad, datt, att: ref(a.att, nAtt) }, attShape, {
-            accumulate: false,
-          })),
-      );
-      linearBackward(ref(a.ln1, N * C), dqkv, dln, w.qkvw, w.qkvb, C, 3 * C);
-      bwd.push(...layernormBackward(gpu, {
-        dinp: dres,
-        dweight: G(w.ln1w),
-        dbias: G(w.ln1b),
-        dout: dln,
-        inp: ref(inp, N * C),
-        weight: P(w.ln1w),
-        mean: ref(a.ln1Mean, N),
-        rstd: ref(a.ln1Rstd, N),
-      }, { rows: N, c: C }));
-    }
-    bwd.push(...embeddingBackward(gpu, {
-      tokens: ref(this.#tokens, N),
-      dout: dres,
-      dwte: G(this.layout.wte),
-      dwpe: G(this.layout.wpe),
-    }, { b: B, t: T, c: C, v: V }));
-    this.#backward = bwd;
-
-    // ---- optimizer: global grad norm, then AdamW over all parameters, with weight decay on
-    // the decayed region, which the layout puts first; one dispatch each per chunk of at most
-    // one binding (one chunk unless the vectors exceed maxStorageBufferBindingSize).
-    const opt: Dispatch[] = [];
-    const chunk = this.plan.chunk;
-    opt.push(...gradNorm(gpu, { grads: ref(this.#grads, n), out: normRef }, { n, chunk }));
-    const { decayRegion } = this.layout;
-    if (decayRegion.offset !== 0) {
-      throw new Error(
-        `Cannot build the optimizer: the decayed region starts at ${decayRegion.offset}, not 0`,
-      );
-    }
-    opt.push(...adamwChunks(gpu, {
+    // Grads and dres are cleared before the pass; the kernels accumulate.
+    const backward = buildBackward(graph, forward, this.#tokens);
+    this.#dres = backward.dres;
+    this.#backward = backward.dispatches;
+    this.#optimizer = buildOptimizer(gpu, {
       params: ref(this.#params, n),
       grads: ref(this.#grads, n),
       m: ref(this.#m, n),
       v: ref(this.#v, n),
       norm: normRef,
       hyper: ref(this.#hyper, 8),
-    }, { n, weightDecay: this.#opts.weightDecay, decayEnd: decayRegion.length, chunk }));
-    this.#optimizer = opt;
+    }, { layout: this.layout, weightDecay: this.#opts.weightDecay, chunk: this.plan.chunk });
   }
 
   #check(): void {
@@ -625,42 +236,13 @@ export class GptModel {
    */
   #stage(inputs: Tokens, targets: Tokens | undefined, what: string, whole = false): number {
     const T = this.config.blockSize;
-    const V = this.config.vocabSize;
-    const rows = inputs.length / T;
     const most = whole ? this.batch * this.gradAccum : this.batch;
-    if (!Number.isInteger(rows) || rows < 1 || rows > most) {
-      throw new RangeError(
-        `Invalid ${what} inputs: ${inputs.length} tokens is not 1..${most} rows of T=${T}`,
-      );
-    }
-    if (targets && targets.length !== inputs.length) {
-      throw new RangeError(
-        `Invalid ${what} targets: ${targets.length} tokens, inputs have ${inputs.length}`,
-      );
-    }
+    const words = { inputs: this.#tokenWords, targets: this.#targetWords };
+    const rows = stageTokens(inputs, targets, words, { T, V: this.config.vocabSize, most, what });
     // Micro-batches reach the GPU as one upload and are copied into place by the step.
     const staged = whole && this.#stepTokens !== undefined;
-    const length = most * T;
-    const tw = this.#tokenWords.subarray(0, length);
-    const gw = this.#targetWords.subarray(0, length);
-    tw.fill(0);
-    gw.fill(0);
-    for (let i = 0; i < inputs.length; i++) {
-      const x = inputs[i];
-      if (x >= V) {
-        throw new RangeError(`Invalid ${what} inputs: token ${x} at ${i} >= vocabulary ${V}`);
-      }
-      tw[i] = x;
-    }
-    if (targets) {
-      for (let i = 0; i < targets.length; i++) {
-        const y = targets[i];
-        if (y >= V) {
-          throw new RangeError(`Invalid ${what} targets: token ${y} at ${i} >= vocabulary ${V}`);
-        }
-        gw[i] = y;
-      }
-    }
+    const tw = this.#tokenWords.subarray(0, most * T);
+    const gw = this.#targetWords.subarray(0, most * T);
     this.#gpu.write(staged ? this.#stepTokens! : this.#tokens, tw);
     this.#gpu.write(staged ? this.#stepTargets! : this.#targets, gw);
     return rows;
@@ -883,6 +465,53 @@ export class GptModel {
     }
   }
 
+  /**
+   * Forward only, up to the logits: for [rows, T] inputs (rows <= batch), the
+   * logits [V] of each position in `positions` (flat: row × T + t), one after
+   * the other. Causal attention makes the logits at t depend on tokens 0..t of
+   * the row alone, so a context shorter than T may be padded with anything.
+   *
+   * @example
+   * ```ts ignore
+   * const next = await model.forwardLogits(contextPaddedToT, [contextLength - 1]);
+   * ```
+   */
+  async forwardLogits(inputs: Tokens, positions: readonly number[]): Promise<Float32Array> {
+    this.#check();
+    const rows = this.#stage(inputs, undefined, "logits");
+    const V = this.config.vocabSize;
+    const n = rows * this.config.blockSize;
+    if (positions.length < 1 || positions.some((p) => !Number.isInteger(p) || p < 0 || p >= n)) {
+      throw new RangeError(
+        `Invalid logits positions: [${positions}] (expected 1 or more integers in [0, ${n}))`,
+      );
+    }
+    const bytes = positions.length * V * 4;
+    if (!this.#logitsStaging || this.#logitsStaging.size < bytes) {
+      this.#logitsStaging?.destroy();
+      this.#logitsStaging = this.#gpu.device.createBuffer({
+        label: "logits_staging",
+        size: bytes,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+    }
+    const staging = this.#logitsStaging;
+    this.#busy = true;
+    try {
+      const enc = this.#encode([this.#logitsPart], false);
+      positions.forEach((p, i) => {
+        enc.copyBufferToBuffer(this.#logits, p * V * 4, staging, i * V * 4, V * 4);
+      });
+      this.#gpu.device.queue.submit([enc.finish()]);
+      await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+      const out = new Float32Array(staging.getMappedRange(0, bytes).slice(0));
+      staging.unmap();
+      return out;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
   /** The mean cross-entropy (nats/token) of [rows, T] inputs (rows <= batch); forward only. */
   async evalLoss(inputs: Tokens, targets: Tokens): Promise<number> {
     const losses = await this.evalLosses(inputs, targets);
@@ -926,6 +555,7 @@ export class GptModel {
     this.#disposed = true;
     for (const b of this.#buffers) b.destroy();
     this.#buffers.length = 0;
+    this.#logitsStaging?.destroy();
   }
 }
 
@@ -964,63 +594,4 @@ export async function createModel(
       new Error(`Cannot create model: WebGPU validation failed: ${gpuError!.message}`);
   }
   return model!;
-}
-
-/** The batch and learning rate of one step of {@linkcode pipelinedSteps}. */
-export interface StepInput {
-  /** [batch, T] input tokens. */
-  inputs: Tokens;
-  /** [batch, T] target tokens. */
-  targets: Tokens;
-  /** The learning rate of this step. */
-  lr: number;
-}
-
-/**
- * Runs `count` training steps keeping up to `depth` of them submitted ahead
- * (default {@linkcode GptModel.pipelineDepth}: 2, 1 on GL), so the device works on the next step while the previous loss
- * is read back: on CPU adapters every readback costs ~10 ms of polling, a
- * tenth of a small model's step. `next(i)` gives step i's batch when it is
- * submitted; `done(i, loss)` sees the losses in order. When `done` throws
- * (a diverged loss, say) or a step fails, no further step is submitted, the
- * steps in flight finish, and the error is rethrown: at most `depth - 1`
- * steps run past the one that failed.
- *
- * @example
- * ```ts ignore
- * await pipelinedSteps(model, 100, () => ({ ...sampler.next(), lr: 3e-3 }), (i, loss) => {
- *   if (!Number.isFinite(loss)) throw new Error(`diverged at step ${i}`);
- * });
- * ```
- */
-export async function pipelinedSteps(
-  model: GptModel,
-  count: number,
-  next: (i: number) => StepInput | Promise<StepInput>,
-  done?: (i: number, loss: number) => void,
-  depth: number = model.pipelineDepth,
-): Promise<void> {
-  if (!Number.isInteger(depth) || depth < 1) {
-    throw new RangeError(`Invalid pipeline depth: ${depth} (expected a positive integer)`);
-  }
-  const pending: Promise<number>[] = [];
-  let finished = 0;
-  try {
-    for (let i = 0; i < count; i++) {
-      const s = await next(i);
-      pending.push(model.step(s.inputs, s.targets, { lr: s.lr }));
-      if (pending.length >= depth) {
-        // Not `done?.(i, await ...)`: an absent `done` would skip the await with the call.
-        const loss = await pending.shift()!;
-        done?.(finished++, loss);
-      }
-    }
-    while (pending.length > 0) {
-      const loss = await pending.shift()!;
-      done?.(finished++, loss);
-    }
-  } finally {
-    // On failure, let the steps in flight finish before the error leaves (no stray rejection).
-    await Promise.allSettled(pending);
-  }
 }

@@ -5,7 +5,9 @@
 import { deepEqual, equal, ok, rejects, throws } from "@std/assert";
 import { acquireGpu, type Gpu } from "./device.ts";
 import { getConfig, type GptConfig } from "./config.ts";
-import { createModel, initParams, pipelinedSteps } from "./model.ts";
+import { createModel } from "./model.ts";
+import { initParams } from "./init.ts";
+import { pipelinedSteps } from "./pipeline.ts";
 import { referenceBackward, referenceForward } from "./model_reference.ts";
 import { adamwRef, gradNormRef } from "./reference.ts";
 import { assertClose, randomU32, rng, sameBits } from "./_testing.ts";

@@ -17,7 +17,9 @@ import { resolveShape, SHAPE_FLAG_OPTIONS, SHAPE_HELP, shapeFlags } from "./shap
 import { batchSampler, loadCorpus } from "./data.ts";
 import { acquireGpu, type Gpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
-import { createModel, pipelinedSteps } from "./model.ts";
+import { createModel } from "./model.ts";
+import { pipelinedSteps } from "./pipeline.ts";
+import { bytesToText, generate } from "./sample.ts";
 import { saveGpt2 } from "../checkpoint/gpt2_safetensors.ts";
 
 const HELP = `Usage: deno task train [flags]
@@ -45,6 +47,8 @@ ${SHAPE_HELP}
                      (default 1): a step trains on N × batch sequences
   --eval-every N     steps between validation evaluations (default: the config's; 0 = only at the end)
   --eval-windows N   validation windows per evaluation, spread over the split (default 1024)
+  --sample-bytes N   bytes sampled after a newline at each evaluation, with the seed of --seed
+                     (default 100; 0 = none)
   --json             one JSON object per line on stdout instead of the progress line
   --help             this text
 `;
@@ -65,6 +69,7 @@ export interface TrainArgs {
   batch: number;
   evalEvery: number;
   evalWindows: number;
+  sampleBytes: number;
   json: boolean;
   help: boolean;
 }
@@ -84,6 +89,7 @@ export function parseTrainArgs(args: string[]): TrainArgs {
     ...SHAPE_FLAG_OPTIONS,
     "eval-every": { type: "string" },
     "eval-windows": { type: "string" },
+    "sample-bytes": { type: "string" },
     json: { type: "boolean" },
     help: { type: "boolean" },
   });
@@ -111,6 +117,7 @@ export function parseTrainArgs(args: string[]): TrainArgs {
     batch: intFlag("batch", v.batch) ?? d.batch,
     evalEvery: intFlag("eval-every", v["eval-every"], 0) ?? d.evalEvery,
     evalWindows: intFlag("eval-windows", v["eval-windows"]) ?? 1024,
+    sampleBytes: intFlag("sample-bytes", v["sample-bytes"], 0) ?? 100,
     json: v.json ?? false,
     help: v.help ?? false,
   };
@@ -205,6 +212,19 @@ async function train(a: TrainArgs): Promise<void> {
       );
     }
     const evalOpts = { maxWindows: a.evalWindows, selection: "spread" as const };
+    // Samples run on a batch-1 copy: the training batch's other rows would cost ~2.5x per byte.
+    const twin = a.sampleBytes > 0 ? await createModel(gpu, config, { batch: 1 }) : undefined;
+    const sample = async (step: number): Promise<{ sample?: string }> => {
+      if (!twin) return {};
+      twin.setParams(await model.getParams());
+      const out = await generate(twin, new Uint8Array([10]), {
+        tokens: a.sampleBytes,
+        seed: a.seed,
+      });
+      const text = bytesToText(out.tokens);
+      status(`sample @${step}: ${JSON.stringify(text)}`, true);
+      return { sample: text };
+    };
     // Every micro-batch counts.
     const tokensPerStep = model.tokensPerStep;
     const t0 = performance.now();
@@ -250,10 +270,13 @@ async function train(a: TrainArgs): Promise<void> {
       if (a.evalEvery > 0 && to % a.evalEvery === 0 && to < a.steps) {
         lastVal = (await evaluate(model, corpus.val, evalOpts)).loss;
         lastValStep = to;
-        log({ step: to, val_loss: lastVal, elapsed_s: (performance.now() - t0) / 1000 });
+        const elapsed = (performance.now() - t0) / 1000;
+        log({ step: to, val_loss: lastVal, elapsed_s: elapsed, ...await sample(to) });
       }
     }
     const final = await evaluate(model, corpus.val, evalOpts);
+    const finalSample = await sample(a.steps);
+    twin?.dispose();
     const elapsed = (performance.now() - t0) / 1000;
     const tokS = (a.steps * tokensPerStep) / (stepTime / 1000);
     await Deno.mkdir(a.out, { recursive: true });
@@ -286,6 +309,7 @@ async function train(a: TrainArgs): Promise<void> {
       tokens_per_s: tokS,
       elapsed_s: elapsed,
       checkpoint: path,
+      ...finalSample,
     });
   } finally {
     gpu.destroy();

@@ -31,7 +31,8 @@ import { getConfig } from "../kernels/config.ts";
 import type { Corpus } from "../kernels/data.ts";
 import { batchSampler } from "../kernels/data.ts";
 import { evaluate, windowCount } from "../kernels/evaluate.ts";
-import { createModel, type GptModel, pipelinedSteps } from "../kernels/model.ts";
+import { createModel, type GptModel } from "../kernels/model.ts";
+import { pipelinedSteps } from "../kernels/pipeline.ts";
 import { nesterovStepRef } from "../kernels/reference.ts";
 import { learningRate } from "../kernels/train_main.ts";
 import {

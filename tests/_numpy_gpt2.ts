@@ -1,6 +1,6 @@
 /**
  * Test helper: the independent numpy GPT-2 of tests/gpt2_reference.py, run on
- * a checkpoint, for comparison with `deno task eval`.
+ * a checkpoint, for comparison with `deno task eval` and `deno task sample`.
  *
  * @module
  */
@@ -15,18 +15,14 @@ export interface NumpyEval {
 }
 
 /**
- * Runs the numpy reference on `checkpoint` over `data`; `null` (with a
- * warning saying why) when python3 or numpy is missing on this machine.
+ * Runs tests/gpt2_reference.py with `args` and parses its JSON line; `null`
+ * (with a warning saying why) when python3 or numpy is missing on this machine.
  */
-export async function numpyEval(
-  checkpoint: string,
-  data: string,
-  maxWindows: number,
-): Promise<NumpyEval | null> {
+async function runReference(args: string[]): Promise<unknown | null> {
   let out: Deno.CommandOutput;
   try {
     out = await new Deno.Command("python3", {
-      args: [SCRIPT, checkpoint, data, "--max-windows", String(maxWindows)],
+      args: [SCRIPT, ...args],
       stdout: "piped",
       stderr: "piped",
     }).output();
@@ -41,6 +37,35 @@ export async function numpyEval(
   }
   equal(out.code, 0, stderr);
   return JSON.parse(new TextDecoder().decode(out.stdout).trim());
+}
+
+/**
+ * Runs the numpy reference on `checkpoint` over `data`; `null` (with a
+ * warning saying why) when python3 or numpy is missing on this machine.
+ */
+export async function numpyEval(
+  checkpoint: string,
+  data: string,
+  maxWindows: number,
+): Promise<NumpyEval | null> {
+  return await runReference([checkpoint, data, "--max-windows", String(maxWindows)]) as
+    | NumpyEval
+    | null;
+}
+
+/**
+ * The numpy reference's logits [n][V] at every position of the last
+ * n = min(length, block_size) bytes of the file `context`, read as one
+ * context; `null` when python3 or numpy is missing.
+ */
+export async function numpyLogits(
+  checkpoint: string,
+  context: string,
+): Promise<number[][] | null> {
+  const out = await runReference([checkpoint, context, "--logits"]) as
+    | { logits: number[][] }
+    | null;
+  return out && out.logits;
 }
 
 /**

@@ -8,7 +8,7 @@ import { equal, match, ok } from "@std/assert";
 import { assertAgreesWithNumpy } from "./_numpy_gpt2.ts";
 import { getConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
-import { initParams } from "../kernels/model.ts";
+import { initParams } from "../kernels/init.ts";
 import { loadCorpus } from "../kernels/data.ts";
 import { gpt2Tensors, saveGpt2, toHfConfig } from "../checkpoint/gpt2_safetensors.ts";
 import { writeSafetensors } from "../checkpoint/safetensors.ts";
@@ -204,7 +204,10 @@ Deno.test("a short training run writes a checkpoint whose eval loss is reproduci
   const lines = t.stdout.trim().split("\n").map((l) => JSON.parse(l));
   equal(lines[0].event, "start");
   equal(lines.filter((l) => typeof l.step === "number" && typeof l.loss === "number").length, 25);
-  equal(lines.filter((l) => typeof l.val_loss === "number" && l.event === undefined).length, 2);
+  const evals = lines.filter((l) => typeof l.val_loss === "number" && l.event === undefined);
+  equal(evals.length, 2);
+  // Each evaluation, and the end, carries a text sample (100 bytes, decoded with replacement).
+  for (const l of [...evals, lines.at(-1)]) ok(typeof l.sample === "string" && l.sample.length > 0);
   const done = lines.at(-1);
   equal(done.event, "done");
   ok(done.val_loss < 5.0, `val loss after 25 steps: ${done.val_loss}`);

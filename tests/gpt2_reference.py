@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent numpy GPT-2 forward pass: the evaluation loss of a checkpoint.
+"""Independent numpy GPT-2 forward pass: the evaluation loss (or the logits) of a checkpoint.
 
 Reads a safetensors file directly (8-byte little-endian header length, JSON
 header, raw little-endian tensors; nothing from the TypeScript code base),
@@ -11,6 +11,11 @@ dropped), at most --max-windows windows -- the definition `deno task eval` uses.
 Usage:
   python3 tests/gpt2_reference.py CHECKPOINT DATA_FILE [--max-windows N]
 Prints one JSON line: {"eval_loss": ..., "windows": ...}
+
+  python3 tests/gpt2_reference.py CHECKPOINT DATA_FILE --logits
+Prints {"logits": [[...], ...]}: the logits [n, V] at every position of the
+last n = min(len, block_size) bytes of the file, read as one context (the
+sampler's forward pass, kernels/sample.ts).
 
 tests/engine_cli_test.ts runs it against `deno task eval --json` and requires
 agreement within 1e-4 relative.
@@ -51,8 +56,8 @@ def gelu(x):
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
-def forward_losses(p, cfg, idx, tgt):
-    """Per-position cross-entropy for idx, tgt of shape [B, T]."""
+def forward_logits(p, cfg, idx):
+    """Logits [B, T, V] for idx of shape [B, T]."""
     B, T = idx.shape
     C, H = cfg["n_embd"], cfg["n_head"]
     hs = C // H
@@ -77,7 +82,12 @@ def forward_losses(p, cfg, idx, tgt):
         h = gelu(h @ p[pre + "mlp.c_fc.weight"] + p[pre + "mlp.c_fc.bias"])
         x = x + h @ p[pre + "mlp.c_proj.weight"] + p[pre + "mlp.c_proj.bias"]
     x = layernorm(x, p["ln_f.weight"], p["ln_f.bias"])
-    logits = x @ p["wte.weight"].T
+    return x @ p["wte.weight"].T
+
+
+def forward_losses(p, cfg, idx, tgt):
+    """Per-position cross-entropy for idx, tgt of shape [B, T]."""
+    logits = forward_logits(p, cfg, idx)
     logits = logits - logits.max(axis=-1, keepdims=True)
     logz = np.log(np.exp(logits).sum(axis=-1))
     picked = np.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
@@ -89,11 +99,19 @@ def main():
     ap.add_argument("checkpoint")
     ap.add_argument("data")
     ap.add_argument("--max-windows", type=int, default=None)
+    ap.add_argument("--logits", action="store_true")
     args = ap.parse_args()
     p, meta = read_safetensors(args.checkpoint)
     cfg = json.loads(meta["config"])
     T = cfg["block_size"]
     data = np.frombuffer(open(args.data, "rb").read(), dtype=np.uint8).astype(np.int64)
+    if args.logits:
+        if len(data) == 0:
+            print("no byte in the data", file=sys.stderr)
+            sys.exit(1)
+        logits = forward_logits(p, cfg, data[-T:][None, :])[0]
+        print(json.dumps({"logits": logits.tolist()}))
+        return
     total = 0 if len(data) < T + 1 else (len(data) - 1) // T
     n = total if args.max_windows is None else min(total, args.max_windows)
     if n == 0:

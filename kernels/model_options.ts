@@ -1,0 +1,114 @@
+/**
+ * The options of a GPT-2 model ({@linkcode ModelOptions}), their defaults and
+ * their validation, done before the model allocates anything.
+ *
+ * @module
+ */
+import type { Gpu } from "./device.ts";
+import type { BufferLimits } from "./limits.ts";
+
+/** Options for `createModel` (kernels/model.ts). */
+export interface ModelOptions {
+  /** Seed of the parameter init (default 0). */
+  seed?: number;
+  /** Sequences per step (default 1). Every step and eval call uses this batch size. */
+  batch?: number;
+  /** AdamW decoupled weight decay on 2-D tensors (default 0.1). */
+  weightDecay?: number;
+  /** AdamW beta1 (default 0.9). */
+  beta1?: number;
+  /** AdamW beta2 (default 0.95). */
+  beta2?: number;
+  /** AdamW epsilon (default 1e-8). */
+  eps?: number;
+  /** Clip the global gradient norm to this (default 1; 0 disables clipping). */
+  maxGradNorm?: number;
+  /** Matmul variant (default: chosen by matmul.ts from the adapter). */
+  matmulVariant?: string;
+  /**
+   * Attention kernels: "blocked" (kernels/attention.ts, register-blocked for CPU adapters, saves
+   * [B,NH,T,T] probabilities) or "flash" (kernels/flash_attention.ts, workgroup tiles for GPUs,
+   * saves [B,NH,T] log-sum-exps). Default: "blocked" on CPU adapters, "flash" otherwise.
+   */
+  attention?: AttentionKind;
+  /**
+   * Micro-batches per step (default 1): a step takes `gradAccum × batch`
+   * sequences, runs forward and backward on `batch` of them at a time, sums
+   * their gradients on the GPU (scaled so that the sum is the gradient of the
+   * mean loss over all of them) and makes one clip and AdamW update, as one
+   * step on the whole batch would.
+   */
+  gradAccum?: number;
+  /**
+   * Bind at most this many bytes at once (default: the Gpu's
+   * `limits.maxBindingBytes`; at most that). Whole-vector kernels are
+   * dispatched in chunks of this size; tests lower it to exercise them.
+   */
+  maxBindingBytes?: number;
+}
+
+/** The attention kernel families a model can use (see {@linkcode ModelOptions.attention}). */
+export type AttentionKind = "blocked" | "flash";
+
+/** The AdamW hyper-parameters of {@linkcode ModelOptions}, defaults applied. */
+export type AdamwOptions = Required<
+  Pick<ModelOptions, "weightDecay" | "beta1" | "beta2" | "eps" | "maxGradNorm">
+>;
+
+/** {@linkcode ModelOptions} checked, with their defaults applied. */
+export interface ResolvedModelOptions {
+  /** Sequences per micro-batch. */
+  batch: number;
+  /** The attention kernels. */
+  attention: AttentionKind;
+  /** Micro-batches per step. */
+  gradAccum: number;
+  /** The Gpu's buffer limits, the binding limit lowered by `maxBindingBytes`. */
+  limits: BufferLimits;
+  /** The AdamW hyper-parameters. */
+  optimizer: AdamwOptions;
+}
+
+/**
+ * Checks `options` against `gpu` and applies the defaults; a bad value is a
+ * RangeError naming it (`Invalid batch: 0 (expected a positive integer)`).
+ *
+ * @example
+ * ```ts ignore
+ * const { batch, attention } = resolveModelOptions(gpu, { batch: 4 });
+ * ```
+ */
+export function resolveModelOptions(gpu: Gpu, options: ModelOptions): ResolvedModelOptions {
+  const batch = options.batch ?? 1;
+  if (!Number.isInteger(batch) || batch < 1) {
+    throw new RangeError(`Invalid batch: ${batch} (expected a positive integer)`);
+  }
+  const attention = options.attention ?? (gpu.isCpu ? "blocked" : "flash");
+  if (attention !== "blocked" && attention !== "flash") {
+    throw new RangeError(
+      `Invalid attention: ${String(attention)} (expected "blocked" or "flash")`,
+    );
+  }
+  const gradAccum = options.gradAccum ?? 1;
+  if (!Number.isInteger(gradAccum) || gradAccum < 1 || gradAccum > 65536) {
+    throw new RangeError(`Invalid gradAccum: ${gradAccum} (expected an integer in [1, 65536])`);
+  }
+  const limits = { ...gpu.limits };
+  if (options.maxBindingBytes !== undefined) {
+    const max = options.maxBindingBytes;
+    if (!Number.isSafeInteger(max) || max < 1 || max > limits.maxBindingBytes) {
+      throw new RangeError(
+        `Invalid maxBindingBytes: ${max} (expected an integer in [1, ${limits.maxBindingBytes}])`,
+      );
+    }
+    limits.maxBindingBytes = max;
+  }
+  const optimizer = {
+    weightDecay: options.weightDecay ?? 0.1,
+    beta1: options.beta1 ?? 0.9,
+    beta2: options.beta2 ?? 0.95,
+    eps: options.eps ?? 1e-8,
+    maxGradNorm: options.maxGradNorm ?? 1,
+  };
+  return { batch, attention, gradAccum, limits, optimizer };
+}
