@@ -58,7 +58,8 @@ export {
   thetaHash,
 } from "./actors/aggregation.ts";
 export type { AggregatorState, OuterOptimizer } from "./actors/aggregation.ts";
-export { ProtocolError, shardMap, validateRunMessage } from "./actors/run_protocol.ts";
+export { ProtocolError, shardMap } from "./actors/run_protocol.ts";
+export { validateRunMessage } from "./actors/run_protocol_validate.ts";
 export type { ContributionMsg, RunMessage, UpdateMsg, ViewMsg } from "./actors/run_protocol.ts";
 export { aggregatorStateSource, trainerBehavior } from "./actors/trainer.ts";
 export type { StartStateSource } from "./actors/trainer.ts";

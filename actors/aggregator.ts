@@ -28,9 +28,9 @@ import {
   type StateMsg,
   tellLater,
   type UpdateMsg,
-  validateRunMessage,
   type ViewMsg,
 } from "./run_protocol.ts";
+import { validateRunMessage } from "./run_protocol_validate.ts";
 import { encode } from "../transport/codec.ts";
 import { tensorChecksum } from "./_checksum.ts";
 

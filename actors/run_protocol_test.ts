@@ -5,9 +5,9 @@ import {
   MESSAGE_TYPES,
   ProtocolError,
   shardMap,
-  validateRunMessage,
   type ViewMsg,
 } from "./run_protocol.ts";
+import { validateRunMessage } from "./run_protocol_validate.ts";
 import { quantizeInt8 } from "./aggregation.ts";
 import { startRunHost } from "./host.ts";
 import { ActorSystem } from "./runtime/system.ts";

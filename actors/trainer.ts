@@ -29,9 +29,9 @@ import {
   tellLater,
   type TrainerReportMsg,
   type UpdateMsg,
-  validateRunMessage,
   type ViewMsg,
 } from "./run_protocol.ts";
+import { validateRunMessage } from "./run_protocol_validate.ts";
 import type { InitReply, RoundReply, ThreadHello, WorkerInit } from "./trainer_worker.ts";
 import { retireWorker } from "./_worker_thread.ts";
 import { encode } from "../transport/codec.ts";

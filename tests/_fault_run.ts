@@ -24,7 +24,8 @@ import { aggregatorBehavior, type KeeperSlot, MemoryKeeperSlot } from "../actors
 import { type StartStateSource, trainerBehavior, type TrainerEvent } from "../actors/trainer.ts";
 import { engineSettings, paramLength, type RunSettings } from "../actors/run_settings.ts";
 import { type RunEvent, RunMonitor } from "../actors/monitor.ts";
-import { type StateMsg, validateRunMessage } from "../actors/run_protocol.ts";
+import type { StateMsg } from "../actors/run_protocol.ts";
+import { validateRunMessage } from "../actors/run_protocol_validate.ts";
 import { ActorTransport, type Listener } from "../transport/remote.ts";
 import { hashSeed } from "../transport/rng.ts";
 import { PhasedFaults } from "./_fault_layer.ts";
