@@ -49,15 +49,11 @@ export type { RunSummary } from "./actors/run_summary.ts";
 export { runNetworked } from "./actors/networked.ts";
 export type { NetworkedOptions } from "./actors/networked.ts";
 export { Membership } from "./actors/membership.ts";
-export {
-  applyUpdate,
-  DEFAULT_OUTER,
-  DILOCO_PAPER_OUTER,
-  OUTER_PRESETS,
-  ShardAggregator,
-  thetaHash,
-} from "./actors/aggregation.ts";
-export type { AggregatorState, OuterOptimizer } from "./actors/aggregation.ts";
+export { ShardAggregator } from "./actors/aggregation.ts";
+export { applyUpdate, thetaHash } from "./actors/int8_exchange.ts";
+export { DEFAULT_OUTER, DILOCO_PAPER_OUTER, OUTER_PRESETS } from "./actors/outer_optimizer.ts";
+export type { AggregatorState } from "./actors/aggregation.ts";
+export type { OuterOptimizer } from "./actors/outer_optimizer.ts";
 export { ProtocolError, shardMap } from "./actors/run_protocol.ts";
 export { validateRunMessage } from "./actors/run_protocol_validate.ts";
 export type { ContributionMsg, RunMessage, UpdateMsg, ViewMsg } from "./actors/run_protocol.ts";
@@ -69,4 +65,4 @@ export { trackerBehavior } from "./actors/tracker.ts";
 export { resumeRunDir } from "./checkpoint/resume.ts";
 export { CheckpointSlot, runStateSource } from "./actors/run_checkpoint.ts";
 export type { CheckpointOptions } from "./actors/run_checkpoint.ts";
-export { DEFAULT_INNER_STEPS, outerAt } from "./actors/aggregation.ts";
+export { DEFAULT_INNER_STEPS, outerAt } from "./actors/outer_optimizer.ts";

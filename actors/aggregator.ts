@@ -13,12 +13,8 @@
  * @module
  */
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
-import {
-  type AggregatorState,
-  type OuterOptimizer,
-  type Rejection,
-  ShardAggregator,
-} from "./aggregation.ts";
+import { type AggregatorState, type Rejection, ShardAggregator } from "./aggregation.ts";
+import type { OuterOptimizer } from "./outer_optimizer.ts";
 import {
   type ContributionMsg,
   type HeartbeatAckMsg,

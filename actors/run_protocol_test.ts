@@ -8,7 +8,7 @@ import {
   type ViewMsg,
 } from "./run_protocol.ts";
 import { validateRunMessage } from "./run_protocol_validate.ts";
-import { quantizeInt8 } from "./aggregation.ts";
+import { quantizeInt8 } from "./int8_exchange.ts";
 import { startRunHost } from "./host.ts";
 import { ActorSystem } from "./runtime/system.ts";
 

@@ -18,7 +18,7 @@
  * @module
  */
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
-import { applyUpdate, thetaHash } from "./aggregation.ts";
+import { applyUpdate, thetaHash } from "./int8_exchange.ts";
 import {
   type ContributionMsg,
   type HeartbeatAckMsg,
