@@ -54,23 +54,21 @@ export type { RunSummary } from "./actors/run_summary.ts";
 export { runNetworked } from "./actors/networked.ts";
 export type { NetworkedOptions } from "./actors/networked.ts";
 export { Membership } from "./actors/membership.ts";
-export {
-  applyUpdate,
-  DEFAULT_OUTER,
-  DILOCO_PAPER_OUTER,
-  OUTER_PRESETS,
-  ShardAggregator,
-  thetaHash,
-} from "./actors/aggregation.ts";
-export type { AggregatorState, OuterOptimizer } from "./actors/aggregation.ts";
-export { ProtocolError, shardMap, validateRunMessage } from "./actors/run_protocol.ts";
+export { ShardAggregator } from "./actors/aggregation.ts";
+export { applyUpdate, thetaHash } from "./actors/int8_exchange.ts";
+export { DEFAULT_OUTER, DILOCO_PAPER_OUTER, OUTER_PRESETS } from "./actors/outer_optimizer.ts";
+export type { AggregatorState } from "./actors/aggregation.ts";
+export type { OuterOptimizer } from "./actors/outer_optimizer.ts";
+export { ProtocolError, shardMap } from "./actors/run_protocol.ts";
+export { validateRunMessage } from "./actors/run_protocol_validate.ts";
 export type { ContributionMsg, RunMessage, UpdateMsg, ViewMsg } from "./actors/run_protocol.ts";
-export { aggregatorStateSource, trainerBehavior } from "./actors/trainer.ts";
-export type { StartStateSource } from "./actors/trainer.ts";
+export { trainerBehavior } from "./actors/trainer.ts";
+export { aggregatorStateSource } from "./actors/start_state.ts";
+export type { StartStateSource } from "./actors/start_state.ts";
 export { aggregatorBehavior, MemoryKeeperSlot } from "./actors/aggregator.ts";
 export type { KeeperSlot } from "./actors/aggregator.ts";
 export { trackerBehavior } from "./actors/tracker.ts";
 export { resumeRunDir } from "./checkpoint/resume.ts";
 export { CheckpointSlot, runStateSource } from "./actors/run_checkpoint.ts";
 export type { CheckpointOptions } from "./actors/run_checkpoint.ts";
-export { DEFAULT_INNER_STEPS, outerAt } from "./actors/aggregation.ts";
+export { DEFAULT_INNER_STEPS, outerAt } from "./actors/outer_optimizer.ts";

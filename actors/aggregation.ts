@@ -1,20 +1,24 @@
 /**
- * The gradient aggregator's logic as a pure state machine, and the int8 math
- * of the outer exchange that trainers and aggregators share.
+ * The gradient aggregator's logic as a pure state machine.
  *
  * One {@linkcode ShardAggregator} owns one shard of the flat parameter vector:
  * per round it knows which trainers to expect (from the view), accepts each
  * trainer's contribution at most once, rejects and names bad ones, closes when
  * everyone has sent (or at a deadline with a quorum), averages the dequantized
- * pseudo-gradients in fp32 weighted by tokens, takes a Nesterov SGD step and
- * emits the update as int8 with per-block scales. The aggregator applies to its
- * own θ exactly the dequantized update it sends, with {@linkcode applyUpdate};
- * every trainer calls the same function on the same θ_r and the same bytes, so
- * all copies of θ_{r+1} are bit-identical. What the int8 code could not carry
- * (the quantization residual) is fed back into the next round's update.
+ * pseudo-gradients in fp32 weighted by tokens, takes a Nesterov SGD step
+ * (actors/outer_optimizer.ts) and emits the update as int8 with per-block
+ * scales. It applies to its own θ exactly the dequantized update it sends,
+ * with `applyUpdate` (actors/int8_exchange.ts), the function every trainer
+ * calls. What the int8 code could not carry (the quantization residual) is
+ * fed back into the next round's update.
  *
  * All arithmetic is on Float32Array elements in a fixed order, so the result
  * does not depend on message arrival order.
+ *
+ * The module is one piece: the guards (shape, finite scales, the absurd-norm
+ * test against the median of recent norms) decide what `close` averages, and
+ * the norm history they read is part of the state a restart restores, so
+ * they live with the state machine they guard.
  *
  * @module
  */
@@ -26,203 +30,9 @@ import {
   type UpdateMsg,
   type ViewMsg,
 } from "./run_protocol.ts";
-import {
-  dequantizeInt8Ref,
-  nesterovStepRef,
-  quantizedSize,
-  quantizeInt8Ref,
-} from "../kernels/reference.ts";
-
-/** Outer optimizer settings: SGD with Nesterov momentum (PyTorch's form). */
-export interface OuterOptimizer {
-  /** Outer learning rate. */
-  lr: number;
-  /** Momentum coefficient; 0 turns the step into plain averaging when lr is 1. */
-  momentum: number;
-  /**
-   * Rounds over which lr and momentum ramp linearly from plain averaging
-   * (lr 1, momentum 0) at round 0 to `lr` and `momentum` at this round
-   * (default 0: no warm-up). Early pseudo-gradients are large and point in
-   * changing directions; momentum built on them overshoots on short runs.
-   */
-  warmupRounds?: number;
-}
-
-/**
- * The outer learning rate and momentum in effect at `round`, after the
- * warm-up of {@linkcode OuterOptimizer.warmupRounds}.
- *
- * @example
- * ```ts
- * import { outerAt } from "./aggregation.ts";
- * console.log(outerAt({ lr: 2, momentum: 0.5, warmupRounds: 2 }, 1)); // { lr: 1.5, momentum: 0.25 }
- * ```
- */
-export function outerAt(outer: OuterOptimizer, round: number): { lr: number; momentum: number } {
-  const w = outer.warmupRounds ?? 0;
-  if (!(w > 0) || round >= w) return { lr: outer.lr, momentum: outer.momentum };
-  const f = Math.max(0, round) / w;
-  return { lr: 1 + f * (outer.lr - 1), momentum: f * outer.momentum };
-}
-
-/** The DiLoCo paper's (and PRIME's) outer optimizer: Nesterov, lr 0.7, momentum 0.9. */
-export const DILOCO_PAPER_OUTER: Readonly<OuterOptimizer> = Object.freeze({
-  lr: 0.7,
-  momentum: 0.9,
-});
-
-/**
- * The run's default outer optimizer: the averaged pseudo-gradient scaled by
- * 0.8, no momentum; the best of `deno task experiment` at the default scale
- * (2 layers, width 64, 4 trainers, H = 10, 200 inner steps each, seeds 1-3):
- * mean eval loss 2.369 against 2.447 for plain averaging (lr 1), 2.455 for
- * one trainer alone and 2.336 for one trainer with a 4x batch, better than
- * the lone trainer on every seed (lr 0.6: 2.376). A step a
- * little shorter than the trainers' average move keeps the model off the
- * loss plateau near 3.0 that one seed's lone trainer stays on. The paper's
- * preset (lr 0.7, momentum 0.9) was tuned for long runs (H = 500, many
- * rounds); on short runs its momentum, like outer lr above 1 with or without
- * a warm-up, left the model on that plateau.
- */
-export const DEFAULT_OUTER: Readonly<OuterOptimizer> = Object.freeze({ lr: 0.8, momentum: 0 });
-
-/**
- * The run's default inner steps H per round. At 200 inner steps per trainer
- * H = 10 gave the lowest loss measured (H = 5 and 20 were within 0.01-0.02);
- * each round sends int8, about 4H times less than fp32 data-parallel training.
- */
-export const DEFAULT_INNER_STEPS = 10;
-
-/** Named outer-optimizer presets for `--outer-preset`. */
-export const OUTER_PRESETS: Readonly<Record<string, Readonly<OuterOptimizer>>> = Object.freeze({
-  default: DEFAULT_OUTER,
-  diloco: DILOCO_PAPER_OUTER,
-  average: Object.freeze({ lr: 1, momentum: 0 }),
-});
-
-function words(q: Int8Array): Uint32Array {
-  const nw = Math.ceil(q.length / 4);
-  if (q.byteOffset % 4 === 0 && q.buffer.byteLength - q.byteOffset >= nw * 4) {
-    return new Uint32Array(q.buffer, q.byteOffset, nw);
-  }
-  const copy = new Uint32Array(nw);
-  new Int8Array(copy.buffer).set(q);
-  return copy;
-}
-
-/**
- * Quantizes `x` to int8 with one f32 scale per block, with the kernels'
- * reference ({@linkcode quantizeInt8Ref}, bit-exact with the GPU kernel):
- * scale = absmax / 127 (0 for a zero block, NaN for a non-finite one),
- * q = round(x / scale) clamped to [-127, 127]. The codes come back as an
- * Int8Array (the little-endian bytes of the kernel's packed u32 words).
- *
- * @example
- * ```ts
- * import { quantizeInt8 } from "./aggregation.ts";
- * const { q } = quantizeInt8(new Float32Array([1, -0.5, 0.25]), { block: 256 });
- * console.log(q); // Int8Array [127, -64, 32]
- * ```
- */
-export function quantizeInt8(
-  x: Float32Array,
-  options: { block?: number } = {},
-): { q: Int8Array; scales: Float32Array } {
-  const block = options.block ?? DEFAULT_BLOCK;
-  const n = x.length;
-  const size = quantizedSize(n, block);
-  const packed = new Uint32Array(size.words);
-  const scales = new Float32Array(size.scales);
-  quantizeInt8Ref({ x, q: packed, scales }, { n, block });
-  return { q: new Int8Array(packed.buffer, 0, n), scales };
-}
-
-/**
- * Dequantizes into `out`: out[i] = f32(q[i] * scale[block of i]), or
- * out[i] = f32(out[i] + that) when `accumulate` is set, with the kernels'
- * reference ({@linkcode dequantizeInt8Ref}). `out` defaults to a new array.
- *
- * @example
- * ```ts
- * import { dequantizeInt8 } from "./aggregation.ts";
- * const out = dequantizeInt8(new Int8Array([2, -1]), new Float32Array([0.5]));
- * console.log(out); // Float32Array [1, -0.5]
- * ```
- */
-export function dequantizeInt8(
-  q: Int8Array,
-  scales: Float32Array,
-  options: { block?: number; out?: Float32Array; accumulate?: boolean } = {},
-): Float32Array {
-  const block = options.block ?? DEFAULT_BLOCK;
-  const out = options.out ?? new Float32Array(q.length);
-  dequantizeInt8Ref(
-    { q: words(q), scales, out },
-    { n: q.length, block, accumulate: options.accumulate ?? false },
-  );
-  return out;
-}
-
-/**
- * Applies a round's update to θ in place: θ[i] = f32(θ[i] + f32(q[i] * scale)).
- * Trainers and aggregators both use this one function, which is what makes
- * their copies of θ_{r+1} bit-identical.
- *
- * @example
- * ```ts
- * import { applyUpdate } from "./aggregation.ts";
- * const theta = new Float32Array([1, 1]);
- * applyUpdate(theta, { q: new Int8Array([2, -2]), scales: new Float32Array([0.25]) });
- * console.log(theta); // Float32Array [1.5, 0.5]
- * ```
- */
-export function applyUpdate(
-  theta: Float32Array,
-  update: { q: Int8Array; scales: Float32Array },
-  options: { block?: number } = {},
-): Float32Array {
-  if (update.q.length !== theta.length) {
-    throw new RangeError(
-      `Cannot apply update: θ has ${theta.length} elements, update ${update.q.length}`,
-    );
-  }
-  return dequantizeInt8(update.q, update.scales, { ...options, out: theta, accumulate: true });
-}
-
-/** L2 norm of a dequantized int8 tensor, computed from its codes and scales. */
-export function quantizedNorm(
-  q: Int8Array,
-  scales: Float32Array,
-  options: { block?: number } = {},
-): number {
-  const block = options.block ?? DEFAULT_BLOCK;
-  let total = 0;
-  for (let b = 0, lo = 0; lo < q.length; b++, lo += block) {
-    const hi = Math.min(q.length, lo + block);
-    let s2 = 0;
-    for (let i = lo; i < hi; i++) s2 += q[i] * q[i];
-    total += s2 * scales[b] * scales[b];
-  }
-  return Math.sqrt(total);
-}
-
-/**
- * SHA-256 of θ's bytes as a hex prefix (16 characters): the fingerprint that
- * shows all trainers start a round from bit-identical parameters.
- *
- * @example
- * ```ts
- * import { thetaHash } from "./aggregation.ts";
- * console.log((await thetaHash(new Float32Array([1, 2]))).length); // 16
- * ```
- */
-export async function thetaHash(theta: Float32Array): Promise<string> {
-  const bytes = new Uint8Array(theta.buffer, theta.byteOffset, theta.byteLength);
-  const digest = new Uint8Array(
-    await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>),
-  );
-  return Array.from(digest.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
-}
+import { DEFAULT_OUTER, outerAt, type OuterOptimizer } from "./outer_optimizer.ts";
+import { applyUpdate, dequantizeInt8, quantizedNorm, quantizeInt8 } from "./int8_exchange.ts";
+import { nesterovStepRef } from "../kernels/reference.ts";
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -317,7 +127,8 @@ interface Accepted {
  *
  * @example Two trainers, one round
  * ```ts
- * import { ShardAggregator, quantizeInt8 } from "./aggregation.ts";
+ * import { ShardAggregator } from "./aggregation.ts";
+ * import { quantizeInt8 } from "./int8_exchange.ts";
  * import { shardMap } from "./run_protocol.ts";
  * const shard = shardMap(4, { aggregators: ["a0"] })[0];
  * const agg = new ShardAggregator({ run: "r", shard, theta: new Float32Array(4) });

@@ -1,12 +1,6 @@
 import { deepEqual, equal, ok, throws } from "@std/assert";
-import {
-  applyUpdate,
-  dequantizeInt8,
-  type OfferResult,
-  quantizeInt8,
-  ShardAggregator,
-  thetaHash,
-} from "./aggregation.ts";
+import { type OfferResult, ShardAggregator } from "./aggregation.ts";
+import { applyUpdate, dequantizeInt8, quantizeInt8, thetaHash } from "./int8_exchange.ts";
 import { type ContributionMsg, shardMap, type ViewMsg } from "./run_protocol.ts";
 
 const RUN = "run-a";

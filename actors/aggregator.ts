@@ -13,12 +13,8 @@
  * @module
  */
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
-import {
-  type AggregatorState,
-  type OuterOptimizer,
-  type Rejection,
-  ShardAggregator,
-} from "./aggregation.ts";
+import { type AggregatorState, type Rejection, ShardAggregator } from "./aggregation.ts";
+import type { OuterOptimizer } from "./outer_optimizer.ts";
 import {
   type ContributionMsg,
   type HeartbeatAckMsg,
@@ -28,9 +24,9 @@ import {
   type StateMsg,
   tellLater,
   type UpdateMsg,
-  validateRunMessage,
   type ViewMsg,
 } from "./run_protocol.ts";
+import { validateRunMessage } from "./run_protocol_validate.ts";
 import { encode } from "../transport/codec.ts";
 import { tensorChecksum } from "./_checksum.ts";
 

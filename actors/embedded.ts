@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { TrainerFault } from "./trainer.ts";
+import type { TrainerFault } from "./trainer_faults.ts";
 import { type HostOptions, type RunHost, startRunHost } from "./host.ts";
 import { finalCommit, type RunSummary, summarize } from "./run_summary.ts";
 

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { asFloat32 } from "./run_protocol.ts";
+import { asFloat32 } from "./run_protocol_validate.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { firstNonFinite, type Manifest, MANIFEST_FILE, ROUND_FILES } from "../checkpoint/store.ts";
 

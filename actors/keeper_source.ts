@@ -7,7 +7,7 @@
  * @module
  */
 import type { ActorContext } from "./runtime/behavior.ts";
-import type { StartStateSource } from "./trainer.ts";
+import type { StartStateSource } from "./start_state.ts";
 import type { StateMsg, ViewMsg } from "./run_protocol.ts";
 import { decodeRound } from "../checkpoint/store.ts";
 import { FetchError, type FetchOptions, fetchRound, listCandidates } from "./keeper_fetch.ts";

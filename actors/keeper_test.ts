@@ -1,7 +1,7 @@
 import { deepEqual, equal, ok, rejects, throws } from "@std/assert";
 import { ActorSystem } from "./runtime/system.ts";
 import type { AggregatorState } from "./aggregation.ts";
-import type { StartStateSource } from "./trainer.ts";
+import type { StartStateSource } from "./start_state.ts";
 import type { ViewMsg } from "./run_protocol.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import type { GptConfig } from "../kernels/config.ts";

@@ -26,7 +26,7 @@ import {
   DEFAULT_OUTER,
   DILOCO_PAPER_OUTER,
   OUTER_PRESETS,
-} from "./aggregation.ts";
+} from "./outer_optimizer.ts";
 import { runEmbedded } from "./embedded.ts";
 import type { RunEvent } from "./monitor.ts";
 import { runNetworked } from "./networked.ts";

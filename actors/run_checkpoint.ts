@@ -7,7 +7,7 @@
  * @module
  */
 import { type KeeperSlot, MemoryKeeperSlot } from "./aggregator.ts";
-import { aggregatorStateSource, type StartStateSource } from "./trainer.ts";
+import { aggregatorStateSource, type StartStateSource } from "./start_state.ts";
 import type { AggregatorState } from "./aggregation.ts";
 import type { KeeperEvent } from "./keeper.ts";
 import type { CommitEvent } from "./keeper_commit.ts";

@@ -5,10 +5,10 @@ import {
   MESSAGE_TYPES,
   ProtocolError,
   shardMap,
-  validateRunMessage,
   type ViewMsg,
 } from "./run_protocol.ts";
-import { quantizeInt8 } from "./aggregation.ts";
+import { validateRunMessage } from "./run_protocol_validate.ts";
+import { quantizeInt8 } from "./int8_exchange.ts";
 import { startRunHost } from "./host.ts";
 import { ActorSystem } from "./runtime/system.ts";
 

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { OuterOptimizer } from "./aggregation.ts";
+import type { OuterOptimizer } from "./outer_optimizer.ts";
 import { DEFAULT_BLOCK, type ReportCursor } from "./run_protocol.ts";
 import type { WorkerInit } from "./trainer_worker.ts";
 import { describeConfig, getConfig, type GptConfig } from "../kernels/config.ts";

@@ -14,7 +14,8 @@
  */
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import { Membership, type MembershipOptions } from "./membership.ts";
-import { type RunMessage, tellLater, validateRunMessage, type ViewMsg } from "./run_protocol.ts";
+import { type RunMessage, tellLater, type ViewMsg } from "./run_protocol.ts";
+import { validateRunMessage } from "./run_protocol_validate.ts";
 
 /** Options of {@linkcode trackerBehavior}. */
 export interface TrackerOptions extends Omit<MembershipOptions, "incarnation"> {

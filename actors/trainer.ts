@@ -15,84 +15,36 @@
  * the same id, fetches the current round's θ from the start-state source, and
  * computes that round again.
  *
+ * Its parts elsewhere: the Worker's requests and retirement
+ * (actors/trainer_worker_client.ts), the start-state sources
+ * (actors/start_state.ts), the faults it can be told to inject
+ * (actors/trainer_faults.ts), and the update arithmetic it shares with the
+ * aggregators (actors/int8_exchange.ts). What is left here is one piece: the
+ * round state machine (join, fetch θ, inner phase, blocked, apply, report)
+ * and the recoveries that move it back to "fetch θ".
+ *
  * @module
  */
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
-import { applyUpdate, thetaHash } from "./aggregation.ts";
+import { applyUpdate, thetaHash } from "./int8_exchange.ts";
 import {
   type ContributionMsg,
   type HeartbeatAckMsg,
   type JoinReplyMsg,
   type ReportCursor,
   type RunMessage,
-  type StateMsg,
   tellLater,
   type TrainerReportMsg,
   type UpdateMsg,
-  validateRunMessage,
   type ViewMsg,
 } from "./run_protocol.ts";
-import type { InitReply, RoundReply, ThreadHello, WorkerInit } from "./trainer_worker.ts";
-import { retireWorker } from "./_worker_thread.ts";
+import { validateRunMessage } from "./run_protocol_validate.ts";
+import type { InitReply, RoundReply, WorkerInit } from "./trainer_worker.ts";
+import { TrainerWorkerClient } from "./trainer_worker_client.ts";
+import { aggregatorStateSource, type StartStateSource } from "./start_state.ts";
+import { injectPoison, type TrainerFault } from "./trainer_faults.ts";
 import { encode } from "../transport/codec.ts";
 import { tensorChecksum } from "./_checksum.ts";
-
-/**
- * Where a trainer gets the exact θ of a shard at the start of the current
- * round. Aggregators serve it now; checkpoint keepers will serve the same
- * interface.
- */
-export interface StartStateSource {
-  /** θ of `shard` at the start of the source's current round. */
-  startState(
-    ctx: ActorContext,
-    view: ViewMsg,
-    options: { shard: number; seed?: Float32Array },
-  ): Promise<StateMsg>;
-}
-
-/** The {@linkcode StartStateSource} the aggregators serve (`state_request`). */
-export const aggregatorStateSource: StartStateSource = {
-  async startState(ctx, view, options) {
-    const owner = view.shards[options.shard].aggregator;
-    const reply = await ctx.system.ref(owner).ask<unknown>(
-      {
-        type: "state_request",
-        run: view.run,
-        shard: options.shard,
-        ...(options.seed ? { seed: options.seed } : {}),
-      },
-      { timeoutMs: 30_000 },
-    );
-    const msg = validateRunMessage(reply);
-    if (msg.type !== "state") {
-      throw new Error(
-        `Cannot fetch start state of shard ${options.shard} from ${owner}: ${
-          (reply as { error?: string }).error ?? msg.type
-        }`,
-      );
-    }
-    return msg;
-  },
-};
-
-/** Faults a trainer can be told to inject (tests and the chaos suite). */
-export type TrainerFault =
-  | { type: "crash"; reason: string }
-  | { type: "poison"; kind: "nan" | "shape" | "stale" | "scale" }
-  | { type: "poison"; kind: "inf" | "flip" | "replay" | "duplicate" }
-  | {
-    /**
-     * Breaks the compute Worker at inner step `atStep` of the next round:
-     * "device_lost" destroys its GPU device, "worker_exit" kills the Worker
-     * with an uncaught error.
-     */
-    type: "worker_fault";
-    kind: "device_lost" | "worker_exit" | "stall";
-    atStep?: number;
-    /** How long a "stall" holds the inner step (a straggler), ms. */
-    ms?: number;
-  };
 
 /** What a trainer reports besides its round reports. */
 export type TrainerEvent =
@@ -143,13 +95,6 @@ type Control =
   | { type: "status" }
   | TrainerFault;
 
-interface WorkerReply {
-  id: number;
-  ok: boolean;
-  error?: string;
-  [k: string]: unknown;
-}
-
 /**
  * The trainer's behavior; a fresh one (and a fresh Worker) per (re)start.
  *
@@ -162,13 +107,7 @@ interface WorkerReply {
 export function trainerBehavior(options: TrainerOptions): Behavior {
   const { run, id } = options;
   const source = options.stateSource ?? aggregatorStateSource;
-  let worker: Worker | undefined;
-  /** The compute Worker's OS thread (its first message), waited on when it retires. */
-  let workerThread: number | undefined;
-  /** The Worker died of an uncaught error: it cannot answer a close. */
-  let workerDead = false;
-  let nextReq = 0;
-  const pending = new Map<number, { resolve(v: WorkerReply): void; reject(e: Error): void }>();
+  let worker: TrainerWorkerClient | undefined;
   let seed: Float32Array | undefined;
   let view: ViewMsg | undefined;
   let dataShard = 0;
@@ -199,16 +138,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   let workerFault: TrainerFault & { type: "worker_fault" } | undefined;
   const emit = (e: TrainerEvent) => options.onEvent?.(e);
 
-  const call = (req: Record<string, unknown>, transfer: ArrayBuffer[] = []) => {
-    const reqId = ++nextReq;
-    return new Promise<WorkerReply>((resolve, reject) => {
-      pending.set(reqId, { resolve, reject });
-      worker!.postMessage({ ...req, id: reqId }, { transfer });
-    }).then((r) => {
-      if (!r.ok) throw new Error(`Trainer worker failed: ${r.error}`);
-      return r;
-    });
-  };
+  const call = (req: Record<string, unknown>) => worker!.call(req);
 
   const join = (ctx: ActorContext) => {
     ctx.system.ref(options.tracker).ask<JoinReplyMsg>({
@@ -481,24 +411,9 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
 
   return {
     started(ctx) {
-      const url = new URL("./trainer_worker.ts", import.meta.url);
-      worker = new Worker(url.href, { type: "module" });
-      worker.onmessage = (ev: MessageEvent<WorkerReply | ThreadHello>) => {
-        const m = ev.data;
-        if (m.op === "thread") {
-          workerThread = (m as ThreadHello).thread;
-          return;
-        }
-        const reply = m as WorkerReply;
-        const p = pending.get(reply.id);
-        pending.delete(reply.id);
-        p?.resolve(reply);
-      };
-      worker.onerror = (ev: ErrorEvent) => {
-        ev.preventDefault();
-        workerDead = true;
-        ctx.self.tell({ type: "_worker_error", error: ev.message });
-      };
+      worker = new TrainerWorkerClient({
+        onError: (error) => ctx.self.tell({ type: "_worker_error", error }),
+      });
       call({ op: "init", ...options.engine, dataShard: { index: 0, count: options.dataShards } })
         .then(
           (reply) => ctx.self.tell({ type: "_ready", reply: reply as unknown as InitReply }),
@@ -615,45 +530,9 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       await handleRun(ctx, msg);
     },
     async stopped() {
-      for (const p of pending.values()) p.reject(new Error("trainer stopped"));
-      pending.clear();
-      if (!worker) return;
-      // The Worker releases its model and device, then its thread must be gone
-      // before this resolves: a process exiting while a Worker thread tears down
-      // its GL context crashes (see _worker_thread.ts). Bounded well below the
-      // trainer's shutdown time.
-      await retireWorker(worker, {
-        ...(workerDead ? {} : { close: () => call({ op: "close" }) }),
-        ...(workerThread !== undefined ? { thread: workerThread } : {}),
-      });
+      // Its thread is gone when this resolves, so the process may exit after.
+      await worker?.retire();
       worker = undefined;
     },
   };
-}
-
-/** Corrupts a contribution the way a faulty or malicious trainer would. */
-function injectPoison(msg: ContributionMsg, fault: { kind: string }): void {
-  switch (fault.kind) {
-    case "nan":
-      msg.scales[0] = NaN;
-      break;
-    case "shape":
-      msg.q = msg.q.slice(0, msg.q.length - 1);
-      msg.n = msg.q.length;
-      msg.scales = msg.scales.slice(0, Math.ceil(msg.n / 256));
-      break;
-    case "stale":
-      // A past round when there is one, else a future one: both are refused.
-      msg.round = msg.round > 0 ? msg.round - 1 : msg.round + 1;
-      break;
-    case "scale":
-      msg.scales = msg.scales.map((s) => s * 1000);
-      break;
-    case "inf":
-      msg.scales[0] = Infinity;
-      break;
-    case "flip":
-      msg.q = msg.q.map((q) => -q);
-      break;
-  }
 }

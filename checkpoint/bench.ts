@@ -42,6 +42,13 @@
  *
  * Benchmarks measure and print; they never assert.
  *
+ * About 700 lines because it is one suite, meant to be read top to bottom
+ * against the figures above: the harness (the trainer's compute Worker, the
+ * bare WebSocket server, the joiner process, the shaped link) serves only
+ * these measurements and is set up and torn down inside them, so each figure
+ * and the code that made it sit in one file. Only the joiner's side is apart
+ * (`_bench_joiner.ts`), because it runs in its own process.
+ *
  * @module
  */
 import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";

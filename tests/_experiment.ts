@@ -35,16 +35,15 @@ import { createModel, type GptModel } from "../kernels/model.ts";
 import { pipelinedSteps } from "../kernels/pipeline.ts";
 import { nesterovStepRef } from "../kernels/reference.ts";
 import { learningRate } from "../kernels/train_main.ts";
+import { ShardAggregator } from "../actors/aggregation.ts";
+import { applyUpdate, quantizeInt8 } from "../actors/int8_exchange.ts";
 import {
-  applyUpdate,
   DEFAULT_INNER_STEPS,
   DEFAULT_OUTER,
   DILOCO_PAPER_OUTER,
   outerAt,
   type OuterOptimizer,
-  quantizeInt8,
-  ShardAggregator,
-} from "../actors/aggregation.ts";
+} from "../actors/outer_optimizer.ts";
 import { DEFAULT_BLOCK, shardMap } from "../actors/run_protocol.ts";
 import { engineSettings } from "../actors/run_settings.ts";
 import { runEmbedded } from "../actors/embedded.ts";

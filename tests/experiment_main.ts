@@ -11,7 +11,11 @@ import { parseArgs } from "@std/cli";
 import { acquireGpu } from "../kernels/device.ts";
 import { CONFIGS, DEFAULT_CONFIG } from "../kernels/config.ts";
 import { loadCorpus } from "../kernels/data.ts";
-import { DEFAULT_INNER_STEPS, DEFAULT_OUTER, type OuterOptimizer } from "../actors/aggregation.ts";
+import {
+  DEFAULT_INNER_STEPS,
+  DEFAULT_OUTER,
+  type OuterOptimizer,
+} from "../actors/outer_optimizer.ts";
 import {
   type ExperimentConfig,
   type ExperimentResult,

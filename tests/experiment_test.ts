@@ -1,7 +1,9 @@
 import { deepEqual, equal, ok, throws } from "@std/assert";
 import { parseExperimentArgs } from "./experiment_main.ts";
 import { type ExperimentResult, markdownTable } from "./_experiment.ts";
-import { outerAt, quantizeInt8, ShardAggregator } from "../actors/aggregation.ts";
+import { ShardAggregator } from "../actors/aggregation.ts";
+import { quantizeInt8 } from "../actors/int8_exchange.ts";
+import { outerAt } from "../actors/outer_optimizer.ts";
 import { shardMap } from "../actors/run_protocol.ts";
 
 Deno.test("experiment: flags pick configurations and refuse bad input by name", () => {

@@ -25,6 +25,15 @@
  * boot a run's actors often fail on a peer that is not up yet. Past the
  * intensity the supervisor's spawn rejects with {@linkcode RestartIntensityError}.
  *
+ * Somewhat over 600 lines (a quarter of them the specs' field docs and the
+ * runnable example) because it is one thing, as OTP's `supervisor` is: the
+ * plain data that describes a tree and the one state machine that follows
+ * from it. Start in order, the three strategies, the intensity window,
+ * backoff and stop in reverse order all act on the same ordered child list
+ * and restart history, and their rules (a group restarts in start order
+ * after stopping in reverse, a restart counts against the window before it
+ * runs) hold only when read together.
+ *
  * @module
  */
 
