@@ -62,6 +62,7 @@ import type { ResumedRun } from "../checkpoint/resume.ts";
 import { aggregatorStates } from "./restore.ts";
 import type { Retention } from "../checkpoint/store.ts";
 import { checkDuty } from "../checkpoint/_background.ts";
+import { mountDashboard } from "./dashboard/serve.ts";
 
 /** Settings of a run (shared by host, joiners and the embedded run). */
 export interface RunSettings {
@@ -172,6 +173,9 @@ export class RunMonitor {
   readonly restartsBy: Record<string, number> = {};
   /** All rejections, as "reason: detail". */
   readonly rejections: string[] = [];
+  /** Trainers the tracker evicted and that have not joined again, with the round. */
+  readonly evicted: Record<string, number> = {};
+  #listeners = new Set<(e: RunEvent) => void>();
   #done = Promise.withResolvers<void>();
   #roundWaiters: { round: number; resolve(): void }[] = [];
 
@@ -180,8 +184,17 @@ export class RunMonitor {
     emit: (e: RunEvent) => void,
   ) {
     this.#settings = settings;
-    this.#emit = emit;
+    this.#emit = (e) => {
+      emit(e);
+      for (const listen of this.#listeners) listen(e);
+    };
     this.#nextRound = settings.startRound ?? 0;
+  }
+
+  /** Calls `listen` with every later event of the run (the dashboard); returns the unsubscribe. */
+  on(listen: (e: RunEvent) => void): () => void {
+    this.#listeners.add(listen);
+    return () => this.#listeners.delete(listen);
   }
 
   /** Emits an event of the run (commits, resume) with the monitor's clock. */
@@ -238,9 +251,11 @@ export class RunMonitor {
         this.#shardCount = e.view.shards.length;
         return;
       case "evicted":
+        for (const node of e.nodes) this.evicted[node] = e.round;
         this.log(`tracker evicted ${e.nodes.join(", ")} in round ${e.round}`, "warn");
         return;
       case "joined":
+        delete this.evicted[e.node];
         this.log(`${e.node} joined (${e.status}) at round ${e.round}`);
         return;
       case "left":
@@ -1267,13 +1282,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     },
   });
   const app = new Hono();
-  app.get("/status", async (c) => {
-    const status = await system.ref(host.trackerPath).ask<Record<string, unknown>>(
-      { type: "status" },
-      { timeoutMs: 3000 },
-    ).catch((err) => ({ error: String(err) }));
-    return c.json({ ...status, rounds_done: host.monitor.rounds.length, peers: transport.peers });
-  });
+  const dashboard = mountDashboard(app, host, { peers: () => transport.peers, evalEvery: 1 });
   transport.mount(app, "/");
   const listening = Promise.withResolvers<void>();
   const http = Deno.serve({
@@ -1313,6 +1322,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     host.monitor.log(`run failed: ${err}`, "warn");
     code = 1;
   } finally {
+    await dashboard.close();
     await transport.close();
     await http.shutdown();
     await host.shutdown();

@@ -1,0 +1,212 @@
+/// <reference lib="dom" />
+/**
+ * The dashboard's script (runs in the browser; bundled by esbuild into
+ * `/dashboard.js`): keeps the run's history from `GET /events` (a snapshot on
+ * connect, then rounds, evaluations, commits and the live state as they
+ * come) and redraws the page from it. The body's `data-rounds` and
+ * `data-last-loss` attributes carry the shown figures for tests.
+ *
+ * @module
+ */
+import { lineChart, shortNumber } from "./plot.ts";
+import type { DashboardSnapshot, LiveState, MemberRow } from "./history.ts";
+
+let state: DashboardSnapshot | undefined;
+
+function byId(id: string): HTMLElement {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`Dashboard page: no element #${id}`);
+  return el;
+}
+
+function text(id: string, value: string): void {
+  byId(id).textContent = value;
+}
+
+function fixed(x: number | undefined, digits: number): string {
+  return x === undefined || !Number.isFinite(x) ? "–" : x.toFixed(digits);
+}
+
+function duration(s: number): string {
+  const m = Math.floor(s / 60);
+  return m > 0 ? `${m} min ${Math.round(s % 60)} s` : `${s.toFixed(1)} s`;
+}
+
+function list(id: string, entries: [string, string][], none: string): void {
+  const ul = byId(id);
+  ul.replaceChildren();
+  if (entries.length === 0) {
+    const li = document.createElement("li");
+    li.className = "none";
+    li.textContent = none;
+    ul.append(li);
+  }
+  for (const [k, v] of entries) {
+    const li = document.createElement("li");
+    const a = document.createElement("span");
+    const b = document.createElement("b");
+    a.textContent = k;
+    b.textContent = v;
+    li.append(a, b);
+    ul.append(li);
+  }
+}
+
+function memberRows(live: LiveState): void {
+  const body = byId("members");
+  body.replaceChildren();
+  const rows: (MemberRow | { node: string; roles: string[]; state: "evicted"; round: number })[] = [
+    ...live.members,
+    ...Object.entries(live.evicted).map(([node, round]) => ({
+      node,
+      roles: ["trainer"],
+      state: "evicted" as const,
+      round,
+    })),
+  ];
+  for (const m of rows) {
+    const tr = document.createElement("tr");
+    tr.dataset.state = m.state;
+    const cells = [
+      m.node,
+      m.roles.join(", "),
+      "",
+      "dataShard" in m && m.roles.includes("trainer") ? String(m.dataShard) : "",
+      "silentMs" in m ? `${(m.silentMs / 1000).toFixed(1)} s ago` : `evicted in round ${m.round}`,
+    ];
+    cells.forEach((c, i) => {
+      const td = document.createElement("td");
+      if (i === 0) td.className = "node";
+      if (i === 2) {
+        const badge = document.createElement("span");
+        badge.className = `state ${m.state}`;
+        badge.textContent = m.state;
+        td.append(badge);
+      } else td.textContent = c;
+      tr.append(td);
+    });
+    body.append(tr);
+  }
+}
+
+function render(): void {
+  if (!state) return;
+  const { live, rounds, evals, commits } = state;
+  const last = rounds.at(-1);
+  document.title = `decentra ${live.run}: round ${live.round}`;
+  text("run", live.run);
+  text("round", String(live.round));
+  text("target", live.rounds_target > 0 ? String(live.rounds_target) : "∞");
+  text("epoch", String(live.epoch));
+  text("in-view", String(live.trainers_in_view));
+  text("elapsed", duration(live.wall_s));
+  text("last-loss", fixed(last?.loss, 4));
+  text("first-loss", rounds.length ? `from ${fixed(rounds[0].loss, 4)} in round 0` : "");
+  const ev = evals.at(-1);
+  text("eval-loss", fixed(ev?.eval_loss, 4));
+  text("eval-round", ev ? `after round ${ev.round}` : "no evaluation yet");
+  text("rounds-done", String(rounds.length));
+  text(
+    "params",
+    live.params ? `${shortNumber(live.params)} parameters, H = ${live.inner_steps}` : "",
+  );
+  text("tokens", shortNumber(live.totals.tokens));
+  text("tokens-round", last ? `${shortNumber(last.tokens)} in the last round` : "");
+  text("bytes", last ? `${shortNumber(last.bytes_up)} ${shortNumber(last.bytes_down)}` : "–");
+  text(
+    "bytes-total",
+    `total ↑ ${shortNumber(live.totals.bytes_up)} ↓ ${shortNumber(live.totals.bytes_down)} B`,
+  );
+  text("utilization", last ? `${(last.utilization * 100).toFixed(1)}%` : "–");
+  text("restarts", String(live.restarts));
+  const refused = Object.values(live.rejected_by_reason).reduce((a, b) => a + b, 0);
+  text("rejected", `${refused} contribution${refused === 1 ? "" : "s"} refused`);
+  const c = live.latest_commit;
+  text("commit", c ? `round ${c.round}` : "–");
+  text(
+    "commit-detail",
+    c
+      ? `${c.params_hash.slice(0, 12)} · ${c.holders.length} holders${
+        c.latency_s === null ? "" : ` · ${c.latency_s.toFixed(2)} s`
+      }`
+      : "none committed yet",
+  );
+  const pill = byId("conn");
+  if (live.done) {
+    pill.textContent = "finished";
+    pill.className = "pill done";
+  }
+  document.body.dataset.rounds = String(rounds.length);
+  document.body.dataset.lastLoss = last ? String(last.loss) : "";
+  document.body.dataset.lastRound = last ? String(last.round) : "";
+
+  byId("chart-loss").innerHTML = lineChart([
+    { name: "train loss", color: "#2563eb", points: rounds.map((r) => [r.round, r.loss]) },
+    {
+      name: "eval loss",
+      color: "#ea580c",
+      points: evals.map((e) => [e.round, e.eval_loss]),
+      dots: true,
+    },
+  ], { formatY: (y) => y.toFixed(2) });
+  byId("chart-bytes").innerHTML = lineChart([
+    { name: "sent ↑", color: "#7c3aed", points: rounds.map((r) => [r.round, r.bytes_up]) },
+    { name: "received ↓", color: "#16a34a", points: rounds.map((r) => [r.round, r.bytes_down]) },
+  ], { formatY: (y) => `${shortNumber(y)} B`, yMin: 0 });
+  byId("chart-util").innerHTML = lineChart([
+    { name: "utilization", color: "#0891b2", points: rounds.map((r) => [r.round, r.utilization]) },
+  ], { formatY: (y) => `${Math.round(y * 100)}%`, yMin: 0, yMax: 1 });
+
+  memberRows(live);
+  list(
+    "restart-list",
+    Object.entries(live.restarts_by_child).sort().map(([k, v]) => [k, String(v)]),
+    "none",
+  );
+  list(
+    "reject-list",
+    Object.entries(live.rejected_by_reason).sort().map(([k, v]) => [k, String(v)]),
+    "none",
+  );
+  list(
+    "commit-list",
+    commits.slice(-5).reverse().map((
+      p,
+    ) => [`round ${p.round}`, `${p.params_hash.slice(0, 10)} · ${p.holders.length} holders`]),
+    "none yet",
+  );
+}
+
+function connect(): void {
+  const source = new EventSource("/events");
+  const pill = byId("conn");
+  const on = <T>(type: string, apply: (data: T) => void) =>
+    source.addEventListener(type, (ev) => {
+      apply(JSON.parse((ev as MessageEvent<string>).data) as T);
+      render();
+    });
+  on<DashboardSnapshot>("snapshot", (s) => {
+    state = s;
+    pill.textContent = "live";
+    pill.className = "pill live";
+  });
+  on<DashboardSnapshot["rounds"][number]>("round", (r) => {
+    if (state && !state.rounds.some((x) => x.round === r.round)) state.rounds.push(r);
+  });
+  on<DashboardSnapshot["evals"][number]>("eval", (e) => state?.evals.push(e));
+  on<DashboardSnapshot["commits"][number]>("commit", (c) => state?.commits.push(c));
+  on<LiveState>("live", (live) => {
+    if (state) state.live = live;
+  });
+  source.onerror = () => {
+    if (state?.live.done) {
+      // The host closed the stream at the end of the run: keep the last picture.
+      source.close();
+      return;
+    }
+    pill.textContent = "reconnecting";
+    pill.className = "pill lost";
+  };
+}
+
+connect();
