@@ -101,18 +101,23 @@ function render(): void {
   text("in-view", String(live.trainers_in_view));
   text("elapsed", duration(live.wall_s));
   text("last-loss", fixed(last?.loss, 4));
-  text("first-loss", rounds.length ? `from ${fixed(rounds[0].loss, 4)} in round 0` : "");
+  text(
+    "first-loss",
+    rounds.length ? `first ${fixed(rounds[0].loss, 4)} (round ${rounds[0].round})` : "",
+  );
   const ev = evals.at(-1);
   text("eval-loss", fixed(ev?.eval_loss, 4));
   text("eval-round", ev ? `after round ${ev.round}` : "no evaluation yet");
   text("rounds-done", String(rounds.length));
   text(
     "params",
-    live.params ? `${shortNumber(live.params)} parameters, H = ${live.inner_steps}` : "",
+    live.params
+      ? `${shortNumber(live.params)} parameters · ${live.inner_steps} inner steps/round`
+      : "",
   );
   text("tokens", shortNumber(live.totals.tokens));
   text("tokens-round", last ? `${shortNumber(last.tokens)} in the last round` : "");
-  text("bytes", last ? `${shortNumber(last.bytes_up)} ${shortNumber(last.bytes_down)}` : "–");
+  text("bytes", last ? `${shortNumber(last.bytes_up)} ↑ ${shortNumber(last.bytes_down)} ↓` : "–");
   text(
     "bytes-total",
     `total ↑ ${shortNumber(live.totals.bytes_up)} ↓ ${shortNumber(live.totals.bytes_down)} B`,
@@ -126,8 +131,8 @@ function render(): void {
   text(
     "commit-detail",
     c
-      ? `${c.params_hash.slice(0, 12)} · ${c.holders.length} holders${
-        c.latency_s === null ? "" : ` · ${c.latency_s.toFixed(2)} s`
+      ? `${c.params_hash.slice(0, 10)} · ${c.holders.length} holders${
+        c.latency_s === null ? "" : ` · ${c.latency_s.toFixed(1)} s after its round`
       }`
       : "none committed yet",
   );
@@ -151,7 +156,12 @@ function render(): void {
   ], { formatY: (y) => y.toFixed(2) });
   byId("chart-bytes").innerHTML = lineChart([
     { name: "sent ↑", color: "#7c3aed", points: rounds.map((r) => [r.round, r.bytes_up]) },
-    { name: "received ↓", color: "#16a34a", points: rounds.map((r) => [r.round, r.bytes_down]) },
+    {
+      name: "received ↓",
+      color: "#16a34a",
+      points: rounds.map((r) => [r.round, r.bytes_down]),
+      dashed: true,
+    },
   ], { formatY: (y) => `${shortNumber(y)} B`, yMin: 0 });
   byId("chart-util").innerHTML = lineChart([
     { name: "utilization", color: "#0891b2", points: rounds.map((r) => [r.round, r.utilization]) },

@@ -15,6 +15,8 @@ export interface Series {
   points: readonly (readonly [number, number])[];
   /** Draw a dot on every point (sparse series such as evaluations). */
   dots?: boolean;
+  /** Dash the line (a series that may lie on top of another). */
+  dashed?: boolean;
 }
 
 /** Options of {@linkcode lineChart}. */
@@ -88,10 +90,10 @@ export function shortNumber(x: number): string {
  * ```
  */
 export function lineChart(series: readonly Series[], options: ChartOptions = {}): string {
-  const width = options.width ?? 560;
-  const height = options.height ?? 240;
+  const width = options.width ?? 420;
+  const height = options.height ?? 220;
   const fmt = options.formatY ?? shortNumber;
-  const pad = { left: 56, right: 16, top: 28, bottom: 34 };
+  const pad = { left: 52, right: 12, top: 30, bottom: 34 };
   const clean = series.map((s) => ({
     ...s,
     points: s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y)),
@@ -147,7 +149,10 @@ export function lineChart(series: readonly Series[], options: ChartOptions = {})
   for (const s of clean) {
     if (s.points.length > 1) {
       const d = s.points.map(([x, y], i) => `${i ? "L" : "M"}${f1(sx(x))},${f1(sy(y))}`).join("");
-      parts.push(`<path d="${d}" fill="none" stroke="${escapeXml(s.color)}" class="line"/>`);
+      const dash = s.dashed ? ` stroke-dasharray="6 4"` : "";
+      parts.push(
+        `<path d="${d}" fill="none" stroke="${escapeXml(s.color)}"${dash} class="line"/>`,
+      );
     }
     const dotted = s.dots || s.points.length === 1 ? s.points : s.points.slice(-1);
     for (const [x, y] of dotted) {
@@ -159,7 +164,7 @@ export function lineChart(series: readonly Series[], options: ChartOptions = {})
       `<rect x="${lx}" y="9" width="10" height="10" rx="2" fill="${escapeXml(s.color)}"/>`,
       `<text x="${lx + 14}" y="18" class="legend">${escapeXml(s.name)}</text>`,
     );
-    lx += 22 + 7 * s.name.length;
+    lx += 26 + 7 * s.name.length;
   }
   parts.push("</svg>");
   return parts.join("");

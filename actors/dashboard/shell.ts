@@ -26,7 +26,8 @@ h2 { font-size: 13px; margin: 0 0 8px; color: var(--muted); font-weight: 600;
 .pill.done { background: #dbeafe; color: #1e40af; }
 .pill.lost { background: #fee2e2; color: #991b1b; }
 main { padding: 8px 24px 24px; display: grid; gap: 16px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 12px; }
+.cards { display: grid; grid-template-columns: repeat(4, minmax(0, 1fr)); gap: 12px; }
+@media (max-width: 700px) { .cards { grid-template-columns: repeat(2, minmax(0, 1fr)); } }
 .card, .panel { background: var(--card); border: 1px solid var(--line); border-radius: 8px; }
 .card { padding: 10px 14px; }
 .card .k { font-size: 12px; color: var(--muted); }
@@ -34,13 +35,13 @@ main { padding: 8px 24px 24px; display: grid; gap: 16px; }
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .card .d { font-size: 12px; color: var(--muted); white-space: nowrap; overflow: hidden;
   text-overflow: ellipsis; }
-.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(380px, 1fr)); gap: 16px; }
+.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 16px; }
 .panel { padding: 12px 14px; min-width: 0; }
 .chart { display: block; }
 .chart .grid { stroke: var(--line); }
 .chart .axis { stroke: #9aa5b1; }
-.chart .tick, .chart .label, .chart .legend, .chart .empty { font-size: 11px; fill: var(--muted); }
-.chart .legend { fill: var(--fg); }
+.chart .tick, .chart .label, .chart .empty { font-size: 11px; fill: var(--muted); }
+.chart .legend { font-size: 12px; fill: var(--fg); }
 .chart .line { stroke-width: 2; stroke-linejoin: round; }
 .lower { display: grid; grid-template-columns: minmax(0, 2fr) minmax(0, 1fr); gap: 16px; }
 @media (max-width: 900px) { .lower { grid-template-columns: 1fr; } }
@@ -86,7 +87,7 @@ export const PAGE_HTML = `<!doctype html>
       <div class="d" id="params"></div></div>
     <div class="card"><div class="k">tokens</div><div class="v" id="tokens">0</div>
       <div class="d" id="tokens-round"></div></div>
-    <div class="card"><div class="k">bytes / round ↑ ↓</div><div class="v" id="bytes">–</div>
+    <div class="card"><div class="k">bytes / round (last)</div><div class="v" id="bytes">–</div>
       <div class="d" id="bytes-total"></div></div>
     <div class="card"><div class="k">utilization</div><div class="v" id="utilization">–</div>
       <div class="d">share of the round training</div></div>
