@@ -1,4 +1,3 @@
-/// <reference lib="dom" />
 /**
  * The dashboard, `/events`, `/status` and `/metrics` of a real run (the tiny
  * model, two trainers in Workers on WebGPU, two checkpoint keepers), with a
@@ -167,17 +166,19 @@ async function checkPage(base: string, host: RunHost): Promise<string | undefine
     const errors: string[] = [];
     page.on("pageerror", (e) => errors.push(String(e)));
     await page.goto(base);
-    await page.waitForFunction(() => Number(document.body.dataset.rounds ?? 0) >= 2, null, {
+    // Page-side conditions are strings: the test is type-checked without the DOM's types.
+    await page.waitForFunction("Number(document.body.dataset.rounds || 0) >= 2", null, {
       timeout: 180_000,
     });
     // What the page shows of a round agrees with /status's history of that round.
-    const shown = await page.evaluate(() => ({
-      rounds: Number(document.body.dataset.rounds),
-      lastRound: Number(document.body.dataset.lastRound),
-      lastLoss: Number(document.body.dataset.lastLoss),
-      lossText: document.getElementById("last-loss")!.textContent,
-      roundsText: document.getElementById("rounds-done")!.textContent,
-    }));
+    const body = page.locator("body");
+    const shown = {
+      rounds: Number(await body.getAttribute("data-rounds")),
+      lastRound: Number(await body.getAttribute("data-last-round")),
+      lastLoss: Number(await body.getAttribute("data-last-loss")),
+      lossText: await page.locator("#last-loss").textContent(),
+      roundsText: await page.locator("#rounds-done").textContent(),
+    };
     const status: Status = await (await fetch(`${base}/status`)).json();
     ok(status.rounds_done >= shown.rounds, `${status.rounds_done} < ${shown.rounds}`);
     const round = status.history.rounds.find((r) => r.round === shown.lastRound)!;
@@ -187,15 +188,14 @@ async function checkPage(base: string, host: RunHost): Promise<string | undefine
     // At the end the page shows every round and the final commit.
     await host.monitor.done;
     await page.waitForFunction(
-      (n) =>
-        Number(document.body.dataset.rounds) === n &&
-        document.getElementById("commit")!.textContent === `round ${n}`,
-      ROUNDS,
+      `Number(document.body.dataset.rounds) === ${ROUNDS} && ` +
+        `document.getElementById("commit").textContent === "round ${ROUNDS}"`,
+      null,
       { timeout: 120_000 },
     );
     const final: Status = await (await fetch(`${base}/status`)).json();
     equal(
-      await page.evaluate(() => Number(document.body.dataset.lastLoss)),
+      Number(await body.getAttribute("data-last-loss")),
       final.history.rounds.at(-1)!.loss,
     );
     equal(

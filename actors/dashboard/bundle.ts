@@ -35,6 +35,7 @@ async function bundle(): Promise<string> {
   }
   // The full specifier, as the library's other npm imports (transport/_deps.ts): the
   // version is deno.json's `esbuild` entry (bundle_test.ts keeps them equal).
+  // deno-lint-ignore no-import-prefix
   const esbuild = await import("npm:esbuild@0.28.2");
   try {
     const result = await esbuild.build({

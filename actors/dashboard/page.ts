@@ -1,4 +1,3 @@
-/// <reference lib="dom" />
 /**
  * The dashboard's script (runs in the browser; bundled by esbuild into
  * `/dashboard.js`): keeps the run's history from `GET /events` (a snapshot on
@@ -11,9 +10,36 @@
 import { lineChart, shortNumber } from "./plot.ts";
 import type { DashboardSnapshot, LiveState, MemberRow } from "./history.ts";
 
+/**
+ * The few browser APIs the page uses, typed here: the DOM library's global
+ * types would clash with Deno's in a whole-repo `deno check`.
+ */
+interface Node {
+  textContent: string | null;
+  className: string;
+  innerHTML: string;
+  dataset: Record<string, string | undefined>;
+  append(...nodes: Node[]): void;
+  replaceChildren(...nodes: Node[]): void;
+}
+interface Browser {
+  document: {
+    title: string;
+    body: Node;
+    getElementById(id: string): Node | null;
+    createElement(tag: string): Node;
+  };
+  EventSource: new (url: string) => {
+    addEventListener(type: string, listener: (ev: { data: string }) => void): void;
+    onerror: (() => void) | null;
+    close(): void;
+  };
+}
+const { document, EventSource } = globalThis as unknown as Browser;
+
 let state: DashboardSnapshot | undefined;
 
-function byId(id: string): HTMLElement {
+function byId(id: string): Node {
   const el = document.getElementById(id);
   if (!el) throw new Error(`Dashboard page: no element #${id}`);
   return el;
@@ -192,7 +218,7 @@ function connect(): void {
   const pill = byId("conn");
   const on = <T>(type: string, apply: (data: T) => void) =>
     source.addEventListener(type, (ev) => {
-      apply(JSON.parse((ev as MessageEvent<string>).data) as T);
+      apply(JSON.parse(ev.data) as T);
       render();
     });
   on<DashboardSnapshot>("snapshot", (s) => {

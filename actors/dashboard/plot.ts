@@ -105,7 +105,7 @@ export function lineChart(series: readonly Series[], options: ChartOptions = {})
     return `${open}<text x="${width / 2}" y="${height / 2}" text-anchor="middle" ` +
       `class="empty">waiting for the first round</text></svg>`;
   }
-  let x0 = Math.min(...all.map((p) => p[0]));
+  const x0 = Math.min(...all.map((p) => p[0]));
   let x1 = Math.max(...all.map((p) => p[0]));
   if (x1 === x0) x1 = x0 + 1;
   let y0 = options.yMin ?? Math.min(...all.map((p) => p[1]));
