@@ -142,12 +142,15 @@ interface TrackerStatus {
   members: Omit<MemberRow, "state">[];
 }
 
+/** What a history reads of a host (a {@linkcode RunHost} has it). */
+export type HistoryHost = Pick<RunHost, "system" | "monitor" | "trackerPath" | "trainerPaths">;
+
 /**
  * Records a host's run for the dashboard. Subscribes to the monitor on
  * construction; {@linkcode close} unsubscribes.
  */
 export class RunHistory {
-  #host: RunHost;
+  #host: HistoryHost;
   #options: Required<HistoryOptions>;
   #rounds: RoundPoint[] = [];
   #evals: EvalPoint[] = [];
@@ -164,7 +167,7 @@ export class RunHistory {
   #closed = false;
 
   /** Starts recording `host`'s run. */
-  constructor(host: RunHost, options: HistoryOptions = {}) {
+  constructor(host: HistoryHost, options: HistoryOptions = {}) {
     const evalEvery = options.evalEvery ?? 0;
     if (!Number.isSafeInteger(evalEvery) || evalEvery < 0) {
       throw new RangeError(`Invalid evalEvery: ${evalEvery} is not a whole number >= 0`);
@@ -239,7 +242,10 @@ export class RunHistory {
       rejected_by_reason: rejected,
       last_round: rounds.at(-1) ?? null,
       last_eval: this.#evals.at(-1) ?? null,
-      latest_commit: this.#commits.at(-1) ?? null,
+      latest_commit: this.#commits.reduce<CommitPoint | null>(
+        (a, c) => (a === null || c.round > a.round ? c : a),
+        null,
+      ),
       commit_latency: {
         ...this.#latency,
         bounds: [...this.#latency.bounds],

@@ -8,8 +8,12 @@
  * @module
  */
 import type { Hono } from "../../transport/_deps.ts";
-import type { RunHost } from "../run.ts";
-import { type DashboardEvent, type HistoryOptions, RunHistory } from "./history.ts";
+import {
+  type DashboardEvent,
+  type HistoryHost,
+  type HistoryOptions,
+  RunHistory,
+} from "./history.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "./metrics.ts";
 import { PAGE_HTML } from "./shell.ts";
 import { dashboardScript } from "./bundle.ts";
@@ -52,7 +56,7 @@ export interface Dashboard {
  */
 export function mountDashboard(
   app: Hono,
-  host: RunHost,
+  host: HistoryHost,
   options: DashboardOptions = {},
 ): Dashboard {
   const history = new RunHistory(host, options);
