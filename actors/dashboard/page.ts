@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { lineChart, shortNumber } from "./plot.ts";
+import { type ChartOptions, lineChart, type Series, shortNumber } from "./plot.ts";
 import type { DashboardSnapshot, LiveState, MemberRow } from "./history.ts";
 
 /**
@@ -115,6 +115,49 @@ function memberRows(live: LiveState): void {
   }
 }
 
+/** The page's charts: the element each goes in, its lines, its axis. */
+const CHARTS: { id: string; series: (s: DashboardSnapshot) => Series[]; options: ChartOptions }[] =
+  [
+    {
+      id: "chart-loss",
+      series: ({ rounds, evals }) => [
+        { name: "train loss", color: "#2563eb", points: rounds.map((r) => [r.round, r.loss]) },
+        {
+          name: "eval loss",
+          color: "#ea580c",
+          points: evals.map((e) => [e.round, e.eval_loss]),
+          dots: true,
+        },
+      ],
+      options: { formatY: (y) => y.toFixed(2) },
+    },
+    {
+      id: "chart-bytes",
+      series: ({ rounds }) => [
+        { name: "sent ↑", color: "#7c3aed", points: rounds.map((r) => [r.round, r.bytes_up]) },
+        // Sent and received are often nearly equal: the dashes keep both lines visible.
+        {
+          name: "received ↓",
+          color: "#16a34a",
+          points: rounds.map((r) => [r.round, r.bytes_down]),
+          dashed: true,
+        },
+      ],
+      options: { formatY: (y) => `${shortNumber(y)} B`, yMin: 0 },
+    },
+    {
+      id: "chart-util",
+      series: ({ rounds }) => [
+        {
+          name: "utilization",
+          color: "#0891b2",
+          points: rounds.map((r) => [r.round, r.utilization]),
+        },
+      ],
+      options: { formatY: (y) => `${Math.round(y * 100)}%`, yMin: 0, yMax: 1 },
+    },
+  ];
+
 function render(): void {
   if (!state) return;
   const { live, rounds, evals, commits } = state;
@@ -171,27 +214,9 @@ function render(): void {
   document.body.dataset.lastLoss = last ? String(last.loss) : "";
   document.body.dataset.lastRound = last ? String(last.round) : "";
 
-  byId("chart-loss").innerHTML = lineChart([
-    { name: "train loss", color: "#2563eb", points: rounds.map((r) => [r.round, r.loss]) },
-    {
-      name: "eval loss",
-      color: "#ea580c",
-      points: evals.map((e) => [e.round, e.eval_loss]),
-      dots: true,
-    },
-  ], { formatY: (y) => y.toFixed(2) });
-  byId("chart-bytes").innerHTML = lineChart([
-    { name: "sent ↑", color: "#7c3aed", points: rounds.map((r) => [r.round, r.bytes_up]) },
-    {
-      name: "received ↓",
-      color: "#16a34a",
-      points: rounds.map((r) => [r.round, r.bytes_down]),
-      dashed: true,
-    },
-  ], { formatY: (y) => `${shortNumber(y)} B`, yMin: 0 });
-  byId("chart-util").innerHTML = lineChart([
-    { name: "utilization", color: "#0891b2", points: rounds.map((r) => [r.round, r.utilization]) },
-  ], { formatY: (y) => `${Math.round(y * 100)}%`, yMin: 0, yMax: 1 });
+  for (const chart of CHARTS) {
+    byId(chart.id).innerHTML = lineChart(chart.series(state), chart.options);
+  }
 
   memberRows(live);
   list(
