@@ -93,7 +93,11 @@ export function mountDashboard(
       history: { rounds: history.rounds, evals: history.evals, commits: history.commits },
     });
   });
-  app.get("/", (c) => c.html(PAGE_HTML));
+  app.get("/", async (c, next) => {
+    // The actor transport may serve WebSocket upgrades on the same path.
+    if (c.req.header("upgrade")?.toLowerCase() === "websocket") return await next();
+    return c.html(PAGE_HTML);
+  });
   app.get("/dashboard.js", async (c) => {
     try {
       const js = await dashboardScript();
