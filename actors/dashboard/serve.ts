@@ -128,7 +128,11 @@ export function mountDashboard(
             clearInterval(ticker);
             ticker = undefined;
           }
-          controller.close();
+          try {
+            controller.close();
+          } catch {
+            // The page went away: the stream is cancelled, and closed already.
+          }
         };
         stream = { send, end };
         const snapshot = await history.snapshot();
