@@ -5,8 +5,9 @@
  * restarts show. `/metrics` is read with a strict parser of the text format
  * and checked against `/status` of the same run; headless Chromium
  * (playwright-core, `/usr/bin/chromium`) loads the page while the run goes,
- * checks what it shows against `/status` and saves a screenshot to
- * `.ci/out/dashboard.png` (the path is printed). The browser part is skipped,
+ * checks what it shows against `/status` and saves screenshots to
+ * `.ci/out/dashboard-live.png` (during the run) and `.ci/out/dashboard.png`
+ * (at its end); the paths are printed. The browser part is skipped,
  * with the reason printed, where Chromium or playwright-core is missing.
  *
  * Slow (Workers compile shaders): run alone with
@@ -17,6 +18,7 @@ import { Hono } from "hono";
 import { type RunHost, startRunHost } from "../actors/run.ts";
 import { type Dashboard, mountDashboard } from "../actors/dashboard/serve.ts";
 import type { LiveState, RoundPoint } from "../actors/dashboard/history.ts";
+import { shortNumber } from "../actors/dashboard/plot.ts";
 import { type Family, parseExposition } from "./_prometheus.ts";
 import { ActorSystem } from "../actors/runtime/system.ts";
 import { ActorTransport } from "../transport/remote.ts";
@@ -103,8 +105,11 @@ function checkMetrics(families: Map<string, Family>, status: Status): void {
   const f = (name: string) => families.get(name);
   // The run id has a quote and a backslash: the label value reads back unchanged.
   equal(value(f("decentra_run_info"), { run: status.run }), 1);
-  equal(value(f("decentra_round")), status.round);
-  equal(value(f("decentra_view_epoch")), status.epoch);
+  equal(value(f("decentra_round")), live.round);
+  equal(value(f("decentra_view_epoch")), live.epoch);
+  // At the end the tracker and the monitor hold the same view.
+  equal(live.round, status.round);
+  equal(live.epoch, status.epoch);
   equal(value(f("decentra_rounds_total")), status.rounds_done);
   equal(value(f("decentra_loss")), live.last_round!.loss);
   equal(value(f("decentra_eval_loss")), live.last_eval!.eval_loss);
@@ -191,6 +196,10 @@ async function checkPage(base: string, host: RunHost): Promise<string | undefine
       lossText: string;
       roundsText: string;
     };
+    await Deno.mkdir(SHOT_DIR, { recursive: true });
+    const liveShot = new URL("dashboard-live.png", SHOT_DIR).pathname;
+    await page.screenshot({ path: liveShot, fullPage: true });
+    console.log(`dashboard screenshot during the run: ${liveShot}`);
     const status: Status = await (await fetch(`${base}/status`)).json();
     ok(status.rounds_done >= shown.rounds, `${status.rounds_done} < ${shown.rounds}`);
     const round = status.history.rounds.find((r) => r.round === shown.lastRound)!;
@@ -210,12 +219,12 @@ async function checkPage(base: string, host: RunHost): Promise<string | undefine
       Number(await page.locator("body").getAttribute("data-last-loss")),
       final.history.rounds.at(-1)!.loss,
     );
+    equal(await page.locator("#tokens").textContent(), shortNumber(final.live.totals.tokens));
     equal(
       await page.locator("#members tr").count(),
       final.members.length + Object.keys(final.live.evicted).length,
     );
     deepEqual(errors, []);
-    await Deno.mkdir(SHOT_DIR, { recursive: true });
     const shot = new URL("dashboard.png", SHOT_DIR).pathname;
     await page.screenshot({ path: shot, fullPage: true });
     console.log(`dashboard screenshot: ${shot}`);

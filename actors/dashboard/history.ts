@@ -79,7 +79,11 @@ export interface LatencyHistogram {
 /** The live part of the run: what `GET /status` adds to the tracker's status. */
 export interface LiveState {
   run: string;
-  /** The round of the current view. */
+  /**
+   * The round and epoch of the newest view the run published (the monitor
+   * keeps it; a tracker that just restarted knows an older one until its
+   * members re-announce).
+   */
   round: number;
   epoch: number;
   /** Rounds the run trains (0: no bound). */
@@ -228,13 +232,13 @@ export class RunHistory {
     const rounds = this.#rounds;
     return {
       run: status.run ?? view?.run ?? "",
-      round: status.round ?? view?.round ?? 0,
-      epoch: status.epoch ?? view?.epoch ?? 0,
+      round: view?.round ?? status.round ?? 0,
+      epoch: view?.epoch ?? status.epoch ?? 0,
       rounds_target: view?.rounds ?? 0,
       rounds_done: monitor.rounds.length,
       params: monitor.rounds[0]?.params ?? view?.params ?? 0,
       inner_steps: monitor.rounds[0]?.inner_steps ?? 0,
-      trainers_in_view: (status.view?.trainers ?? view?.trainers ?? []).length,
+      trainers_in_view: (view?.trainers ?? status.view?.trainers ?? []).length,
       members,
       evicted: { ...monitor.evicted },
       restarts: monitor.restarts,

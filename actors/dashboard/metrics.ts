@@ -72,13 +72,13 @@ function families(s: LiveState): Family[] {
     {
       name: "decentra_round",
       type: "gauge",
-      help: "The round of the tracker's current view.",
+      help: "The round of the newest view the run published.",
       samples: [{ value: s.round }],
     },
     {
       name: "decentra_view_epoch",
       type: "gauge",
-      help: "The epoch of the tracker's current view.",
+      help: "The epoch of the newest view the run published.",
       samples: [{ value: s.epoch }],
     },
     {
@@ -126,7 +126,7 @@ function families(s: LiveState): Family[] {
     {
       name: "decentra_trainers_in_view",
       type: "gauge",
-      help: "Trainers in the tracker's current view.",
+      help: "Trainers in the newest view the run published.",
       samples: [{ value: s.trainers_in_view }],
     },
     {

@@ -19,6 +19,8 @@ interface Node {
   className: string;
   innerHTML: string;
   dataset: Record<string, string | undefined>;
+  /** Of a table cell. */
+  colSpan?: number;
   append(...nodes: Node[]): void;
   replaceChildren(...nodes: Node[]): void;
 }
@@ -90,6 +92,15 @@ function memberRows(live: LiveState): void {
       round,
     })),
   ];
+  if (rows.length === 0) {
+    const tr = document.createElement("tr");
+    const td = document.createElement("td");
+    td.className = "none";
+    td.colSpan = 5;
+    td.textContent = "The tracker knows no member yet (starting, or rebuilding after a restart).";
+    tr.append(td);
+    body.append(tr);
+  }
   for (const m of rows) {
     const tr = document.createElement("tr");
     tr.dataset.state = m.state;
@@ -184,12 +195,17 @@ function render(): void {
       ? `${shortNumber(live.params)} parameters · ${live.inner_steps} inner steps/round`
       : "",
   );
-  text("tokens", shortNumber(live.totals.tokens));
+  // Totals from the rounds shown, so that they agree with them (the live state comes a moment later).
+  const total = (f: (r: DashboardSnapshot["rounds"][number]) => number) =>
+    rounds.reduce((a, r) => a + f(r), 0);
+  text("tokens", shortNumber(total((r) => r.tokens)));
   text("tokens-round", last ? `${shortNumber(last.tokens)} in the last round` : "");
   text("bytes", last ? `${shortNumber(last.bytes_up)} ↑ ${shortNumber(last.bytes_down)} ↓` : "–");
   text(
     "bytes-total",
-    `total ↑ ${shortNumber(live.totals.bytes_up)} ↓ ${shortNumber(live.totals.bytes_down)} B`,
+    `total ↑ ${shortNumber(total((r) => r.bytes_up))} ↓ ${
+      shortNumber(total((r) => r.bytes_down))
+    } B`,
   );
   text("utilization", last ? `${(last.utilization * 100).toFixed(1)}%` : "–");
   text("restarts", String(live.restarts));
@@ -201,7 +217,7 @@ function render(): void {
     "commit-detail",
     c
       ? `${c.params_hash.slice(0, 10)} · ${c.holders.length} holders${
-        c.latency_s === null ? "" : ` · ${c.latency_s.toFixed(1)} s after its round`
+        c.latency_s === null ? "" : ` · in ${c.latency_s.toFixed(1)} s`
       }`
       : "none committed yet",
   );

@@ -57,7 +57,7 @@ td.node { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size
 ul.kv { list-style: none; margin: 0 0 12px; padding: 0; }
 ul.kv li { display: flex; justify-content: space-between; padding: 3px 0;
   border-bottom: 1px solid var(--line); }
-ul.kv li.none { color: var(--muted); }
+ul.kv li.none, td.none { color: var(--muted); }
 code { font-size: 12px; }
 `;
 
