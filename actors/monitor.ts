@@ -89,6 +89,9 @@ export class RunMonitor {
   readonly restartsBy: Record<string, number> = {};
   /** All rejections, as "reason: detail". */
   readonly rejections: string[] = [];
+  /** Trainers the tracker evicted and that have not joined again, with the round. */
+  readonly evicted: Record<string, number> = {};
+  #listeners = new Set<(e: RunEvent) => void>();
   #done = Promise.withResolvers<void>();
   #roundWaiters: { round: number; resolve(): void }[] = [];
 
@@ -97,8 +100,17 @@ export class RunMonitor {
     emit: (e: RunEvent) => void,
   ) {
     this.#settings = settings;
-    this.#emit = emit;
+    this.#emit = (e) => {
+      emit(e);
+      for (const listen of this.#listeners) listen(e);
+    };
     this.#nextRound = settings.startRound ?? 0;
+  }
+
+  /** Calls `listen` with every later event of the run (the dashboard); returns the unsubscribe. */
+  on(listen: (e: RunEvent) => void): () => void {
+    this.#listeners.add(listen);
+    return () => this.#listeners.delete(listen);
   }
 
   /** Emits an event of the run (commits, resume) with the monitor's clock. */
@@ -165,9 +177,11 @@ export class RunMonitor {
         this.#shardCount = e.view.shards.length;
         return;
       case "evicted":
+        for (const node of e.nodes) this.evicted[node] = e.round;
         this.log(`tracker evicted ${e.nodes.join(", ")} in round ${e.round}`, "warn");
         return;
       case "joined":
+        delete this.evicted[e.node];
         this.log(`${e.node} joined (${e.status}) at round ${e.round}`);
         return;
       case "left":

@@ -29,6 +29,7 @@ import {
   writeTime,
 } from "./run_checkpoint.ts";
 import { startRunHost } from "./host.ts";
+import { mountDashboard } from "./dashboard/serve.ts";
 import { finalCommit, summarize } from "./run_summary.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { checkDuty } from "../checkpoint/_background.ts";
@@ -124,13 +125,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     },
   });
   const app = new Hono();
-  app.get("/status", async (c) => {
-    const status = await system.ref(host.trackerPath).ask<Record<string, unknown>>(
-      { type: "status" },
-      { timeoutMs: 3000 },
-    ).catch((err) => ({ error: String(err) }));
-    return c.json({ ...status, rounds_done: host.monitor.rounds.length, peers: transport.peers });
-  });
+  const dashboard = mountDashboard(app, host, { peers: () => transport.peers, evalEvery: 1 });
   transport.mount(app, "/");
   const listening = Promise.withResolvers<void>();
   const http = Deno.serve({
@@ -170,6 +165,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     host.monitor.log(`run failed: ${err}`, "warn");
     code = 1;
   } finally {
+    await dashboard.close();
     await transport.close();
     await http.shutdown();
     await host.shutdown();

@@ -53,7 +53,8 @@ Hosts or joins a decentralized (DiLoCo) training run.
 With no flags, hosts a whole run in this process and exits with a summary.
 
 Options:
-  --host ADDR:PORT      host a run that other nodes join (serves GET /status)
+  --host ADDR:PORT      host a run that other nodes join (serves GET /status, a dashboard
+                        at GET / and Prometheus metrics at GET /metrics)
   --join URL            join a run (ws://ADDR:PORT) as a trainer
   --secret S            the run's shared secret (required with --host and --join)
   --role ROLE           role when joining: trainer (default) or keeper (a checkpoint keeper

@@ -1,0 +1,394 @@
+/**
+ * What a host shows of its run (the dashboard, `GET /status`, `GET /metrics`):
+ * the history of closed rounds, periodic evaluations and committed
+ * checkpoints, recorded from the run monitor's events, and the live state of
+ * the members, asked of the tracker and the trainers when it is read.
+ *
+ * @module
+ */
+import type { RunEvent } from "../monitor.ts";
+import type { RunHost } from "../host.ts";
+
+/** One closed round, as plotted. */
+export interface RoundPoint {
+  round: number;
+  /** The view epoch the round closed in. */
+  view: number;
+  /** Trainers whose contribution counted. */
+  trainers: number;
+  /** Mean inner training loss, nats/byte. */
+  loss: number;
+  tokens: number;
+  bytes_up: number;
+  bytes_down: number;
+  /** Mean share of the round the contributors spent training (0-1). */
+  utilization: number;
+  /** Contributions refused in the round. */
+  rejected: number;
+  /** Trainers of the view that did not contribute. */
+  missing: number;
+  /** Seconds since the host started when the round closed. */
+  wall_s: number;
+}
+
+/** An evaluation of the parameters a trainer holds after `round` closed. */
+export interface EvalPoint {
+  round: number;
+  /** Validation loss, nats/byte. */
+  eval_loss: number;
+  wall_s: number;
+}
+
+/** A round committed by the checkpoint keepers. */
+export interface CommitPoint {
+  round: number;
+  params_hash: string;
+  holders: string[];
+  wall_s: number;
+  /** Seconds from the close of the round that produced this state to its commit. */
+  latency_s: number | null;
+}
+
+/**
+ * What a member is doing: a trainer is `training` (inner steps), `blocked`
+ * (its contribution sent, waiting for the round's update) or `idle` (between
+ * rounds, fetching its start state, or done); a pending joiner is `joining`;
+ * other roles are `active`; a member that does not answer is `silent`.
+ */
+export type MemberState = "training" | "blocked" | "idle" | "joining" | "active" | "silent";
+
+/** A member of the tracker's list with its state. */
+export interface MemberRow {
+  node: string;
+  roles: string[];
+  /** The tracker's status: "member" or "pending". */
+  status: string;
+  state: MemberState;
+  dataShard: number;
+  silentMs: number;
+}
+
+/** Cumulative counts of commit latencies at or below each bound, seconds. */
+export interface LatencyHistogram {
+  bounds: number[];
+  /** counts[i]: commits with latency ≤ bounds[i]; the last entry counts all (+Inf). */
+  counts: number[];
+  sum: number;
+  count: number;
+}
+
+/** The live part of the run: what `GET /status` adds to the tracker's status. */
+export interface LiveState {
+  run: string;
+  /**
+   * The round and epoch of the newest view the run published (the monitor
+   * keeps it; a tracker that just restarted knows an older one until its
+   * members re-announce).
+   */
+  round: number;
+  epoch: number;
+  /** Rounds the run trains (0: no bound). */
+  rounds_target: number;
+  rounds_done: number;
+  params: number;
+  inner_steps: number;
+  trainers_in_view: number;
+  members: MemberRow[];
+  /** Trainers evicted for silence and not back, with the round. */
+  evicted: Record<string, number>;
+  restarts: number;
+  /** Restarts by "<supervisor>/<child>", e.g. "trainers/2". */
+  restarts_by_child: Record<string, number>;
+  /** Refused contributions by reason (aggregation.ts `RejectReason`). */
+  rejected_by_reason: Record<string, number>;
+  last_round: RoundPoint | null;
+  last_eval: EvalPoint | null;
+  latest_commit: CommitPoint | null;
+  commit_latency: LatencyHistogram;
+  totals: { tokens: number; bytes_up: number; bytes_down: number };
+  /** The last round of a bounded run closed. */
+  done: boolean;
+  wall_s: number;
+}
+
+/** Everything the page needs on connect; later changes come as events. */
+export interface DashboardSnapshot {
+  live: LiveState;
+  rounds: RoundPoint[];
+  evals: EvalPoint[];
+  commits: CommitPoint[];
+}
+
+/** A change pushed to the page (`GET /events`), named as the event type. */
+export type DashboardEvent =
+  | { type: "round"; data: RoundPoint }
+  | { type: "eval"; data: EvalPoint }
+  | { type: "commit"; data: CommitPoint }
+  | { type: "live"; data: LiveState };
+
+/** Options of {@linkcode RunHistory}. */
+export interface HistoryOptions {
+  /** Evaluate every this many rounds on a trainer of the run (default 0: never). */
+  evalEvery?: number;
+  /** Validation windows of each evaluation (default 16). */
+  evalWindows?: number;
+  /** How long a trainer or the tracker may take to answer, ms (default 1000). */
+  askTimeoutMs?: number;
+}
+
+/** Commit latency bucket bounds, seconds: a write of a small model takes well under a second. */
+export const LATENCY_BOUNDS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+
+interface TrackerStatus {
+  run: string;
+  round: number;
+  epoch: number;
+  view: { trainers: string[] };
+  members: Omit<MemberRow, "state">[];
+}
+
+/** What a history reads of a host (a {@linkcode RunHost} has it). */
+export type HistoryHost = Pick<RunHost, "system" | "monitor" | "trackerPath" | "trainerPaths">;
+
+/**
+ * Records a host's run for the dashboard. Subscribes to the monitor on
+ * construction; {@linkcode close} unsubscribes.
+ */
+export class RunHistory {
+  #host: HistoryHost;
+  #options: Required<HistoryOptions>;
+  #rounds: RoundPoint[] = [];
+  #evals: EvalPoint[] = [];
+  #commits: CommitPoint[] = [];
+  #latency: LatencyHistogram = {
+    bounds: LATENCY_BOUNDS,
+    counts: LATENCY_BOUNDS.map(() => 0).concat(0),
+    sum: 0,
+    count: 0,
+  };
+  #listeners = new Set<(e: DashboardEvent) => void>();
+  #unsubscribe: () => void;
+  #evaluating?: Promise<void>;
+  #closed = false;
+
+  /** Starts recording `host`'s run. */
+  constructor(host: HistoryHost, options: HistoryOptions = {}) {
+    const evalEvery = options.evalEvery ?? 0;
+    if (!Number.isSafeInteger(evalEvery) || evalEvery < 0) {
+      throw new RangeError(`Invalid evalEvery: ${evalEvery} is not a whole number >= 0`);
+    }
+    this.#host = host;
+    this.#options = {
+      evalEvery,
+      evalWindows: options.evalWindows ?? 16,
+      askTimeoutMs: options.askTimeoutMs ?? 1000,
+    };
+    this.#unsubscribe = host.monitor.on((e) => this.#record(e));
+    // Rounds emitted before this history started.
+    for (const r of host.monitor.rounds) this.#rounds.push(roundPoint(r));
+  }
+
+  /** Closed rounds, oldest first. */
+  get rounds(): readonly RoundPoint[] {
+    return this.#rounds;
+  }
+
+  /** Evaluations, oldest first. */
+  get evals(): readonly EvalPoint[] {
+    return this.#evals;
+  }
+
+  /** Commits, oldest first. */
+  get commits(): readonly CommitPoint[] {
+    return this.#commits;
+  }
+
+  /** Calls `listen` with every later change; returns the unsubscribe. */
+  listen(listen: (e: DashboardEvent) => void): () => void {
+    this.#listeners.add(listen);
+    return () => this.#listeners.delete(listen);
+  }
+
+  /** The tracker's status (run, round, view, members) as `GET /status` shows it. */
+  async trackerStatus(): Promise<Record<string, unknown>> {
+    const host = this.#host;
+    return await host.system.ref(host.trackerPath).ask<Record<string, unknown>>(
+      { type: "status" },
+      { timeoutMs: 3000 },
+    ).catch((err) => ({ error: String(err) }));
+  }
+
+  /** The live state, with the members' states asked of the tracker and the trainers now. */
+  async live(tracker?: Record<string, unknown>): Promise<LiveState> {
+    const host = this.#host;
+    const monitor = host.monitor;
+    const status = (tracker ?? await this.trackerStatus()) as Partial<TrackerStatus>;
+    const members = await Promise.all((status.members ?? []).map((m) => this.#member(m)));
+    const rejected: Record<string, number> = {};
+    for (const line of monitor.rejections) {
+      const reason = line.split(":")[0];
+      rejected[reason] = (rejected[reason] ?? 0) + 1;
+    }
+    const view = monitor.view;
+    const rounds = this.#rounds;
+    return {
+      run: status.run ?? view?.run ?? "",
+      round: view?.round ?? status.round ?? 0,
+      epoch: view?.epoch ?? status.epoch ?? 0,
+      rounds_target: view?.rounds ?? 0,
+      rounds_done: monitor.rounds.length,
+      params: monitor.rounds[0]?.params ?? view?.params ?? 0,
+      inner_steps: monitor.rounds[0]?.inner_steps ?? 0,
+      trainers_in_view: (view?.trainers ?? status.view?.trainers ?? []).length,
+      members,
+      evicted: { ...monitor.evicted },
+      restarts: monitor.restarts,
+      restarts_by_child: { ...monitor.restartsBy },
+      rejected_by_reason: rejected,
+      last_round: rounds.at(-1) ?? null,
+      last_eval: this.#evals.at(-1) ?? null,
+      latest_commit: this.#commits.reduce<CommitPoint | null>(
+        (a, c) => (a === null || c.round > a.round ? c : a),
+        null,
+      ),
+      commit_latency: {
+        ...this.#latency,
+        bounds: [...this.#latency.bounds],
+        counts: [...this.#latency.counts],
+      },
+      totals: {
+        tokens: sum(rounds, (r) => r.tokens),
+        bytes_up: sum(rounds, (r) => r.bytes_up),
+        bytes_down: sum(rounds, (r) => r.bytes_down),
+      },
+      done: view !== undefined && view.rounds > 0 && monitor.rounds.length > 0 &&
+        monitor.rounds.at(-1)!.round + 1 >= view.rounds,
+      wall_s: Math.round(monitor.wallS * 1000) / 1000,
+    };
+  }
+
+  /** The whole history and the live state. */
+  async snapshot(): Promise<DashboardSnapshot> {
+    return {
+      live: await this.live(),
+      rounds: [...this.#rounds],
+      evals: [...this.#evals],
+      commits: [...this.#commits],
+    };
+  }
+
+  /** Stops recording; resolves once an evaluation under way has answered. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#unsubscribe();
+    this.#listeners.clear();
+    await this.#evaluating;
+  }
+
+  async #member(m: Omit<MemberRow, "state">): Promise<MemberRow> {
+    const row = { ...m, state: "active" as MemberState };
+    if (m.status === "pending") row.state = "joining";
+    else if (m.roles.includes("trainer")) {
+      const host = this.#host;
+      row.state = await host.system.ref(m.node).ask<{ phase?: string }>(
+        { type: "status" },
+        { timeoutMs: this.#options.askTimeoutMs },
+      ).then((s) =>
+        s?.phase === "inner" ? "training" : s?.phase === "blocked" ? "blocked" : "idle" as const
+      ).catch(() => "silent" as const);
+    }
+    return row;
+  }
+
+  #record(e: RunEvent): void {
+    if (this.#closed) return;
+    if (e.event === "round") {
+      const point = roundPoint(e);
+      this.#rounds.push(point);
+      this.#push({ type: "round", data: point });
+      const every = this.#options.evalEvery;
+      if (every > 0 && (e.round + 1) % every === 0) this.#evaluate(e.contributors);
+    } else if (e.event === "committed") {
+      // The state of round r is what round r - 1 produced.
+      const closed = this.#rounds.find((r) => r.round === e.round - 1);
+      const latency = closed ? Math.max(0, e.wall_s - closed.wall_s) : null;
+      if (latency !== null) this.#observeLatency(latency);
+      const point: CommitPoint = {
+        round: e.round,
+        params_hash: e.params_hash,
+        holders: [...e.holders],
+        wall_s: e.wall_s,
+        latency_s: latency === null ? null : Math.round(latency * 1000) / 1000,
+      };
+      this.#commits.push(point);
+      this.#push({ type: "commit", data: point });
+    }
+  }
+
+  #observeLatency(s: number): void {
+    const h = this.#latency;
+    h.bounds.forEach((b, i) => {
+      if (s <= b) h.counts[i]++;
+    });
+    h.counts[h.bounds.length]++;
+    h.sum += s;
+    h.count++;
+  }
+
+  /**
+   * Evaluates the θ a contributor of the round just closed holds now, a local
+   * one where there is one: a contributor reported its θ before the round's
+   * event, and a trainer asked to evaluate before it holds θ would fail. One
+   * evaluation at a time; a round that closes while one runs is skipped.
+   */
+  #evaluate(contributors: readonly string[]): void {
+    if (this.#evaluating) return;
+    const host = this.#host;
+    const trainer = contributors.find((t) => host.trainerPaths.includes(t)) ?? contributors[0];
+    if (!trainer) return;
+    this.#evaluating = host.system.ref(trainer).ask<{ loss: number; round: number }>(
+      { type: "eval", maxWindows: this.#options.evalWindows },
+      { timeoutMs: 120_000 },
+    ).then((r) => {
+      const round = r.round - 1;
+      if (this.#closed || !Number.isFinite(r.loss) || this.#evals.some((p) => p.round === round)) {
+        return;
+      }
+      const point = {
+        round,
+        eval_loss: Math.round(r.loss * 10_000) / 10_000,
+        wall_s: Math.round(host.monitor.wallS * 1000) / 1000,
+      };
+      this.#evals.push(point);
+      this.#push({ type: "eval", data: point });
+    }).catch((err) => {
+      if (!this.#closed) host.monitor.log(`dashboard evaluation on ${trainer} failed: ${err}`);
+    }).finally(() => {
+      this.#evaluating = undefined;
+    });
+  }
+
+  #push(e: DashboardEvent): void {
+    for (const listen of this.#listeners) listen(e);
+  }
+}
+
+function roundPoint(e: Extract<RunEvent, { event: "round" }>): RoundPoint {
+  return {
+    round: e.round,
+    view: e.view,
+    trainers: e.trainers,
+    loss: e.loss,
+    tokens: e.tokens,
+    bytes_up: e.bytes_up,
+    bytes_down: e.bytes_down,
+    utilization: e.utilization,
+    rejected: e.rejected.length,
+    missing: e.missing.length,
+    wall_s: e.wall_s,
+  };
+}
+
+function sum<T>(xs: readonly T[], f: (x: T) => number): number {
+  return xs.reduce((s, x) => s + f(x), 0);
+}

@@ -1,0 +1,135 @@
+import { deepEqual, equal, ok } from "@std/assert";
+import { ActorSystem } from "../runtime/system.ts";
+import { RunMonitor } from "../monitor.ts";
+import { type DashboardEvent, RunHistory } from "./history.ts";
+
+/** A host of stand-in actors: a tracker with a fixed member list, trainers in given phases. */
+async function standIns() {
+  const system = new ActorSystem({ node: "h" });
+  const members = [
+    { node: "h/a", roles: ["aggregator"], status: "member", dataShard: 9, silentMs: 5 },
+    { node: "h/t0", roles: ["trainer"], status: "member", dataShard: 0, silentMs: 5 },
+    { node: "h/t1", roles: ["trainer"], status: "member", dataShard: 1, silentMs: 5 },
+    { node: "h/t2", roles: ["trainer"], status: "pending", dataShard: 2, silentMs: 5 },
+    { node: "h/gone", roles: ["trainer"], status: "member", dataShard: 3, silentMs: 5 },
+  ];
+  await system.spawn({
+    receive: () => ({
+      run: "r",
+      round: 2,
+      epoch: 4,
+      view: { trainers: ["h/t0", "h/t1"] },
+      members,
+    }),
+  }, { name: "tracker" });
+  let evalRound = 1;
+  for (const [name, phase] of [["t0", "inner"], ["t1", "blocked"], ["t2", "idle"]]) {
+    await system.spawn({
+      receive: (m: { type: string }) =>
+        m.type === "eval" ? { loss: 4.56789, round: evalRound++, hash: "x" } : { phase },
+    }, { name });
+  }
+  const monitor = new RunMonitor({ params: 512, innerSteps: 2, rounds: 4 }, () => {});
+  const host = { system, monitor, trackerPath: "h/tracker", trainerPaths: ["h/t0"] };
+  return { system, monitor, host };
+}
+
+/** Closes round `round` in the monitor with one shard and both trainers' reports. */
+function closeRound(monitor: RunMonitor, round: number): void {
+  monitor.aggregator({
+    type: "closed",
+    aggregator: "h/a",
+    round,
+    shard: 0,
+    contributors: ["h/t0", "h/t1"],
+    missing: [],
+    reason: "complete",
+    loss: 5 - round,
+    tokens: 100,
+    updateBytes: 10,
+    epoch: 4,
+  });
+  for (const t of ["h/t0", "h/t1"]) {
+    monitor.report({
+      type: "trainer_report",
+      run: "r",
+      trainer: t,
+      round,
+      hash: "x",
+      loss: 5 - round,
+      contributed: true,
+      innerMs: 75,
+      blockedMs: 25,
+      bytesUp: 7,
+      bytesDown: 9,
+    });
+  }
+}
+
+Deno.test("members' states come from the tracker and the trainers; evictions from the monitor", async () => {
+  const { system, monitor, host } = await standIns();
+  const history = new RunHistory(host, { askTimeoutMs: 200 });
+  try {
+    monitor.tracker({ type: "evicted", nodes: ["h/t9"], round: 1 });
+    const live = await history.live();
+    deepEqual(
+      Object.fromEntries(live.members.map((m) => [m.node, m.state])),
+      {
+        "h/a": "active",
+        "h/t0": "training",
+        "h/t1": "blocked",
+        "h/t2": "joining",
+        "h/gone": "silent",
+      },
+    );
+    deepEqual(live.evicted, { "h/t9": 1 });
+    equal(live.trainers_in_view, 2);
+    // A node that joins again is no longer evicted.
+    monitor.tracker({ type: "joined", node: "h/t9", status: "pending", round: 2 });
+    deepEqual((await history.live()).evicted, {});
+  } finally {
+    await history.close();
+    await system.shutdown();
+  }
+});
+
+Deno.test("rounds, evaluations and commit latencies are recorded and pushed in order", async () => {
+  const { system, monitor, host } = await standIns();
+  const history = new RunHistory(host, { evalEvery: 1, evalWindows: 2 });
+  const pushed: DashboardEvent["type"][] = [];
+  history.listen((e) => pushed.push(e.type));
+  try {
+    closeRound(monitor, 0);
+    closeRound(monitor, 1);
+    monitor.event({ event: "committed", round: 1, params_hash: "p", holders: ["k"], wall_s: 1e6 });
+    monitor.event({ event: "committed", round: 0, params_hash: "q", holders: ["k"], wall_s: 0 });
+    monitor.aggregator({
+      type: "rejected",
+      aggregator: "h/a",
+      rejection: { round: 1, trainer: "h/t1", shard: 0, reason: "non_finite", detail: "NaN" },
+    });
+    for (let i = 0; i < 500 && history.evals.length < 1; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    deepEqual(history.rounds.map((r) => [r.round, r.loss, r.tokens, r.bytes_up, r.utilization]), [
+      [0, 5, 100, 14, 0.75],
+      [1, 4, 100, 14, 0.75],
+    ]);
+    // The trainer said it holds round 1's θ: the evaluation follows round 0.
+    deepEqual(history.evals.map((e) => [e.round, e.eval_loss]), [[0, 4.5679]]);
+    const live = await history.live();
+    equal(live.totals.tokens, 200);
+    deepEqual(live.rejected_by_reason, { non_finite: 1 });
+    // Round 1's state was produced by round 0; round 0 (the opening) has no round before it.
+    equal(live.commit_latency.count, 1);
+    ok(live.commit_latency.counts.at(-1) === 1 && live.commit_latency.counts[0] === 0);
+    equal(history.commits[1].latency_s, null);
+    // The latest commit is the newest round, whatever order the commits came in.
+    equal(live.latest_commit?.round, 1);
+    ok(pushed.indexOf("round") < pushed.indexOf("commit"), pushed.join());
+    ok(pushed.includes("eval"), pushed.join());
+  } finally {
+    await history.close();
+    await system.shutdown();
+  }
+});
