@@ -1,6 +1,7 @@
 import { deepEqual, equal, throws } from "@std/assert";
 import { parseNodeArgs, resumedArgs } from "./node_main.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
+import { UsageError } from "../kernels/cli.ts";
 import { engineSettings, runModel, runSettingsOf, shapeConflict } from "./run.ts";
 
 Deno.test("node flags: --keeper-cpu takes a share of one core in (0, 1]", () => {
@@ -11,8 +12,8 @@ Deno.test("node flags: --keeper-cpu takes a share of one core in (0, 1]", () => 
     throws(
       () => parseNodeArgs([`--keeper-cpu=${bad}`]),
       (err: Error) =>
-        err instanceof RangeError &&
-        err.message === `Invalid --keeper-cpu: expected a number in (0, 1], got "${bad}"`,
+        err instanceof UsageError &&
+        err.message === `Invalid --keeper-cpu: "${bad}" (expected a number in (0, 1])`,
     );
   }
 });
@@ -59,7 +60,7 @@ Deno.test("node flags: shape flags override the config, are checked by name, and
     [["--n-embd", "30"], "Invalid --n-embd: 30 is not a multiple of the n-head 4 of config small"],
     [["--n-layer", "0"], 'Invalid --n-layer: "0" (expected an integer in [1, 256])'],
     [["--block-size", "1.5"], 'Invalid --block-size: "1.5" (expected an integer in [1, 16384])'],
-    [["--grad-accum", "0"], 'Invalid --grad-accum: expected an integer >= 1, got "0"'],
+    [["--grad-accum", "0"], 'Invalid --grad-accum: "0" (expected an integer >= 1)'],
   ];
   for (const [argv, message] of bad) {
     throws(() => parseNodeArgs(argv), (err: Error) => err.message === message, argv.join(" "));
@@ -94,6 +95,6 @@ Deno.test("a resumed run rebuilds its recorded shape; shape flags that disagree 
   deepEqual(engineSettings(args).config, resumed.config);
   throws(
     () => resumedArgs(parseNodeArgs(["--resume", "runs/r", "--n-layer", "2"]), resumed),
-    /^RangeError: Cannot resume runs\/r: its model has nLayer 3, --n-layer gives 2$/,
+    /^UsageError: Cannot resume runs\/r: its model has nLayer 3, --n-layer gives 2$/,
   );
 });
