@@ -195,8 +195,10 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
   if ((values.host || values.join) && !values.secret) {
     throw new UsageError(`Invalid flags: --${values.host ? "host" : "join"} needs --secret`);
   }
-  if (values.host && !/^[^:]+:\d+$/.test(values.host)) {
-    throw new UsageError(`Invalid --host: expected ADDR:PORT, got "${values.host}"`);
+  if (
+    values.host && !(/^[^:]+:\d+$/.test(values.host) && Number(/\d+$/.exec(values.host)) < 65536)
+  ) {
+    throw new UsageError(`Invalid --host: expected ADDR:PORT (port 0-65535), got "${values.host}"`);
   }
   if (values.join && !/^wss?:\/\//.test(values.join)) {
     throw new UsageError(`Invalid --join: expected ws://ADDR:PORT, got "${values.join}"`);
@@ -374,11 +376,14 @@ async function readNodeInput(argv: string[]) {
   if (args.dataPath !== undefined) await loadCorpus({ path: args.dataPath });
   const runDir = args.join ? args.runDir : args.runDir ?? args.resumeDir ?? `runs/${args.run}`;
   if (!args.join && args.keepers > 0 && !resumed && runDir) await setAside(runDir);
-  const emit = eventPrinter({
-    json: args.json,
-    runDir,
-    rounds: args.join ? undefined : args.rounds,
-  });
+  let emit;
+  try {
+    emit = eventPrinter({ json: args.json, runDir, rounds: args.join ? undefined : args.rounds });
+  } catch (err) {
+    throw new UsageError(
+      `Cannot write the run log in ${runDir}: ${err instanceof Error ? err.message : err}`,
+    );
+  }
   return { args, resumed, runDir, emit };
 }
 

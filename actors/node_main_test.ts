@@ -1,7 +1,10 @@
-import { deepEqual, equal, throws } from "@std/assert";
+import { deepEqual, equal, match, ok, throws } from "@std/assert";
 import { parseNodeArgs, resumedArgs } from "./node_main.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { UsageError } from "../kernels/cli.ts";
+import { getConfig } from "../kernels/config.ts";
+import { initParams } from "../kernels/model.ts";
+import { CheckpointStore } from "../checkpoint/store.ts";
 import { engineSettings, runModel, runSettingsOf, shapeConflict } from "./run.ts";
 
 Deno.test("node flags: --keeper-cpu takes a share of one core in (0, 1]", () => {
@@ -97,4 +100,76 @@ Deno.test("a resumed run rebuilds its recorded shape; shape flags that disagree 
     () => resumedArgs(parseNodeArgs(["--resume", "runs/r", "--n-layer", "2"]), resumed),
     /^UsageError: Cannot resume runs\/r: its model has nLayer 3, --n-layer gives 2$/,
   );
+});
+
+/** `deno task node ...args` as a subprocess. */
+async function node(args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("./node_main.ts", import.meta.url).pathname, ...args],
+    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("node: bad flags, combinations and run directories end with one line and exit 2", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "node_cli_" });
+  try {
+    const small = getConfig("small").model;
+    const params = initParams(small, 1);
+    await new CheckpointStore(dir).commit({
+      run: "run",
+      round: 3,
+      config: small,
+      params,
+      momentum: new Float32Array(params.length),
+    });
+    await Deno.writeTextFile(`${dir}/file`, "not a run directory");
+    const cases: [string[], RegExp][] = [
+      [["--bogus"], /^node: Unknown option '--bogus'$/],
+      [["extra"], /^node: Unexpected argument 'extra'/],
+      [["--trainers", "0"], /^node: Invalid --trainers: "0" \(expected an integer >= 1\)$/],
+      [["--rounds", "x"], /^node: Invalid --rounds: "x"/],
+      [["--config", "nope"], /^node: Invalid --config: "nope" \(known: tiny, /],
+      [["--outer-preset", "nope"], /^node: Invalid --outer-preset: "nope" \(known: /],
+      [["--keeper-cpu", "2"], /^node: Invalid --keeper-cpu: "2"/],
+      [["--role", "keeper"], /^node: Invalid flags: --role keeper joins a run \(--join URL\)/],
+      [["--host", "a:1", "--join", "ws://a:1", "--secret", "s"], /--host and --join exclude/],
+      [["--host", "127.0.0.1:7777"], /^node: Invalid flags: --host needs --secret$/],
+      [["--host", "127.0.0.1:99999", "--secret", "s"], /^node: Invalid --host: .*99999/],
+      [["--join", "ws://a:1", "--secret", "s", "--keepers", "1"], /^node: Invalid --keepers: /],
+      [["--join", "ws://a:1", "--secret", "s", "--resume", dir], /^node: Invalid flags: --resume/],
+      [["--resume", `${dir}/missing`], /^node: NothingToResumeError: Cannot resume: .*\/missing /],
+      [["--resume", `${dir}/file`], /^node: NothingToResumeError: Cannot resume: .*\/file cannot/],
+      [
+        ["--resume", dir, "--rounds", "3"],
+        /^node: Invalid --rounds: 3, the run in .* is at round 3/,
+      ],
+      [
+        ["--data", `${dir}/missing`],
+        /^node: DataError: Cannot load data: .*\/missing does not exist$/,
+      ],
+      [["--run-dir", "/proc/none/run"], /^node: Cannot write the run log in \/proc\/none\/run: /],
+    ];
+    for (const [args, re] of cases) {
+      const r = await node(args);
+      equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+      const lines = r.stderr.trim().split("\n");
+      equal(lines.length, 1, `${args.join(" ")}: expected one line of stderr, got: ${r.stderr}`);
+      match(lines[0], re);
+      ok(!/Uncaught|^\s+at /m.test(r.stderr), r.stderr);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("node --help prints every declared flag and exits 0", async () => {
+  const r = await node(["--help"]);
+  equal(r.code, 0, r.stderr);
+  for (const flag of ["--host ADDR:PORT", "--resume DIR", "--n-layer N", "--json", "--verbose"]) {
+    ok(r.stdout.includes(flag), `${flag} missing from:\n${r.stdout}`);
+  }
 });

@@ -147,8 +147,11 @@ export function parseFlags<F extends FlagSpecs>(cmd: Command<F>, argv: string[])
     return parseArgs({ args: argv, options, strict: true, allowPositionals: false })
       .values as Flags<F>;
   } catch (err) {
-    // node:util's messages can span lines (hints about "--"): keep the first one.
-    throw new UsageError(errorMessage(err).split("\n")[0].replace(/\.$/, ""));
+    // node:util's messages span lines: keep the first, and the hint on values that start
+    // with "-" (`--lr -1`) but not the one about positionals, which no command takes.
+    const [first, ...rest] = errorMessage(err).split("\n");
+    const dash = rest.find((l) => l.includes("=-XYZ"))?.replace(/^T/, "t");
+    throw new UsageError(first.replace(/\.$/, "") + (dash ? `; ${dash.replace(/\.$/, "")}` : ""));
   }
 }
 

@@ -154,8 +154,18 @@ function fmtRate(x: number): string {
   return Math.round(x).toLocaleString("en-US");
 }
 
-/** The training text of `a`, checked: bad data is the input's fault (exit 2). */
-async function readCorpus(a: TrainArgs): Promise<Corpus> {
+/**
+ * The training text of `a`, checked, and the output folder, made: what fails
+ * here is the input's fault (exit 2), found before any step is trained.
+ */
+async function readTrainInput(a: TrainArgs): Promise<Corpus> {
+  try {
+    await Deno.mkdir(a.out, { recursive: true });
+  } catch (err) {
+    throw new UsageError(
+      `Cannot write --out ${a.out}: ${err instanceof Error ? err.message : err}`,
+    );
+  }
   const corpus = await loadCorpus({ path: a.data });
   if (corpus.val.length < a.config.blockSize + 1) {
     throw new RangeError(
@@ -319,6 +329,6 @@ async function train(a: TrainArgs, corpus: Corpus): Promise<void> {
 if (import.meta.main) {
   await runCommand(TRAIN_COMMAND, Deno.args, async () => {
     const args = parseTrainArgs(Deno.args);
-    await train(args, await readInput(() => readCorpus(args)));
+    await train(args, await readInput(() => readTrainInput(args)));
   });
 }
