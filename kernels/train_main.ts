@@ -159,18 +159,18 @@ function fmtRate(x: number): string {
  * here is the input's fault (exit 2), found before any step is trained.
  */
 async function readTrainInput(a: TrainArgs): Promise<Corpus> {
-  try {
-    await Deno.mkdir(a.out, { recursive: true });
-  } catch (err) {
-    throw new UsageError(
-      `Cannot write --out ${a.out}: ${err instanceof Error ? err.message : err}`,
-    );
-  }
   const corpus = await loadCorpus({ path: a.data });
   if (corpus.val.length < a.config.blockSize + 1) {
     throw new RangeError(
       `Cannot train: the validation split of ${corpus.source} has ${corpus.val.length} bytes, ` +
         `fewer than block size + 1 = ${a.config.blockSize + 1}`,
+    );
+  }
+  try {
+    await Deno.mkdir(a.out, { recursive: true });
+  } catch (err) {
+    throw new UsageError(
+      `Cannot write --out ${a.out}: ${err instanceof Error ? err.message : err}`,
     );
   }
   return corpus;
