@@ -304,7 +304,7 @@ export function eventPrinter(args: PrinterOptions): (e: RunEvent) => void {
     }
     const at = `[${typeof e.wall_s === "number" ? e.wall_s.toFixed(1) : "-"}s]`;
     if (e.event === "committed") {
-      progress.update(text.committed(e.round, e.params_hash, e.holders.length));
+      progress.refresh(text.committed(e.round, e.holders.length));
     } else if (e.event === "resumed") {
       progress.note(
         `resumed round ${e.round} from ${e.dir}: params hash ${e.params_hash}, ${e.cursors} data cursors`,
@@ -326,20 +326,24 @@ export function eventPrinter(args: PrinterOptions): (e: RunEvent) => void {
   };
 }
 
-/** The progress line's text: the newest round, its loss, trainers, utilization and the ETA. */
+/**
+ * The progress line's text: rounds done (so "round 2/10" is the state that
+ * checkpoint round 2 holds), loss, trainers, utilization, time per round and
+ * ETA, and the newest committed round.
+ */
 function roundText(rounds: number | undefined) {
-  let last = "";
+  let base = "";
+  let committed = "";
   let roundsSeen = 0;
   // Rounds are timed from the last event before the first one (trainers ready), not from
   // process start, so that engine warm-up does not inflate the ETA.
   let since: number | undefined;
-  const eta = (round: number, wall: number) => {
-    if (rounds === undefined || since === undefined || roundsSeen === 0) return "";
+  const eta = (done: number, wall: number) => {
+    if (rounds === undefined || since === undefined) return "";
     const perRound = (wall - since) / roundsSeen;
-    return ` | ${perRound.toFixed(1)} s/round | ETA ${
-      Math.round(perRound * (rounds - round - 1))
-    } s`;
+    return ` | ${perRound.toFixed(1)} s/round | ETA ${Math.round(perRound * (rounds - done))} s`;
   };
+  const line = () => [base, committed].filter((x) => x).join(" | ");
   return {
     started(wall: number) {
       if (roundsSeen === 0) since = wall;
@@ -347,14 +351,15 @@ function roundText(rounds: number | undefined) {
     round(e: Extract<RunEvent, { event: "round" }>): string {
       roundsSeen++;
       const of = rounds === undefined ? "" : `/${rounds}`;
-      last = `round ${e.round + 1}${of} | loss ${e.loss.toFixed(4)} | ${e.trainers} trainers | ` +
-        `utilization ${(e.utilization * 100).toFixed(1)}%${eta(e.round, e.wall_s)}`;
-      return last;
+      base = `round ${e.round + 1}${of} | loss ${e.loss.toFixed(4)} | ${e.trainers} trainers | ` +
+        `utilization ${(e.utilization * 100).toFixed(1)}%${eta(e.round + 1, e.wall_s)}`;
+      return line();
     },
-    committed(round: number, hash: string, keepers: number): string {
-      return `${last}${last ? " | " : ""}committed round ${round} (${hash}) by ${keepers} keepers`;
+    committed(round: number, keepers: number): string {
+      committed = `committed ${round} (${keepers} keepers)`;
+      return line();
     },
-    last: () => last || "no round closed",
+    last: () => line() || "no round closed",
   };
 }
 

@@ -355,6 +355,7 @@ export class ProgressLine {
   #tty: boolean;
   #every: number;
   #shown = "";
+  #printed = "";
   #lastPlain = -Infinity;
   #enc = new TextEncoder();
 
@@ -367,13 +368,19 @@ export class ProgressLine {
 
   /** Shows `text` as the current status. */
   update(text: string): void {
-    if (this.#tty) {
-      this.#shown = text;
-      this.#write(`\r\x1b[2K${text}`);
-    } else if (performance.now() - this.#lastPlain >= this.#every * 1000) {
+    if (this.#tty) this.refresh(text);
+    else if (performance.now() - this.#lastPlain >= this.#every * 1000) {
       this.#lastPlain = performance.now();
+      this.#printed = text;
       this.#write(`${text}\n`);
     }
+  }
+
+  /** Shows `text` in place on a terminal only: a detail not worth a line in a log. */
+  refresh(text: string): void {
+    if (!this.#tty) return;
+    this.#shown = text;
+    this.#write(`\r\x1b[2K${text}`);
   }
 
   /** Prints `line` on a line of its own; the status line stays below it. */
@@ -382,9 +389,10 @@ export class ProgressLine {
     else this.#write(`${line}\n`);
   }
 
-  /** Shows `text` as the last status and ends the line. */
+  /** Shows `text` as the last status and ends the line (in a log, unless just printed). */
   done(text: string): void {
-    this.#write(this.#tty ? `\r\x1b[2K${text}\n` : `${text}\n`);
+    if (this.#tty) this.#write(`\r\x1b[2K${text}\n`);
+    else if (text !== this.#printed) this.#write(`${text}\n`);
     this.#shown = "";
   }
 
