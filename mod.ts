@@ -4,70 +4,37 @@
  * aggregators, checkpoint keepers, a membership tracker) as supervised actors
  * that talk msgpack over WebSockets.
  *
- * This module is the public entry point for embedding the system in another
- * Deno service.
+ * This is the short face for embedding a run in another Deno service; the
+ * rest is in the folders' modules: `kernels/mod.ts` (the engine),
+ * `actors/mod.ts` (the roles and runs, with their option and event types),
+ * `actors/runtime/mod.ts` (the actor library), `transport/mod.ts` (the wire),
+ * `checkpoint/mod.ts` (checkpoints and resume).
+ *
+ * @example Two rounds of the tiny model on two trainers in this process
+ * ```ts
+ * import { runEmbedded } from "./mod.ts";
+ * import assert from "node:assert/strict";
+ * const summary = await runEmbedded({
+ *   run: "demo",
+ *   config: "tiny",
+ *   trainers: 2,
+ *   rounds: 2,
+ *   innerSteps: 2,
+ *   outer: { lr: 0.7, momentum: 0.9 },
+ *   evalWindows: 8,
+ *   emit: (e) => {
+ *     if (e.event === "round") console.log(`round ${e.round}: loss ${e.loss.toFixed(3)}`);
+ *   },
+ * });
+ * assert.ok(summary.final_eval_loss < summary.first_loss);
+ * ```
  *
  * @module
  */
-export * from "./kernels/device.ts";
-export * from "./actors/runtime/mod.ts";
-export { createModel, GptModel, initParams, pipelinedSteps } from "./kernels/model.ts";
-export type { ModelOptions, StepInput, StepOptions, Tokens } from "./kernels/model.ts";
-export { CONFIGS, DEFAULT_CONFIG, getConfig, validateConfig } from "./kernels/config.ts";
-export type { GptConfig, NamedConfig } from "./kernels/config.ts";
-export { BatchSampler, batchSampler, DataError, loadCorpus } from "./kernels/data.ts";
-export type { Corpus, DataCursor, Shard } from "./kernels/data.ts";
-export { evaluate } from "./kernels/evaluate.ts";
-export { CheckpointMismatchError, loadGpt2, saveGpt2 } from "./checkpoint/gpt2_safetensors.ts";
-export { SafetensorsError } from "./checkpoint/safetensors.ts";
-export {
-  CheckpointStore,
-  CheckpointWriteError,
-  CorruptCheckpointError,
-  NothingToResumeError,
-  resumeRun,
-} from "./checkpoint/mod.ts";
-export type { Manifest, ResumedRun, Retention, RoundState } from "./checkpoint/mod.ts";
-export { commitCoordinatorBehavior, keeperBehavior, KeeperFeedSlot } from "./actors/keeper.ts";
-export type { KeeperOptions } from "./actors/keeper.ts";
-export { fetchRound, keeperStateSource } from "./actors/keeper_transfer.ts";
-export { aggregatorStates } from "./actors/restore.ts";
-export * from "./transport/mod.ts";
-export {
-  paramLength,
-  runEmbedded,
-  RunMonitor,
-  runNetworked,
-  startRunHost,
-  summarize,
-} from "./actors/run.ts";
-export type {
-  EmbeddedOptions,
-  HostOptions,
-  NetworkedOptions,
-  RunEvent,
-  RunHost,
-  RunSettings,
-  RunSummary,
-} from "./actors/run.ts";
-export { Membership } from "./actors/membership.ts";
-export {
-  applyUpdate,
-  DEFAULT_OUTER,
-  DILOCO_PAPER_OUTER,
-  OUTER_PRESETS,
-  ShardAggregator,
-  thetaHash,
-} from "./actors/aggregation.ts";
-export type { AggregatorState, OuterOptimizer } from "./actors/aggregation.ts";
-export { ProtocolError, shardMap, validateRunMessage } from "./actors/run_protocol.ts";
-export type { ContributionMsg, RunMessage, UpdateMsg, ViewMsg } from "./actors/run_protocol.ts";
-export { aggregatorStateSource, trainerBehavior } from "./actors/trainer.ts";
-export type { StartStateSource } from "./actors/trainer.ts";
-export { aggregatorBehavior, MemoryKeeperSlot } from "./actors/aggregator.ts";
-export type { KeeperSlot } from "./actors/aggregator.ts";
-export { trackerBehavior } from "./actors/tracker.ts";
-export { resumeRunDir } from "./checkpoint/resume.ts";
-export { CheckpointSlot, runStateSource } from "./actors/run.ts";
-export type { CheckpointOptions } from "./actors/run.ts";
-export { DEFAULT_INNER_STEPS, outerAt } from "./actors/aggregation.ts";
+export { runEmbedded, runNetworked, startRunHost } from "./actors/run.ts";
+export type { RunEvent } from "./actors/run.ts";
+export { acquireGpu } from "./kernels/device.ts";
+export { getConfig } from "./kernels/config.ts";
+export { createModel } from "./kernels/model.ts";
+export { loadGpt2 } from "./checkpoint/gpt2_safetensors.ts";
+export { resumeRun } from "./checkpoint/resume.ts";

@@ -101,7 +101,20 @@ export interface RunSettings {
   innerWarmup?: number;
 }
 
-/** One line of the run's log (printed as JSON with `--json`). */
+/**
+ * One line of the run's log (printed as JSON with `--json`).
+ *
+ * @example Telling the events apart
+ * ```ts
+ * import type { RunEvent } from "./run.ts";
+ * function describe(e: RunEvent): string {
+ *   if (e.event === "round") return `round ${e.round}: loss ${e.loss}`;
+ *   if (e.event === "committed") return `round ${e.round} committed`;
+ *   return e.event;
+ * }
+ * console.log(describe({ event: "log", level: "info", message: "hi", wall_s: 0 })); // log
+ * ```
+ */
 export type RunEvent =
   | {
     event: "round";
@@ -694,6 +707,24 @@ export const MONITOR_NAME = "monitor";
  * Starts the host side of a run on `system` (a fresh one on node "host" by
  * default): the monitor, then a supervisor per role under one root supervisor
  * "run": `run/tracker`, `run/aggregators/<i>`, `run/trainers/<i>`.
+ *
+ * @example A host with one local trainer, until its one round closed
+ * ```ts
+ * import { startRunHost } from "./run.ts";
+ * import assert from "node:assert/strict";
+ * const host = await startRunHost({
+ *   run: "demo",
+ *   config: "tiny",
+ *   rounds: 1,
+ *   innerSteps: 2,
+ *   outer: { lr: 0.7, momentum: 0.9 },
+ *   localTrainers: 1,
+ *   emit: () => {},
+ * });
+ * await host.monitor.done;
+ * assert.equal(host.monitor.rounds.length, 1);
+ * await host.shutdown();
+ * ```
  */
 export async function startRunHost(
   options: HostOptions,
@@ -1130,6 +1161,26 @@ function targetPath(host: RunHost, target: string): string {
  * Hosts a whole run in this process (tracker, aggregators, trainers in
  * Workers), trains `rounds` rounds, evaluates the final θ on the validation
  * stream and returns the summary. Emits events as it goes.
+ *
+ * @example Two rounds of the tiny model on two trainers
+ * ```ts
+ * import { runEmbedded } from "./run.ts";
+ * import assert from "node:assert/strict";
+ * const summary = await runEmbedded({
+ *   run: "demo",
+ *   config: "tiny",
+ *   trainers: 2,
+ *   rounds: 2,
+ *   innerSteps: 2,
+ *   outer: { lr: 0.7, momentum: 0.9 },
+ *   evalWindows: 8,
+ *   emit: (e) => {
+ *     if (e.event === "round") console.log(`round ${e.round}: loss ${e.loss}`);
+ *   },
+ * });
+ * assert.equal(summary.rounds, 2);
+ * assert.ok(summary.hashes_equal);
+ * ```
  */
 export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary> {
   if (!(options.rounds > 0)) throw new RangeError("Cannot run embedded: rounds must be positive");
@@ -1221,6 +1272,25 @@ export interface NetworkedOptions extends RunSettings {
  * Hosts a run on `--host ADDR:PORT` (tracker, aggregators, monitor, local
  * trainers; GET /status on the same port) or joins one as a trainer. Returns
  * the process exit code.
+ *
+ * @example Host a one-round run on a free port with one local trainer
+ * ```ts
+ * import { runNetworked } from "./run.ts";
+ * import assert from "node:assert/strict";
+ * const code = await runNetworked({
+ *   run: "demo",
+ *   config: "tiny",
+ *   rounds: 1,
+ *   innerSteps: 2,
+ *   outer: { lr: 0.7, momentum: 0.9 },
+ *   host: "127.0.0.1:0",
+ *   secret: "s3cret",
+ *   trainers: 1,
+ * }, (e) => {
+ *   if (e.event === "log") console.log(e.message); // ... hosting run "demo" on ws://127.0.0.1:...
+ * });
+ * assert.equal(code, 0);
+ * ```
  */
 export async function runNetworked(
   options: NetworkedOptions,
