@@ -26,7 +26,13 @@ import {
   DILOCO_PAPER_OUTER,
   OUTER_PRESETS,
 } from "./aggregation.ts";
-import { runEmbedded, type RunEvent, runNetworked, type RunSettings } from "./run.ts";
+import {
+  engineSettings,
+  runEmbedded,
+  type RunEvent,
+  runNetworked,
+  type RunSettings,
+} from "./run.ts";
 import {
   choiceFlag,
   type Command,
@@ -40,6 +46,8 @@ import {
 } from "../kernels/cli.ts";
 import { CONFIGS, DEFAULT_CONFIG } from "../kernels/config.ts";
 import { loadCorpus } from "../kernels/data.ts";
+import { acquireGpu } from "../kernels/device.ts";
+import { planModel } from "../kernels/limits.ts";
 import { resolveShape, SHAPE_FIELDS, SHAPE_FLAGS, shapeFlags } from "../kernels/shape.ts";
 import { type ResumedRun, resumeRunDir } from "../checkpoint/resume.ts";
 
@@ -363,7 +371,7 @@ function roundText(rounds: number | undefined) {
   };
 }
 
-/** Everything the flags name, read and checked before the run starts: failures here exit 2. */
+/** The flags, and the run directory and data they name, read and checked: failures exit 2. */
 async function readNodeInput(argv: string[]) {
   let args = parseNodeArgs(argv);
   let resumed: ResumedRun | undefined;
@@ -379,6 +387,14 @@ async function readNodeInput(argv: string[]) {
   }
   // Trainers read the data in their Workers, where a bad path would only restart them.
   if (args.dataPath !== undefined) await loadCorpus({ path: args.dataPath });
+  return { args, resumed };
+}
+
+/**
+ * The run directory, made, with an earlier run's checkpoints moved aside, and
+ * the printer that logs to it: the last step before the run starts.
+ */
+async function openRunDir(args: NodeArgs, resumed: ResumedRun | undefined) {
   const runDir = args.join ? args.runDir : args.runDir ?? args.resumeDir ?? `runs/${args.run}`;
   if (!args.join && args.keepers > 0 && !resumed && runDir) await setAside(runDir);
   let emit;
@@ -389,11 +405,36 @@ async function readNodeInput(argv: string[]) {
       `Cannot write the run log in ${runDir}: ${err instanceof Error ? err.message : err}`,
     );
   }
-  return { args, resumed, runDir, emit };
+  return { runDir, emit };
+}
+
+/**
+ * Refuses, before any Worker starts, a model this device cannot hold: in a
+ * trainer the error would only restart it until its supervisor gives up.
+ * The GPU is this process's; one that is missing is a failure (exit 1), a
+ * shape too big for it is the flags' fault (exit 2).
+ */
+async function checkModelFits(args: NodeArgs): Promise<void> {
+  const engine = engineSettings(args);
+  const gpu = await acquireGpu();
+  try {
+    planModel(engine.config, {
+      batch: engine.batch,
+      gradAccum: engine.gradAccum,
+      // The same choice as createModel: CPU adapters use the attention that keeps T·T scratch.
+      attentionScratch: gpu.isCpu,
+    }, gpu.limits);
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  } finally {
+    gpu.destroy();
+  }
 }
 
 async function main(argv: string[]): Promise<number> {
-  const { args, resumed, runDir, emit } = await readInput(() => readNodeInput(argv));
+  const { args, resumed } = await readInput(() => readNodeInput(argv));
+  if (!args.join && args.trainers > 0) await checkModelFits(args);
+  const { runDir, emit } = await readInput(() => openRunDir(args, resumed));
   const duty = args.keeperCpu !== undefined ? { backgroundDuty: args.keeperCpu } : {};
   const checkpoint = !args.join && args.keepers > 0 && runDir
     ? { checkpoint: { dir: runDir, keepers: args.keepers, ...duty } }

@@ -152,6 +152,11 @@ Deno.test("node: bad flags, combinations and run directories end with one line a
         /^node: DataError: Cannot load data: .*\/missing does not exist$/,
       ],
       [["--run-dir", "/proc/none/run"], /^node: Cannot write the run log in \/proc\/none\/run: /],
+      // 12 GiB of attention scratch: over every adapter's binding limit, refused before any Worker.
+      [
+        ["--config", "gpt2-small", "--block-size", "4096", "--run-dir", `${dir}/big`],
+        /^node: Cannot build model L12 C768 H12 T4096 V256 at batch 16: .* needs 12\.00 GiB/,
+      ],
     ];
     for (const [args, re] of cases) {
       const r = await node(args);
