@@ -15,8 +15,15 @@
  * writing its own `<run dir>/keeper-<i>` (run dir: `--run-dir`, default
  * `runs/<run id>`); `<run dir>/latest` points at the newest committed round.
  *
- * With `--json`, one JSON object per line: a "round" event per closed round
- * and a last "done" event with the totals.
+ * Without `--json`, one progress line on stderr (round, loss, trainers,
+ * utilization, ETA, newest commit; plain lines when stderr is not a terminal)
+ * and the summary on stdout at the end. With `--json`, one JSON object per
+ * line: a "round" event per closed round and a last "done" event with the
+ * totals.
+ *
+ * Bad input (a flag, flags that exclude each other, a run directory, data or
+ * model shape that cannot be used) ends with one line `node: message` and
+ * exit code 2, before anything starts; see kernels/cli.ts.
  *
  * @module
  */

@@ -88,12 +88,10 @@ const COMMON: FlagSpecs = {
   help: { type: "boolean", short: "h", help: "this text" },
 };
 
+/** A command's flags, then the common ones it does not declare itself (to say more of them). */
 function allFlags(cmd: Command): FlagSpecs {
-  return { ...cmd.flags, ...COMMON, ...pick(cmd.flags, Object.keys(COMMON)) };
-}
-
-function pick(specs: FlagSpecs, names: string[]): FlagSpecs {
-  return Object.fromEntries(Object.entries(specs).filter(([k]) => names.includes(k)));
+  const common = Object.entries(COMMON).filter(([name]) => !Object.hasOwn(cmd.flags, name));
+  return { ...cmd.flags, ...Object.fromEntries(common) };
 }
 
 /**

@@ -6,8 +6,8 @@
  * of the Union addresses) for that config's default steps, with linear warmup
  * then cosine decay to 10% of the peak learning rate, AdamW betas (0.9, 0.95),
  * weight decay 0.1 on 2-D tensors, gradient clipping at norm 1. Progress goes
- * to stderr on one updating line, or with `--json` to stdout as one JSON
- * object per line.
+ * to stderr on one updating line (a plain line every 10 s when stderr is not a
+ * terminal), or with `--json` to stdout as one JSON object per line.
  *
  * @module
  */
