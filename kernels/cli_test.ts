@@ -112,25 +112,28 @@ function recorder(tty: boolean) {
   };
 }
 
-Deno.test("progress line: rewritten in place on a terminal, plain lines in a file", () => {
-  const term = recorder(true);
-  const p = new ProgressLine({ out: term.out });
+/** The same updates, as `deno task node` makes them, on `out`. */
+function playRun(out: ReturnType<typeof recorder>["out"]): void {
+  const p = new ProgressLine({ out });
   p.update("round 1/2");
   p.note("warn: slow");
   p.refresh("round 1/2 | committed 1");
+  p.update("round 2/2");
   p.done("round 2/2");
+}
+
+Deno.test("progress line: rewritten in place on a terminal, plain lines in a file", () => {
+  const term = recorder(true);
+  playRun(term.out);
   deepEqual(term.chunks, [
     "\r\x1b[2Kround 1/2",
     "\r\x1b[2Kwarn: slow\nround 1/2",
     "\r\x1b[2Kround 1/2 | committed 1",
+    "\r\x1b[2Kround 2/2",
     "\r\x1b[2Kround 2/2\n",
   ]);
+  // In a file: no carriage returns, details only a terminal shows dropped, no line twice.
   const file = recorder(false);
-  const q = new ProgressLine({ out: file.out });
-  q.update("round 1/2");
-  q.note("warn: slow");
-  q.refresh("round 1/2 | committed 1");
-  q.update("round 2/2");
-  q.done("round 2/2");
+  playRun(file.out);
   deepEqual(file.chunks, ["round 1/2\n", "warn: slow\n", "round 2/2\n"]);
 });
