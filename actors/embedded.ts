@@ -47,6 +47,26 @@ function targetPath(host: RunHost, target: string): string {
  * Hosts a whole run in this process (tracker, aggregators, trainers in
  * Workers), trains `rounds` rounds, evaluates the final θ on the validation
  * stream and returns the summary. Emits events as it goes.
+ *
+ * @example Two rounds of the tiny model on two trainers
+ * ```ts
+ * import { runEmbedded } from "./embedded.ts";
+ * import assert from "node:assert/strict";
+ * const summary = await runEmbedded({
+ *   run: "demo",
+ *   config: "tiny",
+ *   trainers: 2,
+ *   rounds: 2,
+ *   innerSteps: 2,
+ *   outer: { lr: 0.7, momentum: 0.9 },
+ *   evalWindows: 8,
+ *   emit: (e) => {
+ *     if (e.event === "round") console.log(`round ${e.round}: loss ${e.loss}`);
+ *   },
+ * });
+ * assert.equal(summary.rounds, 2);
+ * assert.ok(summary.hashes_equal);
+ * ```
  */
 export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary> {
   if (!(options.rounds > 0)) throw new RangeError("Cannot run embedded: rounds must be positive");

@@ -108,6 +108,24 @@ export interface RunHost {
  * Starts the host side of a run on `system` (a fresh one on node "host" by
  * default): the monitor, then a supervisor per role under one root supervisor
  * "run": `run/tracker`, `run/aggregators/<i>`, `run/trainers/<i>`.
+ *
+ * @example A host with one local trainer, until its one round closed
+ * ```ts
+ * import { startRunHost } from "./host.ts";
+ * import assert from "node:assert/strict";
+ * const host = await startRunHost({
+ *   run: "demo",
+ *   config: "tiny",
+ *   rounds: 1,
+ *   innerSteps: 2,
+ *   outer: { lr: 0.7, momentum: 0.9 },
+ *   localTrainers: 1,
+ *   emit: () => {},
+ * });
+ * await host.monitor.done;
+ * assert.equal(host.monitor.rounds.length, 1);
+ * await host.shutdown();
+ * ```
  */
 export async function startRunHost(
   options: HostOptions,

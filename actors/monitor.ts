@@ -14,7 +14,20 @@ import type { AggregatorEvent } from "./aggregator.ts";
 import type { TrainerEvent } from "./trainer.ts";
 import type { ReportCursor, TrainerReportMsg, ViewMsg } from "./run_protocol.ts";
 
-/** One line of the run's log (printed as JSON with `--json`). */
+/**
+ * One line of the run's log (printed as JSON with `--json`).
+ *
+ * @example Telling the events apart
+ * ```ts
+ * import type { RunEvent } from "./monitor.ts";
+ * function describe(e: RunEvent): string {
+ *   if (e.event === "round") return `round ${e.round}: loss ${e.loss}`;
+ *   if (e.event === "committed") return `round ${e.round} committed`;
+ *   return e.event;
+ * }
+ * console.log(describe({ event: "log", level: "info", message: "hi", wall_s: 0 })); // log
+ * ```
+ */
 export type RunEvent =
   | {
     event: "round";

@@ -79,6 +79,25 @@ export interface NetworkedOptions extends RunSettings {
  * Hosts a run on `--host ADDR:PORT` (tracker, aggregators, monitor, local
  * trainers; GET /status on the same port) or joins one as a trainer. Returns
  * the process exit code.
+ *
+ * @example Host a one-round run on a free port with one local trainer
+ * ```ts
+ * import { runNetworked } from "./networked.ts";
+ * import assert from "node:assert/strict";
+ * const code = await runNetworked({
+ *   run: "demo",
+ *   config: "tiny",
+ *   rounds: 1,
+ *   innerSteps: 2,
+ *   outer: { lr: 0.7, momentum: 0.9 },
+ *   host: "127.0.0.1:0",
+ *   secret: "s3cret",
+ *   trainers: 1,
+ * }, (e) => {
+ *   if (e.event === "log") console.log(e.message); // ... hosting run "demo" on ws://127.0.0.1:...
+ * });
+ * assert.equal(code, 0);
+ * ```
  */
 export async function runNetworked(
   options: NetworkedOptions,

@@ -15,12 +15,18 @@
  * writing its own `<run dir>/keeper-<i>` (run dir: `--run-dir`, default
  * `runs/<run id>`); `<run dir>/latest` points at the newest committed round.
  *
- * With `--json`, one JSON object per line: a "round" event per closed round
- * and a last "done" event with the totals.
+ * Without `--json`, one progress line on stderr (round, loss, trainers,
+ * utilization, ETA, newest commit; plain lines when stderr is not a terminal)
+ * and the summary on stdout at the end. With `--json`, one JSON object per
+ * line: a "round" event per closed round and a last "done" event with the
+ * totals.
+ *
+ * Bad input (a flag, flags that exclude each other, a run directory, data or
+ * model shape that cannot be used) ends with one line `node: message` and
+ * exit code 2, before anything starts; see kernels/cli.ts.
  *
  * @module
  */
-import { parseArgs } from "@std/cli";
 import {
   DEFAULT_INNER_STEPS,
   DEFAULT_OUTER,
@@ -31,67 +37,115 @@ import { runEmbedded } from "./embedded.ts";
 import type { RunEvent } from "./monitor.ts";
 import { runNetworked } from "./networked.ts";
 import {
-  checkResumeRound,
+  engineSettings,
   resumeCursors,
   resumedTrainers,
   type RunSettings,
 } from "./run_settings.ts";
-import { CONFIGS } from "../kernels/config.ts";
 import {
-  resolveShape,
-  SHAPE_FIELDS,
-  SHAPE_FLAG_OPTIONS,
-  SHAPE_HELP,
-  shapeFlags,
-} from "../kernels/shape.ts";
-import { NothingToResumeError, type ResumedRun, resumeRunDir } from "../checkpoint/resume.ts";
+  choiceFlag,
+  type Command,
+  intFlag,
+  numberFlag,
+  parseFlags,
+  ProgressLine,
+  readInput,
+  runCommand,
+  UsageError,
+} from "../kernels/cli.ts";
+import { CONFIGS, DEFAULT_CONFIG } from "../kernels/config.ts";
+import { loadCorpus } from "../kernels/data.ts";
+import { acquireGpu } from "../kernels/device.ts";
+import { planModel } from "../kernels/limits.ts";
+import { resolveShape, SHAPE_FIELDS, SHAPE_FLAGS, shapeFlags } from "../kernels/shape.ts";
+import { type ResumedRun, resumeRunDir } from "../checkpoint/resume.ts";
 
-const HELP = `Usage: deno task node [options]
+const ROLES = ["trainer", "keeper", "aggregator"] as const;
 
-Hosts or joins a decentralized (DiLoCo) training run.
+/** The command line of `deno task node`. */
+export const NODE_COMMAND = {
+  prog: "node",
+  usage: "deno task node [flags]",
+  about: `Hosts or joins a decentralized (DiLoCo) training run.
 
-With no flags, hosts a whole run in this process and exits with a summary.
-
-Options:
-  --host ADDR:PORT      host a run that other nodes join (serves GET /status, a dashboard
-                        at GET / and Prometheus metrics at GET /metrics)
-  --join URL            join a run (ws://ADDR:PORT) as a trainer
-  --secret S            the run's shared secret (required with --host and --join)
-  --role ROLE           role when joining: trainer (default) or keeper (a checkpoint keeper
-                        of the run, writing --run-dir, default runs/<run id>/<node>)
-  --trainers N          trainers in this process (embedded/host; default 4 embedded, 0 host)
-  --min-trainers N      host: open the first round when N trainers joined (default 1)
-  --rounds N            outer rounds (default 10)
-  --inner-steps H       inner AdamW steps per round (default ${DEFAULT_INNER_STEPS})
-  --config NAME         model config: ${
-  Object.keys(CONFIGS).join(", ")
-} (default small); the shape flags
-                        below override its fields (joiners train the host's shape)
-${SHAPE_HELP.replace(/^ {2}(--\S+ N) +/gm, (_, f) => `  ${f.padEnd(20)}  `)}
-  --batch N             sequences per micro-batch of an inner step (default: the config's)
-  --grad-accum N        micro-batches per inner step, one AdamW update (default 1)
-  --data PATH           training text (file or folder; default: the bundled corpus)
-  --run-dir DIR         where the run writes its log (run.jsonl) and checkpoints
-                        (keeper-<i>/rounds/<round>, latest); default runs/<run id>
-  --keepers N           checkpoint keepers in this process (default 2 embedded/host, 0: none)
-  --keeper-cpu X        share of one core (0 < X <= 1, default 0.05) that a keeper's writing
-                        and serving threads may take while trainers keep the cores busy; on an
-                        idle machine they run flat out
-  --resume DIR          restart the run from the newest verified round under DIR
-                        (its settings and trainers, each on its own data shard;
-                        --rounds N may extend it, --trainers N re-deals the shards)
-  --run-id ID           run id (default "run")
-  --outer-lr X          outer learning rate (default ${DEFAULT_OUTER.lr})
-  --outer-momentum X    outer Nesterov momentum (default ${DEFAULT_OUTER.momentum})
-  --outer-warmup N      rounds over which the outer lr and momentum ramp up from plain
-                        averaging (default ${DEFAULT_OUTER.warmupRounds ?? 0})
-  --outer-preset NAME   ${
-  Object.keys(OUTER_PRESETS).join(", ")
-} (diloco = lr ${DILOCO_PAPER_OUTER.lr}, momentum ${DILOCO_PAPER_OUTER.momentum})
-  --seed N              init and sampling seed (default 1)
-  --json                one JSON object per line
-  --help                this text
-`;
+With no flags, hosts a whole run in this process and exits with a summary.`,
+  flags: {
+    host: { value: "ADDR:PORT", help: "host a run that other nodes join (serves GET /status)" },
+    join: { value: "URL", help: "join a run (ws://ADDR:PORT) as a trainer" },
+    secret: { value: "S", help: "the run's shared secret (required with --host and --join)" },
+    role: {
+      value: "ROLE",
+      help: "role when joining: trainer (default) or keeper (a checkpoint keeper\n" +
+        "of the run, writing --run-dir, default runs/<run id>/<node>)",
+    },
+    trainers: {
+      value: "N",
+      help: "trainers in this process (embedded/host; default 4 embedded, 0 host)",
+    },
+    "min-trainers": {
+      value: "N",
+      help: "host: open the first round when N trainers joined (default 1)",
+    },
+    rounds: { value: "N", help: "outer rounds (default 10)" },
+    "inner-steps": {
+      value: "H",
+      help: `inner AdamW steps per round (default ${DEFAULT_INNER_STEPS})`,
+    },
+    config: {
+      value: "NAME",
+      help: `model config: ${Object.keys(CONFIGS).join(", ")} (default ${DEFAULT_CONFIG});\n` +
+        "the shape flags below override its fields (joiners train the host's shape)",
+    },
+    ...SHAPE_FLAGS,
+    batch: {
+      value: "N",
+      help: "sequences per micro-batch of an inner step (default: the config's)",
+    },
+    "grad-accum": {
+      value: "N",
+      help: "micro-batches per inner step, one AdamW update (default 1)",
+    },
+    data: { value: "PATH", help: "training text (file or folder; default: the bundled corpus)" },
+    "run-dir": {
+      value: "DIR",
+      help: "where the run writes its log (run.jsonl) and checkpoints\n" +
+        "(keeper-<i>/rounds/<round>, latest); default runs/<run id>",
+    },
+    keepers: {
+      value: "N",
+      help: "checkpoint keepers in this process (default 2 embedded/host, 0: none)",
+    },
+    "keeper-cpu": {
+      help: "share of one core (0 < X <= 1, default 0.05) that a keeper's writing\n" +
+        "and serving threads may take while trainers keep the cores busy; on an\n" +
+        "idle machine they run flat out",
+    },
+    resume: {
+      value: "DIR",
+      help: "restart the run from the newest verified round under DIR\n" +
+        "(its settings and trainers, each on its own data shard;\n" +
+        "--rounds N may extend it, --trainers N re-deals the shards)",
+    },
+    "run-id": { value: "ID", help: 'run id (default "run")' },
+    "outer-lr": { help: `outer learning rate (default ${DEFAULT_OUTER.lr})` },
+    "outer-momentum": { help: `outer Nesterov momentum (default ${DEFAULT_OUTER.momentum})` },
+    "outer-warmup": {
+      value: "N",
+      help: "rounds over which the outer lr and momentum ramp up from plain\n" +
+        `averaging (default ${DEFAULT_OUTER.warmupRounds ?? 0})`,
+    },
+    "outer-preset": {
+      value: "NAME",
+      help: `${Object.keys(OUTER_PRESETS).join(", ")} (diloco = lr ${DILOCO_PAPER_OUTER.lr}, ` +
+        `momentum ${DILOCO_PAPER_OUTER.momentum})`,
+    },
+    seed: { value: "N", help: "init and sampling seed (default 1)" },
+    json: {
+      type: "boolean",
+      help: "one JSON object per line on stdout instead of the progress line",
+    },
+  },
+} as const satisfies Command;
 
 /** Parsed command line. */
 export interface NodeArgs extends RunSettings {
@@ -114,35 +168,10 @@ export interface NodeArgs extends RunSettings {
   help: boolean;
 }
 
-function intArg(name: string, v: string | undefined, def: number, min = 0): number {
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) {
-    throw new RangeError(`Invalid --${name}: expected an integer >= ${min}, got "${v}"`);
-  }
-  return n;
-}
-
-/** A share in (0, 1]. */
-function shareArg(name: string, v: string): number {
-  const n = Number(v);
-  if (!(n > 0 && n <= 1)) {
-    throw new RangeError(`Invalid --${name}: expected a number in (0, 1], got "${v}"`);
-  }
-  return n;
-}
-
-function numArg(name: string, v: string | undefined, def: number): number {
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) {
-    throw new RangeError(`Invalid --${name}: expected a number >= 0, got "${v}"`);
-  }
-  return n;
-}
-
 /**
- * Parses `deno task node` flags; throws a RangeError/TypeError naming a bad flag.
+ * Parses `deno task node` flags.
+ *
+ * @throws {UsageError} naming the flag, or the flags that exclude each other
  *
  * @example
  * ```ts
@@ -151,114 +180,97 @@ function numArg(name: string, v: string | undefined, def: number): number {
  * ```
  */
 export function parseNodeArgs(argv: string[]): NodeArgs {
-  const { values } = parseArgs({
-    args: argv,
-    strict: true,
-    allowPositionals: false,
-    options: {
-      host: { type: "string" },
-      join: { type: "string" },
-      secret: { type: "string" },
-      role: { type: "string" },
-      trainers: { type: "string" },
-      "min-trainers": { type: "string" },
-      rounds: { type: "string" },
-      "inner-steps": { type: "string" },
-      config: { type: "string" },
-      ...SHAPE_FLAG_OPTIONS,
-      batch: { type: "string" },
-      "grad-accum": { type: "string" },
-      data: { type: "string" },
-      "run-dir": { type: "string" },
-      keepers: { type: "string" },
-      "keeper-cpu": { type: "string" },
-      resume: { type: "string" },
-      "run-id": { type: "string" },
-      "outer-lr": { type: "string" },
-      "outer-momentum": { type: "string" },
-      "outer-warmup": { type: "string" },
-      "outer-preset": { type: "string" },
-      seed: { type: "string" },
-      json: { type: "boolean" },
-      help: { type: "boolean" },
-    },
-  });
-  const config = values.config ?? "small";
+  const values = parseFlags(NODE_COMMAND, argv);
+  const config = values.config ?? DEFAULT_CONFIG;
   if (!Object.hasOwn(CONFIGS, config)) {
-    throw new RangeError(
+    throw new UsageError(
       `Invalid --config: "${config}" (known: ${Object.keys(CONFIGS).join(", ")})`,
     );
   }
-  const model = shapeFlags(values);
-  resolveShape(config, model);
-  const presetName = values["outer-preset"] ?? "default";
+  let model;
+  try {
+    model = shapeFlags(values);
+    resolveShape(config, model);
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  }
+  const presetName = choiceFlag(
+    "outer-preset",
+    values["outer-preset"],
+    Object.keys(OUTER_PRESETS),
+    "default",
+  );
   const preset = OUTER_PRESETS[presetName];
-  if (!preset) {
-    throw new RangeError(
-      `Invalid --outer-preset: "${presetName}" (known: ${Object.keys(OUTER_PRESETS).join(", ")})`,
-    );
-  }
-  const role = values.role ?? "trainer";
-  if (role !== "trainer" && role !== "aggregator" && role !== "keeper") {
-    throw new RangeError(`Invalid --role: "${role}" (known: trainer, keeper, aggregator)`);
-  }
+  const role = choiceFlag("role", values.role, ROLES, "trainer");
   if (role === "keeper" && !values.join) {
-    throw new TypeError(
+    throw new UsageError(
       "Invalid flags: --role keeper joins a run (--join URL); a host runs its own keepers (--keepers N)",
     );
   }
   if (values.host && values.join) {
-    throw new TypeError("Invalid flags: --host and --join exclude each other");
+    throw new UsageError("Invalid flags: --host and --join exclude each other");
   }
   if ((values.host || values.join) && !values.secret) {
-    throw new TypeError(`Invalid flags: --${values.host ? "host" : "join"} needs --secret`);
+    throw new UsageError(`Invalid flags: --${values.host ? "host" : "join"} needs --secret`);
   }
-  if (values.host && !/^[^:]+:\d+$/.test(values.host)) {
-    throw new RangeError(`Invalid --host: expected ADDR:PORT, got "${values.host}"`);
+  if (
+    values.host && !(/^[^:]+:\d+$/.test(values.host) && Number(/\d+$/.exec(values.host)) < 65536)
+  ) {
+    throw new UsageError(`Invalid --host: expected ADDR:PORT (port 0-65535), got "${values.host}"`);
   }
   if (values.join && !/^wss?:\/\//.test(values.join)) {
-    throw new RangeError(`Invalid --join: expected ws://ADDR:PORT, got "${values.join}"`);
+    throw new UsageError(`Invalid --join: expected ws://ADDR:PORT, got "${values.join}"`);
   }
   if (values.join && role === "aggregator") {
     // The host's aggregators own the shard map, fixed when the first round opens.
-    throw new RangeError(
+    throw new UsageError(
       `Invalid --role: joining as "${role}" is not supported yet (trainer or keeper)`,
     );
   }
   const embedded = !values.host && !values.join;
   if (values.resume !== undefined && values.join) {
-    throw new TypeError("Invalid flags: --resume restarts a run from its host; not with --join");
+    throw new UsageError("Invalid flags: --resume restarts a run from its host; not with --join");
   }
-  if (values.resume === "") throw new RangeError("Invalid --resume: expected a run directory");
+  if (values.resume === "") throw new UsageError("Invalid --resume: expected a run directory");
+  if (values.data !== undefined && values.data.trim() === "") {
+    throw new UsageError("Invalid --data: empty path");
+  }
+  const keepers = intFlag("keepers", values.keepers, 0) ?? (values.join ? 0 : 2);
+  if (values.join && keepers > 0) {
+    throw new UsageError(
+      "Invalid --keepers: a joined node runs a trainer only (keepers run on the host)",
+    );
+  }
+  const outerNumber = (name: "outer-lr" | "outer-momentum") =>
+    numberFlag(name, values[name], { min: 0, max: Infinity, closedMin: true });
   return {
     run: values["run-id"] ?? "run",
     config,
     ...(Object.keys(model).length ? { model } : {}),
-    ...(values.batch !== undefined ? { batch: intArg("batch", values.batch, 1, 1) } : {}),
+    ...(values.batch !== undefined ? { batch: intFlag("batch", values.batch) } : {}),
     ...(values["grad-accum"] !== undefined
-      ? { gradAccum: intArg("grad-accum", values["grad-accum"], 1, 1) }
+      ? { gradAccum: intFlag("grad-accum", values["grad-accum"]) }
       : {}),
-    rounds: intArg("rounds", values.rounds, 10, 1),
-    innerSteps: intArg("inner-steps", values["inner-steps"], DEFAULT_INNER_STEPS, 1),
+    rounds: intFlag("rounds", values.rounds) ?? 10,
+    innerSteps: intFlag("inner-steps", values["inner-steps"]) ?? DEFAULT_INNER_STEPS,
     outer: {
-      lr: numArg("outer-lr", values["outer-lr"], preset.lr),
-      momentum: numArg("outer-momentum", values["outer-momentum"], preset.momentum),
-      warmupRounds: intArg("outer-warmup", values["outer-warmup"], preset.warmupRounds ?? 0),
+      lr: outerNumber("outer-lr") ?? preset.lr,
+      momentum: outerNumber("outer-momentum") ?? preset.momentum,
+      warmupRounds: intFlag("outer-warmup", values["outer-warmup"], 0) ??
+        preset.warmupRounds ?? 0,
     },
     ...(values.data ? { dataPath: values.data } : {}),
-    seed: intArg("seed", values.seed, 1),
+    seed: intFlag("seed", values.seed, 0) ?? 1,
     host: values.host,
     join: values.join,
     secret: values.secret,
     role,
-    trainers: intArg("trainers", values.trainers, embedded ? 4 : 0, embedded ? 1 : 0),
-    minTrainers: values["min-trainers"] === undefined
-      ? undefined
-      : intArg("min-trainers", values["min-trainers"], 1, 1),
+    trainers: intFlag("trainers", values.trainers, embedded ? 1 : 0) ?? (embedded ? 4 : 0),
+    minTrainers: intFlag("min-trainers", values["min-trainers"]),
     runDir: values["run-dir"],
-    keepers: intArg("keepers", values.keepers, values.join ? 0 : 2),
+    keepers,
     ...(values["keeper-cpu"] !== undefined
-      ? { keeperCpu: shareArg("keeper-cpu", values["keeper-cpu"]) }
+      ? { keeperCpu: numberFlag("keeper-cpu", values["keeper-cpu"], { min: 0, max: 1 }) }
       : {}),
     ...(values.resume !== undefined ? { resumeDir: values.resume } : {}),
     given: Object.keys(values),
@@ -267,86 +279,172 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
   };
 }
 
-/** Prints events as JSON lines or as readable progress, and appends them to the run log. */
-export function eventPrinter(args: { json: boolean; runDir?: string }): (e: RunEvent) => void {
+/** Options of {@linkcode eventPrinter}. */
+export interface PrinterOptions {
+  /** One JSON object per event on stdout instead of the progress line. */
+  json: boolean;
+  /** Where the run log (run.jsonl) goes, when anywhere. */
+  runDir?: string;
+  /** The round the run ends before (for the progress line's ETA), when known. */
+  rounds?: number;
+  /** Where the progress line goes (default: stderr). */
+  progress?: ProgressLine;
+}
+
+/**
+ * Prints events as JSON lines or as one progress line (round, loss, trainers,
+ * utilization, ETA) with warnings and the summary on lines of their own, and
+ * appends every event to the run log.
+ *
+ * @example
+ * ```ts
+ * import { eventPrinter } from "./node_main.ts";
+ * const emit = eventPrinter({ json: true });
+ * emit({ event: "log", level: "info", message: "hello", wall_s: 0 });
+ * ```
+ */
+export function eventPrinter(args: PrinterOptions): (e: RunEvent) => void {
   let log: Deno.FsFile | undefined;
   if (args.runDir) {
     Deno.mkdirSync(args.runDir, { recursive: true });
     log = Deno.openSync(`${args.runDir}/run.jsonl`, { append: true, create: true });
   }
   const enc = new TextEncoder();
+  const text = args.json ? undefined : roundText(args.rounds);
+  const progress = args.progress ?? (args.json ? undefined : new ProgressLine());
   return (e) => {
     const line = JSON.stringify(e);
     log?.writeSync(enc.encode(line + "\n"));
     if (e.event === "done") log?.close();
-    if (args.json) {
+    if (!progress || !text) {
       console.log(line);
       return;
     }
+    const at = `[${typeof e.wall_s === "number" ? e.wall_s.toFixed(1) : "-"}s]`;
     if (e.event === "committed") {
-      console.error(
-        `[${
-          e.wall_s.toFixed(1)
-        }s] round ${e.round} committed (${e.params_hash}) by ${e.holders.length} keepers`,
-      );
+      progress.refresh(text.committed(e.round, e.holders.length));
     } else if (e.event === "resumed") {
-      console.log(
+      progress.note(
         `resumed round ${e.round} from ${e.dir}: params hash ${e.params_hash}, ${e.cursors} data cursors`,
       );
     } else if (e.event === "round") {
-      const same = new Set(e.theta_hashes).size === 1 ? "equal" : "DIFFER";
-      console.log(
-        `round ${e.round}: view ${e.view}, ${e.trainers} trainers, loss ${e.loss.toFixed(4)}, ` +
-          `${e.tokens} tokens, up ${e.bytes_up} B, down ${e.bytes_down} B, ` +
-          `utilization ${(e.utilization * 100).toFixed(1)}%, θ hashes ${same} ` +
-          `(${e.theta_hashes[0] ?? "-"})${e.rejected.length ? `, rejected ${e.rejected}` : ""}`,
-      );
+      progress.update(text.round(e));
+      if (new Set(e.theta_hashes).size > 1) {
+        progress.note(`${at} warn: round ${e.round}: θ hashes DIFFER (${e.theta_hashes})`);
+      }
+      if (e.rejected.length) progress.note(`${at} warn: round ${e.round}: rejected ${e.rejected}`);
     } else if (e.event === "log") {
-      console.error(`[${e.wall_s.toFixed(1)}s] ${e.level === "warn" ? "warn: " : ""}${e.message}`);
+      if (e.level === "warn") progress.note(`${at} warn: ${e.message}`);
+      else progress.update(`${at} ${e.message}`);
+      text.started(e.wall_s);
     } else {
+      progress.done(text.last());
       console.log(`done: ${JSON.stringify(e, null, 2)}`);
     }
   };
 }
 
-async function main(argv: string[]): Promise<number> {
-  let args: NodeArgs;
-  try {
-    args = parseNodeArgs(argv);
-  } catch (err) {
-    console.error(`${err instanceof Error ? err.message : err}\n\n${HELP}`);
-    return 2;
-  }
-  if (args.help) {
-    console.log(HELP);
-    return 0;
-  }
-  if (args.join && args.keepers > 0) {
-    console.error(
-      "Invalid --keepers: a joined node runs a trainer only (keepers run on the host)\n\n" + HELP,
-    );
-    return 2;
-  }
+/**
+ * The progress line's text: rounds done (so "round 2/10" is the state that
+ * checkpoint round 2 holds), loss, trainers, utilization, time per round and
+ * ETA, and the newest committed round.
+ */
+function roundText(rounds: number | undefined) {
+  let base = "";
+  let committed = "";
+  let roundsSeen = 0;
+  // Rounds are timed from the last event before the first one (trainers ready), not from
+  // process start, so that engine warm-up does not inflate the ETA.
+  let since: number | undefined;
+  const eta = (done: number, wall: number) => {
+    if (rounds === undefined || since === undefined) return "";
+    const perRound = (wall - since) / roundsSeen;
+    return ` | ${perRound.toFixed(1)} s/round | ETA ${Math.round(perRound * (rounds - done))} s`;
+  };
+  const line = () => [base, committed].filter((x) => x).join(" | ");
+  return {
+    started(wall: number) {
+      if (roundsSeen === 0) since = wall;
+    },
+    round(e: Extract<RunEvent, { event: "round" }>): string {
+      roundsSeen++;
+      const of = rounds === undefined ? "" : `/${rounds}`;
+      base = `round ${e.round + 1}${of} | loss ${e.loss.toFixed(4)} | ${e.trainers} trainers | ` +
+        `utilization ${(e.utilization * 100).toFixed(1)}%${eta(e.round + 1, e.wall_s)}`;
+      return line();
+    },
+    committed(round: number, keepers: number): string {
+      committed = `committed ${round} (${keepers} keepers)`;
+      return line();
+    },
+    last: () => line() || "no round closed",
+  };
+}
+
+/** The flags, and the run directory and data they name, read and checked: failures exit 2. */
+async function readNodeInput(argv: string[]) {
+  let args = parseNodeArgs(argv);
   let resumed: ResumedRun | undefined;
   if (args.resumeDir !== undefined) {
-    try {
-      resumed = await resumeRunDir(args.resumeDir);
-    } catch (err) {
-      if (!(err instanceof NothingToResumeError)) throw err;
-      console.error(err.message);
-      return 1;
-    }
-    try {
-      args = resumedArgs(args, resumed);
-    } catch (err) {
-      if (!(err instanceof RangeError)) throw err;
-      console.error(err.message);
-      return 2;
+    resumed = await resumeRunDir(args.resumeDir);
+    args = resumedArgs(args, resumed);
+    if (args.rounds <= resumed.round) {
+      throw new UsageError(
+        `Invalid --rounds: ${args.rounds}, the run in ${args.resumeDir} is at round ${resumed.round} ` +
+          `(pass --rounds N with N > ${resumed.round} to train on)`,
+      );
     }
   }
+  // Trainers read the data in their Workers, where a bad path would only restart them.
+  if (args.dataPath !== undefined) await loadCorpus({ path: args.dataPath });
+  return { args, resumed };
+}
+
+/**
+ * The run directory, made, with an earlier run's checkpoints moved aside, and
+ * the printer that logs to it: the last step before the run starts.
+ */
+async function openRunDir(args: NodeArgs, resumed: ResumedRun | undefined) {
   const runDir = args.join ? args.runDir : args.runDir ?? args.resumeDir ?? `runs/${args.run}`;
   if (!args.join && args.keepers > 0 && !resumed && runDir) await setAside(runDir);
-  const emit = eventPrinter({ json: args.json, runDir });
+  let emit;
+  try {
+    emit = eventPrinter({ json: args.json, runDir, rounds: args.join ? undefined : args.rounds });
+  } catch (err) {
+    throw new UsageError(
+      `Cannot write the run log in ${runDir}: ${err instanceof Error ? err.message : err}`,
+    );
+  }
+  return { runDir, emit };
+}
+
+/**
+ * Refuses, before any Worker starts, a model this device cannot hold: in a
+ * trainer the error would only restart it until its supervisor gives up.
+ * The GPU is this process's; one that is missing is a failure (exit 1), a
+ * shape too big for it is the flags' fault (exit 2).
+ */
+async function checkModelFits(args: NodeArgs): Promise<void> {
+  const engine = engineSettings(args);
+  const gpu = await acquireGpu();
+  try {
+    planModel(engine.config, {
+      batch: engine.batch,
+      gradAccum: engine.gradAccum,
+      // The same choice as createModel: CPU adapters use the attention that keeps T·T scratch.
+      attentionScratch: gpu.isCpu,
+    }, gpu.limits);
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  } finally {
+    gpu.destroy();
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { args, resumed } = await readInput(() => readNodeInput(argv));
+  if (!args.join && args.trainers > 0) await checkModelFits(args);
+  const { runDir, emit } = await readInput(() => openRunDir(args, resumed));
   const duty = args.keeperCpu !== undefined ? { backgroundDuty: args.keeperCpu } : {};
   const checkpoint = !args.join && args.keepers > 0 && runDir
     ? { checkpoint: { dir: runDir, keepers: args.keepers, ...duty } }
@@ -369,9 +467,8 @@ async function main(argv: string[]): Promise<number> {
 
 /**
  * A resumed run keeps its recorded settings (its shape overrides included)
- * and its number of trainers; flags given on the command line win, the shape
- * they make must be the checkpoint's, and `--rounds` must leave a round to
- * train.
+ * and its number of trainers; flags given on the command line win, and the
+ * shape they make must be the checkpoint's.
  */
 export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
   const rec = (r.settings ?? {}) as Partial<RunSettings>;
@@ -403,7 +500,6 @@ export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
       ? resumeCursors(r).length || args.trainers
       : own ?? args.trainers;
   }
-  checkResumeRound(r.round, out.rounds);
   // Shape flags given now override the recorded ones field by field; the result must be the
   // checkpoint's shape.
   const model = { ...(rec.model ?? {}), ...(args.model ?? {}) };
@@ -416,7 +512,7 @@ export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
       const by = flag && args.model?.[flag.field] !== undefined
         ? `--${flag.flag} gives ${v}`
         : `config ${out.config}${rec.model ? " with the run's recorded overrides" : ""} has ${v}`;
-      throw new RangeError(`Cannot resume ${r.dir}: its model has ${k} ${shape[k]}, ${by}`);
+      throw new UsageError(`Cannot resume ${r.dir}: its model has ${k} ${shape[k]}, ${by}`);
     }
   }
   return out;
@@ -439,5 +535,5 @@ async function setAside(dir: string): Promise<void> {
 }
 
 if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
+  await runCommand(NODE_COMMAND, Deno.args, () => main(Deno.args));
 }

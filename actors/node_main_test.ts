@@ -1,9 +1,10 @@
-import { deepEqual, equal, ok, throws } from "@std/assert";
+import { deepEqual, equal, match, ok, throws } from "@std/assert";
 import { parseNodeArgs, resumedArgs } from "./node_main.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
-import { CheckpointStore } from "../checkpoint/store.ts";
+import { UsageError } from "../kernels/cli.ts";
 import { getConfig } from "../kernels/config.ts";
-import { buildLayout } from "../kernels/layout.ts";
+import { initParams } from "../kernels/init.ts";
+import { CheckpointStore } from "../checkpoint/store.ts";
 import { engineSettings, runModel, runSettingsOf, shapeConflict } from "./run_settings.ts";
 
 Deno.test("node flags: --keeper-cpu takes a share of one core in (0, 1]", () => {
@@ -14,8 +15,8 @@ Deno.test("node flags: --keeper-cpu takes a share of one core in (0, 1]", () => 
     throws(
       () => parseNodeArgs([`--keeper-cpu=${bad}`]),
       (err: Error) =>
-        err instanceof RangeError &&
-        err.message === `Invalid --keeper-cpu: expected a number in (0, 1], got "${bad}"`,
+        err instanceof UsageError &&
+        err.message === `Invalid --keeper-cpu: "${bad}" (expected a number in (0, 1])`,
     );
   }
 });
@@ -62,7 +63,7 @@ Deno.test("node flags: shape flags override the config, are checked by name, and
     [["--n-embd", "30"], "Invalid --n-embd: 30 is not a multiple of the n-head 4 of config small"],
     [["--n-layer", "0"], 'Invalid --n-layer: "0" (expected an integer in [1, 256])'],
     [["--block-size", "1.5"], 'Invalid --block-size: "1.5" (expected an integer in [1, 16384])'],
-    [["--grad-accum", "0"], 'Invalid --grad-accum: expected an integer >= 1, got "0"'],
+    [["--grad-accum", "0"], 'Invalid --grad-accum: "0" (expected an integer >= 1)'],
   ];
   for (const [argv, message] of bad) {
     throws(() => parseNodeArgs(argv), (err: Error) => err.message === message, argv.join(" "));
@@ -97,8 +98,85 @@ Deno.test("a resumed run rebuilds its recorded shape; shape flags that disagree 
   deepEqual(engineSettings(args).config, resumed.config);
   throws(
     () => resumedArgs(parseNodeArgs(["--resume", "runs/r", "--n-layer", "2"]), resumed),
-    /^RangeError: Cannot resume runs\/r: its model has nLayer 3, --n-layer gives 2$/,
+    /^UsageError: Cannot resume runs\/r: its model has nLayer 3, --n-layer gives 2$/,
   );
+});
+
+/** `deno task node ...args` as a subprocess. */
+async function node(args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("./node_main.ts", import.meta.url).pathname, ...args],
+    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("node: bad flags, combinations and run directories end with one line and exit 2", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "node_cli_" });
+  try {
+    const small = getConfig("small").model;
+    const params = initParams(small, 1);
+    await new CheckpointStore(dir).commit({
+      run: "run",
+      round: 3,
+      config: small,
+      params,
+      momentum: new Float32Array(params.length),
+    });
+    await Deno.writeTextFile(`${dir}/file`, "not a run directory");
+    const cases: [string[], RegExp][] = [
+      [["--bogus"], /^node: Unknown option '--bogus'$/],
+      [["extra"], /^node: Unexpected argument 'extra'/],
+      [["--trainers", "0"], /^node: Invalid --trainers: "0" \(expected an integer >= 1\)$/],
+      [["--rounds", "x"], /^node: Invalid --rounds: "x"/],
+      [["--config", "nope"], /^node: Invalid --config: "nope" \(known: tiny, /],
+      [["--outer-preset", "nope"], /^node: Invalid --outer-preset: "nope" \(known: /],
+      [["--keeper-cpu", "2"], /^node: Invalid --keeper-cpu: "2"/],
+      [["--role", "keeper"], /^node: Invalid flags: --role keeper joins a run \(--join URL\)/],
+      [["--host", "a:1", "--join", "ws://a:1", "--secret", "s"], /--host and --join exclude/],
+      [["--host", "127.0.0.1:7777"], /^node: Invalid flags: --host needs --secret$/],
+      [["--host", "127.0.0.1:99999", "--secret", "s"], /^node: Invalid --host: .*99999/],
+      [["--join", "ws://a:1", "--secret", "s", "--keepers", "1"], /^node: Invalid --keepers: /],
+      [["--join", "ws://a:1", "--secret", "s", "--resume", dir], /^node: Invalid flags: --resume/],
+      [["--resume", `${dir}/missing`], /^node: NothingToResumeError: Cannot resume: .*\/missing /],
+      [["--resume", `${dir}/file`], /^node: NothingToResumeError: Cannot resume: .*\/file cannot/],
+      [
+        ["--resume", dir, "--rounds", "3"],
+        /^node: Invalid --rounds: 3, the run in .* is at round 3/,
+      ],
+      [
+        ["--data", `${dir}/missing`],
+        /^node: DataError: Cannot load data: .*\/missing does not exist$/,
+      ],
+      [["--run-dir", "/proc/none/run"], /^node: Cannot write the run log in \/proc\/none\/run: /],
+      // 12 GiB of attention scratch: over every adapter's binding limit, refused before any Worker.
+      [
+        ["--config", "gpt2-small", "--block-size", "4096", "--run-dir", `${dir}/big`],
+        /^node: Cannot build model L12 C768 H12 T4096 V256 at batch 16: .* needs 12\.00 GiB/,
+      ],
+    ];
+    for (const [args, re] of cases) {
+      const r = await node(args);
+      equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+      const lines = r.stderr.trim().split("\n");
+      equal(lines.length, 1, `${args.join(" ")}: expected one line of stderr, got: ${r.stderr}`);
+      match(lines[0], re);
+      ok(!/Uncaught|^\s+at /m.test(r.stderr), r.stderr);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("node --help prints every declared flag and exits 0", async () => {
+  const r = await node(["--help"]);
+  equal(r.code, 0, r.stderr);
+  for (const flag of ["--host ADDR:PORT", "--resume DIR", "--n-layer N", "--json", "--verbose"]) {
+    ok(r.stdout.includes(flag), `${flag} missing from:\n${r.stdout}`);
+  }
 });
 
 Deno.test("a resumed run keeps its number of trainers unless --trainers is given", () => {
@@ -129,65 +207,4 @@ Deno.test("a resumed run keeps its number of trainers unless --trainers is given
       .trainers,
     0,
   );
-});
-
-Deno.test("a resume with no round left to train is refused by one line naming --rounds", () => {
-  const resumed = {
-    dir: "runs/r",
-    round: 4,
-    settings: { run: "r", config: "small", rounds: 4 },
-  } as unknown as ResumedRun;
-  throws(
-    () => resumedArgs(parseNodeArgs(["--resume", "runs/r"]), resumed),
-    (err: Error) =>
-      err instanceof RangeError &&
-      err.message ===
-        "Cannot resume at round 4: the run trains 4 rounds (pass --rounds N with N > 4 to train on)",
-  );
-  throws(() => resumedArgs(parseNodeArgs(["--resume", "runs/r", "--rounds", "1"]), resumed));
-  equal(resumedArgs(parseNodeArgs(["--resume", "runs/r", "--rounds", "5"]), resumed).rounds, 5);
-});
-
-Deno.test("deno task node --resume DIR --rounds 1 past the run's end exits 2 with one line", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "node_main_resume_" });
-  try {
-    const config = getConfig("tiny").model;
-    const n = buildLayout(config).totalLength;
-    await new CheckpointStore(`${dir}/keeper-0`).commit({
-      run: "r",
-      round: 3,
-      config,
-      params: new Float32Array(n),
-      momentum: new Float32Array(n),
-      settings: {
-        run: "r",
-        config: "tiny",
-        rounds: 3,
-        innerSteps: 2,
-        outer: { lr: 1, momentum: 0 },
-      },
-    });
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        new URL("./node_main.ts", import.meta.url).pathname,
-        "--resume",
-        dir,
-        "--rounds",
-        "1",
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stderr = new TextDecoder().decode(out.stderr).trim();
-    equal(out.code, 2, stderr);
-    deepEqual(
-      stderr.split("\n").filter((l) => !l.startsWith("\x1b") && !/^(Download|Check)\b/.test(l)),
-      ["Cannot resume at round 3: the run trains 1 rounds (pass --rounds N with N > 3 to train on)"],
-    );
-    ok(!stderr.includes("Uncaught"), stderr);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 });

@@ -221,6 +221,20 @@ export function parseGpt2(
 /**
  * Reads a GPT-2 checkpoint written by {@linkcode saveGpt2} (or a compatible HF file).
  *
+ * @example Save a model's parameters and load them back
+ * ```ts
+ * import { loadGpt2, saveGpt2 } from "./gpt2_safetensors.ts";
+ * import { getConfig } from "../kernels/config.ts";
+ * import { initParams } from "../kernels/model.ts";
+ * import assert from "node:assert/strict";
+ * const config = getConfig("tiny").model;
+ * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+ * await saveGpt2(path, config, initParams(config, 1));
+ * const loaded = await loadGpt2(path, { expect: config });
+ * assert.deepEqual(loaded.params, initParams(config, 1));
+ * await Deno.remove(path);
+ * ```
+ *
  * @throws {SafetensorsError} for missing, truncated or corrupt files
  * @throws {CheckpointMismatchError} when tensors or `options.expect` disagree with the config
  */

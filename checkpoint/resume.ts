@@ -42,10 +42,22 @@ export interface ResumeOptions {
  *
  * @throws {NothingToResumeError} when no round verifies (each skipped one named)
  *
- * @example
- * ```ts ignore
- * const resumed = await resumeRun("runs/demo", { expect: getConfig("small").model });
- * console.log(resumed.round, resumed.paramsHash);
+ * @example Resume from the newest committed round of a store
+ * ```ts
+ * import { resumeRun } from "./resume.ts";
+ * import { CheckpointStore } from "./store.ts";
+ * import { getConfig } from "../kernels/config.ts";
+ * import { initParams } from "../kernels/model.ts";
+ * import assert from "node:assert/strict";
+ * const dir = await Deno.makeTempDir();
+ * const config = getConfig("tiny").model;
+ * const params = initParams(config, 1);
+ * const momentum = new Float32Array(params.length);
+ * await new CheckpointStore(dir).commit({ run: "demo", round: 4, config, params, momentum });
+ * const resumed = await resumeRun(dir, { expect: config });
+ * assert.equal(resumed.round, 4);
+ * assert.deepEqual(resumed.params, params);
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function resumeRun(dir: string, options: ResumeOptions = {}): Promise<ResumedRun> {

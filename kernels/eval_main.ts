@@ -8,37 +8,47 @@
  *
  * @module
  */
-import { exitWithError, intFlag, parseFlags, UsageError } from "./_cli.ts";
+import { type Command, intFlag, parseFlags, readInput, runCommand, UsageError } from "./cli.ts";
 import { CONFIGS, getConfig, type GptConfig } from "./config.ts";
-import {
-  SHAPE_FIELDS,
-  SHAPE_FLAG_OPTIONS,
-  SHAPE_HELP,
-  shapeFlags,
-  type ShapeOverrides,
-} from "./shape.ts";
+import { SHAPE_FIELDS, shapeFlags, shapeFlagSpecs, type ShapeOverrides } from "./shape.ts";
 import { DataError, loadCorpus } from "./data.ts";
 import { acquireGpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
 import { createModel } from "./model.ts";
 import { loadGpt2 } from "../checkpoint/gpt2_safetensors.ts";
 
-const HELP = `Usage: deno task eval --checkpoint FILE [flags]
-
-Prints the mean next-byte cross-entropy (nats/byte) of a checkpoint.
-
-Flags:
-  --checkpoint FILE  model.safetensors written by deno task train (required)
-  --data FILE        bytes to evaluate (default: the default corpus's validation split)
-  --max-windows N    evaluate at most the first N windows of block_size+1 bytes
-  --config NAME      fail unless the checkpoint has this config (known: ${
-  Object.keys(CONFIGS).join(", ")
-})
-${SHAPE_HELP.replace(/\(default: the config's\)/g, "(must match the checkpoint)")}
-  --batch N          windows per forward pass (default 16; does not change the result)
-  --json             print {"eval_loss": ..., "windows": ...} as the last line
-  --help             this text
-`;
+/** The command line of `deno task eval`. */
+export const EVAL_COMMAND = {
+  prog: "eval",
+  usage: "deno task eval --checkpoint FILE [flags]",
+  about: "Prints the mean next-byte cross-entropy (nats/byte) of a checkpoint.",
+  flags: {
+    checkpoint: {
+      value: "FILE",
+      help: "model.safetensors written by deno task train (required)",
+    },
+    data: {
+      value: "FILE",
+      help: "bytes to evaluate (default: the default corpus's validation split)",
+    },
+    "max-windows": {
+      value: "N",
+      help: "evaluate at most the first N windows of block_size+1 bytes",
+    },
+    config: {
+      value: "NAME",
+      help: `fail unless the checkpoint has this config (known: ${
+        Object.keys(CONFIGS).join(", ")
+      })`,
+    },
+    ...shapeFlagSpecs("(must match the checkpoint)"),
+    batch: {
+      value: "N",
+      help: "windows per forward pass (default 16; does not change the result)",
+    },
+    json: { type: "boolean", help: 'print {"eval_loss": ..., "windows": ...} as the last line' },
+  },
+} as const satisfies Command;
 
 /** Parsed options of `deno task eval`. */
 export interface EvalArgs {
@@ -55,16 +65,7 @@ export interface EvalArgs {
 
 /** Parses the command line of `deno task eval`. */
 export function parseEvalArgs(args: string[]): EvalArgs {
-  const v = parseFlags(args, {
-    checkpoint: { type: "string" },
-    data: { type: "string" },
-    "max-windows": { type: "string" },
-    config: { type: "string" },
-    ...SHAPE_FLAG_OPTIONS,
-    batch: { type: "string" },
-    json: { type: "boolean" },
-    help: { type: "boolean" },
-  });
+  const v = parseFlags(EVAL_COMMAND, args);
   let shape: ShapeOverrides;
   try {
     shape = shapeFlags(v);
@@ -129,13 +130,19 @@ export function checkShapeFlags(shape: ShapeOverrides, config: GptConfig, file: 
   }
 }
 
-async function main(a: EvalArgs): Promise<void> {
+/** The checkpoint and the data `a` names, checked: what fails here is the input's fault. */
+async function readEvalInput(a: EvalArgs) {
   const expect = a.configName ? getConfig(a.configName).model : undefined;
   const ckpt = await loadGpt2(a.checkpoint!, {
     expect: expect && { ...expect, ...a.shape },
   });
   checkShapeFlags(a.shape, ckpt.config, a.checkpoint!);
   const bytes = a.data ? await readData(a.data) : (await loadCorpus()).val;
+  return { ckpt, bytes };
+}
+
+async function main(a: EvalArgs, input: Awaited<ReturnType<typeof readEvalInput>>): Promise<void> {
+  const { ckpt, bytes } = input;
   const source = a.data ?? "default corpus validation split";
   const gpu = await acquireGpu();
   try {
@@ -157,11 +164,8 @@ async function main(a: EvalArgs): Promise<void> {
 }
 
 if (import.meta.main) {
-  try {
+  await runCommand(EVAL_COMMAND, Deno.args, async () => {
     const args = parseEvalArgs(Deno.args);
-    if (args.help) console.log(HELP);
-    else await main(args);
-  } catch (err) {
-    exitWithError("eval", err);
-  }
+    await main(args, await readInput(() => readEvalInput(args)));
+  });
 }

@@ -562,13 +562,19 @@ export class GptModel {
 /**
  * Creates a GPT-2 model on `gpu` with GPT-2 init from `options.seed`.
  *
- * @example
- * ```ts ignore
+ * @example One training step of the tiny model
+ * ```ts
  * import { acquireGpu } from "./device.ts";
  * import { getConfig } from "./config.ts";
  * import { createModel } from "./model.ts";
+ * import assert from "node:assert/strict";
+ * const config = getConfig("tiny").model;
  * const gpu = await acquireGpu();
- * const model = await createModel(gpu, getConfig("tiny").model, { seed: 1, batch: 2 });
+ * const model = await createModel(gpu, config, { seed: 1, batch: 2 });
+ * const inputs = Uint8Array.from({ length: 2 * config.blockSize }, (_, i) => i % 256);
+ * const targets = inputs.map((t) => (t + 1) % 256);
+ * const loss = await model.step(inputs, targets, { lr: 1e-3 });
+ * assert.ok(Math.abs(loss - Math.log(256)) < 0.5, `loss ${loss}`); // about ln 256 at init
  * model.dispose();
  * gpu.destroy();
  * ```

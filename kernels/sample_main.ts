@@ -8,27 +8,37 @@
  *
  * @module
  */
-import { exitWithError, intFlag, parseFlags, UsageError } from "./_cli.ts";
+import { type Command, intFlag, parseFlags, readInput, runCommand, UsageError } from "./cli.ts";
 import { acquireGpu } from "./device.ts";
 import { createModel } from "./model.ts";
 import { bytesToText, generate } from "./sample.ts";
 import { loadGpt2 } from "../checkpoint/gpt2_safetensors.ts";
 
-const HELP = `Usage: deno task sample --checkpoint FILE [flags]
-
-Continues a prompt with bytes sampled from a checkpoint, on WebGPU.
-
-Flags:
-  --checkpoint FILE  model.safetensors written by deno task train (required)
-  --prompt TEXT      text to continue, as UTF-8 bytes (default: a newline); only its last
-                     block_size bytes condition the first new byte
-  --tokens N         bytes to generate (default 200)
-  --temperature T    softmax temperature, >= 0 (default 1; 0 = always the most likely byte)
-  --top-k K          draw from the K most likely bytes only (default 0: from all)
-  --seed N           sampling seed (default 1): the same seed gives the same text
-  --json             print one JSON line with the prompt, the text and the speed
-  --help             this text
-`;
+/** The command line of `deno task sample`. */
+export const SAMPLE_COMMAND = {
+  prog: "sample",
+  usage: "deno task sample --checkpoint FILE [flags]",
+  about: "Continues a prompt with bytes sampled from a checkpoint, on WebGPU.",
+  flags: {
+    checkpoint: {
+      value: "FILE",
+      help: "model.safetensors written by deno task train (required)",
+    },
+    prompt: {
+      value: "TEXT",
+      help: "text to continue, as UTF-8 bytes (default: a newline); only its last\n" +
+        "block_size bytes condition the first new byte",
+    },
+    tokens: { value: "N", help: "bytes to generate (default 200)" },
+    temperature: {
+      value: "T",
+      help: "softmax temperature, >= 0 (default 1; 0 = always the most likely byte)",
+    },
+    "top-k": { value: "K", help: "draw from the K most likely bytes only (default 0: from all)" },
+    seed: { value: "N", help: "sampling seed (default 1): the same seed gives the same text" },
+    json: { type: "boolean", help: "print one JSON line with the prompt, the text and the speed" },
+  },
+} as const satisfies Command;
 
 /** Parsed options of `deno task sample`. */
 export interface SampleArgs {
@@ -54,16 +64,7 @@ export interface SampleArgs {
  * ```
  */
 export function parseSampleArgs(args: string[]): SampleArgs {
-  const v = parseFlags(args, {
-    checkpoint: { type: "string" },
-    prompt: { type: "string" },
-    tokens: { type: "string" },
-    temperature: { type: "string" },
-    "top-k": { type: "string" },
-    seed: { type: "string" },
-    json: { type: "boolean" },
-    help: { type: "boolean" },
-  });
+  const v = parseFlags(SAMPLE_COMMAND, args);
   const temperature = v.temperature === undefined ? 1 : Number(v.temperature);
   if (v.temperature?.trim() === "" || !Number.isFinite(temperature) || temperature < 0) {
     throw new UsageError(
@@ -87,13 +88,21 @@ export function parseSampleArgs(args: string[]): SampleArgs {
   return out;
 }
 
-async function main(a: SampleArgs): Promise<void> {
+/** The checkpoint `a` names, checked: what fails here is the input's fault. */
+async function readCheckpoint(a: SampleArgs) {
   const ckpt = await loadGpt2(a.checkpoint!);
   if (ckpt.config.vocabSize > 256) {
-    throw new RangeError(
+    throw new UsageError(
       `Cannot sample text: ${a.checkpoint} has a vocabulary of ${ckpt.config.vocabSize}, not bytes`,
     );
   }
+  return ckpt;
+}
+
+async function main(
+  a: SampleArgs,
+  ckpt: Awaited<ReturnType<typeof readCheckpoint>>,
+): Promise<void> {
   const gpu = await acquireGpu();
   try {
     const model = await createModel(gpu, ckpt.config, { batch: 1 });
@@ -140,11 +149,8 @@ async function main(a: SampleArgs): Promise<void> {
 }
 
 if (import.meta.main) {
-  try {
+  await runCommand(SAMPLE_COMMAND, Deno.args, async () => {
     const args = parseSampleArgs(Deno.args);
-    if (args.help) console.log(HELP);
-    else await main(args);
-  } catch (err) {
-    exitWithError("sample", err);
-  }
+    await main(args, await readInput(() => readCheckpoint(args)));
+  });
 }

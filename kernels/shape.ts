@@ -6,6 +6,7 @@
  *
  * @module
  */
+import type { FlagSpecs } from "./cli.ts";
 import { DEFAULT_CONFIG, getConfig, type GptConfig } from "./config.ts";
 
 /** The shape fields a run or a command line may override; the vocabulary stays the config's. */
@@ -32,22 +33,31 @@ export const SHAPE_FIELDS: readonly {
   { field: "blockSize", flag: "block-size", max: 16384 },
 ];
 
-/** The parseArgs options of the shape flags, to spread into a command's options. */
-export const SHAPE_FLAG_OPTIONS = {
-  "n-layer": { type: "string" },
-  "n-head": { type: "string" },
-  "n-embd": { type: "string" },
-  "block-size": { type: "string" },
-} as const;
+/**
+ * The shape flags' declarations for a command (see kernels/cli.ts), each help
+ * text ending in `note`.
+ *
+ * @example
+ * ```ts
+ * import { shapeFlagSpecs } from "./shape.ts";
+ * console.log(shapeFlagSpecs("(must match the checkpoint)")["n-layer"].help);
+ * // transformer blocks (must match the checkpoint)
+ * ```
+ */
+export function shapeFlagSpecs(note: string) {
+  return {
+    "n-layer": { value: "N", help: `transformer blocks ${note}` },
+    "n-head": { value: "N", help: `attention heads; must divide the width ${note}` },
+    "n-embd": { value: "N", help: `model width ${note}` },
+    "block-size": { value: "N", help: `context length T ${note}` },
+  } as const satisfies FlagSpecs;
+}
+
+/** The shape flags of a command that builds a model: each overrides the config's field. */
+export const SHAPE_FLAGS = shapeFlagSpecs("(default: the config's)");
 
 /** How errors name a field: as a command-line flag (`--n-head`) or as an option (`nHead`). */
 export type ShapeNaming = "flag" | "field";
-
-/** Help text lines for the shape flags. */
-export const SHAPE_HELP = `  --n-layer N        transformer blocks (default: the config's)
-  --n-head N         attention heads; must divide the width (default: the config's)
-  --n-embd N         model width (default: the config's)
-  --block-size N     context length T (default: the config's)`;
 
 function label(field: keyof ShapeOverrides, naming: ShapeNaming): string {
   const f = SHAPE_FIELDS.find((s) => s.field === field)!;

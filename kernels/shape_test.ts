@@ -2,7 +2,7 @@ import { deepEqual, equal, throws } from "@std/assert";
 import { getConfig } from "./config.ts";
 import { hasOverrides, resolveShape, shapeFlags } from "./shape.ts";
 import { parseTrainArgs } from "./train_main.ts";
-import { UsageError } from "./_cli.ts";
+import { UsageError } from "./cli.ts";
 
 Deno.test("gpt2-small: 12 layers, width 768, 12 heads, context 256, byte vocabulary", () => {
   deepEqual(getConfig("gpt2-small").model, {

@@ -6,15 +6,24 @@
  * of the Union addresses) for that config's default steps, with linear warmup
  * then cosine decay to 10% of the peak learning rate, AdamW betas (0.9, 0.95),
  * weight decay 0.1 on 2-D tensors, gradient clipping at norm 1. Progress goes
- * to stderr on one updating line, or with `--json` to stdout as one JSON
- * object per line.
+ * to stderr on one updating line (a plain line every 10 s when stderr is not a
+ * terminal), or with `--json` to stdout as one JSON object per line.
  *
  * @module
  */
-import { exitWithError, intFlag, numberFlag, parseFlags, UsageError } from "./_cli.ts";
+import {
+  type Command,
+  intFlag,
+  numberFlag,
+  parseFlags,
+  ProgressLine,
+  readInput,
+  runCommand,
+  UsageError,
+} from "./cli.ts";
 import { CONFIGS, DEFAULT_CONFIG, describeConfig, getConfig, type GptConfig } from "./config.ts";
-import { resolveShape, SHAPE_FLAG_OPTIONS, SHAPE_HELP, shapeFlags } from "./shape.ts";
-import { batchSampler, loadCorpus } from "./data.ts";
+import { resolveShape, SHAPE_FLAGS, shapeFlags } from "./shape.ts";
+import { batchSampler, type Corpus, loadCorpus } from "./data.ts";
 import { acquireGpu, type Gpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
 import { createModel } from "./model.ts";
@@ -22,36 +31,62 @@ import { pipelinedSteps } from "./pipeline.ts";
 import { bytesToText, generate } from "./sample.ts";
 import { saveGpt2 } from "../checkpoint/gpt2_safetensors.ts";
 
-const HELP = `Usage: deno task train [flags]
-
-Trains a byte-level GPT-2 on WebGPU and writes DIR/model.safetensors.
-
-Flags:
-  --config NAME      model config (default ${DEFAULT_CONFIG}; known: ${
-  Object.keys(CONFIGS).join(", ")
-}); the shape flags
-                     below override its fields
-${SHAPE_HELP}
-  --steps N          optimizer steps (default: the config's, ${
-  CONFIGS[DEFAULT_CONFIG].train.steps
-} for ${DEFAULT_CONFIG})
-  --data PATH        text file or folder of files (default: the State of the Union corpus)
-  --out DIR          output folder (default runs/train)
-  --seed N           init and sampling seed (default 1)
-  --lr X             peak learning rate (default: the config's, ${
-  CONFIGS[DEFAULT_CONFIG].train.lr
-} for ${DEFAULT_CONFIG})
-  --warmup N         linear warmup steps (default: the config's)
-  --batch N          sequences per micro-batch (default: the config's)
-  --grad-accum N     micro-batches per step, gradients summed before one AdamW update
-                     (default 1): a step trains on N × batch sequences
-  --eval-every N     steps between validation evaluations (default: the config's; 0 = only at the end)
-  --eval-windows N   validation windows per evaluation, spread over the split (default 1024)
-  --sample-bytes N   bytes sampled after a newline at each evaluation, with the seed of --seed
-                     (default 100; 0 = none)
-  --json             one JSON object per line on stdout instead of the progress line
-  --help             this text
-`;
+/** The command line of `deno task train`. */
+export const TRAIN_COMMAND = {
+  prog: "train",
+  usage: "deno task train [flags]",
+  about: "Trains a byte-level GPT-2 on WebGPU and writes DIR/model.safetensors.",
+  flags: {
+    config: {
+      value: "NAME",
+      help: `model config (default ${DEFAULT_CONFIG}; known: ${
+        Object.keys(CONFIGS).join(", ")
+      });\nthe shape flags below override its fields`,
+    },
+    ...SHAPE_FLAGS,
+    steps: {
+      value: "N",
+      help: `optimizer steps (default: the config's, ${
+        CONFIGS[DEFAULT_CONFIG].train.steps
+      } for ${DEFAULT_CONFIG})`,
+    },
+    data: {
+      value: "PATH",
+      help: "text file or folder of files (default: the State of the Union corpus)",
+    },
+    out: { value: "DIR", help: "output folder (default runs/train)" },
+    seed: { value: "N", help: "init and sampling seed (default 1)" },
+    lr: {
+      help: `peak learning rate (default: the config's, ${
+        CONFIGS[DEFAULT_CONFIG].train.lr
+      } for ${DEFAULT_CONFIG})`,
+    },
+    warmup: { value: "N", help: "linear warmup steps (default: the config's)" },
+    batch: { value: "N", help: "sequences per micro-batch (default: the config's)" },
+    "grad-accum": {
+      value: "N",
+      help: "micro-batches per step, gradients summed before one AdamW update\n" +
+        "(default 1): a step trains on N × batch sequences",
+    },
+    "eval-every": {
+      value: "N",
+      help: "steps between validation evaluations (default: the config's; 0 = only at the end)",
+    },
+    "eval-windows": {
+      value: "N",
+      help: "validation windows per evaluation, spread over the split (default 1024)",
+    },
+    "sample-bytes": {
+      value: "N",
+      help: "bytes sampled after a newline at each evaluation, with the seed of --seed\n" +
+        "(default 100; 0 = none)",
+    },
+    json: {
+      type: "boolean",
+      help: "one JSON object per line on stdout instead of the progress line",
+    },
+  },
+} as const satisfies Command;
 
 /** Parsed training options. */
 export interface TrainArgs {
@@ -76,23 +111,7 @@ export interface TrainArgs {
 
 /** Parses the command line of `deno task train`. */
 export function parseTrainArgs(args: string[]): TrainArgs {
-  const v = parseFlags(args, {
-    config: { type: "string" },
-    steps: { type: "string" },
-    data: { type: "string" },
-    out: { type: "string" },
-    seed: { type: "string" },
-    lr: { type: "string" },
-    warmup: { type: "string" },
-    batch: { type: "string" },
-    "grad-accum": { type: "string" },
-    ...SHAPE_FLAG_OPTIONS,
-    "eval-every": { type: "string" },
-    "eval-windows": { type: "string" },
-    "sample-bytes": { type: "string" },
-    json: { type: "boolean" },
-    help: { type: "boolean" },
-  });
+  const v = parseFlags(TRAIN_COMMAND, args);
   const configName = v.config ?? DEFAULT_CONFIG;
   let named;
   let config;
@@ -144,23 +163,40 @@ function fmtRate(x: number): string {
   return Math.round(x).toLocaleString("en-US");
 }
 
-async function train(a: TrainArgs): Promise<void> {
+/**
+ * The training text of `a`, checked, and the output folder, made: what fails
+ * here is the input's fault (exit 2), found before any step is trained.
+ */
+async function readTrainInput(a: TrainArgs): Promise<Corpus> {
+  const corpus = await loadCorpus({ path: a.data });
+  if (corpus.val.length < a.config.blockSize + 1) {
+    throw new RangeError(
+      `Cannot train: the validation split of ${corpus.source} has ${corpus.val.length} bytes, ` +
+        `fewer than block size + 1 = ${a.config.blockSize + 1}`,
+    );
+  }
+  try {
+    await Deno.mkdir(a.out, { recursive: true });
+  } catch (err) {
+    throw new UsageError(
+      `Cannot write --out ${a.out}: ${err instanceof Error ? err.message : err}`,
+    );
+  }
+  return corpus;
+}
+
+async function train(a: TrainArgs, corpus: Corpus): Promise<void> {
   const config = a.config;
   const log = (obj: Record<string, unknown>) => {
     if (a.json) console.log(JSON.stringify(obj));
   };
+  // A plain line every 10 s when stderr is a file or pipe, rather than one per step.
+  const progress = new ProgressLine({ plainEvery: 10 });
   const status = (line: string, final = false) => {
     if (a.json) return;
-    const text = `\r\x1b[2K${line}${final ? "\n" : ""}`;
-    Deno.stderr.writeSync(new TextEncoder().encode(text));
+    if (final) progress.done(line);
+    else progress.update(line);
   };
-  const corpus = await loadCorpus({ path: a.data });
-  if (corpus.val.length < config.blockSize + 1) {
-    throw new RangeError(
-      `Cannot train: the validation split of ${corpus.source} has ${corpus.val.length} bytes, ` +
-        `fewer than block size + 1 = ${config.blockSize + 1}`,
-    );
-  }
   const gpu: Gpu = await acquireGpu();
   try {
     const model = await createModel(gpu, config, {
@@ -317,11 +353,8 @@ async function train(a: TrainArgs): Promise<void> {
 }
 
 if (import.meta.main) {
-  try {
+  await runCommand(TRAIN_COMMAND, Deno.args, async () => {
     const args = parseTrainArgs(Deno.args);
-    if (args.help) console.log(HELP);
-    else await train(args);
-  } catch (err) {
-    exitWithError("train", err);
-  }
+    await train(args, await readInput(() => readTrainInput(args)));
+  });
 }

@@ -9,7 +9,7 @@
  * @module
  */
 import type { Problem } from "../kernels/bench.ts";
-import { parseArgs } from "@std/cli";
+import { type Command, type Flags, runCommand, UsageError } from "../kernels/cli.ts";
 
 /** One measurement. */
 export interface BenchRecord {
@@ -108,24 +108,31 @@ async function* stepVsMatmul(
   }
 }
 
-async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      json: { type: "boolean", default: false },
-      quick: { type: "boolean", default: false },
-      only: { type: "string", multiple: true },
-      model: { type: "string" },
-      help: { type: "boolean", default: false },
+/** The command line of `deno task bench`. */
+export const BENCH_COMMAND = {
+  prog: "bench",
+  usage: "deno task bench [flags]",
+  about: "Runs the benchmark suites and prints one record per measurement.",
+  flags: {
+    json: { type: "boolean", help: "one JSON object per record (name, value, unit, ...)" },
+    quick: { type: "boolean", help: "smaller sizes and fewer repetitions, for a quick look" },
+    only: {
+      value: "SUITE",
+      multiple: true,
+      help: `run only this suite (repeatable): ${Object.keys(SUITES).join(", ")}`,
     },
-    strict: true,
-  });
-  if (values.help) {
-    console.log(
-      "Usage: deno task bench [--json] [--quick] [--only gpu|kernels|train|transport|checkpoint ...]" +
-        " [--model NAME (gpu: the model to profile)]",
-    );
-    return;
+    model: { value: "NAME", help: "gpu suite: the model to profile" },
+  },
+} as const satisfies Command;
+
+async function main(values: Flags<typeof BENCH_COMMAND.flags>): Promise<void> {
+  const quick = values.quick ?? false;
+  for (const name of values.only ?? []) {
+    if (!SUITES[name]) {
+      throw new UsageError(
+        `Invalid --only: unknown suite "${name}" (known: ${Object.keys(SUITES).join(", ")})`,
+      );
+    }
   }
   const names = values.only?.length ? values.only : Object.keys(SUITES);
   const print = (record: BenchRecord) => {
@@ -143,11 +150,9 @@ async function main(): Promise<void> {
   let best: BenchRecord | undefined;
   const trainSteps = new Map<string, number>();
   for (const name of names) {
-    const load = SUITES[name];
-    if (!load) throw new TypeError(`Unknown bench suite: ${name} (known: ${Object.keys(SUITES)})`);
-    const { bench, summarize } = await load();
+    const { bench, summarize } = await SUITES[name]();
     const records: BenchRecord[] = [];
-    for await (const record of bench({ quick: values.quick, model: values.model })) {
+    for await (const record of bench({ quick, model: values.model })) {
       if (record.name === "matmul_gflops" && record.value > (best?.value ?? 0)) best = record;
       if (record.name === "train_step_gflops") trainSteps.set(String(record.config), record.value);
       records.push(record);
@@ -156,15 +161,10 @@ async function main(): Promise<void> {
     if (summarize) (values.json ? console.error : console.log)(`\n${summarize(records)}\n`);
   }
   if (best && trainSteps.size > 0) {
-    for await (const r of stepVsMatmul(best, [...trainSteps.keys()], values.quick)) print(r);
+    for await (const r of stepVsMatmul(best, [...trainSteps.keys()], quick)) print(r);
   }
 }
 
 if (import.meta.main) {
-  try {
-    await main();
-  } catch (err) {
-    console.error(`bench: ${err instanceof Error ? err.message : err}`);
-    Deno.exit(1);
-  }
+  await runCommand(BENCH_COMMAND, Deno.args, main);
 }

@@ -42,13 +42,14 @@ const train = (args: string[], env?: Record<string, string>) =>
 const evalCli = (args: string[], env?: Record<string, string>) =>
   deno("kernels/eval_main.ts", args, env);
 
-/** Asserts a failed run with a single-line error on stderr matching `re`. */
+/** Asserts a failed run with a single-line error on stderr matching `re`, and no stack. */
 function assertFails(r: Run, re: RegExp, code?: number): void {
   ok(r.code !== 0, `expected failure, got exit 0: ${r.stdout}`);
   if (code !== undefined) equal(r.code, code, r.stderr);
   const lines = r.stderr.trim().split("\n");
   equal(lines.length, 1, `expected one line of stderr, got: ${r.stderr}`);
   match(lines[0], re);
+  ok(!/Uncaught|^\s+at /m.test(r.stderr), `stack trace on stderr: ${r.stderr}`);
 }
 
 let dir = "";
@@ -97,12 +98,37 @@ Deno.test("train rejects bad flags with a one-line error and exit 2", async () =
   assertFails(await train(["extra"]), /^train: Unexpected argument 'extra'/, 2);
 });
 
-Deno.test("train fails clearly on a data path that does not exist", async () => {
-  assertFails(
-    await train(["--data", `${dir}/missing.txt`, "--steps", "1"]),
-    /^train: DataError: Cannot load data: .*missing\.txt does not exist$/,
-    1,
-  );
+Deno.test("bad paths and values end with one line naming them and exit 2, the stack only with --verbose", async () => {
+  const cases: [string[], RegExp][] = [
+    [
+      ["--data", "/nonexistent"],
+      /^train: DataError: Cannot load data: \/nonexistent does not exist$/,
+    ],
+    [["--data", dir + "/empty"], /^train: DataError: Cannot load data: .*\/empty holds no files$/],
+    [["--out", "/proc/none/out"], /^train: Cannot write --out \/proc\/none\/out: /],
+    [["--config", "nope"], /^train: Unknown model config: "nope"/],
+    [["--trainers", "2"], /^train: Unknown option '--trainers'/],
+    [["--lr", "-1"], /^train: Option '--lr' argument is ambiguous; .*'--lr=-XYZ'$/],
+    [["--eval-every", "x"], /^train: Invalid --eval-every: "x"/],
+  ];
+  await Deno.mkdir(`${dir}/empty`, { recursive: true });
+  for (const [args, re] of cases) assertFails(await train(args), re, 2);
+  const evalCases: [string[], RegExp][] = [
+    [["--checkpoint", "/etc/hostname"], /^eval: SafetensorsError: .*\/etc\/hostname/],
+    [["--checkpoint", dir], /^eval: SafetensorsError: Cannot read checkpoint: .* is a directory$/],
+    [
+      ["--checkpoint", ckpt, "--data", dir],
+      /^eval: DataError: Cannot load data: .* is not a file$/,
+    ],
+    [["--checkpoint", ckpt, "--config", "nope"], /^eval: Unknown model config: "nope"/],
+    [["--checkpoint", ckpt, "--batch", "0"], /^eval: Invalid --batch: "0"/],
+  ];
+  for (const [args, re] of evalCases) assertFails(await evalCli(args), re, 2);
+  const verbose = await train(["--data", "/nonexistent", "--verbose"]);
+  equal(verbose.code, 2);
+  const [first, ...stack] = verbose.stderr.trim().split("\n");
+  match(first, /^train: DataError: Cannot load data: \/nonexistent does not exist$/);
+  ok(stack.some((l) => /^\s+at .*data\.ts/.test(l)), verbose.stderr);
 });
 
 Deno.test("train and eval fail with GpuUnavailableError when there is no WebGPU adapter", async () => {
@@ -131,7 +157,7 @@ Deno.test("eval rejects missing, truncated and corrupt checkpoints", async () =>
   assertFails(
     await evalCli(["--checkpoint", `${dir}/none.safetensors`]),
     /^eval: SafetensorsError: Cannot read checkpoint: .*none\.safetensors does not exist$/,
-    1,
+    2,
   );
   const bytes = await Deno.readFile(ckpt);
   const truncated = `${dir}/truncated.safetensors`;
@@ -139,14 +165,14 @@ Deno.test("eval rejects missing, truncated and corrupt checkpoints", async () =>
   assertFails(
     await evalCli(["--checkpoint", truncated]),
     /^eval: SafetensorsError: Invalid safetensors file .*truncated: tensor .* ends at byte/,
-    1,
+    2,
   );
   const garbage = `${dir}/garbage.safetensors`;
   await Deno.writeTextFile(garbage, "this is not a checkpoint at all");
   assertFails(
     await evalCli(["--checkpoint", garbage]),
     /^eval: SafetensorsError: Invalid safetensors file .*header length/,
-    1,
+    2,
   );
   const badJson = bytes.slice();
   badJson[8] = 0x5b; // '[' in place of '{'
@@ -155,7 +181,7 @@ Deno.test("eval rejects missing, truncated and corrupt checkpoints", async () =>
   assertFails(
     await evalCli(["--checkpoint", corrupt]),
     /^eval: SafetensorsError: Invalid safetensors file .*header is not valid JSON/,
-    1,
+    2,
   );
 });
 
@@ -163,7 +189,7 @@ Deno.test("eval rejects a checkpoint whose config does not match", async () => {
   assertFails(
     await evalCli(["--checkpoint", ckpt, "--config", "tiny", "--data", dataFile]),
     /^eval: CheckpointMismatchError: Checkpoint does not match the model config: .*"n_embd":64.*expected .*"n_embd":16/,
-    1,
+    2,
   );
   // Tensors of the small model under metadata that claims the tiny shape.
   const small = getConfig("small").model;
@@ -174,12 +200,12 @@ Deno.test("eval rejects a checkpoint whose config does not match", async () => {
   assertFails(
     await evalCli(["--checkpoint", lying, "--data", dataFile]),
     /^eval: CheckpointMismatchError: Checkpoint .*: tensor wte.weight has shape \[256,64\], the config needs \[256,16\]$/,
-    1,
+    2,
   );
   assertFails(
     await evalCli(["--checkpoint", ckpt, "--data", `${dir}/missing.bin`]),
     /^eval: DataError: Cannot load data: .*missing\.bin does not exist$/,
-    1,
+    2,
   );
 });
 

@@ -7,7 +7,15 @@
  *
  * @module
  */
-import { parseArgs } from "@std/cli";
+import {
+  choiceFlag,
+  type Command,
+  intFlag,
+  numberFlag,
+  parseFlags,
+  runCommand,
+  UsageError,
+} from "../kernels/cli.ts";
 import { acquireGpu } from "../kernels/device.ts";
 import { CONFIGS, DEFAULT_CONFIG } from "../kernels/config.ts";
 import { loadCorpus } from "../kernels/data.ts";
@@ -28,34 +36,54 @@ import {
 
 const NAMES = standardConfigs(DEFAULT_CONFIG).map((c) => c.name);
 
-const HELP = `Usage: deno task experiment [options]
-
-Trains each configuration on the same token budget and prints its final eval loss
-(mean next-byte cross-entropy on the same windows spread over the validation split).
-
-Configurations (--configs, comma-separated; default all):
-${standardConfigs(DEFAULT_CONFIG).map((c) => `  ${c.name.padEnd(16)}${c.description}`).join("\n")}
-
-Options:
-  --steps N            inner steps per trainer (the budget; default 200)
-  --configs LIST       which configurations to run (default all)
-  --seed N             init and sampling seed (default 1)
-  --config NAME        model config: ${Object.keys(CONFIGS).join(", ")} (default ${DEFAULT_CONFIG})
-  --trainers N         DiLoCo trainers (default 4; single-4x uses N x batch)
-  --inner-steps H      DiLoCo inner steps per round (default ${DEFAULT_INNER_STEPS})
-  --outer-lr X         outer lr of the default DiLoCo rows (default ${DEFAULT_OUTER.lr})
-  --outer-momentum X   outer Nesterov momentum of those rows (default ${DEFAULT_OUTER.momentum})
-  --outer-warmup N     rounds of outer lr/momentum warm-up of those rows (default ${
-  DEFAULT_OUTER.warmupRounds ?? 0
-})
-  --inner-reset        zero each trainer's AdamW moments every round (in-process rows only)
-  --inner-schedule S   run (one cosine over the run, default) or round (restart each round)
-  --eval-windows N     validation windows for the final loss (default 1024)
-  --data-shards N      data shards (chunks of the stream dealt round-robin); trainer i reads shard i (default 16,
-                       the run's); single trainers read the whole stream
-  --json               one JSON object per configuration, then a summary line
-  --help               this text
-`;
+/** The command line of `deno task experiment`. */
+export const EXPERIMENT_COMMAND = {
+  prog: "experiment",
+  usage: "deno task experiment [flags]",
+  about: `Trains each configuration on the same token budget and prints its final eval loss
+(mean next-byte cross-entropy on the same windows spread over the validation split).`,
+  flags: {
+    steps: { value: "N", help: "inner steps per trainer (the budget; default 200)" },
+    configs: { value: "LIST", help: "which configurations to run, comma-separated (default all)" },
+    seed: { value: "N", help: "init and sampling seed (default 1)" },
+    config: {
+      value: "NAME",
+      help: `model config: ${Object.keys(CONFIGS).join(", ")} (default ${DEFAULT_CONFIG})`,
+    },
+    trainers: { value: "N", help: "DiLoCo trainers (default 4; single-4x uses N x batch)" },
+    "inner-steps": {
+      value: "H",
+      help: `DiLoCo inner steps per round (default ${DEFAULT_INNER_STEPS})`,
+    },
+    "outer-lr": { help: `outer lr of the default DiLoCo rows (default ${DEFAULT_OUTER.lr})` },
+    "outer-momentum": {
+      help: `outer Nesterov momentum of those rows (default ${DEFAULT_OUTER.momentum})`,
+    },
+    "outer-warmup": {
+      value: "N",
+      help: `rounds of outer lr/momentum warm-up of those rows (default ${
+        DEFAULT_OUTER.warmupRounds ?? 0
+      })`,
+    },
+    "inner-reset": {
+      type: "boolean",
+      help: "zero each trainer's AdamW moments every round (in-process rows only)",
+    },
+    "inner-schedule": {
+      value: "S",
+      help: "run (one cosine over the run, default) or round (restart each round)",
+    },
+    "eval-windows": { value: "N", help: "validation windows for the final loss (default 1024)" },
+    "data-shards": {
+      value: "N",
+      help: "data shards (chunks of the stream dealt round-robin); trainer i reads shard i\n" +
+        "(default 16, the run's); single trainers read the whole stream",
+    },
+    json: { type: "boolean", help: "one JSON object per configuration, then a summary line" },
+  },
+  notes: `Configurations (--configs):
+${standardConfigs(DEFAULT_CONFIG).map((c) => `  ${c.name.padEnd(16)}${c.description}`).join("\n")}`,
+} as const satisfies Command;
 
 /** Parsed command line of `deno task experiment`. */
 export interface ExperimentArgs {
@@ -65,55 +93,10 @@ export interface ExperimentArgs {
   help: boolean;
 }
 
-function int(name: string, v: string | undefined, def: number, min: number): number {
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (!/^\s*\d+\s*$/.test(v) || !Number.isSafeInteger(n) || n < min) {
-    throw new RangeError(`Invalid --${name}: expected an integer >= ${min}, got "${v}"`);
-  }
-  return n;
-}
-
-function num(name: string, v: string | undefined, def: number): number {
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n) || n < 0) {
-    throw new RangeError(`Invalid --${name}: expected a number >= 0, got "${v}"`);
-  }
-  return n;
-}
-
-function flags(argv: string[]) {
-  try {
-    return parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        steps: { type: "string" },
-        configs: { type: "string" },
-        seed: { type: "string" },
-        config: { type: "string" },
-        trainers: { type: "string" },
-        "inner-steps": { type: "string" },
-        "outer-lr": { type: "string" },
-        "outer-momentum": { type: "string" },
-        "outer-warmup": { type: "string" },
-        "inner-reset": { type: "boolean" },
-        "inner-schedule": { type: "string" },
-        "eval-windows": { type: "string" },
-        "data-shards": { type: "string" },
-        json: { type: "boolean" },
-        help: { type: "boolean" },
-      },
-    }).values;
-  } catch (err) {
-    throw new TypeError(String(err instanceof Error ? err.message : err).split("\n")[0]);
-  }
-}
-
 /**
- * Parses the flags; throws a RangeError/TypeError naming a bad flag.
+ * Parses the flags.
+ *
+ * @throws {UsageError} naming the flag at fault
  *
  * @example
  * ```ts
@@ -123,28 +106,26 @@ function flags(argv: string[]) {
  * ```
  */
 export function parseExperimentArgs(argv: string[]): ExperimentArgs {
-  const values = flags(argv);
-  const config = values.config ?? DEFAULT_CONFIG;
-  if (!Object.hasOwn(CONFIGS, config)) {
-    throw new RangeError(
-      `Invalid --config: "${config}" (known: ${Object.keys(CONFIGS).join(", ")})`,
-    );
-  }
-  const schedule = values["inner-schedule"] ?? "run";
-  if (schedule !== "run" && schedule !== "round") {
-    throw new RangeError(`Invalid --inner-schedule: "${schedule}" (known: run, round)`);
-  }
+  const values = parseFlags(EXPERIMENT_COMMAND, argv);
+  const config = choiceFlag("config", values.config, Object.keys(CONFIGS), DEFAULT_CONFIG);
+  const schedule = choiceFlag("inner-schedule", values["inner-schedule"], ["run", "round"], "run");
   const outer: OuterOptimizer = {
-    lr: num("outer-lr", values["outer-lr"], DEFAULT_OUTER.lr),
-    momentum: num("outer-momentum", values["outer-momentum"], DEFAULT_OUTER.momentum),
-    warmupRounds: int("outer-warmup", values["outer-warmup"], DEFAULT_OUTER.warmupRounds ?? 0, 0),
+    lr: numberFlag("outer-lr", values["outer-lr"], { min: 0, max: Infinity, closedMin: true }) ??
+      DEFAULT_OUTER.lr,
+    momentum: numberFlag("outer-momentum", values["outer-momentum"], {
+      min: 0,
+      max: Infinity,
+      closedMin: true,
+    }) ?? DEFAULT_OUTER.momentum,
+    warmupRounds: intFlag("outer-warmup", values["outer-warmup"], 0) ??
+      DEFAULT_OUTER.warmupRounds ?? 0,
   };
   if (outer.momentum >= 1) {
-    throw new RangeError(`Invalid --outer-momentum: expected a number < 1, got ${outer.momentum}`);
+    throw new UsageError(`Invalid --outer-momentum: expected a number < 1, got ${outer.momentum}`);
   }
   const all = standardConfigs(config, {
-    trainers: int("trainers", values.trainers, 4, 1),
-    innerSteps: int("inner-steps", values["inner-steps"], DEFAULT_INNER_STEPS, 1),
+    trainers: intFlag("trainers", values.trainers) ?? 4,
+    innerSteps: intFlag("inner-steps", values["inner-steps"]) ?? DEFAULT_INNER_STEPS,
     outer,
     innerReset: values["inner-reset"] ?? false,
     innerSchedule: schedule,
@@ -153,26 +134,26 @@ export function parseExperimentArgs(argv: string[]): ExperimentArgs {
     all.map((c) => c.name);
   for (const w of wanted) {
     if (!all.some((c) => c.name === w)) {
-      throw new RangeError(`Invalid --configs: unknown "${w}" (known: ${NAMES.join(", ")})`);
+      throw new UsageError(`Invalid --configs: unknown "${w}" (known: ${NAMES.join(", ")})`);
     }
   }
-  if (wanted.length === 0) throw new RangeError("Invalid --configs: empty list");
+  if (wanted.length === 0) throw new UsageError("Invalid --configs: empty list");
   const settings: ExperimentSettings = {
     config,
-    steps: int("steps", values.steps, 200, 1),
-    seed: int("seed", values.seed, 1, 0),
-    evalWindows: int("eval-windows", values["eval-windows"], 1024, 1),
-    dataShards: int("data-shards", values["data-shards"], 16, 1),
+    steps: intFlag("steps", values.steps) ?? 200,
+    seed: intFlag("seed", values.seed, 0) ?? 1,
+    evalWindows: intFlag("eval-windows", values["eval-windows"]) ?? 1024,
+    dataShards: intFlag("data-shards", values["data-shards"]) ?? 16,
   };
   const configs = all.filter((c) => wanted.includes(c.name));
   for (const c of configs) {
     if (c.kind !== "single" && settings.steps % c.innerSteps !== 0) {
-      throw new RangeError(
+      throw new UsageError(
         `Invalid --steps: ${settings.steps} is not a multiple of --inner-steps ${c.innerSteps}`,
       );
     }
     if (c.kind === "run" && (c.innerReset || c.innerSchedule === "round")) {
-      throw new RangeError(
+      throw new UsageError(
         "Invalid --configs: diloco-run is the embedded run, which keeps AdamW state and one cosine over the run; drop --inner-reset/--inner-schedule or diloco-run",
       );
     }
@@ -206,17 +187,7 @@ export async function runExperiment(
 }
 
 async function main(argv: string[]): Promise<number> {
-  let args: ExperimentArgs;
-  try {
-    args = parseExperimentArgs(argv);
-  } catch (err) {
-    console.error(`${err instanceof Error ? err.message : err}\n\n${HELP}`);
-    return 2;
-  }
-  if (args.help) {
-    console.log(HELP);
-    return 0;
-  }
+  const args = parseExperimentArgs(argv);
   const results: ExperimentResult[] = [];
   await runExperiment(args, (line) => {
     if (args.json) console.log(JSON.stringify(line));
@@ -234,5 +205,5 @@ async function main(argv: string[]): Promise<number> {
 }
 
 if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
+  await runCommand(EXPERIMENT_COMMAND, Deno.args, () => main(Deno.args));
 }

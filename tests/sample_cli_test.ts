@@ -96,7 +96,7 @@ Deno.test("sample: a seed fixes the text, another seed changes it; plain mode st
   match(plain.stderr, /^sample: 12 bytes in .* s \(.* bytes\/s\)/);
 });
 
-Deno.test("sample: bad flags end with one line and exit 2; a missing checkpoint names its error", async () => {
+Deno.test("sample: bad flags end with one line and exit 2; a missing checkpoint names its error type", async () => {
   const cases: [string[], RegExp, number][] = [
     [[], /^sample: Missing --checkpoint FILE/, 2],
     [["--checkpoint", "x", "--temperature=-1"], /^sample: Invalid --temperature: "-1"/, 2],
@@ -112,11 +112,12 @@ Deno.test("sample: bad flags end with one line and exit 2; a missing checkpoint 
     [["--checkpoint", "x", "--seed", "1.5"], /^sample: Invalid --seed: "1.5"/, 2],
     [["--checkpoint", "x", "--prompt", ""], /^sample: Invalid --prompt: empty/, 2],
     [["--checkpoint", "x", "--nope"], /^sample: Unknown option '--nope'/, 2],
-    // Like deno task eval: an unreadable checkpoint is the file's fault, named by its error type.
+    // Like deno task eval: an unreadable checkpoint is the input's fault (exit 2), named by its
+    // error type.
     [
       ["--checkpoint", `${dir}/none.safetensors`],
       /^sample: SafetensorsError: Cannot read checkpoint: .*none\.safetensors does not exist$/,
-      1,
+      2,
     ],
   ];
   for (const [args, re, code] of cases) {

@@ -1,0 +1,41 @@
+/**
+ * The training engine, apart from everything else (it imports only itself):
+ * GPT-2 style byte-level models whose forward and backward passes and AdamW
+ * updates run as WGSL kernels on WebGPU.
+ *
+ * - {@linkcode acquireGpu}: a WebGPU device, with errors that say what to install.
+ * - {@linkcode getConfig}, {@linkcode resolveShape}: named model configs and
+ *   any shape derived from them, checked.
+ * - {@linkcode createModel}: a model on the device with `step`, `evaluate`,
+ *   `getParams` / `setParams`; {@linkcode pipelinedSteps} keeps steps in flight.
+ * - {@linkcode loadCorpus}, {@linkcode batchSampler}: the training text and
+ *   seeded, resumable batches from it.
+ * - {@linkcode evaluate}: the mean next-byte cross-entropy of a model on bytes.
+ *
+ * @example Train the tiny model a few steps on the bundled corpus and evaluate it
+ * ```ts
+ * import { acquireGpu, batchSampler, createModel, evaluate, getConfig, loadCorpus } from "./mod.ts";
+ * import assert from "node:assert/strict";
+ * const config = getConfig("tiny").model;
+ * const corpus = await loadCorpus();
+ * const gpu = await acquireGpu();
+ * const model = await createModel(gpu, config, { seed: 1, batch: 4 });
+ * const sampler = batchSampler(corpus.train, { batch: 4, blockSize: config.blockSize, seed: 1 });
+ * for (let i = 0; i < 3; i++) {
+ *   const { inputs, targets } = sampler.next();
+ *   await model.step(inputs, targets, { lr: 3e-3 });
+ * }
+ * const { loss } = await evaluate(model, corpus.val, { maxWindows: 8 });
+ * assert.ok(loss < Math.log(256) + 0.5, `loss ${loss}`);
+ * model.dispose();
+ * gpu.destroy();
+ * ```
+ *
+ * @module
+ */
+export * from "./device.ts";
+export * from "./config.ts";
+export * from "./shape.ts";
+export * from "./model.ts";
+export * from "./data.ts";
+export * from "./evaluate.ts";
