@@ -16,7 +16,7 @@
  *
  * @module
  */
-import type { Behavior } from "./runtime/behavior.ts";
+import { type Behavior, describeReason, isAbnormal } from "./runtime/behavior.ts";
 import { ActorSystem } from "./runtime/system.ts";
 import { Supervisor, type SupervisorEvent } from "./runtime/supervisor.ts";
 import { trackerBehavior } from "./tracker.ts";
@@ -393,7 +393,16 @@ export async function startRunHost(
     ],
     onEvent,
   });
-  await system.spawn(root, { name: "run", shutdownMs: Infinity });
+  const rootRef = await system.spawn(root, { name: "run", shutdownMs: Infinity });
+  // Past its restart intensity the root gives up and the run is over: say so to whoever
+  // awaits the run's end, instead of leaving it waiting for rounds that will never close.
+  system.watch(rootRef, ({ reason }) => {
+    if (isAbnormal(reason)) {
+      monitor.fail(
+        new Error(`Run stopped: its supervision tree failed (${describeReason(reason)})`),
+      );
+    }
+  });
   if (resume) {
     monitor.event({
       event: "resumed",

@@ -106,6 +106,7 @@ export class RunMonitor {
   readonly evicted: Record<string, number> = {};
   #listeners = new Set<(e: RunEvent) => void>();
   #done = Promise.withResolvers<void>();
+  #finished = false;
   #roundWaiters: { round: number; resolve(): void }[] = [];
 
   constructor(
@@ -113,11 +114,26 @@ export class RunMonitor {
     emit: (e: RunEvent) => void,
   ) {
     this.#settings = settings;
+    // A run nobody awaits (a host that only serves) must not turn its failure into an
+    // unhandled rejection; those who await `done` still see it.
+    this.#done.promise.catch(() => {});
     this.#emit = (e) => {
       emit(e);
       for (const listen of this.#listeners) listen(e);
     };
     this.#nextRound = settings.startRound ?? 0;
+  }
+
+  /**
+   * Ends the run with `err` before its last round: {@linkcode done} rejects
+   * with it (its supervision tree gave up). Nothing happens after the last
+   * round closed.
+   */
+  fail(err: Error): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    this.log(err.message, "warn");
+    this.#done.reject(err);
   }
 
   /** Calls `listen` with every later event of the run (the dashboard); returns the unsubscribe. */
@@ -159,7 +175,10 @@ export class RunMonitor {
     return (performance.now() - this.#start) / 1000;
   }
 
-  /** Resolves when the last round (of a bounded run) was emitted. */
+  /**
+   * Resolves when the last round (of a bounded run) was emitted; rejects when
+   * the run stopped before it ({@linkcode fail}).
+   */
   get done(): Promise<void> {
     return this.#done.promise;
   }
@@ -320,6 +339,7 @@ export class RunMonitor {
       for (const w of this.#roundWaiters.filter((w) => w.round < this.#nextRound)) w.resolve();
       this.#roundWaiters = this.#roundWaiters.filter((w) => w.round >= this.#nextRound);
       if (this.#settings.rounds > 0 && this.#nextRound >= this.#settings.rounds) {
+        this.#finished = true;
         this.#done.resolve();
       }
     }

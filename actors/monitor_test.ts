@@ -1,4 +1,4 @@
-import { deepEqual } from "@std/assert";
+import { deepEqual, rejects } from "@std/assert";
 import { RunMonitor } from "./monitor.ts";
 import type { ReportCursor, TrainerReportMsg } from "./run_protocol.ts";
 
@@ -47,4 +47,16 @@ Deno.test("a resumed run's saved cursors that no trainer reads on from go into e
   // Once a trainer reads the saved shard on, its own cursor is the only one.
   monitor.report(report("host/run/trainers/2", 7, cursor(1, 12)));
   deepEqual(monitor.cursorsAt(8), { "host/run/trainers/2": cursor(1, 12) });
+});
+
+Deno.test("a run that fails before its last round rejects done; after it, failing is a no-op", async () => {
+  const logs: string[] = [];
+  const failed = new RunMonitor({ params: 1, innerSteps: 2, rounds: 3 }, (e) => {
+    if (e.event === "log") logs.push(e.message);
+  });
+  failed.fail(new Error("Run stopped: boom"));
+  await rejects(failed.done, /Run stopped: boom/);
+  deepEqual(logs, ["Run stopped: boom"]);
+  // A monitor whose failure nobody awaits raises no unhandled rejection (the test would fail).
+  new RunMonitor({ params: 1, innerSteps: 2, rounds: 3 }, () => {}).fail(new Error("unheard"));
 });
