@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { serveDashboard, type ServedDashboard } from "./dashboard/serve.ts";
 import type { TrainerFault } from "./trainer_faults.ts";
 import { type HostOptions, type RunHost, startRunHost } from "./host.ts";
 import { finalCommit, type RunSummary, summarize } from "./run_summary.ts";
@@ -28,6 +29,11 @@ export interface EmbeddedOptions extends Omit<HostOptions, "localTrainers"> {
   evalWindows?: number;
   /** Give up after this long, ms (default: no limit). */
   timeoutMs?: number;
+  /**
+   * Serve the dashboard, `/status`, `/events` and `/metrics` at
+   * "ADDR:PORT" while the run lasts (default: none; port 0 takes a free one).
+   */
+  dashboard?: string;
 }
 
 function targetPath(host: RunHost, target: string): string {
@@ -73,7 +79,12 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
   const host = await startRunHost({ ...options, localTrainers: options.trainers });
   const { monitor } = host;
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let dashboard: ServedDashboard | undefined;
   try {
+    if (options.dashboard !== undefined) {
+      dashboard = await serveDashboard(host, options.dashboard, { evalEvery: 1 });
+      monitor.log(`dashboard on ${dashboard.url}`);
+    }
     for (const f of options.faults ?? []) {
       monitor.roundEmitted(f.afterRound).then(() => {
         const path = targetPath(host, f.target);
@@ -107,6 +118,7 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
     return summary;
   } finally {
     clearTimeout(timer);
+    await dashboard?.close();
     await host.shutdown();
   }
 }

@@ -70,7 +70,14 @@ export const NODE_COMMAND = {
 
 With no flags, hosts a whole run in this process and exits with a summary.`,
   flags: {
-    host: { value: "ADDR:PORT", help: "host a run that other nodes join (serves GET /status)" },
+    host: {
+      value: "ADDR:PORT",
+      help: "host a run that other nodes join (serves the dashboard, /status and /metrics)",
+    },
+    dashboard: {
+      value: "ADDR:PORT",
+      help: "the embedded run: serve the dashboard, /status and /metrics at http://ADDR:PORT/",
+    },
     join: { value: "URL", help: "join a run (ws://ADDR:PORT) as a trainer" },
     secret: { value: "S", help: "the run's shared secret (required with --host and --join)" },
     role: {
@@ -147,9 +154,16 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
   },
 } as const satisfies Command;
 
+/** "ADDR:PORT" with a port in 0-65535. */
+function validHostPort(v: string): boolean {
+  return /^[^:]+:\d+$/.test(v) && Number(/\d+$/.exec(v)) < 65536;
+}
+
 /** Parsed command line. */
 export interface NodeArgs extends RunSettings {
   host?: string;
+  /** Where the embedded run serves its dashboard ("ADDR:PORT"). */
+  dashboard?: string;
   join?: string;
   secret?: string;
   role: "trainer" | "aggregator" | "keeper";
@@ -213,10 +227,18 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
   if ((values.host || values.join) && !values.secret) {
     throw new UsageError(`Invalid flags: --${values.host ? "host" : "join"} needs --secret`);
   }
-  if (
-    values.host && !(/^[^:]+:\d+$/.test(values.host) && Number(/\d+$/.exec(values.host)) < 65536)
-  ) {
+  if (values.host && !validHostPort(values.host)) {
     throw new UsageError(`Invalid --host: expected ADDR:PORT (port 0-65535), got "${values.host}"`);
+  }
+  if (values.dashboard !== undefined && (values.host || values.join)) {
+    throw new UsageError(
+      "Invalid flags: --dashboard is for the embedded run; a host serves its dashboard on --host",
+    );
+  }
+  if (values.dashboard !== undefined && !validHostPort(values.dashboard)) {
+    throw new UsageError(
+      `Invalid --dashboard: expected ADDR:PORT (port 0-65535), got "${values.dashboard}"`,
+    );
   }
   if (values.join && !/^wss?:\/\//.test(values.join)) {
     throw new UsageError(`Invalid --join: expected ws://ADDR:PORT, got "${values.join}"`);
@@ -262,6 +284,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
     ...(values.data ? { dataPath: values.data } : {}),
     seed: intFlag("seed", values.seed, 0) ?? 1,
     host: values.host,
+    ...(values.dashboard !== undefined ? { dashboard: values.dashboard } : {}),
     join: values.join,
     secret: values.secret,
     role,

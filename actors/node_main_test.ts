@@ -139,6 +139,11 @@ Deno.test("node: bad flags, combinations and run directories end with one line a
       [["--host", "a:1", "--join", "ws://a:1", "--secret", "s"], /--host and --join exclude/],
       [["--host", "127.0.0.1:7777"], /^node: Invalid flags: --host needs --secret$/],
       [["--host", "127.0.0.1:99999", "--secret", "s"], /^node: Invalid --host: .*99999/],
+      [["--dashboard", "8080"], /^node: Invalid --dashboard: expected ADDR:PORT/],
+      [
+        ["--host", "127.0.0.1:1", "--secret", "s", "--dashboard", "127.0.0.1:2"],
+        /^node: Invalid flags: --dashboard is for the embedded run/,
+      ],
       [["--join", "ws://a:1", "--secret", "s", "--keepers", "1"], /^node: Invalid --keepers: /],
       [["--join", "ws://a:1", "--secret", "s", "--resume", dir], /^node: Invalid flags: --resume/],
       [["--resume", `${dir}/missing`], /^node: NothingToResumeError: Cannot resume: .*\/missing /],

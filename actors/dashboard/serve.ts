@@ -167,3 +167,48 @@ export function mountDashboard(
     },
   };
 }
+
+/** A dashboard with a server of its own (the embedded run, which has no port otherwise). */
+export interface ServedDashboard {
+  /** The page's address, e.g. `http://127.0.0.1:8080/`. */
+  url: string;
+  /** Ends the open event streams, then the server. */
+  close(): Promise<void>;
+}
+
+/**
+ * Serves the dashboard, `/status`, `/events` and `/metrics` of `host` on
+ * `addr` ("ADDR:PORT", port 0 for any free one) with a server of its own.
+ *
+ * @example
+ * ```ts ignore
+ * const dashboard = await serveDashboard(host, "127.0.0.1:8080", { evalEvery: 1 });
+ * console.log(dashboard.url);
+ * // ... at the end:
+ * await dashboard.close();
+ * ```
+ */
+export async function serveDashboard(
+  host: HistoryHost,
+  addr: string,
+  options: DashboardOptions = {},
+): Promise<ServedDashboard> {
+  const { Hono } = await import("../../transport/_deps.ts");
+  const app = new Hono();
+  const dashboard = mountDashboard(app, host, options);
+  const colon = addr.lastIndexOf(":");
+  const listening = Promise.withResolvers<string>();
+  const http = Deno.serve({
+    hostname: addr.slice(0, colon),
+    port: Number(addr.slice(colon + 1)),
+    onListen: (a) => listening.resolve(`http://${a.hostname}:${a.port}/`),
+  }, app.fetch);
+  const url = await listening.promise;
+  return {
+    url,
+    async close() {
+      await dashboard.close();
+      await http.shutdown();
+    },
+  };
+}
