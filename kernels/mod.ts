@@ -11,6 +11,7 @@
  * - {@linkcode loadCorpus}, {@linkcode batchSampler}: the training text and
  *   seeded, resumable batches from it.
  * - {@linkcode evaluate}: the mean next-byte cross-entropy of a model on bytes.
+ * - {@linkcode generate}: text from a model, byte by byte, seeded.
  *
  * @example Train the tiny model a few steps on the bundled corpus and evaluate it
  * ```ts
@@ -39,3 +40,10 @@ export * from "./shape.ts";
 export * from "./model.ts";
 export * from "./data.ts";
 export * from "./evaluate.ts";
+export { initParams, normalRng } from "./init.ts";
+export type { AttentionKind, ModelOptions } from "./model_options.ts";
+export type { Tokens } from "./tokens.ts";
+export { pipelinedSteps } from "./pipeline.ts";
+export type { StepInput } from "./pipeline.ts";
+export { bytesToText, generate, Sampler } from "./sample.ts";
+export type { GenerateOptions, Generation, SamplerOptions } from "./sample.ts";

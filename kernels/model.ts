@@ -34,13 +34,6 @@ import { buildOptimizer } from "./model_optimizer.ts";
 import { stageTokens, type Tokens } from "./tokens.ts";
 import { type ModelPlan, planModel } from "./limits.ts";
 
-// Names this module exported before the model was split into the modules above: code that
-// imports them from here keeps working.
-export { initParams, normalRng } from "./init.ts";
-export { pipelinedSteps, type StepInput } from "./pipeline.ts";
-export type { AttentionKind, ModelOptions } from "./model_options.ts";
-export type { Tokens } from "./tokens.ts";
-
 /** Options of one training step. */
 export interface StepOptions {
   /** Learning rate of this step. */
