@@ -1,5 +1,6 @@
 import { deepEqual, equal, match, ok, throws } from "@std/assert";
 import { parseNodeArgs, resumedArgs } from "./node_main.ts";
+import { runCli } from "../tests/_cli_run.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { UsageError } from "../kernels/cli.ts";
 import { getConfig } from "../kernels/config.ts";
@@ -103,16 +104,7 @@ Deno.test("a resumed run rebuilds its recorded shape; shape flags that disagree 
 });
 
 /** `deno task node ...args` as a subprocess. */
-async function node(args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("./node_main.ts", import.meta.url).pathname, ...args],
-    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const node = (args: string[]) => runCli("actors/node_main.ts", args);
 
 Deno.test("node: bad flags, combinations and run directories end with one line and exit 2", async () => {
   const dir = await Deno.makeTempDir({ prefix: "node_cli_" });

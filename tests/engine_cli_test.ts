@@ -4,6 +4,7 @@
  * checkpoint whose eval loss is reproducible and agrees with the independent
  * numpy forward pass of tests/gpt2_reference.py.
  */
+import { type CliRun, runCli } from "./_cli_run.ts";
 import { equal, match, ok } from "@std/assert";
 import { assertAgreesWithNumpy } from "./_numpy_gpt2.ts";
 import { getConfig } from "../kernels/config.ts";
@@ -13,29 +14,7 @@ import { loadCorpus } from "../kernels/data.ts";
 import { gpt2Tensors, saveGpt2, toHfConfig } from "../checkpoint/gpt2_safetensors.ts";
 import { writeSafetensors } from "../checkpoint/safetensors.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function deno(
-  script: string,
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", script, ...args],
-    cwd: ROOT,
-    env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const deno = runCli;
 
 const train = (args: string[], env?: Record<string, string>) =>
   deno("kernels/train_main.ts", args, env);
@@ -43,7 +22,7 @@ const evalCli = (args: string[], env?: Record<string, string>) =>
   deno("kernels/eval_main.ts", args, env);
 
 /** Asserts a failed run with a single-line error on stderr matching `re`, and no stack. */
-function assertFails(r: Run, re: RegExp, code?: number): void {
+function assertFails(r: CliRun, re: RegExp, code?: number): void {
   ok(r.code !== 0, `expected failure, got exit 0: ${r.stdout}`);
   if (code !== undefined) equal(r.code, code, r.stderr);
   const lines = r.stderr.trim().split("\n");

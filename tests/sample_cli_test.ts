@@ -6,6 +6,7 @@
  */
 import { deepEqual, equal, match, notEqual, ok } from "@std/assert";
 import { numpyLogits } from "./_numpy_gpt2.ts";
+import { runCli } from "./_cli_run.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { acquireGpu } from "../kernels/device.ts";
 import { initParams } from "../kernels/init.ts";
@@ -13,21 +14,10 @@ import { createModel } from "../kernels/model.ts";
 import { generate } from "../kernels/sample.ts";
 import { loadGpt2, saveGpt2 } from "../checkpoint/gpt2_safetensors.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
 const config: GptConfig = { nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 32, vocabSize: 256 };
 const PROMPT = "The cat";
 
-async function sample(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "kernels/sample_main.ts", ...args],
-    cwd: ROOT,
-    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const sample = (args: string[]) => runCli("kernels/sample_main.ts", args);
 
 let dir = "";
 let ckpt = "";

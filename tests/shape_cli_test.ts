@@ -6,20 +6,9 @@
  * accepts with the same flags and refuses with others, by name.
  */
 import { equal, match, ok } from "@std/assert";
+import { runCli } from "./_cli_run.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
-
-async function deno(script: string, args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", script, ...args],
-    cwd: ROOT,
-    env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const deno = runCli;
 
 function assertUsage(r: { code: number; stderr: string }, re: RegExp): void {
   equal(r.code, 2, r.stderr);
