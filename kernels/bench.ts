@@ -141,8 +141,8 @@ async function* benchF16(gpu: Gpu, minMs: number): AsyncGenerator<BenchRecord> {
   }
   const pairs = gpu.isCpu ? 2 : 3;
   const note = gpu.isCpu
-    ? `CPU emulation (${gpu.adapter.description}): f16 is converted in software and the ` +
-      `CPU's load is shared, so this ratio says nothing of a GPU`
+    ? `CPU emulation (${gpu.adapter.description}): f16 runs on the CPU and the machine is ` +
+      `shared, so this ratio says nothing of a GPU`
     : `same process, best of ${pairs} alternating runs each`;
   for (const p of F16_SHAPES) {
     const variant = gpuDefaultVariant(p);

@@ -1,18 +1,17 @@
 import { deepEqual, equal, throws } from "@std/assert";
-import { randomF32, sameBits } from "./_testing.ts";
-import { acquireGpu, type Gpu, type TensorRef } from "./device.ts";
+import { sameBits } from "./_testing.ts";
+import { type Case, FULL_COMBOS, type Inputs, inputs, PLAIN, run } from "./_matmul_testing.ts";
+import { acquireGpu } from "./device.ts";
 import { cast } from "./cast.ts";
 import {
   f16BitsToF32Bits,
   f32BitsToF16Bits,
-  fromF16Bits,
   halfWords,
   packHalves,
   roundToF16,
   toF16Bits,
-  unpackHalves,
 } from "./half.ts";
-import { defaultVariant, matmul, type MatmulEpilogue, type MatmulStorage } from "./matmul.ts";
+import { defaultVariant, matmul } from "./matmul.ts";
 
 // The f16 matmuls need shader-f16 (Vulkan has it, the GL backend does not); the cast kernel
 // and the refusal run everywhere.
@@ -22,96 +21,6 @@ const ADAPTER = `${probe.adapter.description}, backend ${probe.adapter.backend}`
 probe.destroy();
 if (!HAS_F16) {
   console.log(`Skipping the f16 matmul tests: the device lacks shader-f16 (${ADAPTER})`);
-}
-
-/** One f16 matmul: shape, layout, optional buffers, output storage. */
-interface Case {
-  m: number;
-  n: number;
-  k: number;
-  transA: boolean;
-  transB: boolean;
-  accumulate: boolean;
-  bias: boolean;
-  residual: boolean;
-  colSum: boolean;
-  epilogue: MatmulEpilogue;
-  outputType: MatmulStorage;
-}
-
-/** The inputs of a case; A, B (and C when stored as f16) already rounded to f16. */
-interface Inputs {
-  a: Float32Array;
-  b: Float32Array;
-  c: Float32Array;
-  bias: Float32Array;
-  res: Float32Array;
-  pre: Float32Array;
-  colSum: Float32Array;
-}
-
-function inputs(cs: Case, seed: number): Inputs {
-  const { m, n, k } = cs;
-  const c = randomF32(m * n, seed + 2);
-  return {
-    a: roundToF16(randomF32(m * k, seed)),
-    b: roundToF16(randomF32(k * n, seed + 1)),
-    c: cs.outputType === "f16" ? roundToF16(c) : c,
-    bias: randomF32(n, seed + 3),
-    res: randomF32(m * n, seed + 4),
-    pre: randomF32(m * n, seed + 5, -3, 3),
-    colSum: randomF32(n, seed + 6),
-  };
-}
-
-/** A storage buffer holding `values` as f16 (they must be f16 already to mean the same). */
-function halfStorage(gpu: Gpu, values: Float32Array): GPUBuffer {
-  return gpu.storage(packHalves(toF16Bits(values)));
-}
-
-async function readHalf(gpu: Gpu, buffer: GPUBuffer, n: number): Promise<Float32Array> {
-  const bytes = await gpu.readBytes(buffer, halfWords(n) * 4);
-  return fromF16Bits(unpackHalves(new Uint32Array(bytes.buffer, bytes.byteOffset), n));
-}
-
-/** Runs a case: A and B stored as f16 (or, with `f32Inputs`, as f32 holding the same values). */
-async function run(
-  gpu: Gpu,
-  variant: string,
-  cs: Case,
-  x: Inputs,
-  f32Inputs = false,
-): Promise<{ c: Float32Array; pre: Float32Array; colSum: Float32Array }> {
-  const { m, n, k } = cs;
-  const half = (v: Float32Array) => (f32Inputs ? gpu.storage(v) : halfStorage(gpu, v));
-  const outHalf = cs.outputType === "f16";
-  const bufs = [
-    half(x.a),
-    half(x.b),
-    outHalf ? halfStorage(gpu, x.c) : gpu.storage(x.c),
-    ...[x.bias, x.res, x.pre, x.colSum].map((d) => gpu.storage(d)),
-  ];
-  try {
-    const ref = (i: number, length: number): TensorRef => ({ buffer: bufs[i], length });
-    const words = (count: number, f16: boolean) => (f16 ? halfWords(count) : count);
-    gpu.run([matmul(gpu, {
-      a: ref(0, words(m * k, !f32Inputs)),
-      b: ref(1, words(k * n, !f32Inputs)),
-      c: ref(2, words(m * n, outHalf)),
-      bias: cs.bias ? ref(3, n) : undefined,
-      residual: cs.residual ? ref(4, m * n) : undefined,
-      pre: cs.epilogue === "none" ? undefined : ref(5, m * n),
-      colSum: cs.colSum ? ref(6, n) : undefined,
-    }, { ...cs, variant, inputType: f32Inputs ? "f32" : "f16" })]);
-    const [c, pre, colSum] = await Promise.all([
-      outHalf ? readHalf(gpu, bufs[2], m * n) : gpu.read(bufs[2], m * n),
-      gpu.read(bufs[5], m * n),
-      gpu.read(bufs[6], n),
-    ]);
-    return { c, pre, colSum };
-  } finally {
-    for (const b of bufs) b.destroy();
-  }
 }
 
 const U32 = 2 ** -24; // f32's unit roundoff
@@ -159,17 +68,6 @@ function mismatch(got: Float32Array, x: Inputs, cs: Case, splits: number): strin
   return null;
 }
 
-const PLAIN: Omit<Case, "m" | "n" | "k"> = {
-  transA: false,
-  transB: false,
-  accumulate: false,
-  bias: false,
-  residual: false,
-  colSum: false,
-  epilogue: "none",
-  outputType: "f32",
-};
-
 // Odd sizes (scalar loads and stores, partial tiles), one row, k = 1, and multiples of 4
 // (vec4<f16> loads, vec4 stores along every operand's contiguous dimension).
 const SHAPES = [
@@ -210,6 +108,7 @@ Deno.test({
               transB,
               accumulate: transA,
               bias: seed % 2 === 0,
+              inputType: "f16",
               outputType: seed % 3 === 0 ? "f32" : "f16",
             };
             const x = inputs(cs, seed++);
@@ -226,20 +125,6 @@ Deno.test({
   },
 });
 
-// Every layout with every optional buffer and each epilogue, as in matmul_gpu_test.ts.
-const FULL: Omit<Case, "m" | "n" | "k">[] = LAYOUTS.flatMap(([transA, transB]) =>
-  (["gelu", "geluBackward"] as const).map((epilogue) => ({
-    ...PLAIN,
-    transA,
-    transB,
-    accumulate: true,
-    bias: true,
-    residual: true,
-    colSum: true,
-    epilogue,
-  }))
-);
-
 Deno.test({
   name: "f16 inputs give the f32 kernel's bits on the same values, fused epilogues included",
   ignore: !HAS_F16,
@@ -251,12 +136,12 @@ Deno.test({
       const failures: string[] = [];
       let seed = 4000;
       for (const variant of ["tile128", "tile128x64", "tile64"]) {
-        for (const combo of FULL) {
+        for (const combo of FULL_COMBOS) {
           // Odd sizes and multiples of 4 in turn: scalar and vec4 loads and stores.
-          const cs = { ...(seed % 2 ? SHAPES[0] : SHAPES[3]), ...combo };
+          const cs: Case = { ...(seed % 2 ? SHAPES[0] : SHAPES[3]), ...combo, inputType: "f16" };
           const x = inputs(cs, seed++);
           const half = await run(gpu, variant, cs, x);
-          const full = await run(gpu, variant, cs, x, true);
+          const full = await run(gpu, variant, { ...cs, inputType: "f32" }, x);
           for (const key of ["c", "pre", "colSum"] as const) {
             if (!sameBits(half[key], full[key])) {
               failures.push(`${variant} ${JSON.stringify(cs)} ${key}`);
@@ -278,7 +163,7 @@ Deno.test({
     const gpu = await acquireGpu();
     try {
       for (const variant of ["tile64", "tile64s4"]) {
-        const cs: Case = { ...FULL[0], m: 37, n: 44, k: 300 };
+        const cs: Case = { ...FULL_COMBOS[0], m: 37, n: 44, k: 300, inputType: "f16" };
         const x = inputs({ ...cs, outputType: "f16" }, 5000);
         const f32 = await run(gpu, variant, cs, x);
         const f16 = await run(gpu, variant, { ...cs, outputType: "f16" }, x);
@@ -295,21 +180,17 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "f16 matmul default picks tile variants on every adapter class",
-  ignore: !HAS_F16,
-  fn: () => {
-    // llvmpipe: the CPU-shaped defaults have no f16 form.
-    equal(
-      defaultVariant({ isCpu: true }, { m: 4096, n: 768, k: 768, inputType: "f16" }),
-      "tile128x64",
-    );
-    equal(
-      defaultVariant({ isCpu: true }, { m: 256, n: 1024, k: 4096, outputType: "f16" }),
-      "tile64s9",
-    );
-    equal(defaultVariant({ isCpu: true }, { m: 4096, n: 768, k: 768 }), "reg32x16v");
-  },
+Deno.test("f16 matmul default picks tile variants on every adapter class", () => {
+  // llvmpipe: the CPU-shaped defaults have no f16 form.
+  equal(
+    defaultVariant({ isCpu: true }, { m: 4096, n: 768, k: 768, inputType: "f16" }),
+    "tile128x64",
+  );
+  equal(
+    defaultVariant({ isCpu: true }, { m: 256, n: 1024, k: 4096, outputType: "f16" }),
+    "tile64s9",
+  );
+  equal(defaultVariant({ isCpu: true }, { m: 4096, n: 768, k: 768 }), "reg32x16v");
 });
 
 Deno.test("f16 matmul is refused with the missing feature named, and on variants without an f16 form", async () => {
