@@ -22,10 +22,12 @@ export interface Case {
   residual: boolean;
   colSum: boolean;
   epilogue: MatmulEpilogue;
-  /** How A and B are stored (default f32). */
-  inputType?: MatmulStorage;
+  /** How A is stored (default f32). */
+  aType?: MatmulStorage;
+  /** How B is stored (default f32). */
+  bType?: MatmulStorage;
   /** How C is stored (default f32). */
-  outputType?: MatmulStorage;
+  cType?: MatmulStorage;
 }
 
 /** The inputs of a case; those stored as f16 already hold f16 values. */
@@ -49,12 +51,12 @@ export interface Outputs {
 /** Seeded inputs of `cs`, A and B (and C) rounded to f16 where the case stores them so. */
 export function inputs(cs: Case, seed: number): Inputs {
   const { m, n, k } = cs;
-  const inF16 = (v: Float32Array) => (cs.inputType === "f16" ? roundToF16(v) : v);
-  const c = randomF32(m * n, seed + 2);
+  const as = (type: MatmulStorage | undefined, v: Float32Array) =>
+    type === "f16" ? roundToF16(v) : v;
   return {
-    a: inF16(randomF32(m * k, seed)),
-    b: inF16(randomF32(k * n, seed + 1)),
-    c: cs.outputType === "f16" ? roundToF16(c) : c,
+    a: as(cs.aType, randomF32(m * k, seed)),
+    b: as(cs.bType, randomF32(k * n, seed + 1)),
+    c: as(cs.cType, randomF32(m * n, seed + 2)),
     bias: randomF32(n, seed + 3),
     res: randomF32(m * n, seed + 4),
     pre: randomF32(m * n, seed + 5, -3, 3),
@@ -101,12 +103,12 @@ export async function run(
   x: Inputs,
 ): Promise<Outputs & { label: string }> {
   const { m, n, k } = cs;
-  const inHalf = cs.inputType === "f16", outHalf = cs.outputType === "f16";
+  const aHalf = cs.aType === "f16", bHalf = cs.bType === "f16", outHalf = cs.cType === "f16";
   const store = (v: Float32Array, half: boolean) =>
     half ? gpu.storage(packHalves(toF16Bits(v))) : gpu.storage(v);
   const bufs = [
-    store(x.a, inHalf),
-    store(x.b, inHalf),
+    store(x.a, aHalf),
+    store(x.b, bHalf),
     store(x.c, outHalf),
     ...[x.bias, x.res, x.pre, x.colSum].map((d) => gpu.storage(d)),
   ];
@@ -114,8 +116,8 @@ export async function run(
     const ref = (i: number, length: number): TensorRef => ({ buffer: bufs[i], length });
     const words = (count: number, half: boolean) => (half ? halfWords(count) : count);
     const d = matmul(gpu, {
-      a: ref(0, words(m * k, inHalf)),
-      b: ref(1, words(k * n, inHalf)),
+      a: ref(0, words(m * k, aHalf)),
+      b: ref(1, words(k * n, bHalf)),
       c: ref(2, words(m * n, outHalf)),
       bias: cs.bias ? ref(3, n) : undefined,
       residual: cs.residual ? ref(4, m * n) : undefined,

@@ -33,10 +33,12 @@ export interface Layout {
   epilogue: MatmulEpilogue;
   /** A column-sum output [n] is bound. */
   colSum: boolean;
-  /** A and B are stored as f16 (the products are summed in f32). */
-  f16Inputs: boolean;
+  /** A is stored as f16 (the products are summed in f32). */
+  f16A: boolean;
+  /** B is stored as f16. */
+  f16B: boolean;
   /** C is stored as f16 (bias, residual, pre and colSum stay f32). */
-  f16Output: boolean;
+  f16C: boolean;
 }
 
 /** One compute pass of a matmul: its WGSL and workgroup counts. */
@@ -70,7 +72,7 @@ export function t(vec: boolean, half = false): string {
 
 /** The directive a module that stores or computes f16 must start with (else nothing). */
 export function enableF16(l: Layout): string {
-  return l.f16Inputs || l.f16Output ? "enable f16;\n" : "";
+  return l.f16A || l.f16B || l.f16C ? "enable f16;\n" : "";
 }
 
 /** The sizes uniform: its struct and its binding at `binding`. */
@@ -104,9 +106,9 @@ export function extraBindings(l: Layout, vecC: boolean, first: number): string[]
  */
 export function header(l: Layout, vecA = false, vecB = false, vecC = false): string {
   return enableF16(l) + [
-    `@group(0) @binding(0) var<storage, read> A: array<${t(vecA, l.f16Inputs)}>;`,
-    `@group(0) @binding(1) var<storage, read> B: array<${t(vecB, l.f16Inputs)}>;`,
-    `@group(0) @binding(2) var<storage, read_write> Cm: array<${t(vecC, l.f16Output)}>;`,
+    `@group(0) @binding(0) var<storage, read> A: array<${t(vecA, l.f16A)}>;`,
+    `@group(0) @binding(1) var<storage, read> B: array<${t(vecB, l.f16B)}>;`,
+    `@group(0) @binding(2) var<storage, read_write> Cm: array<${t(vecC, l.f16C)}>;`,
     // Sizes live in a uniform so one compiled pipeline serves every shape: llvmpipe takes
     // seconds to compile the large register-blocked kernels.
     ...dimsBinding(3),
@@ -121,7 +123,7 @@ export const DIMS = "let M = dims.m;\n  let N = dims.n;\n  let K = dims.k;";
  * The WGSL statement that finishes one output: bias, residual, epilogue,
  * accumulate, store. With `vec`, four: `acc` is a vec4 of the outputs at
  * columns col..col+3 (col a multiple of 4, n too) and C and the extras are
- * bound as vec4s, so each load or store moves four. With `f16Output`, C is
+ * bound as vec4s, so each load or store moves four. With `f16C`, C is
  * read and written through conversions; the sums stay f32 until the store.
  */
 export function store(l: Layout, row: string, col: string, acc: string, vec = false): string {
@@ -136,8 +138,8 @@ export function store(l: Layout, row: string, col: string, acc: string, vec = fa
   } else if (l.epilogue === "geluBackward") {
     v = `(${v}) * ${vec ? "gelu_grad4" : "gelu_grad"}(pre[${idx}])`;
   }
-  const old = l.f16Output ? `${t(vec)}(Cm[${idx}])` : `Cm[${idx}]`;
+  const old = l.f16C ? `${t(vec)}(Cm[${idx}])` : `Cm[${idx}]`;
   if (l.accumulate) v = `${old} + (${v})`;
-  if (l.f16Output) v = `${t(vec, true)}(${v})`;
+  if (l.f16C) v = `${t(vec, true)}(${v})`;
   return pre ? `{ ${pre}Cm[${idx}] = ${v}; }` : `Cm[${idx}] = ${v};`;
 }

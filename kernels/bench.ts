@@ -99,7 +99,8 @@ export async function timeMatmul(
       transA: p.layout === "TN",
       transB: p.layout === "NT",
       variant,
-      inputType: p.inputType,
+      aType: p.inputType,
+      bType: p.inputType,
     });
     // The first run compiles the pipeline and touches the buffers.
     await runBatch(gpu, d, 1, c);

@@ -18,8 +18,8 @@
  *   elements of B.
  * - `tiled`, `tile128`, `tile128x64`, `tile64`, and split-K `tile64s{S}`:
  *   workgroup-tiled kernels for real GPUs, in `matmul_gpu.ts`. The `tile`
- *   variants also take A and B, or C, stored as f16 (`inputType`,
- *   `outputType`), on devices with the `shader-f16` feature; the sums are f32.
+ *   variants also take A, B or C stored as f16 (`aType`, `bType`, `cType`),
+ *   on devices with the `shader-f16` feature; the sums are f32.
  *
  * Suffixes on `reg`/`lane`, in this order: `w{W}` sets the workgroup width
  * (default 8, llvmpipe's SIMD width); `k{U}` unrolls the k loop U times; `v`
@@ -57,11 +57,11 @@ export { biasBackwardReference, matmulReference } from "./matmul_reference.ts";
  * per-element overhead, a whole dispatch's time).
  */
 export interface MatmulBuffers {
-  /** A stored [m,k], or [k,m] with `transA` (f16 with `inputType: "f16"`: see `halfWords`). */
+  /** A stored [m,k], or [k,m] with `transA` (f16 with `aType: "f16"`: see `halfWords`). */
   a: TensorRef;
-  /** B stored [k,n], or [n,k] with `transB` (f16 like A). */
+  /** B stored [k,n], or [n,k] with `transB` (f16 with `bType: "f16"`). */
   b: TensorRef;
-  /** C [m,n], written (or accumulated into); f16 with `outputType: "f16"`. */
+  /** C [m,n], written (or accumulated into); f16 with `cType: "f16"`. */
   c: TensorRef;
   /** Optional bias [n] added to every row of C. */
   bias?: TensorRef;
@@ -110,12 +110,14 @@ export interface MatmulShape {
   /** Applied to each output after bias and residual; needs `pre` (default "none"). */
   epilogue?: MatmulEpilogue;
   /**
-   * How A and B are stored (default "f32"). "f16" needs a device with
-   * `shader-f16` and a `tile` variant; the products are summed in f32.
+   * How A is stored (default "f32"). "f16" needs a device with `shader-f16`
+   * and a `tile` variant; the products are summed in f32.
    */
-  inputType?: MatmulStorage;
-  /** How C is stored (default "f32"); "f16" as `inputType`. Bias, residual, pre, colSum stay f32. */
-  outputType?: MatmulStorage;
+  aType?: MatmulStorage;
+  /** How B is stored (default "f32"); "f16" as `aType`. */
+  bType?: MatmulStorage;
+  /** How C is stored (default "f32"); "f16" as `aType`. Bias, residual, pre, colSum stay f32. */
+  cType?: MatmulStorage;
 }
 
 /** The default variant for CPU adapters (llvmpipe, lavapipe), chosen by measurement. */
@@ -144,10 +146,10 @@ export const CPU_NARROW_VARIANT = "reg32x8v";
  */
 export function defaultVariant(
   gpu: { isCpu: boolean; device?: { limits: { maxComputeWorkgroupStorageSize: number } } },
-  shape: Pick<MatmulShape, "m" | "n" | "k" | "inputType" | "outputType">,
+  shape: Pick<MatmulShape, "m" | "n" | "k" | "aType" | "bType" | "cType">,
 ): string {
   const l = layoutOf(shape, {});
-  const f16 = l.f16Inputs || l.f16Output;
+  const f16 = l.f16A || l.f16B || l.f16C;
   // Only the tile variants have an f16 form, so f16 takes them on CPU adapters too.
   if (gpu.isCpu && !f16) return shape.n <= 64 ? CPU_NARROW_VARIANT : CPU_DEFAULT_VARIANT;
   const choice = gpuDefaultVariant(shape);
@@ -212,7 +214,7 @@ function checkRef(name: string, ref: TensorRef, need: number): void {
 
 /** The passes of `variant` at shape `l`. */
 function plan(variant: string, l: Layout): MatmulPlan {
-  if ((l.f16Inputs || l.f16Output) && !hasF16Form(variant)) {
+  if ((l.f16A || l.f16B || l.f16C) && !hasF16Form(variant)) {
     throw new TypeError(
       `Invalid matmul variant: ${variant} has no f16 form (f16 storage needs ` +
         `tile{64|128}[x{64|128}][s{S}])`,
@@ -270,7 +272,7 @@ function layoutOf(shape: MatmulShape, has: Extras): Layout {
   if (!["none", "gelu", "geluBackward"].includes(epilogue)) {
     throw new TypeError(`Invalid matmul epilogue: ${epilogue} (known: none, gelu, geluBackward)`);
   }
-  for (const key of ["inputType", "outputType"] as const) {
+  for (const key of ["aType", "bType", "cType"] as const) {
     const v = shape[key] ?? "f32";
     if (v !== "f32" && v !== "f16") {
       throw new TypeError(`Invalid matmul ${key}: ${v} (known: f32, f16)`);
@@ -287,8 +289,9 @@ function layoutOf(shape: MatmulShape, has: Extras): Layout {
     residual: Boolean(has.residual),
     epilogue,
     colSum: Boolean(has.colSum),
-    f16Inputs: shape.inputType === "f16",
-    f16Output: shape.outputType === "f16",
+    f16A: shape.aType === "f16",
+    f16B: shape.bType === "f16",
+    f16C: shape.cType === "f16",
   };
 }
 
@@ -325,14 +328,14 @@ function words(count: number, half: boolean): number {
  */
 export function matmul(gpu: Gpu, bufs: MatmulBuffers, shape: MatmulShape): Dispatch {
   const l = layoutOf(shape, bufs);
-  if ((l.f16Inputs || l.f16Output) && !gpu.hasF16) {
+  if ((l.f16A || l.f16B || l.f16C) && !gpu.hasF16) {
     throw new TypeError(
       `Cannot build f16 matmul: the device lacks the shader-f16 feature (adapter ` +
         `${gpu.adapter.description}, backend ${gpu.adapter.backend}); use f32 storage`,
     );
   }
-  const aWords = words(l.m * l.k, l.f16Inputs), bWords = words(l.k * l.n, l.f16Inputs);
-  const cWords = words(l.m * l.n, l.f16Output);
+  const aWords = words(l.m * l.k, l.f16A), bWords = words(l.k * l.n, l.f16B);
+  const cWords = words(l.m * l.n, l.f16C);
   checkRef("a", bufs.a, aWords);
   checkRef("b", bufs.b, bWords);
   checkRef("c", bufs.c, cWords);
@@ -371,8 +374,9 @@ export function matmul(gpu: Gpu, bufs: MatmulBuffers, shape: MatmulShape): Dispa
   const fused = [
     ...extras(l).filter((x) => x !== "bias" && x !== "pre"),
     l.epilogue,
-    l.f16Inputs ? "f16in" : "none",
-    l.f16Output ? "f16out" : "none",
+    l.f16A ? "f16a" : "none",
+    l.f16B ? "f16b" : "none",
+    l.f16C ? "f16c" : "none",
   ].filter((x) => x !== "none");
   const label = `matmul_${variant}_${tag}_${l.m}x${l.n}x${l.k}${
     fused.map((x) => `+${x}`).join("")

@@ -26,17 +26,18 @@ if (!HAS_F16) {
 const U32 = 2 ** -24; // f32's unit roundoff
 
 /**
- * The error bound of one output. Each product of two f16 values is exact in f32 (11 + 11
+ * The error bound of one output. A product of two f16 values is exact in f32 (11 + 11
  * significand bits <= 24; exponents from 2^-48 to 2^32, inside f32's normal range), and
  * WGSL's f32 addition rounds correctly; whether the kernel's fma fuses or not, each step
- * rounds once. So an output is an f32 sum of t exact terms (k products, then per split-K
+ * rounds once. So an output is an f32 sum of exact terms (k products, then per split-K
  * partial sum, bias and the accumulated C), by a summation tree of depth at most
  * k + splits + 2, and Higham's bound for recursive summation gives
- *   |computed - exact| <= gamma(k + splits + 2) * sum |terms|,  gamma(d) = d·u / (1 - d·u),
- * with u = 2^-24. An f16 output then rounds once more; WGSL lets that conversion take either
- * neighbour, so it adds up to one f16 ulp: 2^-10 of the value, or 2^-24 below 2^-14.
- * With k = 257 the bound is about 1.5e-5 of the magnitude, so a product dropped or counted
- * twice (of the order of the magnitude / k) shows.
+ *   |computed - exact| <= gamma(d) * sum |terms|,  gamma(d) = d·u / (1 - d·u),  u = 2^-24,
+ * with d = k + splits + 2. With one operand f32 a product may round once too (unless fused):
+ * one more level, d = k + splits + 3. An f16 output then rounds once more; WGSL lets that
+ * conversion take either neighbour, so it adds up to one f16 ulp: 2^-10 of the value, or
+ * 2^-24 below 2^-14. With k = 257 the bound is about 1.6e-5 of the magnitude, so a product
+ * dropped or counted twice (of the order of the magnitude / k) shows.
  */
 function bound(magnitude: number, exact: number, depth: number, f16Out: boolean): number {
   const f32 = ((depth * U32) / (1 - depth * U32)) * magnitude;
@@ -59,7 +60,8 @@ function mismatch(got: Float32Array, x: Inputs, cs: Case, splits: number): strin
       exact += extra;
       mag += Math.abs(cs.bias ? x.bias[j] : 0) + Math.abs(cs.accumulate ? x.c[i * n + j] : 0);
       const err = Math.abs(got[i * n + j] - exact);
-      const tol = bound(mag, exact, k + splits + 2, cs.outputType === "f16");
+      const depth = k + splits + (cs.aType === cs.bType ? 2 : 3);
+      const tol = bound(mag, exact, depth, cs.cType === "f16");
       if (!(err <= tol)) {
         return `c[${i},${j}]: got ${got[i * n + j]}, want ${exact} (error ${err} > bound ${tol})`;
       }
@@ -78,6 +80,13 @@ const SHAPES = [
 ];
 
 const LAYOUTS = [[false, false], [true, false], [false, true]] as const;
+
+/** Both inputs in f16 (the forward pass), and one of them (a gradient's f32 operand). */
+const STORAGES: Pick<Case, "aType" | "bType">[] = [
+  { aType: "f16", bType: "f16" },
+  { aType: "f16", bType: "f32" },
+  { aType: "f32", bType: "f16" },
+];
 
 const VARIANTS: [string, number][] = [
   ["tile128", 1],
@@ -107,9 +116,9 @@ Deno.test({
               transA,
               transB,
               accumulate: transA,
-              bias: seed % 2 === 0,
-              inputType: "f16",
-              outputType: seed % 3 === 0 ? "f32" : "f16",
+              bias: Math.floor(seed / 6) % 2 === 0,
+              ...STORAGES[seed % 3],
+              cType: seed % 2 ? "f16" : "f32",
             };
             const x = inputs(cs, seed++);
             const got = await run(gpu, variant, cs, x);
@@ -138,10 +147,11 @@ Deno.test({
       for (const variant of ["tile128", "tile128x64", "tile64"]) {
         for (const combo of FULL_COMBOS) {
           // Odd sizes and multiples of 4 in turn: scalar and vec4 loads and stores.
-          const cs: Case = { ...(seed % 2 ? SHAPES[0] : SHAPES[3]), ...combo, inputType: "f16" };
+          const shape = seed % 2 ? SHAPES[0] : SHAPES[3];
+          const cs: Case = { ...shape, ...combo, ...STORAGES[seed % 3] };
           const x = inputs(cs, seed++);
           const half = await run(gpu, variant, cs, x);
-          const full = await run(gpu, variant, { ...cs, inputType: "f32" }, x);
+          const full = await run(gpu, variant, { ...cs, aType: "f32", bType: "f32" }, x);
           for (const key of ["c", "pre", "colSum"] as const) {
             if (!sameBits(half[key], full[key])) {
               failures.push(`${variant} ${JSON.stringify(cs)} ${key}`);
@@ -163,10 +173,10 @@ Deno.test({
     const gpu = await acquireGpu();
     try {
       for (const variant of ["tile64", "tile64s4"]) {
-        const cs: Case = { ...FULL_COMBOS[0], m: 37, n: 44, k: 300, inputType: "f16" };
-        const x = inputs({ ...cs, outputType: "f16" }, 5000);
+        const cs: Case = { ...FULL_COMBOS[0], m: 37, n: 44, k: 300, ...STORAGES[0] };
+        const x = inputs({ ...cs, cType: "f16" }, 5000);
         const f32 = await run(gpu, variant, cs, x);
-        const f16 = await run(gpu, variant, { ...cs, outputType: "f16" }, x);
+        const f16 = await run(gpu, variant, { ...cs, cType: "f16" }, x);
         const i = f16.c.findIndex((v, i) => {
           const r = roundToF16(new Float32Array([f32.c[i]]))[0];
           // Either neighbour of the f32 value: at most one f16 ulp from its nearest.
@@ -183,11 +193,11 @@ Deno.test({
 Deno.test("f16 matmul default picks tile variants on every adapter class", () => {
   // llvmpipe: the CPU-shaped defaults have no f16 form.
   equal(
-    defaultVariant({ isCpu: true }, { m: 4096, n: 768, k: 768, inputType: "f16" }),
+    defaultVariant({ isCpu: true }, { m: 4096, n: 768, k: 768, aType: "f16" }),
     "tile128x64",
   );
   equal(
-    defaultVariant({ isCpu: true }, { m: 256, n: 1024, k: 4096, outputType: "f16" }),
+    defaultVariant({ isCpu: true }, { m: 256, n: 1024, k: 4096, cType: "f16" }),
     "tile64s9",
   );
   equal(defaultVariant({ isCpu: true }, { m: 4096, n: 768, k: 768 }), "reg32x16v");
@@ -201,16 +211,16 @@ Deno.test("f16 matmul is refused with the missing feature named, and on variants
     const buf = gpu.storage(16);
     const ref = { buffer: buf, length: 16 };
     const shape = { m: 2, n: 2, k: 2 };
-    throws(() => matmul(gpu, { a: ref, b: ref, c: ref }, { ...shape, inputType: "f16" }), {
+    throws(() => matmul(gpu, { a: ref, b: ref, c: ref }, { ...shape, aType: "f16" }), {
       name: "TypeError",
       message: /Cannot build f16 matmul: the device lacks the shader-f16 feature/,
     });
-    throws(() => matmul(gpu, { a: ref, b: ref, c: ref }, { ...shape, outputType: "f16" }), {
+    throws(() => matmul(gpu, { a: ref, b: ref, c: ref }, { ...shape, cType: "f16" }), {
       message: /shader-f16/,
     });
     throws(
-      () => matmul(gpu, { a: ref, b: ref, c: ref }, { ...shape, inputType: "f64" as "f32" }),
-      { name: "TypeError", message: /Invalid matmul inputType: f64/ },
+      () => matmul(gpu, { a: ref, b: ref, c: ref }, { ...shape, bType: "f64" as "f32" }),
+      { name: "TypeError", message: /Invalid matmul bType: f64/ },
     );
     buf.destroy();
   } finally {
@@ -223,8 +233,7 @@ Deno.test("f16 matmul is refused with the missing feature named, and on variants
     const ref = { buffer: buf, length: 16 };
     for (const variant of ["reg32x16v", "naive", "tiled"]) {
       throws(
-        () =>
-          matmul(f16, { a: ref, b: ref, c: ref }, { m: 2, n: 2, k: 2, variant, inputType: "f16" }),
+        () => matmul(f16, { a: ref, b: ref, c: ref }, { m: 2, n: 2, k: 2, variant, bType: "f16" }),
         { name: "TypeError", message: new RegExp(`${variant} has no f16 form`) },
       );
     }

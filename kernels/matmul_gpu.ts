@@ -24,11 +24,11 @@
  *   the reduce pass adds them in split order. That reuses loads the kernel
  *   already makes instead of reading B again in the reduce pass, where one
  *   invocation per column would walk all of k serially.
- * - f16 storage (`inputType: "f16"`, `outputType: "f16"` of `matmul`): every
- *   `tile` variant also reads A and B as f16 and stages them in workgroup
- *   memory as f16, so the same memory holds a k-tile twice as deep (BK 16 at
- *   128×128, else 32); each value is widened to f32 as it is read from the
- *   tile, and the sums (and split-K's partials) stay f32. A product of two
+ * - f16 storage (`aType`, `bType`, `cType` of `matmul`): every `tile`
+ *   variant also reads A or B (or both) as f16 and stages them in workgroup
+ *   memory as f16; with both in f16 the same memory holds a k-tile twice as
+ *   deep (BK 16 at 128×128, else 32). Each value is widened to f32 as it is
+ *   read from the tile, and the sums (and split-K's partials) stay f32. A product of two
  *   f16 is exact in f32 (11 + 11 significand bits), so each output is the
  *   f32 sum of exact products, in k order as in the f32 kernels. C may be
  *   stored as f16, rounded once at the store.
@@ -250,21 +250,32 @@ function loader(
   return { decl: lines((e) => `var r${x}${e}: ${t(false, half)};`, per), load, put };
 }
 
-/**
- * The k-tile of a `tile` variant: 8 at 128×128 (its 8×8 blocks reuse each load 8 times), else
- * 16; twice that with f16 inputs, whose tiles take half the bytes.
- */
-function kTile(p: TileParams, half: boolean): number {
-  return (p.bm === 128 && p.bn === 128 ? 8 : 16) * (half ? 2 : 1);
+/** Which operands of a `tile` variant are stored (and staged) as f16. */
+export interface TileStorage {
+  /** A is f16. */
+  f16A: boolean;
+  /** B is f16. */
+  f16B: boolean;
 }
 
 /**
- * Bytes of workgroup memory a `tile` variant declares: two buffers of A's and B's tiles, of
- * vec4<f32> or, with `half` (f16 inputs), vec4<f16>.
+ * The k-tile of a `tile` variant: 8 at 128×128 (its 8×8 blocks reuse each load 8 times), else
+ * 16; twice that when A and B are both f16, whose tiles take half the bytes.
  */
-export function tileWorkgroupBytes(p: TileParams, half = false): number {
-  const bk = kTile(p, half);
-  return 2 * bk * (p.bm / 4 + 1 + p.bn / 4 + 1) * (half ? 8 : 16);
+function kTile(p: TileParams, s: TileStorage): number {
+  return (p.bm === 128 && p.bn === 128 ? 8 : 16) * (s.f16A && s.f16B ? 2 : 1);
+}
+
+/**
+ * Bytes of workgroup memory a `tile` variant declares: two buffers of A's and B's tiles, each
+ * of vec4<f32> or, for an f16 operand, vec4<f16>.
+ */
+export function tileWorkgroupBytes(
+  p: TileParams,
+  s: TileStorage = { f16A: false, f16B: false },
+): number {
+  const bk = kTile(p, s);
+  return 2 * bk * ((p.bm / 4 + 1) * (s.f16A ? 8 : 16) + (p.bn / 4 + 1) * (s.f16B ? 8 : 16));
 }
 
 /**
@@ -273,11 +284,10 @@ export function tileWorkgroupBytes(p: TileParams, half = false): number {
  */
 function tilePass(l: Layout, p: TileParams): Plan {
   const { bm: BM, bn: BN, splits: S } = p;
-  const half = l.f16Inputs;
-  const BK = kTile(p, half);
+  const BK = kTile(p, l);
   const TM = BM / 16, TN = BN / 16;
   // Tiles of f16 are widened as they are read, so the arithmetic is the f32 kernel's.
-  const widen = (e: string) => (half ? `vec4<f32>(${e})` : e);
+  const widen = (half: boolean, e: string) => (half ? `vec4<f32>(${e})` : e);
   const split = S > 1;
   const vecA = l.transA ? l.m % 4 === 0 : l.k % 4 === 0;
   const vecB = l.transB ? l.k % 4 === 0 : l.n % 4 === 0;
@@ -289,7 +299,7 @@ function tilePass(l: Layout, p: TileParams): Plan {
     bk: BK,
     kContig: !l.transA,
     vec: vecA,
-    half,
+    half: l.f16A,
   });
   const lb = loader("B", {
     base: "colBase",
@@ -298,17 +308,19 @@ function tilePass(l: Layout, p: TileParams): Plan {
     bk: BK,
     kContig: l.transB,
     vec: vecB,
-    half,
+    half: l.f16B,
   });
   const sa = BM / 4 + 1, sb = BN / 4 + 1;
   const acc: string[] = [];
   for (let r = 0; r < TM; r++) for (let q = 0; q < TN / 4; q++) acc.push(`c${r}_${q}`);
   const fmas: string[] = [];
   for (let ii = 0; ii < TM / 4; ii++) {
-    fmas.push(`let a${ii} = ${widen(`As[aBase + kk * ${u(sa)} + lid.y + ${u(16 * ii)}]`)};`);
+    fmas.push(
+      `let a${ii} = ${widen(l.f16A, `As[aBase + kk * ${u(sa)} + lid.y + ${u(16 * ii)}]`)};`,
+    );
   }
   for (let q = 0; q < TN / 4; q++) {
-    fmas.push(`let b${q} = ${widen(`Bs[bBase + kk * ${u(sb)} + lid.x + ${u(16 * q)}]`)};`);
+    fmas.push(`let b${q} = ${widen(l.f16B, `Bs[bBase + kk * ${u(sb)} + lid.x + ${u(16 * q)}]`)};`);
   }
   for (let r = 0; r < TM; r++) {
     for (let q = 0; q < TN / 4; q++) {
@@ -350,7 +362,7 @@ function tilePass(l: Layout, p: TileParams): Plan {
   const sumBody = colSum
     ? `if (wg.y == 0u && tid < ${u(BN / 4)}) {
       for (var kk = 0u; kk < ${u(BK)}; kk++) { bsum = bsum + ${
-      widen(`Bs[bBase + kk * ${u(sb)} + tid]`)
+      widen(l.f16B, `Bs[bBase + kk * ${u(sb)} + tid]`)
     }; }
     }`
     : "";
@@ -376,7 +388,7 @@ function tilePass(l: Layout, p: TileParams): Plan {
     residual: false,
     epilogue: "none",
     colSum: false,
-    f16Output: false,
+    f16C: false,
   };
   const kRange = split
     ? `let per = (kTiles + ${u(S - 1)}) / ${u(S)} * ${u(BK)};
@@ -385,8 +397,8 @@ function tilePass(l: Layout, p: TileParams): Plan {
     : `let kBegin = 0u;
   let kEnd = K;`;
   const code = `${header(split ? plain : l, vecA, vecB, vecC)}
-var<workgroup> As: array<${t(true, half)}, ${2 * BK * sa}>;
-var<workgroup> Bs: array<${t(true, half)}, ${2 * BK * sb}>;
+var<workgroup> As: array<${t(true, l.f16A)}, ${2 * BK * sa}>;
+var<workgroup> Bs: array<${t(true, l.f16B)}, ${2 * BK * sb}>;
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   ${DIMS}
@@ -461,7 +473,7 @@ function reducePass(l: Layout, splits: number): Plan {
   }`
     : "";
   const code = `${enableF16(l)}@group(0) @binding(0) var<storage, read> P: array<${ty}>;
-@group(0) @binding(1) var<storage, read_write> Cm: array<${t(vec, l.f16Output)}>;
+@group(0) @binding(1) var<storage, read_write> Cm: array<${t(vec, l.f16C)}>;
 ${dimsBinding(2).join("\n")}
 ${extraBindings(l, vec, 3).join("\n")}
 @compute @workgroup_size(64, 4, 1)
@@ -483,7 +495,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 /** The passes of a `tile` variant at layout `l`. */
 export function tilePlan(l: Layout, p: TileParams): MatmulPlan {
-  const workgroupBytes = tileWorkgroupBytes(p, l.f16Inputs);
+  const workgroupBytes = tileWorkgroupBytes(p, l);
   if (p.splits === 1) {
     return { passes: [{ ...tilePass(l, p), role: "matmul" }], scratch: 0, workgroupBytes };
   }
@@ -500,7 +512,7 @@ export function tilePlan(l: Layout, p: TileParams): MatmulPlan {
 const TILE_NAME = /^tile(64|128)(?:x(64|128))?(?:s(\d+))?$/;
 
 /**
- * True when `variant` has an f16 form (f16 inputs or output): the `tile`
+ * True when `variant` has an f16 form (any of A, B, C stored as f16): the `tile`
  * variants, split-K included.
  *
  * @example
