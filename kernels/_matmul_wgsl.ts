@@ -70,9 +70,14 @@ export function t(vec: boolean, half = false): string {
   return vec ? `vec4<${el}>` : el;
 }
 
+/** True when any of A, B, C is stored as f16. */
+export function usesF16(l: Layout): boolean {
+  return l.f16A || l.f16B || l.f16C;
+}
+
 /** The directive a module that stores or computes f16 must start with (else nothing). */
 export function enableF16(l: Layout): string {
-  return l.f16A || l.f16B || l.f16C ? "enable f16;\n" : "";
+  return usesF16(l) ? "enable f16;\n" : "";
 }
 
 /** The sizes uniform: its struct and its binding at `binding`. */

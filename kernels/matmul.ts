@@ -37,7 +37,7 @@
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
-import { extras, type Layout, type MatmulEpilogue, type Plan, u } from "./_matmul_wgsl.ts";
+import { extras, type Layout, type MatmulEpilogue, type Plan, u, usesF16 } from "./_matmul_wgsl.ts";
 import { cpuPlan } from "./matmul_cpu.ts";
 import {
   GPU_VARIANTS,
@@ -149,7 +149,7 @@ export function defaultVariant(
   shape: Pick<MatmulShape, "m" | "n" | "k" | "aType" | "bType" | "cType">,
 ): string {
   const l = layoutOf(shape, {});
-  const f16 = l.f16A || l.f16B || l.f16C;
+  const f16 = usesF16(l);
   // Only the tile variants have an f16 form, so f16 takes them on CPU adapters too.
   if (gpu.isCpu && !f16) return shape.n <= 64 ? CPU_NARROW_VARIANT : CPU_DEFAULT_VARIANT;
   const choice = gpuDefaultVariant(shape);
@@ -214,7 +214,7 @@ function checkRef(name: string, ref: TensorRef, need: number): void {
 
 /** The passes of `variant` at shape `l`. */
 function plan(variant: string, l: Layout): MatmulPlan {
-  if ((l.f16A || l.f16B || l.f16C) && !hasF16Form(variant)) {
+  if (usesF16(l) && !hasF16Form(variant)) {
     throw new TypeError(
       `Invalid matmul variant: ${variant} has no f16 form (f16 storage needs ` +
         `tile{64|128}[x{64|128}][s{S}])`,
@@ -328,7 +328,7 @@ function words(count: number, half: boolean): number {
  */
 export function matmul(gpu: Gpu, bufs: MatmulBuffers, shape: MatmulShape): Dispatch {
   const l = layoutOf(shape, bufs);
-  if ((l.f16A || l.f16B || l.f16C) && !gpu.hasF16) {
+  if (usesF16(l) && !gpu.hasF16) {
     throw new TypeError(
       `Cannot build f16 matmul: the device lacks the shader-f16 feature (adapter ` +
         `${gpu.adapter.description}, backend ${gpu.adapter.backend}); use f32 storage`,
