@@ -7,21 +7,15 @@
  */
 import { randomF32 } from "./_testing.ts";
 import type { Gpu, TensorRef } from "./device.ts";
+import type { Layout } from "./_matmul_wgsl.ts";
 import { fromF16Bits, halfWords, packHalves, roundToF16, toF16Bits, unpackHalves } from "./half.ts";
 import { matmul, type MatmulEpilogue, type MatmulStorage } from "./matmul.ts";
 
-/** One fused matmul: the shape, layout, which optional buffers it has, how it stores. */
-export interface Case {
-  m: number;
-  n: number;
-  k: number;
-  transA: boolean;
-  transB: boolean;
-  accumulate: boolean;
-  bias: boolean;
-  residual: boolean;
-  colSum: boolean;
-  epilogue: MatmulEpilogue;
+/**
+ * One fused matmul: the shape, layout and which optional buffers it has (as the shader
+ * generators see them), and how it stores its operands.
+ */
+export interface Case extends Omit<Layout, "f16A" | "f16B" | "f16C"> {
   /** How A is stored (default f32). */
   aType?: MatmulStorage;
   /** How B is stored (default f32). */

@@ -54,6 +54,11 @@ const GPU_SHAPED = ["tile128", "tile128x64", "tile64", "tile64s4", "tiled"];
 /** Variants too slow to time at large sizes on a CPU adapter (seconds per run). */
 const SLOW_ON_CPU = new Set(["naive", ...GPU_SHAPED]);
 
+/** The fields of a record that say which problem it measured. */
+function describe(p: Problem): Pick<Problem, "m" | "n" | "k" | "layout" | "use"> {
+  return { m: p.m, n: p.n, k: p.k, layout: p.layout, use: p.use };
+}
+
 function flops(p: Problem): number {
   return 2 * p.m * p.n * p.k;
 }
@@ -157,11 +162,7 @@ async function* benchF16(gpu: Gpu, minMs: number): AsyncGenerator<BenchRecord> {
       value: f16 / f32,
       unit: "ratio",
       variant,
-      m: p.m,
-      n: p.n,
-      k: p.k,
-      layout: p.layout,
-      use: p.use,
+      ...describe(p),
       f16_gflops: Math.round(f16 * 10) / 10,
       f32_gflops: Math.round(f32 * 10) / 10,
       note,
@@ -255,11 +256,7 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
           value,
           unit: "GFLOP/s",
           variant,
-          m: p.m,
-          n: p.n,
-          k: p.k,
-          layout: p.layout,
-          use: p.use,
+          ...describe(p),
           chosen: variant === chosen,
           backend,
           adapter,
