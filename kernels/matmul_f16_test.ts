@@ -108,8 +108,8 @@ Deno.test({
       for (const [variant, splits] of VARIANTS) {
         for (const shape of SHAPES) {
           for (const [transA, transB] of LAYOUTS) {
-            // Alternate the output storage and the bias; the weight gradient's layout (Aᵀ)
-            // accumulates, as the model's dW += xᵀ·dy does.
+            // Cycle through the input storages, the output storage and the bias; the weight
+            // gradient's layout (Aᵀ) accumulates, as the model's dW += xᵀ·dy does.
             const cs: Case = {
               ...PLAIN,
               ...shape,
