@@ -5,10 +5,10 @@
  * It converts with integer operations on the bits, the WGSL twin of
  * kernels/half.ts, instead of WGSL's `f16()`: WGSL lets a conversion to f16
  * round to either neighbour, lets a value just beyond 65504 become 65504 or
- * infinity, and says nothing of NaN bits, while training needs the same bits on every
- * device (round to nearest even, overflow to infinity, NaN to the quiet NaN of
- * its sign). Needing no f16 arithmetic, it also runs on devices without the
- * `shader-f16` feature.
+ * infinity, and says nothing of NaN bits, while training needs the same bits
+ * on every device (round to nearest even, overflow to infinity, NaN to the
+ * quiet NaN of its sign). Needing no f16 arithmetic, it also runs on devices
+ * without the `shader-f16` feature.
  *
  * @module
  */

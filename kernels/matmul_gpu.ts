@@ -28,10 +28,10 @@
  *   variant also reads A or B (or both) as f16 and stages them in workgroup
  *   memory as f16; with both in f16 the same memory holds a k-tile twice as
  *   deep (BK 16 at 128×128, else 32). Each value is widened to f32 as it is
- *   read from the tile, and the sums (and split-K's partials) stay f32. A product of two
- *   f16 is exact in f32 (11 + 11 significand bits), so each output is the
- *   f32 sum of exact products, in k order as in the f32 kernels. C may be
- *   stored as f16, rounded once at the store.
+ *   read from the tile, and the sums (and split-K's partials) stay f32. A
+ *   product of two f16 is exact in f32 (11 + 11 significand bits), so each
+ *   output is the f32 sum of exact products, in k order as in the f32
+ *   kernels. C may be stored as f16, rounded once at the store.
  *
  * {@linkcode gpuDefaultVariant} picks among them per shape.
  *
