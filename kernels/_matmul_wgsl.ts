@@ -33,6 +33,12 @@ export interface Layout {
   epilogue: MatmulEpilogue;
   /** A column-sum output [n] is bound. */
   colSum: boolean;
+  /** A is stored as f16 (the products are summed in f32). */
+  f16A: boolean;
+  /** B is stored as f16. */
+  f16B: boolean;
+  /** C is stored as f16 (bias, residual, pre and colSum stay f32). */
+  f16C: boolean;
 }
 
 /** One compute pass of a matmul: its WGSL and workgroup counts. */
@@ -58,9 +64,20 @@ export function u(v: number): string {
   return `${v >>> 0}u`;
 }
 
-/** The WGSL element type of a binding: vec4 when bound four at a time. */
-function t(vec: boolean): string {
-  return vec ? "vec4<f32>" : "f32";
+/** The WGSL element type of a binding: vec4 when bound four at a time, f16 with `half`. */
+export function t(vec: boolean, half = false): string {
+  const el = half ? "f16" : "f32";
+  return vec ? `vec4<${el}>` : el;
+}
+
+/** True when any of A, B, C is stored as f16. */
+export function usesF16(l: Layout): boolean {
+  return l.f16A || l.f16B || l.f16C;
+}
+
+/** The directive a module that stores or computes f16 must start with (else nothing). */
+export function enableF16(l: Layout): string {
+  return usesF16(l) ? "enable f16;\n" : "";
 }
 
 /** The sizes uniform: its struct and its binding at `binding`. */
@@ -93,10 +110,10 @@ export function extraBindings(l: Layout, vecC: boolean, first: number): string[]
  * `vecC`: C and the per-output extras (bias, residual, pre) bound as vec4s.
  */
 export function header(l: Layout, vecA = false, vecB = false, vecC = false): string {
-  return [
-    `@group(0) @binding(0) var<storage, read> A: array<${t(vecA)}>;`,
-    `@group(0) @binding(1) var<storage, read> B: array<${t(vecB)}>;`,
-    `@group(0) @binding(2) var<storage, read_write> Cm: array<${t(vecC)}>;`,
+  return enableF16(l) + [
+    `@group(0) @binding(0) var<storage, read> A: array<${t(vecA, l.f16A)}>;`,
+    `@group(0) @binding(1) var<storage, read> B: array<${t(vecB, l.f16B)}>;`,
+    `@group(0) @binding(2) var<storage, read_write> Cm: array<${t(vecC, l.f16C)}>;`,
     // Sizes live in a uniform so one compiled pipeline serves every shape: llvmpipe takes
     // seconds to compile the large register-blocked kernels.
     ...dimsBinding(3),
@@ -111,7 +128,8 @@ export const DIMS = "let M = dims.m;\n  let N = dims.n;\n  let K = dims.k;";
  * The WGSL statement that finishes one output: bias, residual, epilogue,
  * accumulate, store. With `vec`, four: `acc` is a vec4 of the outputs at
  * columns col..col+3 (col a multiple of 4, n too) and C and the extras are
- * bound as vec4s, so each load or store moves four.
+ * bound as vec4s, so each load or store moves four. With `f16C`, C is
+ * read and written through conversions; the sums stay f32 until the store.
  */
 export function store(l: Layout, row: string, col: string, acc: string, vec = false): string {
   const idx = vec ? `(${row} * dims.n + ${col}) / 4u` : `${row} * dims.n + ${col}`;
@@ -125,6 +143,8 @@ export function store(l: Layout, row: string, col: string, acc: string, vec = fa
   } else if (l.epilogue === "geluBackward") {
     v = `(${v}) * ${vec ? "gelu_grad4" : "gelu_grad"}(pre[${idx}])`;
   }
-  if (l.accumulate) v = `Cm[${idx}] + (${v})`;
+  const old = l.f16C ? `${t(vec)}(Cm[${idx}])` : `Cm[${idx}]`;
+  if (l.accumulate) v = `${old} + (${v})`;
+  if (l.f16C) v = `${t(vec, true)}(${v})`;
   return pre ? `{ ${pre}Cm[${idx}] = ${v}; }` : `Cm[${idx}] = ${v};`;
 }

@@ -2,6 +2,8 @@
  * The `kernels` bench suite: matmul throughput per variant, layout and size on
  * the WebGPU adapter in use, with numpy's float32 matmul on the same machine as
  * the yardstick, and blocked against flash attention (kernels/bench_attention.ts).
+ * Where the device has `shader-f16`, the tile variants with f16 inputs against
+ * the same variant in f32 at GPT-2-small shapes ({@linkcode F16_SHAPES}).
  *
  * Each measurement encodes a batch of repetitions into one submit and reads
  * back once, doubling the batch until it runs long enough that the ~10 ms
@@ -11,10 +13,11 @@
  */
 import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
 import { acquireGpu, type Dispatch, type Gpu } from "./device.ts";
-import { defaultVariant, matmul, matmulVariants } from "./matmul.ts";
+import { defaultVariant, matmul, type MatmulStorage, matmulVariants } from "./matmul.ts";
+import { gpuDefaultVariant } from "./matmul_gpu.ts";
+import { halfWords, packHalves, toF16Bits } from "./half.ts";
 import { benchAttention } from "./bench_attention.ts";
 
-/** One matmul problem to time. */
 /** A matmul problem of the kernels suite. */
 export interface Problem {
   m: number;
@@ -23,6 +26,8 @@ export interface Problem {
   layout: "NN" | "TN" | "NT";
   /** What the model uses it for. */
   use: string;
+  /** How A and B are stored (default "f32"; C is f32 either way). */
+  inputType?: MatmulStorage;
 }
 
 const SQUARE = (s: number): Problem => ({ m: s, n: s, k: s, layout: "NN", use: "square" });
@@ -49,6 +54,11 @@ const GPU_SHAPED = ["tile128", "tile128x64", "tile64", "tile64s4", "tiled"];
 /** Variants too slow to time at large sizes on a CPU adapter (seconds per run). */
 const SLOW_ON_CPU = new Set(["naive", ...GPU_SHAPED]);
 
+/** The fields of a record that say which problem it measured. */
+function describe(p: Problem): Pick<Problem, "m" | "n" | "k" | "layout" | "use"> {
+  return { m: p.m, n: p.n, k: p.k, layout: p.layout, use: p.use };
+}
+
 function flops(p: Problem): number {
   return 2 * p.m * p.n * p.k;
 }
@@ -72,15 +82,31 @@ export async function timeMatmul(
   p: Problem,
   minMs: number,
 ): Promise<number> {
-  const a = gpu.storage(new Float32Array(p.m * p.k).fill(0.5));
-  const b = gpu.storage(new Float32Array(p.k * p.n).fill(0.25));
+  const half = p.inputType === "f16";
+  // 0.5 and 0.25 are exact in f16 too.
+  const filled = (count: number, v: number) => {
+    const values = new Float32Array(count).fill(v);
+    return half ? gpu.storage(packHalves(toF16Bits(values))) : gpu.storage(values);
+  };
+  const words = (count: number) => (half ? halfWords(count) : count);
+  const a = filled(p.m * p.k, 0.5);
+  const b = filled(p.k * p.n, 0.25);
   const c = gpu.storage(p.m * p.n);
   try {
     const d = matmul(gpu, {
-      a: { buffer: a, length: p.m * p.k },
-      b: { buffer: b, length: p.k * p.n },
+      a: { buffer: a, length: words(p.m * p.k) },
+      b: { buffer: b, length: words(p.k * p.n) },
       c: { buffer: c, length: p.m * p.n },
-    }, { m: p.m, n: p.n, k: p.k, transA: p.layout === "TN", transB: p.layout === "NT", variant });
+    }, {
+      m: p.m,
+      n: p.n,
+      k: p.k,
+      transA: p.layout === "TN",
+      transB: p.layout === "NT",
+      variant,
+      aType: p.inputType,
+      bType: p.inputType,
+    });
     // The first run compiles the pipeline and touches the buffers.
     await runBatch(gpu, d, 1, c);
     let reps = 1;
@@ -94,6 +120,55 @@ export async function timeMatmul(
     a.destroy();
     b.destroy();
     c.destroy();
+  }
+}
+
+/**
+ * GPT-2 small's matmuls (C = 768, 4C = 3072) over 4096 tokens: the attention
+ * projection and the MLP's first layer forward, and a weight gradient, whose
+ * k is the tokens. On llvmpipe each takes a few seconds.
+ */
+export const F16_SHAPES: Problem[] = [
+  { m: 4096, n: 768, k: 768, layout: "NN", use: "projection forward y=xW" },
+  { m: 4096, n: 3072, k: 768, layout: "NN", use: "fc forward y=xW" },
+  { m: 768, n: 768, k: 4096, layout: "TN", use: "weight gradient dW+=xᵀ·dy" },
+];
+
+/**
+ * f16-input against f32 GFLOP/s of the same tile variant (the one the GPU
+ * default picks at the full shape), timed back to back in this process: the
+ * best of `pairs` alternating runs of each. Nothing where the device lacks
+ * `shader-f16`.
+ */
+async function* benchF16(gpu: Gpu, minMs: number): AsyncGenerator<BenchRecord> {
+  if (!gpu.hasF16) {
+    console.error(`kernels bench: skipping f16 matmul: the device lacks shader-f16`);
+    return;
+  }
+  const pairs = gpu.isCpu ? 2 : 3;
+  const note = gpu.isCpu
+    ? `CPU emulation (${gpu.adapter.description}): f16 runs on the CPU and the machine is ` +
+      `shared, so this ratio says nothing of a GPU`
+    : `same process, best of ${pairs} alternating runs each`;
+  for (const p of F16_SHAPES) {
+    const variant = gpuDefaultVariant(p);
+    let f32 = 0, f16 = 0;
+    for (let i = 0; i < pairs; i++) {
+      f32 = Math.max(f32, await timeMatmul(gpu, variant, p, minMs));
+      f16 = Math.max(f16, await timeMatmul(gpu, variant, { ...p, inputType: "f16" }, minMs));
+    }
+    yield {
+      name: "matmul_f16_vs_f32",
+      value: f16 / f32,
+      unit: "ratio",
+      variant,
+      ...describe(p),
+      f16_gflops: Math.round(f16 * 10) / 10,
+      f32_gflops: Math.round(f32 * 10) / 10,
+      note,
+      backend: gpu.adapter.backend,
+      adapter: gpu.adapter.description,
+    };
   }
 }
 
@@ -139,7 +214,10 @@ async function numpyGflops(n: number, minSeconds: number): Promise<
 
 /**
  * Runs the suite: one `matmul_gflops` record per variant, layout and size,
- * the `attention_ms` and `attention_gflops` records, then `numpy_matmul_gflops` and `matmul_vs_numpy` when numpy is available.
+ * `matmul_f16_vs_f32` per shape of {@linkcode F16_SHAPES} (f16 over f32
+ * GFLOP/s; where the device has shader-f16), the `attention_ms` and
+ * `attention_gflops` records, then `numpy_matmul_gflops` and
+ * `matmul_vs_numpy` when numpy is available.
  *
  * @example
  * ```ts ignore
@@ -178,11 +256,7 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
           value,
           unit: "GFLOP/s",
           variant,
-          m: p.m,
-          n: p.n,
-          k: p.k,
-          layout: p.layout,
-          use: p.use,
+          ...describe(p),
           chosen: variant === chosen,
           backend,
           adapter,
@@ -191,6 +265,7 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
         yield record;
       }
     }
+    yield* benchF16(gpu, minMs);
     yield* benchAttention(gpu, options);
   } finally {
     gpu.destroy();

@@ -67,6 +67,12 @@ export interface AcquireOptions {
    */
   features?: GPUFeatureName[];
   /**
+   * Request `shader-f16` where the adapter offers it (default true), which the
+   * f16 matmul variants need; it changes nothing for f32 kernels. False gives a
+   * device without it, as the GL backend's, to exercise the f32-only path.
+   */
+  f16?: boolean;
+  /**
    * Bind at most this many bytes at once (default: the device's
    * maxStorageBufferBindingSize; at least 64 KiB). Tests set a small value to
    * exercise the chunked whole-vector kernels and the shape checks on a small model.
@@ -127,6 +133,11 @@ export class Gpu {
 
   /** Uncaptured WebGPU errors seen so far (also printed to stderr as they happen). */
   readonly errors: string[] = [];
+
+  /** True when the device has `shader-f16`, which f16 storage and arithmetic in WGSL need. */
+  get hasF16(): boolean {
+    return this.device.features.has("shader-f16");
+  }
 
   /** True when kernels should use the CPU-friendly (register-blocked) shapes. */
   get isCpu(): boolean {
@@ -302,8 +313,11 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
     );
   }
   const limits = adapter.limits;
+  const wanted = new Set<GPUFeatureName>(options.features ?? []);
+  if (options.f16 ?? true) wanted.add("shader-f16");
+  else wanted.delete("shader-f16");
   const device = await adapter.requestDevice({
-    requiredFeatures: (options.features ?? []).filter((f) => adapter.features.has(f)),
+    requiredFeatures: [...wanted].filter((f) => adapter.features.has(f)),
     requiredLimits: {
       maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
       maxBufferSize: limits.maxBufferSize,

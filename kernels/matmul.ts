@@ -17,7 +17,9 @@
  *   workgroup's invocations interleave, so neighbouring lanes load neighbouring
  *   elements of B.
  * - `tiled`, `tile128`, `tile128x64`, `tile64`, and split-K `tile64s{S}`:
- *   workgroup-tiled kernels for real GPUs, in `matmul_gpu.ts`.
+ *   workgroup-tiled kernels for real GPUs, in `matmul_gpu.ts`. The `tile`
+ *   variants also take A, B or C stored as f16 (`aType`, `bType`, `cType`),
+ *   on devices with the `shader-f16` feature; the sums are f32.
  *
  * Suffixes on `reg`/`lane`, in this order: `w{W}` sets the workgroup width
  * (default 8, llvmpipe's SIMD width); `k{U}` unrolls the k loop U times; `v`
@@ -35,9 +37,16 @@
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
-import { extras, type Layout, type MatmulEpilogue, type Plan, u } from "./_matmul_wgsl.ts";
+import { extras, type Layout, type MatmulEpilogue, type Plan, u, usesF16 } from "./_matmul_wgsl.ts";
 import { cpuPlan } from "./matmul_cpu.ts";
-import { GPU_VARIANTS, gpuDefaultVariant, gpuPlan, type MatmulPlan } from "./matmul_gpu.ts";
+import {
+  GPU_VARIANTS,
+  gpuDefaultVariant,
+  gpuPlan,
+  hasF16Form,
+  type MatmulPlan,
+} from "./matmul_gpu.ts";
+import { halfWords } from "./half.ts";
 
 export { biasBackwardReference, matmulReference } from "./matmul_reference.ts";
 
@@ -48,11 +57,11 @@ export { biasBackwardReference, matmulReference } from "./matmul_reference.ts";
  * per-element overhead, a whole dispatch's time).
  */
 export interface MatmulBuffers {
-  /** A stored [m,k], or [k,m] with `transA`. */
+  /** A stored [m,k], or [k,m] with `transA` (f16 with `aType: "f16"`: see `halfWords`). */
   a: TensorRef;
-  /** B stored [k,n], or [n,k] with `transB`. */
+  /** B stored [k,n], or [n,k] with `transB` (f16 with `bType: "f16"`). */
   b: TensorRef;
-  /** C [m,n], written (or accumulated into). */
+  /** C [m,n], written (or accumulated into); f16 with `cType: "f16"`. */
   c: TensorRef;
   /** Optional bias [n] added to every row of C. */
   bias?: TensorRef;
@@ -75,6 +84,13 @@ export interface MatmulBuffers {
 /** What {@linkcode matmul} applies to each output before storing it (see `pre`). */
 export type { MatmulEpilogue };
 
+/**
+ * How a matmul operand is stored. An f16 tensor of e elements is bound as
+ * ceil(e/2) 4-byte words (its {@linkcode TensorRef} length counts those words:
+ * `halfWords` in half.ts), two values to a word, the first in the low half.
+ */
+export type MatmulStorage = "f32" | "f16";
+
 /** The shape and options of {@linkcode matmul}. */
 export interface MatmulShape {
   /** Rows of C. */
@@ -93,6 +109,15 @@ export interface MatmulShape {
   variant?: string;
   /** Applied to each output after bias and residual; needs `pre` (default "none"). */
   epilogue?: MatmulEpilogue;
+  /**
+   * How A is stored (default "f32"). "f16" needs a device with `shader-f16`
+   * and a `tile` variant; the products are summed in f32.
+   */
+  aType?: MatmulStorage;
+  /** How B is stored (default "f32"); "f16" as `aType`. */
+  bType?: MatmulStorage;
+  /** How C is stored (default "f32"); "f16" as `aType`. Bias, residual, pre, colSum stay f32. */
+  cType?: MatmulStorage;
 }
 
 /** The default variant for CPU adapters (llvmpipe, lavapipe), chosen by measurement. */
@@ -121,13 +146,17 @@ export const CPU_NARROW_VARIANT = "reg32x8v";
  */
 export function defaultVariant(
   gpu: { isCpu: boolean; device?: { limits: { maxComputeWorkgroupStorageSize: number } } },
-  shape: { m: number; n: number; k: number },
+  shape: Pick<MatmulShape, "m" | "n" | "k" | "aType" | "bType" | "cType">,
 ): string {
-  if (gpu.isCpu) return shape.n <= 64 ? CPU_NARROW_VARIANT : CPU_DEFAULT_VARIANT;
+  const l = layoutOf(shape, {});
+  const f16 = usesF16(l);
+  // Only the tile variants have an f16 form, so f16 takes them on CPU adapters too.
+  if (gpu.isCpu && !f16) return shape.n <= 64 ? CPU_NARROW_VARIANT : CPU_DEFAULT_VARIANT;
   const choice = gpuDefaultVariant(shape);
   const limit = gpu.device?.limits.maxComputeWorkgroupStorageSize ?? Infinity;
-  const p = gpuPlan(choice, { ...layoutOf(shape, {}) });
-  return p && p.workgroupBytes <= limit ? choice : "tiled";
+  const p = gpuPlan(choice, l);
+  // `tiled` has no f16 form: where the f16 tile does not fit, matmul says so.
+  return p && (p.workgroupBytes <= limit || f16) ? choice : "tiled";
 }
 
 const CPU_VARIANTS = [
@@ -185,6 +214,12 @@ function checkRef(name: string, ref: TensorRef, need: number): void {
 
 /** The passes of `variant` at shape `l`. */
 function plan(variant: string, l: Layout): MatmulPlan {
+  if (usesF16(l) && !hasF16Form(variant)) {
+    throw new TypeError(
+      `Invalid matmul variant: ${variant} has no f16 form (f16 storage needs ` +
+        `tile{64|128}[x{64|128}][s{S}])`,
+    );
+  }
   const gpuVariant = gpuPlan(variant, l);
   if (gpuVariant) return gpuVariant;
   const one = (p: Plan): MatmulPlan => ({
@@ -237,6 +272,12 @@ function layoutOf(shape: MatmulShape, has: Extras): Layout {
   if (!["none", "gelu", "geluBackward"].includes(epilogue)) {
     throw new TypeError(`Invalid matmul epilogue: ${epilogue} (known: none, gelu, geluBackward)`);
   }
+  for (const key of ["aType", "bType", "cType"] as const) {
+    const v = shape[key] ?? "f32";
+    if (v !== "f32" && v !== "f16") {
+      throw new TypeError(`Invalid matmul ${key}: ${v} (known: f32, f16)`);
+    }
+  }
   return {
     m: shape.m,
     n: shape.n,
@@ -248,7 +289,15 @@ function layoutOf(shape: MatmulShape, has: Extras): Layout {
     residual: Boolean(has.residual),
     epilogue,
     colSum: Boolean(has.colSum),
+    f16A: shape.aType === "f16",
+    f16B: shape.bType === "f16",
+    f16C: shape.cType === "f16",
   };
+}
+
+/** The 4-byte words that `count` elements take when stored as f16 (`half`) or f32. */
+function words(count: number, half: boolean): number {
+  return half ? halfWords(count) : count;
 }
 
 /**
@@ -279,9 +328,17 @@ function layoutOf(shape: MatmulShape, has: Extras): Layout {
  */
 export function matmul(gpu: Gpu, bufs: MatmulBuffers, shape: MatmulShape): Dispatch {
   const l = layoutOf(shape, bufs);
-  checkRef("a", bufs.a, l.m * l.k);
-  checkRef("b", bufs.b, l.k * l.n);
-  checkRef("c", bufs.c, l.m * l.n);
+  if (usesF16(l) && !gpu.hasF16) {
+    throw new TypeError(
+      `Cannot build f16 matmul: the device lacks the shader-f16 feature (adapter ` +
+        `${gpu.adapter.description}, backend ${gpu.adapter.backend}); use f32 storage`,
+    );
+  }
+  const aWords = words(l.m * l.k, l.f16A), bWords = words(l.k * l.n, l.f16B);
+  const cWords = words(l.m * l.n, l.f16C);
+  checkRef("a", bufs.a, aWords);
+  checkRef("b", bufs.b, bWords);
+  checkRef("c", bufs.c, cWords);
   if ((l.epilogue === "none") !== (bufs.pre === undefined)) {
     throw new TypeError(
       `Invalid matmul buffers: pre must be given exactly when an epilogue is (epilogue ${l.epilogue})`,
@@ -298,7 +355,7 @@ export function matmul(gpu: Gpu, bufs: MatmulBuffers, shape: MatmulShape): Dispa
     checkRef(name, ref, sizes[name]);
     return { ...ref, length: sizes[name] };
   });
-  const variant = shape.variant ?? defaultVariant(gpu, l);
+  const variant = shape.variant ?? defaultVariant(gpu, shape);
   const p = plan(variant, l);
   const limits = gpu.device.limits;
   if (p.workgroupBytes > limits.maxComputeWorkgroupStorageSize) {
@@ -314,16 +371,21 @@ export function matmul(gpu: Gpu, bufs: MatmulBuffers, shape: MatmulShape): Dispa
     );
   }
   const tag = `${l.transA ? "T" : "N"}${l.transB ? "T" : "N"}`;
-  const fused = [...extras(l).filter((x) => x !== "bias" && x !== "pre"), l.epilogue]
-    .filter((x) => x !== "none");
+  const fused = [
+    ...extras(l).filter((x) => x !== "bias" && x !== "pre"),
+    l.epilogue,
+    l.f16A ? "f16a" : "none",
+    l.f16B ? "f16b" : "none",
+    l.f16C ? "f16c" : "none",
+  ].filter((x) => x !== "none");
   const label = `matmul_${variant}_${tag}_${l.m}x${l.n}x${l.k}${
     fused.map((x) => `+${x}`).join("")
   }`;
   // Bind exactly the used elements so a larger buffer (a view of the flat parameter buffer)
   // cannot shift arrayLength-based bounds checks.
   const dims = gpu.uniform(new Uint32Array([l.m, l.n, l.k, 0]), `${label}_dims`);
-  const a = { ...bufs.a, length: l.m * l.k }, b = { ...bufs.b, length: l.k * l.n };
-  const c = { ...bufs.c, length: l.m * l.n }, d = { buffer: dims, length: 4 };
+  const a = { ...bufs.a, length: aWords }, b = { ...bufs.b, length: bWords };
+  const c = { ...bufs.c, length: cWords }, d = { buffer: dims, length: 4 };
   const scratch = p.scratch > 0
     ? { buffer: gpu.storage(p.scratch, `${label}_scratch`), length: p.scratch }
     : undefined;

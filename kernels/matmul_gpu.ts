@@ -24,6 +24,14 @@
  *   the reduce pass adds them in split order. That reuses loads the kernel
  *   already makes instead of reading B again in the reduce pass, where one
  *   invocation per column would walk all of k serially.
+ * - f16 storage (`aType`, `bType`, `cType` of `matmul`): every `tile`
+ *   variant also reads A or B (or both) as f16 and stages them in workgroup
+ *   memory as f16; with both in f16 the same memory holds a k-tile twice as
+ *   deep (BK 16 at 128×128, else 32). Each value is widened to f32 as it is
+ *   read from the tile, and the sums (and split-K's partials) stay f32. A
+ *   product of two f16 is exact in f32 (11 + 11 significand bits), so each
+ *   output is the f32 sum of exact products, in k order as in the f32
+ *   kernels. C may be stored as f16, rounded once at the store.
  *
  * {@linkcode gpuDefaultVariant} picks among them per shape.
  *
@@ -32,11 +40,13 @@
 import {
   DIMS,
   dimsBinding,
+  enableF16,
   extraBindings,
   header,
   type Layout,
   type Plan,
   store,
+  t,
   u,
 } from "./_matmul_wgsl.ts";
 
@@ -168,9 +178,17 @@ interface Loader {
  */
 function loader(
   x: "A" | "B",
-  o: { base: string; size: string; outer: number; bk: number; kContig: boolean; vec: boolean },
+  o: {
+    base: string;
+    size: string;
+    outer: number;
+    bk: number;
+    kContig: boolean;
+    vec: boolean;
+    half: boolean;
+  },
 ): Loader {
-  const { outer, bk, kContig, vec } = o;
+  const { outer, bk, kContig, vec, half } = o;
   const stride = outer / 4 + 1;
   const inner = kContig ? bk : outer;
   const per = (outer * bk) / 256;
@@ -193,9 +211,9 @@ function loader(
         const idx = kContig
           ? `(${oo}) * (K / 4u) + (${kk}) / 4u`
           : `(${kk}) * (${o.size} / 4u) + (${oo}) / 4u`;
-        return `{ ${
-          coords(e)
-        } let kk = ${kk}; let oo = ${oo}; r${x}${e} = vec4<f32>(0.0); if (kk < kEnd && oo < ${o.size}) { r${x}${e} = ${x}[${idx}]; } }`;
+        return `{ ${coords(e)} let kk = ${kk}; let oo = ${oo}; r${x}${e} = ${
+          t(true, half)
+        }(0.0); if (kk < kEnd && oo < ${o.size}) { r${x}${e} = ${x}[${idx}]; } }`;
       }, count);
     const put = (buf: string) =>
       lines((e) => {
@@ -208,7 +226,7 @@ function loader(
         );
         return `{ ${coords(e)} ${parts.join(" ")} }`;
       }, count);
-    return { decl: lines((e) => `var r${x}${e}: vec4<f32>;`, count), load, put };
+    return { decl: lines((e) => `var r${x}${e}: ${t(true, half)};`, count), load, put };
   }
   const coords = (e: number) =>
     `let v${x}${e} = tid + ${u(e * 256)}; let ii${x}${e} = v${x}${e} % ${
@@ -229,18 +247,35 @@ function loader(
         `{ ${coords(e)} ${at(buf, kkOf(e), `${ooOf(e)} / 4u`)}[${ooOf(e)} % 4u] = r${x}${e}; }`,
       per,
     );
-  return { decl: lines((e) => `var r${x}${e}: f32;`, per), load, put };
+  return { decl: lines((e) => `var r${x}${e}: ${t(false, half)};`, per), load, put };
 }
 
-/** The k-tile of a `tile` variant: 8 at 128×128 (its 8×8 blocks reuse each load 8 times), else 16. */
-function kTile(p: TileParams): number {
-  return p.bm === 128 && p.bn === 128 ? 8 : 16;
+/** Which operands of a `tile` variant are stored (and staged) as f16. */
+export interface TileStorage {
+  /** A is f16. */
+  f16A: boolean;
+  /** B is f16. */
+  f16B: boolean;
 }
 
-/** Bytes of workgroup memory a `tile` variant declares: two buffers of A's and B's tiles. */
-export function tileWorkgroupBytes(p: TileParams): number {
-  const bk = kTile(p);
-  return 2 * bk * (p.bm / 4 + 1 + p.bn / 4 + 1) * 16;
+/**
+ * The k-tile of a `tile` variant: 8 at 128×128 (its 8×8 blocks reuse each load 8 times), else
+ * 16; twice that when A and B are both f16, whose tiles take half the bytes.
+ */
+function kTile(p: TileParams, s: TileStorage): number {
+  return (p.bm === 128 && p.bn === 128 ? 8 : 16) * (s.f16A && s.f16B ? 2 : 1);
+}
+
+/**
+ * Bytes of workgroup memory a `tile` variant declares: two buffers of A's and B's tiles, each
+ * of vec4<f32> or, for an f16 operand, vec4<f16>.
+ */
+export function tileWorkgroupBytes(
+  p: TileParams,
+  s: TileStorage = { f16A: false, f16B: false },
+): number {
+  const bk = kTile(p, s);
+  return 2 * bk * ((p.bm / 4 + 1) * (s.f16A ? 8 : 16) + (p.bn / 4 + 1) * (s.f16B ? 8 : 16));
 }
 
 /**
@@ -249,8 +284,10 @@ export function tileWorkgroupBytes(p: TileParams): number {
  */
 function tilePass(l: Layout, p: TileParams): Plan {
   const { bm: BM, bn: BN, splits: S } = p;
-  const BK = kTile(p);
+  const BK = kTile(p, l);
   const TM = BM / 16, TN = BN / 16;
+  // Tiles of f16 are widened as they are read, so the arithmetic is the f32 kernel's.
+  const widen = (half: boolean, e: string) => (half ? `vec4<f32>(${e})` : e);
   const split = S > 1;
   const vecA = l.transA ? l.m % 4 === 0 : l.k % 4 === 0;
   const vecB = l.transB ? l.k % 4 === 0 : l.n % 4 === 0;
@@ -262,6 +299,7 @@ function tilePass(l: Layout, p: TileParams): Plan {
     bk: BK,
     kContig: !l.transA,
     vec: vecA,
+    half: l.f16A,
   });
   const lb = loader("B", {
     base: "colBase",
@@ -270,16 +308,19 @@ function tilePass(l: Layout, p: TileParams): Plan {
     bk: BK,
     kContig: l.transB,
     vec: vecB,
+    half: l.f16B,
   });
   const sa = BM / 4 + 1, sb = BN / 4 + 1;
   const acc: string[] = [];
   for (let r = 0; r < TM; r++) for (let q = 0; q < TN / 4; q++) acc.push(`c${r}_${q}`);
   const fmas: string[] = [];
   for (let ii = 0; ii < TM / 4; ii++) {
-    fmas.push(`let a${ii} = As[aBase + kk * ${u(sa)} + lid.y + ${u(16 * ii)}];`);
+    fmas.push(
+      `let a${ii} = ${widen(l.f16A, `As[aBase + kk * ${u(sa)} + lid.y + ${u(16 * ii)}]`)};`,
+    );
   }
   for (let q = 0; q < TN / 4; q++) {
-    fmas.push(`let b${q} = Bs[bBase + kk * ${u(sb)} + lid.x + ${u(16 * q)}];`);
+    fmas.push(`let b${q} = ${widen(l.f16B, `Bs[bBase + kk * ${u(sb)} + lid.x + ${u(16 * q)}]`)};`);
   }
   for (let r = 0; r < TM; r++) {
     for (let q = 0; q < TN / 4; q++) {
@@ -320,7 +361,9 @@ function tilePass(l: Layout, p: TileParams): Plan {
   const colSum = l.colSum;
   const sumBody = colSum
     ? `if (wg.y == 0u && tid < ${u(BN / 4)}) {
-      for (var kk = 0u; kk < ${u(BK)}; kk++) { bsum = bsum + Bs[bBase + kk * ${u(sb)} + tid]; }
+      for (var kk = 0u; kk < ${u(BK)}; kk++) { bsum = bsum + ${
+      widen(l.f16B, `Bs[bBase + kk * ${u(sb)} + tid]`)
+    }; }
     }`
     : "";
   let sumOut = "";
@@ -345,6 +388,7 @@ function tilePass(l: Layout, p: TileParams): Plan {
     residual: false,
     epilogue: "none",
     colSum: false,
+    f16C: false,
   };
   const kRange = split
     ? `let per = (kTiles + ${u(S - 1)}) / ${u(S)} * ${u(BK)};
@@ -353,8 +397,8 @@ function tilePass(l: Layout, p: TileParams): Plan {
     : `let kBegin = 0u;
   let kEnd = K;`;
   const code = `${header(split ? plain : l, vecA, vecB, vecC)}
-var<workgroup> As: array<vec4<f32>, ${2 * BK * sa}>;
-var<workgroup> Bs: array<vec4<f32>, ${2 * BK * sb}>;
+var<workgroup> As: array<${t(true, l.f16A)}, ${2 * BK * sa}>;
+var<workgroup> Bs: array<${t(true, l.f16B)}, ${2 * BK * sb}>;
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   ${DIMS}
@@ -413,7 +457,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
 function reducePass(l: Layout, splits: number): Plan {
   const vec = l.n % 4 === 0;
   const w = vec ? 4 : 1;
-  const ty = vec ? "vec4<f32>" : "f32";
+  const ty = t(vec);
   const colSum = l.colSum
     ? `if (row == 0u) {
     var cs = ${ty}(0.0);
@@ -428,8 +472,8 @@ function reducePass(l: Layout, splits: number): Plan {
     }
   }`
     : "";
-  const code = `@group(0) @binding(0) var<storage, read> P: array<${ty}>;
-@group(0) @binding(1) var<storage, read_write> Cm: array<${ty}>;
+  const code = `${enableF16(l)}@group(0) @binding(0) var<storage, read> P: array<${ty}>;
+@group(0) @binding(1) var<storage, read_write> Cm: array<${t(vec, l.f16C)}>;
 ${dimsBinding(2).join("\n")}
 ${extraBindings(l, vec, 3).join("\n")}
 @compute @workgroup_size(64, 4, 1)
@@ -451,7 +495,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 /** The passes of a `tile` variant at layout `l`. */
 export function tilePlan(l: Layout, p: TileParams): MatmulPlan {
-  const workgroupBytes = tileWorkgroupBytes(p);
+  const workgroupBytes = tileWorkgroupBytes(p, l);
   if (p.splits === 1) {
     return { passes: [{ ...tilePass(l, p), role: "matmul" }], scratch: 0, workgroupBytes };
   }
@@ -466,6 +510,20 @@ export function tilePlan(l: Layout, p: TileParams): MatmulPlan {
 }
 
 const TILE_NAME = /^tile(64|128)(?:x(64|128))?(?:s(\d+))?$/;
+
+/**
+ * True when `variant` has an f16 form (any of A, B, C stored as f16): the `tile`
+ * variants, split-K included.
+ *
+ * @example
+ * ```ts
+ * import { hasF16Form } from "./matmul_gpu.ts";
+ * console.log(hasF16Form("tile64s4"), hasF16Form("reg32x16v")); // true false
+ * ```
+ */
+export function hasF16Form(variant: string): boolean {
+  return TILE_NAME.test(variant);
+}
 
 /** The most splits a `s{S}` suffix may ask for. */
 export const MAX_SPLITS = 64;

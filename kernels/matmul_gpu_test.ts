@@ -1,52 +1,17 @@
 import { deepEqual, equal, throws } from "@std/assert";
-import { randomF32 } from "./_testing.ts";
+import {
+  type Case,
+  FULL_COMBOS,
+  type Inputs,
+  inputs,
+  type Outputs,
+  PLAIN,
+  run,
+} from "./_matmul_testing.ts";
 import { acquireGpu, type Gpu } from "./device.ts";
-import { defaultVariant, matmul, type MatmulEpilogue, matmulReference } from "./matmul.ts";
+import { defaultVariant, matmul, matmulReference } from "./matmul.ts";
 import { gpuDefaultVariant } from "./matmul_gpu.ts";
 import { geluBackwardRef, geluForwardRef } from "./reference.ts";
-
-/** One fused matmul: the shape, layout and which optional buffers it has. */
-interface Case {
-  m: number;
-  n: number;
-  k: number;
-  transA: boolean;
-  transB: boolean;
-  accumulate: boolean;
-  bias: boolean;
-  residual: boolean;
-  colSum: boolean;
-  epilogue: MatmulEpilogue;
-}
-
-interface Inputs {
-  a: Float32Array;
-  b: Float32Array;
-  c: Float32Array;
-  bias: Float32Array;
-  res: Float32Array;
-  pre: Float32Array;
-  colSum: Float32Array;
-}
-
-interface Outputs {
-  c: Float32Array;
-  pre: Float32Array;
-  colSum: Float32Array;
-}
-
-function inputs(cs: Case, seed: number): Inputs {
-  const { m, n, k } = cs;
-  return {
-    a: randomF32(m * k, seed),
-    b: randomF32(k * n, seed + 1),
-    c: randomF32(m * n, seed + 2),
-    bias: randomF32(n, seed + 3),
-    res: randomF32(m * n, seed + 4),
-    pre: randomF32(m * n, seed + 5, -3, 3),
-    colSum: randomF32(n, seed + 6),
-  };
-}
 
 /**
  * The fused matmul from the plain reference and the element-wise references; with `abs`,
@@ -85,39 +50,6 @@ function reference(x: Inputs, cs: Case, abs = false): Outputs {
   return { c, pre, colSum };
 }
 
-/** Runs one case on the device (the default variant if none); returns what it wrote. */
-async function run(
-  gpu: Gpu,
-  variant: string | undefined,
-  cs: Case,
-  x: Inputs,
-): Promise<Outputs & { label: string }> {
-  const { m, n, k } = cs;
-  const bufs = [x.a, x.b, x.c, x.bias, x.res, x.pre, x.colSum].map((d) => gpu.storage(d));
-  try {
-    const ref = (i: number, length: number) => ({ buffer: bufs[i], length });
-    const d = matmul(gpu, {
-      a: ref(0, m * k),
-      b: ref(1, k * n),
-      c: ref(2, m * n),
-      bias: cs.bias ? ref(3, n) : undefined,
-      residual: cs.residual ? ref(4, m * n) : undefined,
-      pre: cs.epilogue === "none" ? undefined : ref(5, m * n),
-      colSum: cs.colSum ? ref(6, n) : undefined,
-    }, { ...cs, variant });
-    gpu.run([d]);
-    // Read back together: they share one ~10 ms mapAsync floor.
-    const [c, pre, colSum] = await Promise.all([
-      gpu.read(bufs[2], m * n),
-      gpu.read(bufs[5], m * n),
-      gpu.read(bufs[6], n),
-    ]);
-    return { c, pre, colSum, label: d.label };
-  } finally {
-    for (const b of bufs) b.destroy();
-  }
-}
-
 // f32 sums of k products err by about sqrt(k) ulps of the sum of their magnitudes; 2e-5 of
 // that magnitude allows k in the thousands yet flags a product dropped or counted twice.
 const REL_TOL = 2e-5;
@@ -149,16 +81,6 @@ async function check(gpu: Gpu, variant: string, cs: Case, seed: number): Promise
   );
 }
 
-const PLAIN = {
-  transA: false,
-  transB: false,
-  accumulate: false,
-  bias: false,
-  residual: false,
-  colSum: false,
-  epilogue: "none" as MatmulEpilogue,
-};
-
 /** The combinations kernels/model.ts builds, by layout and optional buffers. */
 const MODEL_COMBOS: Omit<Case, "m" | "n" | "k">[] = [
   { ...PLAIN, bias: true }, // qkv = x·W + b
@@ -170,20 +92,6 @@ const MODEL_COMBOS: Omit<Case, "m" | "n" | "k">[] = [
   { ...PLAIN, transA: true, accumulate: true }, // dwte += dlogitsᵀ·lnf
   { ...PLAIN, transA: true, accumulate: true, colSum: true }, // dW += xᵀ·dy, db += Σ dy
 ];
-
-/** Every layout with every optional buffer at once, with each epilogue. */
-const FULL_COMBOS: Omit<Case, "m" | "n" | "k">[] = [[false, false], [true, false], [false, true]]
-  .flatMap(([transA, transB]) =>
-    (["gelu", "geluBackward"] as const).map((epilogue) => ({
-      transA,
-      transB,
-      accumulate: true,
-      bias: true,
-      residual: true,
-      colSum: true,
-      epilogue,
-    }))
-  );
 
 // Odd sizes (not multiples of any tile, scalar loads and stores) and multiples of 4 (vec4
 // loads and stores along every operand's contiguous dimension).
