@@ -32,6 +32,14 @@ import { startRunHost } from "./host.ts";
 import { finalCommit, summarize } from "./run_summary.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { checkDuty } from "../checkpoint/_background.ts";
+import {
+  derivedNodeId,
+  generateIdentity,
+  loadIdentity,
+  type NodeIdentity,
+  parseAllowList,
+} from "../transport/identity.ts";
+import { runMessageClaims } from "./run_identity.ts";
 
 /** Settings the host hands to joiners, so that every trainer runs the same engine. */
 export interface RunInfo {
@@ -51,8 +59,18 @@ export interface NetworkedOptions extends RunSettings {
   host?: string;
   /** `ws://ADDR:PORT` to join. */
   join?: string;
-  /** The run secret. */
+  /** The run secret (the join token of an open run; optional with `allow`). */
   secret?: string;
+  /** This node's Ed25519 key file (created when missing; default `<runDir>/node.key`). */
+  keyFile?: string;
+  /** Host: a file of admitted keys, one fingerprint or base64 public key per line. */
+  allow?: string;
+  /** Host: serve `wss://` and `https://` with this PEM certificate chain (and `tlsKey`). */
+  tlsCert?: string;
+  /** Host: the PEM private key of `tlsCert`. */
+  tlsKey?: string;
+  /** Joining: a PEM certificate to trust for `wss://` (a self-signed host certificate). */
+  ca?: string;
   /** Trainers in the host process. */
   trainers: number;
   /** Host: open the first round once this many trainers joined. */
@@ -116,28 +134,48 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
       ? { resume: { round: host.startRound, cursors: resumeCursors(options.resume) } }
       : { freshRound: host.startRound }),
   };
+  const admission = await hostAdmission(options);
   const transport = new ActorTransport(system, {
     run: options.run,
-    secret: options.secret!,
+    ...(options.secret !== undefined ? { secret: options.secret } : {}),
+    identity: admission.identity,
+    ...(admission.allow ? { allow: admission.allow } : {}),
+    claims: runMessageClaims,
     log: (level, message) => {
       if (level === "warn" || level === "error") host.monitor.log(`transport: ${message}`, "warn");
     },
   });
+  host.monitor.log(
+    `host key ${admission.identity.fingerprint}; admits ${
+      admission.allow ? `the ${admission.allow.size} keys of ${options.allow}` : "any key"
+    }${options.secret !== undefined ? " with the run secret" : ""}`,
+  );
   const app = new Hono();
   app.get("/status", async (c) => {
     const status = await system.ref(host.trackerPath).ask<Record<string, unknown>>(
       { type: "status" },
       { timeoutMs: 3000 },
     ).catch((err) => ({ error: String(err) }));
-    return c.json({ ...status, rounds_done: host.monitor.rounds.length, peers: transport.peers });
+    return c.json({
+      ...withFingerprints(
+        status,
+        (node) =>
+          node === system.node ? admission.identity.fingerprint : transport.peerFingerprint(node),
+      ),
+      rounds_done: host.monitor.rounds.length,
+      peers: transport.peers,
+    });
   });
   transport.mount(app, "/");
   const listening = Promise.withResolvers<void>();
+  const tls = admission.tls;
   const http = Deno.serve({
     hostname,
     port: Number(portText),
+    ...(tls ? { cert: tls.cert, key: tls.key } : {}),
     onListen: (addr) => {
-      host.monitor.log(`hosting run "${options.run}" on ws://${addr.hostname}:${addr.port}`);
+      const scheme = tls ? "wss" : "ws";
+      host.monitor.log(`hosting run "${options.run}" on ${scheme}://${addr.hostname}:${addr.port}`);
       listening.resolve();
     },
   }, app.fetch);
@@ -179,14 +217,19 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
 
 async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): Promise<number> {
   const { ActorTransport } = await import("../transport/remote.ts");
-  const node = options.node ?? `trainer-${Deno.pid}`;
+  const identity = await joinerIdentity(options);
+  const node = options.node ?? derivedNodeId(options.role ?? "trainer", identity.fingerprint);
   const system = new ActorSystem({ node });
   const start = performance.now();
   const log = (message: string, level: "info" | "warn" = "info") =>
     emit({ event: "log", level, message, wall_s: Math.round(performance.now() - start) / 1000 });
+  log(`node ${node}, key ${identity.fingerprint}`);
   const transport = new ActorTransport(system, {
     run: options.run,
-    secret: options.secret!,
+    ...(options.secret !== undefined ? { secret: options.secret } : {}),
+    identity,
+    ...(options.ca ? { caCerts: [await Deno.readTextFile(options.ca)] } : {}),
+    claims: runMessageClaims,
     log: (level, message) => {
       if (level === "warn" || level === "error") log(`transport: ${message}`, "warn");
     },
@@ -195,7 +238,11 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   try {
     await client.ready();
   } catch (err) {
-    log(`Cannot join run at ${options.join}: ${err instanceof Error ? err.message : err}`, "warn");
+    const why = err instanceof Error ? err.message : String(err);
+    const hint = /TLS certificate not trusted/.test(why)
+      ? "; give the host's certificate with --ca FILE"
+      : "";
+    log(`Cannot join run at ${options.join}: ${why}${hint}`, "warn");
     await transport.close();
     await system.shutdown();
     return 1;
@@ -357,4 +404,50 @@ async function keepOnJoin(o: {
   await o.transport.close();
   await system.shutdown();
   return 0;
+}
+
+/** How a host admits peers: its own key, the allow-list, and its TLS files. */
+async function hostAdmission(options: NetworkedOptions): Promise<{
+  identity: NodeIdentity;
+  allow?: Set<string>;
+  tls?: { cert: string; key: string };
+}> {
+  const identity = await loadIdentity(
+    options.keyFile ?? `${options.runDir ?? `runs/${options.run}`}/node.key`,
+  );
+  const allow = options.allow
+    ? await parseAllowList(await Deno.readTextFile(options.allow), options.allow)
+    : undefined;
+  const tls = options.tlsCert && options.tlsKey
+    ? {
+      cert: await Deno.readTextFile(options.tlsCert),
+      key: await Deno.readTextFile(options.tlsKey),
+    }
+    : undefined;
+  return { identity, ...(allow ? { allow } : {}), ...(tls ? { tls } : {}) };
+}
+
+/**
+ * A joiner's key: `--key FILE`, else `<run dir>/node.key`, else a fresh one
+ * for this process only (a new node id on every start, like a process id).
+ */
+async function joinerIdentity(options: NetworkedOptions): Promise<NodeIdentity> {
+  if (options.keyFile) return await loadIdentity(options.keyFile);
+  if (options.runDir) return await loadIdentity(`${options.runDir}/node.key`);
+  return await generateIdentity();
+}
+
+/** The tracker's status with each member's key fingerprint (`key`, "" for secret-only peers). */
+function withFingerprints(
+  status: Record<string, unknown>,
+  fingerprint: (node: string) => string | undefined,
+): Record<string, unknown> {
+  if (!Array.isArray(status.members)) return status;
+  return {
+    ...status,
+    members: status.members.map((m: { node?: string }) => ({
+      ...m,
+      key: typeof m.node === "string" ? fingerprint(m.node.split("/")[0]) ?? "" : "",
+    })),
+  };
 }

@@ -5,8 +5,11 @@
  *   tracker, an aggregator, a keeper slot and several trainers in Workers),
  *   trains for a bounded number of rounds, prints progress and a summary, and
  *   exits 0.
- * - `--host ADDR:PORT --secret S`: hosts a run that other processes join.
- * - `--join ws://ADDR:PORT --secret S`: joins a run as a trainer.
+ * - `--host ADDR:PORT --secret S`: hosts a run that other processes join
+ *   (`--allow FILE` admits only the listed keys; `--tls-cert/--tls-key`
+ *   serve `wss://`).
+ * - `--join ws://ADDR:PORT --secret S`: joins a run as a trainer, signing
+ *   the handshake with its key (`--key FILE`; `--ca FILE` for `wss://`).
  * - `--resume DIR`: restarts a run (embedded, or with `--host`) from the
  *   newest verified round under DIR, with θ bit for bit, the outer momentum
  *   and the data cursors; it prints the loaded parameters' hash.
@@ -54,8 +57,17 @@ With no flags, hosts a whole run in this process and exits with a summary.
 
 Options:
   --host ADDR:PORT      host a run that other nodes join (serves GET /status)
-  --join URL            join a run (ws://ADDR:PORT) as a trainer
-  --secret S            the run's shared secret (required with --host and --join)
+  --join URL            join a run (ws://ADDR:PORT, or wss:// for a TLS host) as a trainer
+  --secret S            the run's join token: any node with it and a key may join (an open
+                        run); --host needs --secret or --allow
+  --key FILE            this node's Ed25519 key (created, mode 0600, when missing); default
+                        <run dir>/node.key, or a fresh key per process for a joiner without
+                        --run-dir. The node id is derived from it (trainer-<fingerprint>)
+  --allow FILE          host: admit only these keys (one fingerprint or base64 public key per
+                        line); the secret, if given, is required as well
+  --tls-cert FILE       host: serve wss:// and https:// with this PEM certificate (and --tls-key)
+  --tls-key FILE        host: the certificate's PEM private key
+  --ca FILE             joining wss://: trust this PEM certificate (a self-signed host's)
   --role ROLE           role when joining: trainer (default) or keeper (a checkpoint keeper
                         of the run, writing --run-dir, default runs/<run id>/<node>)
   --trainers N          trainers in this process (embedded/host; default 4 embedded, 0 host)
@@ -97,6 +109,11 @@ export interface NodeArgs extends RunSettings {
   host?: string;
   join?: string;
   secret?: string;
+  keyFile?: string;
+  allow?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  ca?: string;
   role: "trainer" | "aggregator" | "keeper";
   trainers: number;
   minTrainers?: number;
@@ -158,6 +175,11 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       host: { type: "string" },
       join: { type: "string" },
       secret: { type: "string" },
+      key: { type: "string" },
+      allow: { type: "string" },
+      "tls-cert": { type: "string" },
+      "tls-key": { type: "string" },
+      ca: { type: "string" },
       role: { type: "string" },
       trainers: { type: "string" },
       "min-trainers": { type: "string" },
@@ -209,8 +231,16 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
   if (values.host && values.join) {
     throw new TypeError("Invalid flags: --host and --join exclude each other");
   }
-  if ((values.host || values.join) && !values.secret) {
-    throw new TypeError(`Invalid flags: --${values.host ? "host" : "join"} needs --secret`);
+  if (values.host && !values.secret && !values.allow) {
+    throw new TypeError("Invalid flags: --host needs --secret or --allow");
+  }
+  for (const [flag, needs] of [["allow", "host"], ["tls-cert", "host"], ["ca", "join"]] as const) {
+    if (values[flag] !== undefined && !values[needs]) {
+      throw new TypeError(`Invalid flags: --${flag} goes with --${needs}`);
+    }
+  }
+  if ((values["tls-cert"] === undefined) !== (values["tls-key"] === undefined)) {
+    throw new TypeError("Invalid flags: --tls-cert and --tls-key go together");
   }
   if (values.host && !/^[^:]+:\d+$/.test(values.host)) {
     throw new RangeError(`Invalid --host: expected ADDR:PORT, got "${values.host}"`);
@@ -249,6 +279,12 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
     host: values.host,
     join: values.join,
     secret: values.secret,
+    ...(values.key !== undefined ? { keyFile: values.key } : {}),
+    ...(values.allow !== undefined ? { allow: values.allow } : {}),
+    ...(values["tls-cert"] !== undefined
+      ? { tlsCert: values["tls-cert"], tlsKey: values["tls-key"] }
+      : {}),
+    ...(values.ca !== undefined ? { ca: values.ca } : {}),
     role,
     trainers: intArg("trainers", values.trainers, embedded ? 4 : 0, embedded ? 1 : 0),
     minTrainers: values["min-trainers"] === undefined

@@ -21,6 +21,8 @@ import { type CloseInfo, type ConnectionOptions, consoleLogger } from "./_channe
 import { type ClientOptions, TransportClient } from "./client.ts";
 import type { Envelope } from "./envelope.ts";
 import { TransportServer } from "./server.ts";
+import type { NodeIdentity } from "./identity.ts";
+import { nodeOf } from "../actors/runtime/_remote.ts";
 
 const transports = new WeakMap<ActorSystem, ActorTransport>();
 
@@ -63,8 +65,21 @@ function hostOf(addr: string | undefined): string | undefined {
 export interface ActorTransportOptions extends ConnectionOptions {
   /** Run id shared by every node of the run. */
   run: string;
-  /** The run secret. */
-  secret: string | Uint8Array;
+  /** The run secret (join token); optional with `identity` and `allow`. */
+  secret?: string | Uint8Array;
+  /** This node's key pair (see `TransportServer` and `TransportClient`). */
+  identity?: NodeIdentity;
+  /** Server side: the key fingerprints admitted. */
+  allow?: ReadonlySet<string>;
+  /** Client side: extra PEM certificates to trust for `wss://`. */
+  caCerts?: string[];
+  /**
+   * The actor paths (or node ids) a message speaks for, e.g. the trainer a
+   * contribution names. A tell, ask or reply from a peer that names a path on
+   * another node is refused as an impersonation and never delivered: what a
+   * message claims is bound to the connection it came on.
+   */
+  claims?: (payload: unknown) => string[];
 }
 
 /** Options of {@linkcode ActorTransport.connect}. */
@@ -72,6 +87,14 @@ export type DialOptions = Pick<
   ClientOptions,
   "expectedPeer" | "seed" | "random" | "backoffBaseMs" | "backoffMaxMs" | "maxAttempts"
 >;
+
+/** A certificate chain and its private key, PEM text, for serving `wss://`. */
+export interface TlsFiles {
+  /** The certificate chain. */
+  cert: string;
+  /** The private key. */
+  key: string;
+}
 
 /** A bound listener of {@linkcode ActorTransport.listen}. */
 export interface Listener {
@@ -136,6 +159,14 @@ export class ActorTransport {
     return [...this.#channels.keys()];
   }
 
+  /**
+   * The fingerprint of the key `node` signed its handshake with ("" when it
+   * proved the run secret only), or undefined when it is not connected.
+   */
+  peerFingerprint(node: string): string | undefined {
+    return this.#channels.get(node)?.at(-1)?.peerFingerprint;
+  }
+
   /** The host name by which an open connection reaches `node` (see {@linkcode peerHostname}). */
   peerHostname(node: string): string | undefined {
     return hostOf(this.#channels.get(node)?.at(-1)?.remoteAddr);
@@ -147,18 +178,21 @@ export class ActorTransport {
     return this;
   }
 
-  /** Serves the transport alone on `Deno.serve`. */
-  listen(options: { port?: number; hostname?: string; path?: string } = {}): Promise<Listener> {
+  /** Serves the transport alone on `Deno.serve` (`wss://` with `tls`: PEM cert and key). */
+  listen(
+    options: { port?: number; hostname?: string; path?: string; tls?: TlsFiles } = {},
+  ): Promise<Listener> {
     const path = options.path ?? "/";
     const app = this.server.router(path);
     const { promise, resolve } = Promise.withResolvers<Listener>();
     const http = Deno.serve({
       port: options.port ?? 0,
       hostname: options.hostname ?? "127.0.0.1",
+      ...(options.tls ? { cert: options.tls.cert, key: options.tls.key } : {}),
       onListen: (addr) => {
         resolve({
           port: addr.port,
-          url: `ws://${addr.hostname}:${addr.port}${path}`,
+          url: `${options.tls ? "wss" : "ws"}://${addr.hostname}:${addr.port}${path}`,
           shutdown: async () => {
             this.#listeners.delete(http);
             await http.shutdown();
@@ -238,7 +272,36 @@ export class ActorTransport {
     }
   }
 
+  /** Why a message from `channel` may not be delivered: it speaks for another node. */
+  #impersonation(env: Envelope, channel: Channel): string | undefined {
+    if (!this.#options.claims || env.kind === "error") return undefined;
+    let claimed: string[];
+    try {
+      claimed = this.#options.claims(env.payload);
+    } catch {
+      return undefined; // not a message the hook knows; the receiver validates it
+    }
+    const other = claimed.find((path) => nodeOf(path) !== channel.peerId);
+    if (other === undefined) return undefined;
+    const type = (env.payload as { type?: unknown })?.type;
+    return `${typeof type === "string" ? type : env.kind} from node "${channel.peerId}" names ` +
+      `"${other}" of another node (impersonation)`;
+  }
+
   #deliver(env: Envelope, channel: Channel): void {
+    const impersonation = this.#impersonation(env, channel);
+    if (impersonation !== undefined) {
+      (this.#options.log ?? consoleLogger)("warn", `Refused ${impersonation}`);
+      // The peer hears why: an ask fails with it, a tell or reply gets it as a report.
+      if (channel.isOpen) {
+        channel.post("error", env.from, {
+          code: "impersonation",
+          name: "ImpersonationError",
+          message: `Refused ${impersonation}`,
+        }, env.kind === "ask" ? { corr: env.id } : undefined);
+      }
+      return;
+    }
     let frame: RemoteFrame;
     switch (env.kind) {
       case "tell":
