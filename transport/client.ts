@@ -117,6 +117,8 @@ export class TransportClient {
   #readyWaiters: { resolve: (c: Channel) => void; reject: (e: Error) => void }[] = [];
   #closed = Promise.withResolvers<CloseInfo>();
   #lastClose: CloseInfo | undefined;
+  /** Why the client gave up, when it did so by itself (a refused handshake, an untrusted certificate). */
+  #fatalError: Error | undefined;
 
   /** Creates the client and starts connecting. */
   constructor(url: string | URL, options: ClientOptions) {
@@ -178,7 +180,9 @@ export class TransportClient {
     const open = this.channel;
     if (open) return Promise.resolve(open);
     if (this.#state === "closed") {
-      return Promise.reject(new ConnectionClosedError(`Client ${this.#o.nodeId} is closed`));
+      return Promise.reject(
+        this.#fatalError ?? new ConnectionClosedError(`Client ${this.#o.nodeId} is closed`),
+      );
     }
     const { promise, resolve, reject } = Promise.withResolvers<Channel>();
     this.#readyWaiters.push({ resolve, reject });
@@ -307,6 +311,7 @@ export class TransportClient {
       : new ConnectionClosedError(
         `Cannot connect to ${this.url}: connection closed (${info.code} ${info.reason})`,
       );
+    this.#fatalError = error;
     this.#failQueued(error);
     this.#closed.resolve(info);
   }
