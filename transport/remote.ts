@@ -132,8 +132,7 @@ export interface Listener {
  * ```
  */
 export class ActorTransport {
-  /** The server side; mount it on an app with `server.mount(app, path)`. */
-  readonly server: TransportServer;
+  #server: TransportServer | undefined;
   #system: ActorSystem;
   #options: ActorTransportOptions;
   #channels = new Map<string, Channel[]>();
@@ -145,13 +144,24 @@ export class ActorTransport {
     this.#system = system;
     this.#options = options;
     transports.set(system, this);
-    this.server = new TransportServer({
-      ...options,
-      nodeId: system.node,
+    // A node that only dials (a joiner with a key and no secret) never needs a server's admission.
+    if (options.secret !== undefined || options.allow) void this.server;
+  }
+
+  /**
+   * The server side; mount it on an app with `server.mount(app, path)`.
+   * Made on first use: it needs the run secret or an allow-list, which a
+   * node that only dials may not have.
+   */
+  get server(): TransportServer {
+    this.#server ??= new TransportServer({
+      ...this.#options,
+      nodeId: this.#system.node,
       onEnvelope: (env, ch) => this.#deliver(env, ch),
       onPeer: (ch) => this.#opened(ch),
       onPeerClosed: (ch, info) => this.#closed(ch, info),
     });
+    return this.#server;
   }
 
   /** Node ids with at least one open connection. */
@@ -361,7 +371,7 @@ export class ActorTransport {
   /** Closes every client and server connection (peers are removed from the system). */
   async close(): Promise<void> {
     await Promise.all([...this.#clients].map((c) => c.close()));
-    await this.server.close();
+    await this.#server?.close();
     await Promise.all([...this.#listeners].map((h) => h.shutdown()));
     this.#listeners.clear();
   }
