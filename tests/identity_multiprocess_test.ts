@@ -14,7 +14,14 @@
  */
 import { equal, ok } from "@std/assert";
 import { derivedNodeId, loadIdentity } from "../transport/identity.ts";
-import { type Line, type NodeProcess, startNode } from "./_node_process.ts";
+import {
+  hostFlags,
+  type Line,
+  type NodeProcess,
+  startNode,
+  stopNodes,
+  TINY_RUN,
+} from "./_node_process.ts";
 
 const ROGUE = new URL("./fixtures/rogue_node.ts", import.meta.url).pathname;
 
@@ -68,10 +75,7 @@ Deno.test({
     const procs: NodeProcess[] = [];
     try {
       const host = startNode([
-        "--run-dir",
-        `${dir}/host`,
-        "--host",
-        `127.0.0.1:${port}`,
+        ...hostFlags(`${dir}/host`, port),
         "--allow",
         `${dir}/allow.txt`,
         "--trainers",
@@ -80,10 +84,7 @@ Deno.test({
         "0",
         "--rounds",
         "400",
-        "--config",
-        "tiny",
-        "--inner-steps",
-        "3",
+        ...TINY_RUN,
       ], { timeoutMs: 180_000 });
       procs.push(host);
       await host.waitFor((l) => String(l.message ?? "").startsWith("hosting run"), "the host");
@@ -163,14 +164,7 @@ Deno.test({
       );
       equal(hostTrainer?.key, hostFp);
     } finally {
-      for (const p of procs) {
-        try {
-          p.child.kill("SIGKILL");
-        } catch {
-          // Already exited.
-        }
-        await p.done;
-      }
+      await stopNodes(procs);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },

@@ -9,7 +9,7 @@
  * `deno test -A tests/tls_multiprocess_test.ts`.
  */
 import { deepEqual, equal, ok } from "@std/assert";
-import { type NodeProcess, startNode } from "./_node_process.ts";
+import { hostFlags, type NodeProcess, startNode, stopNodes, TINY_RUN } from "./_node_process.ts";
 import { selfSignedCert } from "./_tls.ts";
 
 Deno.test({
@@ -26,10 +26,7 @@ Deno.test({
     const https = Deno.createHttpClient({ caCerts: [cert.cert] });
     try {
       const host = startNode([
-        "--run-dir",
-        `${dir}/host`,
-        "--host",
-        `127.0.0.1:${port}`,
+        ...hostFlags(`${dir}/host`, port),
         "--secret",
         "tls-token",
         "--tls-cert",
@@ -42,10 +39,7 @@ Deno.test({
         "1",
         "--rounds",
         String(rounds),
-        "--config",
-        "tiny",
-        "--inner-steps",
-        "3",
+        ...TINY_RUN,
       ], { timeoutMs: 180_000 });
       procs.push(host);
       const hosting = await host.waitFor(
@@ -83,14 +77,7 @@ Deno.test({
       equal((await host.done).code, 0);
     } finally {
       https.close();
-      for (const p of procs) {
-        try {
-          p.child.kill("SIGKILL");
-        } catch {
-          // Already exited.
-        }
-        await p.done;
-      }
+      await stopNodes(procs);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },

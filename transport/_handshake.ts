@@ -118,6 +118,54 @@ function transcript(
   };
 }
 
+/**
+ * What one side sends to prove itself: a MAC of the run secret over the other
+ * side's nonce (with a secret) and a signature over the transcript (with a key).
+ */
+async function proofs(
+  side: HandshakeSide,
+  role: "client" | "server",
+  otherNonce: Uint8Array,
+  t: Transcript,
+): Promise<{ mac?: Uint8Array; sig?: Uint8Array }> {
+  const out: { mac?: Uint8Array; sig?: Uint8Array } = {};
+  if (side.secretKey) {
+    const input = { role, nonce: otherNonce, peerId: side.nodeId, run: side.run };
+    out.mac = await prove(side.secretKey, input);
+  }
+  if (side.identity) out.sig = await signTranscript(side.identity.privateKey, t);
+  return out;
+}
+
+/** Whether `mac` proves the run secret: made by `prover` in `role` over `nonce`. */
+async function macProven(
+  side: HandshakeSide,
+  role: "client" | "server",
+  nonce: Uint8Array,
+  prover: string,
+  mac: Uint8Array | undefined,
+): Promise<boolean> {
+  if (!mac || !side.secretKey) return false;
+  return await verifyProof(side.secretKey, mac, { role, nonce, peerId: prover, run: side.run });
+}
+
+/** The transcript as the client knows it (its own side, and the challenge of `serverId`). */
+function clientTranscript(
+  role: "client" | "server",
+  side: HandshakeSide,
+  serverId: string,
+  challenge: ChallengePayload,
+  clientNonce: Uint8Array,
+): Transcript {
+  return transcript(
+    role,
+    side.run,
+    { client: side.nodeId, server: serverId },
+    { server: challenge.nonce, client: clientNonce },
+    { client: side.identity?.publicKey, server: challenge.key },
+  );
+}
+
 /** Client: the answer to the challenge of server `serverId`. */
 export async function authPayload(
   side: HandshakeSide,
@@ -125,29 +173,9 @@ export async function authPayload(
   challenge: ChallengePayload,
   nonce: Uint8Array,
 ): Promise<AuthPayload> {
-  const out: AuthPayload = { nonce };
-  if (side.secretKey) {
-    out.mac = await prove(side.secretKey, {
-      role: "client",
-      nonce: challenge.nonce,
-      peerId: side.nodeId,
-      run: side.run,
-    });
-  }
-  if (side.identity) {
-    out.key = side.identity.publicKey;
-    out.sig = await signTranscript(
-      side.identity.privateKey,
-      transcript(
-        "client",
-        side.run,
-        { client: side.nodeId, server: serverId },
-        { server: challenge.nonce, client: nonce },
-        { client: side.identity.publicKey, server: challenge.key },
-      ),
-    );
-  }
-  return out;
+  const t = clientTranscript("client", side, serverId, challenge, nonce);
+  const proof = await proofs(side, "client", challenge.nonce, t);
+  return { nonce, ...proof, ...(side.identity ? { key: side.identity.publicKey } : {}) };
 }
 
 /**
@@ -162,8 +190,7 @@ export async function checkAuth(
   auth: AuthPayload,
 ): Promise<AuthCheck> {
   if (side.secretKey) {
-    const input = { role: "client" as const, nonce: serverNonce, peerId: clientId, run: side.run };
-    if (!auth.mac || !(await verifyProof(side.secretKey, auth.mac, input))) {
+    if (!(await macProven(side, "client", serverNonce, clientId, auth.mac))) {
       return refuse(auth.mac ? "bad MAC" : "no proof of the run secret");
     }
   }
@@ -196,27 +223,18 @@ export async function checkAuth(
       NOT_ADMITTED_CODE,
     );
   }
-  const welcome: WelcomePayload = {};
-  if (side.secretKey && auth.mac) {
-    welcome.mac = await prove(side.secretKey, {
-      role: "server",
-      nonce: auth.nonce,
-      peerId: side.nodeId,
-      run: side.run,
-    });
-  }
-  if (side.identity) {
-    welcome.sig = await signTranscript(
-      side.identity.privateKey,
-      transcript(
-        "server",
-        side.run,
-        { client: clientId, server: side.nodeId },
-        { server: serverNonce, client: auth.nonce },
-        { client: auth.key, server: side.identity.publicKey },
-      ),
-    );
-  }
+  const welcome: WelcomePayload = await proofs(
+    side,
+    "server",
+    auth.nonce,
+    transcript(
+      "server",
+      side.run,
+      { client: clientId, server: side.nodeId },
+      { server: serverNonce, client: auth.nonce },
+      { client: auth.key, server: side.identity?.publicKey },
+    ),
+  );
   return { ok: true, fingerprint, welcome };
 }
 
@@ -236,19 +254,12 @@ export async function checkWelcome(
   welcome: WelcomePayload,
 ): Promise<WelcomeCheck> {
   if (side.secretKey) {
-    const input = { role: "server" as const, nonce: clientNonce, peerId: serverId, run: side.run };
-    if (!welcome.mac || !(await verifyProof(side.secretKey, welcome.mac, input))) {
+    if (!(await macProven(side, "server", clientNonce, serverId, welcome.mac))) {
       return { ok: false, why: "server did not prove the run secret" };
     }
   }
   if (challenge.key) {
-    const t = transcript(
-      "server",
-      side.run,
-      { client: side.nodeId, server: serverId },
-      { server: challenge.nonce, client: clientNonce },
-      { client: side.identity?.publicKey, server: challenge.key },
-    );
+    const t = clientTranscript("server", side, serverId, challenge, clientNonce);
     if (!welcome.sig || !(await verifyTranscript(challenge.key, welcome.sig, t))) {
       return { ok: false, why: "server did not prove its key" };
     }
