@@ -191,3 +191,30 @@ Deno.test("deno task node --resume DIR --rounds 1 past the run's end exits 2 wit
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("node flags: keys, allow-lists and TLS files go with the side that uses them", () => {
+  const host = parseNodeArgs([
+    "--host",
+    "127.0.0.1:7777",
+    "--allow",
+    "keys.txt",
+    "--tls-cert",
+    "h.crt",
+    "--tls-key",
+    "h.key",
+    "--key",
+    "me.key",
+  ]);
+  deepEqual(
+    [host.secret, host.allow, host.tlsCert, host.tlsKey, host.keyFile],
+    [undefined, "keys.txt", "h.crt", "h.key", "me.key"],
+  );
+  equal(parseNodeArgs(["--join", "wss://h:7777", "--ca", "h.crt"]).ca, "h.crt");
+  throws(() => parseNodeArgs(["--host", "h:1"]), /--host needs --secret or --allow/);
+  throws(() => parseNodeArgs(["--join", "ws://h:1", "--allow", "k"]), /--allow goes with --host/);
+  throws(() => parseNodeArgs(["--host", "h:1", "--secret", "s", "--ca", "c"]), /--ca goes with/);
+  throws(
+    () => parseNodeArgs(["--host", "h:1", "--secret", "s", "--tls-cert", "c"]),
+    /--tls-cert and --tls-key go together/,
+  );
+});

@@ -295,7 +295,7 @@ export class Channel {
         this.#state = "handshake";
         this.#sendNow({ kind: "auth", to: env.from, payload });
         this.#drainEarly();
-      });
+      }, (err) => this.#authFailed(env.from, `cannot answer the challenge: ${err}`));
       return;
     }
     this.#state = "verifying";
@@ -310,7 +310,7 @@ export class Channel {
         this.#peerFingerprint = r.fingerprint;
         this.#sendNow({ kind: "welcome", to: env.from, payload: r.welcome });
         this.#becomeOpen();
-      });
+      }, (err) => this.#authFailed(env.from, `cannot check the auth: ${err}`));
       return;
     }
     checkWelcome(
@@ -327,7 +327,7 @@ export class Channel {
       }
       this.#peerFingerprint = r.fingerprint;
       this.#becomeOpen();
-    });
+    }, (err) => this.#authFailed(env.from, `cannot check the welcome: ${err}`));
   }
 
   #drainEarly(): void {
