@@ -7,7 +7,9 @@
  * replays its own accepted contribution in a later round gets it refused as
  * `stale_round`, and one that sends it again in the host trainer's name gets
  * it refused as an impersonation, by the host's transport, before any actor
- * sees it. `/status` shows each member's key fingerprint.
+ * sees it; its request that the tracker crash (a fault only the host may
+ * inject) is refused the same way. `/status` shows each member's key
+ * fingerprint.
  *
  * Slow (the host compiles shaders): run alone with
  * `deno test -A tests/identity_multiprocess_test.ts`.
@@ -125,7 +127,7 @@ Deno.test({
       const r = await rogue(
         [url, `${dir}/rogue.key`, "replay"],
         (lines) =>
-          lines.some((l) => l.event === "forged") &&
+          lines.some((l) => l.event === "crash") &&
           lines.some((l) => l.event === "reject" && l.reason === "stale_round"),
       );
       const contributed = r.lines.filter((l) => l.event === "contributed");
@@ -143,13 +145,24 @@ Deno.test({
       const forged = r.lines.find((l) => l.event === "forged")!;
       equal(forged.accepted, false);
       ok(
-        /Refused contribution from node "rogue-[0-9a-f]{16}" names "host\/run\/trainers\/0" of another node \(impersonation\)/
+        /Refused contribution from node "rogue-[0-9a-f]{16}" speaks for "host\/run\/trainers\/0" of another node \(impersonation\)/
           .test(String(forged.message)),
         String(forged.message),
       );
       await host.waitFor(
         (l) => /transport: Refused contribution .*impersonation/.test(String(l.message)),
         "the host's log of the forwarded contribution",
+      );
+      const crash = r.lines.find((l) => l.event === "crash")!;
+      equal(crash.accepted, false);
+      ok(
+        /Refused crash from node "rogue-[0-9a-f]{16}" speaks for "host\/run\/tracker\/tracker"/
+          .test(String(crash.message)),
+        String(crash.message),
+      );
+      ok(
+        !host.lines.some((l) => /restart/.test(String(l.message))),
+        "no actor of the host restarted",
       );
       await host.waitFor(
         (l) => /rejected contribution \(stale_round/.test(String(l.message)),

@@ -125,7 +125,7 @@ Deno.test("identity over sockets: a message naming another node's trainer is ref
     equal(await agg.ask({ type: "contribution", trainer: `${me.nodeId}/node/trainer` }), "taken");
     await rejects(
       () => agg.ask({ type: "contribution", trainer: "trainer-0123456789abcdef/node/trainer" }),
-      /contribution from node "trainer-[0-9a-f]{16}" names "trainer-0123456789abcdef\/node\/trainer" of another node \(impersonation\)/,
+      /contribution from node "trainer-[0-9a-f]{16}" speaks for "trainer-0123456789abcdef\/node\/trainer" of another node \(impersonation\)/,
     );
     agg.tell({ type: "contribution", trainer: "host/run/trainers/0" });
     equal(await agg.ask({ type: "contribution", trainer: `${me.nodeId}/node/trainer` }), "taken");

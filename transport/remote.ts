@@ -74,12 +74,13 @@ export interface ActorTransportOptions extends ConnectionOptions {
   /** Client side: extra PEM certificates to trust for `wss://`. */
   caCerts?: string[];
   /**
-   * The actor paths (or node ids) a message speaks for, e.g. the trainer a
-   * contribution names. A tell, ask or reply from a peer that names a path on
-   * another node is refused as an impersonation and never delivered: what a
-   * message claims is bound to the connection it came on.
+   * The actor paths (or node ids) a message to `to` speaks for, e.g. the
+   * trainer a contribution names. A tell, ask or reply from a peer that
+   * speaks for a path on another node is refused as an impersonation and
+   * never delivered: what a message claims is bound to the connection it
+   * came on.
    */
-  claims?: (payload: unknown) => string[];
+  claims?: (payload: unknown, to: string) => string[];
 }
 
 /** Options of {@linkcode ActorTransport.connect}. */
@@ -287,15 +288,15 @@ export class ActorTransport {
     if (!this.#options.claims || env.kind === "error") return undefined;
     let claimed: string[];
     try {
-      claimed = this.#options.claims(env.payload);
+      claimed = this.#options.claims(env.payload, env.to);
     } catch {
       return undefined; // not a message the hook knows; the receiver validates it
     }
     const other = claimed.find((path) => nodeOf(path) !== channel.peerId);
     if (other === undefined) return undefined;
     const type = (env.payload as { type?: unknown })?.type;
-    return `${typeof type === "string" ? type : env.kind} from node "${channel.peerId}" names ` +
-      `"${other}" of another node (impersonation)`;
+    return `${typeof type === "string" ? type : env.kind} from node "${channel.peerId}" speaks ` +
+      `for "${other}" of another node (impersonation)`;
   }
 
   #deliver(env: Envelope, channel: Channel): void {
