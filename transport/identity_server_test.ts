@@ -93,14 +93,15 @@ Deno.test("identity over sockets: a node id not derived from the signing key is 
   }
 });
 
-Deno.test("identity over sockets: a message naming another node's trainer is refused as impersonation", async () => {
+Deno.test("identity over sockets: a message or reply speaking for another node is refused as impersonation", async () => {
   const hubSys = new ActorSystem({ node: "hub" });
   const got: unknown[] = [];
   await hubSys.spawn({ receive: (m: unknown) => (got.push(m), "taken") }, { name: "agg" });
   const logs: string[] = [];
   const claims = (p: unknown) => {
-    const t = (p as { trainer?: unknown })?.trainer;
-    return typeof t === "string" ? [t] : [];
+    const m = p as { trainer?: unknown; keeper?: unknown };
+    const who = m?.trainer ?? m?.keeper;
+    return typeof who === "string" ? [who] : [];
   };
   const hubT = new ActorTransport(hubSys, {
     run: RUN,
@@ -132,6 +133,17 @@ Deno.test("identity over sockets: a message naming another node's trainer is ref
     deepEqual(got.length, 2, "only the contributions in the sender's own name arrived");
     ok(logs.some((l) => /Refused contribution .*"host\/run\/trainers\/0".*impersonation/.test(l)));
     equal(hubT.peerFingerprint(me.nodeId), me.identity.fingerprint);
+    // A reply is bound the same way: one that speaks for another node's keeper fails the ask.
+    await edge.spawn({ receive: (keeper: string) => ({ type: "keeper_missing", keeper }) }, {
+      name: "keeper",
+    });
+    const keeper = hubSys.ref(`${me.nodeId}/keeper`);
+    const own = `${me.nodeId}/keeper`;
+    deepEqual(await keeper.ask(own), { type: "keeper_missing", keeper: own });
+    await rejects(
+      () => keeper.ask("host/run/keepers/0", { timeoutMs: 10_000 }),
+      /Refused keeper_missing from node "trainer-[0-9a-f]{16}" speaks for "host\/run\/keepers\/0"/,
+    );
   } finally {
     await edgeT.close();
     await hubT.close();

@@ -302,14 +302,25 @@ export class ActorTransport {
   #deliver(env: Envelope, channel: Channel): void {
     const impersonation = this.#impersonation(env, channel);
     if (impersonation !== undefined) {
-      (this.#options.log ?? consoleLogger)("warn", `Refused ${impersonation}`);
+      const message = `Refused ${impersonation}`;
+      (this.#options.log ?? consoleLogger)("warn", message);
       // The peer hears why: an ask fails with it, a tell or reply gets it as a report.
       if (channel.isOpen) {
         channel.post("error", env.from, {
           code: "impersonation",
           name: "ImpersonationError",
-          message: `Refused ${impersonation}`,
+          message,
         }, env.kind === "ask" ? { corr: env.id } : undefined);
+      }
+      // The ask a refused reply answers fails with the reason instead of waiting for its timeout.
+      if (env.kind === "reply") {
+        this.#system.deliverRemote({
+          kind: "error",
+          to: env.to,
+          from: channel.peerId,
+          id: env.corr,
+          payload: { name: "ImpersonationError", message },
+        });
       }
       return;
     }
