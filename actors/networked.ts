@@ -71,6 +71,8 @@ export interface NetworkedOptions extends RunSettings {
   tlsKey?: string;
   /** Joining: a PEM certificate to trust for `wss://` (a self-signed host certificate). */
   ca?: string;
+  /** Joining: the host's key fingerprint (or its first 16+ hex characters) to insist on. */
+  hostKey?: string;
   /** Trainers in the host process. */
   trainers: number;
   /** Host: open the first round once this many trainers joined. */
@@ -234,9 +236,14 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
       if (level === "warn" || level === "error") log(`transport: ${message}`, "warn");
     },
   });
-  const client = transport.connect(options.join!, { expectedPeer: "host", maxAttempts: 20 });
+  const client = transport.connect(options.join!, {
+    expectedPeer: "host",
+    maxAttempts: 20,
+    ...(options.hostKey ? { expectedKey: options.hostKey } : {}),
+  });
   try {
     await client.ready();
+    log(`host key ${transport.peerFingerprint("host") || "(none: the secret only)"}`);
   } catch (err) {
     const why = err instanceof Error ? err.message : String(err);
     const hint = /TLS certificate not trusted/.test(why)

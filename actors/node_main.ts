@@ -68,6 +68,7 @@ Options:
   --tls-cert FILE       host: serve wss:// and https:// with this PEM certificate (and --tls-key)
   --tls-key FILE        host: the certificate's PEM private key
   --ca FILE             joining wss://: trust this PEM certificate (a self-signed host's)
+  --host-key FP         joining: refuse a host whose key fingerprint does not start with FP
   --role ROLE           role when joining: trainer (default) or keeper (a checkpoint keeper
                         of the run, writing --run-dir, default runs/<run id>/<node>)
   --trainers N          trainers in this process (embedded/host; default 4 embedded, 0 host)
@@ -114,6 +115,7 @@ export interface NodeArgs extends RunSettings {
   tlsCert?: string;
   tlsKey?: string;
   ca?: string;
+  hostKey?: string;
   role: "trainer" | "aggregator" | "keeper";
   trainers: number;
   minTrainers?: number;
@@ -180,6 +182,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       "tls-cert": { type: "string" },
       "tls-key": { type: "string" },
       ca: { type: "string" },
+      "host-key": { type: "string" },
       role: { type: "string" },
       trainers: { type: "string" },
       "min-trainers": { type: "string" },
@@ -234,7 +237,8 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
   if (values.host && !values.secret && !values.allow) {
     throw new TypeError("Invalid flags: --host needs --secret or --allow");
   }
-  for (const [flag, needs] of [["allow", "host"], ["tls-cert", "host"], ["ca", "join"]] as const) {
+  const sides = [["allow", "host"], ["tls-cert", "host"], ["ca", "join"], ["host-key", "join"]];
+  for (const [flag, needs] of sides as [keyof typeof values & string, "host" | "join"][]) {
     if (values[flag] !== undefined && !values[needs]) {
       throw new TypeError(`Invalid flags: --${flag} goes with --${needs}`);
     }
@@ -285,6 +289,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       ? { tlsCert: values["tls-cert"], tlsKey: values["tls-key"] }
       : {}),
     ...(values.ca !== undefined ? { ca: values.ca } : {}),
+    ...(values["host-key"] !== undefined ? { hostKey: values["host-key"] } : {}),
     role,
     trainers: intArg("trainers", values.trainers, embedded ? 4 : 0, embedded ? 1 : 0),
     minTrainers: values["min-trainers"] === undefined

@@ -210,6 +210,8 @@ Deno.test("node flags: keys, allow-lists and TLS files go with the side that use
     [undefined, "keys.txt", "h.crt", "h.key", "me.key"],
   );
   equal(parseNodeArgs(["--join", "wss://h:7777", "--ca", "h.crt"]).ca, "h.crt");
+  equal(parseNodeArgs(["--join", "ws://h:1", "--host-key", "ab12"]).hostKey, "ab12");
+  throws(() => parseNodeArgs(["--host", "h:1", "--secret", "s", "--host-key", "ab"]), /--host-key/);
   throws(() => parseNodeArgs(["--host", "h:1"]), /--host needs --secret or --allow/);
   throws(() => parseNodeArgs(["--join", "ws://h:1", "--allow", "k"]), /--allow goes with --host/);
   throws(() => parseNodeArgs(["--host", "h:1", "--secret", "s", "--ca", "c"]), /--ca goes with/);

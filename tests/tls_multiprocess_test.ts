@@ -58,9 +58,22 @@ Deno.test({
         JSON.stringify(wrong.lines.slice(-3)),
       );
 
-      const trainer = startNode(["--join", url, "--secret", "tls-token", "--ca", cert.certFile], {
-        timeoutMs: 180_000,
-      });
+      // The trainer also pins the host's key, as printed by the host.
+      const hostKey = await host.waitFor(
+        (l) => String(l.message ?? "").startsWith("host key"),
+        "the host key",
+      );
+      const fp = String(hostKey.message).slice("host key ".length, "host key ".length + 64);
+      const trainer = startNode([
+        "--join",
+        url,
+        "--secret",
+        "tls-token",
+        "--ca",
+        cert.certFile,
+        "--host-key",
+        fp.slice(0, 16),
+      ], { timeoutMs: 180_000 });
       procs.push(trainer);
       await host.waitFor((l) => l.event === "round" && l.round === 0, "round 0 over wss://");
       const status = await (await fetch(`https://127.0.0.1:${port}/status`, { client: https }))
@@ -68,6 +81,10 @@ Deno.test({
       equal(status.run, "run");
       const joined = status.members.find((m: { node: string }) => m.node.startsWith("trainer-"));
       ok(/^[0-9a-f]{64}$/.test(joined?.key), JSON.stringify(status.members));
+      await trainer.waitFor(
+        (l) => l.message === `host key ${fp}`,
+        "the trainer's log of the host key",
+      );
       const done = await host.waitFor((l) => l.event === "done", "the end of the run");
       deepEqual(
         host.lines.filter((l) => l.event === "round").map((l) => l.round),

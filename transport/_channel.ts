@@ -325,6 +325,14 @@ export class Channel {
         this.#authFailed(env.from, r.ok ? `welcome from "${env.from}"` : r.why);
         return;
       }
+      const pinned = this.#o.expectedKey?.toLowerCase();
+      if (pinned && !r.fingerprint.startsWith(pinned)) {
+        const why = `Host key ${r.fingerprint.slice(0, 16) || "(none)"} is not the expected ${
+          pinned.slice(0, 16)
+        }`;
+        this.#authFailed(env.from, why, AUTH_FAILED_CODE, why);
+        return;
+      }
       this.#peerFingerprint = r.fingerprint;
       this.#becomeOpen();
     }, (err) => this.#authFailed(env.from, `cannot check the welcome: ${err}`));

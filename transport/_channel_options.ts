@@ -156,6 +156,8 @@ export interface ChannelOptions extends ConnectionOptions {
   resolvedLimits: Limits;
   /** Client side: the server id to insist on. */
   expectedPeer?: string;
+  /** Client side: the server's key fingerprint (or a prefix of it) to insist on. */
+  expectedKey?: string;
   /** Request/response mode handler. */
   onMessage?: MessageHandler;
   /**

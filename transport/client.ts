@@ -41,6 +41,11 @@ export interface ClientOptions extends ConnectionOptions {
   caCerts?: string[];
   /** The server's node id; a server that claims another id is refused. */
   expectedPeer?: string;
+  /**
+   * The server's key fingerprint, or a prefix of at least 16 hex characters:
+   * a server that signs with another key (or none) is refused.
+   */
+  expectedKey?: string;
   /** Request/response handler for tells and asks the server sends. */
   onMessage?: MessageHandler;
   /** Raw handler for every data envelope (takes priority over `onMessage`). */
@@ -131,6 +136,11 @@ export class TransportClient {
     this.#o = options;
     this.#limits = resolveLimits(options.limits);
     checkConnectionOptions(options);
+    if (options.expectedKey !== undefined && !/^[0-9a-fA-F]{16,64}$/.test(options.expectedKey)) {
+      throw new RangeError(
+        `Invalid expected key: "${options.expectedKey}" (16 to 64 hex characters of a fingerprint)`,
+      );
+    }
     if (options.secret === undefined && !options.identity) {
       throw new TypeError("Invalid client options: needs a run secret or an identity");
     }

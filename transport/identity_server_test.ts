@@ -48,6 +48,40 @@ Deno.test("identity over sockets: a listed key joins and each side knows the oth
   }
 });
 
+Deno.test("identity over sockets: a client that pins the server's key refuses another key", async () => {
+  const hubId = await keyed("hub");
+  const served = await hub({ secret: "token", identity: hubId.identity });
+  const options = { run: RUN, secret: "token", log: () => {} };
+  const pinned = new TransportClient(served.url, {
+    ...options,
+    ...await keyed("trainer"),
+    expectedKey: hubId.identity.fingerprint.slice(0, 16),
+  });
+  const other = (await generateIdentity()).fingerprint;
+  const wrong = new TransportClient(served.url, {
+    ...options,
+    ...await keyed("trainer"),
+    expectedKey: other,
+  });
+  try {
+    equal(await pinned.ask("hub/x", 1), "ok");
+    await rejects(
+      () => wrong.ready(),
+      (e: unknown) =>
+        e instanceof AuthenticationError &&
+        e.message.includes(
+          `Host key ${hubId.identity.fingerprint.slice(0, 16)} is not the expected ${
+            other.slice(0, 16)
+          }`,
+        ),
+    );
+  } finally {
+    await pinned.close();
+    await wrong.close();
+    await served.shutdown();
+  }
+});
+
 Deno.test("identity over sockets: a key off the allow-list is closed with 4403 and told why", async () => {
   const listed = await keyed("trainer");
   const stranger = await keyed("trainer");

@@ -86,7 +86,13 @@ export interface ActorTransportOptions extends ConnectionOptions {
 /** Options of {@linkcode ActorTransport.connect}. */
 export type DialOptions = Pick<
   ClientOptions,
-  "expectedPeer" | "seed" | "random" | "backoffBaseMs" | "backoffMaxMs" | "maxAttempts"
+  | "expectedPeer"
+  | "expectedKey"
+  | "seed"
+  | "random"
+  | "backoffBaseMs"
+  | "backoffMaxMs"
+  | "maxAttempts"
 >;
 
 /** A certificate chain and its private key, PEM text, for serving `wss://`. */
