@@ -53,14 +53,8 @@ export interface RunInfo {
   resume?: { round: number; cursors: ReportCursor[] };
 }
 
-/** Options of {@linkcode runNetworked}. */
-export interface NetworkedOptions extends RunSettings {
-  /** `ADDR:PORT` to host on. */
-  host?: string;
-  /** `ws://ADDR:PORT` to join. */
-  join?: string;
-  /** The run secret (the join token of an open run; optional with `allow`). */
-  secret?: string;
+/** Who a node is and whom it trusts: its key, the host's allow-list, TLS files (all paths). */
+export interface AdmissionOptions {
   /** This node's Ed25519 key file (created when missing; default `<runDir>/node.key`). */
   keyFile?: string;
   /** Host: a file of admitted keys, one fingerprint or base64 public key per line. */
@@ -73,6 +67,16 @@ export interface NetworkedOptions extends RunSettings {
   ca?: string;
   /** Joining: the host's key fingerprint (or its first 16+ hex characters) to insist on. */
   hostKey?: string;
+}
+
+/** Options of {@linkcode runNetworked}. */
+export interface NetworkedOptions extends RunSettings, AdmissionOptions {
+  /** `ADDR:PORT` to host on. */
+  host?: string;
+  /** `ws://ADDR:PORT` to join. */
+  join?: string;
+  /** The run secret (the join token of an open run; optional with `allow`). */
+  secret?: string;
   /** Trainers in the host process. */
   trainers: number;
   /** Host: open the first round once this many trainers joined. */

@@ -32,7 +32,7 @@ import {
 } from "./outer_optimizer.ts";
 import { runEmbedded } from "./embedded.ts";
 import type { RunEvent } from "./monitor.ts";
-import { runNetworked } from "./networked.ts";
+import { type AdmissionOptions, runNetworked } from "./networked.ts";
 import {
   checkResumeRound,
   resumeCursors,
@@ -106,16 +106,10 @@ ${SHAPE_HELP.replace(/^ {2}(--\S+ N) +/gm, (_, f) => `  ${f.padEnd(20)}  `)}
 `;
 
 /** Parsed command line. */
-export interface NodeArgs extends RunSettings {
+export interface NodeArgs extends RunSettings, AdmissionOptions {
   host?: string;
   join?: string;
   secret?: string;
-  keyFile?: string;
-  allow?: string;
-  tlsCert?: string;
-  tlsKey?: string;
-  ca?: string;
-  hostKey?: string;
   role: "trainer" | "aggregator" | "keeper";
   trainers: number;
   minTrainers?: number;
