@@ -33,6 +33,14 @@ import { mountDashboard } from "./dashboard/serve.ts";
 import { finalCommit, summarize } from "./run_summary.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { checkDuty } from "../checkpoint/_background.ts";
+import {
+  derivedNodeId,
+  generateIdentity,
+  loadIdentity,
+  type NodeIdentity,
+  parseAllowList,
+} from "../transport/identity.ts";
+import { runMessageClaims } from "./run_identity.ts";
 
 /** Settings the host hands to joiners, so that every trainer runs the same engine. */
 export interface RunInfo {
@@ -46,13 +54,29 @@ export interface RunInfo {
   resume?: { round: number; cursors: ReportCursor[] };
 }
 
+/** Who a node is and whom it trusts: its key, the host's allow-list, TLS files (all paths). */
+export interface AdmissionOptions {
+  /** This node's Ed25519 key file (created when missing; default `<runDir>/node.key`). */
+  keyFile?: string;
+  /** Host: a file of admitted keys, one fingerprint or base64 public key per line. */
+  allow?: string;
+  /** Host: serve `wss://` and `https://` with this PEM certificate chain (and `tlsKey`). */
+  tlsCert?: string;
+  /** Host: the PEM private key of `tlsCert`. */
+  tlsKey?: string;
+  /** Joining: a PEM certificate to trust for `wss://` (a self-signed host certificate). */
+  ca?: string;
+  /** Joining: the host's key fingerprint (or its first 16+ hex characters) to insist on. */
+  hostKey?: string;
+}
+
 /** Options of {@linkcode runNetworked}. */
-export interface NetworkedOptions extends RunSettings {
+export interface NetworkedOptions extends RunSettings, AdmissionOptions {
   /** `ADDR:PORT` to host on. */
   host?: string;
   /** `ws://ADDR:PORT` to join. */
   join?: string;
-  /** The run secret. */
+  /** The run secret (the join token of an open run; optional with `allow`). */
   secret?: string;
   /** Trainers in the host process. */
   trainers: number;
@@ -136,22 +160,39 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
       ? { resume: { round: host.startRound, cursors: resumeCursors(options.resume) } }
       : { freshRound: host.startRound }),
   };
+  const admission = await hostAdmission(options);
   const transport = new ActorTransport(system, {
     run: options.run,
-    secret: options.secret!,
+    ...(options.secret !== undefined ? { secret: options.secret } : {}),
+    identity: admission.identity,
+    ...(admission.allow ? { allow: admission.allow } : {}),
+    claims: runMessageClaims,
     log: (level, message) => {
       if (level === "warn" || level === "error") host.monitor.log(`transport: ${message}`, "warn");
     },
   });
+  host.monitor.log(
+    `host key ${admission.identity.fingerprint}; admits ${
+      admission.allow ? `the ${admission.allow.size} keys of ${options.allow}` : "any key"
+    }${options.secret !== undefined ? " with the run secret" : ""}`,
+  );
   const app = new Hono();
-  const dashboard = mountDashboard(app, host, { peers: () => transport.peers, evalEvery: 1 });
+  const dashboard = mountDashboard(app, host, {
+    peers: () => transport.peers,
+    evalEvery: 1,
+    memberKey: (node) =>
+      node === system.node ? admission.identity.fingerprint : transport.peerFingerprint(node),
+  });
   transport.mount(app, "/");
   const listening = Promise.withResolvers<void>();
+  const tls = admission.tls;
   const http = Deno.serve({
     hostname,
     port: Number(portText),
+    ...(tls ? { cert: tls.cert, key: tls.key } : {}),
     onListen: (addr) => {
-      host.monitor.log(`hosting run "${options.run}" on ws://${addr.hostname}:${addr.port}`);
+      const scheme = tls ? "wss" : "ws";
+      host.monitor.log(`hosting run "${options.run}" on ${scheme}://${addr.hostname}:${addr.port}`);
       listening.resolve();
     },
   }, app.fetch);
@@ -194,23 +235,37 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
 
 async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): Promise<number> {
   const { ActorTransport } = await import("../transport/remote.ts");
-  const node = options.node ?? `trainer-${Deno.pid}`;
+  const identity = await joinerIdentity(options);
+  const node = options.node ?? derivedNodeId(options.role ?? "trainer", identity.fingerprint);
   const system = new ActorSystem({ node });
   const start = performance.now();
   const log = (message: string, level: "info" | "warn" = "info") =>
     emit({ event: "log", level, message, wall_s: Math.round(performance.now() - start) / 1000 });
+  log(`node ${node}, key ${identity.fingerprint}`);
   const transport = new ActorTransport(system, {
     run: options.run,
-    secret: options.secret!,
+    ...(options.secret !== undefined ? { secret: options.secret } : {}),
+    identity,
+    ...(options.ca ? { caCerts: [await Deno.readTextFile(options.ca)] } : {}),
+    claims: runMessageClaims,
     log: (level, message) => {
       if (level === "warn" || level === "error") log(`transport: ${message}`, "warn");
     },
   });
-  const client = transport.connect(options.join!, { expectedPeer: "host", maxAttempts: 20 });
+  const client = transport.connect(options.join!, {
+    expectedPeer: "host",
+    maxAttempts: 20,
+    ...(options.hostKey ? { expectedKey: options.hostKey } : {}),
+  });
   try {
     await client.ready();
+    log(`host key ${transport.peerFingerprint("host") || "(none: the secret only)"}`);
   } catch (err) {
-    log(`Cannot join run at ${options.join}: ${err instanceof Error ? err.message : err}`, "warn");
+    const why = err instanceof Error ? err.message : String(err);
+    const hint = /TLS certificate not trusted/.test(why)
+      ? "; give the host's certificate with --ca FILE"
+      : "";
+    log(`Cannot join run at ${options.join}: ${why}${hint}`, "warn");
     await transport.close();
     await system.shutdown();
     return 1;
@@ -372,4 +427,35 @@ async function keepOnJoin(o: {
   await o.transport.close();
   await system.shutdown();
   return 0;
+}
+
+/** How a host admits peers: its own key, the allow-list, and its TLS files. */
+async function hostAdmission(options: NetworkedOptions): Promise<{
+  identity: NodeIdentity;
+  allow?: Set<string>;
+  tls?: { cert: string; key: string };
+}> {
+  const identity = await loadIdentity(
+    options.keyFile ?? `${options.runDir ?? `runs/${options.run}`}/node.key`,
+  );
+  const allow = options.allow
+    ? await parseAllowList(await Deno.readTextFile(options.allow), options.allow)
+    : undefined;
+  const tls = options.tlsCert && options.tlsKey
+    ? {
+      cert: await Deno.readTextFile(options.tlsCert),
+      key: await Deno.readTextFile(options.tlsKey),
+    }
+    : undefined;
+  return { identity, ...(allow ? { allow } : {}), ...(tls ? { tls } : {}) };
+}
+
+/**
+ * A joiner's key: `--key FILE`, else `<run dir>/node.key`, else a fresh one
+ * for this process only (a new node id on every start, like a process id).
+ */
+async function joinerIdentity(options: NetworkedOptions): Promise<NodeIdentity> {
+  if (options.keyFile) return await loadIdentity(options.keyFile);
+  if (options.runDir) return await loadIdentity(`${options.runDir}/node.key`);
+  return await generateIdentity();
 }

@@ -5,8 +5,11 @@
  *   tracker, an aggregator, a keeper slot and several trainers in Workers),
  *   trains for a bounded number of rounds, prints progress and a summary, and
  *   exits 0.
- * - `--host ADDR:PORT --secret S`: hosts a run that other processes join.
- * - `--join ws://ADDR:PORT --secret S`: joins a run as a trainer.
+ * - `--host ADDR:PORT --secret S`: hosts a run that other processes join
+ *   (`--allow FILE` admits only the listed keys; `--tls-cert/--tls-key`
+ *   serve `wss://`).
+ * - `--join ws://ADDR:PORT --secret S`: joins a run as a trainer, signing
+ *   the handshake with its key (`--key FILE`; `--ca FILE` for `wss://`).
  * - `--resume DIR`: restarts a run (embedded, or with `--host`) from the
  *   newest verified round under DIR, with θ bit for bit, the outer momentum
  *   and the data cursors; it prints the loaded parameters' hash.
@@ -35,7 +38,7 @@ import {
 } from "./outer_optimizer.ts";
 import { runEmbedded } from "./embedded.ts";
 import type { RunEvent } from "./monitor.ts";
-import { runNetworked } from "./networked.ts";
+import { type AdmissionOptions, runNetworked } from "./networked.ts";
 import {
   engineSettings,
   resumeCursors,
@@ -78,8 +81,39 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
       value: "ADDR:PORT",
       help: "the embedded run: serve the dashboard, /status and /metrics at http://ADDR:PORT/",
     },
-    join: { value: "URL", help: "join a run (ws://ADDR:PORT) as a trainer" },
-    secret: { value: "S", help: "the run's shared secret (required with --host and --join)" },
+    join: {
+      value: "URL",
+      help: "join a run (ws://ADDR:PORT, or wss:// for a TLS host) as a trainer",
+    },
+    secret: {
+      value: "S",
+      help: "the run's join token: any node with it and a key may join (an open run);\n" +
+        "--host needs --secret or --allow",
+    },
+    key: {
+      value: "FILE",
+      help: "this node's Ed25519 key (created, mode 0600, when missing); default\n" +
+        "<run dir>/node.key, or a fresh key per process for a joiner without\n" +
+        "--run-dir. The node id is derived from it (trainer-<fingerprint>)",
+    },
+    allow: {
+      value: "FILE",
+      help: "host: admit only these keys (one fingerprint or base64 public key per\n" +
+        "line); the secret, if given, is required as well",
+    },
+    "tls-cert": {
+      value: "FILE",
+      help: "host: serve wss:// and https:// with this PEM certificate (and --tls-key)",
+    },
+    "tls-key": { value: "FILE", help: "host: the certificate's PEM private key" },
+    ca: {
+      value: "FILE",
+      help: "joining wss://: trust this PEM certificate (a self-signed host's)",
+    },
+    "host-key": {
+      value: "FP",
+      help: "joining: refuse a host whose key fingerprint does not start with FP",
+    },
     role: {
       value: "ROLE",
       help: "role when joining: trainer (default) or keeper (a checkpoint keeper\n" +
@@ -160,7 +194,7 @@ function validHostPort(v: string): boolean {
 }
 
 /** Parsed command line. */
-export interface NodeArgs extends RunSettings {
+export interface NodeArgs extends RunSettings, AdmissionOptions {
   host?: string;
   /** Where the embedded run serves its dashboard ("ADDR:PORT"). */
   dashboard?: string;
@@ -224,8 +258,17 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
   if (values.host && values.join) {
     throw new UsageError("Invalid flags: --host and --join exclude each other");
   }
-  if ((values.host || values.join) && !values.secret) {
-    throw new UsageError(`Invalid flags: --${values.host ? "host" : "join"} needs --secret`);
+  if (values.host && !values.secret && !values.allow) {
+    throw new UsageError("Invalid flags: --host needs --secret or --allow");
+  }
+  const sides = [["allow", "host"], ["tls-cert", "host"], ["ca", "join"], ["host-key", "join"]];
+  for (const [flag, needs] of sides as [keyof typeof values & string, "host" | "join"][]) {
+    if (values[flag] !== undefined && !values[needs]) {
+      throw new UsageError(`Invalid flags: --${flag} goes with --${needs}`);
+    }
+  }
+  if ((values["tls-cert"] === undefined) !== (values["tls-key"] === undefined)) {
+    throw new UsageError("Invalid flags: --tls-cert and --tls-key go together");
   }
   if (values.host && !validHostPort(values.host)) {
     throw new UsageError(`Invalid --host: expected ADDR:PORT (port 0-65535), got "${values.host}"`);
@@ -287,6 +330,13 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
     ...(values.dashboard !== undefined ? { dashboard: values.dashboard } : {}),
     join: values.join,
     secret: values.secret,
+    ...(values.key !== undefined ? { keyFile: values.key } : {}),
+    ...(values.allow !== undefined ? { allow: values.allow } : {}),
+    ...(values["tls-cert"] !== undefined
+      ? { tlsCert: values["tls-cert"], tlsKey: values["tls-key"] }
+      : {}),
+    ...(values.ca !== undefined ? { ca: values.ca } : {}),
+    ...(values["host-key"] !== undefined ? { hostKey: values["host-key"] } : {}),
     role,
     trainers: intFlag("trainers", values.trainers, embedded ? 1 : 0) ?? (embedded ? 4 : 0),
     minTrainers: intFlag("min-trainers", values["min-trainers"]),

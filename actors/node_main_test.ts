@@ -129,7 +129,7 @@ Deno.test("node: bad flags, combinations and run directories end with one line a
       [["--keeper-cpu", "2"], /^node: Invalid --keeper-cpu: "2"/],
       [["--role", "keeper"], /^node: Invalid flags: --role keeper joins a run \(--join URL\)/],
       [["--host", "a:1", "--join", "ws://a:1", "--secret", "s"], /--host and --join exclude/],
-      [["--host", "127.0.0.1:7777"], /^node: Invalid flags: --host needs --secret$/],
+      [["--host", "127.0.0.1:7777"], /^node: Invalid flags: --host needs --secret or --allow$/],
       [["--host", "127.0.0.1:99999", "--secret", "s"], /^node: Invalid --host: .*99999/],
       [["--dashboard", "8080"], /^node: Invalid --dashboard: expected ADDR:PORT/],
       [
@@ -203,5 +203,34 @@ Deno.test("a resumed run keeps its number of trainers unless --trainers is given
     resumedArgs(parseNodeArgs(["--resume", "runs/r", "--host", "h:1", "--secret", "s"]), joined)
       .trainers,
     0,
+  );
+});
+
+Deno.test("node flags: keys, allow-lists and TLS files go with the side that uses them", () => {
+  const host = parseNodeArgs([
+    "--host",
+    "127.0.0.1:7777",
+    "--allow",
+    "keys.txt",
+    "--tls-cert",
+    "h.crt",
+    "--tls-key",
+    "h.key",
+    "--key",
+    "me.key",
+  ]);
+  deepEqual(
+    [host.secret, host.allow, host.tlsCert, host.tlsKey, host.keyFile],
+    [undefined, "keys.txt", "h.crt", "h.key", "me.key"],
+  );
+  equal(parseNodeArgs(["--join", "wss://h:7777", "--ca", "h.crt"]).ca, "h.crt");
+  equal(parseNodeArgs(["--join", "ws://h:1", "--host-key", "ab12"]).hostKey, "ab12");
+  throws(() => parseNodeArgs(["--host", "h:1", "--secret", "s", "--host-key", "ab"]), /--host-key/);
+  throws(() => parseNodeArgs(["--host", "h:1"]), /--host needs --secret or --allow/);
+  throws(() => parseNodeArgs(["--join", "ws://h:1", "--allow", "k"]), /--allow goes with --host/);
+  throws(() => parseNodeArgs(["--host", "h:1", "--secret", "s", "--ca", "c"]), /--ca goes with/);
+  throws(
+    () => parseNodeArgs(["--host", "h:1", "--secret", "s", "--tls-cert", "c"]),
+    /--tls-cert and --tls-key go together/,
   );
 });

@@ -92,3 +92,19 @@ export function killNode(p: NodeProcess): void {
     // Already exited.
   }
 }
+
+/** Kills every node process (SIGKILL) and waits until each has exited and its output is read. */
+export async function stopNodes(procs: NodeProcess[]): Promise<void> {
+  for (const p of procs) {
+    killNode(p);
+    await p.done;
+  }
+}
+
+/** Flags of the smallest run the suites train: the tiny model, three inner steps per round. */
+export const TINY_RUN: readonly string[] = ["--config", "tiny", "--inner-steps", "3"];
+
+/** Flags of a host on loopback `port` that writes its run directory under `runDir`. */
+export function hostFlags(runDir: string, port: number): string[] {
+  return ["--run-dir", runDir, "--host", `127.0.0.1:${port}`];
+}

@@ -14,7 +14,7 @@
  *
  * @module
  */
-import { AUTH_FAILED_CODE, AUTH_TIMEOUT_CODE, prove, randomNonce, verifyProof } from "./auth.ts";
+import { AUTH_FAILED_CODE, AUTH_TIMEOUT_CODE, NOT_ADMITTED_CODE, randomNonce } from "./auth.ts";
 import { DEFAULT_CHUNK_BYTES, extractAttachments, Reassembler } from "./chunk.ts";
 import { encode } from "./codec.ts";
 import {
@@ -39,6 +39,16 @@ import {
 } from "./_channel_options.ts";
 import { attachmentTransfer, type ChunkEnvelope, unchunk } from "./_chunk_frames.ts";
 import { deliver, type DeliveryContext } from "./_deliver.ts";
+import {
+  type AuthPayload,
+  authPayload,
+  type ChallengePayload,
+  challengePayload,
+  checkAuth,
+  checkWelcome,
+  type HandshakeSide,
+  type WelcomePayload,
+} from "./_handshake.ts";
 import { Liveness } from "./_liveness.ts";
 import { RateLimit } from "./_rate_limit.ts";
 import { ReplayWindow } from "./_replay_window.ts";
@@ -59,6 +69,8 @@ export class Channel {
   #socket: SocketLike | undefined;
   #state: State = "idle";
   #peerId = "";
+  #peerFingerprint = "";
+  #challenge: ChallengePayload | undefined;
   #nonce = randomNonce();
   #seq = 0;
   #asks = new PendingAsks();
@@ -115,6 +127,14 @@ export class Channel {
     return this.#peerId;
   }
 
+  /**
+   * The hex SHA-256 fingerprint of the key the peer signed the handshake
+   * with ("" when it proved the run secret only, or before the handshake).
+   */
+  get peerFingerprint(): string {
+    return this.#peerFingerprint;
+  }
+
   /** The peer's address, for logs and second endpoints: the URL dialled, or `host:port`. */
   get remoteAddr(): string | undefined {
     return this.#o.remoteAddr;
@@ -163,7 +183,11 @@ export class Channel {
       this.#fail(AUTH_TIMEOUT_CODE, "Authentication timed out");
     }, this.#o.handshakeTimeoutMs ?? 10_000);
     if (this.#o.role === "server") {
-      this.#sendNow({ kind: "challenge", to: "", payload: { nonce: this.#nonce } });
+      this.#sendNow({
+        kind: "challenge",
+        to: "",
+        payload: challengePayload(this.#side(), this.#nonce),
+      });
     }
   }
 
@@ -241,6 +265,11 @@ export class Channel {
     });
   }
 
+  #side(): HandshakeSide {
+    const o = this.#o;
+    return { nodeId: o.nodeId, run: o.run, secretKey: o.key, identity: o.identity, allow: o.allow };
+  }
+
   #handshake(env: Envelope): void {
     const role = this.#o.role;
     const expected: Kind = role === "server" ? "auth" : this.#peerId ? "welcome" : "challenge";
@@ -259,45 +288,54 @@ export class Channel {
       }
       this.#peerId = env.from;
       this.#state = "verifying";
-      const nonce = (env.payload as { nonce: Uint8Array }).nonce;
-      prove(this.#o.key, { role: "client", nonce, peerId: this.#o.nodeId, run: this.#o.run }).then(
-        (mac) => {
-          if (this.#state !== "verifying") return;
-          this.#state = "handshake";
-          this.#sendNow({ kind: "auth", to: env.from, payload: { mac, nonce: this.#nonce } });
-          this.#drainEarly();
-        },
-      );
+      const challenge = env.payload as ChallengePayload;
+      this.#challenge = challenge;
+      authPayload(this.#side(), env.from, challenge, this.#nonce).then((payload) => {
+        if (this.#state !== "verifying") return;
+        this.#state = "handshake";
+        this.#sendNow({ kind: "auth", to: env.from, payload });
+        this.#drainEarly();
+      }, (err) => this.#authFailed(env.from, `cannot answer the challenge: ${err}`));
       return;
     }
     this.#state = "verifying";
-    const mac = (env.payload as { mac: Uint8Array }).mac;
-    const input = role === "server"
-      ? { role: "client" as const, nonce: this.#nonce, peerId: env.from, run: this.#o.run }
-      : { role: "server" as const, nonce: this.#nonce, peerId: env.from, run: this.#o.run };
-    verifyProof(this.#o.key, mac, input).then(async (ok) => {
+    if (role === "server") {
+      checkAuth(this.#side(), env.from, this.#nonce, env.payload as AuthPayload).then((r) => {
+        if (this.#state !== "verifying") return;
+        if (!r.ok) {
+          this.#authFailed(env.from, r.refusal.detail, r.refusal.code, r.refusal.reason);
+          return;
+        }
+        this.#peerId = env.from;
+        this.#peerFingerprint = r.fingerprint;
+        this.#sendNow({ kind: "welcome", to: env.from, payload: r.welcome });
+        this.#becomeOpen();
+      }, (err) => this.#authFailed(env.from, `cannot check the auth: ${err}`));
+      return;
+    }
+    checkWelcome(
+      this.#side(),
+      this.#peerId,
+      this.#challenge!,
+      this.#nonce,
+      env.payload as WelcomePayload,
+    ).then((r) => {
       if (this.#state !== "verifying") return;
-      if (!ok || (role === "client" && env.from !== this.#peerId)) {
-        this.#authFailed(
-          env.from,
-          role === "server" ? "bad MAC" : "server did not prove the run secret",
-        );
+      if (!r.ok || env.from !== this.#peerId) {
+        this.#authFailed(env.from, r.ok ? `welcome from "${env.from}"` : r.why);
         return;
       }
-      if (role === "server") {
-        this.#peerId = env.from;
-        const peerNonce = (env.payload as { nonce: Uint8Array }).nonce;
-        const reply = await prove(this.#o.key, {
-          role: "server",
-          nonce: peerNonce,
-          peerId: this.#o.nodeId,
-          run: this.#o.run,
-        });
-        if (this.#state !== "verifying") return;
-        this.#sendNow({ kind: "welcome", to: env.from, payload: { mac: reply } });
+      const pinned = this.#o.expectedKey?.toLowerCase();
+      if (pinned && !r.fingerprint.startsWith(pinned)) {
+        const why = `Host key ${r.fingerprint.slice(0, 16) || "(none)"} is not the expected ${
+          pinned.slice(0, 16)
+        }`;
+        this.#authFailed(env.from, why, AUTH_FAILED_CODE, why);
+        return;
       }
+      this.#peerFingerprint = r.fingerprint;
       this.#becomeOpen();
-    });
+    }, (err) => this.#authFailed(env.from, `cannot check the welcome: ${err}`));
   }
 
   #drainEarly(): void {
@@ -306,12 +344,12 @@ export class Channel {
     for (const b of early) this.#receiveFrame(b);
   }
 
-  #authFailed(peer: string, why: string): void {
+  #authFailed(peer: string, why: string, code = AUTH_FAILED_CODE, reason?: string): void {
     this.#log(
       "warn",
       `Authentication failed for peer "${peer}" at ${this.#o.remoteAddr ?? "?"}: ${why}`,
     );
-    this.#fail(AUTH_FAILED_CODE, "Authentication failed");
+    this.#fail(code, reason ?? "Authentication failed");
   }
 
   #becomeOpen(): void {
@@ -568,7 +606,7 @@ export class Channel {
         `Ask to ${to} failed: connection to "${this.#peerId}" closed (${detail})`,
       )
     );
-    if (info.code === AUTH_FAILED_CODE) {
+    if (info.code === AUTH_FAILED_CODE || info.code === NOT_ADMITTED_CODE) {
       this.#opened.reject(
         new AuthenticationError(`Authentication failed: connection closed (${detail})`),
       );

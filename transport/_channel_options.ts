@@ -12,6 +12,7 @@ import type { Role } from "./auth.ts";
 import { ALIGN, DEFAULT_CHUNK_BYTES, DEFAULT_WHOLE_BYTES } from "./chunk.ts";
 import type { Envelope, Limits } from "./envelope.ts";
 import type { FaultInjector } from "./faults.ts";
+import type { NodeIdentity } from "./identity.ts";
 import type { Channel } from "./_channel.ts";
 
 /** Log levels of a {@linkcode Logger}. */
@@ -143,14 +144,20 @@ export interface ChannelOptions extends ConnectionOptions {
   nodeId: string;
   /** Run id. */
   run: string;
-  /** HMAC key of the run secret. */
-  key: CryptoKey;
+  /** HMAC key of the run secret, when the run has one. */
+  key?: CryptoKey;
+  /** This node's key pair: it signs the handshake, and a server asks peers for theirs. */
+  identity?: NodeIdentity;
+  /** Server side: the key fingerprints admitted (an allow-list); every key when absent. */
+  allow?: ReadonlySet<string>;
   /** Which side of the handshake this channel plays. */
   role: Role;
   /** Resolved limits. */
   resolvedLimits: Limits;
   /** Client side: the server id to insist on. */
   expectedPeer?: string;
+  /** Client side: the server's key fingerprint (or a prefix of it) to insist on. */
+  expectedKey?: string;
   /** Request/response mode handler. */
   onMessage?: MessageHandler;
   /**

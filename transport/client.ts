@@ -7,7 +7,8 @@
  *
  * @module
  */
-import { AUTH_FAILED_CODE, importSecret } from "./auth.ts";
+import { AUTH_FAILED_CODE, importSecret, NOT_ADMITTED_CODE, TLS_FAILED_CODE } from "./auth.ts";
+import type { NodeIdentity } from "./identity.ts";
 import { Channel } from "./_channel.ts";
 import {
   type AskOptions,
@@ -29,10 +30,22 @@ export interface ClientOptions extends ConnectionOptions {
   nodeId: string;
   /** Run id. */
   run: string;
-  /** The run secret. */
-  secret: string | Uint8Array;
+  /** The run secret (join token); optional with `identity` on a run that admits keys. */
+  secret?: string | Uint8Array;
+  /** This node's key pair: it signs the handshake (the node id must be derived from it). */
+  identity?: NodeIdentity;
+  /**
+   * PEM certificates to trust for `wss://` besides the system's roots (a
+   * self-signed host certificate; it must not be a CA certificate).
+   */
+  caCerts?: string[];
   /** The server's node id; a server that claims another id is refused. */
   expectedPeer?: string;
+  /**
+   * The server's key fingerprint, or a prefix of at least 16 hex characters:
+   * a server that signs with another key (or none) is refused.
+   */
+  expectedKey?: string;
   /** Request/response handler for tells and asks the server sends. */
   onMessage?: MessageHandler;
   /** Raw handler for every data envelope (takes priority over `onMessage`). */
@@ -95,7 +108,8 @@ export class TransportClient {
   /** The server URL. */
   readonly url: string;
   #o: ClientOptions;
-  #key: Promise<CryptoKey>;
+  #key: Promise<CryptoKey | undefined>;
+  #http: Deno.HttpClient | undefined;
   #limits;
   #random: () => number;
   #state: ClientState = "connecting";
@@ -108,6 +122,8 @@ export class TransportClient {
   #readyWaiters: { resolve: (c: Channel) => void; reject: (e: Error) => void }[] = [];
   #closed = Promise.withResolvers<CloseInfo>();
   #lastClose: CloseInfo | undefined;
+  /** Why the client gave up, when it did so by itself (a refused handshake, an untrusted certificate). */
+  #fatalError: Error | undefined;
 
   /** Creates the client and starts connecting. */
   constructor(url: string | URL, options: ClientOptions) {
@@ -120,14 +136,27 @@ export class TransportClient {
     this.#o = options;
     this.#limits = resolveLimits(options.limits);
     checkConnectionOptions(options);
+    if (options.expectedKey !== undefined && !/^[0-9a-fA-F]{16,64}$/.test(options.expectedKey)) {
+      throw new RangeError(
+        `Invalid expected key: "${options.expectedKey}" (16 to 64 hex characters of a fingerprint)`,
+      );
+    }
+    if (options.secret === undefined && !options.identity) {
+      throw new TypeError("Invalid client options: needs a run secret or an identity");
+    }
     const secretLength = typeof options.secret === "string"
       ? options.secret.length
       : options.secret?.byteLength;
-    if (!secretLength) throw new RangeError("Invalid run secret: empty");
+    if (options.secret !== undefined && !secretLength) {
+      throw new RangeError("Invalid run secret: empty");
+    }
     this.#random = options.random ??
       (options.seed !== undefined ? mulberry32(options.seed) : Math.random);
-    this.#key = importSecret(options.secret);
+    this.#key = options.secret === undefined
+      ? Promise.resolve(undefined)
+      : importSecret(options.secret);
     this.#key.catch(() => {});
+    if (options.caCerts?.length) this.#http = Deno.createHttpClient({ caCerts: options.caCerts });
     this.#dial();
   }
 
@@ -161,7 +190,9 @@ export class TransportClient {
     const open = this.channel;
     if (open) return Promise.resolve(open);
     if (this.#state === "closed") {
-      return Promise.reject(new ConnectionClosedError(`Client ${this.#o.nodeId} is closed`));
+      return Promise.reject(
+        this.#fatalError ?? new ConnectionClosedError(`Client ${this.#o.nodeId} is closed`),
+      );
     }
     const { promise, resolve, reject } = Promise.withResolvers<Channel>();
     this.#readyWaiters.push({ resolve, reject });
@@ -185,7 +216,7 @@ export class TransportClient {
     });
     let socket: WebSocket;
     try {
-      socket = new WebSocket(this.url);
+      socket = new WebSocket(this.url, this.#http ? { client: this.#http } : undefined);
     } catch (err) {
       this.#fatal({
         code: 1002,
@@ -198,11 +229,19 @@ export class TransportClient {
     this.#socket = socket;
     socket.onopen = () => channel.attach(socket);
     socket.onmessage = (e) => channel.receive(e.data);
-    socket.onerror = () => {};
+    let failure = "";
+    socket.onerror = (e) => {
+      failure = (e as ErrorEvent).message ?? "";
+    };
     socket.onclose = (e) => {
       channel.socketClosed(e.code, e.reason);
       if (this.#socket === socket) this.#socket = undefined;
-      this.#dropped(channel, { code: e.code, reason: e.reason });
+      // A certificate the client does not trust will not be trusted on the next try either.
+      const tls = /certificate/i.test(failure);
+      const info = tls
+        ? { code: TLS_FAILED_CODE, reason: failure.replace(/^.*?: (?=invalid peer)/, "") }
+        : { code: e.code, reason: e.reason };
+      this.#dropped(channel, info);
     };
   }
 
@@ -243,8 +282,11 @@ export class TransportClient {
       this.#closed.resolve(info);
       return;
     }
-    const authFailed = info.code === AUTH_FAILED_CODE;
-    if ((authFailed && !this.#o.retryOnAuthFailure) || this.#o.reconnect === false) {
+    const authFailed = info.code === AUTH_FAILED_CODE || info.code === NOT_ADMITTED_CODE;
+    if (
+      (authFailed && !this.#o.retryOnAuthFailure) || info.code === TLS_FAILED_CODE ||
+      this.#o.reconnect === false
+    ) {
       this.#fatal(info);
       return;
     }
@@ -264,13 +306,22 @@ export class TransportClient {
 
   #fatal(info: CloseInfo): void {
     this.#state = "closed";
+    this.#http?.close();
+    this.#http = undefined;
     const error = info.code === AUTH_FAILED_CODE
       ? new AuthenticationError(
         `Cannot connect to ${this.url}: authentication failed (${info.reason || info.code})`,
       )
+      : info.code === NOT_ADMITTED_CODE
+      ? new AuthenticationError(`Cannot connect to ${this.url}: ${info.reason} (${info.code})`)
+      : info.code === TLS_FAILED_CODE
+      ? new AuthenticationError(
+        `Cannot connect to ${this.url}: TLS certificate not trusted (${info.reason})`,
+      )
       : new ConnectionClosedError(
         `Cannot connect to ${this.url}: connection closed (${info.code} ${info.reason})`,
       );
+    this.#fatalError = error;
     this.#failQueued(error);
     this.#closed.resolve(info);
   }
@@ -356,6 +407,8 @@ export class TransportClient {
     this.#state = "closed";
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
+    this.#http?.close();
+    this.#http = undefined;
     this.#failQueued(new ConnectionClosedError(`Client ${this.#o.nodeId} closed`));
     const socket = this.#socket;
     const channel = this.#channel;

@@ -285,6 +285,16 @@ function checkBytes(value: unknown, what: string, length?: number): Uint8Array {
     : value;
 }
 
+/** Checks (and normalises) an optional bytes field of a handshake payload. */
+function optionalBytes(
+  p: Record<string, unknown>,
+  field: string,
+  what: string,
+  length: number,
+): void {
+  if (p[field] !== undefined) p[field] = checkBytes(p[field], what, length);
+}
+
 /**
  * Walks a payload: normalises `Buffer` to `Uint8Array`, bounds nesting depth
  * and checks every tensor-shaped object (`shape` + `data`).
@@ -377,6 +387,10 @@ export function validateEnvelope(value: unknown, limits: Limits = DEFAULT_LIMITS
         fail("invalid", "Invalid challenge payload: expected a map");
       }
       p.nonce = checkBytes(p.nonce, "challenge nonce", 32);
+      optionalBytes(p, "key", "challenge key", 32);
+      if (p.keys !== undefined && typeof p.keys !== "boolean") {
+        fail("invalid", `Invalid challenge keys: expected a boolean, got ${describe(p.keys)}`);
+      }
       break;
     }
     case "auth": {
@@ -384,8 +398,10 @@ export function validateEnvelope(value: unknown, limits: Limits = DEFAULT_LIMITS
       if (p === null || typeof p !== "object") {
         fail("invalid", "Invalid auth payload: expected a map");
       }
-      p.mac = checkBytes(p.mac, "auth mac", 32);
+      optionalBytes(p, "mac", "auth mac", 32);
       p.nonce = checkBytes(p.nonce, "auth nonce", 32);
+      optionalBytes(p, "key", "auth key", 32);
+      optionalBytes(p, "sig", "auth signature", 64);
       break;
     }
     case "welcome": {
@@ -393,7 +409,8 @@ export function validateEnvelope(value: unknown, limits: Limits = DEFAULT_LIMITS
       if (p === null || typeof p !== "object") {
         fail("invalid", "Invalid welcome payload: expected a map");
       }
-      p.mac = checkBytes(p.mac, "welcome mac", 32);
+      optionalBytes(p, "mac", "welcome mac", 32);
+      optionalBytes(p, "sig", "welcome signature", 64);
       break;
     }
     case "error": {

@@ -16,6 +16,7 @@ export type ErrorCode =
   | "invalid"
   | "wrong_run"
   | "spoofed"
+  | "impersonation"
   | "rate_limited"
   | "chunk_integrity"
   | "chunk_incomplete"

@@ -9,7 +9,9 @@
  *   {@linkcode serve}; {@linkcode TransportClient} with reconnect, pings,
  *   backpressure and chunked transfers of large tensors.
  * - Run-secret HMAC challenge-response in both directions before any message
- *   is delivered.
+ *   is delivered; with node identities ({@linkcode loadIdentity}), Ed25519
+ *   signatures over the handshake, node ids derived from keys, and an
+ *   allow-list of keys.
  * - {@linkcode FaultInjector}: seeded drop, delay, duplicate, reorder,
  *   corrupt and partitions for tests.
  * - {@linkcode ActorTransport}: joins an actor system to other nodes so that
@@ -44,6 +46,7 @@ export * from "./codec.ts";
 export * from "./envelope.ts";
 export * from "./errors.ts";
 export * from "./faults.ts";
+export * from "./identity.ts";
 export * from "./remote.ts";
 export * from "./rng.ts";
 export * from "./server.ts";

@@ -21,6 +21,8 @@ import { type CloseInfo, type ConnectionOptions, consoleLogger } from "./_channe
 import { type ClientOptions, TransportClient } from "./client.ts";
 import type { Envelope } from "./envelope.ts";
 import { TransportServer } from "./server.ts";
+import type { NodeIdentity } from "./identity.ts";
+import { nodeOf } from "../actors/runtime/_remote.ts";
 
 const transports = new WeakMap<ActorSystem, ActorTransport>();
 
@@ -63,15 +65,43 @@ function hostOf(addr: string | undefined): string | undefined {
 export interface ActorTransportOptions extends ConnectionOptions {
   /** Run id shared by every node of the run. */
   run: string;
-  /** The run secret. */
-  secret: string | Uint8Array;
+  /** The run secret (join token); optional with `identity` and `allow`. */
+  secret?: string | Uint8Array;
+  /** This node's key pair (see `TransportServer` and `TransportClient`). */
+  identity?: NodeIdentity;
+  /** Server side: the key fingerprints admitted. */
+  allow?: ReadonlySet<string>;
+  /** Client side: extra PEM certificates to trust for `wss://`. */
+  caCerts?: string[];
+  /**
+   * The actor paths (or node ids) a message to `to` speaks for, e.g. the
+   * trainer a contribution names. A tell, ask or reply from a peer that
+   * speaks for a path on another node is refused as an impersonation and
+   * never delivered: what a message claims is bound to the connection it
+   * came on.
+   */
+  claims?: (payload: unknown, to: string) => string[];
 }
 
 /** Options of {@linkcode ActorTransport.connect}. */
 export type DialOptions = Pick<
   ClientOptions,
-  "expectedPeer" | "seed" | "random" | "backoffBaseMs" | "backoffMaxMs" | "maxAttempts"
+  | "expectedPeer"
+  | "expectedKey"
+  | "seed"
+  | "random"
+  | "backoffBaseMs"
+  | "backoffMaxMs"
+  | "maxAttempts"
 >;
+
+/** A certificate chain and its private key, PEM text, for serving `wss://`. */
+export interface TlsFiles {
+  /** The certificate chain. */
+  cert: string;
+  /** The private key. */
+  key: string;
+}
 
 /** A bound listener of {@linkcode ActorTransport.listen}. */
 export interface Listener {
@@ -109,8 +139,7 @@ export interface Listener {
  * ```
  */
 export class ActorTransport {
-  /** The server side; mount it on an app with `server.mount(app, path)`. */
-  readonly server: TransportServer;
+  #server: TransportServer | undefined;
   #system: ActorSystem;
   #options: ActorTransportOptions;
   #channels = new Map<string, Channel[]>();
@@ -122,18 +151,37 @@ export class ActorTransport {
     this.#system = system;
     this.#options = options;
     transports.set(system, this);
-    this.server = new TransportServer({
-      ...options,
-      nodeId: system.node,
+    // A node that only dials (a joiner with a key and no secret) never needs a server's admission.
+    if (options.secret !== undefined || options.allow) void this.server;
+  }
+
+  /**
+   * The server side; mount it on an app with `server.mount(app, path)`.
+   * Made on first use: it needs the run secret or an allow-list, which a
+   * node that only dials may not have.
+   */
+  get server(): TransportServer {
+    this.#server ??= new TransportServer({
+      ...this.#options,
+      nodeId: this.#system.node,
       onEnvelope: (env, ch) => this.#deliver(env, ch),
       onPeer: (ch) => this.#opened(ch),
       onPeerClosed: (ch, info) => this.#closed(ch, info),
     });
+    return this.#server;
   }
 
   /** Node ids with at least one open connection. */
   get peers(): string[] {
     return [...this.#channels.keys()];
+  }
+
+  /**
+   * The fingerprint of the key `node` signed its handshake with ("" when it
+   * proved the run secret only), or undefined when it is not connected.
+   */
+  peerFingerprint(node: string): string | undefined {
+    return this.#channels.get(node)?.at(-1)?.peerFingerprint;
   }
 
   /** The host name by which an open connection reaches `node` (see {@linkcode peerHostname}). */
@@ -147,18 +195,21 @@ export class ActorTransport {
     return this;
   }
 
-  /** Serves the transport alone on `Deno.serve`. */
-  listen(options: { port?: number; hostname?: string; path?: string } = {}): Promise<Listener> {
+  /** Serves the transport alone on `Deno.serve` (`wss://` with `tls`: PEM cert and key). */
+  listen(
+    options: { port?: number; hostname?: string; path?: string; tls?: TlsFiles } = {},
+  ): Promise<Listener> {
     const path = options.path ?? "/";
     const app = this.server.router(path);
     const { promise, resolve } = Promise.withResolvers<Listener>();
     const http = Deno.serve({
       port: options.port ?? 0,
       hostname: options.hostname ?? "127.0.0.1",
+      ...(options.tls ? { cert: options.tls.cert, key: options.tls.key } : {}),
       onListen: (addr) => {
         resolve({
           port: addr.port,
-          url: `ws://${addr.hostname}:${addr.port}${path}`,
+          url: `${options.tls ? "wss" : "ws"}://${addr.hostname}:${addr.port}${path}`,
           shutdown: async () => {
             this.#listeners.delete(http);
             await http.shutdown();
@@ -238,7 +289,47 @@ export class ActorTransport {
     }
   }
 
+  /** Why a message from `channel` may not be delivered: it speaks for another node. */
+  #impersonation(env: Envelope, channel: Channel): string | undefined {
+    if (!this.#options.claims || env.kind === "error") return undefined;
+    let claimed: string[];
+    try {
+      claimed = this.#options.claims(env.payload, env.to);
+    } catch {
+      return undefined; // not a message the hook knows; the receiver validates it
+    }
+    const other = claimed.find((path) => nodeOf(path) !== channel.peerId);
+    if (other === undefined) return undefined;
+    const type = (env.payload as { type?: unknown })?.type;
+    return `${typeof type === "string" ? type : env.kind} from node "${channel.peerId}" speaks ` +
+      `for "${other}" of another node (impersonation)`;
+  }
+
   #deliver(env: Envelope, channel: Channel): void {
+    const impersonation = this.#impersonation(env, channel);
+    if (impersonation !== undefined) {
+      const message = `Refused ${impersonation}`;
+      (this.#options.log ?? consoleLogger)("warn", message);
+      // The peer hears why: an ask fails with it, a tell or reply gets it as a report.
+      if (channel.isOpen) {
+        channel.post("error", env.from, {
+          code: "impersonation",
+          name: "ImpersonationError",
+          message,
+        }, env.kind === "ask" ? { corr: env.id } : undefined);
+      }
+      // The ask a refused reply answers fails with the reason instead of waiting for its timeout.
+      if (env.kind === "reply") {
+        this.#system.deliverRemote({
+          kind: "error",
+          to: env.to,
+          from: channel.peerId,
+          id: env.corr,
+          payload: { name: "ImpersonationError", message },
+        });
+      }
+      return;
+    }
     let frame: RemoteFrame;
     switch (env.kind) {
       case "tell":
@@ -298,7 +389,7 @@ export class ActorTransport {
   /** Closes every client and server connection (peers are removed from the system). */
   async close(): Promise<void> {
     await Promise.all([...this.#clients].map((c) => c.close()));
-    await this.server.close();
+    await this.#server?.close();
     await Promise.all([...this.#listeners].map((h) => h.shutdown()));
     this.#listeners.clear();
   }

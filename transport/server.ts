@@ -7,6 +7,7 @@
  */
 import { Hono, type MiddlewareHandler, upgradeWebSocket } from "./_deps.ts";
 import { importSecret } from "./auth.ts";
+import type { NodeIdentity } from "./identity.ts";
 import { Channel } from "./_channel.ts";
 import {
   checkConnectionOptions,
@@ -23,8 +24,15 @@ export interface ServerOptions extends ConnectionOptions {
   nodeId: string;
   /** Run id; peers of other runs are refused. */
   run: string;
-  /** The run secret every peer must prove. */
-  secret: string | Uint8Array;
+  /** The run secret (join token) every peer must prove; optional with `allow`. */
+  secret?: string | Uint8Array;
+  /**
+   * This node's key pair. With it, every peer must sign the handshake with a
+   * key of its own, and its node id must be derived from that key.
+   */
+  identity?: NodeIdentity;
+  /** Fingerprints of the keys admitted (an allow-list); needs `identity`. */
+  allow?: ReadonlySet<string>;
   /** Request/response handler for tells and asks. */
   onMessage?: MessageHandler;
   /** Raw handler for every data envelope (takes priority over `onMessage`). */
@@ -39,6 +47,28 @@ function checkId(nodeId: string, what: string): void {
   if (typeof nodeId !== "string" || nodeId.length === 0 || nodeId.includes("/")) {
     throw new TypeError(`Invalid ${what}: expected a non-empty string without "/", got ${nodeId}`);
   }
+}
+
+/**
+ * Checks how a server admits peers and imports its run secret, if any:
+ * a secret, or a key pair and an allow-list. Throws a `RangeError` or
+ * `TypeError` naming what is missing.
+ */
+function admissionKey(options: ServerOptions): Promise<CryptoKey | undefined> {
+  if (options.allow && !options.identity) {
+    throw new TypeError("Invalid server options: an allow-list needs the server's own identity");
+  }
+  if (options.secret === undefined) {
+    if (!options.allow) {
+      throw new TypeError("Invalid server options: needs a run secret or an allow-list of keys");
+    }
+    return Promise.resolve(undefined);
+  }
+  const secretLength = typeof options.secret === "string"
+    ? options.secret.length
+    : options.secret?.byteLength;
+  if (!secretLength) throw new RangeError("Invalid run secret: empty");
+  return importSecret(options.secret);
 }
 
 /**
@@ -60,7 +90,7 @@ export class TransportServer {
   /** This node's id. */
   readonly nodeId: string;
   #options: ServerOptions;
-  #key: Promise<CryptoKey>;
+  #key: Promise<CryptoKey | undefined>;
   #limits;
   #peers = new Map<string, Channel>();
   #channels = new Set<Channel>();
@@ -76,11 +106,7 @@ export class TransportServer {
     this.#options = options;
     this.#limits = resolveLimits(options.limits);
     checkConnectionOptions(options);
-    const secretLength = typeof options.secret === "string"
-      ? options.secret.length
-      : options.secret?.byteLength;
-    if (!secretLength) throw new RangeError("Invalid run secret: empty");
-    this.#key = importSecret(options.secret);
+    this.#key = admissionKey(options);
     this.#key.catch(() => {});
   }
 
@@ -128,7 +154,7 @@ export class TransportServer {
     });
   }
 
-  #channel(remoteAddr: string, key: CryptoKey): Channel {
+  #channel(remoteAddr: string, key: CryptoKey | undefined): Channel {
     const o = this.#options;
     const channel: Channel = new Channel({
       ...o,
@@ -187,6 +213,8 @@ export interface ServeOptions extends ServerOptions {
   onListen?: (addr: Deno.NetAddr) => void;
   /** Log sink. */
   log?: Logger;
+  /** Serve `wss://` with this certificate chain and private key (PEM text). */
+  tls?: { cert: string; key: string };
 }
 
 /** A transport server listening on its own port. */
@@ -197,7 +225,7 @@ export interface ServedTransport {
   port: number;
   /** Bound interface. */
   hostname: string;
-  /** `ws://host:port/path` to give to clients. */
+  /** `ws://host:port/path` (`wss://` with TLS) to give to clients. */
   url: string;
   /** Closes every connection, then stops listening. */
   shutdown(): Promise<void>;
@@ -222,6 +250,7 @@ export function serve(options: ServeOptions): Promise<ServedTransport> {
   const httpServer = Deno.serve({
     port: options.port ?? 0,
     hostname: options.hostname ?? "127.0.0.1",
+    ...(options.tls ? { cert: options.tls.cert, key: options.tls.key } : {}),
     onListen: (addr) => {
       options.onListen?.(addr);
       const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
@@ -229,7 +258,7 @@ export function serve(options: ServeOptions): Promise<ServedTransport> {
         server,
         port: addr.port,
         hostname: addr.hostname,
-        url: `ws://${host}:${addr.port}${path}`,
+        url: `${options.tls ? "wss" : "ws"}://${host}:${addr.port}${path}`,
         shutdown: async () => {
           await server.close();
           await httpServer.shutdown();

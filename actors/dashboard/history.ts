@@ -66,6 +66,8 @@ export interface MemberRow {
   state: MemberState;
   dataShard: number;
   silentMs: number;
+  /** The fingerprint of the node's key, where the host knows keys. */
+  key?: string;
 }
 
 /** Cumulative counts of commit latencies at or below each bound, seconds. */
@@ -134,6 +136,12 @@ export interface HistoryOptions {
   evalWindows?: number;
   /** How long a trainer or the tracker may take to answer, ms (default 1000). */
   askTimeoutMs?: number;
+  /**
+   * The key fingerprint of a member's node (its `key`; "" where the node has
+   * none, a peer admitted by the shared secret alone). Absent: members carry
+   * no `key`.
+   */
+  memberKey?: (node: string) => string | undefined;
 }
 
 /** Commit latency bucket bounds, seconds: a write of a small model takes well under a second. */
@@ -156,7 +164,8 @@ export type HistoryHost = Pick<RunHost, "system" | "monitor" | "trackerPath" | "
  */
 export class RunHistory {
   #host: HistoryHost;
-  #options: Required<HistoryOptions>;
+  #options: Required<Omit<HistoryOptions, "memberKey">>;
+  #memberKey?: (node: string) => string | undefined;
   #rounds: RoundPoint[] = [];
   #evals: EvalPoint[] = [];
   #commits: CommitPoint[] = [];
@@ -183,6 +192,7 @@ export class RunHistory {
       evalWindows: options.evalWindows ?? 16,
       askTimeoutMs: options.askTimeoutMs ?? 1000,
     };
+    this.#memberKey = options.memberKey;
     this.#unsubscribe = host.monitor.on((e) => this.#record(e));
     // Rounds emitted before this history started.
     for (const r of host.monitor.rounds) this.#rounds.push(roundPoint(r));
@@ -286,7 +296,8 @@ export class RunHistory {
   }
 
   async #member(m: Omit<MemberRow, "state">): Promise<MemberRow> {
-    const row = { ...m, state: "active" as MemberState };
+    const row: MemberRow = { ...m, state: "active" };
+    if (this.#memberKey) row.key = this.#memberKey(m.node.split("/")[0]) ?? "";
     if (m.status === "pending") row.state = "joining";
     else if (m.roles.includes("trainer")) {
       const host = this.#host;

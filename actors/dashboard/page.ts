@@ -96,7 +96,7 @@ function memberRows(live: LiveState): void {
     const tr = document.createElement("tr");
     const td = document.createElement("td");
     td.className = "none";
-    td.colSpan = 5;
+    td.colSpan = 6;
     td.textContent = "The tracker knows no member yet (starting, or rebuilding after a restart).";
     tr.append(td);
     body.append(tr);
@@ -110,10 +110,11 @@ function memberRows(live: LiveState): void {
       "",
       "dataShard" in m && m.roles.includes("trainer") ? String(m.dataShard) : "",
       "silentMs" in m ? `${(m.silentMs / 1000).toFixed(1)} s ago` : `evicted in round ${m.round}`,
+      "key" in m && m.key ? m.key : "",
     ];
     cells.forEach((c, i) => {
       const td = document.createElement("td");
-      if (i === 0) td.className = "node";
+      if (i === 0 || i === 5) td.className = "node";
       if (i === 2) {
         const badge = document.createElement("span");
         badge.className = `state ${m.state}`;

@@ -104,7 +104,7 @@ export const PAGE_HTML = `<!doctype html>
   <section class="lower">
     <div class="panel"><h2>Members</h2>
       <table><thead><tr><th>node</th><th>roles</th><th>state</th><th>data shard</th>
-        <th>last heard</th></tr></thead><tbody id="members"></tbody></table></div>
+        <th>last heard</th><th>key</th></tr></thead><tbody id="members"></tbody></table></div>
     <div class="panel">
       <h2>Restarts</h2><ul class="kv" id="restart-list"></ul>
       <h2>Refused contributions</h2><ul class="kv" id="reject-list"></ul>
