@@ -164,6 +164,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
       run: options.run,
       trainers: trainers.length,
       evalLoss,
+      exchange: options.exchange,
     });
     emit({ event: "done", ...summary });
   } catch (err) {

@@ -20,6 +20,7 @@
  *
  * @module
  */
+import { exchangeName, parseExchange } from "../kernels/exchange_format.ts";
 import { parseArgs } from "@std/cli";
 import {
   DEFAULT_INNER_STEPS,
@@ -69,6 +70,10 @@ Options:
 ${SHAPE_HELP.replace(/^ {2}(--\S+ N) +/gm, (_, f) => `  ${f.padEnd(20)}  `)}
   --batch N             sequences per micro-batch of an inner step (default: the config's)
   --grad-accum N        micro-batches per inner step, one AdamW update (default 1)
+  --exchange FORMAT     pseudo-gradient exchange: int8 (default), int4 (4-bit, a scale per 64
+                        values) or topk:F (the fraction F of each 256 values largest in
+                        magnitude, e.g. topk:0.05); int4 and topk keep the rest for the next
+                        round (error feedback); joiners take the host's
   --data PATH           training text (file or folder; default: the bundled corpus)
   --run-dir DIR         where the run writes its log (run.jsonl) and checkpoints
                         (keeper-<i>/rounds/<round>, latest); default runs/<run id>
@@ -122,6 +127,17 @@ function intArg(name: string, v: string | undefined, def: number, min = 0): numb
   return n;
 }
 
+/** An exchange format's canonical name (`--exchange`). */
+function exchangeArg(v: string): string {
+  try {
+    return exchangeName(parseExchange(v));
+  } catch (err) {
+    throw new RangeError(
+      `Invalid --exchange: ${(err as Error).message.replace(/^Invalid exchange /, "")}`,
+    );
+  }
+}
+
 /** A share in (0, 1]. */
 function shareArg(name: string, v: string): number {
   const n = Number(v);
@@ -167,6 +183,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       ...SHAPE_FLAG_OPTIONS,
       batch: { type: "string" },
       "grad-accum": { type: "string" },
+      exchange: { type: "string" },
       data: { type: "string" },
       "run-dir": { type: "string" },
       keepers: { type: "string" },
@@ -237,6 +254,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
     ...(values["grad-accum"] !== undefined
       ? { gradAccum: intArg("grad-accum", values["grad-accum"], 1, 1) }
       : {}),
+    ...(values.exchange !== undefined ? { exchange: exchangeArg(values.exchange) } : {}),
     rounds: intArg("rounds", values.rounds, 10, 1),
     innerSteps: intArg("inner-steps", values["inner-steps"], DEFAULT_INNER_STEPS, 1),
     outer: {
@@ -383,6 +401,7 @@ export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
     seed: "seed",
     batch: "batch",
     "grad-accum": "gradAccum",
+    exchange: "exchange",
   };
   const out: NodeArgs = { ...args };
   const set = out as unknown as Record<string, unknown>;

@@ -51,6 +51,12 @@ export interface RunSettings {
   gradAccum?: number;
   /** Inner warm-up steps of each trainer's own optimizer (default: the config's). */
   innerWarmup?: number;
+  /**
+   * Pseudo-gradient exchange format (kernels/exchange_format.ts: "int8", the
+   * default, "int4" or "topk:F"); handed to joiners and recorded with every
+   * checkpoint. The update sent back is int8 whatever it is.
+   */
+  exchange?: string;
 }
 /** Length of the flat parameter vector of a named config or a shape (padding included). */
 export function paramLength(config: string | GptConfig): number {
@@ -103,6 +109,7 @@ export function runSettingsOf(o: RunSettings): RunSettings {
     ...(o.innerLr !== undefined ? { innerLr: o.innerLr } : {}),
     ...(o.batch !== undefined ? { batch: o.batch } : {}),
     ...(o.gradAccum !== undefined ? { gradAccum: o.gradAccum } : {}),
+    ...(o.exchange !== undefined ? { exchange: o.exchange } : {}),
   };
 }
 
@@ -143,6 +150,7 @@ export function engineSettings(s: RunSettings): Omit<WorkerInit, "op" | "id" | "
     ...(s.dataPath ? { dataPath: s.dataPath } : {}),
     dataSeed: s.seed ?? 1,
     block: DEFAULT_BLOCK,
+    ...(s.exchange !== undefined ? { exchange: s.exchange } : {}),
   };
 }
 

@@ -27,6 +27,8 @@
  */
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import { applyUpdate, thetaHash } from "./int8_exchange.ts";
+import { formatOf, sliceEncoded } from "./exchange.ts";
+import { DEFAULT_EXCHANGE, parseExchange } from "../kernels/exchange_format.ts";
 import {
   type ContributionMsg,
   type HeartbeatAckMsg,
@@ -137,6 +139,9 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   let previous: ContributionMsg[] = [];
   let workerFault: TrainerFault & { type: "worker_fault" } | undefined;
   const emit = (e: TrainerEvent) => options.onEvent?.(e);
+  /** The run's exchange format; int8 messages carry no `format` field, as before there were others. */
+  const formatName = formatOf({ format: options.engine.exchange ?? DEFAULT_EXCHANGE });
+  const format = parseExchange(formatName);
 
   const call = (req: Record<string, unknown>) => worker!.call(req);
 
@@ -234,8 +239,8 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         shard: s.index,
         tokens: reply.tokens,
         n: s.length,
-        q: reply.q.slice(s.start, s.start + s.length),
-        scales: reply.scales.slice(s.start / v.block, Math.ceil((s.start + s.length) / v.block)),
+        ...(format.kind === "int8" ? {} : { format: formatName }),
+        ...sliceEncoded(format, reply, s),
         loss: reply.loss,
       };
       const extra = poison?.kind === "replay" || poison?.kind === "duplicate";
