@@ -225,7 +225,7 @@ function validateCoded(
   try {
     f = parseExchange(m.format);
   } catch (err) {
-    fail(type, "format", (err as Error).message);
+    fail(type, "format", (err as Error).message.replace(/^Invalid exchange /, "is "));
   }
   if (f.kind === "int8") return { ...validateTensorPair(m, type, block), format: "int8" };
   const n = int(m, type, "n", 1);
