@@ -11,6 +11,7 @@ import type { OuterOptimizer } from "./outer_optimizer.ts";
 import { DEFAULT_BLOCK, type ReportCursor } from "./run_protocol.ts";
 import type { WorkerInit } from "./trainer_worker.ts";
 import { describeConfig, getConfig, type GptConfig } from "../kernels/config.ts";
+import { DEFAULT_EXCHANGE } from "../kernels/exchange_format.ts";
 import { resolveShape, SHAPE_FIELDS, type ShapeOverrides } from "../kernels/shape.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
@@ -92,6 +93,26 @@ export function shapeConflict(
     }
   }
   return undefined;
+}
+
+/**
+ * Refuses a joiner's own `--exchange` that differs from the run's (every
+ * trainer of a run sends one format); undefined when they agree.
+ *
+ * @example
+ * ```ts
+ * import { exchangeConflict } from "./run_settings.ts";
+ * console.log(exchangeConflict("int4", undefined)); // "--exchange int4 differs from the run's int8"
+ * ```
+ */
+export function exchangeConflict(
+  own: string | undefined,
+  run: string | undefined,
+): string | undefined {
+  const theirs = run ?? DEFAULT_EXCHANGE;
+  return own !== undefined && own !== theirs
+    ? `--exchange ${own} differs from the run's ${theirs}`
+    : undefined;
 }
 
 /** The run settings part of host options (recorded with every checkpoint). */
