@@ -592,6 +592,10 @@ export interface ExperimentSummary {
   losses: Record<string, number>;
   /** (int8 − fp32) / fp32 of the final eval loss, when both ran. */
   int8_vs_fp32_relative: number | null;
+  /** (int4 − int8) / int8 of the final eval loss (the bar: within 0.01), when both ran. */
+  int4_vs_int8_relative: number | null;
+  /** (top-k − int8) / int8 of the final eval loss, when both ran. */
+  topk_vs_int8_relative: number | null;
   /** single − diloco-int8 (positive: DiLoCo beats one trainer alone). */
   diloco_gain_over_single: number | null;
   /** diloco-int8 − single-4x (what is left to the data-parallel bound). */
@@ -618,6 +622,12 @@ export function summarizeExperiment(
     losses: by,
     int8_vs_fp32_relative: has("diloco-int8", "diloco-fp32")
       ? r4((by["diloco-int8"] - by["diloco-fp32"]) / by["diloco-fp32"])
+      : null,
+    int4_vs_int8_relative: has("diloco-int4", "diloco-int8")
+      ? r4((by["diloco-int4"] - by["diloco-int8"]) / by["diloco-int8"])
+      : null,
+    topk_vs_int8_relative: has("diloco-topk", "diloco-int8")
+      ? r4((by["diloco-topk"] - by["diloco-int8"]) / by["diloco-int8"])
       : null,
     diloco_gain_over_single: has("diloco-int8", "single")
       ? r4(by["single"] - by["diloco-int8"])
