@@ -23,7 +23,11 @@ function randomVec(n: number, seed: number, scale = 1): Float32Array {
   return out;
 }
 
-function setup(n: number, trainers: string[], opts: { now?: () => number; lr?: number } = {}) {
+function setup(
+  n: number,
+  trainers: string[],
+  opts: { now?: () => number; lr?: number; momentum?: number; exchange?: string } = {},
+) {
   const shards = shardMap(n, { aggregators: ["agg0"] });
   const view: ViewMsg = {
     type: "view",
@@ -45,7 +49,8 @@ function setup(n: number, trainers: string[], opts: { now?: () => number; lr?: n
     shard: shards[0],
     theta: theta0,
     now: opts.now,
-    outer: { lr: opts.lr ?? 0.7, momentum: 0.9 },
+    outer: { lr: opts.lr ?? 0.7, momentum: opts.momentum ?? 0.9 },
+    exchange: opts.exchange,
   });
   agg.setView(view);
   return { agg, view, theta0, shard: shards[0] };
@@ -352,30 +357,7 @@ function coded(trainer: string, name: string, delta: Float32Array): Contribution
 }
 
 function lowBitSetup(exchange: string, trainers: string[]) {
-  const n = 600;
-  const [shard] = shardMap(n, { aggregators: ["agg0"] });
-  const agg = new ShardAggregator({
-    run: RUN,
-    shard,
-    theta: new Float32Array(n),
-    outer: { lr: 1, momentum: 0 },
-    exchange,
-  });
-  agg.setView({
-    type: "view",
-    run: RUN,
-    epoch: 1,
-    round: 0,
-    trainers,
-    aggregators: ["agg0"],
-    shards: [shard],
-    params: n,
-    block: 256,
-    dataShards: trainers.map((_, i) => i),
-    started: true,
-    rounds: 0,
-  });
-  return agg;
+  return setup(600, trainers, { lr: 1, momentum: 0, exchange }).agg;
 }
 
 Deno.test("aggregator refuses a contribution in another exchange format by name", () => {
@@ -443,13 +425,14 @@ Deno.test("aggregator averages int4 and top-k contributions in fp32 as the train
     const d1 = randomVec(600, 6, 0.02);
     equal(reason(agg.offer(coded("t0", name, d0))), "accepted");
     equal(reason(agg.offer(coded("t1", name, d1))), "accepted");
+    const theta0 = agg.theta();
     const { update } = agg.close();
     // Plain averaging (lr 1): θ_1 = θ_0 − mean(decoded), within the int8 update's rounding.
     const a = decodeRef(f, encodeRef(f, d0), 600);
     const b = decodeRef(f, encodeRef(f, d1), 600);
-    const theta = applyUpdate(new Float32Array(600), update);
+    const theta = applyUpdate(theta0.slice(), update);
     for (let i = 0; i < 600; i++) {
-      const want = -(a[i] + b[i]) / 2;
+      const want = theta0[i] - (a[i] + b[i]) / 2;
       ok(Math.abs(theta[i] - want) <= 1e-4, `${name} element ${i}: ${theta[i]} vs ${want}`);
     }
     ok(sameBitsOf(agg.theta(), theta), `${name}: the aggregator's θ is what trainers apply`);

@@ -190,10 +190,10 @@ function validateView(m: Record<string, unknown>): ViewMsg {
   };
 }
 
-function validateTensorPair(
+/** n, the code bytes and the scales of a message, typed (their lengths unchecked). */
+function tensors(
   m: Record<string, unknown>,
   type: string,
-  block: number,
 ): { n: number; q: Int8Array; scales: Float32Array } {
   const n = int(m, type, "n", 1);
   if (n > MAX_TENSOR_ELEMENTS) fail(type, "n", `exceeds ${MAX_TENSOR_ELEMENTS}`);
@@ -201,6 +201,15 @@ function validateTensorPair(
   if (!q) fail(type, "q", "must be an Int8Array or bytes");
   const scales = asFloat32(m.scales);
   if (!scales) fail(type, "scales", "must be a Float32Array or 4-byte-aligned bytes");
+  return { n, q, scales };
+}
+
+function validateTensorPair(
+  m: Record<string, unknown>,
+  type: string,
+  block: number,
+): { n: number; q: Int8Array; scales: Float32Array } {
+  const { n, q, scales } = tensors(m, type);
   if (q.length !== n) fail(type, "q", `must have n=${n} elements, has ${q.length}`);
   const blocks = Math.ceil(n / block);
   if (scales.length !== blocks) {
@@ -228,12 +237,7 @@ function validateCoded(
     fail(type, "format", (err as Error).message.replace(/^Invalid exchange /, "is "));
   }
   if (f.kind === "int8") return { ...validateTensorPair(m, type, block), format: "int8" };
-  const n = int(m, type, "n", 1);
-  if (n > MAX_TENSOR_ELEMENTS) fail(type, "n", `exceeds ${MAX_TENSOR_ELEMENTS}`);
-  const q = asInt8(m.q);
-  if (!q) fail(type, "q", "must be an Int8Array or bytes");
-  const scales = asFloat32(m.scales);
-  if (!scales) fail(type, "scales", "must be a Float32Array or 4-byte-aligned bytes");
+  const { n, q, scales } = tensors(m, type);
   const idx = m.idx === undefined ? undefined : asInt8(m.idx);
   if (m.idx !== undefined && !idx) fail(type, "idx", "must be bytes");
   const e = {

@@ -11,7 +11,7 @@
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
-import { checkRef, checkShape, f32Lit, grid, slice, WG } from "./_wgsl.ts";
+import { bindings, checkRef, checkShape, f32Lit, grid, slice, WG } from "./_wgsl.ts";
 import { INV127, QUANT_TINY } from "./reference.ts";
 import { codedSize, INV7, topkSlots } from "./lowbit_reference.ts";
 import { type ExchangeFormat, topkPerBlock } from "./exchange_format.ts";
@@ -62,6 +62,34 @@ function blocksShape(kernel: string, shape: { n: number; block: number }, multip
   return { n, block, blocks: Math.ceil(n / block) };
 }
 
+/** A storage binding of a kernel: name, buffer range, elements, WGSL element type. */
+type Bound = [name: string, ref: TensorRef, length: number, type: "u32" | "f32"];
+
+/**
+ * A kernel of `count` invocations in workgroups of `size`, each running
+ * `body` with its index in `id` (after `prelude`'s declarations).
+ */
+function kernelOver(
+  gpu: Gpu,
+  kernel: string,
+  bound: Bound[],
+  grid_: { count: number; size: number },
+  prelude: string,
+  body: string,
+): Dispatch {
+  const refs = bound.map(([name, ref, len]) => slice(checkRef(kernel, name, ref, len), len));
+  const g = grid(grid_.count, grid_.size);
+  const code = `${bindings(bound.map(([name, , , type]): [string, string] => [name, type]))}
+${prelude}
+@compute @workgroup_size(${grid_.size})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let id = gid.x + gid.y * ${g.stride}u;
+  if (id >= ${grid_.count}u) { return; }
+${body}
+}`;
+  return gpu.dispatch(kernel, gpu.pipeline(code, "main", kernel), refs, g.groups);
+}
+
 /**
  * Per-block absmax 4-bit quantization of x [n] into q (u32 words of 8 codes)
  * and scales; one invocation per block, `block` a multiple of 8.
@@ -78,22 +106,19 @@ export function quantizeInt4(
 ): Dispatch {
   const kernel = "quantizeInt4";
   const { n, block, blocks } = blocksShape(kernel, shape, 8);
-  const words = Math.ceil(n / 8);
-  const refs = [
-    slice(checkRef(kernel, "x", bufs.x, n), n),
-    slice(checkRef(kernel, "q", bufs.q, words), words),
-    slice(checkRef(kernel, "scales", bufs.scales, blocks), blocks),
+  const bound: Bound[] = [
+    ["x", bufs.x, n, "u32"],
+    ["q", bufs.q, Math.ceil(n / 8), "u32"],
+    ["scales", bufs.scales, blocks, "f32"],
   ];
-  const g = grid(blocks, 64);
-  const code = `@group(0) @binding(0) var<storage, read_write> x: array<u32>;
-@group(0) @binding(1) var<storage, read_write> q: array<u32>;
-@group(0) @binding(2) var<storage, read_write> scales: array<f32>;
-${codeWgsl(INV7)}
-
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let blk = gid.x + gid.y * ${g.stride}u;
-  if (blk >= ${blocks}u) { return; }
+  return kernelOver(
+    gpu,
+    kernel,
+    bound,
+    { count: blocks, size: 64 },
+    codeWgsl(INV7),
+    `
+  let blk = id;
   let start = blk * ${block}u;
   let end = min(start + ${block}u, ${n}u);
   var amax = 0u;
@@ -114,9 +139,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       }
     }
     q[w] = word;
-  }
-}`;
-  return gpu.dispatch(kernel, gpu.pipeline(code, "main", kernel), refs, g.groups);
+  }`,
+  );
 }
 
 /**
@@ -134,25 +158,22 @@ export function dequantizeInt4(
 ): Dispatch {
   const kernel = "dequantizeInt4";
   const { n, block, blocks } = blocksShape(kernel, shape, 8);
-  const words = Math.ceil(n / 8);
-  const refs = [
-    slice(checkRef(kernel, "q", bufs.q, words), words),
-    slice(checkRef(kernel, "scales", bufs.scales, blocks), blocks),
-    slice(checkRef(kernel, "out", bufs.out, n), n),
+  const bound: Bound[] = [
+    ["q", bufs.q, Math.ceil(n / 8), "u32"],
+    ["scales", bufs.scales, blocks, "f32"],
+    ["o", bufs.out, n, "f32"],
   ];
-  const g = grid(n);
-  const code = `@group(0) @binding(0) var<storage, read_write> q: array<u32>;
-@group(0) @binding(1) var<storage, read_write> scales: array<f32>;
-@group(0) @binding(2) var<storage, read_write> o: array<f32>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.x + gid.y * ${g.stride}u;
-  if (i >= ${n}u) { return; }
-  let nib = (q[i >> 3u] >> (4u * (i & 7u))) & 0xfu;
+  return kernelOver(
+    gpu,
+    kernel,
+    bound,
+    { count: n, size: WG },
+    "",
+    `
+  let nib = (q[id >> 3u] >> (4u * (id & 7u))) & 0xfu;
   let c = bitcast<i32>(nib << 28u) >> 28u;
-  o[i] = f32(c) * scales[i / ${block}u];
-}`;
-  return gpu.dispatch(kernel, gpu.pipeline(code, "main", kernel), refs, g.groups);
+  o[id] = f32(c) * scales[id / ${block}u];`,
+  );
 }
 
 /** Per-block counts of a top-k layout over n values. */
@@ -190,28 +211,27 @@ export function selectTopk(
 ): Dispatch {
   const kernel = "selectTopk";
   const { n, block, blocks, k, kLast, slots } = topkShape(kernel, shape);
-  const refs = [
-    slice(checkRef(kernel, "x", bufs.x, n), n),
-    slice(checkRef(kernel, "slots", bufs.slots, slots), slots),
-    slice(checkRef(kernel, "scales", bufs.scales, blocks), blocks),
+  const bound: Bound[] = [
+    ["x", bufs.x, n, "u32"],
+    ["slots", bufs.slots, slots, "u32"],
+    ["scales", bufs.scales, blocks, "f32"],
   ];
-  const g = grid(blocks, 64);
-  const code = `@group(0) @binding(0) var<storage, read_write> x: array<u32>;
-@group(0) @binding(1) var<storage, read_write> slots: array<u32>;
-@group(0) @binding(2) var<storage, read_write> scales: array<f32>;
-${codeWgsl(INV127)}
+  const prelude = `${codeWgsl(INV127)}
 
 // How many of the block's magnitudes (f32 bits) are at least t.
 fn atLeast(start: u32, end: u32, t: u32) -> u32 {
   var c = 0u;
   for (var i = start; i < end; i++) { c += select(0u, 1u, (x[i] & 0x7fffffffu) >= t); }
   return c;
-}
-
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let blk = gid.x + gid.y * ${g.stride}u;
-  if (blk >= ${blocks}u) { return; }
+}`;
+  return kernelOver(
+    gpu,
+    kernel,
+    bound,
+    { count: blocks, size: 64 },
+    prelude,
+    `
+  let blk = id;
   let start = blk * ${block}u;
   let end = min(start + ${block}u, ${n}u);
   let kb = select(${k}u, ${kLast}u, blk == ${blocks - 1}u);
@@ -250,9 +270,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       slots[base + out] = (i - start) | (c << 8u);
       out++;
     }
-  }
-}`;
-  return gpu.dispatch(kernel, gpu.pipeline(code, "main", kernel), refs, g.groups);
+  }`,
+  );
 }
 
 /**
@@ -271,21 +290,20 @@ export function dequantizeTopk(
 ): Dispatch {
   const kernel = "dequantizeTopk";
   const { n, block, blocks, k, kLast, slots } = topkShape(kernel, shape);
-  const refs = [
-    slice(checkRef(kernel, "slots", bufs.slots, slots), slots),
-    slice(checkRef(kernel, "scales", bufs.scales, blocks), blocks),
-    slice(checkRef(kernel, "out", bufs.out, n), n),
+  const bound: Bound[] = [
+    ["slots", bufs.slots, slots, "u32"],
+    ["scales", bufs.scales, blocks, "f32"],
+    ["o", bufs.out, n, "f32"],
   ];
-  const g = grid(n);
-  const code = `@group(0) @binding(0) var<storage, read_write> slots: array<u32>;
-@group(0) @binding(1) var<storage, read_write> scales: array<f32>;
-@group(0) @binding(2) var<storage, read_write> o: array<f32>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.x + gid.y * ${g.stride}u;
-  if (i >= ${n}u) { return; }
-  let blk = i / ${block}u;
-  let off = i % ${block}u;
+  return kernelOver(
+    gpu,
+    kernel,
+    bound,
+    { count: n, size: WG },
+    "",
+    `
+  let blk = id / ${block}u;
+  let off = id % ${block}u;
   let kb = select(${k}u, ${kLast}u, blk == ${blocks - 1}u);
   var d = 0.0f;
   for (var j = 0u; j < kb; j++) {
@@ -295,9 +313,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       d = f32(c) * scales[blk];
     }
   }
-  o[i] = d;
-}`;
-  return gpu.dispatch(kernel, gpu.pipeline(code, "main", kernel), refs, g.groups);
+  o[id] = d;`,
+  );
 }
 
 /**
@@ -343,6 +360,11 @@ export function decodeDispatch(
     return dequantizeInt4(gpu, { q: codes, scales, out }, { n, block: f.block });
   }
   return dequantizeTopk(gpu, { slots: codes, scales, out }, { n, ...f });
+}
+
+/** `length` 4-byte elements of `buffer` from element `first`. */
+function elements(buffer: GPUBuffer, first: number, length: number): TensorRef {
+  return { buffer, offset: first * 4, length };
 }
 
 /** The first code word (or slot) of the value at `start`, a multiple of the format's block. */
@@ -391,15 +413,10 @@ export function feedbackDispatches(
   const out: Dispatch[] = [];
   for (let start = 0; start < n; start += chunk) {
     const len = Math.min(chunk, n - start);
-    const at = (buffer: GPUBuffer, first: number, length: number) => ({
-      buffer,
-      offset: first * 4,
-      length,
-    });
-    const v = (buffer: GPUBuffer) => at(buffer, start, len);
+    const v = (buffer: GPUBuffer) => elements(buffer, start, len);
     const coded = {
-      codes: at(bufs.codes, codeStart(f, start), codedSize(len, f).words),
-      scales: at(bufs.scales, start / f.block, Math.ceil(len / f.block)),
+      codes: elements(bufs.codes, codeStart(f, start), codedSize(len, f).words),
+      scales: elements(bufs.scales, start / f.block, Math.ceil(len / f.block)),
     };
     out.push(
       pseudoGradient(gpu, { global: v(bufs.global), local: v(bufs.local), out: v(bufs.delta) }, {
