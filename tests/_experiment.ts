@@ -144,6 +144,8 @@ export interface DilocoDefaults {
   outer: OuterOptimizer;
   innerReset?: boolean;
   innerSchedule?: "run" | "round";
+  /** Fraction of each block the diloco-topk row sends (default 0.05). */
+  topk?: number;
 }
 
 /**
@@ -164,6 +166,7 @@ export function standardConfigs(
     innerSchedule: diloco.innerSchedule ?? "run",
   };
   const k = d.trainers;
+  const topk = diloco.topk ?? 0.05;
   const base = {
     trainers: k,
     batch,
@@ -191,10 +194,10 @@ export function standardConfigs(
     {
       ...base,
       name: "diloco-topk",
-      description: `DiLoCo, ${k} trainers, top-5% exchange with error feedback`,
+      description: `DiLoCo, ${k} trainers, top-${topk * 100}% exchange with error feedback`,
       kind: "diloco",
       outer: d.outer,
-      exchange: "topk:0.05",
+      exchange: `topk:${topk}`,
     },
     {
       ...base,

@@ -50,6 +50,7 @@ Options:
 })
   --inner-reset        zero each trainer's AdamW moments every round (in-process rows only)
   --inner-schedule S   run (one cosine over the run, default) or round (restart each round)
+  --topk F             fraction of each block of 256 the diloco-topk row sends (default 0.05)
   --eval-windows N     validation windows for the final loss (default 1024)
   --data-shards N      data shards (chunks of the stream dealt round-robin); trainer i reads shard i (default 16,
                        the run's); single trainers read the whole stream
@@ -72,6 +73,14 @@ function int(name: string, v: string | undefined, def: number, min: number): num
     throw new RangeError(`Invalid --${name}: expected an integer >= ${min}, got "${v}"`);
   }
   return n;
+}
+
+function fraction(name: string, v: string | undefined, def: number): number {
+  const f = num(name, v, def);
+  if (!(f > 0 && f <= 1)) {
+    throw new RangeError(`Invalid --${name}: expected a number in (0, 1], got "${v}"`);
+  }
+  return f;
 }
 
 function num(name: string, v: string | undefined, def: number): number {
@@ -101,6 +110,7 @@ function flags(argv: string[]) {
         "outer-warmup": { type: "string" },
         "inner-reset": { type: "boolean" },
         "inner-schedule": { type: "string" },
+        topk: { type: "string" },
         "eval-windows": { type: "string" },
         "data-shards": { type: "string" },
         json: { type: "boolean" },
@@ -148,6 +158,7 @@ export function parseExperimentArgs(argv: string[]): ExperimentArgs {
     outer,
     innerReset: values["inner-reset"] ?? false,
     innerSchedule: schedule,
+    topk: fraction("topk", values.topk, 0.05),
   });
   const wanted = values.configs?.split(",").map((x: string) => x.trim()).filter((x: string) => x) ??
     all.map((c) => c.name);

@@ -27,6 +27,12 @@ Deno.test("experiment: flags pick configurations and refuse bad input by name", 
   throws(() => parseExperimentArgs(["--steps", "30", "--inner-steps", "20"]), /multiple of/);
   throws(() => parseExperimentArgs(["--outer-momentum", "1"]), /--outer-momentum/);
   throws(() => parseExperimentArgs(["--bogus"]), /bogus/);
+  throws(
+    () => parseExperimentArgs(["--topk", "0"]),
+    /Invalid --topk: expected a number in \(0, 1\]/,
+  );
+  const topk = parseExperimentArgs(["--configs", "diloco-topk", "--topk", "0.01"]).configs[0];
+  equal(topk.exchange, "topk:0.01");
 });
 
 Deno.test("experiment: outer warm-up ramps from plain averaging to the set values", () => {
