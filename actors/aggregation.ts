@@ -198,7 +198,9 @@ export class ShardAggregator {
     this.#outer = { ...(options.outer ?? DEFAULT_OUTER) };
     this.#block = options.block ?? DEFAULT_BLOCK;
     this.#formatName = formatOf({ format: options.exchange ?? DEFAULT_EXCHANGE });
-    this.#format = parseExchange(this.#formatName);
+    const format = parseExchange(this.#formatName);
+    // int8 contributions use the run's block, as the update does.
+    this.#format = format.kind === "int8" ? { kind: "int8", block: this.#block } : format;
     this.#quorum = options.quorum ?? 0.5;
     this.#minWaitMs = options.minWaitMs ?? 10_000;
     this.#slack = options.slack ?? 1;

@@ -2,7 +2,8 @@
  * The trainer actor. It owns a compute Worker (actors/trainer_worker.ts) that
  * runs the engine; the actor itself only talks: it joins the run, keeps the
  * tracker's heartbeat, fetches its start state, hands each round to the
- * Worker, sends each shard of the int8 pseudo-gradient to its aggregator,
+ * Worker, sends each shard of the pseudo-gradient, coded in the run's exchange
+ * format (int8 by default, actors/exchange.ts), to its aggregator,
  * applies the aggregators' updates to its copy of θ with the same arithmetic
  * they use, hashes θ, and reports the round.
  *
@@ -240,7 +241,11 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         tokens: reply.tokens,
         n: s.length,
         ...(format.kind === "int8" ? {} : { format: formatName }),
-        ...sliceEncoded(format, reply, s),
+        ...sliceEncoded(
+          format.kind === "int8" ? { kind: "int8", block: v.block } : format,
+          reply,
+          s,
+        ),
         loss: reply.loss,
       };
       const extra = poison?.kind === "replay" || poison?.kind === "duplicate";
