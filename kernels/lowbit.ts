@@ -6,7 +6,8 @@
  * arithmetic on f32 bits (the int8 kernel's rounding, kernels/outer.ts), a
  * scale is one rounded multiply, a dequantized value one rounded multiply,
  * and error feedback is made of single adds and subtracts (no multiply-add
- * that a GPU compiler could fuse).
+ * that a GPU compiler could fuse). lowbit_test.ts checks it on the adapter
+ * it runs on (so far llvmpipe).
  *
  * @module
  */
