@@ -42,6 +42,13 @@ export { keeperStateSource } from "./actors/keeper_source.ts";
 export { aggregatorStates } from "./actors/restore.ts";
 export * from "./transport/mod.ts";
 export { paramLength } from "./actors/run_settings.ts";
+export {
+  DEFAULT_EXCHANGE,
+  encodedSize,
+  exchangeName,
+  parseExchange,
+} from "./kernels/exchange_format.ts";
+export type { ExchangeFormat } from "./kernels/exchange_format.ts";
 export type { RunSettings } from "./actors/run_settings.ts";
 export { RunMonitor } from "./actors/monitor.ts";
 export type { RunEvent } from "./actors/monitor.ts";
