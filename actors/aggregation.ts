@@ -5,7 +5,8 @@
  * per round it knows which trainers to expect (from the view), accepts each
  * trainer's contribution at most once, rejects and names bad ones, closes when
  * everyone has sent (or at a deadline with a quorum), averages the dequantized
- * pseudo-gradients in fp32 weighted by tokens, takes a Nesterov SGD step
+ * pseudo-gradients in fp32 weighted by tokens (contributions in the run's
+ * exchange format, actors/exchange.ts), takes a Nesterov SGD step
  * (actors/outer_optimizer.ts) and emits the update as int8 with per-block
  * scales. It applies to its own θ exactly the dequantized update it sends,
  * with `applyUpdate` (actors/int8_exchange.ts), the function every trainer
@@ -31,7 +32,13 @@ import {
   type ViewMsg,
 } from "./run_protocol.ts";
 import { DEFAULT_OUTER, outerAt, type OuterOptimizer } from "./outer_optimizer.ts";
-import { applyUpdate, dequantizeInt8, quantizedNorm, quantizeInt8 } from "./int8_exchange.ts";
+import { applyUpdate, dequantizeInt8, quantizeInt8 } from "./int8_exchange.ts";
+import { decodeEncoded, encodedNorm, encodedProblem, formatOf } from "./exchange.ts";
+import {
+  DEFAULT_EXCHANGE,
+  type ExchangeFormat,
+  parseExchange,
+} from "../kernels/exchange_format.ts";
 import { nesterovStepRef } from "../kernels/reference.ts";
 
 function median(xs: number[]): number {
@@ -94,8 +101,13 @@ export interface ShardAggregatorOptions {
   round?: number;
   /** Outer optimizer (default {@linkcode DEFAULT_OUTER}). */
   outer?: OuterOptimizer;
-  /** Quantization block (default 256). */
+  /** Quantization block of the update (default 256). */
   block?: number;
+  /**
+   * The run's exchange format of contributions (default "int8"); any other
+   * is refused as "wrong_format". The update stays int8 whatever it is.
+   */
+  exchange?: string;
   /** Fraction of the expected trainers needed to close at the deadline (default 0.5). */
   quorum?: number;
   /**
@@ -153,6 +165,8 @@ export class ShardAggregator {
   #residual: Float32Array;
   #outer: OuterOptimizer;
   #block: number;
+  #format: ExchangeFormat;
+  #formatName: string;
   #quorum: number;
   #minWaitMs: number;
   #slack: number;
@@ -183,6 +197,10 @@ export class ShardAggregator {
     this.#norms = [...(options.restore?.norms ?? [])];
     this.#outer = { ...(options.outer ?? DEFAULT_OUTER) };
     this.#block = options.block ?? DEFAULT_BLOCK;
+    this.#formatName = formatOf({ format: options.exchange ?? DEFAULT_EXCHANGE });
+    const format = parseExchange(this.#formatName);
+    // int8 contributions use the run's block, as the update does.
+    this.#format = format.kind === "int8" ? { kind: "int8", block: this.#block } : format;
     this.#quorum = options.quorum ?? 0.5;
     this.#minWaitMs = options.minWaitMs ?? 10_000;
     this.#slack = options.slack ?? 1;
@@ -291,14 +309,24 @@ export class ShardAggregator {
     if (this.#accepted.has(m.trainer)) {
       return this.#reject(m, "duplicate", `${who}: already counted`);
     }
-    const blocks = Math.ceil(this.#shard.length / this.#block);
-    if (m.n !== this.#shard.length || m.q.length !== m.n || m.scales.length !== blocks) {
+    let format: string;
+    try {
+      format = formatOf(m);
+    } catch (err) {
+      return this.#reject(m, "wrong_format", `${who}: ${(err as Error).message}`);
+    }
+    if (format !== this.#formatName) {
       return this.#reject(
         m,
-        "wrong_shape",
-        `${who}: n=${m.n} q=${m.q.length} scales=${m.scales.length}, expected n=${this.#shard.length} scales=${blocks}`,
+        "wrong_format",
+        `${who}: ${format}, the run exchanges ${this.#formatName}`,
       );
     }
+    if (m.n !== this.#shard.length) {
+      return this.#reject(m, "wrong_shape", `${who}: n=${m.n}, expected n=${this.#shard.length}`);
+    }
+    const bad = encodedProblem(this.#format, m, m.n);
+    if (bad) return this.#reject(m, bad.reason, `${who}: ${format} ${bad.field} ${bad.detail}`);
     if (!Number.isFinite(m.loss)) return this.#reject(m, "non_finite", `${who}: loss ${m.loss}`);
     if (!Number.isSafeInteger(m.tokens) || m.tokens <= 0) {
       return this.#reject(m, "wrong_shape", `${who}: tokens ${m.tokens}`);
@@ -309,7 +337,7 @@ export class ShardAggregator {
         return this.#reject(m, "non_finite", `${who}: scale of block ${b} is ${s}`);
       }
     }
-    const norm = quantizedNorm(m.q, m.scales, { block: this.#block });
+    const norm = encodedNorm(this.#format, m, m.n);
     if (this.#norms.length >= 3) {
       const med = median(this.#norms);
       if (norm > this.#absurd * med) {
@@ -388,15 +416,12 @@ export class ShardAggregator {
     for (const e of entries) tokens += e.msg.tokens;
     // Averaged pseudo-gradient, fp32, fixed order.
     const delta = new Float32Array(n);
+    const decoded = new Float32Array(n);
     let loss = 0;
     for (const e of entries) {
       const w = Math.fround(e.msg.tokens / tokens);
-      const { q, scales } = e.msg;
-      for (let b = 0, lo = 0; lo < n; b++, lo += block) {
-        const s = scales[b];
-        const hi = Math.min(n, lo + block);
-        for (let i = lo; i < hi; i++) delta[i] += Math.fround(w * Math.fround(q[i] * s));
-      }
+      decodeEncoded(this.#format, e.msg, n, decoded);
+      for (let i = 0; i < n; i++) delta[i] += Math.fround(w * decoded[i]);
       loss += e.msg.loss * e.msg.tokens / tokens;
     }
     // Nesterov SGD (PyTorch): m = mu m + Δ; θ' = θ − lr (Δ + mu m). The update

@@ -2,6 +2,9 @@ import { deepEqual, equal, ok, throws } from "@std/assert";
 import { type OfferResult, ShardAggregator } from "./aggregation.ts";
 import { applyUpdate, dequantizeInt8, quantizeInt8, thetaHash } from "./int8_exchange.ts";
 import { type ContributionMsg, shardMap, type ViewMsg } from "./run_protocol.ts";
+import { toWire } from "./exchange.ts";
+import { parseExchange } from "../kernels/exchange_format.ts";
+import { decodeRef, encodeRef } from "../kernels/lowbit_reference.ts";
 
 const RUN = "run-a";
 
@@ -20,7 +23,11 @@ function randomVec(n: number, seed: number, scale = 1): Float32Array {
   return out;
 }
 
-function setup(n: number, trainers: string[], opts: { now?: () => number; lr?: number } = {}) {
+function setup(
+  n: number,
+  trainers: string[],
+  opts: { now?: () => number; lr?: number; momentum?: number; exchange?: string } = {},
+) {
   const shards = shardMap(n, { aggregators: ["agg0"] });
   const view: ViewMsg = {
     type: "view",
@@ -42,7 +49,8 @@ function setup(n: number, trainers: string[], opts: { now?: () => number; lr?: n
     shard: shards[0],
     theta: theta0,
     now: opts.now,
-    outer: { lr: opts.lr ?? 0.7, momentum: 0.9 },
+    outer: { lr: opts.lr ?? 0.7, momentum: opts.momentum ?? 0.9 },
+    exchange: opts.exchange,
   });
   agg.setView(view);
   return { agg, view, theta0, shard: shards[0] };
@@ -337,3 +345,102 @@ Deno.test("closing a round with nothing accepted is an error", () => {
   throws(() => agg.close(), /no contribution accepted/);
   throws(() => applyUpdate(new Float32Array(3), quantizeInt8(new Float32Array(4))), /θ has 3/);
 });
+
+/** A contribution of `delta` in a low-bit format, as a trainer without history sends it. */
+function coded(trainer: string, name: string, delta: Float32Array): ContributionMsg {
+  const f = parseExchange(name);
+  return {
+    ...contribution(trainer, delta),
+    format: name,
+    ...toWire(f, encodeRef(f, delta), delta.length),
+  };
+}
+
+function lowBitSetup(exchange: string, trainers: string[]) {
+  return setup(600, trainers, { lr: 1, momentum: 0, exchange }).agg;
+}
+
+Deno.test("aggregator refuses a contribution in another exchange format by name", () => {
+  const d = randomVec(600, 3, 0.01);
+  const int4 = lowBitSetup("int4", ["t0"]);
+  equal(reason(int4.offer(contribution("t0", d))), "wrong_format", "int8 to an int4 run");
+  equal(reason(int4.offer(coded("t0", "topk:0.05", d))), "wrong_format");
+  equal(reason(int4.offer({ ...coded("t0", "int4", d), format: "int3" })), "wrong_format");
+  const r = int4.offer(coded("t0", "topk:0.1", d));
+  ok(r.status === "rejected" && /topk:0.1, the run exchanges int4/.test(r.rejection.detail));
+  const topk = lowBitSetup("topk:0.05", ["t0"]);
+  equal(reason(topk.offer(coded("t0", "topk:0.1", d))), "wrong_format", "another fraction");
+  equal(reason(topk.offer(coded("t0", "topk:0.05", d))), "accepted", "`topk:.05` is one format");
+  const int8 = lowBitSetup("int8", ["t0"]);
+  equal(reason(int8.offer(coded("t0", "int4", d))), "wrong_format", "int4 to an int8 run");
+});
+
+Deno.test("aggregator refuses int4 codes and top-k offsets of the wrong length or place", () => {
+  const d = randomVec(600, 4, 0.01);
+  const int4 = lowBitSetup("int4", ["t0"]);
+  const c4 = coded("t0", "int4", d);
+  equal(c4.q.length, 300);
+  equal(reason(int4.offer({ ...c4, q: c4.q.subarray(0, 299) })), "wrong_shape");
+  equal(reason(int4.offer({ ...c4, q: new Int8Array(600) })), "wrong_shape", "int8's length");
+  equal(reason(int4.offer({ ...c4, scales: c4.scales.subarray(1) })), "wrong_shape");
+  equal(reason(int4.offer({ ...c4, idx: new Uint8Array(1) })), "wrong_shape", "idx is top-k's");
+  const bad = { ...c4, scales: c4.scales.slice() };
+  bad.scales[3] = Infinity;
+  equal(reason(int4.offer(bad)), "non_finite");
+  equal(reason(int4.offer(c4)), "accepted");
+
+  // 600 values: blocks of 256, 256 and 88; at 5%, 13 + 13 + 5 values.
+  const topk = lowBitSetup("topk:0.05", ["t0"]);
+  const ck = coded("t0", "topk:0.05", d);
+  equal(ck.idx!.length, 31);
+  equal(reason(topk.offer({ ...ck, idx: ck.idx!.subarray(1) })), "wrong_shape");
+  equal(
+    reason(topk.offer({ ...ck, q: ck.q.subarray(1), idx: ck.idx!.subarray(1) })),
+    "wrong_shape",
+  );
+  equal(reason(topk.offer({ ...ck, idx: undefined })), "wrong_shape");
+  const at = (j: number, offset: number) => {
+    const idx = ck.idx!.slice();
+    idx[j] = offset;
+    return topk.offer({ ...ck, idx });
+  };
+  const outside = at(30, 88);
+  ok(outside.status === "rejected" && outside.rejection.reason === "bad_index");
+  ok(
+    outside.status === "rejected" &&
+      /offset 88 of block 2 is outside its 88 values/.test(outside.rejection.detail),
+  );
+  const repeated = at(1, ck.idx![0]);
+  ok(repeated.status === "rejected" && repeated.rejection.reason === "bad_index");
+  ok(repeated.status === "rejected" && /is repeated/.test(repeated.rejection.detail));
+  equal(reason(at(0, 255)), "bad_index", "offsets that do not increase");
+  equal(reason(topk.offer(ck)), "accepted");
+});
+
+Deno.test("aggregator averages int4 and top-k contributions in fp32 as the trainers coded them", () => {
+  for (const name of ["int4", "topk:0.05"]) {
+    const f = parseExchange(name);
+    const agg = lowBitSetup(name, ["t0", "t1"]);
+    const d0 = randomVec(600, 5, 0.02);
+    const d1 = randomVec(600, 6, 0.02);
+    equal(reason(agg.offer(coded("t0", name, d0))), "accepted");
+    equal(reason(agg.offer(coded("t1", name, d1))), "accepted");
+    const theta0 = agg.theta();
+    const { update } = agg.close();
+    // Plain averaging (lr 1): θ_1 = θ_0 − mean(decoded), within the int8 update's rounding.
+    const a = decodeRef(f, encodeRef(f, d0), 600);
+    const b = decodeRef(f, encodeRef(f, d1), 600);
+    const theta = applyUpdate(theta0.slice(), update);
+    for (let i = 0; i < 600; i++) {
+      const want = theta0[i] - (a[i] + b[i]) / 2;
+      ok(Math.abs(theta[i] - want) <= 1e-4, `${name} element ${i}: ${theta[i]} vs ${want}`);
+    }
+    ok(sameBitsOf(agg.theta(), theta), `${name}: the aggregator's θ is what trainers apply`);
+  }
+});
+
+function sameBitsOf(a: Float32Array, b: Float32Array): boolean {
+  const x = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const y = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  return x.length === y.length && x.every((v, i) => v === y[i]);
+}

@@ -83,6 +83,8 @@ export interface AggregatorOptions {
   tracker: string;
   /** Outer optimizer. */
   outer: OuterOptimizer;
+  /** The run's exchange format of contributions (default "int8"). */
+  exchange?: string;
   /** Quorum fraction at the deadline (default 0.5). */
   quorum?: number;
   /** Minimum wait after the first contribution (default 10 s). */
@@ -162,6 +164,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
       theta: saved.theta,
       round: saved.round,
       outer: options.outer,
+      exchange: options.exchange,
       quorum: options.quorum,
       minWaitMs: options.minWaitMs,
       restore: saved,
@@ -226,6 +229,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
         theta: msg.seed,
         round: view.round,
         outer: options.outer,
+        exchange: options.exchange,
         quorum: options.quorum,
         minWaitMs: options.minWaitMs,
       });

@@ -113,6 +113,7 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
       run: options.run,
       trainers: options.trainers,
       evalLoss: evalReply.loss,
+      exchange: options.exchange,
     });
     options.emit({ event: "done", ...summary });
     return summary;

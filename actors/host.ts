@@ -348,6 +348,7 @@ export async function startRunHost(
           id: path,
           tracker: trackerPath,
           outer: options.outer,
+          exchange: options.exchange,
           quorum: options.quorum,
           minWaitMs: options.minWaitMs,
           heartbeatMs: options.heartbeatMs,

@@ -14,6 +14,7 @@ import { keeperBehavior } from "./keeper.ts";
 import { MONITOR_NAME, type RunEvent } from "./monitor.ts";
 import {
   engineSettings,
+  exchangeConflict,
   resumeCursors,
   runModel,
   type RunSettings,
@@ -219,6 +220,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
       run: options.run,
       trainers: trainers.length,
       evalLoss,
+      exchange: options.exchange,
     });
     emit({ event: "done", ...summary });
   } catch (err) {
@@ -276,8 +278,10 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     // The corpus path is local to each machine.
     ...(options.dataPath ? { dataPath: options.dataPath } : {}),
   };
-  // Every trainer trains the host's shape: a joiner's own shape flags must agree with it.
-  const conflict = shapeConflict(options.model, runModel(settings));
+  // Every trainer trains the host's shape and sends its exchange format: a joiner's own
+  // flags must agree with them.
+  const conflict = shapeConflict(options.model, runModel(settings)) ??
+    exchangeConflict(options.exchange, settings.exchange);
   if (conflict) {
     log(`Cannot join run at ${options.join}: ${conflict}`, "warn");
     await transport.close();

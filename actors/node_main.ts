@@ -30,6 +30,7 @@
  *
  * @module
  */
+import { exchangeName, parseExchange } from "../kernels/exchange_format.ts";
 import {
   DEFAULT_INNER_STEPS,
   DEFAULT_OUTER,
@@ -180,6 +181,13 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
       help: `${Object.keys(OUTER_PRESETS).join(", ")} (diloco = lr ${DILOCO_PAPER_OUTER.lr}, ` +
         `momentum ${DILOCO_PAPER_OUTER.momentum})`,
     },
+    exchange: {
+      value: "FORMAT",
+      help: "pseudo-gradient exchange: int8 (default), int4 (4-bit, a scale per 64\n" +
+        "values) or topk:F (the fraction F of each 256 values largest in\n" +
+        "magnitude, e.g. topk:0.05); int4 and topk keep the rest for the next\n" +
+        "round (error feedback); joiners take the host's",
+    },
     seed: { value: "N", help: "init and sampling seed (default 1)" },
     json: {
       type: "boolean",
@@ -187,6 +195,17 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
     },
   },
 } as const satisfies Command;
+
+/** An exchange format's canonical name (`--exchange`). */
+function exchangeArg(v: string): string {
+  try {
+    return exchangeName(parseExchange(v));
+  } catch (err) {
+    throw new UsageError(
+      `Invalid --exchange: ${(err as Error).message.replace(/^Invalid exchange /, "")}`,
+    );
+  }
+}
 
 /** "ADDR:PORT" with a port in 0-65535. */
 function validHostPort(v: string): boolean {
@@ -326,6 +345,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
     },
     ...(values.data ? { dataPath: values.data } : {}),
     seed: intFlag("seed", values.seed, 0) ?? 1,
+    ...(values.exchange !== undefined ? { exchange: exchangeArg(values.exchange) } : {}),
     host: values.host,
     ...(values.dashboard !== undefined ? { dashboard: values.dashboard } : {}),
     join: values.join,
@@ -554,6 +574,7 @@ export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
     seed: "seed",
     batch: "batch",
     "grad-accum": "gradAccum",
+    exchange: "exchange",
   };
   const out: NodeArgs = { ...args };
   const set = out as unknown as Record<string, unknown>;

@@ -6,7 +6,13 @@ import { UsageError } from "../kernels/cli.ts";
 import { getConfig } from "../kernels/config.ts";
 import { initParams } from "../kernels/init.ts";
 import { CheckpointStore } from "../checkpoint/store.ts";
-import { engineSettings, runModel, runSettingsOf, shapeConflict } from "./run_settings.ts";
+import {
+  engineSettings,
+  exchangeConflict,
+  runModel,
+  runSettingsOf,
+  shapeConflict,
+} from "./run_settings.ts";
 
 Deno.test("node flags: --keeper-cpu takes a share of one core in (0, 1]", () => {
   equal(parseNodeArgs([]).keeperCpu, undefined);
@@ -233,4 +239,37 @@ Deno.test("node flags: keys, allow-lists and TLS files go with the side that use
     () => parseNodeArgs(["--host", "h:1", "--secret", "s", "--tls-cert", "c"]),
     /--tls-cert and --tls-key go together/,
   );
+});
+
+Deno.test("node flags: --exchange names a format, reaches the engine and the checkpoint record", () => {
+  equal(parseNodeArgs([]).exchange, undefined);
+  equal(runSettingsOf(parseNodeArgs([])).exchange, undefined, "int8 runs record what they did");
+  const args = parseNodeArgs(["--exchange", "topk:.05"]);
+  equal(args.exchange, "topk:0.05");
+  equal(engineSettings(args).exchange, "topk:0.05");
+  equal(runSettingsOf(args).exchange, "topk:0.05");
+  equal(parseNodeArgs(["--exchange", "int4"]).exchange, "int4");
+  const bad: [string, string][] = [
+    ["int3", 'Invalid --exchange: "int3" (known: int8, int4, topk:F with 0 < F <= 1)'],
+    ["topk:0", 'Invalid --exchange: "topk:0": the top-k fraction must be a number in (0, 1]'],
+    ["topk:x", 'Invalid --exchange: "topk:x": the top-k fraction must be a number in (0, 1]'],
+  ];
+  for (const [v, message] of bad) {
+    throws(() => parseNodeArgs(["--exchange", v]), (err: Error) => err.message === message, v);
+  }
+  // A resumed run keeps its recorded format unless --exchange is given.
+  const resumed = {
+    dir: "runs/r",
+    round: 2,
+    settings: { run: "r", config: "small", rounds: 5, exchange: "int4" },
+  } as unknown as ResumedRun;
+  const resume = (argv: string[]) =>
+    resumedArgs(parseNodeArgs(["--resume", "runs/r", "--rounds", "9", ...argv]), resumed);
+  equal(resume([]).exchange, "int4");
+  equal(resume(["--exchange", "int8"]).exchange, "int8");
+  // Joiners send the host's format: their own --exchange must agree with it.
+  equal(exchangeConflict(undefined, "int4"), undefined);
+  equal(exchangeConflict("int4", "int4"), undefined);
+  equal(exchangeConflict("int8", undefined), undefined);
+  equal(exchangeConflict("topk:0.05", "int4"), "--exchange topk:0.05 differs from the run's int4");
 });

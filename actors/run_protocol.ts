@@ -144,9 +144,16 @@ export interface ContributionMsg {
   tokens: number;
   /** Number of elements in the shard. */
   n: number;
-  /** int8 values, one per element. */
+  /**
+   * The exchange format (kernels/exchange_format.ts: "int8", "int4",
+   * "topk:F"); absent means int8. An aggregator refuses any but its run's.
+   */
+  format?: string;
+  /** Code bytes: int8 one per element; int4 and top-k as actors/exchange.ts lays them out. */
   q: Int8Array;
-  /** One f32 scale per block of `DEFAULT_BLOCK` elements. */
+  /** Top-k only: each sent value's offset in its block, increasing within a block. */
+  idx?: Uint8Array;
+  /** One f32 scale per block of the format (int8: `DEFAULT_BLOCK` elements). */
   scales: Float32Array;
   /** Mean inner-phase training loss (for reporting). */
   loss: number;
@@ -174,7 +181,9 @@ export type RejectReason =
   | "wrong_shape"
   | "non_finite"
   | "duplicate"
-  | "absurd_norm";
+  | "absurd_norm"
+  | "wrong_format"
+  | "bad_index";
 
 /** The closed round's update for one shard: θ_{r+1} = θ_r + dequant(q, scales). */
 export interface UpdateMsg {

@@ -11,6 +11,9 @@ import { validateRunMessage } from "./run_protocol_validate.ts";
 import { quantizeInt8 } from "./int8_exchange.ts";
 import { startRunHost } from "./host.ts";
 import { ActorSystem } from "./runtime/system.ts";
+import { toWire } from "./exchange.ts";
+import { parseExchange } from "../kernels/exchange_format.ts";
+import { encodeRef } from "../kernels/lowbit_reference.ts";
 
 const view: ViewMsg = {
   type: "view",
@@ -187,5 +190,63 @@ Deno.test("a host refuses a keepers' CPU budget outside (0, 1] before it starts 
     } finally {
       await system.shutdown();
     }
+  }
+});
+
+/** The test contribution coded in a low-bit format, as a trainer sends it. */
+function lowBit(name: string): ContributionMsg {
+  const c = contribution();
+  const x = new Float32Array(600).map((_, i) => Math.sin(i) / 10);
+  const f = parseExchange(name);
+  return { ...c, format: name, ...toWire(f, encodeRef(f, x), 600) };
+}
+
+Deno.test("int4 and top-k contributions survive the msgpack wire with their format", () => {
+  const packr = new Packr({ useRecords: false, moreTypes: true });
+  for (const name of ["int4", "topk:0.05"]) {
+    const c = lowBit(name);
+    const back = validateRunMessage(packr.unpack(packr.pack(c))) as ContributionMsg;
+    equal(back.format, name);
+    ok(back.q instanceof Int8Array);
+    deepEqual(Array.from(back.q), Array.from(c.q));
+    deepEqual(Array.from(back.scales), Array.from(c.scales));
+    if (name === "int4") equal(back.idx, undefined);
+    else {
+      ok(back.idx instanceof Uint8Array);
+      deepEqual(Array.from(back.idx!), Array.from(c.idx!));
+    }
+  }
+  // A top-k fraction is named one way: `topk:.05` comes out as `topk:0.05`.
+  equal(
+    (validateRunMessage({ ...lowBit("topk:0.05"), format: "topk:.05" }) as ContributionMsg).format,
+    "topk:0.05",
+  );
+});
+
+Deno.test("malformed int4 and top-k contributions are refused with the field named", () => {
+  const c4 = lowBit("int4");
+  const ck = lowBit("topk:0.05");
+  const cases: [unknown, RegExp][] = [
+    [
+      { ...c4, format: "int3" },
+      /contribution message: format is "int3" \(known: int8, int4, topk:F/,
+    ],
+    [{ ...c4, format: 4 }, /format must be a string/],
+    [{ ...c4, q: c4.q.subarray(1) }, /q must have 300 bytes \(int4 codes of n=600\), has 299/],
+    [{ ...c4, n: 601 }, /q must have 301 bytes/],
+    [{ ...c4, scales: new Float32Array(9) }, /scales must have 10 entries \(one per 64\), has 9/],
+    [{ ...c4, idx: new Uint8Array(2) }, /idx must be absent for int4/],
+    [{ ...ck, idx: undefined }, /idx must have 31 offsets \(topk:0.05 of n=600\), has none/],
+    [{ ...ck, idx: ck.idx!.subarray(2) }, /idx must have 31 offsets/],
+    [{ ...ck, idx: [1, 2] }, /idx must be bytes/],
+    [{ ...ck, q: ck.q.subarray(2), idx: ck.idx!.subarray(2) }, /q must have 31 values/],
+    [{ ...ck, format: "topk:0" }, /top-k fraction must be a number in \(0, 1\]/],
+  ];
+  for (const [msg, re] of cases) {
+    throws(() => validateRunMessage(msg), (e: unknown) => {
+      if (!(e instanceof ProtocolError)) throw e;
+      ok(re.test(e.message), `${e.message} should match ${re}`);
+      return true;
+    });
   }
 });

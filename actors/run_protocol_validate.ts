@@ -24,6 +24,8 @@ import {
   type StateRequestMsg,
   type ViewMsg,
 } from "./run_protocol.ts";
+import { type ExchangeFormat, exchangeName, parseExchange } from "../kernels/exchange_format.ts";
+import { lengthProblem } from "./exchange.ts";
 
 const MAX_ID = 128;
 
@@ -188,10 +190,10 @@ function validateView(m: Record<string, unknown>): ViewMsg {
   };
 }
 
-function validateTensorPair(
+/** n, the code bytes and the scales of a message, typed (their lengths unchecked). */
+function tensors(
   m: Record<string, unknown>,
   type: string,
-  block: number,
 ): { n: number; q: Int8Array; scales: Float32Array } {
   const n = int(m, type, "n", 1);
   if (n > MAX_TENSOR_ELEMENTS) fail(type, "n", `exceeds ${MAX_TENSOR_ELEMENTS}`);
@@ -199,12 +201,53 @@ function validateTensorPair(
   if (!q) fail(type, "q", "must be an Int8Array or bytes");
   const scales = asFloat32(m.scales);
   if (!scales) fail(type, "scales", "must be a Float32Array or 4-byte-aligned bytes");
+  return { n, q, scales };
+}
+
+function validateTensorPair(
+  m: Record<string, unknown>,
+  type: string,
+  block: number,
+): { n: number; q: Int8Array; scales: Float32Array } {
+  const { n, q, scales } = tensors(m, type);
   if (q.length !== n) fail(type, "q", `must have n=${n} elements, has ${q.length}`);
   const blocks = Math.ceil(n / block);
   if (scales.length !== blocks) {
     fail(type, "scales", `must have ${blocks} entries (one per ${block}), has ${scales.length}`);
   }
   return { n, q, scales };
+}
+
+/**
+ * A contribution's tensors in its exchange format: a known format name, byte
+ * codes, top-k offsets, and lengths that agree with n (the values inside are
+ * the aggregator's to judge).
+ */
+function validateCoded(
+  m: Record<string, unknown>,
+  type: string,
+  block: number,
+): { n: number; format?: string; q: Int8Array; idx?: Uint8Array; scales: Float32Array } {
+  if (m.format === undefined) return validateTensorPair(m, type, block);
+  if (typeof m.format !== "string") fail(type, "format", "must be a string");
+  let f: ExchangeFormat;
+  try {
+    f = parseExchange(m.format);
+  } catch (err) {
+    fail(type, "format", (err as Error).message.replace(/^Invalid exchange /, "is "));
+  }
+  if (f.kind === "int8") return { ...validateTensorPair(m, type, block), format: "int8" };
+  const { n, q, scales } = tensors(m, type);
+  const idx = m.idx === undefined ? undefined : asInt8(m.idx);
+  if (m.idx !== undefined && !idx) fail(type, "idx", "must be bytes");
+  const e = {
+    q,
+    scales,
+    ...(idx ? { idx: new Uint8Array(idx.buffer, idx.byteOffset, idx.length) } : {}),
+  };
+  const bad = lengthProblem(f, e, n);
+  if (bad) fail(type, bad.field, bad.detail);
+  return { n, format: exchangeName(f), ...e };
 }
 
 /**
@@ -291,7 +334,7 @@ export function validateRunMessage(x: unknown, options: { block?: number } = {})
     case "view":
       return validateView(m);
     case "contribution": {
-      const t = validateTensorPair(m, type, block);
+      const t = validateCoded(m, type, block);
       const tokens = int(m, type, "tokens", 1);
       const loss = num(m, type, "loss");
       return {

@@ -11,6 +11,7 @@ import type { OuterOptimizer } from "./outer_optimizer.ts";
 import { DEFAULT_BLOCK, type ReportCursor } from "./run_protocol.ts";
 import type { WorkerInit } from "./trainer_worker.ts";
 import { describeConfig, getConfig, type GptConfig } from "../kernels/config.ts";
+import { DEFAULT_EXCHANGE } from "../kernels/exchange_format.ts";
 import { resolveShape, SHAPE_FIELDS, type ShapeOverrides } from "../kernels/shape.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
@@ -51,6 +52,12 @@ export interface RunSettings {
   gradAccum?: number;
   /** Inner warm-up steps of each trainer's own optimizer (default: the config's). */
   innerWarmup?: number;
+  /**
+   * Pseudo-gradient exchange format (kernels/exchange_format.ts: "int8", the
+   * default, "int4" or "topk:F"); handed to joiners and recorded with every
+   * checkpoint. The update sent back is int8 whatever it is.
+   */
+  exchange?: string;
 }
 /** Length of the flat parameter vector of a named config or a shape (padding included). */
 export function paramLength(config: string | GptConfig): number {
@@ -88,6 +95,26 @@ export function shapeConflict(
   return undefined;
 }
 
+/**
+ * Refuses a joiner's own `--exchange` that differs from the run's (every
+ * trainer of a run sends one format); undefined when they agree.
+ *
+ * @example
+ * ```ts
+ * import { exchangeConflict } from "./run_settings.ts";
+ * console.log(exchangeConflict("int4", undefined)); // "--exchange int4 differs from the run's int8"
+ * ```
+ */
+export function exchangeConflict(
+  own: string | undefined,
+  run: string | undefined,
+): string | undefined {
+  const theirs = run ?? DEFAULT_EXCHANGE;
+  return own !== undefined && own !== theirs
+    ? `--exchange ${own} differs from the run's ${theirs}`
+    : undefined;
+}
+
 /** The run settings part of host options (recorded with every checkpoint). */
 export function runSettingsOf(o: RunSettings): RunSettings {
   return {
@@ -103,6 +130,7 @@ export function runSettingsOf(o: RunSettings): RunSettings {
     ...(o.innerLr !== undefined ? { innerLr: o.innerLr } : {}),
     ...(o.batch !== undefined ? { batch: o.batch } : {}),
     ...(o.gradAccum !== undefined ? { gradAccum: o.gradAccum } : {}),
+    ...(o.exchange !== undefined ? { exchange: o.exchange } : {}),
   };
 }
 
@@ -143,6 +171,7 @@ export function engineSettings(s: RunSettings): Omit<WorkerInit, "op" | "id" | "
     ...(s.dataPath ? { dataPath: s.dataPath } : {}),
     dataSeed: s.seed ?? 1,
     block: DEFAULT_BLOCK,
+    ...(s.exchange !== undefined ? { exchange: s.exchange } : {}),
   };
 }
 

@@ -24,6 +24,8 @@ export interface RunSummary {
   trainers: number;
   params: number;
   inner_steps: number;
+  /** The pseudo-gradient exchange format; the byte counts below are its messages' encoded sizes. */
+  exchange: string;
   tokens: number;
   first_loss: number;
   last_loss: number;
@@ -44,7 +46,7 @@ export interface RunSummary {
 /** Builds the summary from the monitor's round events. */
 export function summarize(
   monitor: RunMonitor,
-  options: { run: string; trainers: number; evalLoss: number },
+  options: { run: string; trainers: number; evalLoss: number; exchange?: string },
 ): RunSummary {
   const rounds = monitor.rounds;
   const params = rounds[0]?.params ?? 0;
@@ -66,6 +68,7 @@ export function summarize(
     trainers: options.trainers,
     params,
     inner_steps: h,
+    exchange: options.exchange ?? "int8",
     tokens: rounds.reduce((s, r) => s + r.tokens, 0),
     first_loss: rounds[0]?.loss ?? NaN,
     last_loss: rounds.at(-1)?.loss ?? NaN,

@@ -2,7 +2,8 @@
  * The trainer actor. It owns a compute Worker (actors/trainer_worker.ts) that
  * runs the engine; the actor itself only talks: it joins the run, keeps the
  * tracker's heartbeat, fetches its start state, hands each round to the
- * Worker, sends each shard of the int8 pseudo-gradient to its aggregator,
+ * Worker, sends each shard of the pseudo-gradient, coded in the run's exchange
+ * format (int8 by default, actors/exchange.ts), to its aggregator,
  * applies the aggregators' updates to its copy of θ with the same arithmetic
  * they use, hashes θ, and reports the round.
  *
@@ -27,6 +28,8 @@
  */
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import { applyUpdate, thetaHash } from "./int8_exchange.ts";
+import { formatOf, sliceEncoded } from "./exchange.ts";
+import { DEFAULT_EXCHANGE, parseExchange } from "../kernels/exchange_format.ts";
 import {
   type ContributionMsg,
   type HeartbeatAckMsg,
@@ -137,6 +140,9 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   let previous: ContributionMsg[] = [];
   let workerFault: TrainerFault & { type: "worker_fault" } | undefined;
   const emit = (e: TrainerEvent) => options.onEvent?.(e);
+  /** The run's exchange format; int8 messages carry no `format` field, as before there were others. */
+  const formatName = formatOf({ format: options.engine.exchange ?? DEFAULT_EXCHANGE });
+  const format = parseExchange(formatName);
 
   const call = (req: Record<string, unknown>) => worker!.call(req);
 
@@ -234,8 +240,12 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         shard: s.index,
         tokens: reply.tokens,
         n: s.length,
-        q: reply.q.slice(s.start, s.start + s.length),
-        scales: reply.scales.slice(s.start / v.block, Math.ceil((s.start + s.length) / v.block)),
+        ...(format.kind === "int8" ? {} : { format: formatName }),
+        ...sliceEncoded(
+          format.kind === "int8" ? { kind: "int8", block: v.block } : format,
+          reply,
+          s,
+        ),
         loss: reply.loss,
       };
       const extra = poison?.kind === "replay" || poison?.kind === "duplicate";

@@ -17,7 +17,16 @@ import { pipelinedSteps } from "../kernels/pipeline.ts";
 import { type BatchSampler, batchSampler, type DataCursor, loadCorpus } from "../kernels/data.ts";
 import { evaluate } from "../kernels/evaluate.ts";
 import { outerDispatches } from "../kernels/outer.ts";
+import { feedbackDispatches } from "../kernels/lowbit.ts";
+import { codedSize } from "../kernels/lowbit_reference.ts";
+import {
+  DEFAULT_EXCHANGE,
+  type ExchangeFormat,
+  parseExchange,
+  usesFeedback,
+} from "../kernels/exchange_format.ts";
 import type { Dispatch } from "../kernels/device.ts";
+import { toWire } from "./exchange.ts";
 import { workerThreadId } from "./_worker_thread.ts";
 
 /** Settings of the engine inside the Worker. */
@@ -43,8 +52,14 @@ export interface WorkerInit {
   dataShard: { index: number; count: number };
   /** Seed of the batch sampler. */
   dataSeed: number;
-  /** Quantization block. */
+  /** Quantization block (int8). */
   block: number;
+  /**
+   * Exchange format of the pseudo-gradient (default "int8"). int4 and top-k
+   * keep an error-feedback residual on the GPU: this Worker's own state, lost
+   * (and so dropped, which only forgets what was not yet sent) when it ends.
+   */
+  exchange?: string;
 }
 
 /** Run one round's inner phase. */
@@ -96,8 +111,13 @@ export interface InitReply {
 /** The answer to "round". */
 export interface RoundReply {
   round: number;
-  /** Int8 codes of Δ = θ_r − θ_local (the whole flat vector). */
+  /**
+   * Codes of Δ = θ_r − θ_local (the whole flat vector) in the exchange
+   * format, on the wire's layout (actors/exchange.ts): int8 one per value.
+   */
   q: Int8Array;
+  /** Top-k offsets (top-k only). */
+  idx?: Uint8Array;
   /** One scale per block. */
   scales: Float32Array;
   /** Mean inner loss. */
@@ -117,7 +137,8 @@ interface Engine {
   global: GPUBuffer;
   q: GPUBuffer;
   scales: GPUBuffer;
-  /** Pseudo-gradient then quantization, prepared once. */
+  format: ExchangeFormat;
+  /** Pseudo-gradient then quantization (and error feedback), prepared once. */
   outer: Dispatch[];
   sampler: BatchSampler;
   train: Uint8Array;
@@ -161,22 +182,33 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       model.setParams(params);
       model.resetOptimizer();
       const n = model.paramLength;
-      const words = Math.ceil(n / 4);
-      const blocks = Math.ceil(n / req.block);
+      const format = parseExchange(req.exchange ?? DEFAULT_EXCHANGE);
+      const size = format.kind === "int8"
+        ? { words: Math.ceil(n / 4), scales: Math.ceil(n / req.block) }
+        : codedSize(n, format);
       const global = gpu.storage(n, "theta_r");
       const delta = gpu.storage(n, "delta");
-      const q = gpu.storage(words, "delta_q");
-      const scales = gpu.storage(blocks, "delta_scales");
-      const outer = outerDispatches(gpu, { global, local: model.paramBuffer, delta, q, scales }, {
-        n,
-        block: req.block,
-      });
+      const q = gpu.storage(size.words, "delta_q");
+      const scales = gpu.storage(size.scales, "delta_scales");
+      const local = model.paramBuffer;
+      const outer = usesFeedback(format)
+        ? feedbackDispatches(gpu, format, {
+          global,
+          local,
+          delta,
+          sent: gpu.storage(n, "delta_sent"),
+          residual: gpu.storage(n, "delta_residual"),
+          codes: q,
+          scales,
+        }, { n })
+        : outerDispatches(gpu, { global, local, delta, q, scales }, { n, block: req.block });
       engine = {
         gpu,
         model,
         global,
         q,
         scales,
+        format,
         outer,
         sampler,
         train: corpus.train,
@@ -217,21 +249,27 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       }, (_, loss) => {
         sum += loss;
       });
-      // Δ = θ_r − θ_local and its int8 code, on the GPU; only the code comes back.
+      // Δ = θ_r − θ_local and its code, on the GPU; only the code comes back.
       const n = e.model.paramLength;
       e.gpu.write(e.global, req.theta);
       e.gpu.run(e.outer);
+      const f = e.format;
+      const int8 = f.kind === "int8";
+      const size = int8 ? { words: 0, scales: Math.ceil(n / e.init.block) } : codedSize(n, f);
       const [bytes, scales] = await Promise.all([
-        e.gpu.readBytes(e.q, n),
-        e.gpu.read(e.scales, Math.ceil(n / e.init.block)),
+        e.gpu.readBytes(e.q, int8 ? n : size.words * 4),
+        e.gpu.read(e.scales, size.scales),
       ]);
-      const q = new Int8Array(bytes.buffer, bytes.byteOffset, n);
+      const wire = int8 ? { q: new Int8Array(bytes.buffer, bytes.byteOffset, n), scales } : toWire(
+        f,
+        { codes: new Uint32Array(bytes.buffer, bytes.byteOffset, size.words), scales },
+        n,
+      );
       // Every micro-batch counts.
       const tokens = req.steps * e.model.tokensPerStep;
       return {
         round: req.round,
-        q,
-        scales,
+        ...wire,
         loss: sum / Math.max(1, req.steps),
         tokens,
         innerMs: performance.now() - start,

@@ -47,3 +47,5 @@ export { pipelinedSteps } from "./pipeline.ts";
 export type { StepInput } from "./pipeline.ts";
 export { bytesToText, generate, Sampler } from "./sample.ts";
 export type { GenerateOptions, Generation, SamplerOptions } from "./sample.ts";
+export { DEFAULT_EXCHANGE, encodedSize, exchangeName, parseExchange } from "./exchange_format.ts";
+export type { ExchangeFormat } from "./exchange_format.ts";

@@ -36,7 +36,11 @@ import { pipelinedSteps } from "../kernels/pipeline.ts";
 import { nesterovStepRef } from "../kernels/reference.ts";
 import { learningRate } from "../kernels/train_main.ts";
 import { ShardAggregator } from "../actors/aggregation.ts";
-import { applyUpdate, quantizeInt8 } from "../actors/int8_exchange.ts";
+import { applyUpdate } from "../actors/int8_exchange.ts";
+import { toWire } from "../actors/exchange.ts";
+import { encodeRef, feedbackEncodeRef } from "../kernels/lowbit_reference.ts";
+import { parseExchange, usesFeedback } from "../kernels/exchange_format.ts";
+import { encode } from "../transport/codec.ts";
 import {
   DEFAULT_INNER_STEPS,
   DEFAULT_OUTER,
@@ -67,8 +71,12 @@ export interface ExperimentConfig {
   innerSteps: number;
   /** Outer optimizer (ignored for "single"). */
   outer: OuterOptimizer;
-  /** Pseudo-gradient exchange (ignored for "single"). */
-  exchange: "int8" | "fp32";
+  /**
+   * Pseudo-gradient exchange (ignored for "single"): "fp32", or a run's
+   * format (kernels/exchange_format.ts: "int8", "int4", "topk:F"; int4 and
+   * top-k with the trainers' error feedback, as in the run).
+   */
+  exchange: string;
   /** Zero each trainer's AdamW moments at every round (default false: keep them). */
   innerReset?: boolean;
   /**
@@ -107,13 +115,22 @@ export interface ExperimentResult {
   outer_lr: number | null;
   outer_momentum: number | null;
   outer_warmup_rounds: number | null;
-  exchange: "int8" | "fp32" | null;
+  exchange: string | null;
   inner_reset: boolean | null;
   inner_schedule: "run" | "round" | null;
   /** Data shards of the training stream; trainer i reads shard i (null: the whole stream). */
   data_shards: number | null;
   steps_per_trainer: number;
   tokens: number;
+  /**
+   * Bytes one trainer sends per round: the msgpack-encoded contribution
+   * message, as the run counts it (fp32: 4 bytes a value; null for "single").
+   */
+  bytes_up_per_round_per_trainer: number | null;
+  /** What fp32 data-parallel training sends per trainer in as many steps: 4 × params × H. */
+  fp32_data_parallel_bytes_per_round_per_trainer: number | null;
+  /** The second over the first. */
+  reduction_vs_fp32_data_parallel: number | null;
   final_train_loss: number;
   final_eval_loss: number;
   eval_windows: number;
@@ -127,6 +144,8 @@ export interface DilocoDefaults {
   outer: OuterOptimizer;
   innerReset?: boolean;
   innerSchedule?: "run" | "round";
+  /** Fraction of each block the diloco-topk row sends (default 0.05). */
+  topk?: number;
 }
 
 /**
@@ -147,6 +166,7 @@ export function standardConfigs(
     innerSchedule: diloco.innerSchedule ?? "run",
   };
   const k = d.trainers;
+  const topk = diloco.topk ?? 0.05;
   const base = {
     trainers: k,
     batch,
@@ -162,6 +182,22 @@ export function standardConfigs(
       kind: "diloco",
       outer: d.outer,
       exchange: "int8",
+    },
+    {
+      ...base,
+      name: "diloco-int4",
+      description: `DiLoCo, ${k} trainers, int4 exchange with error feedback`,
+      kind: "diloco",
+      outer: d.outer,
+      exchange: "int4",
+    },
+    {
+      ...base,
+      name: "diloco-topk",
+      description: `DiLoCo, ${k} trainers, top-${topk * 100}% exchange with error feedback`,
+      kind: "diloco",
+      outer: d.outer,
+      exchange: `topk:${topk}`,
     },
     {
       ...base,
@@ -241,10 +277,18 @@ function rounds(c: ExperimentConfig, steps: number): number {
 function result(
   c: ExperimentConfig,
   s: ExperimentSettings,
-  r: { trainLoss: number; evalLoss: number; windows: number; wallS: number },
+  r: {
+    trainLoss: number;
+    evalLoss: number;
+    windows: number;
+    wallS: number;
+    bytesUp?: number;
+    params?: number;
+  },
 ): ExperimentResult {
   const single = c.kind === "single";
   const T = getConfig(s.config).model.blockSize;
+  const dp = r.params !== undefined ? 4 * r.params * c.innerSteps : undefined;
   return {
     event: "config",
     name: c.name,
@@ -263,6 +307,11 @@ function result(
     data_shards: single ? null : s.dataShards,
     steps_per_trainer: s.steps,
     tokens: c.trainers * s.steps * c.batch * T,
+    bytes_up_per_round_per_trainer: r.bytesUp ?? null,
+    fp32_data_parallel_bytes_per_round_per_trainer: dp ?? null,
+    reduction_vs_fp32_data_parallel: dp !== undefined && r.bytesUp
+      ? Math.round(dp / r.bytesUp * 10) / 10
+      : null,
     final_train_loss: Math.round(r.trainLoss * 10_000) / 10_000,
     final_eval_loss: Math.round(r.evalLoss * 10_000) / 10_000,
     eval_windows: r.windows,
@@ -353,7 +402,13 @@ async function runDiloco(
     const n = theta.length;
     const names = models.map((_, i) => `t${i}`);
     const [shard] = shardMap(n, { aggregators: ["a0"] });
-    const agg = new ShardAggregator({ run: "experiment", shard, theta, outer: c.outer });
+    const agg = new ShardAggregator({
+      run: "experiment",
+      shard,
+      theta,
+      outer: c.outer,
+      ...(c.exchange === "fp32" ? {} : { exchange: c.exchange }),
+    });
     const momentum = new Float32Array(n);
     // The run's engine settings: peak lr, warm-up and the cosine's length.
     const eng = engineSettings({
@@ -368,6 +423,10 @@ async function runDiloco(
     });
     const tokens = H * c.batch * named.model.blockSize;
     const ownSteps = models.map(() => 0);
+    const format = c.exchange === "fp32" ? undefined : parseExchange(c.exchange);
+    // Each trainer's error-feedback residual (what its codes have not carried yet).
+    const residuals = models.map(() => new Float32Array(n));
+    let bytesUp = c.exchange === "fp32" ? 4 * n : 0;
     let trainLoss = NaN;
     for (let r = 0; r < R; r++) {
       agg.setView({
@@ -413,11 +472,13 @@ async function runDiloco(
         deltas.push(delta);
       }
       trainLoss = lossSum / models.length;
-      if (c.exchange === "int8") {
+      if (format) {
         for (let i = 0; i < deltas.length; i++) {
-          const { q, scales } = quantizeInt8(deltas[i], { block: DEFAULT_BLOCK });
-          const res = agg.offer({
-            type: "contribution",
+          const coded = usesFeedback(format)
+            ? feedbackEncodeRef(format, deltas[i], residuals[i])
+            : encodeRef(format, deltas[i]);
+          const msg = {
+            type: "contribution" as const,
             run: "experiment",
             round: r,
             epoch: r + 1,
@@ -425,10 +486,12 @@ async function runDiloco(
             shard: 0,
             tokens,
             n,
-            q,
-            scales,
+            ...(format.kind === "int8" ? {} : { format: c.exchange }),
+            ...toWire(format, coded, n),
             loss: trainLoss,
-          });
+          };
+          bytesUp = encode(msg).byteLength;
+          const res = agg.offer(msg);
           if (res.status !== "accepted") {
             throw new Error(
               `Aggregator refused trainer ${i} in round ${r}: ${JSON.stringify(res)}`,
@@ -452,6 +515,8 @@ async function runDiloco(
       evalLoss: ev.loss,
       windows: ev.windows,
       wallS: (performance.now() - t0) / 1000,
+      bytesUp,
+      params: n,
     });
   } finally {
     for (const m of models) m.dispose();
@@ -489,6 +554,8 @@ async function runReal(
   return result(c, s, {
     trainLoss: summary.last_loss,
     evalLoss: summary.final_eval_loss,
+    bytesUp: summary.bytes_up_per_round_per_trainer,
+    params: summary.params,
     windows: Math.min(
       s.evalWindows,
       windowCount(corpus.val.length, getConfig(s.config).model.blockSize),
@@ -528,6 +595,10 @@ export interface ExperimentSummary {
   losses: Record<string, number>;
   /** (int8 − fp32) / fp32 of the final eval loss, when both ran. */
   int8_vs_fp32_relative: number | null;
+  /** (int4 − int8) / int8 of the final eval loss (the issue's bar: within 0.01), when both ran. */
+  int4_vs_int8_relative: number | null;
+  /** (top-k − int8) / int8 of the final eval loss, when both ran. */
+  topk_vs_int8_relative: number | null;
   /** single − diloco-int8 (positive: DiLoCo beats one trainer alone). */
   diloco_gain_over_single: number | null;
   /** diloco-int8 − single-4x (what is left to the data-parallel bound). */
@@ -555,6 +626,12 @@ export function summarizeExperiment(
     int8_vs_fp32_relative: has("diloco-int8", "diloco-fp32")
       ? r4((by["diloco-int8"] - by["diloco-fp32"]) / by["diloco-fp32"])
       : null,
+    int4_vs_int8_relative: has("diloco-int4", "diloco-int8")
+      ? r4((by["diloco-int4"] - by["diloco-int8"]) / by["diloco-int8"])
+      : null,
+    topk_vs_int8_relative: has("diloco-topk", "diloco-int8")
+      ? r4((by["diloco-topk"] - by["diloco-int8"]) / by["diloco-int8"])
+      : null,
     diloco_gain_over_single: has("diloco-int8", "single")
       ? r4(by["single"] - by["diloco-int8"])
       : null,
@@ -571,15 +648,17 @@ export function summarizeExperiment(
 /** The results as a markdown table. */
 export function markdownTable(results: ExperimentResult[]): string {
   const head =
-    "| configuration | trainers × batch | H | outer lr | momentum | warm-up rounds | exchange | final eval loss | tokens | wall s |";
-  const sep = "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
+    "| configuration | trainers × batch | H | outer lr | momentum | warm-up rounds | exchange | bytes up per round and trainer | vs fp32 data parallel | final eval loss | tokens | wall s |";
+  const sep = "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
   const dash = (x: number | string | null) => x === null ? "–" : String(x);
   const rows = results.map((r) =>
     `| ${r.name}: ${r.description} | ${r.trainers} × ${r.batch} | ${dash(r.inner_steps)} | ${
       dash(r.outer_lr)
     } | ${dash(r.outer_momentum)} | ${dash(r.outer_warmup_rounds)} | ${dash(r.exchange)} | ${
-      r.final_eval_loss.toFixed(4)
-    } | ${r.tokens.toLocaleString("en-US")} | ${r.wall_s} |`
+      dash(r.bytes_up_per_round_per_trainer?.toLocaleString("en-US") ?? null)
+    } | ${
+      r.reduction_vs_fp32_data_parallel === null ? "–" : `${r.reduction_vs_fp32_data_parallel}×`
+    } | ${r.final_eval_loss.toFixed(4)} | ${r.tokens.toLocaleString("en-US")} | ${r.wall_s} |`
   );
   return [head, sep, ...rows].join("\n");
 }

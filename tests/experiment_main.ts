@@ -73,6 +73,10 @@ export const EXPERIMENT_COMMAND = {
       value: "S",
       help: "run (one cosine over the run, default) or round (restart each round)",
     },
+    topk: {
+      value: "F",
+      help: "fraction of each block of 256 the diloco-topk row sends (default 0.05)",
+    },
     "eval-windows": { value: "N", help: "validation windows for the final loss (default 1024)" },
     "data-shards": {
       value: "N",
@@ -129,6 +133,7 @@ export function parseExperimentArgs(argv: string[]): ExperimentArgs {
     outer,
     innerReset: values["inner-reset"] ?? false,
     innerSchedule: schedule,
+    topk: numberFlag("topk", values.topk, { min: 0, max: 1 }) ?? 0.05,
   });
   const wanted = values.configs?.split(",").map((x: string) => x.trim()).filter((x: string) => x) ??
     all.map((c) => c.name);

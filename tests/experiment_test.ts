@@ -27,6 +27,12 @@ Deno.test("experiment: flags pick configurations and refuse bad input by name", 
   throws(() => parseExperimentArgs(["--steps", "30", "--inner-steps", "20"]), /multiple of/);
   throws(() => parseExperimentArgs(["--outer-momentum", "1"]), /--outer-momentum/);
   throws(() => parseExperimentArgs(["--bogus"]), /bogus/);
+  throws(
+    () => parseExperimentArgs(["--topk", "0"]),
+    /Invalid --topk: "0" \(expected a number in \(0, 1\]\)/,
+  );
+  const topk = parseExperimentArgs(["--configs", "diloco-topk", "--topk", "0.01"]).configs[0];
+  equal(topk.exchange, "topk:0.01");
 });
 
 Deno.test("experiment: outer warm-up ramps from plain averaging to the set values", () => {
@@ -92,7 +98,7 @@ Deno.test("experiment: a tiny run prints one JSON line per configuration and a s
       "--eval-windows",
       "8",
       "--configs",
-      "diloco-int8,diloco-fp32,single-4x,single",
+      "diloco-int8,diloco-fp32,single-4x,single,diloco-int4,diloco-topk",
     ],
     env: { XDG_RUNTIME_DIR: "/tmp" },
     stdout: "piped",
@@ -101,9 +107,20 @@ Deno.test("experiment: a tiny run prints one JSON line per configuration and a s
   const stderr = new TextDecoder().decode(out.stderr);
   equal(out.code, 0, stderr);
   const lines = new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
-  equal(lines.length, 5);
-  const rows = lines.slice(0, 4) as ExperimentResult[];
-  deepEqual(rows.map((r) => r.event), ["config", "config", "config", "config"]);
+  equal(lines.length, 7);
+  const all = lines.slice(0, 6) as ExperimentResult[];
+  // In the order of the configurations' list, the low-bit rows beside int8.
+  deepEqual(all.map((r) => r.name), [
+    "diloco-int8",
+    "diloco-int4",
+    "diloco-topk",
+    "diloco-fp32",
+    "single-4x",
+    "single",
+  ]);
+  const [int4, topk] = all.slice(1, 3);
+  const rows = [all[0], ...all.slice(3)];
+  deepEqual(all.map((r) => r.event), Array(6).fill("config"));
   deepEqual(rows.map((r) => r.name), ["diloco-int8", "diloco-fp32", "single-4x", "single"]);
   for (const r of rows) {
     ok(Number.isFinite(r.final_eval_loss) && r.final_eval_loss > 0, JSON.stringify(r));
@@ -118,9 +135,32 @@ Deno.test("experiment: a tiny run prints one JSON line per configuration and a s
   equal(rows[2].inner_steps, null);
   equal(rows[0].data_shards, 16);
   equal(rows[3].data_shards, null);
-  const summary = lines[4];
+  // Bytes per round and trainer: the encoded contribution, against 4 × params × H.
+  deepEqual([int4.name, int4.exchange, topk.name, topk.exchange], [
+    "diloco-int4",
+    "int4",
+    "diloco-topk",
+    "topk:0.05",
+  ]);
+  ok(Number.isFinite(int4.final_eval_loss) && Number.isFinite(topk.final_eval_loss));
+  const dp = rows[0].fp32_data_parallel_bytes_per_round_per_trainer!;
+  const params = dp / 4 / 2;
+  equal(rows[1].bytes_up_per_round_per_trainer, 4 * params, "fp32: 4 bytes a value");
+  ok(rows[0].bytes_up_per_round_per_trainer! > params, "int8: a byte a value and framing");
+  ok(int4.bytes_up_per_round_per_trainer! < 0.6 * params + 200, JSON.stringify(int4));
+  ok(topk.bytes_up_per_round_per_trainer! < 0.2 * params + 200, JSON.stringify(topk));
+  for (const r of [rows[0], int4, topk]) {
+    equal(
+      r.reduction_vs_fp32_data_parallel,
+      Math.round(dp / r.bytes_up_per_round_per_trainer! * 10) / 10,
+    );
+  }
+  equal(rows[2].bytes_up_per_round_per_trainer, null);
+  const summary = lines[6];
   equal(summary.event, "summary");
-  deepEqual(Object.keys(summary.losses), ["diloco-int8", "diloco-fp32", "single-4x", "single"]);
+  deepEqual(Object.keys(summary.losses), all.map((r) => r.name));
+  ok(typeof summary.int4_vs_int8_relative === "number");
+  ok(typeof summary.topk_vs_int8_relative === "number");
   ok(typeof summary.int8_vs_fp32_relative === "number");
   ok(typeof summary.diloco_gap_closed === "number");
   const table = markdownTable(rows);

@@ -75,3 +75,45 @@ Deno.test({
     ok(summary.last_loss < summary.first_loss, `${summary.first_loss} -> ${summary.last_loss}`);
   },
 });
+
+Deno.test({
+  name: "embedded runs in int4 and top-k keep every trainer's θ bit-identical and count real bytes",
+  sanitizeOps: false, // Worker termination settles its ops after the test's end
+  async fn() {
+    const up: Record<string, number> = {};
+    for (const exchange of ["int4", "topk:0.05"]) {
+      const events: RunEvent[] = [];
+      const summary = await runEmbedded({
+        run: `embedded-${exchange.replace(":", "-")}`,
+        config: "tiny",
+        trainers: 2,
+        rounds: 2,
+        innerSteps: 3,
+        outer: { lr: 1, momentum: 0 },
+        exchange,
+        evalWindows: 8,
+        timeoutMs: 240_000,
+        emit: (e) => events.push(e),
+        faults: [{ afterRound: 0, target: "trainer:1", fault: { type: "poison", kind: "shape" } }],
+      });
+      const rounds = events.filter((e) => e.event === "round");
+      equal(rounds.length, 2, exchange);
+      for (const e of rounds) {
+        equal(new Set(e.theta_hashes).size, 1, `${exchange} round ${e.round}`);
+      }
+      ok(summary.hashes_equal);
+      equal(summary.exchange, exchange);
+      ok(Number.isFinite(summary.final_eval_loss));
+      // A contribution cut short is refused by name, and the run goes on.
+      const logs = events.filter((e) => e.event === "log").map((e) => String(e.message));
+      ok(
+        logs.some((l) => /rejected contribution.*(malformed|wrong_shape)/.test(l)),
+        logs.join("\n"),
+      );
+      up[exchange] = summary.bytes_up_per_round_per_trainer;
+    }
+    // The tiny model's codes: int4 a byte per two values and a scale per 64; top-5% 13 values of
+    // 256 at two bytes each and a scale: the messages' sizes follow (msgpack framing aside).
+    ok(up["topk:0.05"] < up["int4"] / 3, JSON.stringify(up));
+  },
+});
