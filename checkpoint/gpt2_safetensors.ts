@@ -225,7 +225,7 @@ export function parseGpt2(
  * ```ts
  * import { loadGpt2, saveGpt2 } from "./gpt2_safetensors.ts";
  * import { getConfig } from "../kernels/config.ts";
- * import { initParams } from "../kernels/model.ts";
+ * import { initParams } from "../kernels/init.ts";
  * import assert from "node:assert/strict";
  * const config = getConfig("tiny").model;
  * const path = await Deno.makeTempFile({ suffix: ".safetensors" });

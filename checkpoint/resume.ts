@@ -47,7 +47,7 @@ export interface ResumeOptions {
  * import { resumeRun } from "./resume.ts";
  * import { CheckpointStore } from "./store.ts";
  * import { getConfig } from "../kernels/config.ts";
- * import { initParams } from "../kernels/model.ts";
+ * import { initParams } from "../kernels/init.ts";
  * import assert from "node:assert/strict";
  * const dir = await Deno.makeTempDir();
  * const config = getConfig("tiny").model;
