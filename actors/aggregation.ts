@@ -5,7 +5,8 @@
  * per round it knows which trainers to expect (from the view), accepts each
  * trainer's contribution at most once, rejects and names bad ones, closes when
  * everyone has sent (or at a deadline with a quorum), averages the dequantized
- * pseudo-gradients in fp32 weighted by tokens, takes a Nesterov SGD step
+ * pseudo-gradients in fp32 weighted by tokens (or combines them with a
+ * robust rule, actors/robust_aggregate.ts), takes a Nesterov SGD step
  * (actors/outer_optimizer.ts) and emits the update as int8 with per-block
  * scales. It applies to its own θ exactly the dequantized update it sends,
  * with `applyUpdate` (actors/int8_exchange.ts), the function every trainer
@@ -32,6 +33,7 @@ import {
 } from "./run_protocol.ts";
 import { DEFAULT_OUTER, outerAt, type OuterOptimizer } from "./outer_optimizer.ts";
 import { applyUpdate, dequantizeInt8, quantizedNorm, quantizeInt8 } from "./int8_exchange.ts";
+import { type AggregateRule, DEFAULT_AGGREGATE, robustCombine } from "./robust_aggregate.ts";
 import { nesterovStepRef } from "../kernels/reference.ts";
 
 function median(xs: number[]): number {
@@ -80,6 +82,8 @@ export interface AggregatorState {
   view?: ViewMsg;
   /** Recent accepted contribution norms (the absurd-update guard). */
   norms: number[];
+  /** The last round's combined pseudo-gradient, the center of `clip` (only with that rule). */
+  center?: Float32Array;
 }
 
 /** Options of a {@linkcode ShardAggregator}. */
@@ -110,8 +114,13 @@ export interface ShardAggregatorOptions {
   absurdFactor?: number;
   /** The clock, in ms (default `Date.now`). */
   now?: () => number;
-  /** Restore momentum, residual and norm history from a saved state. */
-  restore?: Pick<AggregatorState, "momentum" | "residual" | "norms">;
+  /**
+   * How contributions are combined (default {@linkcode DEFAULT_AGGREGATE},
+   * the token-weighted mean).
+   */
+  aggregate?: AggregateRule;
+  /** Restore momentum, residual, norm history and clipping center from a saved state. */
+  restore?: Pick<AggregatorState, "momentum" | "residual" | "norms" | "center">;
 }
 
 interface Accepted {
@@ -165,6 +174,8 @@ export class ShardAggregator {
   #openedAt: number;
   #firstAt?: number;
   #norms: number[];
+  #aggregate: AggregateRule;
+  #center?: Float32Array;
 
   constructor(options: ShardAggregatorOptions) {
     const { shard } = options;
@@ -181,6 +192,9 @@ export class ShardAggregator {
     this.#momentum = restore ? new Float32Array(restore.momentum) : new Float32Array(shard.length);
     this.#residual = restore ? new Float32Array(restore.residual) : new Float32Array(shard.length);
     this.#norms = [...(options.restore?.norms ?? [])];
+    this.#aggregate = { ...(options.aggregate ?? DEFAULT_AGGREGATE) };
+    const center = restore?.center;
+    if (center && center.length === shard.length) this.#center = new Float32Array(center);
     this.#outer = { ...(options.outer ?? DEFAULT_OUTER) };
     this.#block = options.block ?? DEFAULT_BLOCK;
     this.#quorum = options.quorum ?? 0.5;
@@ -227,6 +241,7 @@ export class ShardAggregator {
       residual: new Float32Array(this.#residual),
       view: this.#view,
       norms: [...this.#norms],
+      ...(this.#center ? { center: new Float32Array(this.#center) } : {}),
     };
   }
 
@@ -348,9 +363,34 @@ export class ShardAggregator {
       this.#accepted.size >= this.quorum();
   }
 
+  /** The round's pseudo-gradient from the accepted entries (sorted by trainer), fp32. */
+  #combine(entries: Accepted[], tokens: number): Float32Array {
+    const n = this.#shard.length;
+    const block = this.#block;
+    if (this.#aggregate.kind !== "mean") {
+      const rows = entries.map((e) => dequantizeInt8(e.msg.q, e.msg.scales, { block }));
+      const delta = robustCombine(rows, this.#aggregate, { center: this.#center });
+      if (this.#aggregate.kind === "clip") this.#center = new Float32Array(delta);
+      return delta;
+    }
+    // The token-weighted mean, fp32, fixed order.
+    const delta = new Float32Array(n);
+    for (const e of entries) {
+      const w = Math.fround(e.msg.tokens / tokens);
+      const { q, scales } = e.msg;
+      for (let b = 0, lo = 0; lo < n; b++, lo += block) {
+        const s = scales[b];
+        const hi = Math.min(n, lo + block);
+        for (let i = lo; i < hi; i++) delta[i] += Math.fround(w * Math.fround(q[i] * s));
+      }
+    }
+    return delta;
+  }
+
   /**
    * Closes the open round: drops absurd contributions, averages the rest in
-   * fp32 weighted by tokens (trainers in sorted order), takes the outer
+   * fp32 weighted by tokens (trainers in sorted order) or combines them with
+   * the robust rule of the `aggregate` option, takes the outer
    * Nesterov step, quantizes θ_target − θ + residual to int8, applies exactly
    * that to its own θ, keeps the residual, and opens the next round.
    *
@@ -386,19 +426,9 @@ export class ShardAggregator {
     const block = this.#block;
     let tokens = 0;
     for (const e of entries) tokens += e.msg.tokens;
-    // Averaged pseudo-gradient, fp32, fixed order.
-    const delta = new Float32Array(n);
+    const delta = this.#combine(entries, tokens);
     let loss = 0;
-    for (const e of entries) {
-      const w = Math.fround(e.msg.tokens / tokens);
-      const { q, scales } = e.msg;
-      for (let b = 0, lo = 0; lo < n; b++, lo += block) {
-        const s = scales[b];
-        const hi = Math.min(n, lo + block);
-        for (let i = lo; i < hi; i++) delta[i] += Math.fround(w * Math.fround(q[i] * s));
-      }
-      loss += e.msg.loss * e.msg.tokens / tokens;
-    }
+    for (const e of entries) loss += e.msg.loss * e.msg.tokens / tokens;
     // Nesterov SGD (PyTorch): m = mu m + Δ; θ' = θ − lr (Δ + mu m). The update
     // to send is θ' − θ plus what earlier rounds' int8 codes left out.
     const target = new Float32Array(this.#theta);

@@ -15,6 +15,7 @@
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import { type AggregatorState, type Rejection, ShardAggregator } from "./aggregation.ts";
 import type { OuterOptimizer } from "./outer_optimizer.ts";
+import type { AggregateRule } from "./robust_aggregate.ts";
 import {
   type ContributionMsg,
   type HeartbeatAckMsg,
@@ -83,6 +84,8 @@ export interface AggregatorOptions {
   tracker: string;
   /** Outer optimizer. */
   outer: OuterOptimizer;
+  /** How contributions are combined (default: the token-weighted mean). */
+  aggregate?: AggregateRule;
   /** Quorum fraction at the deadline (default 0.5). */
   quorum?: number;
   /** Minimum wait after the first contribution (default 10 s). */
@@ -162,6 +165,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
       theta: saved.theta,
       round: saved.round,
       outer: options.outer,
+      aggregate: options.aggregate,
       quorum: options.quorum,
       minWaitMs: options.minWaitMs,
       restore: saved,
@@ -226,6 +230,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
         theta: msg.seed,
         round: view.round,
         outer: options.outer,
+        aggregate: options.aggregate,
         quorum: options.quorum,
         minWaitMs: options.minWaitMs,
       });

@@ -51,6 +51,7 @@ import {
   runStateSource,
   sourceLine,
 } from "./run_checkpoint.ts";
+import { parseAggregate } from "./robust_aggregate.ts";
 import { describeConfig } from "../kernels/config.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { checkDuty } from "../checkpoint/_background.ts";
@@ -120,6 +121,7 @@ export async function startRunHost(
   }
   const model = runModel(options);
   const params = paramLength(model);
+  const aggregate = options.aggregate === undefined ? undefined : parseAggregate(options.aggregate);
   const localTrainers = options.localTrainers ?? 0;
   const dataShards = options.dataShards ?? 16;
   const nAgg = options.aggregators ?? 1;
@@ -330,6 +332,7 @@ export async function startRunHost(
           id: path,
           tracker: trackerPath,
           outer: options.outer,
+          ...(aggregate ? { aggregate } : {}),
           quorum: options.quorum,
           minWaitMs: options.minWaitMs,
           heartbeatMs: options.heartbeatMs,

@@ -30,6 +30,7 @@ import {
 import { runEmbedded } from "./embedded.ts";
 import type { RunEvent } from "./monitor.ts";
 import { runNetworked } from "./networked.ts";
+import { AGGREGATE_SYNTAX, formatAggregate, parseAggregate } from "./robust_aggregate.ts";
 import {
   checkResumeRound,
   resumeCursors,
@@ -87,6 +88,9 @@ ${SHAPE_HELP.replace(/^ {2}(--\S+ N) +/gm, (_, f) => `  ${f.padEnd(20)}  `)}
   --outer-preset NAME   ${
   Object.keys(OUTER_PRESETS).join(", ")
 } (diloco = lr ${DILOCO_PAPER_OUTER.lr}, momentum ${DILOCO_PAPER_OUTER.momentum})
+  --aggregate RULE      how aggregators combine contributions: ${AGGREGATE_SYNTAX};
+                        default mean (token-weighted); a robust rule when trainers may be
+                        hostile (README "Robust aggregation")
   --seed N              init and sampling seed (default 1)
   --json                one JSON object per line
   --help                this text
@@ -178,6 +182,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       "outer-warmup": { type: "string" },
       "outer-preset": { type: "string" },
       seed: { type: "string" },
+      aggregate: { type: "string" },
       json: { type: "boolean" },
       help: { type: "boolean" },
     },
@@ -245,6 +250,9 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       warmupRounds: intArg("outer-warmup", values["outer-warmup"], preset.warmupRounds ?? 0),
     },
     ...(values.data ? { dataPath: values.data } : {}),
+    ...(values.aggregate !== undefined
+      ? { aggregate: formatAggregate(parseAggregate(values.aggregate)) }
+      : {}),
     seed: intArg("seed", values.seed, 1),
     host: values.host,
     join: values.join,
@@ -383,6 +391,7 @@ export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
     seed: "seed",
     batch: "batch",
     "grad-accum": "gradAccum",
+    aggregate: "aggregate",
   };
   const out: NodeArgs = { ...args };
   const set = out as unknown as Record<string, unknown>;

@@ -51,6 +51,12 @@ export interface RunSettings {
   gradAccum?: number;
   /** Inner warm-up steps of each trainer's own optimizer (default: the config's). */
   innerWarmup?: number;
+  /**
+   * How the aggregators combine contributions, in `--aggregate` form
+   * (actors/robust_aggregate.ts): "mean" (the default, token-weighted),
+   * "trimmed-mean:F", "median" or "clip:TAU".
+   */
+  aggregate?: string;
 }
 /** Length of the flat parameter vector of a named config or a shape (padding included). */
 export function paramLength(config: string | GptConfig): number {
@@ -103,6 +109,7 @@ export function runSettingsOf(o: RunSettings): RunSettings {
     ...(o.innerLr !== undefined ? { innerLr: o.innerLr } : {}),
     ...(o.batch !== undefined ? { batch: o.batch } : {}),
     ...(o.gradAccum !== undefined ? { gradAccum: o.gradAccum } : {}),
+    ...(o.aggregate !== undefined ? { aggregate: o.aggregate } : {}),
   };
 }
 

@@ -17,6 +17,7 @@ import {
   type OuterOptimizer,
 } from "../actors/outer_optimizer.ts";
 import {
+  byzantineConfigs,
   type ExperimentConfig,
   type ExperimentResult,
   type ExperimentSettings,
@@ -26,15 +27,24 @@ import {
   summarizeExperiment,
 } from "./_experiment.ts";
 
-const NAMES = standardConfigs(DEFAULT_CONFIG).map((c) => c.name);
+import { AGGREGATE_SYNTAX, parseAggregate } from "../actors/robust_aggregate.ts";
+
+/** The robust rule of the Byzantine rows unless `--aggregate` says otherwise. */
+const DEFAULT_ROBUST = "trimmed-mean:0.2";
+const STANDARD = standardConfigs(DEFAULT_CONFIG);
+const BYZANTINE = byzantineConfigs(DEFAULT_CONFIG, parseAggregate(DEFAULT_ROBUST));
+const NAMES = [...STANDARD, ...BYZANTINE].map((c) => c.name);
 
 const HELP = `Usage: deno task experiment [options]
 
 Trains each configuration on the same token budget and prints its final eval loss
 (mean next-byte cross-entropy on the same windows spread over the validation split).
 
-Configurations (--configs, comma-separated; default all):
-${standardConfigs(DEFAULT_CONFIG).map((c) => `  ${c.name.padEnd(16)}${c.description}`).join("\n")}
+Configurations (--configs, comma-separated; default all but byz-*):
+${STANDARD.map((c) => `  ${c.name.padEnd(16)}${c.description}`).join("\n")}
+
+Byzantine rows (--configs byz runs them all; the last of 5 trainers is hostile):
+${BYZANTINE.map((c) => `  ${c.name.padEnd(20)}${c.description}`).join("\n")}
 
 Options:
   --steps N            inner steps per trainer (the budget; default 200)
@@ -51,6 +61,8 @@ Options:
   --inner-reset        zero each trainer's AdamW moments every round (in-process rows only)
   --inner-schedule S   run (one cosine over the run, default) or round (restart each round)
   --eval-windows N     validation windows for the final loss (default 1024)
+  --aggregate RULE     the robust rule of the byz-*-robust rows: ${AGGREGATE_SYNTAX}
+                       (default ${DEFAULT_ROBUST})
   --data-shards N      data shards (chunks of the stream dealt round-robin); trainer i reads shard i (default 16,
                        the run's); single trainers read the whole stream
   --json               one JSON object per configuration, then a summary line
@@ -103,6 +115,7 @@ function flags(argv: string[]) {
         "inner-schedule": { type: "string" },
         "eval-windows": { type: "string" },
         "data-shards": { type: "string" },
+        aggregate: { type: "string" },
         json: { type: "boolean" },
         help: { type: "boolean" },
       },
@@ -142,15 +155,19 @@ export function parseExperimentArgs(argv: string[]): ExperimentArgs {
   if (outer.momentum >= 1) {
     throw new RangeError(`Invalid --outer-momentum: expected a number < 1, got ${outer.momentum}`);
   }
-  const all = standardConfigs(config, {
+  const diloco = {
     trainers: int("trainers", values.trainers, 4, 1),
     innerSteps: int("inner-steps", values["inner-steps"], DEFAULT_INNER_STEPS, 1),
     outer,
     innerReset: values["inner-reset"] ?? false,
     innerSchedule: schedule,
-  });
-  const wanted = values.configs?.split(",").map((x: string) => x.trim()).filter((x: string) => x) ??
-    all.map((c) => c.name);
+  };
+  const standard = standardConfigs(config, diloco);
+  const robust = parseAggregate(values.aggregate ?? DEFAULT_ROBUST);
+  const all = [...standard, ...byzantineConfigs(config, robust, diloco)];
+  const wanted = values.configs?.split(",").map((x: string) => x.trim()).filter((x: string) => x)
+    .flatMap((x: string) => x === "byz" ? BYZANTINE.map((c) => c.name) : [x]) ??
+    standard.map((c) => c.name);
   for (const w of wanted) {
     if (!all.some((c) => c.name === w)) {
       throw new RangeError(`Invalid --configs: unknown "${w}" (known: ${NAMES.join(", ")})`);
