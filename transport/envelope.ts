@@ -97,6 +97,12 @@ export interface ErrorPayload {
 export interface Limits {
   /** Largest WebSocket frame accepted, in bytes. Default 16 MiB. */
   maxFrameBytes: number;
+  /**
+   * Largest frame accepted before the peer has authenticated, in bytes: the
+   * handshake's frames are a few hundred bytes, and an unauthenticated peer
+   * must not make the host parse megabytes. Default 4 KiB.
+   */
+  maxHandshakeFrameBytes: number;
   /** Largest message after chunk reassembly, in bytes. Default 512 MiB. */
   maxMessageBytes: number;
   /** Most envelopes in one batch frame. Default 8192. */
@@ -122,6 +128,7 @@ export interface Limits {
 /** Documented defaults of {@linkcode Limits}. */
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxFrameBytes: 16 << 20,
+  maxHandshakeFrameBytes: 4 << 10,
   maxMessageBytes: 512 << 20,
   maxBatch: 8192,
   maxAddressLength: 256,
