@@ -62,6 +62,8 @@ export interface AdmissionStats {
   refusedPending: number;
   refusedPerAddress: number;
   refusedRate: number;
+  /** Addresses remembered (bounded by {@linkcode MAX_ADDRESSES} under a flood). */
+  addresses: number;
 }
 
 interface AddressState {
@@ -71,7 +73,7 @@ interface AddressState {
 }
 
 /** Addresses remembered at most; idle ones with full buckets are forgotten first. */
-const MAX_ADDRESSES = 4096;
+export const MAX_ADDRESSES = 4096;
 
 /**
  * Decides which new connections may start a handshake.
@@ -111,6 +113,7 @@ export class Admission {
       refusedPending: this.#refused.pending,
       refusedPerAddress: this.#refused.perAddress,
       refusedRate: this.#refused.rate,
+      addresses: this.#addresses.size,
     };
   }
 

@@ -21,6 +21,7 @@ import { type CloseInfo, type ConnectionOptions, consoleLogger } from "./_channe
 import { type ClientOptions, TransportClient } from "./client.ts";
 import type { Envelope } from "./envelope.ts";
 import { TransportServer } from "./server.ts";
+import type { AdmissionLimits } from "./_admission.ts";
 
 const transports = new WeakMap<ActorSystem, ActorTransport>();
 
@@ -65,6 +66,8 @@ export interface ActorTransportOptions extends ConnectionOptions {
   run: string;
   /** The run secret. */
   secret: string | Uint8Array;
+  /** Limits on connections before they authenticate (server side; see transport/_admission.ts). */
+  admission?: Partial<AdmissionLimits>;
 }
 
 /** Options of {@linkcode ActorTransport.connect}. */
