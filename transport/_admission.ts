@@ -17,6 +17,7 @@
  *
  * @module
  */
+import { withPositiveDefaults } from "./envelope.ts";
 
 /** The limits of {@linkcode Admission}; every field has a documented default. */
 export interface AdmissionLimits {
@@ -40,13 +41,7 @@ export const DEFAULT_ADMISSION: Readonly<AdmissionLimits> = Object.freeze({
 
 /** Fills unset limits with {@linkcode DEFAULT_ADMISSION}, naming a bad value. */
 export function resolveAdmission(limits: Partial<AdmissionLimits> = {}): AdmissionLimits {
-  const out = { ...DEFAULT_ADMISSION, ...limits };
-  for (const [key, value] of Object.entries(out)) {
-    if (typeof value !== "number" || !(value > 0)) {
-      throw new RangeError(`Invalid admission limit ${key}: ${value} (must be a positive number)`);
-    }
-  }
-  return out;
+  return withPositiveDefaults(DEFAULT_ADMISSION, limits, "admission limit");
 }
 
 /** What {@linkcode Admission.admit} answers. */

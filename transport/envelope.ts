@@ -141,15 +141,34 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   reassemblyTimeoutMs: 60_000,
 });
 
-/** Fills unset limits with {@linkcode DEFAULT_LIMITS}, rejecting bad values. */
-export function resolveLimits(limits: Partial<Limits> = {}): Limits {
-  const out = { ...DEFAULT_LIMITS, ...limits };
+/**
+ * Fills the unset fields of `given` from `defaults` and checks that every
+ * field is a positive number; the RangeError names the field as
+ * `Invalid <what> <field>`.
+ *
+ * @example
+ * ```ts
+ * import { withPositiveDefaults } from "./envelope.ts";
+ * console.log(withPositiveDefaults({ a: 1, b: 2 }, { b: 5 }, "limit")); // { a: 1, b: 5 }
+ * ```
+ */
+export function withPositiveDefaults<T extends object>(
+  defaults: Readonly<T>,
+  given: Partial<T>,
+  what: string,
+): T {
+  const out = { ...defaults, ...given } as T;
   for (const [key, value] of Object.entries(out)) {
     if (typeof value !== "number" || !(value > 0)) {
-      throw new RangeError(`Invalid transport limit ${key}: ${value} (must be a positive number)`);
+      throw new RangeError(`Invalid ${what} ${key}: ${value} (must be a positive number)`);
     }
   }
   return out;
+}
+
+/** Fills unset limits with {@linkcode DEFAULT_LIMITS}, rejecting bad values. */
+export function resolveLimits(limits: Partial<Limits> = {}): Limits {
+  return withPositiveDefaults(DEFAULT_LIMITS, limits, "transport limit");
 }
 
 /** Element type names for tensors and the typed arrays that carry them. */
