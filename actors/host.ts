@@ -51,7 +51,7 @@ import {
   runStateSource,
   sourceLine,
 } from "./run_checkpoint.ts";
-import { parseAggregate } from "./robust_aggregate.ts";
+import { formatAggregate, parseAggregate } from "./robust_aggregate.ts";
 import { describeConfig } from "../kernels/config.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { checkDuty } from "../checkpoint/_background.ts";
@@ -141,6 +141,7 @@ export async function startRunHost(
     { params, innerSteps: options.innerSteps, rounds: options.rounds, startRound },
     options.emit,
   );
+  if (aggregate) monitor.log(`aggregators combine contributions by ${formatAggregate(aggregate)}`);
   await system.spawn({
     receive(raw: unknown) {
       try {
