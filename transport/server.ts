@@ -83,6 +83,8 @@ export class TransportServer {
   #channels = new Set<Channel>();
   #closing = false;
   #admission: Admission;
+  /** Releases of the admission tickets still held (`close` frees them with their timers). */
+  #releases = new Set<() => void>();
   #lastRefusalLog = -Infinity;
 
   /** Creates the server; nothing listens until it is mounted or served. */
@@ -165,7 +167,9 @@ export class TransportServer {
       const release = () => {
         clearTimeout(expiry);
         ticket.release();
+        this.#releases.delete(release);
       };
+      this.#releases.add(release);
       tickets.set(c.req.raw, release);
       try {
         const res = await upgrade(c, next);
@@ -233,6 +237,7 @@ export class TransportServer {
   /** Closes every connection (1001) and waits until their sockets are gone. */
   async close(code = 1001, reason = "Server shutting down"): Promise<void> {
     this.#closing = true;
+    for (const release of [...this.#releases]) release();
     const all = [...this.#channels];
     for (const ch of all) ch.close(code, reason);
     await Promise.all(all.map((ch) => ch.closed));
