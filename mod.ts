@@ -59,6 +59,13 @@ export { applyUpdate, thetaHash } from "./actors/int8_exchange.ts";
 export { DEFAULT_OUTER, DILOCO_PAPER_OUTER, OUTER_PRESETS } from "./actors/outer_optimizer.ts";
 export type { AggregatorState } from "./actors/aggregation.ts";
 export type { OuterOptimizer } from "./actors/outer_optimizer.ts";
+export {
+  type AggregateRule,
+  DEFAULT_AGGREGATE,
+  formatAggregate,
+  parseAggregate,
+  robustCombine,
+} from "./actors/robust_aggregate.ts";
 export { ProtocolError, shardMap } from "./actors/run_protocol.ts";
 export { validateRunMessage } from "./actors/run_protocol_validate.ts";
 export type { ContributionMsg, RunMessage, UpdateMsg, ViewMsg } from "./actors/run_protocol.ts";
