@@ -6,7 +6,8 @@
  * trainer's contribution at most once, rejects and names bad ones, closes when
  * everyone has sent (or at a deadline with a quorum), averages the dequantized
  * pseudo-gradients in fp32 weighted by tokens (contributions in the run's
- * exchange format, actors/exchange.ts), takes a Nesterov SGD step
+ * exchange format, actors/exchange.ts; or combines them with a robust rule,
+ * actors/robust_aggregate.ts), takes a Nesterov SGD step
  * (actors/outer_optimizer.ts) and emits the update as int8 with per-block
  * scales. It applies to its own θ exactly the dequantized update it sends,
  * with `applyUpdate` (actors/int8_exchange.ts), the function every trainer
@@ -39,6 +40,7 @@ import {
   type ExchangeFormat,
   parseExchange,
 } from "../kernels/exchange_format.ts";
+import { type AggregateRule, DEFAULT_AGGREGATE, robustCombine } from "./robust_aggregate.ts";
 import { nesterovStepRef } from "../kernels/reference.ts";
 
 function median(xs: number[]): number {
@@ -87,6 +89,8 @@ export interface AggregatorState {
   view?: ViewMsg;
   /** Recent accepted contribution norms (the absurd-update guard). */
   norms: number[];
+  /** The last round's combined pseudo-gradient, the center of `clip` (only with that rule). */
+  center?: Float32Array;
 }
 
 /** Options of a {@linkcode ShardAggregator}. */
@@ -122,8 +126,13 @@ export interface ShardAggregatorOptions {
   absurdFactor?: number;
   /** The clock, in ms (default `Date.now`). */
   now?: () => number;
-  /** Restore momentum, residual and norm history from a saved state. */
-  restore?: Pick<AggregatorState, "momentum" | "residual" | "norms">;
+  /**
+   * How contributions are combined (default {@linkcode DEFAULT_AGGREGATE},
+   * the token-weighted mean).
+   */
+  aggregate?: AggregateRule;
+  /** Restore momentum, residual, norm history and clipping center from a saved state. */
+  restore?: Pick<AggregatorState, "momentum" | "residual" | "norms" | "center">;
 }
 
 interface Accepted {
@@ -179,6 +188,8 @@ export class ShardAggregator {
   #openedAt: number;
   #firstAt?: number;
   #norms: number[];
+  #aggregate: AggregateRule;
+  #center?: Float32Array;
 
   constructor(options: ShardAggregatorOptions) {
     const { shard } = options;
@@ -195,6 +206,9 @@ export class ShardAggregator {
     this.#momentum = restore ? new Float32Array(restore.momentum) : new Float32Array(shard.length);
     this.#residual = restore ? new Float32Array(restore.residual) : new Float32Array(shard.length);
     this.#norms = [...(options.restore?.norms ?? [])];
+    this.#aggregate = { ...(options.aggregate ?? DEFAULT_AGGREGATE) };
+    const center = restore?.center;
+    if (center && center.length === shard.length) this.#center = new Float32Array(center);
     this.#outer = { ...(options.outer ?? DEFAULT_OUTER) };
     this.#block = options.block ?? DEFAULT_BLOCK;
     this.#formatName = formatOf({ format: options.exchange ?? DEFAULT_EXCHANGE });
@@ -245,6 +259,7 @@ export class ShardAggregator {
       residual: new Float32Array(this.#residual),
       view: this.#view,
       norms: [...this.#norms],
+      ...(this.#center ? { center: new Float32Array(this.#center) } : {}),
     };
   }
 
@@ -376,9 +391,34 @@ export class ShardAggregator {
       this.#accepted.size >= this.quorum();
   }
 
+  /** The round's pseudo-gradient from the accepted entries (sorted by trainer), fp32. */
+  #combine(entries: Accepted[], tokens: number): Float32Array {
+    const n = this.#shard.length;
+    if (this.#aggregate.kind !== "mean") {
+      const rows = entries.map((e) => {
+        const row = new Float32Array(n);
+        decodeEncoded(this.#format, e.msg, n, row);
+        return row;
+      });
+      const delta = robustCombine(rows, this.#aggregate, { center: this.#center });
+      if (this.#aggregate.kind === "clip") this.#center = new Float32Array(delta);
+      return delta;
+    }
+    // The token-weighted mean, fp32, fixed order.
+    const delta = new Float32Array(n);
+    const decoded = new Float32Array(n);
+    for (const e of entries) {
+      const w = Math.fround(e.msg.tokens / tokens);
+      decodeEncoded(this.#format, e.msg, n, decoded);
+      for (let i = 0; i < n; i++) delta[i] += Math.fround(w * decoded[i]);
+    }
+    return delta;
+  }
+
   /**
    * Closes the open round: drops absurd contributions, averages the rest in
-   * fp32 weighted by tokens (trainers in sorted order), takes the outer
+   * fp32 weighted by tokens (trainers in sorted order) or combines them with
+   * the robust rule of the `aggregate` option, takes the outer
    * Nesterov step, quantizes θ_target − θ + residual to int8, applies exactly
    * that to its own θ, keeps the residual, and opens the next round.
    *
@@ -414,16 +454,9 @@ export class ShardAggregator {
     const block = this.#block;
     let tokens = 0;
     for (const e of entries) tokens += e.msg.tokens;
-    // Averaged pseudo-gradient, fp32, fixed order.
-    const delta = new Float32Array(n);
-    const decoded = new Float32Array(n);
+    const delta = this.#combine(entries, tokens);
     let loss = 0;
-    for (const e of entries) {
-      const w = Math.fround(e.msg.tokens / tokens);
-      decodeEncoded(this.#format, e.msg, n, decoded);
-      for (let i = 0; i < n; i++) delta[i] += Math.fround(w * decoded[i]);
-      loss += e.msg.loss * e.msg.tokens / tokens;
-    }
+    for (const e of entries) loss += e.msg.loss * e.msg.tokens / tokens;
     // Nesterov SGD (PyTorch): m = mu m + Δ; θ' = θ − lr (Δ + mu m). The update
     // to send is θ' − θ plus what earlier rounds' int8 codes left out.
     const target = new Float32Array(this.#theta);

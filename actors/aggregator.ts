@@ -15,6 +15,7 @@
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import { type AggregatorState, type Rejection, ShardAggregator } from "./aggregation.ts";
 import type { OuterOptimizer } from "./outer_optimizer.ts";
+import type { AggregateRule } from "./robust_aggregate.ts";
 import {
   type ContributionMsg,
   type HeartbeatAckMsg,
@@ -85,6 +86,8 @@ export interface AggregatorOptions {
   outer: OuterOptimizer;
   /** The run's exchange format of contributions (default "int8"). */
   exchange?: string;
+  /** How contributions are combined (default: the token-weighted mean). */
+  aggregate?: AggregateRule;
   /** Quorum fraction at the deadline (default 0.5). */
   quorum?: number;
   /** Minimum wait after the first contribution (default 10 s). */
@@ -165,6 +168,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
       round: saved.round,
       outer: options.outer,
       exchange: options.exchange,
+      aggregate: options.aggregate,
       quorum: options.quorum,
       minWaitMs: options.minWaitMs,
       restore: saved,
@@ -230,6 +234,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
         round: view.round,
         outer: options.outer,
         exchange: options.exchange,
+        aggregate: options.aggregate,
         quorum: options.quorum,
         minWaitMs: options.minWaitMs,
       });

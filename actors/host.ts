@@ -51,6 +51,7 @@ import {
   runStateSource,
   sourceLine,
 } from "./run_checkpoint.ts";
+import { formatAggregate, parseAggregate } from "./robust_aggregate.ts";
 import { describeConfig } from "../kernels/config.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { checkDuty } from "../checkpoint/_background.ts";
@@ -138,6 +139,7 @@ export async function startRunHost(
   }
   const model = runModel(options);
   const params = paramLength(model);
+  const aggregate = options.aggregate === undefined ? undefined : parseAggregate(options.aggregate);
   const localTrainers = options.localTrainers ?? 0;
   const dataShards = options.dataShards ?? 16;
   const nAgg = options.aggregators ?? 1;
@@ -157,6 +159,7 @@ export async function startRunHost(
     { params, innerSteps: options.innerSteps, rounds: options.rounds, startRound },
     options.emit,
   );
+  if (aggregate) monitor.log(`aggregators combine contributions by ${formatAggregate(aggregate)}`);
   await system.spawn({
     receive(raw: unknown) {
       try {
@@ -349,6 +352,7 @@ export async function startRunHost(
           tracker: trackerPath,
           outer: options.outer,
           exchange: options.exchange,
+          ...(aggregate ? { aggregate } : {}),
           quorum: options.quorum,
           minWaitMs: options.minWaitMs,
           heartbeatMs: options.heartbeatMs,

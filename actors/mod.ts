@@ -89,3 +89,10 @@ export type { StartStateSource } from "./start_state.ts";
 export { aggregatorBehavior, MemoryKeeperSlot } from "./aggregator.ts";
 export type { KeeperSlot } from "./aggregator.ts";
 export { trackerBehavior } from "./tracker.ts";
+export {
+  DEFAULT_AGGREGATE,
+  formatAggregate,
+  parseAggregate,
+  robustCombine,
+} from "./robust_aggregate.ts";
+export type { AggregateRule } from "./robust_aggregate.ts";

@@ -40,6 +40,7 @@ import {
 import { runEmbedded } from "./embedded.ts";
 import type { RunEvent } from "./monitor.ts";
 import { type AdmissionOptions, runNetworked } from "./networked.ts";
+import { AGGREGATE_SYNTAX, formatAggregate, parseAggregate } from "./robust_aggregate.ts";
 import {
   engineSettings,
   resumeCursors,
@@ -181,6 +182,12 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
       help: `${Object.keys(OUTER_PRESETS).join(", ")} (diloco = lr ${DILOCO_PAPER_OUTER.lr}, ` +
         `momentum ${DILOCO_PAPER_OUTER.momentum})`,
     },
+    aggregate: {
+      value: "RULE",
+      help: `how aggregators combine contributions: ${AGGREGATE_SYNTAX};\n` +
+        "default mean (token-weighted); a robust rule when trainers may be\n" +
+        'hostile (README "Robust aggregation")',
+    },
     exchange: {
       value: "FORMAT",
       help: "pseudo-gradient exchange: int8 (default), int4 (4-bit, a scale per 64\n" +
@@ -203,6 +210,17 @@ function exchangeArg(v: string): string {
   } catch (err) {
     throw new UsageError(
       `Invalid --exchange: ${(err as Error).message.replace(/^Invalid exchange /, "")}`,
+    );
+  }
+}
+
+/** An aggregation rule's canonical form (`--aggregate`). */
+function aggregateArg(v: string): string {
+  try {
+    return formatAggregate(parseAggregate(v));
+  } catch (err) {
+    throw new UsageError(
+      `Invalid --aggregate: ${(err as Error).message.replace(/^Invalid aggregate rule /, "")}`,
     );
   }
 }
@@ -346,6 +364,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
     ...(values.data ? { dataPath: values.data } : {}),
     seed: intFlag("seed", values.seed, 0) ?? 1,
     ...(values.exchange !== undefined ? { exchange: exchangeArg(values.exchange) } : {}),
+    ...(values.aggregate !== undefined ? { aggregate: aggregateArg(values.aggregate) } : {}),
     host: values.host,
     ...(values.dashboard !== undefined ? { dashboard: values.dashboard } : {}),
     join: values.join,
@@ -575,6 +594,7 @@ export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
     batch: "batch",
     "grad-accum": "gradAccum",
     exchange: "exchange",
+    aggregate: "aggregate",
   };
   const out: NodeArgs = { ...args };
   const set = out as unknown as Record<string, unknown>;

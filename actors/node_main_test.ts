@@ -273,3 +273,24 @@ Deno.test("node flags: --exchange names a format, reaches the engine and the che
   equal(exchangeConflict("int8", undefined), undefined);
   equal(exchangeConflict("topk:0.05", "int4"), "--exchange topk:0.05 differs from the run's int4");
 });
+
+Deno.test("node flags: --aggregate picks the rule, is recorded with the run and kept on resume", () => {
+  equal(parseNodeArgs([]).aggregate, undefined);
+  equal(parseNodeArgs(["--aggregate", "trimmed-mean:0.2"]).aggregate, "trimmed-mean:0.2");
+  equal(parseNodeArgs(["--aggregate", " clip:2 "]).aggregate, "clip:2");
+  throws(() => parseNodeArgs(["--aggregate", "mode"]), /Invalid --aggregate: "mode"/);
+  throws(() => parseNodeArgs(["--aggregate", "trimmed-mean:0.6"]), /not in \[0, 0.5\)/);
+  const args = parseNodeArgs(["--aggregate", "median"]);
+  equal(runSettingsOf(args).aggregate, "median");
+  equal(runSettingsOf(parseNodeArgs([])).aggregate, undefined);
+  const resumed = {
+    dir: "runs/r",
+    round: 2,
+    settings: { run: "r", config: "small", rounds: 5, aggregate: "median" },
+  } as unknown as ResumedRun;
+  equal(resumedArgs(parseNodeArgs(["--resume", "runs/r"]), resumed).aggregate, "median");
+  equal(
+    resumedArgs(parseNodeArgs(["--resume", "runs/r", "--aggregate", "mean"]), resumed).aggregate,
+    "mean",
+  );
+});

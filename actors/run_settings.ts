@@ -58,7 +58,14 @@ export interface RunSettings {
    * checkpoint. The update sent back is int8 whatever it is.
    */
   exchange?: string;
+  /**
+   * How the aggregators combine contributions, in `--aggregate` form
+   * (actors/robust_aggregate.ts): "mean" (the default, token-weighted),
+   * "trimmed-mean:F", "median" or "clip:TAU".
+   */
+  aggregate?: string;
 }
+
 /** Length of the flat parameter vector of a named config or a shape (padding included). */
 export function paramLength(config: string | GptConfig): number {
   return buildLayout(typeof config === "string" ? getConfig(config).model : config).totalLength;
@@ -131,6 +138,7 @@ export function runSettingsOf(o: RunSettings): RunSettings {
     ...(o.batch !== undefined ? { batch: o.batch } : {}),
     ...(o.gradAccum !== undefined ? { gradAccum: o.gradAccum } : {}),
     ...(o.exchange !== undefined ? { exchange: o.exchange } : {}),
+    ...(o.aggregate !== undefined ? { aggregate: o.aggregate } : {}),
   };
 }
 

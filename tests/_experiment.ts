@@ -20,6 +20,10 @@
  * whole training stream with that task's schedule (warm-up, then cosine to
  * 10%).
  *
+ * The Byzantine rows (tests/_byzantine.ts, `byz-*`) run the in-process
+ * DiLoCo with five trainers of which the last sends a hostile contribution,
+ * combined by the mean or a robust rule, against four honest trainers.
+ *
  * Every configuration is scored the same way: the mean next-byte
  * cross-entropy ({@linkcode evaluate}, the definition of `deno task eval`) on
  * the same `evalWindows` windows spread over the validation split.
@@ -51,6 +55,8 @@ import {
 import { DEFAULT_BLOCK, shardMap } from "../actors/run_protocol.ts";
 import { engineSettings } from "../actors/run_settings.ts";
 import { runEmbedded } from "../actors/embedded.ts";
+import { type AggregateRule, formatAggregate } from "../actors/robust_aggregate.ts";
+import { adversarialDelta, type Adversary, byzantineRows } from "./_byzantine.ts";
 
 /** How a configuration trains. */
 export type ExperimentKind = "diloco" | "single" | "run";
@@ -86,6 +92,10 @@ export interface ExperimentConfig {
   innerSchedule?: "run" | "round";
   /** Inner warm-up steps of each trainer's optimizer (default: the run's). */
   innerWarmup?: number;
+  /** How the aggregator combines contributions (default: the token-weighted mean; int8 only). */
+  aggregate?: AggregateRule;
+  /** The last trainer is hostile and sends this instead of its Δ (in-process int8 only). */
+  adversary?: Adversary;
 }
 
 /** Settings shared by every configuration of one experiment. */
@@ -120,6 +130,10 @@ export interface ExperimentResult {
   inner_schedule: "run" | "round" | null;
   /** Data shards of the training stream; trainer i reads shard i (null: the whole stream). */
   data_shards: number | null;
+  /** The aggregation rule ("mean": the token-weighted mean; null for single trainers). */
+  aggregate: string | null;
+  /** What the hostile last trainer sends, if there is one. */
+  adversary: Adversary | null;
   steps_per_trainer: number;
   tokens: number;
   /**
@@ -254,6 +268,29 @@ export function standardConfigs(
   ];
 }
 
+/**
+ * The Byzantine rows (tests/_byzantine.ts) as in-process int8 DiLoCo
+ * configurations with the defaults of `diloco`; `robust` is the rule of the
+ * robust rows.
+ */
+export function byzantineConfigs(
+  config: string,
+  robust: AggregateRule,
+  diloco: Partial<DilocoDefaults> = {},
+): ExperimentConfig[] {
+  const batch = getConfig(config).train.batch;
+  return byzantineRows(robust).map((row) => ({
+    ...row,
+    kind: "diloco",
+    batch,
+    innerSteps: diloco.innerSteps ?? DEFAULT_INNER_STEPS,
+    outer: diloco.outer ?? { ...DEFAULT_OUTER },
+    exchange: "int8",
+    innerReset: diloco.innerReset ?? false,
+    innerSchedule: diloco.innerSchedule ?? "run",
+  }));
+}
+
 /** The inner learning rate of the run's trainer Worker (kept in step with actors/trainer_worker.ts). */
 export function innerLr(
   peak: number,
@@ -305,8 +342,11 @@ function result(
     inner_reset: single ? null : (c.innerReset ?? false),
     inner_schedule: single ? null : (c.innerSchedule ?? "run"),
     data_shards: single ? null : s.dataShards,
+    aggregate: single ? null : c.aggregate ? formatAggregate(c.aggregate) : "mean",
+    adversary: c.adversary ?? null,
     steps_per_trainer: s.steps,
-    tokens: c.trainers * s.steps * c.batch * T,
+    // A hostile trainer's tokens teach the model nothing: rows compare on honest tokens.
+    tokens: (c.trainers - (c.adversary ? 1 : 0)) * s.steps * c.batch * T,
     bytes_up_per_round_per_trainer: r.bytesUp ?? null,
     fp32_data_parallel_bytes_per_round_per_trainer: dp ?? null,
     reduction_vs_fp32_data_parallel: dp !== undefined && r.bytesUp
@@ -402,12 +442,18 @@ async function runDiloco(
     const n = theta.length;
     const names = models.map((_, i) => `t${i}`);
     const [shard] = shardMap(n, { aggregators: ["a0"] });
+    if ((c.adversary || c.aggregate) && c.exchange !== "int8") {
+      throw new RangeError(
+        `Invalid experiment config "${c.name}": adversaries and aggregate rules need int8 exchange`,
+      );
+    }
     const agg = new ShardAggregator({
       run: "experiment",
       shard,
       theta,
       outer: c.outer,
       ...(c.exchange === "fp32" ? {} : { exchange: c.exchange }),
+      ...(c.aggregate ? { aggregate: c.aggregate } : {}),
     });
     const momentum = new Float32Array(n);
     // The run's engine settings: peak lr, warm-up and the cosine's length.
@@ -469,7 +515,10 @@ async function runDiloco(
         const local = await m.getParams();
         const delta = new Float32Array(n);
         for (let j = 0; j < n; j++) delta[j] = theta[j] - local[j];
-        deltas.push(delta);
+        const hostile = c.adversary && i === models.length - 1;
+        deltas.push(
+          hostile ? adversarialDelta(delta, c.adversary!, { seed: s.seed, round: r }) : delta,
+        );
       }
       trainLoss = lossSum / models.length;
       if (format) {
@@ -534,6 +583,11 @@ async function runReal(
       `Invalid experiment config "${c.name}": the embedded run keeps AdamW state and one cosine over the run`,
     );
   }
+  if (c.adversary) {
+    throw new RangeError(
+      `Invalid experiment config "${c.name}": adversaries run in-process only (kind "diloco")`,
+    );
+  }
   const t0 = performance.now();
   const R = rounds(c, s.steps);
   const summary = await runEmbedded({
@@ -546,6 +600,7 @@ async function runReal(
     dataShards: s.dataShards,
     batch: c.batch,
     ...(c.innerWarmup !== undefined ? { innerWarmup: c.innerWarmup } : {}),
+    ...(c.aggregate ? { aggregate: formatAggregate(c.aggregate) } : {}),
     trainers: c.trainers,
     evalWindows: s.evalWindows,
     emit: () => {},
@@ -605,6 +660,14 @@ export interface ExperimentSummary {
   diloco_gap_to_4x: number | null;
   /** Fraction of the single → single-4x gap DiLoCo closes. */
   diloco_gap_closed: number | null;
+  /**
+   * Each Byzantine row's (loss − byz-honest4) / byz-honest4, when byz-honest4
+   * ran; byz-honest5-robust is also measured against byz-honest5-mean
+   * (`robust_cost_no_adversary`).
+   */
+  byzantine_vs_honest4: Record<string, number> | null;
+  /** (byz-honest5-robust − byz-honest5-mean) / byz-honest5-mean, when both ran. */
+  robust_cost_no_adversary: number | null;
   wall_s: number;
 }
 
@@ -640,6 +703,16 @@ export function summarizeExperiment(
       : null,
     diloco_gap_closed: has("diloco-int8", "single-4x", "single")
       ? r4((by["single"] - by["diloco-int8"]) / (by["single"] - by["single-4x"]))
+      : null,
+    byzantine_vs_honest4: has("byz-honest4")
+      ? Object.fromEntries(
+        results.filter((r) => r.name.startsWith("byz-") && r.name !== "byz-honest4").map((
+          r,
+        ) => [r.name, r4((r.final_eval_loss - by["byz-honest4"]) / by["byz-honest4"])]),
+      )
+      : null,
+    robust_cost_no_adversary: has("byz-honest5-mean", "byz-honest5-robust")
+      ? r4((by["byz-honest5-robust"] - by["byz-honest5-mean"]) / by["byz-honest5-mean"])
       : null,
     wall_s: Math.round(wallS * 10) / 10,
   };

@@ -27,13 +27,36 @@ export interface NodeProcess {
 export interface StartNodeOptions {
   /** How long `waitFor` waits, ms (default 120 000). */
   timeoutMs?: number;
+  /**
+   * Raise the process's open-file limit (`ulimit -n`) to this before it
+   * starts, as far as the hard limit allows (a node that holds many sockets).
+   */
+  fileLimit?: number;
+  /** The script to run instead of actors/node_main.ts (its own flags, no `--json` added). */
+  script?: string;
 }
 
-/** Starts `deno run -A actors/node_main.ts ...args --json`. */
+/** The command line of a node: through `sh` when the open-file limit must be raised first. */
+function command(args: string[], options: StartNodeOptions): { cmd: string; args: string[] } {
+  const deno = [
+    "run",
+    "-A",
+    ...(options.script ? [options.script, ...args] : [MAIN, ...args, "--json"]),
+  ];
+  if (options.fileLimit === undefined) return { cmd: Deno.execPath(), args: deno };
+  const limit = Math.floor(options.fileLimit);
+  return {
+    cmd: "sh",
+    args: ["-c", `ulimit -n ${limit} 2>/dev/null; exec "$0" "$@"`, Deno.execPath(), ...deno],
+  };
+}
+
+/** Starts `deno run -A actors/node_main.ts ...args --json` (or `options.script ...args`). */
 export function startNode(args: string[], options: StartNodeOptions = {}): NodeProcess {
   const timeoutMs = options.timeoutMs ?? 120_000;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args, "--json"],
+  const line = command(args, options);
+  const child = new Deno.Command(line.cmd, {
+    args: line.args,
     stdout: "piped",
     stderr: "piped",
     env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },

@@ -25,6 +25,7 @@ import {
   type OuterOptimizer,
 } from "../actors/outer_optimizer.ts";
 import {
+  byzantineConfigs,
   type ExperimentConfig,
   type ExperimentResult,
   type ExperimentSettings,
@@ -34,7 +35,13 @@ import {
   summarizeExperiment,
 } from "./_experiment.ts";
 
-const NAMES = standardConfigs(DEFAULT_CONFIG).map((c) => c.name);
+import { AGGREGATE_SYNTAX, parseAggregate } from "../actors/robust_aggregate.ts";
+
+/** The robust rule of the Byzantine rows unless `--aggregate` says otherwise. */
+const DEFAULT_ROBUST = "trimmed-mean:0.2";
+const STANDARD = standardConfigs(DEFAULT_CONFIG);
+const BYZANTINE = byzantineConfigs(DEFAULT_CONFIG, parseAggregate(DEFAULT_ROBUST));
+const NAMES = [...STANDARD, ...BYZANTINE].map((c) => c.name);
 
 /** The command line of `deno task experiment`. */
 export const EXPERIMENT_COMMAND = {
@@ -78,6 +85,11 @@ export const EXPERIMENT_COMMAND = {
       help: "fraction of each block of 256 the diloco-topk row sends (default 0.05)",
     },
     "eval-windows": { value: "N", help: "validation windows for the final loss (default 1024)" },
+    aggregate: {
+      value: "RULE",
+      help:
+        `the robust rule of the byz-*-robust rows: ${AGGREGATE_SYNTAX}\n(default ${DEFAULT_ROBUST})`,
+    },
     "data-shards": {
       value: "N",
       help: "data shards (chunks of the stream dealt round-robin); trainer i reads shard i\n" +
@@ -85,8 +97,11 @@ export const EXPERIMENT_COMMAND = {
     },
     json: { type: "boolean", help: "one JSON object per configuration, then a summary line" },
   },
-  notes: `Configurations (--configs):
-${standardConfigs(DEFAULT_CONFIG).map((c) => `  ${c.name.padEnd(16)}${c.description}`).join("\n")}`,
+  notes: `Configurations (--configs; default all but byz-*):
+${STANDARD.map((c) => `  ${c.name.padEnd(16)}${c.description}`).join("\n")}
+
+Byzantine rows (--configs byz runs them all; the last of 5 trainers is hostile):
+${BYZANTINE.map((c) => `  ${c.name.padEnd(20)}${c.description}`).join("\n")}`,
 } as const satisfies Command;
 
 /** Parsed command line of `deno task experiment`. */
@@ -127,16 +142,27 @@ export function parseExperimentArgs(argv: string[]): ExperimentArgs {
   if (outer.momentum >= 1) {
     throw new UsageError(`Invalid --outer-momentum: expected a number < 1, got ${outer.momentum}`);
   }
-  const all = standardConfigs(config, {
+  const diloco = {
     trainers: intFlag("trainers", values.trainers) ?? 4,
     innerSteps: intFlag("inner-steps", values["inner-steps"]) ?? DEFAULT_INNER_STEPS,
     outer,
     innerReset: values["inner-reset"] ?? false,
     innerSchedule: schedule,
     topk: numberFlag("topk", values.topk, { min: 0, max: 1 }) ?? 0.05,
-  });
-  const wanted = values.configs?.split(",").map((x: string) => x.trim()).filter((x: string) => x) ??
-    all.map((c) => c.name);
+  };
+  const standard = standardConfigs(config, diloco);
+  let robust;
+  try {
+    robust = parseAggregate(values.aggregate ?? DEFAULT_ROBUST);
+  } catch (err) {
+    throw new UsageError(
+      `Invalid --aggregate: ${(err as Error).message.replace(/^Invalid aggregate rule /, "")}`,
+    );
+  }
+  const all = [...standard, ...byzantineConfigs(config, robust, diloco)];
+  const wanted = values.configs?.split(",").map((x: string) => x.trim()).filter((x: string) => x)
+    .flatMap((x: string) => x === "byz" ? BYZANTINE.map((c) => c.name) : [x]) ??
+    standard.map((c) => c.name);
   for (const w of wanted) {
     if (!all.some((c) => c.name === w)) {
       throw new UsageError(`Invalid --configs: unknown "${w}" (known: ${NAMES.join(", ")})`);

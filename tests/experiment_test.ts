@@ -1,6 +1,7 @@
 import { deepEqual, equal, ok, throws } from "@std/assert";
 import { parseExperimentArgs } from "./experiment_main.ts";
 import { type ExperimentResult, markdownTable } from "./_experiment.ts";
+import { adversarialDelta } from "./_byzantine.ts";
 import { ShardAggregator } from "../actors/aggregation.ts";
 import { quantizeInt8 } from "../actors/int8_exchange.ts";
 import { outerAt } from "../actors/outer_optimizer.ts";
@@ -166,4 +167,48 @@ Deno.test("experiment: a tiny run prints one JSON line per configuration and a s
   const table = markdownTable(rows);
   equal(table.split("\n").length, 6);
   ok(table.includes("| diloco-fp32: "));
+});
+
+Deno.test("experiment: the Byzantine rows pick their robust rule and adversaries by flag", () => {
+  const a = parseExperimentArgs(["--configs", "byz", "--aggregate", "median"]);
+  deepEqual(a.configs.map((c) => c.name), [
+    "byz-honest4",
+    "byz-honest5-mean",
+    "byz-honest5-robust",
+    "byz-flip-mean",
+    "byz-flip-robust",
+    "byz-scale-mean",
+    "byz-scale-robust",
+    "byz-noise-mean",
+    "byz-noise-robust",
+  ]);
+  deepEqual(a.configs.map((c) => c.trainers), [4, 5, 5, 5, 5, 5, 5, 5, 5]);
+  deepEqual(a.configs[2].aggregate, { kind: "median" });
+  equal(a.configs[3].aggregate, undefined);
+  deepEqual(a.configs.map((c) => c.adversary ?? "-").slice(3), [
+    "flip",
+    "flip",
+    "scale",
+    "scale",
+    "noise",
+    "noise",
+  ]);
+  // The default run of the experiment leaves them out.
+  ok(!parseExperimentArgs([]).configs.some((c) => c.name.startsWith("byz-")));
+  throws(() => parseExperimentArgs(["--aggregate", "mode"]), /Invalid --aggregate: "mode"/);
+});
+
+Deno.test("experiment: adversaries flip, scale ×20, or send seeded noise of the update's norm", () => {
+  const delta = Float32Array.from({ length: 301 }, (_, i) => Math.sin(i) * 0.01);
+  const norm = (x: Float32Array) => Math.hypot(...x);
+  deepEqual([...adversarialDelta(delta, "flip", { seed: 1, round: 0 })], [...delta].map((x) => -x));
+  const scaled = adversarialDelta(delta, "scale", { seed: 1, round: 0 });
+  ok(Math.abs(norm(scaled) - 20 * norm(delta)) < 1e-6);
+  const noise = adversarialDelta(delta, "noise", { seed: 1, round: 3 });
+  ok(Math.abs(norm(noise) - norm(delta)) < 1e-6 * norm(delta) + 1e-9);
+  deepEqual(noise, adversarialDelta(delta, "noise", { seed: 1, round: 3 }));
+  ok(noise[0] !== adversarialDelta(delta, "noise", { seed: 1, round: 4 })[0]);
+  // Noise is not the update: nearly orthogonal to it.
+  const dot = noise.reduce((s, x, i) => s + x * delta[i], 0);
+  ok(Math.abs(dot) < 0.3 * norm(noise) * norm(delta), `cosine ${dot / norm(noise) / norm(delta)}`);
 });

@@ -236,6 +236,15 @@ export class Channel {
       );
       return;
     }
+    if (this.#state === "handshake" && bytes.byteLength > this.#limits.maxHandshakeFrameBytes) {
+      this.#reject(
+        new FrameError(
+          "too_large",
+          `Handshake frame of ${bytes.byteLength} bytes exceeds the limit of ${this.#limits.maxHandshakeFrameBytes}`,
+        ),
+      );
+      return;
+    }
     const { envelopes, errors } = parseFrame(bytes, this.#limits);
     for (const err of errors) this.#reject(err);
     for (const env of envelopes) {

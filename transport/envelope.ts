@@ -97,6 +97,12 @@ export interface ErrorPayload {
 export interface Limits {
   /** Largest WebSocket frame accepted, in bytes. Default 16 MiB. */
   maxFrameBytes: number;
+  /**
+   * Largest frame accepted before the peer has authenticated, in bytes: the
+   * handshake's frames are a few hundred bytes, and an unauthenticated peer
+   * must not make the host parse megabytes. Default 4 KiB.
+   */
+  maxHandshakeFrameBytes: number;
   /** Largest message after chunk reassembly, in bytes. Default 512 MiB. */
   maxMessageBytes: number;
   /** Most envelopes in one batch frame. Default 8192. */
@@ -122,6 +128,7 @@ export interface Limits {
 /** Documented defaults of {@linkcode Limits}. */
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxFrameBytes: 16 << 20,
+  maxHandshakeFrameBytes: 4 << 10,
   maxMessageBytes: 512 << 20,
   maxBatch: 8192,
   maxAddressLength: 256,
@@ -134,15 +141,35 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   reassemblyTimeoutMs: 60_000,
 });
 
-/** Fills unset limits with {@linkcode DEFAULT_LIMITS}, rejecting bad values. */
-export function resolveLimits(limits: Partial<Limits> = {}): Limits {
-  const out = { ...DEFAULT_LIMITS, ...limits };
+/**
+ * Fills the unset fields of `given` from `defaults` and checks that every
+ * field is a positive number; the RangeError names the field as
+ * `Invalid <what> <field>`.
+ *
+ * @example
+ * ```ts
+ * import { withPositiveDefaults } from "./envelope.ts";
+ * const defaults = { a: 1, b: 2 };
+ * console.log(withPositiveDefaults(defaults, { b: 5 }, "limit")); // { a: 1, b: 5 }
+ * ```
+ */
+export function withPositiveDefaults<T extends object>(
+  defaults: Readonly<T>,
+  given: Partial<T>,
+  what: string,
+): T {
+  const out = { ...defaults, ...given } as T;
   for (const [key, value] of Object.entries(out)) {
     if (typeof value !== "number" || !(value > 0)) {
-      throw new RangeError(`Invalid transport limit ${key}: ${value} (must be a positive number)`);
+      throw new RangeError(`Invalid ${what} ${key}: ${value} (must be a positive number)`);
     }
   }
   return out;
+}
+
+/** Fills unset limits with {@linkcode DEFAULT_LIMITS}, rejecting bad values. */
+export function resolveLimits(limits: Partial<Limits> = {}): Limits {
+  return withPositiveDefaults(DEFAULT_LIMITS, limits, "transport limit");
 }
 
 /** Element type names for tensors and the typed arrays that carry them. */

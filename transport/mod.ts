@@ -62,3 +62,4 @@ export {
   type LogLevel,
   type MessageHandler,
 } from "./_channel_options.ts";
+export { type AdmissionLimits, type AdmissionStats, DEFAULT_ADMISSION } from "./_admission.ts";

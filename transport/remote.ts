@@ -23,6 +23,7 @@ import type { Envelope } from "./envelope.ts";
 import { TransportServer } from "./server.ts";
 import type { NodeIdentity } from "./identity.ts";
 import { nodeOf } from "../actors/runtime/_remote.ts";
+import type { AdmissionLimits } from "./_admission.ts";
 
 const transports = new WeakMap<ActorSystem, ActorTransport>();
 
@@ -81,6 +82,8 @@ export interface ActorTransportOptions extends ConnectionOptions {
    * came on.
    */
   claims?: (payload: unknown, to: string) => string[];
+  /** Limits on connections before they authenticate (server side; see transport/_admission.ts). */
+  admission?: Partial<AdmissionLimits>;
 }
 
 /** Options of {@linkcode ActorTransport.connect}. */

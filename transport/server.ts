@@ -1,7 +1,11 @@
 /**
  * The WebSocket server side, built on hono so that an existing service can
  * mount it on its own app at its own route; {@linkcode serve} runs it alone
- * on `Deno.serve`.
+ * on `Deno.serve`. Before a peer authenticates, the server bounds what it
+ * may cost: how many handshakes are in progress and how fast one address
+ * may open connections (transport/_admission.ts, checked before the
+ * upgrade), how long a handshake may take (`handshakeTimeoutMs`) and how
+ * large a frame may be (`Limits.maxHandshakeFrameBytes`).
  *
  * @module
  */
@@ -13,10 +17,12 @@ import {
   checkConnectionOptions,
   type CloseInfo,
   type ConnectionOptions,
+  consoleLogger,
   type Logger,
   type MessageHandler,
 } from "./_channel_options.ts";
 import { type Envelope, resolveLimits } from "./envelope.ts";
+import { Admission, type AdmissionLimits, type AdmissionStats } from "./_admission.ts";
 
 /** Options of {@linkcode TransportServer}. */
 export interface ServerOptions extends ConnectionOptions {
@@ -41,6 +47,17 @@ export interface ServerOptions extends ConnectionOptions {
   onPeer?: (peer: Channel) => void;
   /** Called when an authenticated peer's connection closes. */
   onPeerClosed?: (peer: Channel, info: CloseInfo) => void;
+  /** Limits on connections before they authenticate (defaults: `DEFAULT_ADMISSION`). */
+  admission?: Partial<AdmissionLimits>;
+}
+
+/** The host part of hono's connection info (Deno.serve's `remoteAddr`), without the port. */
+function remoteOf(env: unknown): { host: string; addr: string } {
+  const info = (env ?? {}) as { remoteAddr?: { hostname?: string; port?: number } };
+  const host = info.remoteAddr?.hostname;
+  return host === undefined
+    ? { host: "unknown", addr: "unknown address" }
+    : { host, addr: `${host}:${info.remoteAddr?.port}` };
 }
 
 function checkId(nodeId: string, what: string): void {
@@ -95,6 +112,10 @@ export class TransportServer {
   #peers = new Map<string, Channel>();
   #channels = new Set<Channel>();
   #closing = false;
+  #admission: Admission;
+  /** Releases of the admission tickets still held (`close` frees them with their timers). */
+  #releases = new Set<() => void>();
+  #lastRefusalLog = -Infinity;
 
   /** Creates the server; nothing listens until it is mounted or served. */
   constructor(options: ServerOptions) {
@@ -106,6 +127,7 @@ export class TransportServer {
     this.#options = options;
     this.#limits = resolveLimits(options.limits);
     checkConnectionOptions(options);
+    this.#admission = new Admission(options.admission);
     this.#key = admissionKey(options);
     this.#key.catch(() => {});
   }
@@ -113,6 +135,11 @@ export class TransportServer {
   /** Authenticated peers by node id. */
   get peers(): ReadonlyMap<string, Channel> {
     return this.#peers;
+  }
+
+  /** Handshakes in progress and connections refused before authentication. */
+  get admission(): AdmissionStats {
+    return this.#admission.stats;
   }
 
   /** The open connection of peer `id`, if any. */
@@ -125,14 +152,14 @@ export class TransportServer {
    * register it with `app.get(path, server.handler)`.
    */
   get handler(): MiddlewareHandler {
-    return upgradeWebSocket(async (c) => {
-      const info = (c.env ?? {}) as { remoteAddr?: { hostname?: string; port?: number } };
-      const addr = info.remoteAddr?.hostname !== undefined
-        ? `${info.remoteAddr.hostname}:${info.remoteAddr.port}`
-        : "unknown address";
+    // The admission ticket of each upgrade request, released once it authenticates or closes.
+    const tickets = new WeakMap<Request, () => void>();
+    const upgrade = upgradeWebSocket(async (c) => {
+      const { addr } = remoteOf(c.env);
       // hono builds the events before it checks the upgrade header: plain requests get none.
       if (c.req.header("upgrade")?.toLowerCase() !== "websocket") return {};
-      const channel = this.#channel(addr, await this.#key);
+      const release = tickets.get(c.req.raw) ?? (() => {});
+      const channel = this.#channel(addr, await this.#key, release);
       return {
         onOpen: (_event, ws) => {
           const raw = ws.raw as WebSocket;
@@ -146,15 +173,55 @@ export class TransportServer {
         },
         onMessage: (event) => channel.receive(event.data),
         onClose: (event) => {
+          release();
           this.#channels.delete(channel);
           channel.socketClosed(event.code, event.reason);
         },
         onError: () => {},
       };
     });
+    return async (c, next) => {
+      if (c.req.header("upgrade")?.toLowerCase() !== "websocket") return await upgrade(c, next);
+      const { host } = remoteOf(c.env);
+      const ticket = this.#admission.admit(host);
+      if (!ticket.ok) {
+        this.#logRefusal(ticket.reason);
+        return c.text(ticket.reason, ticket.status);
+      }
+      // A socket that never opens or closes must not hold its slot for ever.
+      const expiry = setTimeout(() => release(), 2 * (this.#options.handshakeTimeoutMs ?? 10_000));
+      const release = () => {
+        clearTimeout(expiry);
+        ticket.release();
+        this.#releases.delete(release);
+      };
+      this.#releases.add(release);
+      tickets.set(c.req.raw, release);
+      try {
+        const res = await upgrade(c, next);
+        if (!(res instanceof Response) || res.status !== 101) release();
+        return res;
+      } catch (err) {
+        release();
+        throw err;
+      }
+    };
   }
 
-  #channel(remoteAddr: string, key: CryptoKey | undefined): Channel {
+  /** Logs refused connections at most once a second (logging each would feed the flood). */
+  #logRefusal(reason: string): void {
+    const now = performance.now();
+    if (now - this.#lastRefusalLog < 1000) return;
+    this.#lastRefusalLog = now;
+    const s = this.#admission.stats;
+    const refused = s.refusedPending + s.refusedPerAddress + s.refusedRate;
+    (this.#options.log ?? consoleLogger)(
+      "warn",
+      `Refused connection before authentication: ${reason} (${refused} refused so far)`,
+    );
+  }
+
+  #channel(remoteAddr: string, key: CryptoKey | undefined, release: () => void): Channel {
     const o = this.#options;
     const channel: Channel = new Channel({
       ...o,
@@ -163,6 +230,7 @@ export class TransportServer {
       resolvedLimits: this.#limits,
       remoteAddr,
       onOpen: (peer) => {
+        release();
         const old = this.#peers.get(peer.peerId);
         this.#peers.set(peer.peerId, peer);
         if (old && old !== peer) old.close(4409, "Replaced by a newer connection");
@@ -195,6 +263,7 @@ export class TransportServer {
   /** Closes every connection (1001) and waits until their sockets are gone. */
   async close(code = 1001, reason = "Server shutting down"): Promise<void> {
     this.#closing = true;
+    for (const release of [...this.#releases]) release();
     const all = [...this.#channels];
     for (const ch of all) ch.close(code, reason);
     await Promise.all(all.map((ch) => ch.closed));
