@@ -6,6 +6,7 @@
  */
 import type { Gpu } from "./device.ts";
 import type { BufferLimits } from "./limits.ts";
+import { UsageError } from "./cli.ts";
 
 /** Options for `createModel` (kernels/model.ts). */
 export interface ModelOptions {
@@ -45,7 +46,21 @@ export interface ModelOptions {
    * dispatched in chunks of this size; tests lower it to exercise them.
    */
   maxBindingBytes?: number;
+  /**
+   * How the matmuls read their inputs: "f32", or "f16" (mixed precision):
+   * the activations that feed a matmul and a per-step copy of the weights are
+   * cast to f16, the products are summed in f32, and everything else (master
+   * weights, gradients, AdamW, LayerNorm statistics, residual stream,
+   * softmax, logits, loss) stays f32. "f16" needs the device feature
+   * `shader-f16`. Default: "f16" on GPU adapters that have it, "f32" on CPU
+   * adapters (llvmpipe, lavapipe), whose register-blocked f32 matmuls are
+   * faster than the tile kernels that the f16 form needs, and elsewhere.
+   */
+  precision?: Precision;
 }
+
+/** How a model's matmuls read their inputs (see {@linkcode ModelOptions.precision}). */
+export type Precision = "f32" | "f16";
 
 /** The attention kernel families a model can use (see {@linkcode ModelOptions.attention}). */
 export type AttentionKind = "blocked" | "flash";
@@ -67,6 +82,8 @@ export interface ResolvedModelOptions {
   limits: BufferLimits;
   /** The AdamW hyper-parameters. */
   optimizer: AdamwOptions;
+  /** How the matmuls read their inputs. */
+  precision: Precision;
 }
 
 /**
@@ -110,5 +127,72 @@ export function resolveModelOptions(gpu: Gpu, options: ModelOptions): ResolvedMo
     eps: options.eps ?? 1e-8,
     maxGradNorm: options.maxGradNorm ?? 1,
   };
-  return { batch, attention, gradAccum, limits, optimizer };
+  const precision = resolvePrecision(gpu, options.precision);
+  return { batch, attention, gradAccum, limits, optimizer, precision };
+}
+
+/**
+ * The precision a model on `gpu` uses when asked for `asked` (undefined: the
+ * default); "f16" on a device without `shader-f16` is an Error naming it.
+ *
+ * @example
+ * ```ts ignore
+ * resolvePrecision(gpu, undefined); // "f32" on llvmpipe
+ * ```
+ */
+export function resolvePrecision(
+  gpu: Pick<Gpu, "isCpu" | "hasF16" | "adapter">,
+  asked: Precision | undefined,
+): Precision {
+  if (asked === undefined) return !gpu.isCpu && gpu.hasF16 ? "f16" : "f32";
+  if (asked !== "f32" && asked !== "f16") {
+    throw new RangeError(`Invalid precision: ${String(asked)} (expected "f32" or "f16")`);
+  }
+  if (asked === "f16" && !gpu.hasF16) {
+    throw new Error(
+      `Cannot use precision f16: the device lacks the shader-f16 feature (adapter ` +
+        `${gpu.adapter.description}, backend ${gpu.adapter.backend}); use precision f32`,
+    );
+  }
+  return asked;
+}
+
+/** The `--precision` flag of the commands that build a model (train, eval, sample, node). */
+export const PRECISION_FLAG = {
+  precision: {
+    value: "f32|f16",
+    help: "matmul inputs: f16 (f32 sums, master weights, gradients and AdamW) or f32\n" +
+      "(default: f16 on GPU adapters with shader-f16, else f32)",
+  },
+} as const;
+
+/**
+ * Reads a `--precision` value: undefined when absent (the model's default);
+ * anything but f32 or f16 is a UsageError naming the flag.
+ *
+ * @example
+ * ```ts
+ * import { precisionFlag } from "./model_options.ts";
+ * console.log(precisionFlag("f16")); // f16
+ * ```
+ */
+export function precisionFlag(value: string | undefined): Precision | undefined {
+  if (value === undefined || value === "f32" || value === "f16") return value;
+  throw new UsageError(`Invalid --precision: ${JSON.stringify(value)} (known: f32, f16)`);
+}
+
+/**
+ * `err` from `createModel` as a command should report it: a UsageError (exit
+ * 2) when the options asked for what the device cannot hold (a shape over its
+ * buffer limits, f16 without `shader-f16`), else `err` itself.
+ *
+ * @example
+ * ```ts ignore
+ * const model = await createModel(gpu, config, options).catch((err) => { throw asUsageError(err); });
+ * ```
+ */
+export function asUsageError(err: unknown): unknown {
+  const refused = err instanceof RangeError && err.message.startsWith("Cannot build model") ||
+    err instanceof Error && err.message.startsWith("Cannot use precision");
+  return refused ? new UsageError((err as Error).message) : err;
 }

@@ -1,0 +1,138 @@
+/**
+ * The model's f16 precision (f16 matmul inputs, f32 sums, master weights,
+ * gradients and AdamW) against the float64 oracle run on the same f16-rounded
+ * matmul inputs, against the f32 model over a few training steps, and its
+ * default, refusal and memory plan. On lavapipe, which has `shader-f16`.
+ */
+import { equal, ok, throws } from "@std/assert";
+import { acquireGpu, type Gpu } from "./device.ts";
+import { getConfig, type GptConfig } from "./config.ts";
+import { createModel } from "./model.ts";
+import { resolvePrecision } from "./model_options.ts";
+import { referenceBackward } from "./model_reference.ts";
+import { planModel } from "./limits.ts";
+import { assertClose, randomU32, rng } from "./_testing.ts";
+
+/** Odd sizes: T = 67 is not a multiple of any matmul or attention tile; head size 20. */
+const odd: GptConfig = { nLayer: 2, nHead: 2, nEmbd: 40, blockSize: 67, vocabSize: 13 };
+
+async function withGpu(
+  fn: (gpu: Gpu) => Promise<void>,
+  adapterClass?: "cpu" | "gpu",
+): Promise<void> {
+  const gpu = await acquireGpu({ adapterClass });
+  try {
+    await fn(gpu);
+  } finally {
+    gpu.destroy();
+  }
+}
+
+// Both kernel families: CPU adapters' blocked attention, and the GPU family (flash attention,
+// split-K weight gradients) forced here.
+for (const adapterClass of ["cpu", "gpu"] as const) {
+  Deno.test(`f16 model: loss and every gradient match model_reference on f16-rounded matmul inputs (odd shape, batch 1, ${adapterClass} kernels)`, async () => {
+    await withGpu(async (gpu) => {
+      if (!gpu.hasF16) {
+        throw new Error("this test needs an adapter with shader-f16 (lavapipe has it)");
+      }
+      const model = await createModel(gpu, odd, { seed: 3, batch: 1, precision: "f16" });
+      equal(model.precision, "f16");
+      // GPT-2 init plus noise, so that LayerNorm weights are not 1 and biases not 0.
+      const p = await model.getParams();
+      const r = rng(103);
+      for (const v of model.layout.views) {
+        for (let i = v.offset; i < v.offset + v.length; i++) p[i] += r(-0.1, 0.1);
+      }
+      model.setParams(p);
+      const inputs = randomU32(odd.blockSize, 1, odd.vocabSize);
+      const targets = randomU32(odd.blockSize, 2, odd.vocabSize);
+      const gpuOut = await model.computeGradients(inputs, targets);
+      const ref = referenceBackward(odd, p, inputs, targets, { batch: 1, halfMatmulInputs: true });
+      // The GPU computes the activations in f32 before rounding them to f16; the oracle in f64.
+      // Where the two straddle an f16 rounding boundary they round apart by one f16 ulp (2^-11
+      // relative), so the bounds are the f32 model's (1e-5, 1e-3) widened to a few such ulps.
+      ok(Math.abs(gpuOut.loss - ref.loss) <= 2e-4 * ref.loss, `loss ${gpuOut.loss} vs ${ref.loss}`);
+      for (const v of model.layout.views) {
+        assertClose(
+          gpuOut.grads.subarray(v.offset, v.offset + v.length),
+          ref.grads.subarray(v.offset, v.offset + v.length),
+          { rtol: 5e-3, atol: 2e-5, label: `grad ${v.name}` },
+        );
+      }
+      // The f32 oracle is further away than the f16 one: the test can tell the two apart.
+      const f32 = referenceBackward(odd, p, inputs, targets, { batch: 1 });
+      ok(
+        Math.abs(gpuOut.loss - ref.loss) < Math.abs(gpuOut.loss - f32.loss),
+        `f16 loss ${gpuOut.loss}: f16 oracle ${ref.loss}, f32 oracle ${f32.loss}`,
+      );
+      model.dispose();
+    }, adapterClass);
+  });
+}
+
+Deno.test("f16 training: a few steps' losses stay within 0.5% of the f32 model's", async () => {
+  await withGpu(async (gpu) => {
+    const config = getConfig("tiny").model;
+    const batch = 4;
+    const make = (precision: "f32" | "f16") =>
+      createModel(gpu, config, { seed: 7, batch, precision });
+    const m16 = await make("f16");
+    const m32 = await make("f32");
+    const n = batch * config.blockSize;
+    const worst = { step: -1, rel: 0 };
+    for (let step = 0; step < 8; step++) {
+      const inputs = randomU32(n, 10 + step, 64);
+      const targets = inputs.map((t) => (t * 7 + 3) % 64);
+      const l16 = await m16.step(inputs, targets, { lr: 1e-2 });
+      const l32 = await m32.step(inputs, targets, { lr: 1e-2 });
+      const rel = Math.abs(l16 - l32) / l32;
+      if (rel > worst.rel) Object.assign(worst, { step, rel });
+    }
+    ok(worst.rel < 5e-3, `step ${worst.step}: f16 loss ${worst.rel} relative from f32`);
+    // Yet the two did not run the same arithmetic.
+    const [p16, p32] = [await m16.getParams(), await m32.getParams()];
+    ok(p16.some((x, i) => x !== p32[i]), "f16 and f32 parameters are bit-identical");
+    m16.dispose();
+    m32.dispose();
+  });
+});
+
+Deno.test("f16 precision: the default follows the adapter; a device without shader-f16 refuses it by name", () => {
+  const adapter = { description: "test adapter", backend: "gl" } as Gpu["adapter"];
+  equal(resolvePrecision({ isCpu: false, hasF16: true, adapter }, undefined), "f16");
+  equal(resolvePrecision({ isCpu: true, hasF16: true, adapter }, undefined), "f32");
+  equal(resolvePrecision({ isCpu: false, hasF16: false, adapter }, undefined), "f32");
+  equal(resolvePrecision({ isCpu: true, hasF16: true, adapter }, "f16"), "f16");
+  throws(
+    () => resolvePrecision({ isCpu: false, hasF16: false, adapter }, "f16"),
+    Error,
+    "Cannot use precision f16: the device lacks the shader-f16 feature (adapter test adapter, backend gl)",
+  );
+  throws(
+    () => resolvePrecision({ isCpu: false, hasF16: true, adapter }, "bf16" as "f16"),
+    RangeError,
+    'Invalid precision: bf16 (expected "f32" or "f16")',
+  );
+});
+
+Deno.test("f16 memory: planModel's halfBytes is what the f16 model allocates for its f16 copies", async () => {
+  await withGpu(async (gpu) => {
+    const batch = 3;
+    const plan = (precision: "f32" | "f16") =>
+      planModel(odd, { batch, attentionScratch: true, precision }, gpu.limits);
+    equal(plan("f32").halfBytes, 0);
+    // Count the bytes of the buffers the model labels as f16 copies.
+    let counted = 0;
+    const storage = gpu.storage.bind(gpu);
+    gpu.storage = (data, label) => {
+      const b = storage(data, label);
+      if (label?.endsWith("_f16")) counted += b.size;
+      return b;
+    };
+    const model = await createModel(gpu, odd, { batch, precision: "f16" });
+    equal(model.plan.halfBytes, plan("f16").halfBytes);
+    equal(counted, plan("f16").halfBytes);
+    model.dispose();
+  });
+});
