@@ -13,6 +13,7 @@ import type { WorkerInit } from "./trainer_worker.ts";
 import { describeConfig, getConfig, type GptConfig } from "../kernels/config.ts";
 import { resolveShape, SHAPE_FIELDS, type ShapeOverrides } from "../kernels/shape.ts";
 import { buildLayout } from "../kernels/layout.ts";
+import type { Precision } from "../kernels/model_options.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 
 /** Settings of a run (shared by host, joiners and the embedded run). */
@@ -51,6 +52,15 @@ export interface RunSettings {
   gradAccum?: number;
   /** Inner warm-up steps of each trainer's own optimizer (default: the config's). */
   innerWarmup?: number;
+  /**
+   * The matmul inputs' precision of this node's trainers (default: each
+   * adapter's, f16 on GPUs with `shader-f16`; see `ModelOptions.precision`).
+   * A choice of each machine, like the corpus path: neither handed to
+   * joiners nor recorded. Trainers of any precision hold bit-identical θ:
+   * the pseudo-gradient is taken of the f32 master weights, and every update
+   * is applied on the CPU.
+   */
+  precision?: Precision;
 }
 /** Length of the flat parameter vector of a named config or a shape (padding included). */
 export function paramLength(config: string | GptConfig): number {
@@ -141,6 +151,7 @@ export function engineSettings(s: RunSettings): Omit<WorkerInit, "op" | "id" | "
       Math.min(c.train.warmup, Math.max(1, (s.rounds || 100) * s.innerSteps)),
     totalSteps: Math.max(1, (s.rounds || 100) * s.innerSteps),
     ...(s.dataPath ? { dataPath: s.dataPath } : {}),
+    ...(s.precision ? { precision: s.precision } : {}),
     dataSeed: s.seed ?? 1,
     block: DEFAULT_BLOCK,
   };
