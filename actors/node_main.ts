@@ -48,6 +48,8 @@ import {
   intFlag,
   numberFlag,
   parseFlags,
+  PRECISION_FLAG,
+  precisionFlag,
   ProgressLine,
   readInput,
   runCommand,
@@ -57,7 +59,7 @@ import { CONFIGS, DEFAULT_CONFIG } from "../kernels/config.ts";
 import { loadCorpus } from "../kernels/data.ts";
 import { acquireGpu } from "../kernels/device.ts";
 import { planModel } from "../kernels/limits.ts";
-import { PRECISION_FLAG, precisionFlag, resolvePrecision } from "../kernels/model_options.ts";
+import { resolvePrecision } from "../kernels/model_options.ts";
 import { resolveShape, SHAPE_FIELDS, SHAPE_FLAGS, shapeFlags } from "../kernels/shape.ts";
 import { type ResumedRun, resumeRunDir } from "../checkpoint/resume.ts";
 

@@ -8,14 +8,24 @@
  *
  * @module
  */
-import { type Command, intFlag, parseFlags, readInput, runCommand, UsageError } from "./cli.ts";
+import {
+  asUsageError,
+  type Command,
+  intFlag,
+  parseFlags,
+  PRECISION_FLAG,
+  precisionFlag,
+  readInput,
+  runCommand,
+  UsageError,
+} from "./cli.ts";
 import { CONFIGS, getConfig, type GptConfig } from "./config.ts";
 import { SHAPE_FIELDS, shapeFlags, shapeFlagSpecs, type ShapeOverrides } from "./shape.ts";
 import { DataError, loadCorpus } from "./data.ts";
 import { acquireGpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
 import { createModel } from "./model.ts";
-import { asUsageError, type Precision, PRECISION_FLAG, precisionFlag } from "./model_options.ts";
+import type { Precision } from "./model_options.ts";
 import { loadGpt2 } from "../checkpoint/gpt2_safetensors.ts";
 
 /** The command line of `deno task eval`. */

@@ -8,10 +8,20 @@
  *
  * @module
  */
-import { type Command, intFlag, parseFlags, readInput, runCommand, UsageError } from "./cli.ts";
+import {
+  asUsageError,
+  type Command,
+  intFlag,
+  parseFlags,
+  PRECISION_FLAG,
+  precisionFlag,
+  readInput,
+  runCommand,
+  UsageError,
+} from "./cli.ts";
 import { acquireGpu } from "./device.ts";
 import { createModel } from "./model.ts";
-import { asUsageError, type Precision, PRECISION_FLAG, precisionFlag } from "./model_options.ts";
+import type { Precision } from "./model_options.ts";
 import { bytesToText, generate } from "./sample.ts";
 import { loadGpt2 } from "../checkpoint/gpt2_safetensors.ts";
 

@@ -12,10 +12,13 @@
  * @module
  */
 import {
+  asUsageError,
   type Command,
   intFlag,
   numberFlag,
   parseFlags,
+  PRECISION_FLAG,
+  precisionFlag,
   ProgressLine,
   readInput,
   runCommand,
@@ -27,7 +30,7 @@ import { batchSampler, type Corpus, loadCorpus } from "./data.ts";
 import { acquireGpu, type Gpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
 import { createModel } from "./model.ts";
-import { asUsageError, type Precision, PRECISION_FLAG, precisionFlag } from "./model_options.ts";
+import type { Precision } from "./model_options.ts";
 import { pipelinedSteps } from "./pipeline.ts";
 import { bytesToText, generate } from "./sample.ts";
 import { saveGpt2 } from "../checkpoint/gpt2_safetensors.ts";
