@@ -5,28 +5,16 @@
  * default, refusal and memory plan. On lavapipe, which has `shader-f16`.
  */
 import { equal, ok, throws } from "@std/assert";
-import { acquireGpu, type Gpu } from "./device.ts";
+import type { Gpu } from "./device.ts";
 import { getConfig, type GptConfig } from "./config.ts";
 import { createModel } from "./model.ts";
 import { resolvePrecision } from "./model_options.ts";
 import { referenceBackward } from "./model_reference.ts";
 import { planModel } from "./limits.ts";
-import { assertClose, randomU32, rng } from "./_testing.ts";
+import { assertClose, perturbed, randomU32, withGpu } from "./_testing.ts";
 
 /** Odd sizes: T = 67 is not a multiple of any matmul or attention tile; head size 20. */
 const odd: GptConfig = { nLayer: 2, nHead: 2, nEmbd: 40, blockSize: 67, vocabSize: 13 };
-
-async function withGpu(
-  fn: (gpu: Gpu) => Promise<void>,
-  adapterClass?: "cpu" | "gpu",
-): Promise<void> {
-  const gpu = await acquireGpu({ adapterClass });
-  try {
-    await fn(gpu);
-  } finally {
-    gpu.destroy();
-  }
-}
 
 // Both kernel families: CPU adapters' blocked attention, and the GPU family (flash attention,
 // split-K weight gradients) forced here.
@@ -36,15 +24,12 @@ for (const adapterClass of ["cpu", "gpu"] as const) {
       if (!gpu.hasF16) {
         throw new Error("this test needs an adapter with shader-f16 (lavapipe has it)");
       }
-      const model = await createModel(gpu, odd, { seed: 3, batch: 1, precision: "f16" });
+      const { model, params: p } = await perturbed(gpu, odd, {
+        seed: 3,
+        batch: 1,
+        precision: "f16",
+      });
       equal(model.precision, "f16");
-      // GPT-2 init plus noise, so that LayerNorm weights are not 1 and biases not 0.
-      const p = await model.getParams();
-      const r = rng(103);
-      for (const v of model.layout.views) {
-        for (let i = v.offset; i < v.offset + v.length; i++) p[i] += r(-0.1, 0.1);
-      }
-      model.setParams(p);
       const inputs = randomU32(odd.blockSize, 1, odd.vocabSize);
       const targets = randomU32(odd.blockSize, 2, odd.vocabSize);
       const gpuOut = await model.computeGradients(inputs, targets);
@@ -98,7 +83,15 @@ Deno.test("f16 training: a few steps' losses stay within 0.5% of the f32 model's
   });
 });
 
-Deno.test("f16 precision: the default follows the adapter; a device without shader-f16 refuses it by name", () => {
+Deno.test("f16 precision: the default follows the adapter; a device without shader-f16 refuses it by name", async () => {
+  // lavapipe has shader-f16: f32 as the CPU adapter it is, f16 when taken for a GPU.
+  for (const [adapterClass, want] of [["cpu", "f32"], ["gpu", "f16"]] as const) {
+    await withGpu(async (gpu) => {
+      const model = await createModel(gpu, getConfig("tiny").model, { batch: 1 });
+      equal(model.precision, want);
+      model.dispose();
+    }, adapterClass);
+  }
   const adapter = { description: "test adapter", backend: "gl" } as Gpu["adapter"];
   equal(resolvePrecision({ isCpu: false, hasF16: true, adapter }, undefined), "f16");
   equal(resolvePrecision({ isCpu: true, hasF16: true, adapter }, undefined), "f32");
