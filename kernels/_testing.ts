@@ -164,3 +164,19 @@ export async function perturbed(
   model.setParams(p);
   return { model, params: p };
 }
+
+/** {@linkcode assertClose} on every parameter tensor of a flat gradient, each named in the error. */
+export function assertGradsClose(
+  views: readonly { name: string; offset: number; length: number }[],
+  actual: Float32Array,
+  expected: Float64Array,
+  tol: { rtol: number; atol: number },
+): void {
+  for (const v of views) {
+    assertClose(
+      actual.subarray(v.offset, v.offset + v.length),
+      expected.subarray(v.offset, v.offset + v.length),
+      { ...tol, label: `grad ${v.name}` },
+    );
+  }
+}

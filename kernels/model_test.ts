@@ -9,7 +9,15 @@ import { initParams } from "./init.ts";
 import { pipelinedSteps } from "./pipeline.ts";
 import { referenceBackward, referenceForward } from "./model_reference.ts";
 import { adamwRef, gradNormRef } from "./reference.ts";
-import { assertClose, perturbed, randomU32, rng, sameBits, withGpu } from "./_testing.ts";
+import {
+  assertClose,
+  assertGradsClose,
+  perturbed,
+  randomU32,
+  rng,
+  sameBits,
+  withGpu,
+} from "./_testing.ts";
 
 const tiny = getConfig("tiny").model;
 /** Odd sizes: 1 layer, width 24, 3 heads (head size 8), context 7, vocabulary 13. */
@@ -38,13 +46,7 @@ for (const [label, config, batch, adapterClass] of CASES) {
       const gpuOut = await model.computeGradients(inputs, targets);
       const ref = referenceBackward(config, params, inputs, targets, { batch });
       ok(Math.abs(gpuOut.loss - ref.loss) <= 1e-5 * ref.loss, `loss ${gpuOut.loss} vs ${ref.loss}`);
-      for (const v of model.layout.views) {
-        assertClose(
-          gpuOut.grads.subarray(v.offset, v.offset + v.length),
-          ref.grads.subarray(v.offset, v.offset + v.length),
-          { rtol: 1e-3, atol: 2e-6, label: `grad ${v.name}` },
-        );
-      }
+      assertGradsClose(model.layout.views, gpuOut.grads, ref.grads, { rtol: 1e-3, atol: 2e-6 });
       // Padding between views gets no gradient.
       for (let i = 0; i < gpuOut.grads.length; i++) {
         if (
