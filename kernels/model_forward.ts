@@ -9,9 +9,10 @@
  * With f16 matmul inputs (`precision: "f16"`), each activation that feeds a
  * matmul (the LayerNorm outputs, the attention output, the GELU output) gets
  * an f16 copy made by the cast kernel right after it is written, and the
- * weights an f16 copy made once per step ({@linkcode ModelGraph.weightCasts});
- * the matmuls read those and sum in f32. The f32 activations stay: the
- * LayerNorm, attention and GELU backward kernels read them.
+ * weights an f16 copy made at the start of every forward pass
+ * ({@linkcode ModelGraph.weightCasts}); the matmuls read those and sum in
+ * f32. The f32 activations stay: the LayerNorm, attention and GELU backward
+ * kernels read them.
  *
  * @module
  */
