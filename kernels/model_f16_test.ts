@@ -125,3 +125,29 @@ Deno.test("f16 memory: planModel's halfBytes is what the f16 model allocates for
     model.dispose();
   });
 });
+
+Deno.test("f16 with 2 micro-batches of 2 gives the gradient of one batch of 4; the weight copies follow AdamW and setParams", async () => {
+  await withGpu(async (gpu) => {
+    const T = odd.blockSize;
+    const inputs = randomU32(4 * T, 5, odd.vocabSize);
+    const targets = randomU32(4 * T, 6, odd.vocabSize);
+    const make = (batch: number, gradAccum: number) =>
+      createModel(gpu, odd, { seed: 9, batch, gradAccum, precision: "f16" });
+    const big = await make(4, 1);
+    const accum = await make(2, 2);
+    // After a step, big's f16 weight copies must follow its AdamW and accum's its setParams.
+    await big.step(inputs, targets, { lr: 1e-2 });
+    await accum.step(inputs, targets, { lr: 1e-2 });
+    accum.setParams(await big.getParams());
+    const gBig = await big.computeGradients(inputs, targets);
+    const gAcc = await accum.computeGradients(inputs, targets);
+    // The same f16 inputs row by row; only the summation order over rows differs.
+    ok(Math.abs(gAcc.loss - gBig.loss) <= 1e-6 * gBig.loss, `loss ${gAcc.loss} vs ${gBig.loss}`);
+    assertGradsClose(big.layout.views, gAcc.grads, Float64Array.from(gBig.grads), {
+      rtol: 1e-4,
+      atol: 1e-7,
+    });
+    big.dispose();
+    accum.dispose();
+  });
+});
