@@ -275,8 +275,9 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   const info = await system.ref("host/run_info").ask<RunInfo>({ type: "run_info" });
   const settings: RunSettings = {
     ...info.settings,
-    // The corpus path is local to each machine.
+    // The corpus path and the precision are each machine's own.
     ...(options.dataPath ? { dataPath: options.dataPath } : {}),
+    ...(options.precision ? { precision: options.precision } : {}),
   };
   // Every trainer trains the host's shape and sends its exchange format: a joiner's own
   // flags must agree with them.

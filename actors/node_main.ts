@@ -53,6 +53,8 @@ import {
   intFlag,
   numberFlag,
   parseFlags,
+  PRECISION_FLAG,
+  precisionFlag,
   ProgressLine,
   readInput,
   runCommand,
@@ -62,6 +64,7 @@ import { CONFIGS, DEFAULT_CONFIG } from "../kernels/config.ts";
 import { loadCorpus } from "../kernels/data.ts";
 import { acquireGpu } from "../kernels/device.ts";
 import { planModel } from "../kernels/limits.ts";
+import { resolvePrecision } from "../kernels/model_options.ts";
 import { resolveShape, SHAPE_FIELDS, SHAPE_FLAGS, shapeFlags } from "../kernels/shape.ts";
 import { type ResumedRun, resumeRunDir } from "../checkpoint/resume.ts";
 
@@ -148,6 +151,7 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
       value: "N",
       help: "micro-batches per inner step, one AdamW update (default 1)",
     },
+    ...PRECISION_FLAG,
     data: { value: "PATH", help: "training text (file or folder; default: the bundled corpus)" },
     "run-dir": {
       value: "DIR",
@@ -353,6 +357,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
     ...(values["grad-accum"] !== undefined
       ? { gradAccum: intFlag("grad-accum", values["grad-accum"]) }
       : {}),
+    ...(values.precision !== undefined ? { precision: precisionFlag(values.precision) } : {}),
     rounds: intFlag("rounds", values.rounds) ?? 10,
     innerSteps: intFlag("inner-steps", values["inner-steps"]) ?? DEFAULT_INNER_STEPS,
     outer: {
@@ -534,7 +539,7 @@ async function openRunDir(args: NodeArgs, resumed: ResumedRun | undefined) {
  * Refuses, before any Worker starts, a model this device cannot hold: in a
  * trainer the error would only restart it until its supervisor gives up.
  * The GPU is this process's; one that is missing is a failure (exit 1), a
- * shape too big for it is the flags' fault (exit 2).
+ * shape too big for it or f16 without `shader-f16` is the flags' fault (exit 2).
  */
 async function checkModelFits(args: NodeArgs): Promise<void> {
   const engine = engineSettings(args);
@@ -543,8 +548,9 @@ async function checkModelFits(args: NodeArgs): Promise<void> {
     planModel(engine.config, {
       batch: engine.batch,
       gradAccum: engine.gradAccum,
-      // The same choice as createModel: CPU adapters use the attention that keeps T·T scratch.
+      // The same choices as createModel: CPU adapters use the attention that keeps T·T scratch.
       attentionScratch: gpu.isCpu,
+      precision: resolvePrecision(gpu, engine.precision),
     }, gpu.limits);
   } catch (err) {
     throw new UsageError(err instanceof Error ? err.message : String(err));

@@ -64,6 +64,11 @@ Deno.test("node flags: shape flags override the config, are checked by name, and
   equal(parseNodeArgs([]).model, undefined);
   equal(runSettingsOf(parseNodeArgs([])).gradAccum, undefined);
   equal(engineSettings(parseNodeArgs([])).gradAccum, 1);
+  // --precision reaches this node's trainers and no one else: it is not a run setting.
+  const f16 = parseNodeArgs(["--precision", "f16"]);
+  equal(engineSettings(f16).precision, "f16");
+  equal(runSettingsOf(f16).precision, undefined);
+  equal(engineSettings(parseNodeArgs([])).precision, undefined);
   const bad: [string[], string][] = [
     [["--n-head", "5"], "Invalid --n-head: 5 does not divide the n-embd 64 of config small"],
     [["--n-head", "5", "--n-embd", "64"], "Invalid --n-head: 5 does not divide --n-embd 64"],

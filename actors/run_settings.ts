@@ -14,6 +14,7 @@ import { describeConfig, getConfig, type GptConfig } from "../kernels/config.ts"
 import { DEFAULT_EXCHANGE } from "../kernels/exchange_format.ts";
 import { resolveShape, SHAPE_FIELDS, type ShapeOverrides } from "../kernels/shape.ts";
 import { buildLayout } from "../kernels/layout.ts";
+import type { Precision } from "../kernels/model_options.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 
 /** Settings of a run (shared by host, joiners and the embedded run). */
@@ -64,6 +65,15 @@ export interface RunSettings {
    * "trimmed-mean:F", "median" or "clip:TAU".
    */
   aggregate?: string;
+  /**
+   * The matmul inputs' precision of this node's trainers (default "f32";
+   * see `ModelOptions.precision`).
+   * A choice of each machine, like the corpus path: neither handed to
+   * joiners nor recorded. Trainers of any precision hold bit-identical θ:
+   * the pseudo-gradient is taken of the f32 master weights, and every update
+   * is applied on the CPU.
+   */
+  precision?: Precision;
 }
 
 /** Length of the flat parameter vector of a named config or a shape (padding included). */
@@ -177,6 +187,7 @@ export function engineSettings(s: RunSettings): Omit<WorkerInit, "op" | "id" | "
       Math.min(c.train.warmup, Math.max(1, (s.rounds || 100) * s.innerSteps)),
     totalSteps: Math.max(1, (s.rounds || 100) * s.innerSteps),
     ...(s.dataPath ? { dataPath: s.dataPath } : {}),
+    ...(s.precision ? { precision: s.precision } : {}),
     dataSeed: s.seed ?? 1,
     block: DEFAULT_BLOCK,
     ...(s.exchange !== undefined ? { exchange: s.exchange } : {}),

@@ -13,6 +13,7 @@
 import { acquireGpu, type Gpu } from "../kernels/device.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { createModel, type GptModel } from "../kernels/model.ts";
+import type { Precision } from "../kernels/model_options.ts";
 import { pipelinedSteps } from "../kernels/pipeline.ts";
 import { type BatchSampler, batchSampler, type DataCursor, loadCorpus } from "../kernels/data.ts";
 import { evaluate } from "../kernels/evaluate.ts";
@@ -48,6 +49,8 @@ export interface WorkerInit {
   totalSteps: number;
   /** Corpus path; the default corpus when absent. */
   dataPath?: string;
+  /** The model's matmul-input precision (default: the adapter's, `ModelOptions.precision`). */
+  precision?: Precision;
   /** This trainer's shard of the training stream. */
   dataShard: { index: number; count: number };
   /** Seed of the batch sampler. */
@@ -166,6 +169,7 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
         seed: req.seed,
         batch: req.batch,
         gradAccum: req.gradAccum ?? 1,
+        precision: req.precision,
       });
       const corpus = await loadCorpus(req.dataPath ? { path: req.dataPath } : {});
       const sampler = batchSampler(corpus.train, {

@@ -1,9 +1,13 @@
 /**
- * Helpers for the kernel tests: a seeded generator and a tolerance check that
- * names the worst element.
+ * Helpers for the kernel tests: a seeded generator, a tolerance check that
+ * names the worst element, and a device and models to test on.
  *
  * @module
  */
+import { acquireGpu, type Gpu } from "./device.ts";
+import type { GptConfig } from "./config.ts";
+import { createModel } from "./model.ts";
+import type { ModelOptions } from "./model_options.ts";
 
 /** A seeded generator of floats in [lo, hi) (mulberry32). */
 export function rng(seed: number): (lo?: number, hi?: number) => number {
@@ -127,4 +131,52 @@ export async function noGpuErrors<T>(device: GPUDevice, fn: () => Promise<T> | T
   if (err) throw new Error(`WebGPU error: ${err.message}`, { cause: failure });
   if (failed) throw failure;
   return result as T;
+}
+
+/** Runs `fn` on a fresh device of `adapterClass` (default: the adapter's), destroyed after. */
+export async function withGpu(
+  fn: (gpu: Gpu) => Promise<void>,
+  adapterClass?: "cpu" | "gpu",
+): Promise<void> {
+  const gpu = await acquireGpu({ adapterClass });
+  try {
+    await fn(gpu);
+  } finally {
+    gpu.destroy();
+  }
+}
+
+/**
+ * A model whose parameters are GPT-2 init from `seed` plus uniform noise in
+ * ±0.1 (LayerNorm weights not 1, biases not 0), and those parameters.
+ */
+export async function perturbed(
+  gpu: Gpu,
+  config: GptConfig,
+  options: ModelOptions & { batch: number; seed: number },
+) {
+  const model = await createModel(gpu, config, options);
+  const p = await model.getParams();
+  const r = rng(options.seed + 100);
+  for (const v of model.layout.views) {
+    for (let i = v.offset; i < v.offset + v.length; i++) p[i] += r(-0.1, 0.1);
+  }
+  model.setParams(p);
+  return { model, params: p };
+}
+
+/** {@linkcode assertClose} on every parameter tensor of a flat gradient, each named in the error. */
+export function assertGradsClose(
+  views: readonly { name: string; offset: number; length: number }[],
+  actual: Float32Array,
+  expected: Float64Array,
+  tol: { rtol: number; atol: number },
+): void {
+  for (const v of views) {
+    assertClose(
+      actual.subarray(v.offset, v.offset + v.length),
+      expected.subarray(v.offset, v.offset + v.length),
+      { ...tol, label: `grad ${v.name}` },
+    );
+  }
 }

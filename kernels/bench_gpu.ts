@@ -4,22 +4,24 @@
  *
  * 1. For each model of {@linkcode GPU_MODELS} at batch 16: our training
  *    step's tokens/s (pipelined steps as the trainers run them, after a
- *    warm-up; the median of timed blocks of about a second each) and, in the
- *    same run, PyTorch's for the identical model in fp32 eager and with TF32
+ *    warm-up; the median of timed blocks of about a second each) in f32 and,
+ *    where the device has `shader-f16`, with f16 matmul inputs
+ *    (`precision: "f16"`), and, in the same run, PyTorch's for the identical model in fp32 eager and with TF32
  *    (tests/torch_gpt2_bench.py), when some `python3` imports torch with
  *    CUDA; otherwise the records say why those columns are missing. Models
  *    that the model would refuse (kernels/limits.ts) are skipped with the
  *    reason.
  * 2. The per-kernel profile of one step (kernels/step_profile.ts) of the
  *    model named by `--model` (default the largest that fits), by kind of
- *    kernel and by family (all matmuls together).
+ *    kernel and by family (all matmuls together), in each precision measured.
  *
  * `--quick` measures the small model alone with short blocks. Records:
  * `gpu_step_tokens_per_s` (with the PyTorch figures and the ratio as
- * fields), `torch_step_tokens_per_s` (one per precision),
- * `gpu_vs_torch_fp32`, `gpu_model_skipped`, `gpu_profile_step_ms`,
- * `gpu_profile_kind`, `gpu_profile_family`. {@linkcode summarize} prints them
- * as two Markdown tables.
+ * fields), `gpu_step_f16_tokens_per_s` (with the ratio to our f32),
+ * `torch_step_tokens_per_s` (one per precision), `gpu_vs_torch_fp32`,
+ * `gpu_model_skipped`, and `gpu_profile_step_ms`, `gpu_profile_kind`,
+ * `gpu_profile_family` (each with its `precision`). {@linkcode summarize}
+ * prints them as Markdown tables.
  *
  * @module
  */
@@ -28,6 +30,7 @@ import { acquireGpu, type Gpu } from "./device.ts";
 import { describeConfig, type GptConfig } from "./config.ts";
 import { planModel } from "./limits.ts";
 import { createModel, type GptModel } from "./model.ts";
+import type { Precision } from "./model_options.ts";
 import { pipelinedSteps } from "./pipeline.ts";
 import { batchSampler } from "./data.ts";
 import { trainStepFlops } from "./bench_train.ts";
@@ -89,8 +92,8 @@ function median(xs: number[]): number {
 const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
 
 /** A model at {@linkcode GPU_BATCH} and a fixed batch of pseudo-random bytes (speed does not depend on the text). */
-async function openModel(gpu: Gpu, config: GptConfig) {
-  const model = await createModel(gpu, config, { seed: 1, batch: GPU_BATCH });
+async function openModel(gpu: Gpu, config: GptConfig, precision: Precision) {
+  const model = await createModel(gpu, config, { seed: 1, batch: GPU_BATCH, precision });
   const bytes = new Uint8Array(1 << 16).map((_, i) => (i * 2654435761) >>> 24);
   const sampler = batchSampler(bytes, { batch: GPU_BATCH, blockSize: config.blockSize, seed: 1 });
   const batches = Array.from({ length: 4 }, () => sampler.next());
@@ -129,7 +132,7 @@ async function* tableRow(
   torchMissing: string | undefined,
   quick: boolean,
 ): AsyncGenerator<BenchRecord> {
-  const { model, run } = await openModel(gpu, config);
+  const { model, run } = await openModel(gpu, config, "f32");
   try {
     const tokens = GPU_BATCH * config.blockSize;
     const ours = await measureOurs(run, tokens, quick);
@@ -137,6 +140,26 @@ async function* tableRow(
     const tf32 = torch.get(`${name}/tf32`);
     const common = { model: name, shape: describeConfig(config), batch: GPU_BATCH };
     const flops = trainStepFlops(config, model.paramCount, tokens);
+    if (gpu.hasF16) {
+      const half = await openModel(gpu, config, "f16");
+      try {
+        const r = await measureOurs(half.run, tokens, quick);
+        yield {
+          name: "gpu_step_f16_tokens_per_s",
+          value: r.tokensPerS,
+          unit: "tokens/s",
+          ...common,
+          step_ms: round((tokens / r.tokensPerS) * 1000, 2),
+          gflops: round((flops * r.tokensPerS) / tokens / 1e9),
+          ratio_vs_f32: round(r.tokensPerS / ours.tokensPerS, 4),
+          ratio_vs_torch_fp32: fp32 ? round(r.tokensPerS / fp32.tokens_per_s, 4) : undefined,
+          statistic: `median of ${r.rates.length} blocks of ${r.steps} pipelined steps`,
+          blocks: r.rates.map((x) => Math.round(x)).join(" "),
+        };
+      } finally {
+        half.model.dispose();
+      }
+    }
     yield {
       name: "gpu_step_tokens_per_s",
       value: ours.tokensPerS,
@@ -151,6 +174,7 @@ async function* tableRow(
       torch_tf32_tokens_per_s: tf32 ? Math.round(tf32.tokens_per_s) : undefined,
       ratio_vs_torch_fp32: fp32 ? round(ours.tokensPerS / fp32.tokens_per_s, 4) : undefined,
       torch_missing: fp32 ? undefined : torchMissing ?? "the PyTorch run gave no figure",
+      f16_missing: gpu.hasF16 ? undefined : "the device lacks the shader-f16 feature",
       adapter: gpu.adapter.description,
     };
     for (const r of [fp32, tf32]) {
@@ -186,10 +210,11 @@ function profileRecords(
   name: string,
   config: GptConfig,
   dispatches: DispatchTime[],
+  precision: Precision,
   extra: Record<string, unknown>,
 ): BenchRecord[] {
   const total = dispatches.reduce((s, d) => s + d.ms, 0);
-  const common = { model: name, shape: describeConfig(config), batch: GPU_BATCH };
+  const common = { model: name, shape: describeConfig(config), batch: GPU_BATCH, precision };
   const records: BenchRecord[] = [{
     name: "gpu_profile_step_ms",
     value: total,
@@ -210,6 +235,7 @@ function profileRecords(
         value: g.ms,
         unit: "ms",
         model: name,
+        precision,
         kind: g.kind,
         count: g.count,
         ms_per_call: round(g.ms / g.count, 4),
@@ -269,7 +295,9 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
     if (!target) return;
     const why = misfit(target.config, GPU_BATCH, gpu);
     if (why) throw new RangeError(`Cannot profile model ${target.name}: ${why}`);
-    yield* profileModel(gpu, target.name, target.config, options.quick);
+    for (const precision of gpu.hasF16 ? ["f32", "f16"] as const : ["f32"] as const) {
+      yield* profileModel(gpu, target, precision, options.quick);
+    }
   } finally {
     gpu.destroy();
   }
@@ -277,20 +305,21 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
 
 async function* profileModel(
   gpu: Gpu,
-  name: string,
-  config: GptConfig,
+  target: { name: string; config: GptConfig },
+  precision: Precision,
   quick: boolean,
 ): AsyncGenerator<BenchRecord> {
+  const { name, config } = target;
   let model: GptModel | undefined;
   try {
-    const opened = await openModel(gpu, config);
+    const opened = await openModel(gpu, config, precision);
     model = opened.model;
     await opened.run(2);
     const t0 = performance.now();
     await opened.run(3);
     const wallMs = (performance.now() - t0) / 3;
     const profile = await profileStep(gpu, model, { reps: quick ? 2 : 5 });
-    yield* profileRecords(name, config, profile.dispatches, {
+    yield* profileRecords(name, config, profile.dispatches, precision, {
       method: profile.method,
       reps: profile.reps,
       wall_step_ms: round(wallMs, 2),
@@ -305,36 +334,45 @@ const num = (v: unknown, digits = 0) =>
   typeof v === "number" ? v.toLocaleString("en-US", { maximumFractionDigits: digits }) : "–";
 
 /**
- * The suite's records as Markdown: the tokens/s table and the profile by
- * kind, for a reader of the device's output.
+ * The suite's records as Markdown: the tokens/s table (f16 beside f32) and
+ * the profile by kind in each precision, for a reader of the device's output.
  */
 export function summarize(records: BenchRecord[]): string {
   const lines: string[] = [];
   const rows = records.filter((r) => r.name === "gpu_step_tokens_per_s");
   const skipped = records.filter((r) => r.name === "gpu_model_skipped");
+  const f16 = (model: unknown) =>
+    records.find((r) => r.name === "gpu_step_f16_tokens_per_s" && r.model === model);
   if (rows.length > 0 || skipped.length > 0) {
     lines.push(
       `Training step, batch ${GPU_BATCH}, tokens/s (${String(rows[0]?.adapter ?? "")})`,
       "",
-      "| model | shape | ours | PyTorch fp32 eager | ours / fp32 | PyTorch TF32 |",
-      "| --- | --- | ---: | ---: | ---: | ---: |",
+      "| model | shape | ours f32 | ours f16 | f16 / f32 | PyTorch fp32 eager | ours f32 / fp32 | PyTorch TF32 |",
+      "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     );
     for (const r of rows) {
+      const h = f16(r.model);
       lines.push(
-        `| ${r.model} | ${r.shape} | ${num(r.value)} | ${num(r.torch_fp32_tokens_per_s)} | ${
-          num(r.ratio_vs_torch_fp32, 3)
-        } | ${num(r.torch_tf32_tokens_per_s)} |`,
+        `| ${r.model} | ${r.shape} | ${num(r.value)} | ${num(h?.value)} | ${
+          num(h?.ratio_vs_f32, 3)
+        } | ${num(r.torch_fp32_tokens_per_s)} | ${num(r.ratio_vs_torch_fp32, 3)} | ${
+          num(r.torch_tf32_tokens_per_s)
+        } |`,
       );
     }
-    for (const r of skipped) lines.push(`| ${r.model} | ${r.shape} | skipped: ${r.reason} | | | |`);
+    for (const r of skipped) {
+      lines.push(`| ${r.model} | ${r.shape} | skipped: ${r.reason} | | | | | |`);
+    }
     const missing = rows.find((r) => r.torch_missing)?.torch_missing;
     if (missing) lines.push("", `PyTorch columns missing: ${missing}`);
+    const noF16 = rows.find((r) => r.f16_missing)?.f16_missing;
+    if (noF16) lines.push("", `f16 columns missing: ${noF16}`);
   }
-  const step = records.find((r) => r.name === "gpu_profile_step_ms");
-  if (step) {
+  for (const step of records.filter((r) => r.name === "gpu_profile_step_ms")) {
+    const mine = (r: BenchRecord) => r.precision === step.precision;
     lines.push(
       "",
-      `Profile of one step of ${step.model} (${step.shape}, batch ${step.batch}): ${
+      `Profile of one step of ${step.model} (${step.shape}, batch ${step.batch}, ${step.precision}): ${
         num(step.value, 1)
       } ms in ${step.dispatches} dispatches (${step.method}, median of ${step.reps}); ` +
         `the pipelined step measured ${num(step.wall_step_ms, 1)} ms`,
@@ -343,9 +381,9 @@ export function summarize(records: BenchRecord[]): string {
       "| --- | ---: | ---: | ---: | ---: | ---: |",
     );
     // Families first, then the matmuls by layout and shape (the other kinds are families).
-    const families = records.filter((r) => r.name === "gpu_profile_family");
+    const families = records.filter((r) => r.name === "gpu_profile_family" && mine(r));
     const matmuls = records.filter((r) =>
-      r.name === "gpu_profile_kind" && String(r.kind).startsWith("matmul")
+      r.name === "gpu_profile_kind" && mine(r) && String(r.kind).startsWith("matmul")
     );
     for (const r of [...families, ...matmuls]) {
       lines.push(

@@ -8,6 +8,7 @@ import type { BenchRecord } from "../tests/bench_main.ts";
 
 const UNITS: Record<string, string> = {
   gpu_step_tokens_per_s: "tokens/s",
+  gpu_step_f16_tokens_per_s: "tokens/s",
   torch_step_tokens_per_s: "tokens/s",
   gpu_vs_torch_fp32: "ratio",
   gpu_model_skipped: "count",
@@ -16,7 +17,7 @@ const UNITS: Record<string, string> = {
   gpu_profile_family: "ms",
 };
 
-Deno.test("gpu suite, quick: well-formed records for the table and the profile", async () => {
+Deno.test("gpu suite, quick: well-formed records for the table and the profile, f16 beside f32", async () => {
   const records: BenchRecord[] = [];
   for await (const r of bench({ quick: true })) records.push(r);
   for (const r of records) {
@@ -35,26 +36,39 @@ Deno.test("gpu suite, quick: well-formed records for the table and the profile",
     typeof rows[0].torch_fp32_tokens_per_s === "number" ||
       (typeof rows[0].torch_missing === "string" && rows[0].torch_missing.length > 0),
   );
-  const step = records.find((r) => r.name === "gpu_profile_step_ms")!;
-  assert.equal(step.model, "small");
-  const kinds = records.filter((r) => r.name === "gpu_profile_kind");
-  const families = records.filter((r) => r.name === "gpu_profile_family");
+  // lavapipe has shader-f16: the f16 figures sit beside the f32 ones.
+  const half = records.filter((r) => r.name === "gpu_step_f16_tokens_per_s");
+  assert.deepEqual(half.map((r) => r.model), ["small"]);
+  assert.ok(Math.abs(Number(half[0].ratio_vs_f32) - half[0].value / rows[0].value) < 1e-3);
+  const steps = records.filter((r) => r.name === "gpu_profile_step_ms");
+  assert.deepEqual(steps.map((r) => r.precision), ["f32", "f16"]);
   const sum = (rs: BenchRecord[], k: "value" | "share_pct" | "count") =>
     rs.reduce((s, r) => s + Number(r[k]), 0);
-  // Every dispatch of the small model's step is in exactly one kind and one family.
-  assert.equal(sum(kinds, "count"), step.dispatches);
-  assert.equal(sum(families, "count"), step.dispatches);
-  assert.ok(Math.abs(sum(kinds, "value") - step.value) <= 1e-6 * step.value + 1e-9);
-  assert.ok(Math.abs(sum(families, "share_pct") - 100) < 0.1);
-  for (const k of ["attention forward", "attention backward", "adamw", "cross-entropy"]) {
-    assert.ok(kinds.some((r) => r.kind === k), `kind ${k}`);
+  for (const step of steps) {
+    assert.equal(step.model, "small");
+    const mine = (name: string) =>
+      records.filter((r) => r.name === name && r.precision === step.precision);
+    const kinds = mine("gpu_profile_kind");
+    const families = mine("gpu_profile_family");
+    // Every dispatch of the small model's step is in exactly one kind and one family.
+    assert.equal(sum(kinds, "count"), step.dispatches);
+    assert.equal(sum(families, "count"), step.dispatches);
+    assert.ok(Math.abs(sum(kinds, "value") - step.value) <= 1e-6 * step.value + 1e-9);
+    assert.ok(Math.abs(sum(families, "share_pct") - 100) < 0.1);
+    for (const k of ["attention forward", "attention backward", "adamw", "cross-entropy"]) {
+      assert.ok(kinds.some((r) => r.kind === k), `kind ${k}`);
+    }
+    const matmul = families.find((r) => r.kind === "matmul (all)")!;
+    assert.equal(matmul.count, 27, "2 layers x (4 forward + 8 backward) + head forward and 2 back");
+    assert.ok(typeof matmul.gflops === "number" && matmul.gflops > 0);
+    // f16: the 9 weights' copies and 2 layers x 4 activations + lnf.
+    const casts = kinds.find((r) => r.kind === "cast to f16")?.count ?? 0;
+    assert.equal(casts, step.precision === "f16" ? 9 + 9 : 0);
   }
-  const matmul = families.find((r) => r.kind === "matmul (all)")!;
-  assert.equal(matmul.count, 27, "2 layers x (4 forward + 8 backward) + head forward and 2 back");
-  assert.ok(typeof matmul.gflops === "number" && matmul.gflops > 0);
   const text = summarize(records);
-  assert.match(text, /\| small \| L2 C64 H4 T64 V256 \| [\d,]+ \|/);
+  assert.match(text, /\| small \| L2 C64 H4 T64 V256 \| [\d,]+ \| [\d,]+ \| [\d.]+ \|/);
   assert.match(text, /\| matmul \(all\) \| 27 \|/);
+  assert.match(text, /batch 16, f16\): /);
 });
 
 Deno.test("a model that cannot fit is named with the model's own reason", () => {

@@ -27,6 +27,7 @@
  * @module
  */
 import { parseArgs } from "@std/cli";
+import type { Precision } from "./model_options.ts";
 
 /**
  * Bad input: a flag, a combination of flags, or a file or folder a flag
@@ -398,4 +399,44 @@ export class ProgressLine {
     const bytes = this.#enc.encode(text);
     for (let at = 0; at < bytes.length;) at += this.#out.writeSync(bytes.subarray(at));
   }
+}
+
+/** The `--precision` flag of the commands that build a model (train, eval, sample, node). */
+export const PRECISION_FLAG = {
+  precision: {
+    value: "f32|f16",
+    help: "matmul inputs: f16 (f32 sums, master weights, gradients and AdamW) or f32\n" +
+      "(default f32; f16 needs shader-f16)",
+  },
+} as const;
+
+/**
+ * Reads a `--precision` value: undefined when absent (the model's default);
+ * anything but f32 or f16 is a UsageError naming the flag.
+ *
+ * @example
+ * ```ts
+ * import { precisionFlag } from "./cli.ts";
+ * console.log(precisionFlag("f16")); // f16
+ * ```
+ */
+export function precisionFlag(value: string | undefined): Precision | undefined {
+  if (value === undefined || value === "f32" || value === "f16") return value;
+  throw new UsageError(`Invalid --precision: ${JSON.stringify(value)} (known: f32, f16)`);
+}
+
+/**
+ * `err` from `createModel` as a command should report it: a UsageError (exit
+ * 2) when the options asked for what the device cannot hold (a shape over its
+ * buffer limits, f16 without `shader-f16`), else `err` itself.
+ *
+ * @example
+ * ```ts ignore
+ * const model = await createModel(gpu, config, options).catch((err) => { throw asUsageError(err); });
+ * ```
+ */
+export function asUsageError(err: unknown): unknown {
+  const refused = err instanceof RangeError && err.message.startsWith("Cannot build model") ||
+    err instanceof Error && err.message.startsWith("Cannot use precision");
+  return refused ? new UsageError((err as Error).message) : err;
 }

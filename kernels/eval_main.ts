@@ -8,13 +8,24 @@
  *
  * @module
  */
-import { type Command, intFlag, parseFlags, readInput, runCommand, UsageError } from "./cli.ts";
+import {
+  asUsageError,
+  type Command,
+  intFlag,
+  parseFlags,
+  PRECISION_FLAG,
+  precisionFlag,
+  readInput,
+  runCommand,
+  UsageError,
+} from "./cli.ts";
 import { CONFIGS, getConfig, type GptConfig } from "./config.ts";
 import { SHAPE_FIELDS, shapeFlags, shapeFlagSpecs, type ShapeOverrides } from "./shape.ts";
 import { DataError, loadCorpus } from "./data.ts";
 import { acquireGpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
 import { createModel } from "./model.ts";
+import type { Precision } from "./model_options.ts";
 import { loadGpt2 } from "../checkpoint/gpt2_safetensors.ts";
 
 /** The command line of `deno task eval`. */
@@ -46,6 +57,7 @@ export const EVAL_COMMAND = {
       value: "N",
       help: "windows per forward pass (default 16; does not change the result)",
     },
+    ...PRECISION_FLAG,
     json: { type: "boolean", help: 'print {"eval_loss": ..., "windows": ...} as the last line' },
   },
 } as const satisfies Command;
@@ -59,6 +71,8 @@ export interface EvalArgs {
   /** Shape flags: each must match the checkpoint's config. */
   shape: ShapeOverrides;
   batch: number;
+  /** The matmul inputs' precision; undefined: the model's default for the adapter. */
+  precision?: Precision;
   json: boolean;
   help: boolean;
 }
@@ -79,6 +93,7 @@ export function parseEvalArgs(args: string[]): EvalArgs {
     maxWindows: intFlag("max-windows", v["max-windows"]),
     configName: v.config,
     batch: intFlag("batch", v.batch) ?? 16,
+    precision: precisionFlag(v.precision),
     json: v.json ?? false,
     help: v.help ?? false,
   };
@@ -146,7 +161,10 @@ async function main(a: EvalArgs, input: Awaited<ReturnType<typeof readEvalInput>
   const source = a.data ?? "default corpus validation split";
   const gpu = await acquireGpu();
   try {
-    const model = await createModel(gpu, ckpt.config, { batch: a.batch });
+    const model = await createModel(gpu, ckpt.config, { batch: a.batch, precision: a.precision })
+      .catch((err) => {
+        throw asUsageError(err);
+      });
     model.setParams(ckpt.params);
     const r = await evaluate(model, bytes, { maxWindows: a.maxWindows, selection: "first" });
     model.dispose();

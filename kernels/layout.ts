@@ -171,3 +171,22 @@ export function countParams(config: GptConfig): number {
 export function viewOf<A extends Float32Array | Float64Array>(flat: A, view: ParamView): A {
   return flat.subarray(view.offset, view.offset + view.length) as A;
 }
+
+/**
+ * The parameters that some matmul reads: the tied wte (the logits) and each
+ * block's four weights. With f16 matmul inputs these get f16 copies.
+ *
+ * @example
+ * ```ts
+ * import { buildLayout, matmulWeights } from "./layout.ts";
+ * import { getConfig } from "./config.ts";
+ * const layout = buildLayout(getConfig("tiny").model);
+ * console.log(matmulWeights(layout).map((v) => v.name)[1]); // h.0.attn.c_attn.weight
+ * ```
+ */
+export function matmulWeights(layout: ParamLayout): ParamView[] {
+  return [
+    layout.wte,
+    ...layout.blocks.flatMap((w) => [w.qkvw, w.attprojw, w.fcw, w.fcprojw]),
+  ];
+}

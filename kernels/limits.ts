@@ -83,6 +83,13 @@ export interface ModelPlan {
   vectorLength: number;
   /** Bytes of the largest single binding the model makes. */
   largestBinding: number;
+  /**
+   * Bytes of the f16 copies that f16 matmul inputs add (0 in f32): each
+   * matmul weight, and per micro-batch each activation a matmul reads (ln1,
+   * atty, ln2, the GELU output, lnf), at 2 bytes an element, each buffer
+   * rounded up to whole 4-byte words.
+   */
+  halfBytes: number;
 }
 
 /** Options of {@linkcode planModel}. */
@@ -93,6 +100,8 @@ export interface PlanOptions {
   gradAccum?: number;
   /** Whether the attention keeps [B, NH, T, T] scratch (the CPU adapters' kernels do). */
   attentionScratch?: boolean;
+  /** How the matmuls read their inputs (default "f32"); "f16" adds f16 copies. */
+  precision?: "f32" | "f16";
 }
 
 interface Need {
@@ -149,6 +158,18 @@ function needs(c: GptConfig, o: Required<PlanOptions>): Need[] {
     limit: "buffer",
   });
   return list;
+}
+
+/** Bytes of the f16 copies of `precision: "f16"` (see {@linkcode ModelPlan.halfBytes}). */
+function halfBytes(c: GptConfig, o: Required<PlanOptions>): number {
+  if (o.precision === "f32") return 0;
+  const half = (n: number) => Math.ceil(n / 2) * 4;
+  const C = c.nEmbd;
+  const N = o.batch * c.blockSize;
+  const weights = half(c.vocabSize * C) +
+    c.nLayer * (half(3 * C * C) + half(C * C) + half(4 * C * C) + half(4 * C * C));
+  const acts = c.nLayer * (3 * half(N * C) + half(N * 4 * C)) + half(N * C);
+  return weights + acts;
 }
 
 function bytesOf(shape: number[]): number {
@@ -212,6 +233,7 @@ export function planModel(
     batch: options.batch,
     gradAccum: options.gradAccum ?? 1,
     attentionScratch: options.attentionScratch ?? false,
+    precision: options.precision ?? "f32",
   };
   const list = needs(config, o);
   const capOf = (n: Need) => n.limit === "binding" ? limits.maxBindingBytes : limits.maxBufferBytes;
@@ -266,5 +288,6 @@ export function planModel(
     chunks: Math.ceil(length / chunk),
     vectorLength: length,
     largestBinding: largest,
+    halfBytes: halfBytes(config, o),
   };
 }

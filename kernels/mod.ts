@@ -41,7 +41,7 @@ export * from "./model.ts";
 export * from "./data.ts";
 export * from "./evaluate.ts";
 export { initParams, normalRng } from "./init.ts";
-export type { AttentionKind, ModelOptions } from "./model_options.ts";
+export type { AttentionKind, ModelOptions, Precision } from "./model_options.ts";
 export type { Tokens } from "./tokens.ts";
 export { pipelinedSteps } from "./pipeline.ts";
 export type { StepInput } from "./pipeline.ts";

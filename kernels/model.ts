@@ -26,6 +26,7 @@ import {
   type AdamwOptions,
   type AttentionKind,
   type ModelOptions,
+  type Precision,
   resolveModelOptions,
 } from "./model_options.ts";
 import { buildForward, modelGraph, ref } from "./model_forward.ts";
@@ -69,6 +70,8 @@ export class GptModel {
   readonly paramLength: number;
   /** The attention kernels in use. */
   readonly attention: AttentionKind;
+  /** How the matmuls read their inputs: f32, or f16 copies (mixed precision). */
+  readonly precision: Precision;
   /** The gradient norm (before clipping) of the last step. */
   lastGradNorm = NaN;
 
@@ -115,12 +118,16 @@ export class GptModel {
   /** Use {@linkcode createModel}. */
   constructor(gpu: Gpu, config: GptConfig, options: ModelOptions = {}) {
     validateConfig(config);
-    const { batch, attention, gradAccum, limits, optimizer } = resolveModelOptions(gpu, options);
+    const { batch, attention, gradAccum, limits, optimizer, precision } = resolveModelOptions(
+      gpu,
+      options,
+    );
     this.attention = attention;
+    this.precision = precision;
     // Before any allocation: a shape that cannot fit is refused with what would fit.
     this.plan = planModel(
       config,
-      { batch, gradAccum, attentionScratch: attention === "blocked" },
+      { batch, gradAccum, attentionScratch: attention === "blocked", precision },
       limits,
     );
     this.#gpu = gpu;
@@ -190,6 +197,7 @@ export class GptModel {
       layout: this.layout,
       batch: this.batch,
       flash: this.attention === "flash",
+      half: this.precision === "f16",
       buf: (length, label) => this.#buf(length, label),
       params: this.#params,
       grads: this.#grads,

@@ -18,6 +18,7 @@ import {
   type ForwardPass,
   type LayerActs,
   type ModelGraph,
+  type Operand,
   ref,
   savedAttentionLength,
 } from "./model_forward.ts";
@@ -42,28 +43,34 @@ export interface BackwardScratch {
  * Linear backward: dx = dy·Wᵀ (written; times gelu'(geluPre) when the layer's
  * input was gelu(geluPre)), dW += xᵀ·dy, and db += colsum(dy) from the same
  * matmul's loads of dy. `ic` and `oc` are the layer's input and output widths.
+ * `x` and W are read as the forward matmul read them (f16 copies with f16
+ * inputs), so the gradients are those of the function the forward computed;
+ * dy, dx and dW are f32.
  */
 export function linearBackward(
   g: ModelGraph,
-  io: { x: TensorRef; dy: TensorRef; dx: TensorRef; geluPre?: TensorRef },
+  io: { x: Operand; dy: TensorRef; dx: TensorRef; geluPre?: TensorRef },
   p: { w: ParamView; b: ParamView; ic: number; oc: number },
 ): Dispatch[] {
   const N = g.batch * g.config.blockSize;
   const { x, dy, dx, geluPre } = io;
+  const w = g.weight(p.w);
   return [
-    g.mm({ a: dy, b: g.P(p.w), c: dx, pre: geluPre }, {
+    g.mm({ a: dy, b: w.ref, c: dx, pre: geluPre }, {
       m: N,
       n: p.ic,
       k: p.oc,
       transB: true,
       epilogue: geluPre ? "geluBackward" : "none",
+      bType: w.type,
     }),
-    g.mm({ a: x, b: dy, c: g.G(p.w), colSum: g.G(p.b) }, {
+    g.mm({ a: x.ref, b: dy, c: g.G(p.w), colSum: g.G(p.b) }, {
       m: p.ic,
       n: p.oc,
       k: N,
       transA: true,
       accumulate: true,
+      aType: x.type,
     }),
   ];
 }
@@ -99,19 +106,21 @@ export function normBackward(
  * dlnf = dlogits · wte; then the final LayerNorm's backward into `dres`.
  */
 export function headBackward(g: ModelGraph, f: ForwardPass, s: BackwardScratch): Dispatch[] {
-  const { P, G, mm, layout } = g;
+  const { G, mm, layout } = g;
   const { nEmbd: C, blockSize: T, vocabSize: V } = g.config;
   const N = g.batch * T;
   const dl = ref(f.dlogits, N * V);
+  const wte = g.weight(layout.wte);
   return [
-    mm({ a: dl, b: ref(f.lnf, N * C), c: G(layout.wte) }, {
+    mm({ a: dl, b: f.lnfIn.ref, c: G(layout.wte) }, {
       m: V,
       n: C,
       k: N,
       transA: true,
       accumulate: true,
+      bType: f.lnfIn.type,
     }),
-    mm({ a: dl, b: P(layout.wte), c: s.dln }, { m: N, n: C, k: V }),
+    mm({ a: dl, b: wte.ref, c: s.dln }, { m: N, n: C, k: V, bType: wte.type }),
     ...normBackward(g, f.residual, { w: layout.lnfw, b: layout.lnfb }, f.lnfMean, f.lnfRstd, s),
   ];
 }
@@ -138,13 +147,13 @@ export function blockBackward(
   // residual3 = residual2 + fcproj: dres is the gradient of both. fcproj's input was
   // gelu(fch), so its dx comes out as dfch.
   bwd.push(...linearBackward(g, {
-    x: ref(a.fchGelu, N * 4 * C),
+    x: a.fchGeluIn,
     dy: dres,
     dx: dfch,
     geluPre: ref(a.fch, N * 4 * C),
   }, { w: w.fcprojw, b: w.fcprojb, ic: 4 * C, oc: C }));
   bwd.push(
-    ...linearBackward(g, { x: ref(a.ln2, N * C), dy: dfch, dx: dln }, {
+    ...linearBackward(g, { x: a.ln2In, dy: dfch, dx: dln }, {
       w: w.fcw,
       b: w.fcb,
       ic: C,
@@ -154,7 +163,7 @@ export function blockBackward(
   bwd.push(...normBackward(g, a.residual2, { w: w.ln2w, b: w.ln2b }, a.ln2Mean, a.ln2Rstd, s));
   // residual2 = residual + attproj.
   bwd.push(
-    ...linearBackward(g, { x: ref(a.atty, N * C), dy: dres, dx: datty }, {
+    ...linearBackward(g, { x: a.attyIn, dy: dres, dx: datty }, {
       w: w.attprojw,
       b: w.attprojb,
       ic: C,
@@ -181,7 +190,7 @@ export function blockBackward(
       })),
   );
   bwd.push(
-    ...linearBackward(g, { x: ref(a.ln1, N * C), dy: dqkv, dx: dln }, {
+    ...linearBackward(g, { x: a.ln1In, dy: dqkv, dx: dln }, {
       w: w.qkvw,
       b: w.qkvb,
       ic: C,

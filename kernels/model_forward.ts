@@ -6,12 +6,22 @@
  * builders allocate the activations the backward pass reads
  * (kernels/model_backward.ts) and return them with the dispatches.
  *
+ * With f16 matmul inputs (`precision: "f16"`), each activation that feeds a
+ * matmul (the LayerNorm outputs, the attention output, the GELU output) gets
+ * an f16 copy made by the cast kernel right after it is written, and the
+ * weights an f16 copy made at the start of every forward pass
+ * ({@linkcode ModelGraph.weightCasts}); the matmuls read those and sum in
+ * f32. The f32 activations stay: the LayerNorm, attention and GELU backward
+ * kernels read them.
+ *
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
 import type { GptConfig } from "./config.ts";
-import type { BlockViews, ParamLayout, ParamView } from "./layout.ts";
-import { matmul, type MatmulBuffers, type MatmulShape } from "./matmul.ts";
+import { type BlockViews, matmulWeights, type ParamLayout, type ParamView } from "./layout.ts";
+import { matmul, type MatmulBuffers, type MatmulShape, type MatmulStorage } from "./matmul.ts";
+import { cast } from "./cast.ts";
+import { halfWords } from "./half.ts";
 import { embeddingForward } from "./embedding.ts";
 import { layernormForward } from "./layernorm.ts";
 import { attentionForward } from "./attention.ts";
@@ -41,6 +51,20 @@ export interface ModelGraph {
   G(v: ParamView): TensorRef;
   /** A matmul in the model's chosen variant. */
   mm(bufs: MatmulBuffers, shape: Omit<MatmulShape, "variant">): Dispatch;
+  /** Whether the matmuls read f16 copies of their activation and weight inputs. */
+  half: boolean;
+  /** A matmul weight as a matmul input: the parameter itself, or its f16 copy. */
+  weight(v: ParamView): Operand;
+  /** The casts that make the weights' f16 copies from the parameters (none in f32). */
+  weightCasts: Dispatch[];
+}
+
+/** A matmul input: a tensor and how it is stored. */
+export interface Operand {
+  /** The tensor; an f16 one counts its 4-byte words (`halfWords`). */
+  ref: TensorRef;
+  /** How its elements are stored. */
+  type: MatmulStorage;
 }
 
 /**
@@ -48,16 +72,59 @@ export interface ModelGraph {
  * the flat buffers `params` and `grads`.
  */
 export function modelGraph(
-  base: Omit<ModelGraph, "P" | "G" | "mm"> & { params: GPUBuffer; grads: GPUBuffer },
+  base: Omit<ModelGraph, "P" | "G" | "mm" | "weight" | "weightCasts"> & {
+    params: GPUBuffer;
+    grads: GPUBuffer;
+  },
   variant: string | undefined,
 ): ModelGraph {
   const { params, grads, ...rest } = base;
+  const P = (v: ParamView): TensorRef => ({
+    buffer: params,
+    offset: v.offset * 4,
+    length: v.length,
+  });
+  // One f16 buffer per weight: a view's offset in an f16 copy of the whole vector would be
+  // only 128-byte aligned, and bindings need 256.
+  const copies = new Map<ParamView, Operand>();
+  const weightCasts: Dispatch[] = [];
+  if (base.half) {
+    for (const v of matmulWeights(base.layout)) {
+      const words = halfWords(v.length);
+      const copy = { ref: ref(base.buf(words, `${v.name}_f16`), words), type: "f16" as const };
+      copies.set(v, copy);
+      weightCasts.push(cast(base.gpu, { src: P(v), dst: copy.ref }, { n: v.length, to: "f16" }));
+    }
+  }
   return {
     ...rest,
-    P: (v) => ({ buffer: params, offset: v.offset * 4, length: v.length }),
+    P,
     G: (v) => ({ buffer: grads, offset: v.offset * 4, length: v.length }),
     mm: (bufs, shape) => matmul(base.gpu, bufs, { ...shape, variant }),
+    weight: (v) => copies.get(v) ?? { ref: P(v), type: "f32" },
+    weightCasts,
   };
+}
+
+/**
+ * `buffer` ([count] f32) as a matmul input: itself, or with f16 inputs a new
+ * f16 buffer that {@linkcode toHalf} fills.
+ */
+export function matmulInput(
+  g: ModelGraph,
+  buffer: GPUBuffer,
+  count: number,
+  label: string,
+): Operand {
+  if (!g.half) return { ref: ref(buffer, count), type: "f32" };
+  const words = halfWords(count);
+  return { ref: ref(g.buf(words, `${label}_f16`), words), type: "f16" };
+}
+
+/** The cast of `src` ([count] f32) into its matmul input `dst`: none when `dst` is `src` itself. */
+export function toHalf(g: ModelGraph, src: GPUBuffer, dst: Operand, count: number): Dispatch[] {
+  if (dst.type === "f32") return [];
+  return [cast(g.gpu, { src: ref(src, count), dst: dst.ref }, { n: count, to: "f16" })];
 }
 
 /** A whole buffer of `length` floats as a tensor. */
@@ -89,6 +156,11 @@ export interface LayerActs {
   fch: GPUBuffer;
   fchGelu: GPUBuffer;
   residual3: GPUBuffer;
+  /** ln1, atty, ln2 and fchGelu as the matmuls read them (f16 copies with f16 inputs). */
+  ln1In: Operand;
+  attyIn: Operand;
+  ln2In: Operand;
+  fchGeluIn: Operand;
 }
 
 /** The forward pass: its dispatches in order and the activations the backward pass reads. */
@@ -107,6 +179,8 @@ export interface ForwardPass {
   lnf: GPUBuffer;
   lnfMean: GPUBuffer;
   lnfRstd: GPUBuffer;
+  /** lnf as the logits matmul reads it. */
+  lnfIn: Operand;
   /** The logits [N, V]. */
   logits: GPUBuffer;
   /** The gradient of the loss with respect to the logits [N, V], from the cross-entropy. */
@@ -164,7 +238,7 @@ export function allocLayerActs(g: ModelGraph, l: number): LayerActs {
   const C = g.config.nEmbd;
   const N = g.batch * g.config.blockSize;
   const nAtt = savedAttentionLength(g);
-  return {
+  const acts = {
     ln1: g.buf(N * C, `ln1_${l}`),
     ln1Mean: g.buf(N, `ln1_mean_${l}`),
     ln1Rstd: g.buf(N, `ln1_rstd_${l}`),
@@ -178,6 +252,13 @@ export function allocLayerActs(g: ModelGraph, l: number): LayerActs {
     fch: g.buf(N * 4 * C, `fch_${l}`),
     fchGelu: g.buf(N * 4 * C, `fch_gelu_${l}`),
     residual3: g.buf(N * C, `residual3_${l}`),
+  };
+  return {
+    ...acts,
+    ln1In: matmulInput(g, acts.ln1, N * C, `ln1_${l}`),
+    attyIn: matmulInput(g, acts.atty, N * C, `atty_${l}`),
+    ln2In: matmulInput(g, acts.ln2, N * C, `ln2_${l}`),
+    fchGeluIn: matmulInput(g, acts.fchGelu, N * 4 * C, `fch_gelu_${l}`),
   };
 }
 
@@ -197,11 +278,15 @@ export function blockForward(
   const N = B * T;
   const nAtt = savedAttentionLength(g);
   const attShape = { b: B, t: T, c: C, nh: NH };
+  const types = (x: Operand, wt: Operand) => ({ aType: x.type, bType: wt.type });
+  const qkvw = g.weight(w.qkvw), attprojw = g.weight(w.attprojw);
+  const fcw = g.weight(w.fcw), fcprojw = g.weight(w.fcprojw);
   const fwd: Dispatch[] = [];
   fwd.push(normForward(g, residual, { w: w.ln1w, b: w.ln1b }, a.ln1, a.ln1Mean, a.ln1Rstd));
+  fwd.push(...toHalf(g, a.ln1, a.ln1In, N * C));
   fwd.push(mm(
-    { a: ref(a.ln1, N * C), b: P(w.qkvw), c: ref(a.qkv, N * 3 * C), bias: P(w.qkvb) },
-    { m: N, n: 3 * C, k: C },
+    { a: a.ln1In.ref, b: qkvw.ref, c: ref(a.qkv, N * 3 * C), bias: P(w.qkvb) },
+    { m: N, n: 3 * C, k: C, ...types(a.ln1In, qkvw) },
   ));
   const attBufs = { qkv: ref(a.qkv, N * 3 * C), out: ref(a.atty, N * C) };
   fwd.push(
@@ -209,30 +294,33 @@ export function blockForward(
       ? flashAttentionForward(gpu, { ...attBufs, lse: ref(a.att, nAtt) }, attShape)
       : attentionForward(gpu, { ...attBufs, att: ref(a.att, nAtt) }, attShape),
   );
+  fwd.push(...toHalf(g, a.atty, a.attyIn, N * C));
   // residual2 = residual + atty·W + b, the residual added in the matmul's stores.
   fwd.push(mm({
-    a: ref(a.atty, N * C),
-    b: P(w.attprojw),
+    a: a.attyIn.ref,
+    b: attprojw.ref,
     c: ref(a.residual2, N * C),
     bias: P(w.attprojb),
     residual: ref(residual, N * C),
-  }, { m: N, n: C, k: C }));
+  }, { m: N, n: C, k: C, ...types(a.attyIn, attprojw) }));
   fwd.push(normForward(g, a.residual2, { w: w.ln2w, b: w.ln2b }, a.ln2, a.ln2Mean, a.ln2Rstd));
+  fwd.push(...toHalf(g, a.ln2, a.ln2In, N * C));
   // fch = ln2·W + b is kept for the backward pass; gelu(fch) is applied in the same stores.
   fwd.push(mm({
-    a: ref(a.ln2, N * C),
-    b: P(w.fcw),
+    a: a.ln2In.ref,
+    b: fcw.ref,
     c: ref(a.fchGelu, N * 4 * C),
     bias: P(w.fcb),
     pre: ref(a.fch, N * 4 * C),
-  }, { m: N, n: 4 * C, k: C, epilogue: "gelu" }));
+  }, { m: N, n: 4 * C, k: C, epilogue: "gelu", ...types(a.ln2In, fcw) }));
+  fwd.push(...toHalf(g, a.fchGelu, a.fchGeluIn, N * 4 * C));
   fwd.push(mm({
-    a: ref(a.fchGelu, N * 4 * C),
-    b: P(w.fcprojw),
+    a: a.fchGeluIn.ref,
+    b: fcprojw.ref,
     c: ref(a.residual3, N * C),
     bias: P(w.fcprojb),
     residual: ref(a.residual2, N * C),
-  }, { m: N, n: C, k: 4 * C }));
+  }, { m: N, n: C, k: 4 * C, ...types(a.fchGeluIn, fcprojw) }));
   return fwd;
 }
 
@@ -244,11 +332,15 @@ export function blockForward(
 export function headForward(
   g: ModelGraph,
   io: ForwardIo,
-  bufs: Pick<ForwardPass, "residual" | "lnf" | "lnfMean" | "lnfRstd" | "logits" | "dlogits">,
+  bufs: Pick<
+    ForwardPass,
+    "residual" | "lnf" | "lnfMean" | "lnfRstd" | "lnfIn" | "logits" | "dlogits"
+  >,
 ): Dispatch[] {
-  const { gpu, P, mm, layout } = g;
+  const { gpu, mm, layout } = g;
   const { nEmbd: C, blockSize: T, vocabSize: V } = g.config;
   const N = g.batch * T;
+  const wte = g.weight(layout.wte);
   return [
     normForward(
       g,
@@ -258,9 +350,10 @@ export function headForward(
       bufs.lnfMean,
       bufs.lnfRstd,
     ),
+    ...toHalf(g, bufs.lnf, bufs.lnfIn, N * C),
     mm(
-      { a: ref(bufs.lnf, N * C), b: P(layout.wte), c: ref(bufs.logits, N * V) },
-      { m: N, n: V, k: C, transB: true },
+      { a: bufs.lnfIn.ref, b: wte.ref, c: ref(bufs.logits, N * V) },
+      { m: N, n: V, k: C, transB: true, aType: bufs.lnfIn.type, bType: wte.type },
     ),
     crossEntropyForwardBackward(
       gpu,
@@ -275,12 +368,14 @@ export function headForward(
   ];
 }
 
-/** The whole forward pass in model order: encoder, every block, head. */
+/** The whole forward pass in model order: the weights' f16 casts (if any), encoder, every block, head. */
 export function buildForward(g: ModelGraph, io: ForwardIo): ForwardPass {
   const { nLayer: L, nEmbd: C, blockSize: T, vocabSize: V } = g.config;
   const N = g.batch * T;
   const encoded = g.buf(N * C, "encoded");
-  const fwd: Dispatch[] = [encoderForward(g, io.tokens, encoded)];
+  // The weights' f16 copies are made at the start of every forward pass, so that they follow
+  // the parameters whatever changed them last (AdamW, setParams).
+  const fwd: Dispatch[] = [...g.weightCasts, encoderForward(g, io.tokens, encoded)];
   const acts: LayerActs[] = [];
   let residual = encoded;
   for (let l = 0; l < L; l++) {
@@ -289,9 +384,11 @@ export function buildForward(g: ModelGraph, io: ForwardIo): ForwardPass {
     fwd.push(...blockForward(g, g.layout.blocks[l], residual, a));
     residual = a.residual3;
   }
+  const lnf = g.buf(N * C, "lnf");
   const head = {
     residual,
-    lnf: g.buf(N * C, "lnf"),
+    lnf,
+    lnfIn: matmulInput(g, lnf, N * C, "lnf"),
     lnfMean: g.buf(N, "lnf_mean"),
     lnfRstd: g.buf(N, "lnf_rstd"),
     logits: g.buf(N * V, "logits"),

@@ -5,25 +5,16 @@
  * one N-times-larger batch makes.
  */
 import { deepEqual, equal, ok, rejects, throws } from "@std/assert";
-import { acquireGpu, type Gpu } from "./device.ts";
+import type { Gpu } from "./device.ts";
 import { getConfig, type GptConfig } from "./config.ts";
 import { buildLayout } from "./layout.ts";
 import { type BufferLimits, checkBindingOverride, CHUNK_ALIGN, planModel } from "./limits.ts";
 import { createModel, GptModel } from "./model.ts";
-import { assertClose, randomU32, sameBits } from "./_testing.ts";
+import { assertClose, randomU32, sameBits, withGpu } from "./_testing.ts";
 
 /** 3 layers, width 32, 2 heads, context 16: ~47k parameters, small activations. */
 const narrow: GptConfig = { nLayer: 3, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 256 };
 const LLVMPIPE: BufferLimits = { maxBindingBytes: 128 * 2 ** 20, maxBufferBytes: 2 ** 31 - 1 };
-
-async function withGpu(fn: (gpu: Gpu) => Promise<void>): Promise<void> {
-  const gpu = await acquireGpu();
-  try {
-    await fn(gpu);
-  } finally {
-    gpu.destroy();
-  }
-}
 
 Deno.test("a model cut into 64 KiB bindings trains to the bits of the unchunked one", async () => {
   await withGpu(async (gpu) => {

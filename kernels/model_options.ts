@@ -45,7 +45,21 @@ export interface ModelOptions {
    * dispatched in chunks of this size; tests lower it to exercise them.
    */
   maxBindingBytes?: number;
+  /**
+   * How the matmuls read their inputs: "f32", or "f16" (mixed precision):
+   * the activations that feed a matmul and a per-step copy of the weights are
+   * cast to f16, the products are summed in f32, and everything else (master
+   * weights, gradients, AdamW, LayerNorm statistics, residual stream,
+   * softmax, logits, loss) stays f32. "f16" needs the device feature
+   * `shader-f16`. Default "f32" on every adapter: at the default learning
+   * rate f16 training ended 2-6.5% above f32 on three of four seeds (README,
+   * "Mixed precision"), and its speed on a GPU is not measured yet.
+   */
+  precision?: Precision;
 }
+
+/** How a model's matmuls read their inputs (see {@linkcode ModelOptions.precision}). */
+export type Precision = "f32" | "f16";
 
 /** The attention kernel families a model can use (see {@linkcode ModelOptions.attention}). */
 export type AttentionKind = "blocked" | "flash";
@@ -67,6 +81,8 @@ export interface ResolvedModelOptions {
   limits: BufferLimits;
   /** The AdamW hyper-parameters. */
   optimizer: AdamwOptions;
+  /** How the matmuls read their inputs. */
+  precision: Precision;
 }
 
 /**
@@ -110,5 +126,32 @@ export function resolveModelOptions(gpu: Gpu, options: ModelOptions): ResolvedMo
     eps: options.eps ?? 1e-8,
     maxGradNorm: options.maxGradNorm ?? 1,
   };
-  return { batch, attention, gradAccum, limits, optimizer };
+  const precision = resolvePrecision(gpu, options.precision);
+  return { batch, attention, gradAccum, limits, optimizer, precision };
+}
+
+/**
+ * The precision a model on `gpu` uses when asked for `asked` (undefined: the
+ * default); "f16" on a device without `shader-f16` is an Error naming it.
+ *
+ * @example
+ * ```ts ignore
+ * resolvePrecision(gpu, undefined); // "f32": f16 only when asked for
+ * ```
+ */
+export function resolvePrecision(
+  gpu: Pick<Gpu, "isCpu" | "hasF16" | "adapter">,
+  asked: Precision | undefined,
+): Precision {
+  if (asked === undefined) return "f32";
+  if (asked !== "f32" && asked !== "f16") {
+    throw new RangeError(`Invalid precision: ${String(asked)} (expected "f32" or "f16")`);
+  }
+  if (asked === "f16" && !gpu.hasF16) {
+    throw new Error(
+      `Cannot use precision f16: the device lacks the shader-f16 feature (adapter ` +
+        `${gpu.adapter.description}, backend ${gpu.adapter.backend}); use precision f32`,
+    );
+  }
+  return asked;
 }

@@ -11,10 +11,17 @@
  * resolve gradients to ~1e-7. model_reference_test.ts checks it against
  * matmulReference.
  *
+ * With `halfMatmulInputs` it is the oracle of the model's f16 precision: every
+ * matmul reads its activation and weight rounded to f16 (through f32, as the
+ * GPU's cast does) and sums in f64; the backward pass takes the gradient of
+ * that function, rounding treated as the identity (dx = dy·ĥ(W)ᵀ and
+ * dW = ĥ(x)ᵀ·dy with the rounded values), as the GPU model does.
+ *
  * @module
  */
 import type { GptConfig } from "./config.ts";
-import { buildLayout, type ParamLayout, type ParamView } from "./layout.ts";
+import { buildLayout, matmulWeights, type ParamLayout, type ParamView } from "./layout.ts";
+import { roundToF16 } from "./half.ts";
 import {
   attentionBackwardRef,
   attentionForwardRef,
@@ -135,6 +142,31 @@ function toF64(params: Float32Array | Float64Array): F64 {
   return params instanceof Float64Array ? params : Float64Array.from(params);
 }
 
+/** Each value rounded to f32, then to f16: what the GPU's cast kernel makes of it. */
+function roundHalf(x: F64): F64 {
+  return Float64Array.from(roundToF16(Float32Array.from(x)));
+}
+
+/** The parameters as the matmuls read them: with `half`, a copy whose matmul weights are rounded. */
+function matmulParams(p: F64, layout: ParamLayout, half: boolean): F64 {
+  if (!half) return p;
+  const out = Float64Array.from(p);
+  for (const v of matmulWeights(layout)) out.set(roundHalf(view(p, v)), v.offset);
+  return out;
+}
+
+/** Options of {@linkcode referenceForward} and {@linkcode referenceBackward}. */
+export interface ReferenceOptions {
+  /** Sequences (B); the inputs are [B, T]. */
+  batch: number;
+  /**
+   * Round every matmul's inputs to f16 (the model's `precision: "f16"`); the
+   * activations kept for the backward pass (ln1, atty, ln2, fchGelu, lnf) are
+   * then the rounded ones (default false).
+   */
+  halfMatmulInputs?: boolean;
+}
+
 function checkInputs(
   config: GptConfig,
   layout: ParamLayout,
@@ -173,12 +205,16 @@ export function referenceForward(
   params: Float32Array | Float64Array,
   inputs: ArrayLike<number>,
   targets: ArrayLike<number>,
-  options: { batch: number },
+  options: ReferenceOptions,
 ): ReferenceForward {
   const layout = buildLayout(config);
   const B = options.batch;
   const T = checkInputs(config, layout, params, inputs, targets, B);
   const p = toF64(params);
+  const half = options.halfMatmulInputs ?? false;
+  const pm = matmulParams(p, layout, half);
+  // A matmul's activation input as the matmul reads it.
+  const input = (x: F64): F64 => half ? roundHalf(x) : x;
   const { nLayer: L, nHead: NH, nEmbd: C, vocabSize: V } = config;
   const N = B * T;
   const f = (n: number) => new Float64Array(n);
@@ -215,9 +251,11 @@ export function referenceForward(
   let residual = acts.encoded;
   for (let l = 0; l < L; l++) {
     const w = layout.blocks[l];
-    const ln1 = f(N * C), ln1Mean = f(N), ln1Rstd = f(N), qkv = f(N * 3 * C), atty = f(N * C);
-    const att = f(B * NH * T * T), attproj = f(N * C), residual2 = f(N * C), ln2 = f(N * C);
-    const ln2Mean = f(N), ln2Rstd = f(N), fch = f(N * 4 * C), fchGelu = f(N * 4 * C);
+    let ln1: F64 = f(N * C), atty: F64 = f(N * C), ln2: F64 = f(N * C);
+    let fchGelu: F64 = f(N * 4 * C);
+    const ln1Mean = f(N), ln1Rstd = f(N), qkv = f(N * 3 * C);
+    const att = f(B * NH * T * T), attproj = f(N * C), residual2 = f(N * C);
+    const ln2Mean = f(N), ln2Rstd = f(N), fch = f(N * 4 * C);
     const fcproj = f(N * C), residual3 = f(N * C);
     layernormForwardRef({
       inp: residual,
@@ -227,9 +265,11 @@ export function referenceForward(
       mean: ln1Mean,
       rstd: ln1Rstd,
     }, { rows: N, c: C });
-    matmulForward(qkv, ln1, view(p, w.qkvw), view(p, w.qkvb), N, C, 3 * C);
+    ln1 = input(ln1);
+    matmulForward(qkv, ln1, view(pm, w.qkvw), view(p, w.qkvb), N, C, 3 * C);
     attentionForwardRef({ qkv, out: atty, att }, { b: B, t: T, c: C, nh: NH });
-    matmulForward(attproj, atty, view(p, w.attprojw), view(p, w.attprojb), N, C, C);
+    atty = input(atty);
+    matmulForward(attproj, atty, view(pm, w.attprojw), view(p, w.attprojb), N, C, C);
     residualForwardRef({ a: residual, b: attproj, out: residual2 }, { n: N * C });
     layernormForwardRef({
       inp: residual2,
@@ -239,9 +279,11 @@ export function referenceForward(
       mean: ln2Mean,
       rstd: ln2Rstd,
     }, { rows: N, c: C });
-    matmulForward(fch, ln2, view(p, w.fcw), view(p, w.fcb), N, C, 4 * C);
+    ln2 = input(ln2);
+    matmulForward(fch, ln2, view(pm, w.fcw), view(p, w.fcb), N, C, 4 * C);
     geluForwardRef({ inp: fch, out: fchGelu }, { n: N * 4 * C });
-    matmulForward(fcproj, fchGelu, view(p, w.fcprojw), view(p, w.fcprojb), N, 4 * C, C);
+    fchGelu = input(fchGelu);
+    matmulForward(fcproj, fchGelu, view(pm, w.fcprojw), view(p, w.fcprojb), N, 4 * C, C);
     residualForwardRef({ a: residual2, b: fcproj, out: residual3 }, { n: N * C });
     acts.ln1.push(ln1);
     acts.ln1Mean.push(ln1Mean);
@@ -268,8 +310,9 @@ export function referenceForward(
     mean: acts.lnfMean,
     rstd: acts.lnfRstd,
   }, { rows: N, c: C });
+  acts.lnf = input(acts.lnf);
   // Tied head: logits = lnf · wteᵀ.
-  matmulForward(acts.logits, acts.lnf, transpose(view(p, layout.wte), V, C), null, N, C, V);
+  matmulForward(acts.logits, acts.lnf, transpose(view(pm, layout.wte), V, C), null, N, C, V);
   for (let n = 0; n < N; n++) {
     const tgt = targets[n];
     if (!(Number.isInteger(tgt) && tgt >= 0 && tgt < V)) {
@@ -299,12 +342,13 @@ export function referenceBackward(
   params: Float32Array | Float64Array,
   inputs: ArrayLike<number>,
   targets: ArrayLike<number>,
-  options: { batch: number },
+  options: ReferenceOptions,
 ): ReferenceBackward {
   const fwd = referenceForward(config, params, inputs, targets, options);
   const { acts } = fwd;
   const layout = buildLayout(config);
   const p = toF64(params);
+  const pm = matmulParams(p, layout, options.halfMatmulInputs ?? false);
   const B = options.batch;
   const T = inputs.length / B;
   const { nLayer: L, nHead: NH, nEmbd: C, vocabSize: V } = config;
@@ -320,7 +364,7 @@ export function referenceBackward(
     null,
     acts.dlogits,
     acts.lnf,
-    transpose(view(p, layout.wte), V, C),
+    transpose(view(pm, layout.wte), V, C),
     N,
     C,
     V,
@@ -352,7 +396,7 @@ export function referenceBackward(
       g(w.fcprojb),
       dres,
       acts.fchGelu[l],
-      view(p, w.fcprojw),
+      view(pm, w.fcprojw),
       N,
       4 * C,
       C,
@@ -360,7 +404,7 @@ export function referenceBackward(
     const dfch = new Float64Array(N * 4 * C);
     geluBackwardRef({ dinp: dfch, inp: acts.fch[l], dout: dfchGelu }, { n: N * 4 * C });
     const dln2 = new Float64Array(N * C);
-    matmulBackward(dln2, g(w.fcw), g(w.fcb), dfch, acts.ln2[l], view(p, w.fcw), N, C, 4 * C);
+    matmulBackward(dln2, g(w.fcw), g(w.fcb), dfch, acts.ln2[l], view(pm, w.fcw), N, C, 4 * C);
     layernormBackwardRef({
       dinp: dres,
       dweight: g(w.ln2w),
@@ -379,7 +423,7 @@ export function referenceBackward(
       g(w.attprojb),
       dres,
       acts.atty[l],
-      view(p, w.attprojw),
+      view(pm, w.attprojw),
       N,
       C,
       C,
@@ -392,7 +436,7 @@ export function referenceBackward(
       nh: NH,
     });
     const dln1 = new Float64Array(N * C);
-    matmulBackward(dln1, g(w.qkvw), g(w.qkvb), dqkv, acts.ln1[l], view(p, w.qkvw), N, C, 3 * C);
+    matmulBackward(dln1, g(w.qkvw), g(w.qkvb), dqkv, acts.ln1[l], view(pm, w.qkvw), N, C, 3 * C);
     layernormBackwardRef({
       dinp: dres,
       dweight: g(w.ln1w),

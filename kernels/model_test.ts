@@ -3,42 +3,25 @@
  * and against central finite differences of the oracle's float64 forward pass.
  */
 import { deepEqual, equal, ok, rejects, throws } from "@std/assert";
-import { acquireGpu, type Gpu } from "./device.ts";
 import { getConfig, type GptConfig } from "./config.ts";
 import { createModel } from "./model.ts";
 import { initParams } from "./init.ts";
 import { pipelinedSteps } from "./pipeline.ts";
 import { referenceBackward, referenceForward } from "./model_reference.ts";
 import { adamwRef, gradNormRef } from "./reference.ts";
-import { assertClose, randomU32, rng, sameBits } from "./_testing.ts";
+import {
+  assertClose,
+  assertGradsClose,
+  perturbed,
+  randomU32,
+  rng,
+  sameBits,
+  withGpu,
+} from "./_testing.ts";
 
 const tiny = getConfig("tiny").model;
 /** Odd sizes: 1 layer, width 24, 3 heads (head size 8), context 7, vocabulary 13. */
 const odd: GptConfig = { nLayer: 1, nHead: 3, nEmbd: 24, blockSize: 7, vocabSize: 13 };
-
-async function withGpu(
-  fn: (gpu: Gpu) => Promise<void>,
-  adapterClass?: "cpu" | "gpu",
-): Promise<void> {
-  const gpu = await acquireGpu({ adapterClass });
-  try {
-    await fn(gpu);
-  } finally {
-    gpu.destroy();
-  }
-}
-
-/** A model whose parameters are GPT-2 init plus uniform noise (LayerNorm weights not 1, biases not 0). */
-async function perturbed(gpu: Gpu, config: GptConfig, batch: number, seed: number) {
-  const model = await createModel(gpu, config, { seed, batch });
-  const p = await model.getParams();
-  const r = rng(seed + 100);
-  for (const v of model.layout.views) {
-    for (let i = v.offset; i < v.offset + v.length; i++) p[i] += r(-0.1, 0.1);
-  }
-  model.setParams(p);
-  return { model, params: p };
-}
 
 /**
  * Odd sizes over 536 tokens: enough that the GPU family's weight gradients (k = tokens, small
@@ -56,20 +39,14 @@ const CASES = [
 for (const [label, config, batch, adapterClass] of CASES) {
   Deno.test(`GPU forward and backward match model_reference on ${label}`, async () => {
     await withGpu(async (gpu) => {
-      const { model, params } = await perturbed(gpu, config, batch, 5);
+      const { model, params } = await perturbed(gpu, config, { batch, seed: 5, precision: "f32" });
       const n = batch * config.blockSize;
       const inputs = randomU32(n, 1, config.vocabSize);
       const targets = randomU32(n, 2, config.vocabSize);
       const gpuOut = await model.computeGradients(inputs, targets);
       const ref = referenceBackward(config, params, inputs, targets, { batch });
       ok(Math.abs(gpuOut.loss - ref.loss) <= 1e-5 * ref.loss, `loss ${gpuOut.loss} vs ${ref.loss}`);
-      for (const v of model.layout.views) {
-        assertClose(
-          gpuOut.grads.subarray(v.offset, v.offset + v.length),
-          ref.grads.subarray(v.offset, v.offset + v.length),
-          { rtol: 1e-3, atol: 2e-6, label: `grad ${v.name}` },
-        );
-      }
+      assertGradsClose(model.layout.views, gpuOut.grads, ref.grads, { rtol: 1e-3, atol: 2e-6 });
       // Padding between views gets no gradient.
       for (let i = 0; i < gpuOut.grads.length; i++) {
         if (
@@ -94,7 +71,7 @@ for (const [label, config, batch, adapterClass] of CASES) {
 Deno.test("gradient check: GPU and reference gradients agree with central finite differences (tiny)", async () => {
   await withGpu(async (gpu) => {
     const batch = 2;
-    const { model, params } = await perturbed(gpu, tiny, batch, 9);
+    const { model, params } = await perturbed(gpu, tiny, { batch, seed: 9 });
     const n = batch * tiny.blockSize;
     const inputs = randomU32(n, 3, tiny.vocabSize);
     const targets = randomU32(n, 4, tiny.vocabSize);

@@ -8,9 +8,20 @@
  *
  * @module
  */
-import { type Command, intFlag, parseFlags, readInput, runCommand, UsageError } from "./cli.ts";
+import {
+  asUsageError,
+  type Command,
+  intFlag,
+  parseFlags,
+  PRECISION_FLAG,
+  precisionFlag,
+  readInput,
+  runCommand,
+  UsageError,
+} from "./cli.ts";
 import { acquireGpu } from "./device.ts";
 import { createModel } from "./model.ts";
+import type { Precision } from "./model_options.ts";
 import { bytesToText, generate } from "./sample.ts";
 import { loadGpt2 } from "../checkpoint/gpt2_safetensors.ts";
 
@@ -36,6 +47,7 @@ export const SAMPLE_COMMAND = {
     },
     "top-k": { value: "K", help: "draw from the K most likely bytes only (default 0: from all)" },
     seed: { value: "N", help: "sampling seed (default 1): the same seed gives the same text" },
+    ...PRECISION_FLAG,
     json: { type: "boolean", help: "print one JSON line with the prompt, the text and the speed" },
   },
 } as const satisfies Command;
@@ -49,6 +61,8 @@ export interface SampleArgs {
   temperature: number;
   topK: number;
   seed: number;
+  /** The matmul inputs' precision; undefined: the model's default for the adapter. */
+  precision?: Precision;
   json: boolean;
   help: boolean;
 }
@@ -81,6 +95,7 @@ export function parseSampleArgs(args: string[]): SampleArgs {
     temperature,
     topK: intFlag("top-k", v["top-k"], 0) ?? 0,
     seed: intFlag("seed", v.seed, 0) ?? 1,
+    precision: precisionFlag(v.precision),
     json: v.json ?? false,
     help: v.help ?? false,
   };
@@ -105,7 +120,10 @@ async function main(
 ): Promise<void> {
   const gpu = await acquireGpu();
   try {
-    const model = await createModel(gpu, ckpt.config, { batch: 1 });
+    const model = await createModel(gpu, ckpt.config, { batch: 1, precision: a.precision })
+      .catch((err) => {
+        throw asUsageError(err);
+      });
     model.setParams(ckpt.params);
     // Stream the text as it comes; the decoder holds back a partial UTF-8 sequence.
     const decoder = new TextDecoder();

@@ -68,7 +68,7 @@ const MATMUL = /^matmul_([^_]+)_(NN|NT|TN|TT)_(\d+)x(\d+)x(\d+)(.*)$/;
  * The group a dispatch label is reported under: matmuls by layout, shape and
  * fused epilogue (`matmul NT 4096x768x3072 +geluBackward`), attention forward
  * and backward, and the other kernels by name (layernorm forward/backward,
- * cross-entropy, embedding, grad norm, adamw).
+ * cross-entropy, embedding, grad norm, adamw, cast to f16).
  *
  * @example
  * ```ts
@@ -81,6 +81,8 @@ export function kernelKind(label: string): string {
   const mm = MATMUL.exec(label);
   if (mm) return `matmul ${mm[2]} ${mm[3]}x${mm[4]}x${mm[5]}${mm[6] ? ` ${mm[6]}` : ""}`;
   const head = label.split(" ")[0];
+  // cast_to_f16_{n}: the f16 copies of precision f16, one kind whatever their size.
+  if (head.startsWith("cast_to_")) return `cast to ${head.split("_")[2]}`;
   const names: Record<string, string> = {
     attentionForward: "attention forward",
     attentionBackward: "attention backward",

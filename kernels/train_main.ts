@@ -12,10 +12,13 @@
  * @module
  */
 import {
+  asUsageError,
   type Command,
   intFlag,
   numberFlag,
   parseFlags,
+  PRECISION_FLAG,
+  precisionFlag,
   ProgressLine,
   readInput,
   runCommand,
@@ -27,6 +30,7 @@ import { batchSampler, type Corpus, loadCorpus } from "./data.ts";
 import { acquireGpu, type Gpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
 import { createModel } from "./model.ts";
+import type { Precision } from "./model_options.ts";
 import { pipelinedSteps } from "./pipeline.ts";
 import { bytesToText, generate } from "./sample.ts";
 import { saveGpt2 } from "../checkpoint/gpt2_safetensors.ts";
@@ -81,6 +85,7 @@ export const TRAIN_COMMAND = {
       help: "bytes sampled after a newline at each evaluation, with the seed of --seed\n" +
         "(default 100; 0 = none)",
     },
+    ...PRECISION_FLAG,
     json: {
       type: "boolean",
       help: "one JSON object per line on stdout instead of the progress line",
@@ -105,6 +110,8 @@ export interface TrainArgs {
   evalEvery: number;
   evalWindows: number;
   sampleBytes: number;
+  /** The matmul inputs' precision; undefined: the model's default for the adapter. */
+  precision?: Precision;
   json: boolean;
   help: boolean;
 }
@@ -137,6 +144,7 @@ export function parseTrainArgs(args: string[]): TrainArgs {
     evalEvery: intFlag("eval-every", v["eval-every"], 0) ?? d.evalEvery,
     evalWindows: intFlag("eval-windows", v["eval-windows"]) ?? 1024,
     sampleBytes: intFlag("sample-bytes", v["sample-bytes"], 0) ?? 100,
+    precision: precisionFlag(v.precision),
     json: v.json ?? false,
     help: v.help ?? false,
   };
@@ -203,11 +211,10 @@ async function train(a: TrainArgs, corpus: Corpus): Promise<void> {
       seed: a.seed,
       batch: a.batch,
       gradAccum: a.gradAccum,
+      precision: a.precision,
     }).catch((err) => {
-      // A shape the device cannot hold is the flags' fault: exit 2, like other bad flags.
-      throw err instanceof RangeError && err.message.startsWith("Cannot build model")
-        ? new UsageError(err.message)
-        : err;
+      // A shape or precision the device cannot hold is the flags' fault: exit 2.
+      throw asUsageError(err);
     });
     // A step's N micro-batches are the rows of one N × batch draw: the same data as one batch
     // of that size.
@@ -223,6 +230,7 @@ async function train(a: TrainArgs, corpus: Corpus): Promise<void> {
       params: model.paramCount,
       batch: a.batch,
       grad_accum: a.gradAccum,
+      precision: model.precision,
       steps: a.steps,
       lr: a.lr,
       warmup: a.warmup,
@@ -240,7 +248,7 @@ async function train(a: TrainArgs, corpus: Corpus): Promise<void> {
         } params), ` +
           `batch ${a.batch}${
             a.gradAccum > 1 ? ` × ${a.gradAccum} micro-batches` : ""
-          }, ${a.steps} steps, lr ${a.lr}, data ${corpus.source} ` +
+          }, ${model.precision} matmul inputs, ${a.steps} steps, lr ${a.lr}, data ${corpus.source} ` +
           `(${corpus.train.length.toLocaleString("en-US")} train / ${
             corpus.val.length.toLocaleString("en-US")
           } val bytes), ` +
@@ -249,7 +257,9 @@ async function train(a: TrainArgs, corpus: Corpus): Promise<void> {
     }
     const evalOpts = { maxWindows: a.evalWindows, selection: "spread" as const };
     // Samples run on a batch-1 copy: the training batch's other rows would cost ~2.5x per byte.
-    const twin = a.sampleBytes > 0 ? await createModel(gpu, config, { batch: 1 }) : undefined;
+    const twin = a.sampleBytes > 0
+      ? await createModel(gpu, config, { batch: 1, precision: model.precision })
+      : undefined;
     const sample = async (step: number): Promise<{ sample?: string }> => {
       if (!twin) return {};
       twin.setParams(await model.getParams());

@@ -125,6 +125,27 @@ Deno.test("train and eval fail with GpuUnavailableError when there is no WebGPU 
   );
 });
 
+Deno.test("train and eval refuse --precision f16 by name where the device lacks shader-f16 (GL)", async () => {
+  // Mesa's GL backend offers no shader-f16; the flags asked for it: exit 2, before any step.
+  const env = { DENO_WEBGPU_BACKEND: "gl" };
+  const refused =
+    /Cannot use precision f16: the device lacks the shader-f16 feature \(.*backend gl/;
+  assertFails(
+    await train(
+      ["--data", dataFile, "--steps", "1", "--precision", "f16", "--out", `${dir}/gl16`],
+      env,
+    ),
+    new RegExp(`^train: ${refused.source}`),
+    2,
+  );
+  assertFails(
+    await evalCli(["--checkpoint", ckpt, "--data", dataFile, "--precision", "f16"], env),
+    new RegExp(`^eval: ${refused.source}`),
+    2,
+  );
+  assertFails(await train(["--precision", "bf16"]), /^train: Invalid --precision: "bf16"/, 2);
+});
+
 Deno.test("eval rejects missing, truncated and corrupt checkpoints", async () => {
   assertFails(await evalCli([]), /^eval: Missing --checkpoint FILE/, 2);
   assertFails(await evalCli(["--checkpoint", ckpt, "--nope"]), /^eval: Unknown option '--nope'/, 2);
