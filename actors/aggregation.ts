@@ -33,6 +33,7 @@ import {
 import { DEFAULT_OUTER, outerAt, type OuterOptimizer } from "./outer_optimizer.ts";
 import { applyUpdate, dequantizeInt8, quantizedNorm, quantizeInt8 } from "./int8_exchange.ts";
 import { nesterovStepRef } from "../kernels/reference.ts";
+import { checkFragments, type Piece, roundPiece } from "./fragments.ts";
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -110,6 +111,12 @@ export interface ShardAggregatorOptions {
   absurdFactor?: number;
   /** The clock, in ms (default `Date.now`). */
   now?: () => number;
+  /**
+   * Fragments of the run (default 1): round r aggregates only the piece of the
+   * shard that fragment r mod F covers (actors/fragments.ts); θ, momentum and
+   * residual of the other pieces wait for their rounds.
+   */
+  fragments?: number;
   /** Restore momentum, residual and norm history from a saved state. */
   restore?: Pick<AggregatorState, "momentum" | "residual" | "norms">;
 }
@@ -158,6 +165,7 @@ export class ShardAggregator {
   #slack: number;
   #absurd: number;
   #now: () => number;
+  #fragments: number;
   #view?: ViewMsg;
   #expected = new Set<string>();
   #accepted = new Map<string, Accepted>();
@@ -188,6 +196,9 @@ export class ShardAggregator {
     this.#slack = options.slack ?? 1;
     this.#absurd = options.absurdFactor ?? 100;
     this.#now = options.now ?? Date.now;
+    this.#fragments = checkFragments(options.fragments ?? 1);
+    // Refuses a fragment count that would leave a piece of this shard empty.
+    roundPiece(shard, 0, this.#fragments, this.#block);
     this.#openedAt = this.#now();
   }
 
@@ -199,6 +210,11 @@ export class ShardAggregator {
   /** The shard this aggregator owns. */
   get shard(): Shard {
     return this.#shard;
+  }
+
+  /** The piece of the shard round `round` aggregates (the whole shard with one fragment). */
+  piece(round: number = this.#round): Piece {
+    return roundPiece(this.#shard, round, this.#fragments, this.#block);
   }
 
   /** A copy of θ of the shard at the start of the open round. */
@@ -291,12 +307,15 @@ export class ShardAggregator {
     if (this.#accepted.has(m.trainer)) {
       return this.#reject(m, "duplicate", `${who}: already counted`);
     }
-    const blocks = Math.ceil(this.#shard.length / this.#block);
-    if (m.n !== this.#shard.length || m.q.length !== m.n || m.scales.length !== blocks) {
+    const { lo, hi } = this.piece();
+    const blocks = Math.ceil((hi - lo) / this.#block);
+    if (m.n !== hi - lo || m.q.length !== m.n || m.scales.length !== blocks) {
       return this.#reject(
         m,
         "wrong_shape",
-        `${who}: n=${m.n} q=${m.q.length} scales=${m.scales.length}, expected n=${this.#shard.length} scales=${blocks}`,
+        `${who}: n=${m.n} q=${m.q.length} scales=${m.scales.length}, expected n=${
+          hi - lo
+        } scales=${blocks}`,
       );
     }
     if (!Number.isFinite(m.loss)) return this.#reject(m, "non_finite", `${who}: loss ${m.loss}`);
@@ -382,7 +401,12 @@ export class ShardAggregator {
     if (entries.length === 0) {
       throw new RangeError(`Cannot close round ${this.#round}: no contribution accepted`);
     }
-    const n = this.#shard.length;
+    // With fragments, only this round's piece of the shard moves.
+    const { lo: plo, hi: phi } = this.piece();
+    const n = phi - plo;
+    const thetaP = this.#theta.subarray(plo, phi);
+    const momentumP = this.#momentum.subarray(plo, phi);
+    const residualP = this.#residual.subarray(plo, phi);
     const block = this.#block;
     let tokens = 0;
     for (const e of entries) tokens += e.msg.tokens;
@@ -401,20 +425,20 @@ export class ShardAggregator {
     }
     // Nesterov SGD (PyTorch): m = mu m + Δ; θ' = θ − lr (Δ + mu m). The update
     // to send is θ' − θ plus what earlier rounds' int8 codes left out.
-    const target = new Float32Array(this.#theta);
+    const target = new Float32Array(thetaP);
     const step = outerAt(this.#outer, this.#round);
     nesterovStepRef(
-      { theta: target, momentum: this.#momentum, delta },
+      { theta: target, momentum: momentumP, delta },
       { n, lr: step.lr, mu: step.momentum },
     );
     const d = new Float32Array(n);
     for (let i = 0; i < n; i++) {
-      d[i] = Math.fround(target[i] - this.#theta[i]) + this.#residual[i];
+      d[i] = Math.fround(target[i] - thetaP[i]) + residualP[i];
     }
     const { q, scales } = quantizeInt8(d, { block });
     const applied = dequantizeInt8(q, scales, { block });
-    for (let i = 0; i < n; i++) this.#residual[i] = d[i] - applied[i];
-    applyUpdate(this.#theta, { q, scales }, { block });
+    for (let i = 0; i < n; i++) residualP[i] = d[i] - applied[i];
+    applyUpdate(thetaP, { q, scales }, { block });
     for (const e of entries) this.#norms.push(e.norm);
     if (this.#norms.length > 32) this.#norms.splice(0, this.#norms.length - 32);
     const update: UpdateMsg = {

@@ -1,0 +1,94 @@
+/**
+ * The overlapped outer step: how a trainer goes on training while its
+ * round's pseudo-gradient is on the network, and how the round's global
+ * update is merged into its running parameters once it arrives.
+ *
+ * Three vectors, per trainer:
+ * - θ_r, the global parameters of round r: the same bits on every trainer
+ *   and aggregator (the trainer actor applies the aggregators' int8 updates
+ *   to its copy with {@linkcode applyUpdate}; the run hashes it).
+ * - the running parameters: what the trainer's Worker trains, its own.
+ * - Δ_r = θ_r − (running parameters at the end of round r's inner phase),
+ *   the pseudo-gradient it sends (fp32 on the GPU, int8 on the wire).
+ *
+ * Blocking (the classic design): the trainer waits for θ_{r+1} and restarts
+ * its running parameters from it. Overlapped: it sends Δ_r and goes straight
+ * on with round r+1's inner steps from its running parameters; when θ_{r+1}
+ * arrives, between two inner steps, the local move of round r is replaced by
+ * the global one:
+ *
+ *   running ← running + ((θ_{r+1} − θ_r) + Δ_r)
+ *
+ * which is θ_{r+1} + (the steps taken since round r's end): the running
+ * parameters after the merge are exactly what they would be had the trainer
+ * restarted from θ_{r+1} and taken those steps, except that the gradients of
+ * the steps before the merge were taken at the older point. Round r+1's
+ * pseudo-gradient is then measured against θ_{r+1}, like a blocking
+ * trainer's. A trainer waits only at the end of round r+1's inner phase, and
+ * only if θ_{r+1} has still not arrived (it is more than one round behind).
+ * AdamW's moments are kept throughout, as they are across blocking rounds.
+ *
+ * With fragments (actors/fragments.ts), the same merge runs on the ranges
+ * the round synchronised; the rest of the running parameters stay local.
+ *
+ * @module
+ */
+
+/** How the outer step meets the inner steps. */
+export type SyncMode = "blocking" | "overlapped";
+
+/** The sync modes, in the order `--help` lists them. */
+export const SYNC_MODES: readonly SyncMode[] = ["blocking", "overlapped"];
+
+/**
+ * Checks a sync mode; the RangeError names `what` (a flag or a field).
+ *
+ * @example
+ * ```ts
+ * import { checkSync } from "./overlap.ts";
+ * console.log(checkSync("overlapped", "--sync")); // "overlapped"
+ * ```
+ */
+export function checkSync(mode: unknown, what = "sync"): SyncMode {
+  if (!SYNC_MODES.includes(mode as SyncMode)) {
+    throw new RangeError(
+      `Invalid ${what}: expected ${SYNC_MODES.join(" or ")}, got ${JSON.stringify(mode)}`,
+    );
+  }
+  return mode as SyncMode;
+}
+
+/**
+ * Whether trainers keep their running parameters across rounds (overlapped,
+ * or fragments: a round replaces only part of them) instead of restarting
+ * from θ_r every round.
+ */
+export function keepsRunning(s: { sync?: SyncMode; fragments?: number }): boolean {
+  return s.sync === "overlapped" || (s.fragments ?? 1) > 1;
+}
+
+/**
+ * The merge on [lo, hi), in f32, the TypeScript twin of the Worker's
+ * kernels/overlap_merge.ts: running += (incoming − global) + delta, then
+ * global = incoming, where `global` is θ_r, `incoming` θ_{r+1} and `delta`
+ * Δ_r (all of the flat vector).
+ *
+ * @example
+ * ```ts
+ * import { mergeRange } from "./overlap.ts";
+ * const running = new Float32Array([0.5]), global = new Float32Array([1]);
+ * mergeRange({ running, global, incoming: new Float32Array([2]), delta: new Float32Array([0.5]) },
+ *   { lo: 0, hi: 1 });
+ * console.log(running[0], global[0]); // 2 2
+ * ```
+ */
+export function mergeRange(
+  v: { running: Float32Array; global: Float32Array; incoming: Float32Array; delta: Float32Array },
+  range: { lo: number; hi: number },
+): void {
+  const { running, global, incoming, delta } = v;
+  for (let i = range.lo; i < range.hi; i++) {
+    running[i] = running[i] + Math.fround(Math.fround(incoming[i] - global[i]) + delta[i]);
+    global[i] = incoming[i];
+  }
+}
