@@ -30,6 +30,8 @@ import {
 import { runEmbedded } from "./embedded.ts";
 import type { RunEvent } from "./monitor.ts";
 import { runNetworked } from "./networked.ts";
+import { checkSync } from "./overlap.ts";
+import { checkFragments } from "./fragments.ts";
 import {
   checkResumeRound,
   resumeCursors,
@@ -87,6 +89,11 @@ ${SHAPE_HELP.replace(/^ {2}(--\S+ N) +/gm, (_, f) => `  ${f.padEnd(20)}  `)}
   --outer-preset NAME   ${
   Object.keys(OUTER_PRESETS).join(", ")
 } (diloco = lr ${DILOCO_PAPER_OUTER.lr}, momentum ${DILOCO_PAPER_OUTER.momentum})
+  --sync MODE           blocking (default): trainers wait for each round's update; overlapped:
+                        they go on with the next round's inner steps and merge the update in
+                        when it arrives (joiners take the host's)
+  --overlap             the same as --sync overlapped
+  --fragments F         synchronise the parameters in F fragments, one per round (default 1)
   --seed N              init and sampling seed (default 1)
   --json                one JSON object per line
   --help                this text
@@ -177,6 +184,9 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       "outer-momentum": { type: "string" },
       "outer-warmup": { type: "string" },
       "outer-preset": { type: "string" },
+      sync: { type: "string" },
+      overlap: { type: "boolean" },
+      fragments: { type: "string" },
       seed: { type: "string" },
       json: { type: "boolean" },
       help: { type: "boolean" },
@@ -224,6 +234,10 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       `Invalid --role: joining as "${role}" is not supported yet (trainer or keeper)`,
     );
   }
+  if (values.overlap && values.sync !== undefined && values.sync !== "overlapped") {
+    throw new TypeError(`Invalid flags: --overlap and --sync ${values.sync} contradict`);
+  }
+  const sync = values.overlap ? "overlapped" : values.sync;
   const embedded = !values.host && !values.join;
   if (values.resume !== undefined && values.join) {
     throw new TypeError("Invalid flags: --resume restarts a run from its host; not with --join");
@@ -245,6 +259,10 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       warmupRounds: intArg("outer-warmup", values["outer-warmup"], preset.warmupRounds ?? 0),
     },
     ...(values.data ? { dataPath: values.data } : {}),
+    ...(sync !== undefined ? { sync: checkSync(sync, "--sync") } : {}),
+    ...(values.fragments !== undefined
+      ? { fragments: checkFragments(intArg("fragments", values.fragments, 1, 1), "--fragments") }
+      : {}),
     seed: intArg("seed", values.seed, 1),
     host: values.host,
     join: values.join,
@@ -383,6 +401,9 @@ export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
     seed: "seed",
     batch: "batch",
     "grad-accum": "gradAccum",
+    sync: "sync",
+    overlap: "sync",
+    fragments: "fragments",
   };
   const out: NodeArgs = { ...args };
   const set = out as unknown as Record<string, unknown>;

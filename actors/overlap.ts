@@ -58,6 +58,16 @@ export function checkSync(mode: unknown, what = "sync"): SyncMode {
   return mode as SyncMode;
 }
 
+/** A run's sync mode and fragments as trainer options (absent when defaults). */
+export function syncOptions(
+  s: { sync?: SyncMode; fragments?: number },
+): { sync?: SyncMode; fragments?: number } {
+  return {
+    ...(s.sync !== undefined ? { sync: s.sync } : {}),
+    ...(s.fragments !== undefined ? { fragments: s.fragments } : {}),
+  };
+}
+
 /**
  * Whether trainers keep their running parameters across rounds (overlapped,
  * or fragments: a round replaces only part of them) instead of restarting
@@ -67,28 +77,5 @@ export function keepsRunning(s: { sync?: SyncMode; fragments?: number }): boolea
   return s.sync === "overlapped" || (s.fragments ?? 1) > 1;
 }
 
-/**
- * The merge on [lo, hi), in f32, the TypeScript twin of the Worker's
- * kernels/overlap_merge.ts: running += (incoming − global) + delta, then
- * global = incoming, where `global` is θ_r, `incoming` θ_{r+1} and `delta`
- * Δ_r (all of the flat vector).
- *
- * @example
- * ```ts
- * import { mergeRange } from "./overlap.ts";
- * const running = new Float32Array([0.5]), global = new Float32Array([1]);
- * mergeRange({ running, global, incoming: new Float32Array([2]), delta: new Float32Array([0.5]) },
- *   { lo: 0, hi: 1 });
- * console.log(running[0], global[0]); // 2 2
- * ```
- */
-export function mergeRange(
-  v: { running: Float32Array; global: Float32Array; incoming: Float32Array; delta: Float32Array },
-  range: { lo: number; hi: number },
-): void {
-  const { running, global, incoming, delta } = v;
-  for (let i = range.lo; i < range.hi; i++) {
-    running[i] = running[i] + Math.fround(Math.fround(incoming[i] - global[i]) + delta[i]);
-    global[i] = incoming[i];
-  }
-}
+/** The merge's TypeScript twin (the Worker runs kernels/overlap_merge.ts on the GPU). */
+export { mergeRangeRef as mergeRange } from "../kernels/overlap_merge.ts";

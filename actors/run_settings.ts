@@ -8,6 +8,8 @@
  * @module
  */
 import type { OuterOptimizer } from "./outer_optimizer.ts";
+import { checkSync, type SyncMode } from "./overlap.ts";
+import { checkFragments, roundPiece } from "./fragments.ts";
 import { DEFAULT_BLOCK, type ReportCursor } from "./run_protocol.ts";
 import type { WorkerInit } from "./trainer_worker.ts";
 import { describeConfig, getConfig, type GptConfig } from "../kernels/config.ts";
@@ -51,6 +53,13 @@ export interface RunSettings {
   gradAccum?: number;
   /** Inner warm-up steps of each trainer's own optimizer (default: the config's). */
   innerWarmup?: number;
+  /**
+   * The outer step blocking (default) or overlapped with the next round's
+   * inner steps (actors/overlap.ts); every trainer of the run uses the host's.
+   */
+  sync?: SyncMode;
+  /** Fragments synchronised in turn, one per round (default 1; actors/fragments.ts). */
+  fragments?: number;
 }
 /** Length of the flat parameter vector of a named config or a shape (padding included). */
 export function paramLength(config: string | GptConfig): number {
@@ -103,7 +112,29 @@ export function runSettingsOf(o: RunSettings): RunSettings {
     ...(o.innerLr !== undefined ? { innerLr: o.innerLr } : {}),
     ...(o.batch !== undefined ? { batch: o.batch } : {}),
     ...(o.gradAccum !== undefined ? { gradAccum: o.gradAccum } : {}),
+    ...(o.sync !== undefined ? { sync: o.sync } : {}),
+    ...(o.fragments !== undefined ? { fragments: o.fragments } : {}),
   };
+}
+
+/**
+ * Checks a run's sync mode and fragments against its shard map: every shard
+ * must have at least one block per fragment. The RangeError names the field.
+ *
+ * @example
+ * ```ts
+ * import { checkSyncSettings } from "./run_settings.ts";
+ * checkSyncSettings({ sync: "overlapped", fragments: 2 }, [{ length: 4096 }]);
+ * ```
+ */
+export function checkSyncSettings(
+  s: Pick<RunSettings, "sync" | "fragments">,
+  shards: readonly { length: number }[],
+): void {
+  if (s.sync !== undefined) checkSync(s.sync, "sync");
+  if (s.fragments === undefined) return;
+  const f = checkFragments(s.fragments, "fragments");
+  for (const shard of shards) roundPiece(shard, 0, f, DEFAULT_BLOCK);
 }
 
 /** Whether a value read back from a checkpoint is a data cursor (kernels/data.ts `DataCursor`). */
