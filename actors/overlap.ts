@@ -58,6 +58,16 @@ export function checkSync(mode: unknown, what = "sync"): SyncMode {
   return mode as SyncMode;
 }
 
+/**
+ * The default bound τ on how many inner steps of round r+1 may run before
+ * round r's update is merged: half a round. A trainer whose update has not
+ * arrived by then waits for it, so the steps taken at the older point, and
+ * what they can cost the loss, stay bounded whatever the network does.
+ */
+export function defaultOverlapSteps(innerSteps: number): number {
+  return Math.max(1, Math.ceil(innerSteps / 2));
+}
+
 /** A run's sync mode and fragments as trainer options (absent when defaults). */
 export function syncOptions(
   s: { sync?: SyncMode; fragments?: number },

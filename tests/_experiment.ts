@@ -45,7 +45,7 @@ import {
   type OuterOptimizer,
 } from "../actors/outer_optimizer.ts";
 import { DEFAULT_BLOCK, shardMap } from "../actors/run_protocol.ts";
-import { keepsRunning, mergeRange, type SyncMode } from "../actors/overlap.ts";
+import { defaultOverlapSteps, keepsRunning, mergeRange, type SyncMode } from "../actors/overlap.ts";
 import { roundRanges } from "../actors/fragments.ts";
 import { engineSettings, paramLength } from "../actors/run_settings.ts";
 import { runEmbedded } from "../actors/embedded.ts";
@@ -83,11 +83,12 @@ export interface ExperimentConfig {
   /** The outer step blocking (default) or overlapped with the next round's inner steps. */
   sync?: SyncMode;
   /**
-   * Overlapped only: the inner step of round r+1 before which round r's
-   * update is merged (0 to H; default H, the latest a real trainer merges
-   * before it would wait, so the staleness is the most it can be).
+   * Overlapped only: τ, the inner step of round r+1 before which round r's
+   * update is merged (0 to H; default {@linkcode defaultOverlapSteps}). A
+   * real trainer merges as soon as the update arrives and waits for it at
+   * step τ at the latest, so τ bounds the staleness this models.
    */
-  mergeStep?: number;
+  overlapSteps?: number;
   /** Fragments synchronised in turn, one per round (default 1: the whole vector). */
   fragments?: number;
 }
@@ -147,6 +148,8 @@ export interface DilocoDefaults {
   outer: OuterOptimizer;
   innerReset?: boolean;
   innerSchedule?: "run" | "round";
+  /** τ of the overlapped rows (default {@linkcode defaultOverlapSteps}). */
+  overlapSteps?: number;
 }
 
 /**
@@ -235,6 +238,17 @@ export function standardConfigs(
       outer: d.outer,
       exchange: "int8",
       sync: "overlapped",
+      ...(diloco.overlapSteps !== undefined ? { overlapSteps: diloco.overlapSteps } : {}),
+    },
+    {
+      ...base,
+      name: "diloco-overlap-late",
+      description: `DiLoCo, ${k} trainers, int8, overlapped, merged a full round late`,
+      kind: "diloco",
+      outer: d.outer,
+      exchange: "int8",
+      sync: "overlapped",
+      overlapSteps: d.innerSteps,
     },
     {
       ...base,
@@ -245,6 +259,7 @@ export function standardConfigs(
       exchange: "int8",
       sync: "overlapped",
       fragments: 2,
+      ...(diloco.overlapSteps !== undefined ? { overlapSteps: diloco.overlapSteps } : {}),
     },
     {
       ...base,
@@ -431,7 +446,9 @@ async function runDiloco(
     // Overlapped or fragmented: each trainer's running parameters and its
     // last pseudo-gradient (the Worker's delta buffer) live across rounds.
     const keep = keepsRunning({ sync: c.sync, fragments });
-    const mergeAt = c.sync === "overlapped" ? Math.min(H, Math.max(0, c.mergeStep ?? H)) : 0;
+    const mergeAt = c.sync === "overlapped"
+      ? Math.min(H, Math.max(0, c.overlapSteps ?? defaultOverlapSteps(H)))
+      : 0;
     const lastDelta = models.map(() => new Float32Array(n));
     /** θ_r of the ranges merged last: what `mergeRange` needs as "global". */
     let previousTheta = new Float32Array(theta);

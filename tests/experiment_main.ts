@@ -50,6 +50,8 @@ Options:
 })
   --inner-reset        zero each trainer's AdamW moments every round (in-process rows only)
   --inner-schedule S   run (one cosine over the run, default) or round (restart each round)
+  --overlap-steps T    inner steps of the next round an overlapped row runs before the
+                       update is merged (default: half a round; diloco-overlap-late: H)
   --eval-windows N     validation windows for the final loss (default 1024)
   --data-shards N      data shards (chunks of the stream dealt round-robin); trainer i reads shard i (default 16,
                        the run's); single trainers read the whole stream
@@ -101,6 +103,7 @@ function flags(argv: string[]) {
         "outer-warmup": { type: "string" },
         "inner-reset": { type: "boolean" },
         "inner-schedule": { type: "string" },
+        "overlap-steps": { type: "string" },
         "eval-windows": { type: "string" },
         "data-shards": { type: "string" },
         json: { type: "boolean" },
@@ -148,6 +151,9 @@ export function parseExperimentArgs(argv: string[]): ExperimentArgs {
     outer,
     innerReset: values["inner-reset"] ?? false,
     innerSchedule: schedule,
+    ...(values["overlap-steps"] !== undefined
+      ? { overlapSteps: int("overlap-steps", values["overlap-steps"], 0, 0) }
+      : {}),
   });
   const wanted = values.configs?.split(",").map((x: string) => x.trim()).filter((x: string) => x) ??
     all.map((c) => c.name);
