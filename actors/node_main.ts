@@ -34,10 +34,14 @@ import { checkSync } from "./overlap.ts";
 import { checkFragments } from "./fragments.ts";
 import {
   checkResumeRound,
+  checkSyncSettings,
+  paramLength,
   resumeCursors,
   resumedTrainers,
+  runModel,
   type RunSettings,
 } from "./run_settings.ts";
+import { shardMap } from "./run_protocol.ts";
 import { CONFIGS } from "../kernels/config.ts";
 import {
   resolveShape,
@@ -93,6 +97,8 @@ ${SHAPE_HELP.replace(/^ {2}(--\S+ N) +/gm, (_, f) => `  ${f.padEnd(20)}  `)}
                         they go on with the next round's inner steps and merge the update in
                         when it arrives (joiners take the host's)
   --overlap             the same as --sync overlapped
+  --overlap-steps T     overlapped: inner steps of the next round that may run before the
+                        update is merged; a trainer waits for it there (default: half a round)
   --fragments F         synchronise the parameters in F fragments, one per round (default 1)
   --seed N              init and sampling seed (default 1)
   --json                one JSON object per line
@@ -187,6 +193,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       sync: { type: "string" },
       overlap: { type: "boolean" },
       fragments: { type: "string" },
+      "overlap-steps": { type: "string" },
       seed: { type: "string" },
       json: { type: "boolean" },
       help: { type: "boolean" },
@@ -243,7 +250,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
     throw new TypeError("Invalid flags: --resume restarts a run from its host; not with --join");
   }
   if (values.resume === "") throw new RangeError("Invalid --resume: expected a run directory");
-  return {
+  const parsed: NodeArgs = {
     run: values["run-id"] ?? "run",
     config,
     ...(Object.keys(model).length ? { model } : {}),
@@ -262,6 +269,9 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
     ...(sync !== undefined ? { sync: checkSync(sync, "--sync") } : {}),
     ...(values.fragments !== undefined
       ? { fragments: checkFragments(intArg("fragments", values.fragments, 1, 1), "--fragments") }
+      : {}),
+    ...(values["overlap-steps"] !== undefined
+      ? { overlapSteps: intArg("overlap-steps", values["overlap-steps"], 1, 1) }
       : {}),
     seed: intArg("seed", values.seed, 1),
     host: values.host,
@@ -282,6 +292,13 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
     json: values.json ?? false,
     help: values.help ?? false,
   };
+  const shards = shardMap(paramLength(runModel(parsed)), { aggregators: ["a"] });
+  checkSyncSettings(parsed, shards, {
+    sync: "--sync",
+    fragments: "--fragments",
+    overlapSteps: "--overlap-steps",
+  });
+  return parsed;
 }
 
 /** Prints events as JSON lines or as readable progress, and appends them to the run log. */
@@ -404,6 +421,7 @@ export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
     sync: "sync",
     overlap: "sync",
     fragments: "fragments",
+    "overlap-steps": "overlapSteps",
   };
   const out: NodeArgs = { ...args };
   const set = out as unknown as Record<string, unknown>;

@@ -70,11 +70,12 @@ export function defaultOverlapSteps(innerSteps: number): number {
 
 /** A run's sync mode and fragments as trainer options (absent when defaults). */
 export function syncOptions(
-  s: { sync?: SyncMode; fragments?: number },
-): { sync?: SyncMode; fragments?: number } {
+  s: { sync?: SyncMode; fragments?: number; overlapSteps?: number },
+): { sync?: SyncMode; fragments?: number; overlapSteps?: number } {
   return {
     ...(s.sync !== undefined ? { sync: s.sync } : {}),
     ...(s.fragments !== undefined ? { fragments: s.fragments } : {}),
+    ...(s.overlapSteps !== undefined ? { overlapSteps: s.overlapSteps } : {}),
   };
 }
 

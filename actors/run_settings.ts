@@ -60,6 +60,11 @@ export interface RunSettings {
   sync?: SyncMode;
   /** Fragments synchronised in turn, one per round (default 1; actors/fragments.ts). */
   fragments?: number;
+  /**
+   * Overlapped: τ, the inner steps of the next round that may run before a
+   * round's update is merged (1 to H; default half a round).
+   */
+  overlapSteps?: number;
 }
 /** Length of the flat parameter vector of a named config or a shape (padding included). */
 export function paramLength(config: string | GptConfig): number {
@@ -114,6 +119,7 @@ export function runSettingsOf(o: RunSettings): RunSettings {
     ...(o.gradAccum !== undefined ? { gradAccum: o.gradAccum } : {}),
     ...(o.sync !== undefined ? { sync: o.sync } : {}),
     ...(o.fragments !== undefined ? { fragments: o.fragments } : {}),
+    ...(o.overlapSteps !== undefined ? { overlapSteps: o.overlapSteps } : {}),
   };
 }
 
@@ -128,13 +134,35 @@ export function runSettingsOf(o: RunSettings): RunSettings {
  * ```
  */
 export function checkSyncSettings(
-  s: Pick<RunSettings, "sync" | "fragments">,
+  s: Pick<RunSettings, "sync" | "fragments" | "overlapSteps" | "innerSteps">,
   shards: readonly { length: number }[],
+  names: { sync: string; fragments: string; overlapSteps: string } = {
+    sync: "sync",
+    fragments: "fragments",
+    overlapSteps: "overlapSteps",
+  },
 ): void {
-  if (s.sync !== undefined) checkSync(s.sync, "sync");
+  if (s.sync !== undefined) checkSync(s.sync, names.sync);
+  if (s.overlapSteps !== undefined) {
+    const t = s.overlapSteps;
+    if (s.sync !== "overlapped") {
+      throw new RangeError(
+        `Invalid ${names.overlapSteps}: only an overlapped run (${names.sync} overlapped) merges late`,
+      );
+    }
+    if (!Number.isSafeInteger(t) || t < 1 || t > s.innerSteps) {
+      throw new RangeError(
+        `Invalid ${names.overlapSteps}: expected an integer from 1 to H = ${s.innerSteps}, got ${t}`,
+      );
+    }
+  }
   if (s.fragments === undefined) return;
-  const f = checkFragments(s.fragments, "fragments");
-  for (const shard of shards) roundPiece(shard, 0, f, DEFAULT_BLOCK);
+  const f = checkFragments(s.fragments, names.fragments);
+  try {
+    for (const shard of shards) roundPiece(shard, 0, f, DEFAULT_BLOCK);
+  } catch (err) {
+    throw new RangeError(String((err as Error).message).replace("fragments", names.fragments));
+  }
 }
 
 /** Whether a value read back from a checkpoint is a data cursor (kernels/data.ts `DataCursor`). */

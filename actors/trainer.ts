@@ -45,7 +45,7 @@ import { aggregatorStateSource, type StartStateSource } from "./start_state.ts";
 import { injectPoison, type TrainerFault } from "./trainer_faults.ts";
 import { encode } from "../transport/codec.ts";
 import { tensorChecksum } from "./_checksum.ts";
-import { keepsRunning, type SyncMode } from "./overlap.ts";
+import { defaultOverlapSteps, keepsRunning, type SyncMode } from "./overlap.ts";
 import { roundPiece, roundRanges } from "./fragments.ts";
 
 /** What a trainer reports besides its round reports. */
@@ -77,6 +77,12 @@ export interface TrainerOptions {
   sync?: SyncMode;
   /** Fragments synchronised in turn, one per round (default 1; actors/fragments.ts). */
   fragments?: number;
+  /**
+   * Overlapped: τ, the inner steps of round r+1 that may run before round r's
+   * update is merged; the Worker waits there for it (default
+   * {@linkcode defaultOverlapSteps}).
+   */
+  overlapSteps?: number;
   /** Heartbeat interval, ms (default 2000). */
   heartbeatMs?: number;
   /** Where start states come from (default {@linkcode aggregatorStateSource}). */
@@ -148,6 +154,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   };
   const overlapped = options.sync === "overlapped";
   const fragments = options.fragments ?? 1;
+  const overlapSteps = options.overlapSteps ?? defaultOverlapSteps(options.innerSteps);
   /** The Worker keeps its running parameters across rounds (actors/overlap.ts). */
   const keep = keepsRunning({ sync: options.sync, fragments });
   /** Round `round`'s contributions are out and its update not yet applied. */
@@ -220,7 +227,9 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     pendingInner = undefined;
     fresh = true;
     timeOf.clear();
-    // An inner phase still running is discarded when it ends.
+    // An inner phase still running is discarded when it ends; if it waits
+    // for a merge that will not come now, it runs on.
+    if (phase === "inner" && overlapped) worker?.post({ op: "release" });
     if (phase === "blocked") phase = "idle";
   };
 
@@ -268,6 +277,10 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       round: r,
       ...(restart ? { theta: new Float32Array(theta!) } : {}),
       ...(keep ? { keep } : {}),
+      // Overlapped a round ahead: the open round's update is merged by step τ.
+      ...(r > round && overlapSteps < options.innerSteps
+        ? { mergeBy: { round, step: overlapSteps } }
+        : {}),
       steps: options.innerSteps,
       dataShard: shard,
       ...(resumeAt ? { cursor: resumeAt } : {}),
@@ -591,7 +604,8 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         case "_inner_done": {
           const reply = ctl.reply;
           const now = performance.now();
-          addTime(reply.round, "inner", now - innerStart);
+          addTime(reply.round, "inner", now - innerStart - reply.waitedMs);
+          addTime(reply.round, "blocked", reply.waitedMs);
           if (reply.cursor) cursor = reply.cursor;
           phase = "idle";
           if (theta !== undefined && awaiting && reply.round === round + 1) {

@@ -65,6 +65,12 @@ export interface WorkerRound {
    * request. Without it the answer carries the pseudo-gradient.
    */
   keep?: boolean;
+  /**
+   * Overlapped: the merge of round `round` must be in before inner step
+   * `step`; the phase waits for it there if it has not arrived (the wait
+   * comes back as `waitedMs`).
+   */
+  mergeBy?: { round: number; step: number };
   /** Inner steps H. */
   steps: number;
   /** This trainer's shard of the training stream (it may change when it rejoins). */
@@ -92,6 +98,14 @@ export interface WorkerMerge {
   round: number;
   /** Ranges of θ_{round+1}: `values` starts at element `lo` (a multiple of the block). */
   pieces: { lo: number; values: Float32Array }[];
+}
+
+/**
+ * Ends a wait for a merge that will not come (the trainer dropped its θ and
+ * fetches the current one); the inner phase runs on, and is discarded.
+ */
+export interface WorkerRelease {
+  op: "release";
 }
 
 /** Evaluate θ on the validation stream. */
@@ -143,8 +157,10 @@ export interface RoundReply extends DeltaReply {
   loss: number;
   /** Tokens processed. */
   tokens: number;
-  /** Wall time of the inner phase, ms. */
+  /** Wall time of the inner phase, ms (waits for a merge included). */
   innerMs: number;
+  /** Time the phase waited for a merge (`mergeBy`), ms. */
+  waitedMs: number;
   /** The sampler's cursor after the inner steps: where this data shard goes on next round. */
   cursor: DataCursor;
 }
@@ -253,20 +269,24 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
           shard: ds,
         });
       }
+      released = false;
       if (req.theta) {
         e.model.setParams(req.theta);
         e.gpu.write(e.global, req.theta);
         // Merges of rounds before this θ are in it already.
         dropMergesBefore(req.round);
+        mergedThrough = req.round - 1;
       } else if (!req.keep) {
         throw new RangeError("Invalid round request: θ is needed unless the parameters are kept");
       }
       let sum = 0;
+      let waitedMs = 0;
       // Two steps in flight: the device starts step i+1 while step i's loss is read back.
       await pipelinedSteps(e.model, req.steps, async (i) => {
         if (req.fault && i === Math.min(req.fault.atStep, req.steps - 1)) {
           await injectFault(e, req.fault);
         }
+        if (req.mergeBy && i === req.mergeBy.step) waitedMs += await awaitMerge(req.mergeBy.round);
         // A global update that arrived during the phase goes in between two steps.
         if (req.keep) applyMerges(e);
         const { inputs, targets } = e.sampler!.next();
@@ -281,6 +301,7 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
         loss: sum / Math.max(1, req.steps),
         tokens,
         innerMs: performance.now() - start,
+        waitedMs,
         cursor: e.sampler.cursor,
       };
       return req.keep ? phase : { ...phase, ...(await pseudoGradient(e, req.round)) };
@@ -324,8 +345,24 @@ async function pseudoGradient(e: Engine, round: number): Promise<DeltaReply> {
 /** Merges that arrived and wait for the next step boundary, oldest first. */
 let merges: WorkerMerge[] = [];
 
+/** The last round whose update the running parameters hold. */
+let mergedThrough = -1;
+/** Resolves the wait of {@linkcode awaitMerge} when a merge or a release arrives. */
+let arrived: (() => void) | undefined;
+let released = false;
+
 function dropMergesBefore(round: number): void {
   merges = merges.filter((m) => m.round >= round);
+}
+
+/** Waits until round `round`'s merge is in or on its way in (or a release); returns the ms waited. */
+async function awaitMerge(round: number): Promise<number> {
+  const t0 = performance.now();
+  while (mergedThrough < round && !merges.some((m) => m.round >= round) && !released) {
+    await new Promise<void>((resolve) => arrived = resolve);
+  }
+  arrived = undefined;
+  return performance.now() - t0;
 }
 
 /**
@@ -352,6 +389,7 @@ function applyMerges(e: Engine): void {
       e.gpu.write(e.incoming, p.values, p.lo * 4);
       e.gpu.run([d]);
     }
+    mergedThrough = Math.max(mergedThrough, m.round);
   }
   merges = [];
 }
@@ -399,9 +437,11 @@ scope.postMessage({ op: "thread", thread: workerThreadId() } satisfies ThreadHel
 // Requests are handled one at a time, in order; a merge is taken at once, to
 // go in between the steps of the inner phase that is running.
 let queue = Promise.resolve();
-scope.onmessage = (ev: MessageEvent<WorkerRequest | WorkerMerge>) => {
-  if (ev.data.op === "merge") {
-    merges.push(ev.data);
+scope.onmessage = (ev: MessageEvent<WorkerRequest | WorkerMerge | WorkerRelease>) => {
+  if (ev.data.op === "merge" || ev.data.op === "release") {
+    if (ev.data.op === "merge") merges.push(ev.data);
+    else released = true;
+    arrived?.();
     return;
   }
   const req = ev.data;
