@@ -75,3 +75,44 @@ Deno.test({
     ok(summary.last_loss < summary.first_loss, `${summary.first_loss} -> ${summary.last_loss}`);
   },
 });
+
+Deno.test({
+  name: "embedded run, overlapped with 2 fragments: θ equal every round through crashes",
+  sanitizeOps: false, // Worker termination settles its ops after the test's end
+  async fn() {
+    const events: RunEvent[] = [];
+    const rounds = 6;
+    const summary = await runEmbedded({
+      run: "embedded-overlap-test",
+      config: "tiny",
+      trainers: 3,
+      rounds,
+      innerSteps: 3,
+      outer: { lr: 1, momentum: 0 },
+      sync: "overlapped",
+      fragments: 2,
+      evalWindows: 8,
+      timeoutMs: 240_000,
+      emit: (e) => events.push(e),
+      faults: [
+        // A trainer that dies while a round ahead misses an update: it comes back to θ.
+        { afterRound: 1, target: "trainer:1", fault: { type: "crash", reason: "test" } },
+        { afterRound: 2, target: "aggregator:0", fault: { type: "crash", reason: "test" } },
+      ],
+    });
+    const roundEvents = events.filter((e) => e.event === "round");
+    deepEqual(roundEvents.map((e) => e.round), [...Array(rounds).keys()]);
+    for (const e of roundEvents) {
+      equal(new Set(e.theta_hashes).size, 1, `round ${e.round}: ${e.theta_hashes}`);
+      // A fragment's exchange: about half of the parameters' int8 codes per trainer.
+      ok(e.bytes_up < 0.6 * e.params * e.trainers, `round ${e.round}: ${e.bytes_up} B up`);
+    }
+    ok(summary.hashes_equal);
+    const by = summary.restarts_by_child as Record<string, number>;
+    ok(by["trainers/1"] >= 1, JSON.stringify(by));
+    ok(by["aggregators/0"] >= 1, JSON.stringify(by));
+    // The restarted trainer contributed again after its restart.
+    ok(roundEvents.at(-1)!.trainers === 3, JSON.stringify(roundEvents.at(-1)));
+    ok(summary.last_loss < summary.first_loss, `${summary.first_loss} -> ${summary.last_loss}`);
+  },
+});
