@@ -43,6 +43,7 @@ export { aggregatorStates } from "./actors/restore.ts";
 export * from "./transport/mod.ts";
 export { paramLength } from "./actors/run_settings.ts";
 export type { RunSettings } from "./actors/run_settings.ts";
+export type { SyncMode } from "./actors/overlap.ts";
 export { RunMonitor } from "./actors/monitor.ts";
 export type { RunEvent } from "./actors/monitor.ts";
 export { startRunHost } from "./actors/host.ts";

@@ -12,7 +12,7 @@
  * @module
  */
 
-const MAIN = new URL("../actors/node_main.ts", import.meta.url).pathname;
+import { killNode, type NodeProcess, startNode } from "./_node_process.ts";
 
 /** Runs a command; throws with its output when it fails. */
 export async function sh(args: string[]): Promise<string> {
@@ -27,13 +27,6 @@ export async function sh(args: string[]): Promise<string> {
   return out;
 }
 
-/** A `deno task node --json` process in a namespace and the lines it printed so far. */
-export interface NodeProc {
-  child: Deno.ChildProcess;
-  lines: Record<string, unknown>[];
-  done: Promise<Deno.CommandStatus>;
-}
-
 /** The namespaces of one layout; `close` kills its processes and deletes them. */
 export interface NetnsLayout {
   host: string;
@@ -43,7 +36,7 @@ export interface NetnsLayout {
   /** The host's address as trainer i (0-based) reaches it. */
   hostAddr(i: number): string;
   /** Starts `deno task node ARGS --json` in namespace `ns`. */
-  start(ns: string, args: string[]): NodeProc;
+  start(ns: string, args: string[]): NodeProcess;
   close(): Promise<void>;
 }
 
@@ -58,22 +51,20 @@ export async function netnsLayout(
   const host = `fe-host-${tag}`;
   const trainers = Array.from({ length: options.trainers }, (_, i) => `fe-t${i + 1}-${tag}`);
   const created: string[] = [];
-  const procs: NodeProc[] = [];
+  const procs: NodeProcess[] = [];
   const layout: NetnsLayout = {
     host,
     trainers,
     trainerDev: (i) => `fet${i + 1}-${tag}`,
     hostAddr: (i) => `10.77.${i + 1}.1`,
     start(ns, args) {
-      const p = startIn(ns, args);
+      const p = startNode(args, { wrap: ["ip", "netns", "exec", ns], timeoutMs: 180_000 });
       procs.push(p);
       return p;
     },
     async close() {
       for (const p of procs) {
-        try {
-          p.child.kill("SIGKILL");
-        } catch { /* already exited */ }
+        killNode(p);
         await p.done;
       }
       for (const ns of created) await sh(["ip", "netns", "del", ns]).catch(() => {});
@@ -136,47 +127,6 @@ export async function netnsLayout(
   return layout;
 }
 
-function startIn(ns: string, args: string[]): NodeProc {
-  const child = new Deno.Command("ip", {
-    args: ["netns", "exec", ns, Deno.execPath(), "run", "-A", MAIN, ...args, "--json"],
-    stdout: "piped",
-    stderr: "piped",
-    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
-  }).spawn();
-  const lines: Record<string, unknown>[] = [];
-  const pump = async (s: ReadableStream<Uint8Array>) => {
-    let buf = "";
-    for await (const chunk of s.pipeThrough(new TextDecoderStream())) {
-      buf += chunk;
-      let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const text = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        try {
-          lines.push(JSON.parse(text));
-        } catch {
-          lines.push({ event: "text", text });
-        }
-      }
-    }
-  };
-  const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]);
-  return { child, lines, done: pumped.then(() => child.status) };
-}
-
-/** Waits (up to 3 minutes) for a line that `pred` accepts. */
-export async function waitFor(
-  p: NodeProc,
-  pred: (l: Record<string, unknown>) => boolean,
-  what: string,
-): Promise<Record<string, unknown>> {
-  for (let i = 0; i < 1800; i++) {
-    if (p.lines.some(pred)) return p.lines.find(pred)!;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`Timed out waiting for ${what}: ${JSON.stringify(p.lines.slice(-10))}`);
-}
-
 /**
  * Hosts a run in the layout's host namespace with `args` (after `--host`,
  * `--secret`, `--min-trainers`), joins every trainer namespace to it, and
@@ -185,7 +135,7 @@ export async function waitFor(
 export async function hostAndJoin(
   layout: NetnsLayout,
   options: { port: number; args: string[] },
-): Promise<NodeProc> {
+): Promise<NodeProcess> {
   const h = layout.start(layout.host, [
     "--host",
     `0.0.0.0:${options.port}`,
@@ -195,12 +145,12 @@ export async function hostAndJoin(
     String(layout.trainers.length),
     ...options.args,
   ]);
-  await waitFor(h, (l) => String(l.message ?? "").startsWith("hosting run"), "the host");
+  await h.waitFor((l) => String(l.message ?? "").startsWith("hosting run"), "the host");
   const joined = layout.trainers.map((ns, i) =>
     layout.start(ns, ["--join", `ws://${layout.hostAddr(i)}:${options.port}`, "--secret", "netns"])
   );
   try {
-    await waitFor(h, (l) => l.event === "done", "the end of the run");
+    await h.waitFor((l) => l.event === "done", "the end of the run");
   } catch (err) {
     const tails = joined.map((p, i) => `trainer ${i + 1}: ${JSON.stringify(p.lines.slice(-5))}`);
     throw new Error(`${err instanceof Error ? err.message : err}\n${tails.join("\n")}`);
