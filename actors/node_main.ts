@@ -98,7 +98,7 @@ ${SHAPE_HELP.replace(/^ {2}(--\S+ N) +/gm, (_, f) => `  ${f.padEnd(20)}  `)}
                         when it arrives (joiners take the host's)
   --overlap             the same as --sync overlapped
   --overlap-steps T     overlapped: inner steps of the next round that may run before the
-                        update is merged; a trainer waits for it there (default: half a round)
+                        update is merged; a trainer waits for it there (default: a fifth of a round)
   --fragments F         synchronise the parameters in F fragments, one per round (default 1)
   --seed N              init and sampling seed (default 1)
   --json                one JSON object per line

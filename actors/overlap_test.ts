@@ -40,5 +40,5 @@ Deno.test("overlap: settings are checked and named", () => {
     sync: "overlapped",
     overlapSteps: 3,
   });
-  deepEqual([1, 3, 10, 30].map(defaultOverlapSteps), [1, 2, 5, 15]);
+  deepEqual([1, 3, 10, 30].map(defaultOverlapSteps), [1, 1, 2, 6]);
 });

@@ -62,7 +62,7 @@ export interface RunSettings {
   fragments?: number;
   /**
    * Overlapped: τ, the inner steps of the next round that may run before a
-   * round's update is merged (1 to H; default half a round).
+   * round's update is merged (1 to H; default a fifth of a round).
    */
   overlapSteps?: number;
 }

@@ -51,7 +51,7 @@ Options:
   --inner-reset        zero each trainer's AdamW moments every round (in-process rows only)
   --inner-schedule S   run (one cosine over the run, default) or round (restart each round)
   --overlap-steps T    inner steps of the next round an overlapped row runs before the
-                       update is merged (default: half a round; diloco-overlap-late: H)
+                       update is merged (default: a fifth of a round; diloco-overlap-late: H)
   --eval-windows N     validation windows for the final loss (default 1024)
   --data-shards N      data shards (chunks of the stream dealt round-robin); trainer i reads shard i (default 16,
                        the run's); single trainers read the whole stream
