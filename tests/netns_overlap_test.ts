@@ -3,7 +3,8 @@
  * host and two joined trainers, each in its own network namespace, over
  * veth links shaped with tc tbf to RATE, so that a blocking sync costs a
  * good part of a round (tests/_netns_layout.ts). The same run, blocking and
- * then overlapped (`--sync overlapped`), in one layout.
+ * then overlapped (`--sync overlapped`, τ = H/5 by default, then τ = H), in
+ * one layout.
  *
  * Asserted: every round of both runs closes with both trainers and with
  * their θ hashes equal. Printed, not asserted (tests never assert on time):
@@ -21,7 +22,7 @@ const reason = netnsUnavailable();
 if (reason) console.log(`netns_overlap_test: skipped: ${reason}`);
 
 /** The link: slow enough that the tiny model's int8 exchange takes a good part of a round. */
-const RATE = "2mbit";
+const RATE = "4mbit";
 const ROUNDS = 16;
 /** Inner steps per round: an inner phase longer than the exchange, which overlap can then hide. */
 const INNER_STEPS = 30;
@@ -35,7 +36,17 @@ Deno.test({
     const layout = await netnsLayout({ tag: `o${Deno.pid % 10000}`, trainers: 2, rate: RATE });
     const figures: Record<string, number> = {};
     try {
-      for (const [i, sync] of (["blocking", "overlapped"] as const).entries()) {
+      const runs = [
+        { label: "blocking", flags: ["--sync", "blocking"] },
+        // τ = H / 5 (the default): a trainer waits once it is that far into the next round.
+        { label: "overlapped", flags: ["--sync", "overlapped"] },
+        // τ = H: it waits only when a whole round ahead.
+        {
+          label: "overlapped-tau-H",
+          flags: ["--sync", "overlapped", "--overlap-steps", String(INNER_STEPS)],
+        },
+      ];
+      for (const [i, { label: sync, flags }] of runs.entries()) {
         const h = await hostAndJoin(layout, {
           port: 7821 + i,
           args: [
@@ -45,8 +56,7 @@ Deno.test({
             "tiny",
             "--inner-steps",
             String(INNER_STEPS),
-            "--sync",
-            sync,
+            ...flags,
             "--keepers",
             "0",
           ],
@@ -63,15 +73,19 @@ Deno.test({
         ok(done.hashes_equal, sync);
         equal((await h.done).code, 0, sync);
         figures[sync] = done.utilization as number;
+        // The last round has no next one to overlap with: its wait is the run's drain.
+        const before = rs.slice(0, -1).map((r) => r.utilization as number);
+        const steady = before.reduce((x, y) => x + y, 0) / before.length;
         console.log(
-          `netns_overlap_test: ${sync}: utilization ${done.utilization}, ` +
+          `netns_overlap_test: ${sync}: utilization ${done.utilization} ` +
+            `(rounds before the last ${steady.toFixed(4)}), ` +
             `per round ${rs.map((r) => r.utilization).join(" ")}, wall ${done.wall_s} s`,
         );
       }
       console.log(
         `netns_overlap_test: over ${RATE}, utilization blocking ${figures.blocking} ` +
           `(waiting ${((1 - figures.blocking) * 100).toFixed(1)}% of a round), ` +
-          `overlapped ${figures.overlapped}`,
+          `overlapped ${figures.overlapped}, overlapped with τ = H ${figures["overlapped-tau-H"]}`,
       );
     } finally {
       await layout.close();
