@@ -8,7 +8,12 @@
  *
  * Round r, seen from a trainer: θ_r → Worker (H inner steps, Δ, int8 on the
  * GPU) → contributions → wait (blocked) → updates of every shard → θ_{r+1}.
- * Utilization is inner time / (inner time + blocked time).
+ * Utilization is inner time / (inner time + blocked time). Overlapped
+ * (actors/overlap.ts), the wait is replaced by round r+1's inner phase from
+ * the Worker's running parameters, into which θ_{r+1} is merged when it comes
+ * (by step τ at the latest); Δ_{r+1} is asked for once it is in. With
+ * fragments (actors/fragments.ts) each round sends and applies one piece of
+ * every shard.
  *
  * The Worker's death, or a throw in the actor, is a trainer failure for its
  * supervisor. A restarted trainer starts a fresh Worker, re-announces under
