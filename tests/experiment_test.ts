@@ -127,3 +127,38 @@ Deno.test("experiment: a tiny run prints one JSON line per configuration and a s
   equal(table.split("\n").length, 6);
   ok(table.includes("| diloco-fp32: "));
 });
+
+Deno.test("experiment: overlapped and fragmented rows report their sync, fragments and bytes", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("./experiment_main.ts", import.meta.url).pathname,
+      "--json",
+      "--config",
+      "tiny",
+      "--steps",
+      "6",
+      "--inner-steps",
+      "2",
+      "--eval-windows",
+      "8",
+      "--configs",
+      "diloco-int8,diloco-overlap,diloco-overlap-frag",
+    ],
+    env: { XDG_RUNTIME_DIR: "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const lines = new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
+  const [blocking, overlap, frag] = lines.slice(0, 3) as ExperimentResult[];
+  deepEqual([blocking.sync, overlap.sync, frag.sync], ["blocking", "overlapped", "overlapped"]);
+  deepEqual([blocking.fragments, overlap.fragments, frag.fragments], [1, 1, 2]);
+  for (const r of [blocking, overlap, frag]) ok(Number.isFinite(r.final_eval_loss));
+  equal(overlap.bytes_per_round, blocking.bytes_per_round);
+  ok(Math.abs(frag.bytes_per_round! * 2 - blocking.bytes_per_round!) <= 1);
+  ok(Math.abs(frag.reduction_vs_dp! - 2 * blocking.reduction_vs_dp!) <= 1);
+  ok(typeof lines[3].overlap_vs_blocking_relative === "number");
+  throws(() => parseExperimentArgs(["--overlap-steps", "x"]), /Invalid --overlap-steps/);
+});
