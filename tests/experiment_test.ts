@@ -76,7 +76,8 @@ Deno.test("experiment: outer warm-up ramps from plain averaging to the set value
   for (const [i, want] of [-0.5, 0.25, -1, 0].entries()) ok(Math.abs(theta[i] - want) < 0.01);
 });
 
-Deno.test("experiment: a tiny run prints one JSON line per configuration and a summary", async () => {
+/** `deno task experiment --json` on the tiny model with H = 2; the JSON lines it printed. */
+async function tinyExperiment(steps: number, configs: string) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -86,21 +87,24 @@ Deno.test("experiment: a tiny run prints one JSON line per configuration and a s
       "--config",
       "tiny",
       "--steps",
-      "4",
+      String(steps),
       "--inner-steps",
       "2",
       "--eval-windows",
       "8",
       "--configs",
-      "diloco-int8,diloco-fp32,single-4x,single",
+      configs,
     ],
     env: { XDG_RUNTIME_DIR: "/tmp" },
     stdout: "piped",
     stderr: "piped",
   }).output();
-  const stderr = new TextDecoder().decode(out.stderr);
-  equal(out.code, 0, stderr);
-  const lines = new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
+  equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  return new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
+}
+
+Deno.test("experiment: a tiny run prints one JSON line per configuration and a summary", async () => {
+  const lines = await tinyExperiment(4, "diloco-int8,diloco-fp32,single-4x,single");
   equal(lines.length, 5);
   const rows = lines.slice(0, 4) as ExperimentResult[];
   deepEqual(rows.map((r) => r.event), ["config", "config", "config", "config"]);
@@ -129,29 +133,7 @@ Deno.test("experiment: a tiny run prints one JSON line per configuration and a s
 });
 
 Deno.test("experiment: overlapped and fragmented rows report their sync, fragments and bytes", async () => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("./experiment_main.ts", import.meta.url).pathname,
-      "--json",
-      "--config",
-      "tiny",
-      "--steps",
-      "6",
-      "--inner-steps",
-      "2",
-      "--eval-windows",
-      "8",
-      "--configs",
-      "diloco-int8,diloco-overlap,diloco-overlap-frag",
-    ],
-    env: { XDG_RUNTIME_DIR: "/tmp" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  equal(out.code, 0, new TextDecoder().decode(out.stderr));
-  const lines = new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
+  const lines = await tinyExperiment(6, "diloco-int8,diloco-overlap,diloco-overlap-frag");
   const [blocking, overlap, frag] = lines.slice(0, 3) as ExperimentResult[];
   deepEqual([blocking.sync, overlap.sync, frag.sync], ["blocking", "overlapped", "overlapped"]);
   deepEqual([blocking.fragments, overlap.fragments, frag.fragments], [1, 1, 2]);
