@@ -27,13 +27,16 @@ export interface NodeProcess {
 export interface StartNodeOptions {
   /** How long `waitFor` waits, ms (default 120 000). */
   timeoutMs?: number;
+  /** A command the node runs under (`["ip", "netns", "exec", NS]`: in a network namespace). */
+  wrap?: string[];
 }
 
 /** Starts `deno run -A actors/node_main.ts ...args --json`. */
 export function startNode(args: string[], options: StartNodeOptions = {}): NodeProcess {
   const timeoutMs = options.timeoutMs ?? 120_000;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args, "--json"],
+  const command = [...(options.wrap ?? []), Deno.execPath(), "run", "-A", MAIN, ...args, "--json"];
+  const child = new Deno.Command(command[0], {
+    args: command.slice(1),
     stdout: "piped",
     stderr: "piped",
     env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
