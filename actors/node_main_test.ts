@@ -285,7 +285,7 @@ Deno.test("node flags: --sync/--overlap, --overlap-steps and --fragments reach t
   deepEqual([s.sync, s.overlapSteps, s.fragments], ["overlapped", 4, 2]);
   throws(
     () => parseNodeArgs(["--sync", "eager"]),
-    /Invalid --sync: expected blocking or overlapped/,
+    /Invalid --sync: "eager" \(known: blocking, overlapped\)/,
   );
   throws(() => parseNodeArgs(["--overlap", "--sync", "blocking"]), /--overlap and --sync blocking/);
   throws(
