@@ -42,6 +42,7 @@ import {
 } from "../kernels/exchange_format.ts";
 import { type AggregateRule, DEFAULT_AGGREGATE, robustCombine } from "./robust_aggregate.ts";
 import { nesterovStepRef } from "../kernels/reference.ts";
+import { checkFragments, type Piece, roundPiece } from "./fragments.ts";
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -131,6 +132,12 @@ export interface ShardAggregatorOptions {
    * the token-weighted mean).
    */
   aggregate?: AggregateRule;
+  /**
+   * Fragments of the run (default 1): round r aggregates only the piece of the
+   * shard that fragment r mod F covers (actors/fragments.ts); θ, momentum and
+   * residual of the other pieces wait for their rounds.
+   */
+  fragments?: number;
   /** Restore momentum, residual, norm history and clipping center from a saved state. */
   restore?: Pick<AggregatorState, "momentum" | "residual" | "norms" | "center">;
 }
@@ -181,6 +188,7 @@ export class ShardAggregator {
   #slack: number;
   #absurd: number;
   #now: () => number;
+  #fragments: number;
   #view?: ViewMsg;
   #expected = new Set<string>();
   #accepted = new Map<string, Accepted>();
@@ -220,6 +228,9 @@ export class ShardAggregator {
     this.#slack = options.slack ?? 1;
     this.#absurd = options.absurdFactor ?? 100;
     this.#now = options.now ?? Date.now;
+    this.#fragments = checkFragments(options.fragments ?? 1);
+    // Refuses a fragment count that would leave a piece of this shard empty.
+    roundPiece(shard, 0, this.#fragments, this.#block);
     this.#openedAt = this.#now();
   }
 
@@ -231,6 +242,11 @@ export class ShardAggregator {
   /** The shard this aggregator owns. */
   get shard(): Shard {
     return this.#shard;
+  }
+
+  /** The piece of the shard round `round` aggregates (the whole shard with one fragment). */
+  piece(round: number = this.#round): Piece {
+    return roundPiece(this.#shard, round, this.#fragments, this.#block);
   }
 
   /** A copy of θ of the shard at the start of the open round. */
@@ -337,8 +353,10 @@ export class ShardAggregator {
         `${who}: ${format}, the run exchanges ${this.#formatName}`,
       );
     }
-    if (m.n !== this.#shard.length) {
-      return this.#reject(m, "wrong_shape", `${who}: n=${m.n}, expected n=${this.#shard.length}`);
+    // With fragments, the round's piece of the shard (the whole shard with one).
+    const { lo, hi } = this.piece();
+    if (m.n !== hi - lo) {
+      return this.#reject(m, "wrong_shape", `${who}: n=${m.n}, expected n=${hi - lo}`);
     }
     const bad = encodedProblem(this.#format, m, m.n);
     if (bad) return this.#reject(m, bad.reason, `${who}: ${format} ${bad.field} ${bad.detail}`);
@@ -392,16 +410,23 @@ export class ShardAggregator {
   }
 
   /** The round's pseudo-gradient from the accepted entries (sorted by trainer), fp32. */
-  #combine(entries: Accepted[], tokens: number): Float32Array {
-    const n = this.#shard.length;
+  /** Combines the contributions to the piece [lo, hi) of the shard this round moves. */
+  #combine(entries: Accepted[], tokens: number, lo: number, hi: number): Float32Array {
+    const n = hi - lo;
     if (this.#aggregate.kind !== "mean") {
       const rows = entries.map((e) => {
         const row = new Float32Array(n);
         decodeEncoded(this.#format, e.msg, n, row);
         return row;
       });
-      const delta = robustCombine(rows, this.#aggregate, { center: this.#center });
-      if (this.#aggregate.kind === "clip") this.#center = new Float32Array(delta);
+      // The clipping center is the previous combined update of the same piece (with fragments,
+      // the piece's last round), kept for the whole shard.
+      const center = this.#center?.subarray(lo, hi);
+      const delta = robustCombine(rows, this.#aggregate, { center });
+      if (this.#aggregate.kind === "clip") {
+        this.#center ??= new Float32Array(this.#shard.length);
+        this.#center.set(delta, lo);
+      }
       return delta;
     }
     // The token-weighted mean, fp32, fixed order.
@@ -450,29 +475,34 @@ export class ShardAggregator {
     if (entries.length === 0) {
       throw new RangeError(`Cannot close round ${this.#round}: no contribution accepted`);
     }
-    const n = this.#shard.length;
+    // With fragments, only this round's piece of the shard moves.
+    const { lo: plo, hi: phi } = this.piece();
+    const n = phi - plo;
+    const thetaP = this.#theta.subarray(plo, phi);
+    const momentumP = this.#momentum.subarray(plo, phi);
+    const residualP = this.#residual.subarray(plo, phi);
     const block = this.#block;
     let tokens = 0;
     for (const e of entries) tokens += e.msg.tokens;
-    const delta = this.#combine(entries, tokens);
+    const delta = this.#combine(entries, tokens, plo, phi);
     let loss = 0;
     for (const e of entries) loss += e.msg.loss * e.msg.tokens / tokens;
     // Nesterov SGD (PyTorch): m = mu m + Δ; θ' = θ − lr (Δ + mu m). The update
     // to send is θ' − θ plus what earlier rounds' int8 codes left out.
-    const target = new Float32Array(this.#theta);
+    const target = new Float32Array(thetaP);
     const step = outerAt(this.#outer, this.#round);
     nesterovStepRef(
-      { theta: target, momentum: this.#momentum, delta },
+      { theta: target, momentum: momentumP, delta },
       { n, lr: step.lr, mu: step.momentum },
     );
     const d = new Float32Array(n);
     for (let i = 0; i < n; i++) {
-      d[i] = Math.fround(target[i] - this.#theta[i]) + this.#residual[i];
+      d[i] = Math.fround(target[i] - thetaP[i]) + residualP[i];
     }
     const { q, scales } = quantizeInt8(d, { block });
     const applied = dequantizeInt8(q, scales, { block });
-    for (let i = 0; i < n; i++) this.#residual[i] = d[i] - applied[i];
-    applyUpdate(this.#theta, { q, scales }, { block });
+    for (let i = 0; i < n; i++) residualP[i] = d[i] - applied[i];
+    applyUpdate(thetaP, { q, scales }, { block });
     for (const e of entries) this.#norms.push(e.norm);
     if (this.#norms.length > 32) this.#norms.splice(0, this.#norms.length - 32);
     const update: UpdateMsg = {

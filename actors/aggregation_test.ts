@@ -444,3 +444,101 @@ function sameBitsOf(a: Float32Array, b: Float32Array): boolean {
   const y = new Uint32Array(b.buffer, b.byteOffset, b.length);
   return x.length === y.length && x.every((v, i) => v === y[i]);
 }
+
+Deno.test("aggregator with fragments: each round aggregates one piece of the shard", () => {
+  const n = 1024;
+  const [shard] = shardMap(n, { aggregators: ["agg0"] });
+  const theta0 = randomVec(n, 3);
+  const agg = new ShardAggregator({
+    run: RUN,
+    shard,
+    theta: theta0,
+    outer: { lr: 1, momentum: 0 },
+    fragments: 2,
+  });
+  const view = (round: number): ViewMsg => ({
+    type: "view",
+    run: RUN,
+    epoch: round + 1,
+    round,
+    trainers: ["t0"],
+    aggregators: ["agg0"],
+    shards: [shard],
+    params: n,
+    block: 256,
+    dataShards: [0],
+    started: true,
+    rounds: 0,
+  });
+  agg.setView(view(0));
+  deepEqual(agg.piece(), { lo: 0, hi: 512 });
+  // The whole shard is the wrong shape in a fragmented round.
+  const whole = agg.offer(contribution("t0", randomVec(n, 4, 0.01)));
+  equal(whole.status, "rejected");
+  ok(whole.status === "rejected" && whole.rejection.reason === "wrong_shape");
+  const piece0 = randomVec(512, 5, 0.01);
+  equal(agg.offer(contribution("t0", piece0)).status, "accepted");
+  const { update } = agg.close();
+  equal(update.n, 512);
+  const theta1 = agg.theta();
+  const want = theta0.slice(0, 512);
+  applyUpdate(want, update);
+  deepEqual(theta1.slice(0, 512), want);
+  // The other piece waits for its round.
+  deepEqual(theta1.slice(512), theta0.slice(512));
+  agg.setView(view(1));
+  deepEqual(agg.piece(), { lo: 512, hi: 1024 });
+  const piece1 = randomVec(512, 6, 0.01);
+  equal(agg.offer(contribution("t0", piece1, { round: 1, epoch: 2 })).status, "accepted");
+  equal(agg.close().update.n, 512);
+  deepEqual(agg.theta().slice(0, 512), theta1.slice(0, 512));
+  // More fragments than the shard has blocks are refused when the aggregator is made.
+  throws(
+    () => new ShardAggregator({ run: RUN, shard, theta: theta0, fragments: 5 }),
+    /5 fragments of a shard of 4 blocks/,
+  );
+});
+
+Deno.test("centered clipping with fragments keeps each piece's own center", () => {
+  const n = 1024;
+  const [shard] = shardMap(n, { aggregators: ["agg0"] });
+  const agg = new ShardAggregator({
+    run: RUN,
+    shard,
+    theta: randomVec(n, 3),
+    outer: { lr: 1, momentum: 0 },
+    fragments: 2,
+    aggregate: { kind: "clip", tau: 1 },
+  });
+  const view = (round: number): ViewMsg => ({
+    type: "view",
+    run: RUN,
+    epoch: round + 1,
+    round,
+    trainers: ["t0", "t1"],
+    aggregators: ["agg0"],
+    shards: [shard],
+    params: n,
+    block: 256,
+    dataShards: [0, 1],
+    started: true,
+    rounds: 0,
+  });
+  const round = (r: number, seed: number) => {
+    agg.setView(view(r));
+    for (const [i, t] of ["t0", "t1"].entries()) {
+      const msg = contribution(t, randomVec(512, seed + i, 0.01), { round: r, epoch: r + 1 });
+      equal(agg.offer(msg).status, "accepted");
+    }
+    agg.close();
+    return agg.state().center!;
+  };
+  const after0 = new Float32Array(round(0, 10));
+  // Round 0 moved piece 0 only: piece 1's center is still zero.
+  ok(after0.subarray(0, 512).some((x) => x !== 0));
+  ok(after0.subarray(512).every((x) => x === 0));
+  const after1 = round(1, 20);
+  // Round 1 set piece 1's center and left piece 0's as round 0 made it.
+  ok(sameBitsOf(after1.subarray(0, 512), after0.subarray(0, 512)));
+  ok(after1.subarray(512).some((x) => x !== 0));
+});

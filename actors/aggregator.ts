@@ -92,6 +92,8 @@ export interface AggregatorOptions {
   quorum?: number;
   /** Minimum wait after the first contribution (default 10 s). */
   minWaitMs?: number;
+  /** Fragments of the run (default 1): each round aggregates one piece of each shard. */
+  fragments?: number;
   /** Where state survives restarts. */
   slot: KeeperSlot;
   /** Heartbeat interval, ms (default 2000). */
@@ -171,6 +173,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
       aggregate: options.aggregate,
       quorum: options.quorum,
       minWaitMs: options.minWaitMs,
+      fragments: options.fragments,
       restore: saved,
     });
 
@@ -237,6 +240,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
         aggregate: options.aggregate,
         quorum: options.quorum,
         minWaitMs: options.minWaitMs,
+        fragments: options.fragments,
       });
       agg.setView(view);
       shards.set(msg.shard, agg);

@@ -22,6 +22,7 @@ import { Supervisor, type SupervisorEvent } from "./runtime/supervisor.ts";
 import { trackerBehavior } from "./tracker.ts";
 import { aggregatorBehavior, type KeeperSlot, MemoryKeeperSlot } from "./aggregator.ts";
 import { trainerBehavior } from "./trainer.ts";
+import { syncOptions } from "./overlap.ts";
 import type { StartStateSource } from "./start_state.ts";
 import type { AggregatorState } from "./aggregation.ts";
 import { DEFAULT_BLOCK, type ReportCursor, shardMap } from "./run_protocol.ts";
@@ -33,6 +34,7 @@ import { aggregatorStates } from "./restore.ts";
 import { MONITOR_NAME, round3, type RunEvent, RunMonitor } from "./monitor.ts";
 import {
   checkResumeRound,
+  checkSyncSettings,
   engineSettings,
   isReportCursor,
   paramLength,
@@ -145,6 +147,11 @@ export async function startRunHost(
   const nAgg = options.aggregators ?? 1;
   const resume = options.resume;
   const startRound = resume?.round ?? 0;
+  // Checked here: an aggregator that throws when it starts would only be restarted.
+  checkSyncSettings(
+    options,
+    shardMap(params, { aggregators: Array.from({ length: nAgg }, (_, i) => `${i}`) }),
+  );
   if (resume) {
     if (resume.params.length !== params) {
       throw new RangeError(
@@ -355,6 +362,7 @@ export async function startRunHost(
           ...(aggregate ? { aggregate } : {}),
           quorum: options.quorum,
           minWaitMs: options.minWaitMs,
+          ...(options.fragments !== undefined ? { fragments: options.fragments } : {}),
           heartbeatMs: options.heartbeatMs,
           slot,
           onEvent: (e) => monitor.aggregator(e),
@@ -379,6 +387,7 @@ export async function startRunHost(
           engine,
           dataShards,
           innerSteps: options.innerSteps,
+          ...syncOptions(options),
           heartbeatMs: options.heartbeatMs,
           ...(stateSource ? { stateSource } : {}),
           ...(resume ? { resume: { round: startRound, cursors: resumeCursors(resume) } } : {}),

@@ -56,6 +56,7 @@ export { RunMonitor } from "./monitor.ts";
 export type { RunEvent } from "./monitor.ts";
 export { paramLength } from "./run_settings.ts";
 export type { RunSettings } from "./run_settings.ts";
+export type { SyncMode } from "./overlap.ts";
 export { summarize } from "./run_summary.ts";
 export type { RunSummary } from "./run_summary.ts";
 export { CheckpointSlot, runStateSource } from "./run_checkpoint.ts";

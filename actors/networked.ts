@@ -9,6 +9,7 @@
 import { ActorSystem } from "./runtime/system.ts";
 import { Supervisor } from "./runtime/supervisor.ts";
 import { trainerBehavior } from "./trainer.ts";
+import { syncOptions } from "./overlap.ts";
 import type { ReportCursor } from "./run_protocol.ts";
 import { keeperBehavior } from "./keeper.ts";
 import { MONITOR_NAME, type RunEvent } from "./monitor.ts";
@@ -317,6 +318,7 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
           engine: engineSettings(settings),
           dataShards: settings.dataShards ?? 16,
           innerSteps: settings.innerSteps,
+          ...syncOptions(settings),
           heartbeatMs: options.heartbeatMs,
           ...(stateSource ? { stateSource } : {}),
           ...(info.resume ? { resume: info.resume } : {}),

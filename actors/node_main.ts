@@ -41,12 +41,18 @@ import { runEmbedded } from "./embedded.ts";
 import type { RunEvent } from "./monitor.ts";
 import { type AdmissionOptions, runNetworked } from "./networked.ts";
 import { AGGREGATE_SYNTAX, formatAggregate, parseAggregate } from "./robust_aggregate.ts";
+import { SYNC_MODES } from "./overlap.ts";
+import { checkFragments } from "./fragments.ts";
 import {
+  checkSyncSettings,
   engineSettings,
+  paramLength,
   resumeCursors,
   resumedTrainers,
+  runModel,
   type RunSettings,
 } from "./run_settings.ts";
+import { shardMap } from "./run_protocol.ts";
 import {
   choiceFlag,
   type Command,
@@ -199,6 +205,23 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
         "magnitude, e.g. topk:0.05); int4 and topk keep the rest for the next\n" +
         "round (error feedback); joiners take the host's",
     },
+    sync: {
+      value: "MODE",
+      help: "blocking (default): trainers wait for each round's update; overlapped:\n" +
+        "they go on with the next round's inner steps and merge the update in\n" +
+        "when it arrives (joiners take the host's)",
+    },
+    overlap: { type: "boolean", help: "the same as --sync overlapped" },
+    "overlap-steps": {
+      value: "T",
+      help: "overlapped: inner steps of the next round that may run before the\n" +
+        "update is merged; a trainer waits for it there (default: a fifth of a round)",
+    },
+    fragments: {
+      value: "F",
+      help: "synchronise the parameters in F fragments, one per round (default 1;\n" +
+        "int8 exchange only)",
+    },
     seed: { value: "N", help: "init and sampling seed (default 1)" },
     json: {
       type: "boolean",
@@ -333,6 +356,14 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       `Invalid --role: joining as "${role}" is not supported yet (trainer or keeper)`,
     );
   }
+  if (values.overlap && values.sync !== undefined && values.sync !== "overlapped") {
+    throw new UsageError(`Invalid flags: --overlap and --sync ${values.sync} contradict`);
+  }
+  const sync = values.overlap
+    ? "overlapped"
+    : values.sync === undefined
+    ? undefined
+    : choiceFlag("sync", values.sync, SYNC_MODES, "blocking");
   const embedded = !values.host && !values.join;
   if (values.resume !== undefined && values.join) {
     throw new UsageError("Invalid flags: --resume restarts a run from its host; not with --join");
@@ -349,7 +380,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
   }
   const outerNumber = (name: "outer-lr" | "outer-momentum") =>
     numberFlag(name, values[name], { min: 0, max: Infinity, closedMin: true });
-  return {
+  const parsed: NodeArgs = {
     run: values["run-id"] ?? "run",
     config,
     ...(Object.keys(model).length ? { model } : {}),
@@ -367,6 +398,13 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
         preset.warmupRounds ?? 0,
     },
     ...(values.data ? { dataPath: values.data } : {}),
+    ...(sync !== undefined ? { sync } : {}),
+    ...(values.fragments !== undefined
+      ? { fragments: checkFragments(intFlag("fragments", values.fragments), "--fragments") }
+      : {}),
+    ...(values["overlap-steps"] !== undefined
+      ? { overlapSteps: intFlag("overlap-steps", values["overlap-steps"]) }
+      : {}),
     seed: intFlag("seed", values.seed, 0) ?? 1,
     ...(values.exchange !== undefined ? { exchange: exchangeArg(values.exchange) } : {}),
     ...(values.aggregate !== undefined ? { aggregate: aggregateArg(values.aggregate) } : {}),
@@ -394,6 +432,18 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
     json: values.json ?? false,
     help: values.help ?? false,
   };
+  const shards = shardMap(paramLength(runModel(parsed)), { aggregators: ["a"] });
+  try {
+    checkSyncSettings(parsed, shards, {
+      sync: "--sync",
+      fragments: "--fragments",
+      overlapSteps: "--overlap-steps",
+      exchange: "--exchange",
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  return parsed;
 }
 
 /** Options of {@linkcode eventPrinter}. */
@@ -601,6 +651,10 @@ export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
     "grad-accum": "gradAccum",
     exchange: "exchange",
     aggregate: "aggregate",
+    sync: "sync",
+    overlap: "sync",
+    fragments: "fragments",
+    "overlap-steps": "overlapSteps",
   };
   const out: NodeArgs = { ...args };
   const set = out as unknown as Record<string, unknown>;

@@ -299,3 +299,46 @@ Deno.test("node flags: --aggregate picks the rule, is recorded with the run and 
     "mean",
   );
 });
+
+Deno.test("node flags: --sync/--overlap, --overlap-steps and --fragments reach the run's settings", () => {
+  equal(parseNodeArgs([]).sync, undefined);
+  equal(parseNodeArgs(["--overlap"]).sync, "overlapped");
+  equal(parseNodeArgs(["--sync", "blocking"]).sync, "blocking");
+  const a = parseNodeArgs(["--sync", "overlapped", "--overlap-steps", "4", "--fragments", "2"]);
+  deepEqual([a.sync, a.overlapSteps, a.fragments], ["overlapped", 4, 2]);
+  // Joiners and checkpoints take them from the run's settings.
+  const s = runSettingsOf(a);
+  deepEqual([s.sync, s.overlapSteps, s.fragments], ["overlapped", 4, 2]);
+  throws(
+    () => parseNodeArgs(["--sync", "eager"]),
+    /Invalid --sync: "eager" \(known: blocking, overlapped\)/,
+  );
+  throws(() => parseNodeArgs(["--overlap", "--sync", "blocking"]), /--overlap and --sync blocking/);
+  throws(
+    () => parseNodeArgs(["--overlap-steps", "3"]),
+    /Invalid --overlap-steps: only an overlapped/,
+  );
+  throws(() => parseNodeArgs(["--overlap", "--overlap-steps", "11"]), /from 1 to H = 10, got 11/);
+  throws(() => parseNodeArgs(["--fragments", "0"]), /Invalid --fragments/);
+  throws(() => parseNodeArgs(["--config", "tiny", "--fragments", "64"]), /would leave one empty/);
+  // A fragment's piece is exchanged in int8 only; overlapped int4 is fine.
+  throws(
+    () => parseNodeArgs(["--exchange", "topk:0.05", "--fragments", "2"]),
+    /Invalid --fragments 2 with --exchange topk:0.05: fragments exchange int8 only/,
+  );
+  equal(parseNodeArgs(["--exchange", "int4", "--overlap"]).sync, "overlapped");
+  // A resumed run keeps its recorded sync mode unless a flag says otherwise.
+  const resumed = {
+    dir: "runs/r",
+    round: 4,
+    settings: { run: "r", config: "small", rounds: 5, sync: "overlapped", fragments: 2 },
+    cursors: {},
+  } as unknown as ResumedRun;
+  const back = resumedArgs(parseNodeArgs(["--resume", "runs/r", "--rounds", "9"]), resumed);
+  deepEqual([back.sync, back.fragments], ["overlapped", 2]);
+  const blocking = resumedArgs(
+    parseNodeArgs(["--resume", "runs/r", "--rounds", "9", "--sync", "blocking"]),
+    resumed,
+  );
+  equal(blocking.sync, "blocking");
+});

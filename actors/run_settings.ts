@@ -8,10 +8,12 @@
  * @module
  */
 import type { OuterOptimizer } from "./outer_optimizer.ts";
+import { checkSync, type SyncMode } from "./overlap.ts";
+import { checkFragments, roundPiece } from "./fragments.ts";
 import { DEFAULT_BLOCK, type ReportCursor } from "./run_protocol.ts";
 import type { WorkerInit } from "./trainer_worker.ts";
 import { describeConfig, getConfig, type GptConfig } from "../kernels/config.ts";
-import { DEFAULT_EXCHANGE } from "../kernels/exchange_format.ts";
+import { DEFAULT_EXCHANGE, parseExchange } from "../kernels/exchange_format.ts";
 import { resolveShape, SHAPE_FIELDS, type ShapeOverrides } from "../kernels/shape.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import type { Precision } from "../kernels/model_options.ts";
@@ -74,6 +76,18 @@ export interface RunSettings {
    * is applied on the CPU.
    */
   precision?: Precision;
+  /**
+   * The outer step blocking (default) or overlapped with the next round's
+   * inner steps (actors/overlap.ts); every trainer of the run uses the host's.
+   */
+  sync?: SyncMode;
+  /** Fragments synchronised in turn, one per round (default 1; actors/fragments.ts). */
+  fragments?: number;
+  /**
+   * Overlapped: τ, the inner steps of the next round that may run before a
+   * round's update is merged (1 to H; default a fifth of a round).
+   */
+  overlapSteps?: number;
 }
 
 /** Length of the flat parameter vector of a named config or a shape (padding included). */
@@ -149,7 +163,66 @@ export function runSettingsOf(o: RunSettings): RunSettings {
     ...(o.gradAccum !== undefined ? { gradAccum: o.gradAccum } : {}),
     ...(o.exchange !== undefined ? { exchange: o.exchange } : {}),
     ...(o.aggregate !== undefined ? { aggregate: o.aggregate } : {}),
+    ...(o.sync !== undefined ? { sync: o.sync } : {}),
+    ...(o.fragments !== undefined ? { fragments: o.fragments } : {}),
+    ...(o.overlapSteps !== undefined ? { overlapSteps: o.overlapSteps } : {}),
   };
+}
+
+/**
+ * Checks a run's sync mode and fragments against its shard map: every shard
+ * must have at least one block per fragment. Fragments exchange int8 only: an
+ * int4 or top-k trainer codes (and keeps the error-feedback residual of) the
+ * whole vector, not a round's piece. The RangeError names the field.
+ *
+ * @example
+ * ```ts
+ * import { checkSyncSettings } from "./run_settings.ts";
+ * import assert from "node:assert/strict";
+ * checkSyncSettings({ sync: "overlapped", fragments: 2, innerSteps: 10 }, [{ length: 4096 }]);
+ * assert.throws(
+ *   () => checkSyncSettings({ fragments: 2, innerSteps: 10, exchange: "int4" }, [{ length: 4096 }]),
+ *   /Invalid fragments 2 with exchange int4/,
+ * );
+ * ```
+ */
+export function checkSyncSettings(
+  s: Pick<RunSettings, "sync" | "fragments" | "overlapSteps" | "innerSteps" | "exchange">,
+  shards: readonly { length: number }[],
+  names: { sync: string; fragments: string; overlapSteps: string; exchange: string } = {
+    sync: "sync",
+    fragments: "fragments",
+    overlapSteps: "overlapSteps",
+    exchange: "exchange",
+  },
+): void {
+  if (s.sync !== undefined) checkSync(s.sync, names.sync);
+  if (s.overlapSteps !== undefined) {
+    const t = s.overlapSteps;
+    if (s.sync !== "overlapped") {
+      throw new RangeError(
+        `Invalid ${names.overlapSteps}: only an overlapped run (${names.sync} overlapped) merges late`,
+      );
+    }
+    if (!Number.isSafeInteger(t) || t < 1 || t > s.innerSteps) {
+      throw new RangeError(
+        `Invalid ${names.overlapSteps}: expected an integer from 1 to H = ${s.innerSteps}, got ${t}`,
+      );
+    }
+  }
+  if (s.fragments === undefined) return;
+  const f = checkFragments(s.fragments, names.fragments);
+  const exchange = s.exchange ?? DEFAULT_EXCHANGE;
+  if (f > 1 && parseExchange(exchange).kind !== "int8") {
+    throw new RangeError(
+      `Invalid ${names.fragments} ${f} with ${names.exchange} ${exchange}: fragments exchange int8 only`,
+    );
+  }
+  try {
+    for (const shard of shards) roundPiece(shard, 0, f, DEFAULT_BLOCK);
+  } catch (err) {
+    throw new RangeError(String((err as Error).message).replace("fragments", names.fragments));
+  }
 }
 
 /** Whether a value read back from a checkpoint is a data cursor (kernels/data.ts `DataCursor`). */

@@ -9,7 +9,12 @@
  *
  * Round r, seen from a trainer: θ_r → Worker (H inner steps, Δ, int8 on the
  * GPU) → contributions → wait (blocked) → updates of every shard → θ_{r+1}.
- * Utilization is inner time / (inner time + blocked time).
+ * Utilization is inner time / (inner time + blocked time). Overlapped
+ * (actors/overlap.ts), the wait is replaced by round r+1's inner phase from
+ * the Worker's running parameters, into which θ_{r+1} is merged when it comes
+ * (by step τ at the latest); Δ_{r+1} is asked for once it is in. With
+ * fragments (actors/fragments.ts) each round sends and applies one piece of
+ * every shard.
  *
  * The Worker's death, or a throw in the actor, is a trainer failure for its
  * supervisor. A restarted trainer starts a fresh Worker, re-announces under
@@ -42,12 +47,14 @@ import {
   type ViewMsg,
 } from "./run_protocol.ts";
 import { validateRunMessage } from "./run_protocol_validate.ts";
-import type { InitReply, RoundReply, WorkerInit } from "./trainer_worker.ts";
+import type { DeltaReply, InitReply, RoundReply, WorkerInit } from "./trainer_worker.ts";
 import { TrainerWorkerClient } from "./trainer_worker_client.ts";
 import { aggregatorStateSource, type StartStateSource } from "./start_state.ts";
 import { injectPoison, type TrainerFault } from "./trainer_faults.ts";
 import { encode } from "../transport/codec.ts";
 import { tensorChecksum } from "./_checksum.ts";
+import { defaultOverlapSteps, keepsRunning, type SyncMode } from "./overlap.ts";
+import { roundPiece, roundRanges } from "./fragments.ts";
 
 /** What a trainer reports besides its round reports. */
 export type TrainerEvent =
@@ -70,6 +77,20 @@ export interface TrainerOptions {
   dataShards: number;
   /** Inner steps H per round. */
   innerSteps: number;
+  /**
+   * Blocking (default): wait for θ_{r+1} after sending round r. Overlapped:
+   * go on with round r+1's inner steps and merge θ_{r+1} in when it comes
+   * (actors/overlap.ts).
+   */
+  sync?: SyncMode;
+  /** Fragments synchronised in turn, one per round (default 1; actors/fragments.ts). */
+  fragments?: number;
+  /**
+   * Overlapped: τ, the inner steps of round r+1 that may run before round r's
+   * update is merged; the Worker waits there for it (default
+   * {@linkcode defaultOverlapSteps}).
+   */
+  overlapSteps?: number;
   /** Heartbeat interval, ms (default 2000). */
   heartbeatMs?: number;
   /** Where start states come from (default {@linkcode aggregatorStateSource}). */
@@ -94,6 +115,7 @@ type Control =
   | { type: "_state_failed"; error: string }
   | { type: "_retry" }
   | { type: "_inner_done"; reply: RoundReply }
+  | { type: "_delta_done"; reply: DeltaReply }
   | { type: "eval"; maxWindows?: number }
   | { type: "status" }
   | TrainerFault;
@@ -119,10 +141,39 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   /** θ at the start of `round` (undefined until the start state arrived). */
   let theta: Float32Array | undefined;
   let round = -1;
+  /**
+   * inner: the Worker computes (an inner phase, or a kept phase's
+   * pseudo-gradient); blocked: waiting on the network with nothing to compute.
+   */
   let phase: "idle" | "inner" | "blocked" = "idle";
   let innerStart = 0;
-  let innerMs = 0;
   let blockedStart = 0;
+  /**
+   * Compute and blocked time of each round not yet reported (INTELLECT-1's
+   * utilization). A wait counts against the round whose work it holds up:
+   * the round just sent (blocking, or nothing left to compute), or the
+   * finished inner phase whose Δ waits for the previous round's update.
+   */
+  const timeOf = new Map<number, { inner: number; blocked: number }>();
+  const addTime = (r: number, kind: "inner" | "blocked", ms: number) => {
+    const t = timeOf.get(r) ?? { inner: 0, blocked: 0 };
+    t[kind] += ms;
+    timeOf.set(r, t);
+  };
+  const overlapped = options.sync === "overlapped";
+  const fragments = options.fragments ?? 1;
+  const overlapSteps = options.overlapSteps ?? defaultOverlapSteps(options.innerSteps);
+  /** The Worker keeps its running parameters across rounds (actors/overlap.ts). */
+  const keep = keepsRunning({ sync: options.sync, fragments });
+  /** Round `round`'s contributions are out and its update not yet applied. */
+  let awaiting = false;
+  let sentAt = 0;
+  /** The Worker's running parameters must restart from θ (after a fetch, or a round missed). */
+  let fresh = true;
+  /** Overlapped: round + 1's inner phase finished before round's update came. */
+  let pendingInner: RoundReply | undefined;
+  /** The inner phase whose pseudo-gradient a kept Worker is computing. */
+  let deltaOf: RoundReply | undefined;
   let bytesUp = 0;
   let bytesDown = 0;
   let myLoss = 0;
@@ -172,8 +223,25 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       fetchState(ctx, view);
       return;
     }
-    if (view.rounds > 0 && round >= view.rounds) return;
-    startRound(ctx);
+    // Blocking waits for its round's update; overlapped goes one round ahead.
+    if (awaiting && !overlapped) return;
+    const next = awaiting ? round + 1 : round;
+    if (view.rounds > 0 && next >= view.rounds) return;
+    startRound(ctx, next);
+  };
+
+  /** Drops θ and whatever waits on it: the next `advance` fetches the current θ. */
+  const refetch = () => {
+    theta = undefined;
+    round = -1;
+    awaiting = false;
+    pendingInner = undefined;
+    fresh = true;
+    timeOf.clear();
+    // An inner phase still running is discarded when it ends; if it waits
+    // for a merge that will not come now, it runs on.
+    if (phase === "inner" && overlapped) worker?.post({ op: "release" });
+    if (phase === "blocked") phase = "idle";
   };
 
   const fetchState = (ctx: ActorContext, v: ViewMsg) => {
@@ -192,11 +260,13 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     }).catch((err) => ctx.self.tell({ type: "_state_failed", error: String(err) }));
   };
 
-  const startRound = (ctx: ActorContext) => {
+  const startRound = (ctx: ActorContext, r: number) => {
     phase = "inner";
     innerStart = performance.now();
     const shard = { index: dataShard % options.dataShards, count: options.dataShards };
-    const r = round;
+    // A kept Worker restarts from θ only when it must (its first round, or one missed).
+    const restart = !keep || fresh;
+    fresh = false;
     const wf = workerFault;
     workerFault = undefined;
     let resumeAt: ReportCursor | undefined;
@@ -216,7 +286,12 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     call({
       op: "round",
       round: r,
-      theta: new Float32Array(theta!),
+      ...(restart ? { theta: new Float32Array(theta!) } : {}),
+      ...(keep ? { keep } : {}),
+      // Overlapped a round ahead: the open round's update is merged by step τ.
+      ...(r > round && overlapSteps < options.innerSteps
+        ? { mergeBy: { round, step: overlapSteps } }
+        : {}),
       steps: options.innerSteps,
       dataShard: shard,
       ...(resumeAt ? { cursor: resumeAt } : {}),
@@ -227,10 +302,12 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     );
   };
 
-  const sendContributions = (ctx: ActorContext, reply: RoundReply) => {
+  const sendContributions = (ctx: ActorContext, reply: RoundReply, delta: DeltaReply) => {
     const v = view!;
     sent = [];
     for (const s of v.shards) {
+      // With fragments, the round's piece of each shard.
+      const { lo, hi } = roundPiece(s, reply.round, fragments, v.block);
       const msg: ContributionMsg = {
         type: "contribution",
         run,
@@ -239,12 +316,12 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         trainer: id,
         shard: s.index,
         tokens: reply.tokens,
-        n: s.length,
+        n: hi - lo,
         ...(format.kind === "int8" ? {} : { format: formatName }),
         ...sliceEncoded(
           format.kind === "int8" ? { kind: "int8", block: v.block } : format,
-          reply,
-          s,
+          delta,
+          { start: s.start + lo, length: hi - lo },
         ),
         loss: reply.loss,
       };
@@ -276,7 +353,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   const resendIfStuck = (ctx: ActorContext) => {
     const every = 4 * (options.heartbeatMs ?? 2000);
     const now = performance.now();
-    if (phase !== "blocked" || !view || now - Math.max(blockedStart, lastResend) < every) return;
+    if (!awaiting || !view || now - Math.max(sentAt, lastResend) < every) return;
     lastResend = now;
     for (const c of sent) tellLater(ctx.system, view.shards[c.shard].aggregator, c);
   };
@@ -288,7 +365,8 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     const mine = v.shards.map((s) => updates.get(`${round}/${s.index}`));
     if (theta === undefined || mine.some((u) => u === undefined)) return;
     for (const [i, s] of v.shards.entries()) {
-      applyUpdate(theta.subarray(s.start, s.start + s.length), mine[i]!, { block: v.block });
+      const { lo, hi } = roundPiece(s, round, fragments, v.block);
+      applyUpdate(theta.subarray(s.start + lo, s.start + hi), mine[i]!, { block: v.block });
     }
     const bad = v.shards.find((s, i) =>
       mine[i]!.check !== undefined &&
@@ -302,16 +380,20 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         trainer: id,
         message: `θ of shard ${bad.index} after round ${round} fails its checksum: refetching θ`,
       });
-      theta = undefined;
-      round = -1;
-      if (phase === "blocked") phase = "idle";
+      refetch();
       updates.clear();
       advance(ctx);
       return;
     }
     const contributed = mine.every((u) => u!.contributors.includes(id));
     const hash = await thetaHash(theta);
-    const blockedMs = phase === "blocked" ? performance.now() - blockedStart : 0;
+    const now = performance.now();
+    if (phase === "blocked") {
+      addTime(pendingInner?.round ?? round, "blocked", now - blockedStart);
+      blockedStart = now;
+    }
+    const { inner: innerMs, blocked: blockedMs } = timeOf.get(round) ?? { inner: 0, blocked: 0 };
+    for (const r of timeOf.keys()) if (r <= round) timeOf.delete(r);
     const report: TrainerReportMsg = {
       type: "trainer_report",
       run,
@@ -333,11 +415,60 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     previous = sent;
     sent = [];
     clean = [];
+    if (keep) {
+      if (awaiting) {
+        // The Worker replaces its local move of this round by the global one.
+        const pieces = roundRanges(v.shards, round, fragments, v.block)
+          .map(({ lo, hi }) => ({ lo, values: theta!.slice(lo, hi) }));
+        worker!.post(
+          { op: "merge", round, pieces },
+          pieces.map((p) => p.values.buffer as ArrayBuffer),
+        );
+      } else fresh = true; // the round closed without us: no Δ to replace, restart from θ
+    }
+    awaiting = false;
     round += 1;
     for (const [k, u] of updates) if (u.round < round) updates.delete(k);
+    const pending = pendingInner;
+    pendingInner = undefined;
+    if (pending && pending.round === round) {
+      // Overlapped: the next round's inner phase waited for this update.
+      finishInner(ctx, pending);
+      return;
+    }
     // An inner phase still running for the closed round is discarded when it ends.
     if (phase === "blocked") phase = "idle";
     advance(ctx);
+  };
+
+  /** An inner phase of the open round ended: its pseudo-gradient goes out. */
+  const finishInner = (ctx: ActorContext, reply: RoundReply) => {
+    myLoss = reply.loss;
+    if (!keep) {
+      contribute(ctx, reply, reply);
+      return;
+    }
+    // A kept Worker computes Δ once the merges before it are in.
+    phase = "inner";
+    innerStart = performance.now();
+    deltaOf = reply;
+    call({ op: "delta", round: reply.round }).then(
+      (d) => ctx.self.tell({ type: "_delta_done", reply: d as unknown as DeltaReply }),
+      (err) => ctx.self.tell({ type: "_worker_error", error: String(err) }),
+    );
+  };
+
+  const contribute = (ctx: ActorContext, reply: RoundReply, delta: DeltaReply) => {
+    sendContributions(ctx, reply, delta);
+    awaiting = true;
+    sentAt = performance.now();
+    phase = "idle";
+    // Overlapped: straight on with the next round's inner phase.
+    advance(ctx);
+    if (phase === "idle") {
+      phase = "blocked";
+      blockedStart = performance.now();
+    }
   };
 
   const handleRun = async (ctx: ActorContext, msg: RunMessage) => {
@@ -345,40 +476,34 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       case "view":
         if (msg.run !== run || (view && msg.epoch < view.epoch)) return;
         view = msg;
-        if (phase === "blocked" && msg.started && msg.round > round + 1) {
+        if (awaiting && msg.started && msg.round > round + 1) {
           // The run left our round behind while we waited (its update was
           // lost, or this node was cut off): take the current θ again.
           emit({ type: "log", trainer: id, message: `round ${round} passed: refetching θ` });
-          theta = undefined;
-          round = -1;
-          phase = "idle";
+          refetch();
         }
         if (inView(msg)) member = true;
         else if (member) {
           // Evicted (silent too long): announce again and wait for admission.
           emit({ type: "log", trainer: id, message: `evicted at round ${msg.round}: rejoining` });
           member = false;
-          theta = undefined;
-          round = -1;
-          joined = false;
           // No update will come for a contribution of the round we left.
-          if (phase === "blocked") phase = "idle";
+          refetch();
+          joined = false;
           join(ctx);
         }
         advance(ctx);
         return;
       case "update":
         if (msg.run !== run || (theta !== undefined && msg.round < round)) return;
-        if (phase === "blocked" && theta !== undefined && msg.round > round) {
+        if (awaiting && theta !== undefined && msg.round > round) {
           // A later round's update: ours closed and its update never came.
           emit({
             type: "log",
             trainer: id,
             message: `update of round ${round} lost: refetching θ`,
           });
-          theta = undefined;
-          round = -1;
-          phase = "idle";
+          refetch();
           updates.clear();
           advance(ctx);
           return;
@@ -398,14 +523,12 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         emit({ type: "rejected", trainer: id, reason: msg.reason, detail: msg.detail });
         if (
           (msg.reason === "stale_round" || msg.reason === "not_member") && msg.round === round &&
-          phase === "blocked"
+          awaiting
         ) {
           // not_member: evicted while cut off (no update will come for this
           // contribution); compute the round again once admitted.
           // The aggregators are past our round: take the current θ again.
-          theta = undefined;
-          round = -1;
-          phase = "idle";
+          refetch();
           advance(ctx);
         }
         // After a poisoned contribution is refused, the true one follows (once).
@@ -473,6 +596,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           if (theta === undefined) {
             theta = ctl.theta;
             round = ctl.round;
+            fresh = true;
             for (const [k, u] of updates) if (u.round < round) updates.delete(k);
             emit({
               type: "log",
@@ -494,18 +618,37 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           return;
         case "_inner_done": {
           const reply = ctl.reply;
-          innerMs = performance.now() - innerStart;
+          const now = performance.now();
+          addTime(reply.round, "inner", now - innerStart - reply.waitedMs);
+          addTime(reply.round, "blocked", reply.waitedMs);
           if (reply.cursor) cursor = reply.cursor;
-          if (reply.round !== round) {
+          phase = "idle";
+          if (theta !== undefined && awaiting && reply.round === round + 1) {
+            // Overlapped and a round ahead: Δ waits for the open round's update.
+            pendingInner = reply;
+            phase = "blocked";
+            blockedStart = now;
+            return;
+          }
+          if (theta === undefined || awaiting || reply.round !== round) {
             // The round closed without us (deadline): θ already moved on.
-            phase = "idle";
             advance(ctx);
             return;
           }
-          myLoss = reply.loss;
-          sendContributions(ctx, reply);
-          phase = "blocked";
-          blockedStart = performance.now();
+          finishInner(ctx, reply);
+          await tryApply(ctx);
+          return;
+        }
+        case "_delta_done": {
+          addTime(ctl.reply.round, "inner", performance.now() - innerStart);
+          phase = "idle";
+          const reply = deltaOf;
+          deltaOf = undefined;
+          if (!reply || theta === undefined || awaiting || ctl.reply.round !== round) {
+            advance(ctx);
+            return;
+          }
+          contribute(ctx, reply, ctl.reply);
           await tryApply(ctx);
           return;
         }

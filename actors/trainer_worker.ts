@@ -27,6 +27,7 @@ import {
   usesFeedback,
 } from "../kernels/exchange_format.ts";
 import type { Dispatch } from "../kernels/device.ts";
+import { mergeRange } from "../kernels/overlap_merge.ts";
 import { toWire } from "./exchange.ts";
 import { workerThreadId } from "./_worker_thread.ts";
 
@@ -70,8 +71,24 @@ export interface WorkerRound {
   op: "round";
   id: number;
   round: number;
-  /** θ_r (the layout's padded length). */
-  theta: Float32Array;
+  /**
+   * θ_r (the layout's padded length): the running parameters restart from it.
+   * Only with `keep` may it be absent: the running parameters go on.
+   */
+  theta?: Float32Array;
+  /**
+   * Keep the running parameters across rounds (overlapped outer step or
+   * fragments, actors/overlap.ts): the inner phase applies the merges that
+   * arrive between its steps, and the pseudo-gradient waits for a "delta"
+   * request. Without it the answer carries the pseudo-gradient.
+   */
+  keep?: boolean;
+  /**
+   * Overlapped: the merge of round `round` must be in before inner step
+   * `step`; the phase waits for it there if it has not arrived (the wait
+   * comes back as `waitedMs`).
+   */
+  mergeBy?: { round: number; step: number };
   /** Inner steps H. */
   steps: number;
   /** This trainer's shard of the training stream (it may change when it rejoins). */
@@ -80,6 +97,33 @@ export interface WorkerRound {
   cursor?: DataCursor;
   /** A fault to inject at inner step `atStep` (tests and the chaos suite). */
   fault?: { kind: "device_lost" | "worker_exit" | "stall"; atStep: number; ms?: number };
+}
+
+/** The pseudo-gradient of a kept inner phase, once the merges before it are in. */
+export interface WorkerDelta {
+  op: "delta";
+  id: number;
+  round: number;
+}
+
+/**
+ * A merge of θ_{r+1} into the running parameters (no answer; handled as it
+ * arrives, applied between two inner steps or before the next "delta").
+ */
+export interface WorkerMerge {
+  op: "merge";
+  /** The round whose update made `pieces` (θ_{round+1}). */
+  round: number;
+  /** Ranges of θ_{round+1}: `values` starts at element `lo` (a multiple of the block). */
+  pieces: { lo: number; values: Float32Array }[];
+}
+
+/**
+ * Ends a wait for a merge that will not come (the trainer dropped its θ and
+ * fetches the current one); the inner phase runs on, and is discarded.
+ */
+export interface WorkerRelease {
+  op: "release";
 }
 
 /** Evaluate θ on the validation stream. */
@@ -101,7 +145,12 @@ export interface ThreadHello {
 }
 
 /** A request to the Worker. */
-export type WorkerRequest = WorkerInit | WorkerRound | WorkerEval | { op: "close"; id: number };
+export type WorkerRequest =
+  | WorkerInit
+  | WorkerRound
+  | WorkerDelta
+  | WorkerEval
+  | { op: "close"; id: number };
 
 /** The answer to "init". */
 export interface InitReply {
@@ -111,8 +160,8 @@ export interface InitReply {
   adapter: string;
 }
 
-/** The answer to "round". */
-export interface RoundReply {
+/** The answer to "delta" (and part of "round" without `keep`). */
+export interface DeltaReply {
   round: number;
   /**
    * Codes of Δ = θ_r − θ_local (the whole flat vector) in the exchange
@@ -123,12 +172,18 @@ export interface RoundReply {
   idx?: Uint8Array;
   /** One scale per block. */
   scales: Float32Array;
+}
+
+/** The answer to "round" (with `keep`, without q and scales: see {@linkcode DeltaReply}). */
+export interface RoundReply extends DeltaReply {
   /** Mean inner loss. */
   loss: number;
   /** Tokens processed. */
   tokens: number;
-  /** Wall time of the inner phase, ms. */
+  /** Wall time of the inner phase, ms (waits for a merge included). */
   innerMs: number;
+  /** Time the phase waited for a merge (`mergeBy`), ms. */
+  waitedMs: number;
   /** The sampler's cursor after the inner steps: where this data shard goes on next round. */
   cursor: DataCursor;
 }
@@ -138,6 +193,12 @@ interface Engine {
   model: GptModel;
   /** θ_r on the GPU, the pseudo-gradient's minuend. */
   global: GPUBuffer;
+  /** Δ_r of the last pseudo-gradient (kept for the merge of round r's update). */
+  delta: GPUBuffer;
+  /** θ_{r+1} pieces on their way into a merge. */
+  incoming: GPUBuffer;
+  /** The merge dispatch of each range, by "lo:hi". */
+  mergeDispatches: Map<string, Dispatch>;
   q: GPUBuffer;
   scales: GPUBuffer;
   format: ExchangeFormat;
@@ -210,6 +271,9 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
         gpu,
         model,
         global,
+        delta,
+        incoming: gpu.storage(n, "theta_next"),
+        mergeDispatches: new Map(),
         q,
         scales,
         format,
@@ -241,49 +305,55 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
           shard: ds,
         });
       }
-      e.model.setParams(req.theta);
+      released = false;
+      if (req.theta) {
+        e.model.setParams(req.theta);
+        e.gpu.write(e.global, req.theta);
+        // Merges of rounds before this θ are in it already.
+        dropMergesBefore(req.round);
+        mergedThrough = req.round - 1;
+      } else if (!req.keep) {
+        throw new RangeError("Invalid round request: θ is needed unless the parameters are kept");
+      }
       let sum = 0;
+      let waitedMs = 0;
       // Two steps in flight: the device starts step i+1 while step i's loss is read back.
       await pipelinedSteps(e.model, req.steps, async (i) => {
         if (req.fault && i === Math.min(req.fault.atStep, req.steps - 1)) {
           await injectFault(e, req.fault);
         }
+        if (req.mergeBy && i === req.mergeBy.step) waitedMs += await awaitMerge(req.mergeBy.round);
+        // A global update that arrived during the phase goes in between two steps.
+        if (req.keep) applyMerges(e);
         const { inputs, targets } = e.sampler!.next();
         return { inputs, targets, lr: lrAt(e.init, req.round * req.steps + i, e.ownSteps++) };
       }, (_, loss) => {
         sum += loss;
       });
-      // Δ = θ_r − θ_local and its code, on the GPU; only the code comes back.
-      const n = e.model.paramLength;
-      e.gpu.write(e.global, req.theta);
-      e.gpu.run(e.outer);
-      const f = e.format;
-      const int8 = f.kind === "int8";
-      const size = int8 ? { words: 0, scales: Math.ceil(n / e.init.block) } : codedSize(n, f);
-      const [bytes, scales] = await Promise.all([
-        e.gpu.readBytes(e.q, int8 ? n : size.words * 4),
-        e.gpu.read(e.scales, size.scales),
-      ]);
-      const wire = int8 ? { q: new Int8Array(bytes.buffer, bytes.byteOffset, n), scales } : toWire(
-        f,
-        { codes: new Uint32Array(bytes.buffer, bytes.byteOffset, size.words), scales },
-        n,
-      );
       // Every micro-batch counts.
       const tokens = req.steps * e.model.tokensPerStep;
-      return {
+      const phase = {
         round: req.round,
-        ...wire,
         loss: sum / Math.max(1, req.steps),
         tokens,
         innerMs: performance.now() - start,
+        waitedMs,
         cursor: e.sampler.cursor,
       };
+      return req.keep ? phase : { ...phase, ...(await pseudoGradient(e, req.round)) };
+    }
+    case "delta": {
+      const e = need();
+      applyMerges(e);
+      return { ...(await pseudoGradient(e, req.round)) };
     }
     case "eval": {
       const e = need();
+      // The running parameters go on after an evaluation of θ (a kept run trains on from them).
+      const running = await e.model.getParams();
       e.model.setParams(req.theta);
       const r = await evaluate(e.model, e.val, { maxWindows: req.maxWindows, selection: "spread" });
+      e.model.setParams(running);
       return { loss: r.loss, tokens: r.tokens };
     }
     case "close": {
@@ -295,6 +365,81 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       return {};
     }
   }
+}
+
+/**
+ * Δ = θ_r − θ_local and its code in the run's exchange format (with error
+ * feedback for int4 and top-k), on the GPU; only the code comes back, on the
+ * wire's layout.
+ */
+async function pseudoGradient(e: Engine, round: number): Promise<DeltaReply> {
+  const n = e.model.paramLength;
+  e.gpu.run(e.outer);
+  const f = e.format;
+  const int8 = f.kind === "int8";
+  const size = int8 ? { words: 0, scales: Math.ceil(n / e.init.block) } : codedSize(n, f);
+  const [bytes, scales] = await Promise.all([
+    e.gpu.readBytes(e.q, int8 ? n : size.words * 4),
+    e.gpu.read(e.scales, size.scales),
+  ]);
+  const wire = int8 ? { q: new Int8Array(bytes.buffer, bytes.byteOffset, n), scales } : toWire(
+    f,
+    { codes: new Uint32Array(bytes.buffer, bytes.byteOffset, size.words), scales },
+    n,
+  );
+  return { round, ...wire };
+}
+
+/** Merges that arrived and wait for the next step boundary, oldest first. */
+let merges: WorkerMerge[] = [];
+
+/** The last round whose update the running parameters hold. */
+let mergedThrough = -1;
+/** Resolves the wait of {@linkcode awaitMerge} when a merge or a release arrives. */
+let arrived: (() => void) | undefined;
+let released = false;
+
+function dropMergesBefore(round: number): void {
+  merges = merges.filter((m) => m.round >= round);
+}
+
+/** Waits until round `round`'s merge is in or on its way in (or a release); returns the ms waited. */
+async function awaitMerge(round: number): Promise<number> {
+  const t0 = performance.now();
+  while (mergedThrough < round && !merges.some((m) => m.round >= round) && !released) {
+    await new Promise<void>((resolve) => arrived = resolve);
+  }
+  arrived = undefined;
+  return performance.now() - t0;
+}
+
+/**
+ * Applies the waiting merges on the GPU, queued after the steps already
+ * submitted and before the next: running += (θ_{r+1} − θ_r) + Δ_r and
+ * θ_r ← θ_{r+1} on each piece; AdamW's moments are left as they are.
+ */
+function applyMerges(e: Engine): void {
+  for (const m of merges) {
+    for (const p of m.pieces) {
+      const hi = p.lo + p.values.length;
+      const key = `${p.lo}:${hi}`;
+      let d = e.mergeDispatches.get(key);
+      if (!d) {
+        const at = (buffer: GPUBuffer) => ({ buffer, offset: p.lo * 4, length: hi - p.lo });
+        d = mergeRange(e.gpu, {
+          running: at(e.model.paramBuffer),
+          global: at(e.global),
+          incoming: at(e.incoming),
+          delta: at(e.delta),
+        }, { n: hi - p.lo });
+        e.mergeDispatches.set(key, d);
+      }
+      e.gpu.write(e.incoming, p.values, p.lo * 4);
+      e.gpu.run([d]);
+    }
+    mergedThrough = Math.max(mergedThrough, m.round);
+  }
+  merges = [];
 }
 
 /** Sequences an inner step draws: every micro-batch's. */
@@ -337,9 +482,16 @@ const scope = self as unknown as WorkerScope;
 
 scope.postMessage({ op: "thread", thread: workerThreadId() } satisfies ThreadHello);
 
-// Requests are handled one at a time, in order.
+// Requests are handled one at a time, in order; a merge is taken at once, to
+// go in between the steps of the inner phase that is running.
 let queue = Promise.resolve();
-scope.onmessage = (ev: MessageEvent<WorkerRequest>) => {
+scope.onmessage = (ev: MessageEvent<WorkerRequest | WorkerMerge | WorkerRelease>) => {
+  if (ev.data.op === "merge" || ev.data.op === "release") {
+    if (ev.data.op === "merge") merges.push(ev.data);
+    else released = true;
+    arrived?.();
+    return;
+  }
   const req = ev.data;
   queue = queue.then(async () => {
     try {

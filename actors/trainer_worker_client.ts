@@ -86,6 +86,14 @@ export class TrainerWorkerClient {
   }
 
   /**
+   * Sends a message that has no answer (a "merge", taken by the Worker as it
+   * arrives, between the requests it is working through).
+   */
+  post(msg: Record<string, unknown>, transfer: ArrayBuffer[] = []): void {
+    this.#worker.postMessage(msg, { transfer });
+  }
+
+  /**
    * Fails the requests in flight, then retires the Worker: it releases its
    * model and device, and its thread must be gone before this resolves, since
    * a process exiting while a Worker thread tears down its GL context crashes

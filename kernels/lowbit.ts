@@ -379,9 +379,11 @@ function codeStart(f: ExchangeFormat, start: number): number {
  * The trainer's round with error feedback, as dispatches over ranges of at
  * most one binding each (like outerDispatches, kernels/outer.ts):
  * Δ = θ_r − θ_local; x = Δ + residual (in `delta`); codes of x;
- * residual = x − decoded(codes) (decoded through `sent`). The twin is
- * feedbackEncodeRef (kernels/lowbit_reference.ts); `residual` starts zeroed
- * and lives as long as the buffer.
+ * residual = x − decoded(codes) (decoded through `sent`); then `delta` is
+ * set back to the plain Δ, which an overlapped trainer's merge needs
+ * (kernels/overlap_merge.ts: the local progress the update replaces, not what
+ * was sent of it). The twin is feedbackEncodeRef (kernels/lowbit_reference.ts);
+ * `residual` starts zeroed and lives as long as the buffer.
  *
  * @example
  * ```ts ignore
@@ -427,6 +429,9 @@ export function feedbackDispatches(
       encodeDispatch(gpu, f, { x: v(bufs.delta), ...coded }, len),
       decodeDispatch(gpu, f, { ...coded, out: v(bufs.sent) }, len),
       pseudoGradient(gpu, { global: v(bufs.delta), local: v(bufs.sent), out: v(bufs.residual) }, {
+        n: len,
+      }),
+      pseudoGradient(gpu, { global: v(bufs.global), local: v(bufs.local), out: v(bufs.delta) }, {
         n: len,
       }),
     );

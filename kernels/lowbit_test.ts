@@ -144,6 +144,7 @@ Deno.test("error feedback on the GPU keeps the twin's residual round after round
               codes: new Uint32Array((await gpu.readBytes(b.codes, size.words * 4)).buffer),
               scales: await gpu.read(b.scales, size.scales),
               residual: await gpu.read(b.residual, n),
+              delta: await gpu.read(b.delta, n),
             });
           }
           for (const x of Object.values(b)) x.destroy();
@@ -151,8 +152,8 @@ Deno.test("error feedback on the GPU keeps the twin's residual round after round
         };
         const whole = await run();
         const cut = await run(CHUNK_ALIGN);
-        assert.equal(whole.dispatches, 5);
-        assert.equal(cut.dispatches, 20);
+        assert.equal(whole.dispatches, 6);
+        assert.equal(cut.dispatches, 24);
         const residual = new Float32Array(n);
         for (let r = 0; r < 3; r++) {
           const g = randomF32(n, 10 + r, -1, 1);
@@ -164,6 +165,8 @@ Deno.test("error feedback on the GPU keeps the twin's residual round after round
             assert.deepEqual(got.rounds[r].codes, want.codes, `${at}: codes`);
             assert.ok(sameBits(got.rounds[r].scales, want.scales), `${at}: scales`);
             assert.ok(sameBits(got.rounds[r].residual, residual), `${at}: residual`);
+            // The plain Δ is left in `delta` for an overlapped merge.
+            assert.ok(sameBits(got.rounds[r].delta, delta), `${at}: delta`);
           }
         }
         // What was not sent is kept: the residual is not zero, and x = sent + residual.

@@ -49,7 +49,11 @@ export async function pipelinedSteps(
   try {
     for (let i = 0; i < count; i++) {
       const s = await next(i);
-      pending.push(model.step(s.inputs, s.targets, { lr: s.lr }));
+      const step = model.step(s.inputs, s.targets, { lr: s.lr });
+      // `next` may wait (an overlapped trainer waits there for its merge): a
+      // step that fails meanwhile is awaited below, not an unhandled rejection.
+      step.catch(() => {});
+      pending.push(step);
       if (pending.length >= depth) {
         // Not `done?.(i, await ...)`: an absent `done` would skip the await with the call.
         const loss = await pending.shift()!;

@@ -53,6 +53,8 @@ import {
   type OuterOptimizer,
 } from "../actors/outer_optimizer.ts";
 import { DEFAULT_BLOCK, shardMap } from "../actors/run_protocol.ts";
+import { defaultOverlapSteps, keepsRunning, mergeRange, type SyncMode } from "../actors/overlap.ts";
+import { roundRanges } from "../actors/fragments.ts";
 import { engineSettings } from "../actors/run_settings.ts";
 import { runEmbedded } from "../actors/embedded.ts";
 import { type AggregateRule, formatAggregate } from "../actors/robust_aggregate.ts";
@@ -96,6 +98,17 @@ export interface ExperimentConfig {
   aggregate?: AggregateRule;
   /** The last trainer is hostile and sends this instead of its Δ (in-process int8 only). */
   adversary?: Adversary;
+  /** The outer step blocking (default) or overlapped with the next round's inner steps. */
+  sync?: SyncMode;
+  /**
+   * Overlapped only: τ, the inner step of round r+1 before which round r's
+   * update is merged (0 to H; default {@linkcode defaultOverlapSteps}). A
+   * real trainer merges as soon as the update arrives and waits for it at
+   * step τ at the latest, so τ bounds the staleness this models.
+   */
+  overlapSteps?: number;
+  /** Fragments synchronised in turn, one per round (default 1: the whole vector). */
+  fragments?: number;
 }
 
 /** Settings shared by every configuration of one experiment. */
@@ -128,6 +141,10 @@ export interface ExperimentResult {
   exchange: string | null;
   inner_reset: boolean | null;
   inner_schedule: "run" | "round" | null;
+  /** Blocking or overlapped outer step (null for single trainers). */
+  sync: SyncMode | null;
+  /** Fragments synchronised in turn (null for single trainers). */
+  fragments: number | null;
   /** Data shards of the training stream; trainer i reads shard i (null: the whole stream). */
   data_shards: number | null;
   /** The aggregation rule ("mean": the token-weighted mean; null for single trainers). */
@@ -160,6 +177,8 @@ export interface DilocoDefaults {
   innerSchedule?: "run" | "round";
   /** Fraction of each block the diloco-topk row sends (default 0.05). */
   topk?: number;
+  /** τ of the overlapped rows (default {@linkcode defaultOverlapSteps}). */
+  overlapSteps?: number;
 }
 
 /**
@@ -259,6 +278,37 @@ export function standardConfigs(
     },
     {
       ...base,
+      name: "diloco-overlap",
+      description: `DiLoCo, ${k} trainers, int8, overlapped outer step`,
+      kind: "diloco",
+      outer: d.outer,
+      exchange: "int8",
+      sync: "overlapped",
+      ...(diloco.overlapSteps !== undefined ? { overlapSteps: diloco.overlapSteps } : {}),
+    },
+    {
+      ...base,
+      name: "diloco-overlap-late",
+      description: `DiLoCo, ${k} trainers, int8, overlapped, merged a full round late`,
+      kind: "diloco",
+      outer: d.outer,
+      exchange: "int8",
+      sync: "overlapped",
+      overlapSteps: d.innerSteps,
+    },
+    {
+      ...base,
+      name: "diloco-overlap-frag",
+      description: `DiLoCo, ${k} trainers, int8, overlapped, 2 fragments`,
+      kind: "diloco",
+      outer: d.outer,
+      exchange: "int8",
+      sync: "overlapped",
+      fragments: 2,
+      ...(diloco.overlapSteps !== undefined ? { overlapSteps: diloco.overlapSteps } : {}),
+    },
+    {
+      ...base,
       name: "diloco-run",
       description: `the embedded run (deno task node): ${k} trainers in Workers, int8`,
       kind: "run",
@@ -341,6 +391,8 @@ function result(
     exchange: single ? null : c.exchange,
     inner_reset: single ? null : (c.innerReset ?? false),
     inner_schedule: single ? null : (c.innerSchedule ?? "run"),
+    sync: single ? null : (c.sync ?? "blocking"),
+    fragments: single ? null : (c.fragments ?? 1),
     data_shards: single ? null : s.dataShards,
     aggregate: single ? null : c.aggregate ? formatAggregate(c.aggregate) : "mean",
     adversary: c.adversary ?? null,
@@ -447,6 +499,7 @@ async function runDiloco(
         `Invalid experiment config "${c.name}": adversaries and aggregate rules need int8 exchange`,
       );
     }
+    const fragments = c.fragments ?? 1;
     const agg = new ShardAggregator({
       run: "experiment",
       shard,
@@ -454,6 +507,7 @@ async function runDiloco(
       outer: c.outer,
       ...(c.exchange === "fp32" ? {} : { exchange: c.exchange }),
       ...(c.aggregate ? { aggregate: c.aggregate } : {}),
+      fragments,
     });
     const momentum = new Float32Array(n);
     // The run's engine settings: peak lr, warm-up and the cosine's length.
@@ -470,9 +524,24 @@ async function runDiloco(
     const tokens = H * c.batch * named.model.blockSize;
     const ownSteps = models.map(() => 0);
     const format = c.exchange === "fp32" ? undefined : parseExchange(c.exchange);
+    if (fragments !== 1 && format?.kind !== "int8") {
+      throw new RangeError(`Invalid experiment config "${c.name}": fragments need int8`);
+    }
     // Each trainer's error-feedback residual (what its codes have not carried yet).
     const residuals = models.map(() => new Float32Array(n));
-    let bytesUp = c.exchange === "fp32" ? 4 * n : 0;
+    // Trainer 0's contributions, summed over the rounds (their pieces differ with fragments).
+    let bytesSum = 0;
+    // Overlapped or fragmented: each trainer's running parameters and its
+    // last pseudo-gradient (the Worker's delta buffer) live across rounds.
+    const keep = keepsRunning({ sync: c.sync, fragments });
+    const mergeAt = c.sync === "overlapped"
+      ? Math.min(H, Math.max(0, c.overlapSteps ?? defaultOverlapSteps(H)))
+      : 0;
+    const lastDelta = models.map(() => new Float32Array(n));
+    /** θ_r of the ranges merged last: what `mergeRange` needs as "global". */
+    let previousTheta = new Float32Array(theta);
+    /** The ranges the last closed round synchronised (none before round 0 closes). */
+    let lastRanges: { lo: number; hi: number }[] = [];
     let trainLoss = NaN;
     for (let r = 0; r < R; r++) {
       agg.setView({
@@ -493,39 +562,58 @@ async function runDiloco(
       let lossSum = 0;
       for (let i = 0; i < models.length; i++) {
         const m = models[i];
-        m.setParams(theta);
+        if (!keep || r === 0) m.setParams(theta);
         if (c.innerReset && r > 0) m.resetOptimizer();
         let sum = 0;
         const perRound = c.innerSchedule === "round";
-        await pipelinedSteps(m, H, (k) => ({
-          ...samplers[i].next(),
-          lr: innerLr(eng.lr, {
-            globalStep: perRound ? k : r * H + k,
-            totalSteps: perRound ? H : eng.totalSteps,
-            ownStep: ownSteps[i]++,
-            warmup: eng.warmup,
-          }),
-        }), (_, loss) => {
-          if (!Number.isFinite(loss)) {
-            throw new Error(`Training diverged: trainer ${i} loss ${loss} in round ${r}`);
+        const steps = async (from: number, to: number) => {
+          await pipelinedSteps(m, to - from, (k) => ({
+            ...samplers[i].next(),
+            lr: innerLr(eng.lr, {
+              globalStep: perRound ? from + k : r * H + from + k,
+              totalSteps: perRound ? H : eng.totalSteps,
+              ownStep: ownSteps[i]++,
+              warmup: eng.warmup,
+            }),
+          }), (_, loss) => {
+            if (!Number.isFinite(loss)) {
+              throw new Error(`Training diverged: trainer ${i} loss ${loss} in round ${r}`);
+            }
+            sum += loss;
+          });
+        };
+        // Round r−1's update merges before inner step `mergeAt` of round r
+        // (at once when blocking), replacing the local move by the global one.
+        const split = keep && r > 0 ? mergeAt : 0;
+        await steps(0, split);
+        if (keep && r > 0) {
+          const running = await m.getParams();
+          const global = new Float32Array(previousTheta);
+          for (const range of lastRanges) {
+            mergeRange({ running, global, incoming: theta, delta: lastDelta[i] }, range);
           }
-          sum += loss;
-        });
+          m.setParams(running);
+        }
+        await steps(split, H);
         lossSum += sum / H;
         const local = await m.getParams();
         const delta = new Float32Array(n);
         for (let j = 0; j < n; j++) delta[j] = theta[j] - local[j];
+        lastDelta[i] = delta;
         const hostile = c.adversary && i === models.length - 1;
         deltas.push(
           hostile ? adversarialDelta(delta, c.adversary!, { seed: s.seed, round: r }) : delta,
         );
       }
       trainLoss = lossSum / models.length;
+      previousTheta = new Float32Array(theta);
       if (format) {
+        const { lo, hi } = agg.piece(r);
         for (let i = 0; i < deltas.length; i++) {
+          const piece = deltas[i].subarray(lo, hi);
           const coded = usesFeedback(format)
-            ? feedbackEncodeRef(format, deltas[i], residuals[i])
-            : encodeRef(format, deltas[i]);
+            ? feedbackEncodeRef(format, piece, residuals[i].subarray(lo, hi))
+            : encodeRef(format, piece);
           const msg = {
             type: "contribution" as const,
             run: "experiment",
@@ -534,12 +622,12 @@ async function runDiloco(
             trainer: names[i],
             shard: 0,
             tokens,
-            n,
+            n: hi - lo,
             ...(format.kind === "int8" ? {} : { format: c.exchange }),
-            ...toWire(format, coded, n),
+            ...toWire(format, coded, hi - lo),
             loss: trainLoss,
           };
-          bytesUp = encode(msg).byteLength;
+          if (i === 0) bytesSum += encode(msg).byteLength;
           const res = agg.offer(msg);
           if (res.status !== "accepted") {
             throw new Error(
@@ -548,14 +636,16 @@ async function runDiloco(
           }
         }
         const { update } = agg.close();
-        applyUpdate(theta, update, { block: DEFAULT_BLOCK });
+        applyUpdate(theta.subarray(lo, hi), update, { block: DEFAULT_BLOCK });
       } else {
+        bytesSum += 4 * n;
         const avg = new Float32Array(n);
         const w = Math.fround(1 / deltas.length);
         for (const d of deltas) for (let j = 0; j < n; j++) avg[j] += Math.fround(w * d[j]);
         const step = outerAt(c.outer, r);
         nesterovStepRef({ theta, momentum, delta: avg }, { n, lr: step.lr, mu: step.momentum });
       }
+      lastRanges = roundRanges([shard], r, fragments, DEFAULT_BLOCK);
     }
     models[0].setParams(theta);
     const ev = await score(models[0], corpus, s);
@@ -564,7 +654,7 @@ async function runDiloco(
       evalLoss: ev.loss,
       windows: ev.windows,
       wallS: (performance.now() - t0) / 1000,
-      bytesUp,
+      bytesUp: Math.round(bytesSum / R),
       params: n,
     });
   } finally {
@@ -668,6 +758,10 @@ export interface ExperimentSummary {
   byzantine_vs_honest4: Record<string, number> | null;
   /** (byz-honest5-robust − byz-honest5-mean) / byz-honest5-mean, when both ran. */
   robust_cost_no_adversary: number | null;
+  /** (diloco-overlap − diloco-int8) / diloco-int8 of the final eval loss, when both ran. */
+  overlap_vs_blocking_relative: number | null;
+  /** (diloco-overlap-frag − diloco-int8) / diloco-int8, when both ran. */
+  overlap_frag_vs_blocking_relative: number | null;
   wall_s: number;
 }
 
@@ -714,6 +808,12 @@ export function summarizeExperiment(
     robust_cost_no_adversary: has("byz-honest5-mean", "byz-honest5-robust")
       ? r4((by["byz-honest5-robust"] - by["byz-honest5-mean"]) / by["byz-honest5-mean"])
       : null,
+    overlap_vs_blocking_relative: has("diloco-overlap", "diloco-int8")
+      ? r4((by["diloco-overlap"] - by["diloco-int8"]) / by["diloco-int8"])
+      : null,
+    overlap_frag_vs_blocking_relative: has("diloco-overlap-frag", "diloco-int8")
+      ? r4((by["diloco-overlap-frag"] - by["diloco-int8"]) / by["diloco-int8"])
+      : null,
     wall_s: Math.round(wallS * 10) / 10,
   };
 }
@@ -721,13 +821,16 @@ export function summarizeExperiment(
 /** The results as a markdown table. */
 export function markdownTable(results: ExperimentResult[]): string {
   const head =
-    "| configuration | trainers × batch | H | outer lr | momentum | warm-up rounds | exchange | bytes up per round and trainer | vs fp32 data parallel | final eval loss | tokens | wall s |";
-  const sep = "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
+    "| configuration | trainers × batch | H | outer lr | momentum | warm-up rounds | exchange | sync | fragments | bytes up per round and trainer | vs fp32 data parallel | final eval loss | tokens | wall s |";
+  const sep =
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
   const dash = (x: number | string | null) => x === null ? "–" : String(x);
   const rows = results.map((r) =>
     `| ${r.name}: ${r.description} | ${r.trainers} × ${r.batch} | ${dash(r.inner_steps)} | ${
       dash(r.outer_lr)
     } | ${dash(r.outer_momentum)} | ${dash(r.outer_warmup_rounds)} | ${dash(r.exchange)} | ${
+      dash(r.sync)
+    } | ${dash(r.fragments)} | ${
       dash(r.bytes_up_per_round_per_trainer?.toLocaleString("en-US") ?? null)
     } | ${
       r.reduction_vs_fp32_data_parallel === null ? "–" : `${r.reduction_vs_fp32_data_parallel}×`

@@ -13,6 +13,7 @@ import { trainerBehavior } from "../actors/trainer.ts";
 import { engineSettings } from "../actors/run_settings.ts";
 import { ActorTransport } from "../transport/remote.ts";
 import { faultSettings, RUN, SECRET } from "./_fault_run.ts";
+import { syncOptions } from "../actors/overlap.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -57,6 +58,7 @@ await system.spawn(
           engine: engineSettings(faultSettings(innerSteps)),
           dataShards: 16,
           innerSteps,
+          ...syncOptions(faultSettings(innerSteps)),
           heartbeatMs: 500,
           onEvent: (e) => {
             if (e.type === "report") {

@@ -30,6 +30,7 @@ import { validateRunMessage } from "../actors/run_protocol_validate.ts";
 import { ActorTransport, type Listener } from "../transport/remote.ts";
 import { hashSeed } from "../transport/rng.ts";
 import { PhasedFaults } from "./_fault_layer.ts";
+import { checkSync, syncOptions } from "../actors/overlap.ts";
 
 Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
 
@@ -45,9 +46,11 @@ type Timer = ReturnType<typeof setTimeout>;
  * The run settings of every fault run, also in a trainer node's own process
  * (_fault_node.ts). The inner learning-rate schedule must not depend on where
  * a run is stopped (`rounds: 0`): a faulty run and its fault-free twin use
- * the same one.
+ * the same one. `FAULT_SYNC=overlapped` runs the suite with the overlapped
+ * outer step (actors/overlap.ts); child processes inherit it.
  */
 export function faultSettings(innerSteps: number): RunSettings {
+  const sync = Deno.env.get("FAULT_SYNC");
   return {
     run: RUN,
     config: "tiny",
@@ -55,6 +58,7 @@ export function faultSettings(innerSteps: number): RunSettings {
     innerSteps,
     outer: { lr: 1, momentum: 0 },
     seed: 1,
+    ...(sync ? { sync: checkSync(sync, "FAULT_SYNC") } : {}),
   };
 }
 
@@ -352,6 +356,7 @@ export class FaultRun {
               engine,
               dataShards: 16,
               innerSteps,
+              ...syncOptions(settings),
               heartbeatMs: o.heartbeatMs ?? 500,
               stateSource: this.#stateSource,
               onEvent: (e: TrainerEvent) => {

@@ -34,6 +34,8 @@ export interface StartNodeOptions {
   fileLimit?: number;
   /** The script to run instead of actors/node_main.ts (its own flags, no `--json` added). */
   script?: string;
+  /** A command the node runs under (`["ip", "netns", "exec", NS]`: in a network namespace). */
+  wrap?: string[];
 }
 
 /** The command line of a node: through `sh` when the open-file limit must be raised first. */
@@ -43,12 +45,16 @@ function command(args: string[], options: StartNodeOptions): { cmd: string; args
     "-A",
     ...(options.script ? [options.script, ...args] : [MAIN, ...args, "--json"]),
   ];
-  if (options.fileLimit === undefined) return { cmd: Deno.execPath(), args: deno };
-  const limit = Math.floor(options.fileLimit);
-  return {
-    cmd: "sh",
-    args: ["-c", `ulimit -n ${limit} 2>/dev/null; exec "$0" "$@"`, Deno.execPath(), ...deno],
-  };
+  const wrap = options.wrap ?? [];
+  const run = options.fileLimit === undefined ? [Deno.execPath(), ...deno] : [
+    "sh",
+    "-c",
+    `ulimit -n ${Math.floor(options.fileLimit)} 2>/dev/null; exec "$0" "$@"`,
+    Deno.execPath(),
+    ...deno,
+  ];
+  const line = [...wrap, ...run];
+  return { cmd: line[0], args: line.slice(1) };
 }
 
 /** Starts `deno run -A actors/node_main.ts ...args --json` (or `options.script ...args`). */

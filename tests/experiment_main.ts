@@ -84,6 +84,11 @@ export const EXPERIMENT_COMMAND = {
       value: "F",
       help: "fraction of each block of 256 the diloco-topk row sends (default 0.05)",
     },
+    "overlap-steps": {
+      value: "T",
+      help: "inner steps of the next round an overlapped row runs before the\n" +
+        "update is merged (default: a fifth of a round; diloco-overlap-late: H)",
+    },
     "eval-windows": { value: "N", help: "validation windows for the final loss (default 1024)" },
     aggregate: {
       value: "RULE",
@@ -149,6 +154,9 @@ export function parseExperimentArgs(argv: string[]): ExperimentArgs {
     innerReset: values["inner-reset"] ?? false,
     innerSchedule: schedule,
     topk: numberFlag("topk", values.topk, { min: 0, max: 1 }) ?? 0.05,
+    ...(values["overlap-steps"] !== undefined
+      ? { overlapSteps: intFlag("overlap-steps", values["overlap-steps"], 0) }
+      : {}),
   };
   const standard = standardConfigs(config, diloco);
   let robust;

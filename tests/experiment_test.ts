@@ -83,7 +83,8 @@ Deno.test("experiment: outer warm-up ramps from plain averaging to the set value
   for (const [i, want] of [-0.5, 0.25, -1, 0].entries()) ok(Math.abs(theta[i] - want) < 0.01);
 });
 
-Deno.test("experiment: a tiny run prints one JSON line per configuration and a summary", async () => {
+/** `deno task experiment --json` on the tiny model with H = 2; the JSON lines it printed. */
+async function tinyExperiment(steps: number, configs: string) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -93,21 +94,27 @@ Deno.test("experiment: a tiny run prints one JSON line per configuration and a s
       "--config",
       "tiny",
       "--steps",
-      "4",
+      String(steps),
       "--inner-steps",
       "2",
       "--eval-windows",
       "8",
       "--configs",
-      "diloco-int8,diloco-fp32,single-4x,single,diloco-int4,diloco-topk",
+      configs,
     ],
     env: { XDG_RUNTIME_DIR: "/tmp" },
     stdout: "piped",
     stderr: "piped",
   }).output();
-  const stderr = new TextDecoder().decode(out.stderr);
-  equal(out.code, 0, stderr);
-  const lines = new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
+  equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  return new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
+}
+
+Deno.test("experiment: a tiny run prints one JSON line per configuration and a summary", async () => {
+  const lines = await tinyExperiment(
+    4,
+    "diloco-int8,diloco-fp32,single-4x,single,diloco-int4,diloco-topk",
+  );
   equal(lines.length, 7);
   const all = lines.slice(0, 6) as ExperimentResult[];
   // In the order of the configurations' list, the low-bit rows beside int8.
@@ -211,4 +218,20 @@ Deno.test("experiment: adversaries flip, scale ×20, or send seeded noise of the
   // Noise is not the update: nearly orthogonal to it.
   const dot = noise.reduce((s, x, i) => s + x * delta[i], 0);
   ok(Math.abs(dot) < 0.3 * norm(noise) * norm(delta), `cosine ${dot / norm(noise) / norm(delta)}`);
+});
+
+Deno.test("experiment: overlapped and fragmented rows report their sync, fragments and bytes", async () => {
+  const lines = await tinyExperiment(6, "diloco-int8,diloco-overlap,diloco-overlap-frag");
+  const [blocking, overlap, frag] = lines.slice(0, 3) as ExperimentResult[];
+  deepEqual([blocking.sync, overlap.sync, frag.sync], ["blocking", "overlapped", "overlapped"]);
+  deepEqual([blocking.fragments, overlap.fragments, frag.fragments], [1, 1, 2]);
+  for (const r of [blocking, overlap, frag]) ok(Number.isFinite(r.final_eval_loss));
+  equal(overlap.bytes_up_per_round_per_trainer, blocking.bytes_up_per_round_per_trainer);
+  // A fragment's piece: half the codes and scales, one message's framing.
+  const whole = blocking.bytes_up_per_round_per_trainer!;
+  const half = frag.bytes_up_per_round_per_trainer!;
+  ok(half < 0.6 * whole && half > 0.4 * whole, `${half} vs ${whole}`);
+  ok(frag.reduction_vs_fp32_data_parallel! > 1.6 * blocking.reduction_vs_fp32_data_parallel!);
+  ok(typeof lines[3].overlap_vs_blocking_relative === "number");
+  throws(() => parseExperimentArgs(["--overlap-steps", "x"]), /Invalid --overlap-steps/);
 });

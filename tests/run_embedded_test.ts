@@ -9,27 +9,37 @@
  * `deno test -A tests/run_embedded_test.ts`.
  */
 import { deepEqual, equal, ok } from "@std/assert";
-import { runEmbedded } from "../actors/embedded.ts";
+import { type EmbeddedOptions, runEmbedded } from "../actors/embedded.ts";
 import type { RunEvent } from "../actors/monitor.ts";
 
 Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
+
+/** A run of the tiny model with 3 trainers and H = 3, and the events it emitted. */
+async function tinyRun(
+  options: Pick<EmbeddedOptions, "run" | "rounds" | "faults" | "sync" | "fragments">,
+) {
+  const events: RunEvent[] = [];
+  const summary = await runEmbedded({
+    config: "tiny",
+    trainers: 3,
+    innerSteps: 3,
+    outer: { lr: 1, momentum: 0 },
+    evalWindows: 8,
+    timeoutMs: 240_000,
+    emit: (e) => events.push(e),
+    ...options,
+  });
+  return { summary, events, roundEvents: events.filter((e) => e.event === "round") };
+}
 
 Deno.test({
   name: "embedded run survives a crash of every role and refuses bad contributions by name",
   sanitizeOps: false, // Worker termination settles its ops after the test's end
   async fn() {
-    const events: RunEvent[] = [];
     const rounds = 6;
-    const summary = await runEmbedded({
+    const { summary, events, roundEvents } = await tinyRun({
       run: "embedded-test",
-      config: "tiny",
-      trainers: 3,
       rounds,
-      innerSteps: 3,
-      outer: { lr: 1, momentum: 0 },
-      evalWindows: 8,
-      timeoutMs: 240_000,
-      emit: (e) => events.push(e),
       faults: [
         { afterRound: 0, target: "tracker", fault: { type: "crash", reason: "test" } },
         { afterRound: 0, target: "trainer:1", fault: { type: "poison", kind: "nan" } },
@@ -39,7 +49,6 @@ Deno.test({
         { afterRound: 3, target: "trainer:2", fault: { type: "crash", reason: "test" } },
       ],
     });
-    const roundEvents = events.filter((e) => e.event === "round");
     // Every round closed once, in order.
     deepEqual(roundEvents.map((e) => e.round), [...Array(rounds).keys()]);
     for (const e of roundEvents) {
@@ -115,5 +124,37 @@ Deno.test({
     // The tiny model's codes: int4 a byte per two values and a scale per 64; top-5% 13 values of
     // 256 at two bytes each and a scale: the messages' sizes follow (msgpack framing aside).
     ok(up["topk:0.05"] < up["int4"] / 3, JSON.stringify(up));
+  },
+});
+
+Deno.test({
+  name: "embedded run, overlapped with 2 fragments: θ equal every round through crashes",
+  sanitizeOps: false, // Worker termination settles its ops after the test's end
+  async fn() {
+    const rounds = 6;
+    const { summary, roundEvents } = await tinyRun({
+      run: "embedded-overlap-test",
+      rounds,
+      sync: "overlapped",
+      fragments: 2,
+      faults: [
+        // A trainer that dies while a round ahead misses an update: it comes back to θ.
+        { afterRound: 1, target: "trainer:1", fault: { type: "crash", reason: "test" } },
+        { afterRound: 2, target: "aggregator:0", fault: { type: "crash", reason: "test" } },
+      ],
+    });
+    deepEqual(roundEvents.map((e) => e.round), [...Array(rounds).keys()]);
+    for (const e of roundEvents) {
+      equal(new Set(e.theta_hashes).size, 1, `round ${e.round}: ${e.theta_hashes}`);
+      // A fragment's exchange: about half of the parameters' int8 codes per trainer.
+      ok(e.bytes_up < 0.6 * e.params * e.trainers, `round ${e.round}: ${e.bytes_up} B up`);
+    }
+    ok(summary.hashes_equal);
+    const by = summary.restarts_by_child as Record<string, number>;
+    ok(by["trainers/1"] >= 1, JSON.stringify(by));
+    ok(by["aggregators/0"] >= 1, JSON.stringify(by));
+    // The restarted trainer contributed again after its restart.
+    ok(roundEvents.at(-1)!.trainers === 3, JSON.stringify(roundEvents.at(-1)));
+    ok(summary.last_loss < summary.first_loss, `${summary.first_loss} -> ${summary.last_loss}`);
   },
 });

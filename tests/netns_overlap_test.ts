@@ -1,0 +1,94 @@
+/**
+ * The overlapped outer step against the blocking one on a slow network: a
+ * host and two joined trainers, each in its own network namespace, over
+ * veth links shaped with tc tbf to RATE, so that a blocking sync costs a
+ * good part of a round (tests/_netns_layout.ts). The same run, blocking and
+ * then overlapped (`--sync overlapped`, τ = H/5 by default, then τ = H), in
+ * one layout.
+ *
+ * Asserted: every round of both runs closes with both trainers and with
+ * their θ hashes equal. Printed, not asserted (tests never assert on time):
+ * each run's utilization (INTELLECT-1's inner time / (inner + blocked)) and
+ * the share of a round a blocking trainer spends waiting.
+ *
+ * Needs root and `ip netns` / `tc`; otherwise the test is ignored and says
+ * why. Every namespace is deleted in `finally`.
+ */
+import { equal, ok } from "@std/assert";
+import { netnsUnavailable } from "./_netns.ts";
+import { hostAndJoin, netnsLayout } from "./_netns_layout.ts";
+
+const reason = netnsUnavailable();
+if (reason) console.log(`netns_overlap_test: skipped: ${reason}`);
+
+/** The link: slow enough that the tiny model's int8 exchange takes a good part of a round. */
+const RATE = "4mbit";
+const ROUNDS = 16;
+/** Inner steps per round: an inner phase longer than the exchange, which overlap can then hide. */
+const INNER_STEPS = 30;
+
+Deno.test({
+  name: `netns: blocking and overlapped outer step side by side over ${RATE} links${
+    reason ? ` (skipped: ${reason})` : ""
+  }`,
+  ignore: reason !== undefined,
+  async fn() {
+    const layout = await netnsLayout({ tag: `o${Deno.pid % 10000}`, trainers: 2, rate: RATE });
+    const figures: Record<string, number> = {};
+    try {
+      const runs = [
+        { label: "blocking", flags: ["--sync", "blocking"] },
+        // τ = H / 5 (the default): a trainer waits once it is that far into the next round.
+        { label: "overlapped", flags: ["--sync", "overlapped"] },
+        // τ = H: it waits only when a whole round ahead.
+        {
+          label: "overlapped-tau-H",
+          flags: ["--sync", "overlapped", "--overlap-steps", String(INNER_STEPS)],
+        },
+      ];
+      for (const [i, { label: sync, flags }] of runs.entries()) {
+        const h = await hostAndJoin(layout, {
+          port: 7821 + i,
+          args: [
+            "--rounds",
+            String(ROUNDS),
+            "--config",
+            "tiny",
+            "--inner-steps",
+            String(INNER_STEPS),
+            ...flags,
+            "--keepers",
+            "0",
+          ],
+        });
+        const done = h.lines.find((l) => l.event === "done")!;
+        const rs = h.lines.filter((l) => l.event === "round");
+        equal(rs.length, ROUNDS, sync);
+        for (const r of rs) {
+          equal(r.trainers, 2, `${sync} round ${r.round}: ${r.contributors}`);
+          const hashes = r.theta_hashes as string[];
+          equal(hashes.length, 2, `${sync} round ${r.round}`);
+          equal(new Set(hashes).size, 1, `${sync} round ${r.round}: ${hashes}`);
+        }
+        ok(done.hashes_equal, sync);
+        equal((await h.done).code, 0, sync);
+        figures[sync] = done.utilization as number;
+        // The last round has no next one to overlap with: its wait is the run's drain.
+        const before = rs.slice(0, -1).map((r) => r.utilization as number);
+        const steady = before.reduce((x, y) => x + y, 0) / before.length;
+        console.log(
+          `netns_overlap_test: ${sync}: utilization ${done.utilization} ` +
+            `(rounds before the last ${steady.toFixed(4)}), ` +
+            `per round ${rs.map((r) => r.utilization).join(" ")}, wall ${done.wall_s} s`,
+        );
+      }
+      console.log(
+        `netns_overlap_test: over ${RATE}, utilization blocking ${figures.blocking} ` +
+          `(waiting ${((1 - figures.blocking) * 100).toFixed(1)}% of a round), ` +
+          `overlapped ${figures.overlapped}, overlapped with τ = H ${figures["overlapped-tau-H"]}`,
+      );
+    } finally {
+      await layout.close();
+    }
+  },
+});
