@@ -24,16 +24,18 @@ import {
   DEFAULT_OUTER,
   type OuterOptimizer,
 } from "../actors/outer_optimizer.ts";
+import { runConfig } from "./_experiment.ts";
 import {
   byzantineConfigs,
   type ExperimentConfig,
-  type ExperimentResult,
   type ExperimentSettings,
-  markdownTable,
-  runConfig,
   standardConfigs,
+} from "./_experiment_configs.ts";
+import {
+  type ExperimentResult,
+  markdownTable,
   summarizeExperiment,
-} from "./_experiment.ts";
+} from "./_experiment_summary.ts";
 
 import { AGGREGATE_SYNTAX, parseAggregate } from "../actors/robust_aggregate.ts";
 

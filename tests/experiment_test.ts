@@ -1,6 +1,6 @@
 import { deepEqual, equal, ok, throws } from "@std/assert";
 import { parseExperimentArgs } from "./experiment_main.ts";
-import { type ExperimentResult, markdownTable } from "./_experiment.ts";
+import { type ExperimentResult, markdownTable } from "./_experiment_summary.ts";
 import { adversarialDelta } from "./_byzantine.ts";
 import { ShardAggregator } from "../actors/aggregation.ts";
 import { quantizeInt8 } from "../actors/int8_exchange.ts";
