@@ -1,5 +1,5 @@
 import { deepEqual, equal, match, ok, throws } from "@std/assert";
-import { parseNodeArgs, resumedArgs } from "./node_main.ts";
+import { parseNodeArgs, resumedArgs } from "./node_args.ts";
 import { runCli } from "../tests/_cli_run.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { UsageError } from "../kernels/cli.ts";

@@ -14,7 +14,7 @@ import { deepEqual, equal, notEqual, ok } from "@std/assert";
 import { runEmbedded } from "../actors/embedded.ts";
 import type { RunEvent } from "../actors/monitor.ts";
 import type { ReportCursor } from "../actors/run_protocol.ts";
-import { parseNodeArgs, resumedArgs } from "../actors/node_main.ts";
+import { parseNodeArgs, resumedArgs } from "../actors/node_args.ts";
 import { resumeRunDir } from "../checkpoint/resume.ts";
 
 Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
