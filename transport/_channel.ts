@@ -1,11 +1,12 @@
 /**
  * One authenticated connection to a peer node, on either side: its states
  * (handshake, verifying, open, closed), the run-secret handshake, the
- * handling of every arriving envelope and the sending of envelopes. Sockets are driven from outside (`attach`, `receive`,
- * `socketClosed`) so the same code serves accepted and dialled sockets.
+ * handling of every arriving envelope and the sending of envelopes. Sockets
+ * are driven from outside (`attach`, `receive`, `socketClosed`) so the same
+ * code serves accepted and dialled sockets.
  *
- * The channel's parts live beside it: the send queue with batching, chunking and
- * backpressure (`_send_queue.ts`), the chunk-frame layout
+ * The channel's parts live beside it: the send queue with batching,
+ * chunking and backpressure (`_send_queue.ts`), the chunk-frame layout
  * (`_chunk_frames.ts`), the checks on an arriving envelope's run, sender
  * and route (`_arrival.ts`), ask correlation (`_asks.ts`), delivery to the
  * application handlers (`_deliver.ts`), the rate limit (`_rate_limit.ts`),
