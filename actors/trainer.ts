@@ -24,7 +24,9 @@
  * Its parts elsewhere: the Worker's requests and retirement
  * (actors/trainer_worker_client.ts), the start-state sources
  * (actors/start_state.ts), the faults it can be told to inject
- * (actors/trainer_faults.ts), and the update arithmetic it shares with the
+ * (actors/trainer_faults.ts), the contributions it sends and sends again
+ * (actors/trainer_contribute.ts), the per-round utilization clocks
+ * (actors/trainer_times.ts), and the update arithmetic it shares with the
  * aggregators (actors/int8_exchange.ts). What is left here is one piece: the
  * round state machine (join, fetch θ, inner phase, blocked, apply, report)
  * and the recoveries that move it back to "fetch θ".
@@ -33,10 +35,7 @@
  */
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import { applyUpdate, thetaHash } from "./int8_exchange.ts";
-import { formatOf, sliceEncoded } from "./exchange.ts";
-import { DEFAULT_EXCHANGE, parseExchange } from "../kernels/exchange_format.ts";
 import {
-  type ContributionMsg,
   type HeartbeatAckMsg,
   type JoinReplyMsg,
   type ReportCursor,
@@ -50,7 +49,9 @@ import { validateRunMessage } from "./run_protocol_validate.ts";
 import type { DeltaReply, InitReply, RoundReply, WorkerInit } from "./trainer_worker.ts";
 import { TrainerWorkerClient } from "./trainer_worker_client.ts";
 import { aggregatorStateSource, type StartStateSource } from "./start_state.ts";
-import { injectPoison, type TrainerFault } from "./trainer_faults.ts";
+import type { TrainerFault } from "./trainer_faults.ts";
+import { ContributionOutbox } from "./trainer_contribute.ts";
+import { RoundTimes } from "./trainer_times.ts";
 import { encode } from "../transport/codec.ts";
 import { tensorChecksum } from "./_checksum.ts";
 import { defaultOverlapSteps, keepsRunning, type SyncMode } from "./overlap.ts";
@@ -146,20 +147,8 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
    * pseudo-gradient); blocked: waiting on the network with nothing to compute.
    */
   let phase: "idle" | "inner" | "blocked" = "idle";
-  let innerStart = 0;
-  let blockedStart = 0;
-  /**
-   * Compute and blocked time of each round not yet reported (INTELLECT-1's
-   * utilization). A wait counts against the round whose work it holds up:
-   * the round just sent (blocking, or nothing left to compute), or the
-   * finished inner phase whose Δ waits for the previous round's update.
-   */
-  const timeOf = new Map<number, { inner: number; blocked: number }>();
-  const addTime = (r: number, kind: "inner" | "blocked", ms: number) => {
-    const t = timeOf.get(r) ?? { inner: 0, blocked: 0 };
-    t[kind] += ms;
-    timeOf.set(r, t);
-  };
+  /** Compute and blocked time of each round not yet reported. */
+  const times = new RoundTimes();
   const overlapped = options.sync === "overlapped";
   const fragments = options.fragments ?? 1;
   const overlapSteps = options.overlapSteps ?? defaultOverlapSteps(options.innerSteps);
@@ -167,7 +156,6 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   const keep = keepsRunning({ sync: options.sync, fragments });
   /** Round `round`'s contributions are out and its update not yet applied. */
   let awaiting = false;
-  let sentAt = 0;
   /** The Worker's running parameters must restart from θ (after a fetch, or a round missed). */
   let fresh = true;
   /** Overlapped: round + 1's inner phase finished before round's update came. */
@@ -180,20 +168,18 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   /** The sampler's position after the last inner phase (reported with each round). */
   let cursor: ReportCursor | undefined;
   let resumeUsed = false;
-  let sent: ContributionMsg[] = [];
   /** Updates by "round/shard"; kept while θ is being fetched, so none is lost. */
   const updates = new Map<string, UpdateMsg>();
   let member = false;
-  /** The true contributions of a poisoned round, resent after the rejection. */
-  let clean: ContributionMsg[] = [];
-  let poison: TrainerFault & { type: "poison" } | undefined;
-  /** The previous round's contributions (a "replay" fault sends them again). */
-  let previous: ContributionMsg[] = [];
+  const outbox = new ContributionOutbox({
+    run,
+    id,
+    exchange: options.engine.exchange,
+    fragments,
+    heartbeatMs: options.heartbeatMs ?? 2000,
+  });
   let workerFault: TrainerFault & { type: "worker_fault" } | undefined;
   const emit = (e: TrainerEvent) => options.onEvent?.(e);
-  /** The run's exchange format; int8 messages carry no `format` field, as before there were others. */
-  const formatName = formatOf({ format: options.engine.exchange ?? DEFAULT_EXCHANGE });
-  const format = parseExchange(formatName);
 
   const call = (req: Record<string, unknown>) => worker!.call(req);
 
@@ -237,7 +223,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     awaiting = false;
     pendingInner = undefined;
     fresh = true;
-    timeOf.clear();
+    times.clear();
     // An inner phase still running is discarded when it ends; if it waits
     // for a merge that will not come now, it runs on.
     if (phase === "inner" && overlapped) worker?.post({ op: "release" });
@@ -262,7 +248,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
 
   const startRound = (ctx: ActorContext, r: number) => {
     phase = "inner";
-    innerStart = performance.now();
+    times.innerStarted();
     const shard = { index: dataShard % options.dataShards, count: options.dataShards };
     // A kept Worker restarts from θ only when it must (its first round, or one missed).
     const restart = !keep || fresh;
@@ -302,62 +288,6 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     );
   };
 
-  const sendContributions = (ctx: ActorContext, reply: RoundReply, delta: DeltaReply) => {
-    const v = view!;
-    sent = [];
-    for (const s of v.shards) {
-      // With fragments, the round's piece of each shard.
-      const { lo, hi } = roundPiece(s, reply.round, fragments, v.block);
-      const msg: ContributionMsg = {
-        type: "contribution",
-        run,
-        round: reply.round,
-        epoch: v.epoch,
-        trainer: id,
-        shard: s.index,
-        tokens: reply.tokens,
-        n: hi - lo,
-        ...(format.kind === "int8" ? {} : { format: formatName }),
-        ...sliceEncoded(
-          format.kind === "int8" ? { kind: "int8", block: v.block } : format,
-          delta,
-          { start: s.start + lo, length: hi - lo },
-        ),
-        loss: reply.loss,
-      };
-      const extra = poison?.kind === "replay" || poison?.kind === "duplicate";
-      if (poison && !extra) {
-        clean.push({ ...msg, q: msg.q.slice(), scales: msg.scales.slice() });
-        injectPoison(msg, poison);
-      }
-      sent.push(msg);
-      bytesUp += encode(msg).byteLength;
-      tellLater(ctx.system, s.aggregator, msg);
-      // A duplicated send, or a replay of the previous round's message.
-      if (poison?.kind === "duplicate") tellLater(ctx.system, s.aggregator, msg);
-      for (const old of poison?.kind === "replay" ? previous : []) {
-        if (old.shard === s.index) tellLater(ctx.system, s.aggregator, old);
-      }
-    }
-    poison = undefined;
-  };
-
-  /**
-   * Messages can be lost (a dropped frame, a connection that closed with
-   * frames in flight): a trainer blocked for several heartbeats sends its
-   * contributions again. The aggregator counts each at most once ("duplicate"
-   * otherwise); if the round already closed, the "stale_round" answer makes
-   * this trainer take the current θ.
-   */
-  let lastResend = 0;
-  const resendIfStuck = (ctx: ActorContext) => {
-    const every = 4 * (options.heartbeatMs ?? 2000);
-    const now = performance.now();
-    if (!awaiting || !view || now - Math.max(sentAt, lastResend) < every) return;
-    lastResend = now;
-    for (const c of sent) tellLater(ctx.system, view.shards[c.shard].aggregator, c);
-  };
-
   /** Applies the round's updates once every shard's has arrived. */
   const tryApply = async (ctx: ActorContext) => {
     if (!view) return; // a restarted trainer can get an update before its first view
@@ -387,13 +317,8 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     }
     const contributed = mine.every((u) => u!.contributors.includes(id));
     const hash = await thetaHash(theta);
-    const now = performance.now();
-    if (phase === "blocked") {
-      addTime(pendingInner?.round ?? round, "blocked", now - blockedStart);
-      blockedStart = now;
-    }
-    const { inner: innerMs, blocked: blockedMs } = timeOf.get(round) ?? { inner: 0, blocked: 0 };
-    for (const r of timeOf.keys()) if (r <= round) timeOf.delete(r);
+    if (phase === "blocked") times.blockedSoFar(pendingInner?.round ?? round);
+    const { inner: innerMs, blocked: blockedMs } = times.take(round);
     const report: TrainerReportMsg = {
       type: "trainer_report",
       run,
@@ -412,9 +337,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     if (options.monitor) tellLater(ctx.system, options.monitor, report);
     bytesUp = 0;
     bytesDown = 0;
-    previous = sent;
-    sent = [];
-    clean = [];
+    outbox.closed();
     if (keep) {
       if (awaiting) {
         // The Worker replaces its local move of this round by the global one.
@@ -450,7 +373,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     }
     // A kept Worker computes Δ once the merges before it are in.
     phase = "inner";
-    innerStart = performance.now();
+    times.innerStarted();
     deltaOf = reply;
     call({ op: "delta", round: reply.round }).then(
       (d) => ctx.self.tell({ type: "_delta_done", reply: d as unknown as DeltaReply }),
@@ -459,15 +382,14 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   };
 
   const contribute = (ctx: ActorContext, reply: RoundReply, delta: DeltaReply) => {
-    sendContributions(ctx, reply, delta);
+    bytesUp += outbox.send(ctx.system, view!, reply, delta);
     awaiting = true;
-    sentAt = performance.now();
     phase = "idle";
     // Overlapped: straight on with the next round's inner phase.
     advance(ctx);
     if (phase === "idle") {
       phase = "blocked";
-      blockedStart = performance.now();
+      times.blockedStarted();
     }
   };
 
@@ -513,11 +435,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         await tryApply(ctx);
         return;
       case "resend":
-        for (const c of sent) {
-          if (c.round === msg.round && c.shard === msg.shard && view) {
-            tellLater(ctx.system, view.shards[c.shard].aggregator, c);
-          }
-        }
+        outbox.resend(ctx.system, view, msg.round, msg.shard);
         return;
       case "reject":
         emit({ type: "rejected", trainer: id, reason: msg.reason, detail: msg.detail });
@@ -531,11 +449,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           refetch();
           advance(ctx);
         }
-        // After a poisoned contribution is refused, the true one follows (once).
-        for (const c of clean.filter((c) => c.shard === msg.shard && c.round === round)) {
-          clean = clean.filter((x) => x !== c);
-          if (view) tellLater(ctx.system, view.shards[c.shard].aggregator, c);
-        }
+        outbox.refused(ctx.system, view, round, msg.shard);
         return;
       default:
         return;
@@ -581,7 +495,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
             join(ctx);
             return;
           }
-          resendIfStuck(ctx);
+          outbox.resendIfStuck(ctx.system, view, awaiting);
           ctx.system.ref(options.tracker).ask<HeartbeatAckMsg>(
             { type: "heartbeat", run, node: id, epoch: view?.epoch ?? 0 },
             { timeoutMs: 3000 },
@@ -618,16 +532,14 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           return;
         case "_inner_done": {
           const reply = ctl.reply;
-          const now = performance.now();
-          addTime(reply.round, "inner", now - innerStart - reply.waitedMs);
-          addTime(reply.round, "blocked", reply.waitedMs);
+          times.innerEnded(reply.round, reply.waitedMs);
           if (reply.cursor) cursor = reply.cursor;
           phase = "idle";
           if (theta !== undefined && awaiting && reply.round === round + 1) {
             // Overlapped and a round ahead: Δ waits for the open round's update.
             pendingInner = reply;
             phase = "blocked";
-            blockedStart = now;
+            times.blockedStarted();
             return;
           }
           if (theta === undefined || awaiting || reply.round !== round) {
@@ -640,7 +552,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           return;
         }
         case "_delta_done": {
-          addTime(ctl.reply.round, "inner", performance.now() - innerStart);
+          times.innerEnded(ctl.reply.round);
           phase = "idle";
           const reply = deltaOf;
           deltaOf = undefined;
@@ -667,7 +579,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         case "crash":
           throw new Error(`Trainer ${id} crashed on purpose: ${ctl.reason}`);
         case "poison":
-          poison = ctl;
+          outbox.poison(ctl);
           return;
         case "worker_fault":
           workerFault = ctl;

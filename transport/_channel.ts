@@ -1,13 +1,14 @@
 /**
  * One authenticated connection to a peer node, on either side: its states
- * (handshake, verifying, open, closed), the run-secret handshake, the checks
- * on every arriving envelope (run, sender, route, replay) and the sending of
- * envelopes. Sockets are driven from outside (`attach`, `receive`,
- * `socketClosed`) so the same code serves accepted and dialled sockets.
+ * (handshake, verifying, open, closed), the run-secret handshake, the
+ * handling of every arriving envelope and the sending of envelopes. Sockets
+ * are driven from outside (`attach`, `receive`, `socketClosed`) so the same
+ * code serves accepted and dialled sockets.
  *
- * The channel's parts live beside it: the send queue with batching and
- * backpressure (`_send_queue.ts`), the chunk-frame layout
- * (`_chunk_frames.ts`), ask correlation (`_asks.ts`), delivery to the
+ * The channel's parts live beside it: the send queue with batching,
+ * chunking and backpressure (`_send_queue.ts`), the chunk-frame layout
+ * (`_chunk_frames.ts`), the checks on an arriving envelope's run, sender
+ * and route (`_arrival.ts`), ask correlation (`_asks.ts`), delivery to the
  * application handlers (`_deliver.ts`), the rate limit (`_rate_limit.ts`),
  * the anti-replay window (`_replay_window.ts`) and the ping timer
  * (`_liveness.ts`); the options and types are in `_channel_options.ts`.
@@ -15,10 +16,9 @@
  * @module
  */
 import { AUTH_FAILED_CODE, AUTH_TIMEOUT_CODE, NOT_ADMITTED_CODE, randomNonce } from "./auth.ts";
-import { DEFAULT_CHUNK_BYTES, extractAttachments, Reassembler } from "./chunk.ts";
+import { Reassembler } from "./chunk.ts";
 import { encode } from "./codec.ts";
 import {
-  DATA_KINDS,
   type Envelope,
   type ErrorPayload,
   type Kind,
@@ -26,8 +26,8 @@ import {
   parseFrame,
   WIRE_VERSION,
 } from "./envelope.ts";
-import { nodeOf } from "../actors/runtime/_remote.ts";
 import { AuthenticationError, ConnectionClosedError, FrameError } from "./errors.ts";
+import { arrivalRefusal, handshakeFrameRefusal } from "./_arrival.ts";
 import { PendingAsks } from "./_asks.ts";
 import {
   type AskOptions,
@@ -37,7 +37,7 @@ import {
   consoleLogger,
   type SocketLike,
 } from "./_channel_options.ts";
-import { attachmentTransfer, type ChunkEnvelope, unchunk } from "./_chunk_frames.ts";
+import { type ChunkEnvelope, unchunk } from "./_chunk_frames.ts";
 import { deliver, type DeliveryContext } from "./_deliver.ts";
 import {
   type AuthPayload,
@@ -236,13 +236,11 @@ export class Channel {
       );
       return;
     }
-    if (this.#state === "handshake" && bytes.byteLength > this.#limits.maxHandshakeFrameBytes) {
-      this.#reject(
-        new FrameError(
-          "too_large",
-          `Handshake frame of ${bytes.byteLength} bytes exceeds the limit of ${this.#limits.maxHandshakeFrameBytes}`,
-        ),
-      );
+    const tooLarge = this.#state === "handshake"
+      ? handshakeFrameRefusal(bytes.byteLength, this.#limits)
+      : undefined;
+    if (tooLarge) {
+      this.#reject(tooLarge);
       return;
     }
     const { envelopes, errors } = parseFrame(bytes, this.#limits);
@@ -383,29 +381,13 @@ export class Channel {
   }
 
   #handle(env: Envelope): void {
-    if (env.run !== this.#o.run) {
-      this.#reject(
-        new FrameError("wrong_run", `Frame for run "${env.run}" on run "${this.#o.run}"`),
-      );
-      return;
-    }
-    if (nodeOf(env.from) !== this.#peerId) {
-      this.#reject(
-        new FrameError(
-          "spoofed",
-          `Frame claims to come from "${env.from}" on the connection of "${this.#peerId}"`,
-        ),
-      );
-      return;
-    }
-    if (DATA_KINDS.has(env.kind) && env.kind !== "error" && nodeOf(env.to) !== this.#o.nodeId) {
-      this.#reject(
-        new FrameError(
-          "unreachable",
-          `Frame for "${env.to}" reached node "${this.#o.nodeId}": no routing between peers`,
-        ),
-        env.kind === "ask" ? env.id : undefined,
-      );
+    const refused = arrivalRefusal(env, {
+      run: this.#o.run,
+      nodeId: this.#o.nodeId,
+      peerId: this.#peerId,
+    });
+    if (refused) {
+      this.#reject(refused.error, refused.corr);
       return;
     }
     if (!this.#replay.fresh(env.seq)) {
@@ -512,30 +494,7 @@ export class Channel {
         }`,
       );
     }
-    const env = this.#envelope(kind, to, payload, extra);
-    const chunkBytes = this.#o.chunkBytes ?? DEFAULT_CHUNK_BYTES;
-    const extracted = extractAttachments(payload, this.#o.attachBytes ?? 16 << 10);
-    let bytes: Uint8Array;
-    try {
-      if (extracted) {
-        this.#queue.transfer(attachmentTransfer(env, extracted));
-        return;
-      }
-      bytes = encode(env);
-    } catch (err) {
-      throw new TypeError(`Cannot encode ${kind} to ${to}: ${(err as Error).message}`);
-    }
-    if (bytes.byteLength > chunkBytes) {
-      const owned = bytes.slice();
-      this.#queue.transfer({
-        to,
-        segments: [owned],
-        total: owned.byteLength,
-        head: owned.byteLength,
-      });
-      return;
-    }
-    this.#queue.append(bytes);
+    this.#queue.post(this.#envelope(kind, to, payload, extra));
   }
 
   /**

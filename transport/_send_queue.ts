@@ -8,8 +8,11 @@
  *
  * @module
  */
-import { DEFAULT_CHUNK_BYTES, digest128, gather, rootDigest } from "./chunk.ts";
+import { DEFAULT_CHUNK_BYTES, digest128, extractAttachments, gather, rootDigest } from "./chunk.ts";
+import { encode } from "./codec.ts";
+import type { Envelope } from "./envelope.ts";
 import {
+  attachmentTransfer,
   type ChunkEnvelope,
   packChunkFrame,
   PREFIX_ROOM,
@@ -89,6 +92,37 @@ export class SendQueue {
         this.flush();
       });
     }
+  }
+
+  /**
+   * Queues one data envelope: batched when small, as chunks when it is large
+   * or carries large binary attachments. Throws a `TypeError` when its
+   * payload cannot be encoded.
+   */
+  post(env: Envelope): void {
+    const chunkBytes = this.#o.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+    const extracted = extractAttachments(env.payload, this.#o.attachBytes ?? 16 << 10);
+    let bytes: Uint8Array;
+    try {
+      if (extracted) {
+        this.transfer(attachmentTransfer(env, extracted));
+        return;
+      }
+      bytes = encode(env);
+    } catch (err) {
+      throw new TypeError(`Cannot encode ${env.kind} to ${env.to}: ${(err as Error).message}`);
+    }
+    if (bytes.byteLength > chunkBytes) {
+      const owned = bytes.slice();
+      this.transfer({
+        to: env.to,
+        segments: [owned],
+        total: owned.byteLength,
+        head: owned.byteLength,
+      });
+      return;
+    }
+    this.append(bytes);
   }
 
   /** Queues a transfer behind everything batched so far. */
