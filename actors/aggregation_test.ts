@@ -23,17 +23,18 @@ function randomVec(n: number, seed: number, scale = 1): Float32Array {
   return out;
 }
 
-function setup(
-  n: number,
+/** The view of round `round` over one shard of `shards`, with `trainers`. */
+function viewOf(
+  shards: ViewMsg["shards"],
   trainers: string[],
-  opts: { now?: () => number; lr?: number; momentum?: number; exchange?: string } = {},
-) {
-  const shards = shardMap(n, { aggregators: ["agg0"] });
-  const view: ViewMsg = {
+  round = 0,
+): ViewMsg {
+  const n = shards.reduce((a, sh) => Math.max(a, sh.start + sh.length), 0);
+  return {
     type: "view",
     run: RUN,
-    epoch: 1,
-    round: 0,
+    epoch: round + 1,
+    round,
     trainers,
     aggregators: ["agg0"],
     shards,
@@ -43,6 +44,15 @@ function setup(
     started: true,
     rounds: 0,
   };
+}
+
+function setup(
+  n: number,
+  trainers: string[],
+  opts: { now?: () => number; lr?: number; momentum?: number; exchange?: string } = {},
+) {
+  const shards = shardMap(n, { aggregators: ["agg0"] });
+  const view = viewOf(shards, trainers);
   const theta0 = randomVec(n, 7);
   const agg = new ShardAggregator({
     run: RUN,
@@ -198,20 +208,7 @@ Deno.test("outer step with lr 1 and no momentum is the token-weighted average", 
   const shard = shardMap(n, { aggregators: ["agg0"] })[0];
   const theta = randomVec(n, 9);
   const agg = new ShardAggregator({ run: RUN, shard, theta, outer: { lr: 1, momentum: 0 } });
-  agg.setView({
-    type: "view",
-    run: RUN,
-    epoch: 1,
-    round: 0,
-    trainers: ["t0", "t1"],
-    aggregators: ["agg0"],
-    shards: [shard],
-    params: n,
-    block: 256,
-    dataShards: [0, 1],
-    started: true,
-    rounds: 0,
-  });
+  agg.setView(viewOf([shard], ["t0", "t1"]));
   const d0 = randomVec(n, 1, 0.1);
   const d1 = randomVec(n, 2, 0.1);
   agg.offer(contribution("t0", d0, { tokens: 300 }));
@@ -229,20 +226,7 @@ Deno.test("error feedback keeps θ on the exact trajectory over many rounds", ()
   const shard = shardMap(n, { aggregators: ["agg0"] })[0];
   const theta = new Float32Array(n);
   const agg = new ShardAggregator({ run: RUN, shard, theta, outer: { lr: 1, momentum: 0 } });
-  const view: ViewMsg = {
-    type: "view",
-    run: RUN,
-    epoch: 1,
-    round: 0,
-    trainers: ["t0", "t1"],
-    aggregators: ["agg0"],
-    shards: [shard],
-    params: n,
-    block: 256,
-    dataShards: [0, 1],
-    started: true,
-    rounds: 0,
-  };
+  const view = viewOf([shard], ["t0", "t1"]);
   agg.setView(view);
   // Each contribution is exact in int8, but their average has one large element
   // that sets the update's scale, so the small ones fall below half a step.
@@ -456,20 +440,7 @@ Deno.test("aggregator with fragments: each round aggregates one piece of the sha
     outer: { lr: 1, momentum: 0 },
     fragments: 2,
   });
-  const view = (round: number): ViewMsg => ({
-    type: "view",
-    run: RUN,
-    epoch: round + 1,
-    round,
-    trainers: ["t0"],
-    aggregators: ["agg0"],
-    shards: [shard],
-    params: n,
-    block: 256,
-    dataShards: [0],
-    started: true,
-    rounds: 0,
-  });
+  const view = (round: number) => viewOf([shard], ["t0"], round);
   agg.setView(view(0));
   deepEqual(agg.piece(), { lo: 0, hi: 512 });
   // The whole shard is the wrong shape in a fragmented round.
@@ -510,20 +481,7 @@ Deno.test("centered clipping with fragments keeps each piece's own center", () =
     fragments: 2,
     aggregate: { kind: "clip", tau: 1 },
   });
-  const view = (round: number): ViewMsg => ({
-    type: "view",
-    run: RUN,
-    epoch: round + 1,
-    round,
-    trainers: ["t0", "t1"],
-    aggregators: ["agg0"],
-    shards: [shard],
-    params: n,
-    block: 256,
-    dataShards: [0, 1],
-    started: true,
-    rounds: 0,
-  });
+  const view = (round: number) => viewOf([shard], ["t0", "t1"], round);
   const round = (r: number, seed: number) => {
     agg.setView(view(r));
     for (const [i, t] of ["t0", "t1"].entries()) {
