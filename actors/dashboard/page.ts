@@ -83,6 +83,8 @@ function list(id: string, entries: [string, string][], none: string): void {
 function memberRows(live: LiveState): void {
   const body = byId("members");
   body.replaceChildren();
+  // The key column only where the host knows keys (a run with identities).
+  byId("members-table").className = live.members.some((m) => "key" in m) ? "keys" : "";
   const rows: (MemberRow | { node: string; roles: string[]; state: "evicted"; round: number })[] = [
     ...live.members,
     ...Object.entries(live.evicted).map(([node, round]) => ({

@@ -46,6 +46,7 @@ main { padding: 8px 24px 24px; display: grid; gap: 16px; }
 .lower { display: grid; grid-template-columns: minmax(0, 2fr) minmax(0, 1fr); gap: 16px; }
 @media (max-width: 900px) { .lower { grid-template-columns: 1fr; } }
 table { width: 100%; border-collapse: collapse; font-variant-numeric: tabular-nums; }
+table:not(.keys) th:nth-child(6), table:not(.keys) td:nth-child(6) { display: none; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line); }
 th { font-size: 12px; color: var(--muted); font-weight: 600; }
 td.node { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12px;
@@ -103,7 +104,7 @@ export const PAGE_HTML = `<!doctype html>
   </section>
   <section class="lower">
     <div class="panel"><h2>Members</h2>
-      <table><thead><tr><th>node</th><th>roles</th><th>state</th><th>data shard</th>
+      <table id="members-table"><thead><tr><th>node</th><th>roles</th><th>state</th><th>data shard</th>
         <th>last heard</th><th>key</th></tr></thead><tbody id="members"></tbody></table></div>
     <div class="panel">
       <h2>Restarts</h2><ul class="kv" id="restart-list"></ul>
