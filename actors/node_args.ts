@@ -17,7 +17,12 @@ import {
   OUTER_PRESETS,
 } from "./outer_optimizer.ts";
 import type { AdmissionOptions } from "./networked.ts";
-import { AGGREGATE_SYNTAX, formatAggregate, parseAggregate } from "./robust_aggregate.ts";
+import {
+  AGGREGATE_SYNTAX,
+  type AggregateRule,
+  formatAggregate,
+  parseAggregate,
+} from "./robust_aggregate.ts";
 import { SYNC_MODES } from "./overlap.ts";
 import { checkFragments } from "./fragments.ts";
 import {
@@ -210,15 +215,29 @@ function exchangeArg(v: string): string {
   }
 }
 
-/** An aggregation rule's canonical form (`--aggregate`). */
-function aggregateArg(v: string): string {
+/**
+ * The aggregation rule an `--aggregate` value names; a bad one is a
+ * UsageError naming the flag (`deno task node`, `deno task experiment`).
+ *
+ * @example
+ * ```ts
+ * import { aggregateFlag } from "./node_args.ts";
+ * console.log(aggregateFlag("median")); // { kind: "median" }
+ * ```
+ */
+export function aggregateFlag(v: string): AggregateRule {
   try {
-    return formatAggregate(parseAggregate(v));
+    return parseAggregate(v);
   } catch (err) {
     throw new UsageError(
       `Invalid --aggregate: ${(err as Error).message.replace(/^Invalid aggregate rule /, "")}`,
     );
   }
+}
+
+/** An aggregation rule's canonical form (`--aggregate`). */
+function aggregateArg(v: string): string {
+  return formatAggregate(aggregateFlag(v));
 }
 
 /** "ADDR:PORT" with a port in 0-65535. */

@@ -38,6 +38,7 @@ import {
 } from "./_experiment_summary.ts";
 
 import { AGGREGATE_SYNTAX, parseAggregate } from "../actors/robust_aggregate.ts";
+import { aggregateFlag } from "../actors/node_args.ts";
 
 /** The robust rule of the Byzantine rows unless `--aggregate` says otherwise. */
 const DEFAULT_ROBUST = "trimmed-mean:0.2";
@@ -161,14 +162,7 @@ export function parseExperimentArgs(argv: string[]): ExperimentArgs {
       : {}),
   };
   const standard = standardConfigs(config, diloco);
-  let robust;
-  try {
-    robust = parseAggregate(values.aggregate ?? DEFAULT_ROBUST);
-  } catch (err) {
-    throw new UsageError(
-      `Invalid --aggregate: ${(err as Error).message.replace(/^Invalid aggregate rule /, "")}`,
-    );
-  }
+  const robust = aggregateFlag(values.aggregate ?? DEFAULT_ROBUST);
   const all = [...standard, ...byzantineConfigs(config, robust, diloco)];
   const wanted = values.configs?.split(",").map((x: string) => x.trim()).filter((x: string) => x)
     .flatMap((x: string) => x === "byz" ? BYZANTINE.map((c) => c.name) : [x]) ??
