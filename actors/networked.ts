@@ -38,10 +38,10 @@ import { checkDuty } from "../checkpoint/_background.ts";
 import {
   derivedNodeId,
   generateIdentity,
-  loadIdentity,
   type NodeIdentity,
   parseAllowList,
 } from "../transport/identity.ts";
+import { loadIdentity } from "../transport/identity_file.ts";
 import { runMessageClaims } from "./run_identity.ts";
 
 /** Settings the host hands to joiners, so that every trainer runs the same engine. */

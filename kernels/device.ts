@@ -5,6 +5,7 @@
  * @module
  */
 import { type BufferLimits, checkBindingOverride } from "./limits.ts";
+import { envVar } from "./_env.ts";
 
 /** Raised when no WebGPU device can be obtained or the device is lost. */
 export class GpuUnavailableError extends Error {
@@ -333,7 +334,7 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
   // Deno reports the fallback flag on the adapter info (older versions on the adapter).
   const isFallback = Boolean((info as { isFallbackAdapter?: boolean }).isFallbackAdapter);
   const isCpuAdapter = isFallback || CPU_ADAPTER.test(description);
-  const envBackend = Deno.env.get("DENO_WEBGPU_BACKEND");
+  const envBackend = envVar("DENO_WEBGPU_BACKEND");
   const summary: AdapterSummary = {
     description,
     vendor: info.vendor,

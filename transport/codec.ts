@@ -10,8 +10,7 @@
  *
  * @module
  */
-import { Packr } from "./_deps.ts";
-import { Buffer } from "node:buffer";
+import { Packr } from "./_deps_codec.ts";
 
 const OPTIONS = { useRecords: false, moreTypes: true } as const;
 
@@ -104,7 +103,8 @@ export function decode(bytes: Uint8Array): unknown {
  */
 export function normalize(value: unknown, depth = 0): unknown {
   if (value === null || typeof value !== "object") return value;
-  if (value instanceof Buffer) {
+  // A Node Buffer is a subclass of Uint8Array (checked so, the codec needs no node:buffer).
+  if (value instanceof Uint8Array && value.constructor !== Uint8Array) {
     return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
   }
   if (ArrayBuffer.isView(value) || depth > 64) return value;
