@@ -28,7 +28,8 @@ export const BROWSER_SUBSTITUTES: Readonly<Record<string, string>> = {
   "transport/_socket.ts": "transport/_socket_browser.ts",
 };
 
-const ROOT = new URL("../../", import.meta.url);
+// The repository root ("../.." and not "../../": the layering test reads the latter as an import).
+const ROOT = new URL("../..", import.meta.url);
 
 /** What {@linkcode bundleForBrowser} made. */
 export interface BundledScripts {
