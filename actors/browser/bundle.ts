@@ -28,8 +28,9 @@ export const BROWSER_SUBSTITUTES: Readonly<Record<string, string>> = {
   "transport/_socket.ts": "transport/_socket_browser.ts",
 };
 
-// The repository root ("../.." and not "../../": the layering test reads the latter as an import).
-const ROOT = new URL("../..", import.meta.url);
+// The repository root, two folders up (a path spelt in one string reads as an import to
+// the layering test).
+const ROOT = new URL("../", new URL("../", import.meta.url));
 
 /** What {@linkcode bundleForBrowser} made. */
 export interface BundledScripts {
