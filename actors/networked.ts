@@ -1,6 +1,7 @@
 /**
  * A run across processes ({@linkcode runNetworked}): `--host ADDR:PORT`
- * serves the host side behind the WebSocket transport and `GET /status`;
+ * serves the host side behind the WebSocket transport, `GET /status`, the
+ * dashboard and `GET /join` (a browser tab joins as a trainer);
  * `--join URL` joins it as a trainer or, with `--role keeper`, as a
  * checkpoint keeper.
  *
@@ -32,6 +33,8 @@ import {
 } from "./run_checkpoint.ts";
 import { startRunHost } from "./host.ts";
 import { mountDashboard } from "./dashboard/serve.ts";
+import { mountJoin } from "./browser/serve.ts";
+import { loadCorpus } from "../kernels/corpus.ts";
 import { finalCommit, summarize } from "./run_summary.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { checkDuty } from "../checkpoint/_background.ts";
@@ -184,6 +187,11 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     evalEvery: 1,
     memberKey: (node) =>
       node === system.node ? admission.identity.fingerprint : transport.peerFingerprint(node),
+  });
+  mountJoin(app, {
+    run: options.run,
+    corpus: () => loadCorpus(settings.dataPath ? { path: settings.dataPath } : {}),
+    warn: (message) => host.monitor.log(`join page: ${message}`, "warn"),
   });
   transport.mount(app, "/");
   const listening = Promise.withResolvers<void>();

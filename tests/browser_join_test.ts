@@ -1,0 +1,242 @@
+/**
+ * A browser tab trains in a real run: a host (`deno task node --host`, one
+ * Deno trainer in its process) waits for a second trainer; headless Chromium
+ * (playwright-core, `/usr/bin/chromium`, WebGPU on SwiftShader) opens the
+ * host's `/join`, types the run's token and joins. The tab must be among the
+ * contributors of at least 3 rounds, and the θ hash it reports must equal the
+ * Deno trainer's every round. Then the tab is closed while a round runs: the
+ * host evicts it and the rounds go on with the Deno trainer.
+ *
+ * The bundle itself is checked too: it builds, and no project module in it
+ * uses a Deno API (`Deno.`), since a browser has none.
+ *
+ * The browser part is skipped, with the reason printed, where Chromium or
+ * playwright-core is missing. Slow (a run of two trainers, one of them on a
+ * software GPU): run alone with `deno test -A tests/browser_join_test.ts`.
+ */
+import { deepEqual, equal, ok } from "@std/assert";
+import { joinScripts } from "../actors/browser/assets.ts";
+import { BROWSER_SUBSTITUTES } from "../actors/browser/bundle.ts";
+
+Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
+
+const CHROMIUM = "/usr/bin/chromium";
+const ROOT = new URL("../", import.meta.url);
+/** WebGPU on SwiftShader, the software Vulkan that ships with Chromium (works headless). */
+const WEBGPU_ARGS = [
+  "--enable-unsafe-webgpu",
+  "--enable-features=Vulkan",
+  "--use-vulkan=swiftshader",
+  "--use-webgpu-adapter=swiftshader",
+  "--no-sandbox",
+];
+
+/** The lines of a source that are code (doc and line comments dropped). */
+function code(source: string): string {
+  return source.replace(/\/\*[\s\S]*?\*\//g, "").replace(/^\s*\/\/.*$/gm, "");
+}
+
+Deno.test("browser bundle: it builds, and no module in it uses a Deno API", async () => {
+  const { scripts, modules } = await joinScripts();
+  ok(scripts.page.length > 0 && scripts.worker.length > 0);
+  for (const m of ["actors/browser/join.ts", "actors/trainer.ts", "actors/trainer_worker.ts"]) {
+    ok(modules.includes(m), `${m} is in the bundle`);
+  }
+  // Each Deno-only module went in as its browser twin.
+  for (const [deno, twin] of Object.entries(BROWSER_SUBSTITUTES)) {
+    ok(!modules.includes(deno), `${deno} is not bundled`);
+    ok(modules.includes(twin), `${twin} is bundled`);
+  }
+  const offenders: string[] = [];
+  for (const m of modules) {
+    const uses = code(await Deno.readTextFile(new URL(m, ROOT))).match(/\bDeno\.\w+/g);
+    if (uses) offenders.push(`${m}: ${[...new Set(uses)].join(", ")}`);
+  }
+  deepEqual(offenders, [], "browser-bound modules that use Deno APIs");
+  ok(!/\bimport\s*[{("]/.test(scripts.page), "the page bundle has no imports left");
+});
+
+Deno.test("browser bundle: the check catches a Deno API in a browser-bound module", () => {
+  equal(code("/** Deno.env */\n// Deno.exit()\nconst x = 1;").match(/\bDeno\.\w+/g), null);
+  deepEqual(code("const v = Deno.env.get('X');").match(/\bDeno\.\w+/g), ["Deno.env"]);
+});
+
+interface RoundLine {
+  event: "round";
+  round: number;
+  contributors: string[];
+  theta_hashes: string[];
+}
+
+/** The host process and the lines it printed (JSON events), read as they come. */
+class Host {
+  readonly lines: Record<string, unknown>[] = [];
+  readonly #child: Deno.ChildProcess;
+  readonly #reading: Promise<void>;
+  readonly #stderr: Promise<string>;
+
+  constructor(args: string[]) {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "actors/node_main.ts", ...args],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    this.#child = child;
+    this.#stderr = new Response(this.#child.stderr).text();
+    this.#reading = (async () => {
+      let buffer = "";
+      for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+        buffer += chunk;
+        let end;
+        while ((end = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, end);
+          buffer = buffer.slice(end + 1);
+          try {
+            this.lines.push(JSON.parse(line));
+          } catch {
+            // Not an event line.
+          }
+        }
+      }
+    })();
+  }
+
+  rounds(): RoundLine[] {
+    return this.lines.filter((l) => l.event === "round") as unknown as RoundLine[];
+  }
+
+  logs(): string[] {
+    return this.lines.filter((l) => l.event === "log").map((l) => String(l.message));
+  }
+
+  async until<T>(find: () => T | undefined, what: string, ms = 300_000): Promise<T> {
+    const end = Date.now() + ms;
+    while (true) {
+      const found = find();
+      if (found !== undefined) return found;
+      if (Date.now() > end) {
+        throw new Error(`Timed out waiting for ${what}; host said:\n${this.logs().join("\n")}`);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  /** Waits for the host to end (its run is over), killing it after `ms`. */
+  async end(ms = 120_000): Promise<number> {
+    const timer = setTimeout(() => this.#child.kill("SIGKILL"), ms);
+    const status = await this.#child.status;
+    clearTimeout(timer);
+    await this.#reading;
+    await this.#stderr;
+    return status.code;
+  }
+}
+
+/** Why the browser part cannot run here, or undefined when it can. */
+async function browserMissing(): Promise<string | undefined> {
+  try {
+    await Deno.stat(CHROMIUM);
+  } catch {
+    return `no Chromium at ${CHROMIUM} (Debian: apt-get install chromium)`;
+  }
+  try {
+    await import("playwright-core");
+  } catch (err) {
+    return `playwright-core cannot be loaded: ${err instanceof Error ? err.message : err}`;
+  }
+  return undefined;
+}
+
+Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ, and is evicted when closed", async (t) => {
+  const missing = await browserMissing();
+  if (missing) {
+    console.log(`skipped: ${missing}`);
+    return;
+  }
+  const { chromium } = await import("playwright-core");
+  const runDir = await Deno.makeTempDir({ prefix: "browser_join_" });
+  const ROUNDS = 8;
+  const host = new Host([
+    "--host",
+    "127.0.0.1:0",
+    "--secret",
+    "tab-token",
+    "--trainers",
+    "1",
+    "--min-trainers",
+    "2",
+    "--rounds",
+    String(ROUNDS),
+    "--inner-steps",
+    "2",
+    "--config",
+    "tiny",
+    "--keepers",
+    "0",
+    "--run-dir",
+    runDir,
+    "--json",
+  ]);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: WEBGPU_ARGS });
+  try {
+    const url = await host.until(
+      () =>
+        host.logs().map((m) => /hosting run "[^"]+" on ws:\/\/([^ ]+)/.exec(m)?.[1]).find(Boolean),
+      "the host to listen",
+    );
+    const page = await browser.newPage();
+    const consoleLines: string[] = [];
+    page.on("console", (m) => consoleLines.push(m.text()));
+    page.on("pageerror", (e) => consoleLines.push(`page error: ${e.message}`));
+    await page.goto(`http://${url}/join`);
+    await page.fill("#token", "tab-token");
+    await page.click("#go");
+    const node = async () =>
+      await page.evaluate("document.body.dataset.node") as string | undefined;
+    const end = Date.now() + 300_000;
+    let tab: string | undefined;
+    while (!(tab = await node()) && Date.now() < end) await new Promise((r) => setTimeout(r, 250));
+    if (!tab) throw new Error(`The tab did not join (page: ${consoleLines.join(" | ")})`);
+    const path = tab;
+    await t.step(
+      "the tab is among the contributors of 3 rounds, with the Deno trainer's θ",
+      async () => {
+        const withTab = await host.until(() => {
+          const rs = host.rounds().filter((r) => r.contributors.includes(path));
+          return rs.length >= 3 ? rs : undefined;
+        }, `3 rounds with the tab among the contributors (page: ${consoleLines.join(" | ")})`);
+        const reports = JSON.parse(
+          await page.evaluate("document.body.dataset.rounds ?? '[]'") as string,
+        ) as { round: number; hash: string; contributed: boolean }[];
+        for (const r of withTab) {
+          equal(r.theta_hashes.length, 2, `round ${r.round}: both trainers reported`);
+          equal(new Set(r.theta_hashes).size, 1, `round ${r.round}: θ hashes ${r.theta_hashes}`);
+          const mine = reports.find((x) => x.round === r.round);
+          if (!mine) throw new Error(`The tab does not show round ${r.round}`);
+          equal(mine.hash, r.theta_hashes[0], `round ${r.round}: the tab's θ hash`);
+          ok(mine.contributed, `the tab contributed to round ${r.round}`);
+        }
+      },
+    );
+    await t.step("closing the tab mid-round: the host evicts it and the rounds go on", async () => {
+      const before = host.rounds().length;
+      await page.close();
+      await host.until(
+        () => host.logs().find((m) => m.startsWith("tracker evicted") && m.includes(path)),
+        "the host to evict the closed tab",
+      );
+      const after = await host.until(() => {
+        const rs = host.rounds().slice(before).filter((r) => !r.contributors.includes(path));
+        return rs.length >= 1 ? rs : undefined;
+      }, "a round without the tab");
+      ok(after[0].round >= before - 1);
+      equal(await host.end(), 0, "the host ends its run");
+      equal(host.rounds().at(-1)?.round, ROUNDS - 1, "every round closed");
+    });
+  } finally {
+    await browser.close();
+    await host.end(5_000).catch(() => {});
+    await Deno.remove(runDir, { recursive: true });
+  }
+});
