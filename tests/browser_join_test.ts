@@ -194,10 +194,13 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
     await page.click("#go");
     const node = async () =>
       await page.evaluate("document.body.dataset.node") as string | undefined;
-    const end = Date.now() + 300_000;
+    const end = Date.now() + 120_000;
     let tab: string | undefined;
     while (!(tab = await node()) && Date.now() < end) await new Promise((r) => setTimeout(r, 250));
-    if (!tab) throw new Error(`The tab did not join (page: ${consoleLines.join(" | ")})`);
+    if (!tab) {
+      const state = await page.evaluate("document.getElementById('state').textContent");
+      throw new Error(`The tab did not join: ${state} (page: ${consoleLines.join(" | ")})`);
+    }
     const path = tab;
     await t.step(
       "the tab is among the contributors of 3 rounds, with the Deno trainer's θ",

@@ -60,9 +60,21 @@ export interface BundleOptions {
  *
  * @throws {Error} naming the entry or the import esbuild could not bundle
  */
-export async function bundleForBrowser(
+export function bundleForBrowser(
   entries: Record<string, URL>,
   options: BundleOptions = {},
+): Promise<BundledScripts> {
+  // One build at a time: each stops esbuild's service when done, which would cut another off.
+  const next = queue.then(() => build(entries, options));
+  queue = next.catch(() => {});
+  return next;
+}
+
+let queue: Promise<unknown> = Promise.resolve();
+
+async function build(
+  entries: Record<string, URL>,
+  options: BundleOptions,
 ): Promise<BundledScripts> {
   for (const [name, url] of Object.entries(entries)) {
     if (url.protocol !== "file:") {
@@ -70,7 +82,7 @@ export async function bundleForBrowser(
     }
   }
   // The full specifier, as the library's other npm imports (transport/_deps.ts): the
-  // version is deno.json's `esbuild` entry (dashboard_test.ts keeps them equal).
+  // version is deno.json's `esbuild` entry (actors/dashboard/dashboard_test.ts keeps them equal).
   // deno-lint-ignore no-import-prefix
   const esbuild = await import("npm:esbuild@0.28.2");
   try {
