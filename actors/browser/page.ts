@@ -81,7 +81,7 @@ const reports: (TrainerReportMsg & { globalLoss?: number })[] = [];
 let tokensPerRound = 0;
 
 async function showReport(r: TrainerReportMsg): Promise<void> {
-  const row = { ...r, globalLoss: await globalLoss(r.round) };
+  const row: (typeof reports)[number] = { ...r };
   reports.push(row);
   document.body.dataset.rounds = JSON.stringify(reports);
   const tr = document.createElement("tr");
@@ -90,15 +90,21 @@ async function showReport(r: TrainerReportMsg): Promise<void> {
     r.contributed ? r.loss.toFixed(4) : "-",
     r.contributed ? `yes, ${tokensPerRound} tokens` : "no",
     `${(r.bytesUp / 1024).toFixed(1)} KiB`,
-    row.globalLoss === undefined ? "-" : row.globalLoss.toFixed(4),
+    "-",
     r.hash.slice(0, 16),
-  ];
-  for (const c of cells) tr.appendChild(document.createElement("td")).textContent = c;
+  ].map((c) => {
+    const td = tr.appendChild(document.createElement("td"));
+    td.textContent = c;
+    return td;
+  });
   $("rounds").appendChild(tr);
   if (r.contributed && r.innerMs > 0) {
     $("speed").textContent = `${Math.round(tokensPerRound / (r.innerMs / 1000))} (inner phase)`;
   }
   $("state").textContent = `training: round ${r.round + 1}`;
+  row.globalLoss = await globalLoss(r.round);
+  if (row.globalLoss !== undefined) cells[4].textContent = row.globalLoss.toFixed(4);
+  document.body.dataset.rounds = JSON.stringify(reports);
 }
 
 async function join(ev: { preventDefault(): void }): Promise<void> {
