@@ -15,7 +15,8 @@
  *   package's `browser` field does.
  *
  * {@linkcode BundledScripts.modules} lists every project module that went
- * into a bundle, so that a test can hold each of them to "no `Deno.*`".
+ * into a bundle, and {@linkcode denoApiUses} holds each of them to "no
+ * `Deno.*`" (tests/browser_join_test.ts, `deno task bundle`).
  *
  * @module
  */
@@ -193,4 +194,29 @@ async function packageDir(specifier: string, name: string): Promise<string> {
     dir = new URL("../", dir);
   }
   throw new Error(`Cannot bundle ${specifier}: no package.json of ${name} above ${resolved}`);
+}
+
+/** A module's code without its comments (a doc example may well name `Deno.*`). */
+export function codeOf(source: string): string {
+  return source.replace(/\/\*[\s\S]*?\*\//g, "").replace(/^\s*\/\/.*$/gm, "");
+}
+
+/**
+ * Each of `modules` (paths from the repository root) whose code uses a Deno
+ * API, as `path: Deno.x, Deno.y`; empty when a browser can run them all.
+ *
+ * @example
+ * ```ts ignore
+ * import { bundleForBrowser, denoApiUses } from "./bundle.ts";
+ * const { modules } = await bundleForBrowser({ page: new URL("./page.ts", import.meta.url) });
+ * console.log(await denoApiUses(modules)); // []
+ * ```
+ */
+export async function denoApiUses(modules: readonly string[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const m of modules) {
+    const uses = codeOf(await Deno.readTextFile(new URL(m, ROOT))).match(/\bDeno\.\w+/g);
+    if (uses) out.push(`${m}: ${[...new Set(uses)].join(", ")}`);
+  }
+  return out;
 }
