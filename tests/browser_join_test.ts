@@ -10,6 +10,8 @@
  * The bundle itself is checked too: it builds, and no project module in it
  * uses a Deno API (`Deno.`), since a browser has none.
  *
+ * Each trainer's tokens/s over those rounds goes to `.ci/out/browser_join.json`.
+ *
  * The browser part is skipped, with the reason printed, where Chromium or
  * playwright-core is missing. Slow (a run of two trainers, one of them on a
  * software GPU): run alone with `deno test -A tests/browser_join_test.ts`.
@@ -22,6 +24,7 @@ Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
 
 const CHROMIUM = "/usr/bin/chromium";
 const ROOT = new URL("../", import.meta.url);
+const OUT_DIR = new URL("../.ci/out/", import.meta.url);
 /** WebGPU on SwiftShader, the software Vulkan that ships with Chromium (works headless). */
 const WEBGPU_ARGS = [
   "--enable-unsafe-webgpu",
@@ -230,6 +233,11 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
           equal(mine.hash, r.theta_hashes[0], `round ${r.round}: the tab's θ hash`);
           ok(mine.contributed, `the tab contributed to round ${r.round}`);
         }
+        // The figures of the README's "Joining from a browser" (deno test shows no passing output).
+        const figures = JSON.stringify({ tab: path, tokens_per_s: speeds(withTab) });
+        await Deno.mkdir(OUT_DIR, { recursive: true });
+        await Deno.writeTextFile(new URL("browser_join.json", OUT_DIR), figures + "\n");
+        console.log(`tokens/s (inner phase): ${figures}`);
       },
     );
     await t.step("closing the tab mid-round: the host evicts it and the rounds go on", async () => {
