@@ -62,6 +62,7 @@ interface RoundLine {
   round: number;
   contributors: string[];
   tokens: number;
+  loss: number;
   theta_hashes: string[];
   inner_ms: Record<string, number>;
 }
@@ -224,7 +225,7 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
         }, `3 rounds with the tab among the contributors (page: ${consoleLines.join(" | ")})`);
         const reports = JSON.parse(
           await page.evaluate("document.body.dataset.rounds ?? '[]'") as string,
-        ) as { round: number; hash: string; contributed: boolean }[];
+        ) as { round: number; hash: string; contributed: boolean; loss: number }[];
         for (const r of withTab) {
           equal(r.theta_hashes.length, 2, `round ${r.round}: both trainers reported`);
           equal(new Set(r.theta_hashes).size, 1, `round ${r.round}: θ hashes ${r.theta_hashes}`);
@@ -232,6 +233,12 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
           if (!mine) throw new Error(`The tab does not show round ${r.round}`);
           equal(mine.hash, r.theta_hashes[0], `round ${r.round}: the tab's θ hash`);
           ok(mine.contributed, `the tab contributed to round ${r.round}`);
+          // The round's loss is the mean of both trainers' (same model, disjoint shards of one
+          // corpus): a tab whose kernels computed wrong on its adapter would stand apart.
+          ok(
+            Math.abs(mine.loss - r.loss) < 0.05 * r.loss,
+            `round ${r.round}: the tab's loss ${mine.loss} beside the round's ${r.loss}`,
+          );
         }
         // The figures of the README's "Joining from a browser" (deno test shows no passing output).
         const figures = JSON.stringify({ tab: path, tokens_per_s: speeds(withTab) });

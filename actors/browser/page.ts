@@ -3,8 +3,8 @@
  * `/join/page.js`): it keeps the tab's key in the page's storage, joins the
  * run with the token typed in (actors/browser/join.ts), and shows each round:
  * the local loss, whether and what the tab contributed, the round's global
- * loss (the host's `GET /status`) and the θ hash. Closing the tab ends it
- * all; the host evicts the trainer when its heartbeats stop.
+ * loss (the host's `GET /status`) and the θ hash. "Leave" tells the tracker;
+ * closing the tab ends it all, and the host evicts the silent trainer.
  *
  * The figures are also on `document.body.dataset` (`rounds`, a JSON list of
  * reports) for a test to read.
@@ -36,10 +36,9 @@ interface Browser {
     createElement(tag: string): Element;
   };
   localStorage: { getItem(key: string): string | null; setItem(key: string, value: string): void };
-  location: { protocol: string; host: string; href: string };
-  addEventListener(type: string, listener: () => void): void;
+  location: { protocol: string; host: string };
 }
-const { document, localStorage, location, addEventListener } = globalThis as unknown as Browser;
+const { document, localStorage, location } = globalThis as unknown as Browser;
 
 const KEY_ITEM = "decentra.node.key";
 
@@ -150,7 +149,12 @@ async function join(ev: { preventDefault(): void }): Promise<void> {
   void tab.closed.then(() => {
     $("state").textContent = "the host closed the connection";
   });
-  addEventListener("pagehide", () => void tab.leave());
+  // Leaving says so to the tracker at once; closing the tab leaves it to evict the silent trainer.
+  $("leave").disabled = false;
+  $("leave").addEventListener("click", () => {
+    $("leave").disabled = true;
+    void tab.leave().then(() => $("state").textContent = "left the run");
+  });
 }
 
 $("join").addEventListener("submit", (ev) => void join(ev));

@@ -44,7 +44,8 @@ export function joinPageHtml(run: string): string {
 <body data-run="${escapeHtml(run)}"><main>
 <h1>Train with this tab <span>run ${escapeHtml(run)}</span></h1>
 <form id="join"><label>Run token <input id="token" type="password" autocomplete="off"></label>
-<button id="go" type="submit">Join</button></form>
+<button id="go" type="submit">Join</button> <button id="leave" type="button" disabled>Leave</button>
+</form>
 <section><dl>
 <dt>State</dt><dd id="state">not joined (WebGPU needed)</dd>
 <dt>Node</dt><dd id="node">-</dd><dt>Key</dt><dd id="key">-</dd>
