@@ -14,14 +14,12 @@
  * @module
  */
 import { ActorSystem } from "../runtime/system.ts";
-import { Supervisor } from "../runtime/supervisor.ts";
 import { ActorDialer } from "../../transport/dialer.ts";
 import { derivedNodeId, type NodeIdentity } from "../../transport/identity.ts";
-import { trainerBehavior, type TrainerEvent } from "../trainer.ts";
-import { syncOptions } from "../overlap.ts";
+import type { TrainerEvent } from "../trainer.ts";
 import { engineSettings, type RunSettings } from "../run_settings.ts";
 import { runMessageClaims } from "../run_identity.ts";
-import { MONITOR_NAME } from "../monitor.ts";
+import { HOST_TRACKER, joinedTrainer } from "../joined_trainer.ts";
 import type { RunInfo } from "../networked.ts";
 
 /** Where a tab's host serves what a browser trainer loads (see actors/browser/serve.ts). */
@@ -109,35 +107,16 @@ export async function joinFromTab(options: TabJoinOptions): Promise<TabTrainer> 
   const path = `${node}/node/trainer`;
   // The page, its Worker and the corpus come from the host's HTTP side of the same port.
   const origin = options.url.replace(/^ws/, "http");
-  const sup = new Supervisor({
-    intensity: 5,
-    periodMs: 60_000,
-    children: [{
-      id: "trainer",
-      start: () =>
-        trainerBehavior({
-          run: settings.run,
-          id: path,
-          tracker: "host/run/tracker/tracker",
-          monitor: `host/${MONITOR_NAME}`,
-          engine: {
-            ...engineSettings(settings),
-            dataPath: new URL(options.corpusUrl ?? JOIN_PATHS.corpus, origin).href,
-          },
-          dataShards: settings.dataShards ?? 16,
-          innerSteps: settings.innerSteps,
-          ...syncOptions(settings),
-          // A tab takes its start state from the aggregators (the default source): fetching
-          // it from the keepers checks it with checkpoint/ code that reads files.
-          ...(info.resume ? { resume: info.resume } : {}),
-          workerUrl: new URL(options.workerUrl ?? JOIN_PATHS.worker, origin).href,
-          onEvent: options.onEvent,
-        }),
-    }],
-    onEvent: (e) => {
-      if (e.type === "restarted") log(`trainer restarted (restart ${e.restarts})`);
+  const sup = joinedTrainer(settings, info.resume, path, {
+    engine: {
+      ...engineSettings(settings),
+      dataPath: new URL(options.corpusUrl ?? JOIN_PATHS.corpus, origin).href,
     },
-  });
+    // A tab takes its start state from the aggregators (the default source): fetching it
+    // from the keepers checks it with checkpoint/ code that reads files.
+    workerUrl: new URL(options.workerUrl ?? JOIN_PATHS.worker, origin).href,
+    onEvent: options.onEvent,
+  }, (restarts) => log(`trainer restarted (restart ${restarts})`));
   await system.spawn(sup, { name: "node", shutdownMs: 10_000 });
   log(`joined run "${settings.run}" as ${path}`);
   return {
@@ -147,7 +126,7 @@ export async function joinFromTab(options: TabJoinOptions): Promise<TabTrainer> 
     closed: client.closed,
     async leave() {
       try {
-        system.ref("host/run/tracker/tracker").tell({
+        system.ref(HOST_TRACKER).tell({
           type: "leave",
           run: settings.run,
           node: path,
