@@ -19,20 +19,11 @@
 import { deepEqual, equal, ok } from "@std/assert";
 import { joinScripts } from "../actors/browser/assets.ts";
 import { BROWSER_SUBSTITUTES, codeOf, denoApiUses } from "../actors/browser/bundle.ts";
+import { browserMissing, CHROMIUM, Host, speeds, WEBGPU_ARGS } from "./_browser_join.ts";
 
 Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
 
-const CHROMIUM = "/usr/bin/chromium";
-const ROOT = new URL("../", import.meta.url);
 const OUT_DIR = new URL("../.ci/out/", import.meta.url);
-/** WebGPU on SwiftShader, the software Vulkan that ships with Chromium (works headless). */
-const WEBGPU_ARGS = [
-  "--enable-unsafe-webgpu",
-  "--enable-features=Vulkan",
-  "--use-vulkan=swiftshader",
-  "--use-webgpu-adapter=swiftshader",
-  "--no-sandbox",
-];
 
 Deno.test("browser bundle: it builds, and no module in it uses a Deno API", async () => {
   const { scripts, modules } = await joinScripts();
@@ -56,111 +47,6 @@ Deno.test("browser bundle: the check catches a Deno API in a browser-bound modul
   equal(codeOf("/** Deno.env */\n// Deno.exit()\nconst x = 1;").match(/\bDeno\.\w+/g), null);
   deepEqual(codeOf("const v = Deno.env.get('X');").match(/\bDeno\.\w+/g), ["Deno.env"]);
 });
-
-interface RoundLine {
-  event: "round";
-  round: number;
-  contributors: string[];
-  tokens: number;
-  loss: number;
-  theta_hashes: string[];
-  inner_ms: Record<string, number>;
-}
-
-/** Each trainer's tokens/s over `rounds` (its tokens over its inner-phase time), for the log. */
-function speeds(rounds: RoundLine[]): Record<string, number> {
-  const sum: Record<string, { tokens: number; ms: number }> = {};
-  for (const r of rounds) {
-    for (const [trainer, ms] of Object.entries(r.inner_ms)) {
-      sum[trainer] ??= { tokens: 0, ms: 0 };
-      sum[trainer].tokens += r.tokens / r.contributors.length;
-      sum[trainer].ms += ms;
-    }
-  }
-  return Object.fromEntries(
-    Object.entries(sum).map(([t, s]) => [t, Math.round(s.tokens / (s.ms / 1000))]),
-  );
-}
-
-/** The host process and the lines it printed (JSON events), read as they come. */
-class Host {
-  readonly lines: Record<string, unknown>[] = [];
-  readonly #child: Deno.ChildProcess;
-  readonly #reading: Promise<void>;
-  readonly #stderr: Promise<string>;
-
-  constructor(args: string[]) {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "actors/node_main.ts", ...args],
-      cwd: ROOT,
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.#child = child;
-    this.#stderr = new Response(this.#child.stderr).text();
-    this.#reading = (async () => {
-      let buffer = "";
-      for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-        buffer += chunk;
-        let end;
-        while ((end = buffer.indexOf("\n")) >= 0) {
-          const line = buffer.slice(0, end);
-          buffer = buffer.slice(end + 1);
-          try {
-            this.lines.push(JSON.parse(line));
-          } catch {
-            // Not an event line.
-          }
-        }
-      }
-    })();
-  }
-
-  rounds(): RoundLine[] {
-    return this.lines.filter((l) => l.event === "round") as unknown as RoundLine[];
-  }
-
-  logs(): string[] {
-    return this.lines.filter((l) => l.event === "log").map((l) => String(l.message));
-  }
-
-  async until<T>(find: () => T | undefined, what: string, ms = 300_000): Promise<T> {
-    const end = Date.now() + ms;
-    while (true) {
-      const found = find();
-      if (found !== undefined) return found;
-      if (Date.now() > end) {
-        throw new Error(`Timed out waiting for ${what}; host said:\n${this.logs().join("\n")}`);
-      }
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
-
-  /** Waits for the host to end (its run is over), killing it after `ms`. */
-  async end(ms = 120_000): Promise<number> {
-    const timer = setTimeout(() => this.#child.kill("SIGKILL"), ms);
-    const status = await this.#child.status;
-    clearTimeout(timer);
-    await this.#reading;
-    await this.#stderr;
-    return status.code;
-  }
-}
-
-/** Why the browser part cannot run here, or undefined when it can. */
-async function browserMissing(): Promise<string | undefined> {
-  try {
-    await Deno.stat(CHROMIUM);
-  } catch {
-    return `no Chromium at ${CHROMIUM} (Debian: apt-get install chromium)`;
-  }
-  try {
-    await import("playwright-core");
-  } catch (err) {
-    return `playwright-core cannot be loaded: ${err instanceof Error ? err.message : err}`;
-  }
-  return undefined;
-}
 
 Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ, and is evicted when closed", async (t) => {
   const missing = await browserMissing();
@@ -194,11 +80,7 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
   ]);
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: WEBGPU_ARGS });
   try {
-    const url = await host.until(
-      () =>
-        host.logs().map((m) => /hosting run "[^"]+" on ws:\/\/([^ ]+)/.exec(m)?.[1]).find(Boolean),
-      "the host to listen",
-    );
+    const url = await host.url();
     const page = await browser.newPage();
     const consoleLines: string[] = [];
     page.on("console", (m) => consoleLines.push(m.text()));
