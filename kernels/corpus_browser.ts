@@ -24,7 +24,10 @@ async function fetchBytes(url: string): Promise<Uint8Array> {
   } catch (err) {
     throw new DataError(`Cannot load data: ${url}: ${err instanceof Error ? err.message : err}`);
   }
-  if (!res.ok) throw new DataError(`Cannot load data: ${url} answered ${res.status}`);
+  if (!res.ok) {
+    await res.body?.cancel();
+    throw new DataError(`Cannot load data: ${url} answered ${res.status}`);
+  }
   return new Uint8Array(await res.arrayBuffer());
 }
 
