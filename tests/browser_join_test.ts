@@ -2,7 +2,8 @@
  * A browser tab trains in a real run: a host (`deno task node --host`, one
  * Deno trainer in its process) waits for a second trainer; headless Chromium
  * (playwright-core, `/usr/bin/chromium`, WebGPU on SwiftShader) opens the
- * host's `/join`, types the run's token and joins. The tab must be among the
+ * host's `/join`, types a wrong token (refused, and the page says why), then
+ * the run's token, and joins. The tab must be among the
  * contributors of at least 3 rounds, and the θ hash it reports must equal the
  * Deno trainer's every round. Then the tab is closed while a round runs: the
  * host evicts it and the rounds go on with the Deno trainer.
@@ -86,6 +87,18 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
     page.on("console", (m) => consoleLines.push(m.text()));
     page.on("pageerror", (e) => consoleLines.push(`page error: ${e.message}`));
     await page.goto(`http://${url}/join`);
+    const state = async () =>
+      await page.evaluate("document.getElementById('state').textContent") as string;
+    await t.step("a wrong token is refused, and the page says so", async () => {
+      await page.fill("#token", "not-the-token");
+      await page.click("#go");
+      await page.waitForFunction("!document.getElementById('go').disabled", null, {
+        timeout: 60_000,
+      });
+      const shown = await state();
+      ok(shown.includes(`Cannot join run at ws://${url}/`), shown);
+      ok(shown.includes("authentication failed"), shown);
+    });
     await page.fill("#token", "tab-token");
     await page.click("#go");
     const node = async () =>
@@ -94,8 +107,7 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
     let tab: string | undefined;
     while (!(tab = await node()) && Date.now() < end) await new Promise((r) => setTimeout(r, 250));
     if (!tab) {
-      const state = await page.evaluate("document.getElementById('state').textContent");
-      throw new Error(`The tab did not join: ${state} (page: ${consoleLines.join(" | ")})`);
+      throw new Error(`The tab did not join: ${await state()} (page: ${consoleLines.join(" | ")})`);
     }
     const path = tab;
     await t.step(
