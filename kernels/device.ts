@@ -330,7 +330,10 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
     },
   });
   const info = adapter.info;
-  const description = info.description || info.device || "unknown adapter";
+  // Chromium leaves description and device empty and names vendor and architecture
+  // ("google swiftshader"), which is what tells its CPU adapter apart.
+  const description = info.description || info.device ||
+    [info.vendor, info.architecture].filter(Boolean).join(" ") || "unknown adapter";
   // Deno reports the fallback flag on the adapter info (older versions on the adapter).
   const isFallback = Boolean((info as { isFallbackAdapter?: boolean }).isFallbackAdapter);
   const isCpuAdapter = isFallback || CPU_ADAPTER.test(description);

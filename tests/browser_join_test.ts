@@ -11,7 +11,8 @@
  * The bundle itself is checked too: it builds, and no project module in it
  * uses a Deno API (`Deno.`), since a browser has none.
  *
- * Each trainer's tokens/s over those rounds goes to `.ci/out/browser_join.json`.
+ * Each trainer's tokens/s over those rounds goes to `.ci/out/browser_join.json`,
+ * a screenshot of the page to `.ci/out/join.png`.
  *
  * The browser part is skipped, with the reason printed, where Chromium or
  * playwright-core is missing. Slow (a run of two trainers, one of them on a
@@ -139,6 +140,9 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
         await Deno.mkdir(OUT_DIR, { recursive: true });
         await Deno.writeTextFile(new URL("browser_join.json", OUT_DIR), figures + "\n");
         console.log(`tokens/s (inner phase): ${figures}`);
+        const shot = new URL("join.png", OUT_DIR);
+        await page.screenshot({ path: decodeURIComponent(shot.pathname), fullPage: true });
+        console.log(`screenshot: ${decodeURIComponent(shot.pathname)}`);
       },
     );
     await t.step("closing the tab mid-round: the host evicts it and the rounds go on", async () => {
