@@ -103,7 +103,8 @@ export async function joinFromTab(options: TabJoinOptions): Promise<TabTrainer> 
     );
   }
   const info = await system.ref("host/run_info").ask<RunInfo>({ type: "run_info" });
-  const settings = info.settings;
+  // The precision is each machine's own, as for `--join`: the tab's adapter picks its default.
+  const { precision: _hostPrecision, ...settings } = info.settings;
   const path = `${node}/node/trainer`;
   // The page, its Worker and the corpus come from the host's HTTP side of the same port.
   const origin = options.url.replace(/^ws/, "http");
