@@ -87,7 +87,8 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
     const consoleLines: string[] = [];
     page.on("console", (m) => consoleLines.push(m.text()));
     page.on("pageerror", (e) => consoleLines.push(`page error: ${e.message}`));
-    await page.goto(`http://${url}/join`);
+    // The host bundles the page when it starts: on busy cores that can take a while.
+    await page.goto(`http://${url}/join`, { timeout: 180_000 });
     const state = async () =>
       await page.evaluate("document.getElementById('state').textContent") as string;
     await t.step("a wrong token is refused, and the page says so", async () => {
@@ -104,7 +105,7 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
     await page.click("#go");
     const node = async () =>
       await page.evaluate("document.body.dataset.node") as string | undefined;
-    const end = Date.now() + 120_000;
+    const end = Date.now() + 300_000;
     let tab: string | undefined;
     while (!(tab = await node()) && Date.now() < end) await new Promise((r) => setTimeout(r, 250));
     if (!tab) {
