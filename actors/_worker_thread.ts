@@ -20,13 +20,15 @@
  * alone it does not prevent the crash: the instance outlives the device.
  *
  * Where there is no `/proc` (not Linux) or no read permission for it, the
- * thread is unknown and only the device is released before termination.
+ * thread is unknown and only the device is released before termination. A
+ * browser bundle puts actors/_worker_thread_browser.ts in place of this module.
  *
  * @module
  */
 
-/** How long {@linkcode retireWorker} waits for the Worker to confirm `close`, ms. */
-export const DEFAULT_CLOSE_TIMEOUT_MS = 1500;
+import { closeAndTerminate, DEFAULT_CLOSE_TIMEOUT_MS } from "./_worker_close.ts";
+
+export { DEFAULT_CLOSE_TIMEOUT_MS };
 /** How long {@linkcode retireWorker} waits for the Worker's thread to end, ms. */
 export const DEFAULT_END_TIMEOUT_MS = 2500;
 
@@ -130,16 +132,7 @@ export interface Retired {
  * ```
  */
 export async function retireWorker(worker: Worker, options: RetireOptions = {}): Promise<Retired> {
-  let closed = false;
-  if (options.close) {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<false>((r) => {
-      timer = setTimeout(() => r(false), options.closeTimeoutMs ?? DEFAULT_CLOSE_TIMEOUT_MS);
-    });
-    closed = await Promise.race([options.close().then(() => true, () => false), timeout]);
-    clearTimeout(timer);
-  }
-  worker.terminate();
+  const closed = await closeAndTerminate(worker, options);
   if (options.thread === undefined) return { closed, ended: "unknown" };
   let ended: boolean;
   try {

@@ -43,6 +43,8 @@ export type RunEvent =
     inner_steps: number;
     utilization: number;
     theta_hashes: string[];
+    /** Each contributing trainer's inner-phase time of the round, ms (its speed beside the others'). */
+    inner_ms: Record<string, number>;
     rejected: string[];
     missing: string[];
     wall_s: number;
@@ -329,6 +331,7 @@ export class RunMonitor {
         inner_steps: this.#settings.innerSteps,
         utilization: round4(util.reduce((a, b) => a + b, 0) / Math.max(1, util.length)),
         theta_hashes: rs.map((r) => r.hash),
+        inner_ms: Object.fromEntries(contributed.map((r) => [r.trainer, Math.round(r.innerMs)])),
         rejected: this.#rejected.get(round) ?? [],
         missing: [...new Set(shards.flatMap((s) => s.missing))],
         wall_s: round3(this.wallS),

@@ -1,6 +1,7 @@
 /**
  * A run across processes ({@linkcode runNetworked}): `--host ADDR:PORT`
- * serves the host side behind the WebSocket transport and `GET /status`;
+ * serves the host side behind the WebSocket transport, `GET /status`, the
+ * dashboard and `GET /join` (a browser tab joins as a trainer);
  * `--join URL` joins it as a trainer or, with `--role keeper`, as a
  * checkpoint keeper.
  *
@@ -8,13 +9,11 @@
  */
 import { ActorSystem } from "./runtime/system.ts";
 import { Supervisor } from "./runtime/supervisor.ts";
-import { trainerBehavior } from "./trainer.ts";
-import { syncOptions } from "./overlap.ts";
+import { HOST_TRACKER, joinedTrainer } from "./joined_trainer.ts";
 import type { ReportCursor } from "./run_protocol.ts";
 import { keeperBehavior } from "./keeper.ts";
-import { MONITOR_NAME, type RunEvent } from "./monitor.ts";
+import type { RunEvent } from "./monitor.ts";
 import {
-  engineSettings,
   exchangeConflict,
   resumeCursors,
   runModel,
@@ -32,16 +31,18 @@ import {
 } from "./run_checkpoint.ts";
 import { startRunHost } from "./host.ts";
 import { mountDashboard } from "./dashboard/serve.ts";
+import { mountJoin } from "./browser/serve.ts";
+import { loadCorpus } from "../kernels/corpus.ts";
 import { finalCommit, summarize } from "./run_summary.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { checkDuty } from "../checkpoint/_background.ts";
 import {
   derivedNodeId,
   generateIdentity,
-  loadIdentity,
   type NodeIdentity,
   parseAllowList,
 } from "../transport/identity.ts";
+import { loadIdentity } from "../transport/identity_file.ts";
 import { runMessageClaims } from "./run_identity.ts";
 
 /** Settings the host hands to joiners, so that every trainer runs the same engine. */
@@ -185,6 +186,11 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     memberKey: (node) =>
       node === system.node ? admission.identity.fingerprint : transport.peerFingerprint(node),
   });
+  mountJoin(app, {
+    run: options.run,
+    corpus: () => loadCorpus(settings.dataPath ? { path: settings.dataPath } : {}),
+    warn: (message) => host.monitor.log(`join page: ${message}`, "warn"),
+  });
   transport.mount(app, "/");
   const listening = Promise.withResolvers<void>();
   const tls = admission.tls;
@@ -304,38 +310,18 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   const path = `${node}/node/trainer`;
   const finished = Promise.withResolvers<void>();
   let lastRound = -1;
-  const sup = new Supervisor({
-    intensity: 5,
-    periodMs: 60_000,
-    children: [{
-      id: "trainer",
-      start: () =>
-        trainerBehavior({
-          run: settings.run,
-          id: path,
-          tracker: "host/run/tracker/tracker",
-          monitor: `host/${MONITOR_NAME}`,
-          engine: engineSettings(settings),
-          dataShards: settings.dataShards ?? 16,
-          innerSteps: settings.innerSteps,
-          ...syncOptions(settings),
-          heartbeatMs: options.heartbeatMs,
-          ...(stateSource ? { stateSource } : {}),
-          ...(info.resume ? { resume: info.resume } : {}),
-          onEvent: (e) => {
-            if (e.type === "report") {
-              lastRound = e.report.round;
-              if (settings.rounds > 0 && lastRound + 1 >= settings.rounds) finished.resolve();
-            } else if (e.type === "rejected") {
-              log(`rejected: ${e.reason}: ${e.detail}`, "warn");
-            } else if (e.type === "log") log(e.message);
-          },
-        }),
-    }],
+  const sup = joinedTrainer(settings, info.resume, path, {
+    heartbeatMs: options.heartbeatMs,
+    ...(stateSource ? { stateSource } : {}),
     onEvent: (e) => {
-      if (e.type === "restarted") log(`trainer restarted (restart ${e.restarts})`, "warn");
+      if (e.type === "report") {
+        lastRound = e.report.round;
+        if (settings.rounds > 0 && lastRound + 1 >= settings.rounds) finished.resolve();
+      } else if (e.type === "rejected") {
+        log(`rejected: ${e.reason}: ${e.detail}`, "warn");
+      } else if (e.type === "log") log(e.message);
     },
-  });
+  }, (restarts) => log(`trainer restarted (restart ${restarts})`, "warn"));
   await system.spawn(sup, { name: "node", shutdownMs: Infinity });
   const stop = () => finished.resolve();
   Deno.addSignalListener("SIGINT", stop);
@@ -352,7 +338,7 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   Deno.removeSignalListener("SIGINT", stop);
   Deno.removeSignalListener("SIGTERM", stop);
   try {
-    system.ref("host/run/tracker/tracker").tell({ type: "leave", run: settings.run, node: path });
+    system.ref(HOST_TRACKER).tell({ type: "leave", run: settings.run, node: path });
   } catch {
     // The host is gone: nothing to tell.
   }

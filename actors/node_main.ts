@@ -40,7 +40,7 @@ import { engineSettings } from "./run_settings.ts";
 import { NODE_COMMAND, type NodeArgs, parseNodeArgs, resumedArgs } from "./node_args.ts";
 import { eventPrinter } from "./node_progress.ts";
 import { readInput, runCommand, UsageError } from "../kernels/cli.ts";
-import { loadCorpus } from "../kernels/data.ts";
+import { loadCorpus } from "../kernels/corpus.ts";
 import { acquireGpu } from "../kernels/device.ts";
 import { planModel } from "../kernels/limits.ts";
 import { resolvePrecision } from "../kernels/model_options.ts";

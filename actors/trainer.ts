@@ -103,6 +103,8 @@ export interface TrainerOptions {
   resume?: { round: number; cursors: readonly ReportCursor[] };
   /** Receives reports and log lines. */
   onEvent?: (event: TrainerEvent) => void;
+  /** The compute Worker's module (default actors/trainer_worker.ts; a browser's bundle URL). */
+  workerUrl?: string | URL;
 }
 
 type Control =
@@ -460,6 +462,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     started(ctx) {
       worker = new TrainerWorkerClient({
         onError: (error) => ctx.self.tell({ type: "_worker_error", error }),
+        ...(options.workerUrl ? { url: options.workerUrl } : {}),
       });
       call({ op: "init", ...options.engine, dataShard: { index: 0, count: options.dataShards } })
         .then(

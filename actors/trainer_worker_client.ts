@@ -24,6 +24,11 @@ export interface WorkerReply {
 export interface TrainerWorkerClientOptions {
   /** Called once if the Worker dies of an uncaught error, with its message. */
   onError(message: string): void;
+  /**
+   * The Worker's module (default actors/trainer_worker.ts beside this file;
+   * a browser tab gives the URL its host serves the bundled Worker at).
+   */
+  url?: string | URL;
 }
 
 /**
@@ -48,8 +53,8 @@ export class TrainerWorkerClient {
 
   /** Starts the Worker; it loads the engine only when asked ("init"). */
   constructor(options: TrainerWorkerClientOptions) {
-    const url = new URL("./trainer_worker.ts", import.meta.url);
-    this.#worker = new Worker(url.href, { type: "module" });
+    const url = options.url ?? new URL("./trainer_worker.ts", import.meta.url);
+    this.#worker = new Worker(String(url), { type: "module" });
     this.#worker.onmessage = (ev: MessageEvent<WorkerReply | ThreadHello>) => {
       const m = ev.data;
       if (m.op === "thread") {

@@ -1,14 +1,11 @@
 import { deepEqual, equal, notDeepEqual, ok, rejects, throws } from "@std/assert";
+import { batchSampler, DataError, shardChunkBytes, splitDocuments } from "./data.ts";
 import {
-  batchSampler,
-  DataError,
   DEFAULT_CORPUS,
   DEFAULT_CORPUS_SPECIFIER,
   defaultCorpusDir,
   loadCorpus,
-  shardChunkBytes,
-  splitDocuments,
-} from "./data.ts";
+} from "./corpus.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 
@@ -34,7 +31,7 @@ Deno.test("the default corpus resolves by its pinned specifier, the one deno.jso
   const config = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
   equal(config.imports[DEFAULT_CORPUS], DEFAULT_CORPUS_SPECIFIER);
   // The fetch-on-first-use import names the same version (an import needs a literal).
-  const source = await Deno.readTextFile(new URL("./data.ts", import.meta.url));
+  const source = await Deno.readTextFile(new URL("./corpus.ts", import.meta.url));
   ok(source.includes(`await import("${DEFAULT_CORPUS_SPECIFIER}")`));
   const dir = await defaultCorpusDir();
   ok(dir.includes("datasets-sotu/0.2.3/"), dir);

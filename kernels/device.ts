@@ -5,6 +5,7 @@
  * @module
  */
 import { type BufferLimits, checkBindingOverride } from "./limits.ts";
+import { envVar } from "./_env.ts";
 
 /** Raised when no WebGPU device can be obtained or the device is lost. */
 export class GpuUnavailableError extends Error {
@@ -329,11 +330,14 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
     },
   });
   const info = adapter.info;
-  const description = info.description || info.device || "unknown adapter";
+  // Chromium leaves description and device empty and names vendor and architecture
+  // ("google swiftshader"), which is what tells its CPU adapter apart.
+  const description = info.description || info.device ||
+    [info.vendor, info.architecture].filter(Boolean).join(" ") || "unknown adapter";
   // Deno reports the fallback flag on the adapter info (older versions on the adapter).
   const isFallback = Boolean((info as { isFallbackAdapter?: boolean }).isFallbackAdapter);
   const isCpuAdapter = isFallback || CPU_ADAPTER.test(description);
-  const envBackend = Deno.env.get("DENO_WEBGPU_BACKEND");
+  const envBackend = envVar("DENO_WEBGPU_BACKEND");
   const summary: AdapterSummary = {
     description,
     vendor: info.vendor,

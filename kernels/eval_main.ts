@@ -21,7 +21,8 @@ import {
 } from "./cli.ts";
 import { CONFIGS, getConfig, type GptConfig } from "./config.ts";
 import { SHAPE_FIELDS, shapeFlags, shapeFlagSpecs, type ShapeOverrides } from "./shape.ts";
-import { DataError, loadCorpus } from "./data.ts";
+import { DataError } from "./data.ts";
+import { loadCorpus } from "./corpus.ts";
 import { acquireGpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
 import { createModel } from "./model.ts";

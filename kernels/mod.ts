@@ -39,6 +39,7 @@ export * from "./config.ts";
 export * from "./shape.ts";
 export * from "./model.ts";
 export * from "./data.ts";
+export * from "./corpus.ts";
 export * from "./evaluate.ts";
 export { initParams, normalRng } from "./init.ts";
 export type { AttentionKind, ModelOptions, Precision } from "./model_options.ts";

@@ -26,7 +26,8 @@ import {
 } from "./cli.ts";
 import { CONFIGS, DEFAULT_CONFIG, describeConfig, getConfig, type GptConfig } from "./config.ts";
 import { resolveShape, SHAPE_FLAGS, shapeFlags } from "./shape.ts";
-import { batchSampler, type Corpus, loadCorpus } from "./data.ts";
+import { batchSampler, type Corpus } from "./data.ts";
+import { loadCorpus } from "./corpus.ts";
 import { acquireGpu, type Gpu } from "./device.ts";
 import { evaluate } from "./evaluate.ts";
 import { createModel } from "./model.ts";

@@ -10,7 +10,7 @@ import { assertAgreesWithNumpy } from "./_numpy_gpt2.ts";
 import { getConfig } from "../kernels/config.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import { initParams } from "../kernels/init.ts";
-import { loadCorpus } from "../kernels/data.ts";
+import { loadCorpus } from "../kernels/corpus.ts";
 import { gpt2Tensors, saveGpt2, toHfConfig } from "../checkpoint/gpt2_safetensors.ts";
 import { writeSafetensors } from "../checkpoint/safetensors.ts";
 

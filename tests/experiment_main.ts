@@ -18,7 +18,7 @@ import {
 } from "../kernels/cli.ts";
 import { acquireGpu } from "../kernels/device.ts";
 import { CONFIGS, DEFAULT_CONFIG } from "../kernels/config.ts";
-import { loadCorpus } from "../kernels/data.ts";
+import { loadCorpus } from "../kernels/corpus.ts";
 import {
   DEFAULT_INNER_STEPS,
   DEFAULT_OUTER,

@@ -15,7 +15,8 @@
  * `deno test -A tests/identity_multiprocess_test.ts`.
  */
 import { equal, ok } from "@std/assert";
-import { derivedNodeId, loadIdentity } from "../transport/identity.ts";
+import { derivedNodeId } from "../transport/identity.ts";
+import { loadIdentity } from "../transport/identity_file.ts";
 import {
   hostFlags,
   type Line,

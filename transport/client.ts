@@ -21,6 +21,7 @@ import { type Envelope, resolveLimits } from "./envelope.ts";
 import { AskTimeoutError } from "../actors/runtime/ref.ts";
 import { AuthenticationError, ConnectionClosedError } from "./errors.ts";
 import { backoffDelay, mulberry32 } from "./rng.ts";
+import { type SocketOpener, socketOpener } from "./_socket.ts";
 
 type Timer = ReturnType<typeof setTimeout>;
 
@@ -109,7 +110,7 @@ export class TransportClient {
   readonly url: string;
   #o: ClientOptions;
   #key: Promise<CryptoKey | undefined>;
-  #http: Deno.HttpClient | undefined;
+  #sockets: SocketOpener;
   #limits;
   #random: () => number;
   #state: ClientState = "connecting";
@@ -156,7 +157,7 @@ export class TransportClient {
       ? Promise.resolve(undefined)
       : importSecret(options.secret);
     this.#key.catch(() => {});
-    if (options.caCerts?.length) this.#http = Deno.createHttpClient({ caCerts: options.caCerts });
+    this.#sockets = socketOpener(options.caCerts);
     this.#dial();
   }
 
@@ -216,7 +217,7 @@ export class TransportClient {
     });
     let socket: WebSocket;
     try {
-      socket = new WebSocket(this.url, this.#http ? { client: this.#http } : undefined);
+      socket = this.#sockets.open(this.url);
     } catch (err) {
       this.#fatal({
         code: 1002,
@@ -306,8 +307,7 @@ export class TransportClient {
 
   #fatal(info: CloseInfo): void {
     this.#state = "closed";
-    this.#http?.close();
-    this.#http = undefined;
+    this.#sockets.release();
     const error = info.code === AUTH_FAILED_CODE
       ? new AuthenticationError(
         `Cannot connect to ${this.url}: authentication failed (${info.reason || info.code})`,
@@ -407,8 +407,7 @@ export class TransportClient {
     this.#state = "closed";
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
-    this.#http?.close();
-    this.#http = undefined;
+    this.#sockets.release();
     this.#failQueued(new ConnectionClosedError(`Client ${this.#o.nodeId} closed`));
     const socket = this.#socket;
     const channel = this.#channel;

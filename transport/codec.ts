@@ -10,8 +10,7 @@
  *
  * @module
  */
-import { Packr } from "./_deps.ts";
-import { Buffer } from "node:buffer";
+import { Packr } from "./_deps_codec.ts";
 
 const OPTIONS = { useRecords: false, moreTypes: true } as const;
 
@@ -90,6 +89,24 @@ export function decode(bytes: Uint8Array): unknown {
 }
 
 /**
+ * The bytes of a Node `Buffer` (a subclass of Uint8Array) as a plain
+ * `Uint8Array` view of the same memory; any other Uint8Array as it is.
+ * Checked by class, so that the codec needs no `node:buffer` (a browser has none).
+ *
+ * @example
+ * ```ts
+ * import { plainBytes } from "./codec.ts";
+ * import { Buffer } from "node:buffer";
+ * console.log(plainBytes(Buffer.from([1, 2])).constructor === Uint8Array); // true
+ * ```
+ */
+export function plainBytes(value: Uint8Array): Uint8Array {
+  return value.constructor === Uint8Array
+    ? value
+    : new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+}
+
+/**
  * Replaces every Node `Buffer` in a decoded value with a plain `Uint8Array`
  * view over the same bytes. Returns the (possibly new) value.
  *
@@ -104,9 +121,7 @@ export function decode(bytes: Uint8Array): unknown {
  */
 export function normalize(value: unknown, depth = 0): unknown {
   if (value === null || typeof value !== "object") return value;
-  if (value instanceof Buffer) {
-    return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
-  }
+  if (value instanceof Uint8Array) return plainBytes(value);
   if (ArrayBuffer.isView(value) || depth > 64) return value;
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {

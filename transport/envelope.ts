@@ -9,8 +9,7 @@
  *
  * @module
  */
-import { Buffer } from "node:buffer";
-import { decode } from "./codec.ts";
+import { decode, plainBytes } from "./codec.ts";
 export { nodeOf } from "../actors/runtime/_remote.ts";
 import { type ErrorCode, FrameError } from "./errors.ts";
 
@@ -307,9 +306,7 @@ function checkBytes(value: unknown, what: string, length?: number): Uint8Array {
   if (length !== undefined && value.byteLength !== length) {
     fail("invalid", `Invalid ${what}: expected ${length} bytes, got ${value.byteLength}`);
   }
-  return value instanceof Buffer
-    ? new Uint8Array(value.buffer, value.byteOffset, value.length)
-    : value;
+  return plainBytes(value);
 }
 
 /** Checks (and normalises) an optional bytes field of a handshake payload. */
@@ -328,9 +325,7 @@ function optionalBytes(
  */
 function checkPayload(value: unknown, depth: number, limits: Limits, path: string): unknown {
   if (value === null || typeof value !== "object") return value;
-  if (value instanceof Buffer) {
-    return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
-  }
+  if (value instanceof Uint8Array) return plainBytes(value);
   if (ArrayBuffer.isView(value)) return value;
   if (depth >= limits.maxDepth) {
     fail("invalid", `Invalid payload: nesting deeper than ${limits.maxDepth} at ${path}`);

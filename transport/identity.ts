@@ -7,7 +7,7 @@
  * server that checks the signature of the handshake also knows that the id
  * is the signer's: no peer can claim another node's id without its private
  * key. The key lives in a PKCS#8 PEM file readable by its owner only (mode
- * 0600).
+ * 0600; transport/identity_file.ts), or, in a browser tab, in its storage.
  *
  * @module
  */
@@ -103,45 +103,37 @@ function fromPem(text: string, path: string): Uint8Array {
 }
 
 /**
- * Loads the Ed25519 key at `path`, creating it (mode 0600, parent folders
- * included) when it does not exist yet. Throws a `TypeError` naming the file
- * when it holds no Ed25519 PKCS#8 key.
+ * A fresh Ed25519 private key as PKCS#8 PEM text (what a key file holds).
  *
  * @example
  * ```ts
- * import { loadIdentity } from "./identity.ts";
- * import assert from "node:assert/strict";
- * const dir = await Deno.makeTempDir();
- * const first = await loadIdentity(`${dir}/node.key`);
- * const again = await loadIdentity(`${dir}/node.key`);
- * assert.equal(again.fingerprint, first.fingerprint);
- * await Deno.remove(dir, { recursive: true });
+ * import { freshKeyPem } from "./identity.ts";
+ * console.log((await freshKeyPem()).startsWith("-----BEGIN PRIVATE KEY-----")); // true
  * ```
  */
-export async function loadIdentity(path: string): Promise<NodeIdentity> {
-  let text: string | undefined;
+export async function freshKeyPem(): Promise<string> {
+  return toPem(await freshPkcs8());
+}
+
+/**
+ * The identity of a PKCS#8 PEM Ed25519 key; `source` names where the text
+ * came from in the error.
+ *
+ * @example
+ * ```ts
+ * import { freshKeyPem, identityFromPem } from "./identity.ts";
+ * const id = await identityFromPem(await freshKeyPem(), "a fresh key");
+ * console.log(id.fingerprint.length); // 64
+ * ```
+ *
+ * @throws {TypeError} naming `source` when it holds no Ed25519 PKCS#8 key
+ */
+export async function identityFromPem(text: string, source: string): Promise<NodeIdentity> {
   try {
-    text = await Deno.readTextFile(path);
-  } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) throw err;
-  }
-  if (text === undefined) {
-    const pkcs8 = await freshPkcs8();
-    const slash = path.lastIndexOf("/");
-    if (slash > 0) await Deno.mkdir(path.slice(0, slash), { recursive: true });
-    // createNew: two processes starting at once must not overwrite each other's key.
-    await Deno.writeTextFile(path, toPem(pkcs8), { mode: 0o600, createNew: true }).catch(
-      (err) => {
-        if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
-      },
-    );
-    text = await Deno.readTextFile(path);
-  }
-  try {
-    return await fromPkcs8(fromPem(text, path));
+    return await fromPkcs8(fromPem(text, source));
   } catch (err) {
     if (err instanceof TypeError && err.message.startsWith("Invalid key file")) throw err;
-    throw new TypeError(`Invalid key file ${path}: not an Ed25519 private key`);
+    throw new TypeError(`Invalid key file ${source}: not an Ed25519 private key`);
   }
 }
 

@@ -4,9 +4,9 @@ import {
   fingerprintOf,
   generateIdentity,
   isDerivedNodeId,
-  loadIdentity,
   parseAllowList,
 } from "./identity.ts";
+import { loadIdentity } from "./identity_file.ts";
 
 Deno.test("identity: a key file is created once with mode 0600 and loads to the same key", async () => {
   const dir = await Deno.makeTempDir();

@@ -1,102 +1,18 @@
 /**
  * Joins an {@linkcode ActorSystem} to other nodes over the transport, so
- * that a ref to an actor on another node is used exactly like a local one.
- *
- * Every authenticated connection (accepted by this node's server or dialled
- * by one of its clients) becomes the system's {@linkcode RemoteLink} for the
- * peer: actor frames map one to one onto envelopes (`tell`, `ask` with `id`,
- * `reply` and `error` with `corr`), and the peer's proven id replaces any
- * `from` it claims. When a peer's last connection closes, the system's
- * `removeRemote` fails the asks still waiting on it with a clear
- * `RemoteUnavailableError` instead of letting them hang; a dialled
- * connection that comes back (the client reconnects) is added again.
+ * that a ref to an actor on another node is used exactly like a local one:
+ * {@linkcode ActorTransport} is transport/dialer.ts's `ActorDialer` (the
+ * connections it dials, and the routing of every connection to the system)
+ * with the server side added: peers that connect to this node.
  *
  * @module
  */
-import type { RemoteFrame, RemoteLink } from "../actors/runtime/_remote.ts";
 import type { ActorSystem } from "../actors/runtime/system.ts";
 import type { Hono } from "./_deps.ts";
-import type { Channel } from "./_channel.ts";
-import { type CloseInfo, type ConnectionOptions, consoleLogger } from "./_channel_options.ts";
-import { type ClientOptions, TransportClient } from "./client.ts";
-import type { Envelope } from "./envelope.ts";
+import { ActorDialer, type ActorTransportOptions } from "./dialer.ts";
 import { TransportServer } from "./server.ts";
-import type { NodeIdentity } from "./identity.ts";
-import { nodeOf } from "../actors/runtime/_remote.ts";
-import type { AdmissionLimits } from "./_admission.ts";
 
-const transports = new WeakMap<ActorSystem, ActorTransport>();
-
-/**
- * The host name by which `system`'s transport reaches node `node` (the host
- * of the URL it dialled, or the address a peer connected from), or
- * `undefined` when no transport of `system` is connected to it. Lets a
- * service on that node offer a second endpoint (another port) on the same
- * host.
- *
- * @example
- * ```ts
- * import { ActorSystem } from "../actors/runtime/system.ts";
- * import { peerHostname } from "./remote.ts";
- * import assert from "node:assert/strict";
- * assert.equal(peerHostname(new ActorSystem({ node: "a" }), "b"), undefined);
- * ```
- */
-export function peerHostname(system: ActorSystem, node: string): string | undefined {
-  return transports.get(system)?.peerHostname(node);
-}
-
-/** The host part of a channel's remote address (a URL, or `host:port`). */
-function hostOf(addr: string | undefined): string | undefined {
-  if (!addr) return undefined;
-  if (addr.includes("://")) {
-    try {
-      return new URL(addr).hostname || undefined;
-    } catch {
-      return undefined;
-    }
-  }
-  const at = addr.lastIndexOf(":");
-  const host = at > 0 ? addr.slice(0, at) : addr;
-  // A bare IPv6 address needs brackets in a URL.
-  return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
-}
-
-/** Options of {@linkcode ActorTransport}. */
-export interface ActorTransportOptions extends ConnectionOptions {
-  /** Run id shared by every node of the run. */
-  run: string;
-  /** The run secret (join token); optional with `identity` and `allow`. */
-  secret?: string | Uint8Array;
-  /** This node's key pair (see `TransportServer` and `TransportClient`). */
-  identity?: NodeIdentity;
-  /** Server side: the key fingerprints admitted. */
-  allow?: ReadonlySet<string>;
-  /** Client side: extra PEM certificates to trust for `wss://`. */
-  caCerts?: string[];
-  /**
-   * The actor paths (or node ids) a message to `to` speaks for, e.g. the
-   * trainer a contribution names. A tell, ask or reply from a peer that
-   * speaks for a path on another node is refused as an impersonation and
-   * never delivered: what a message claims is bound to the connection it
-   * came on.
-   */
-  claims?: (payload: unknown, to: string) => string[];
-  /** Limits on connections before they authenticate (server side; see transport/_admission.ts). */
-  admission?: Partial<AdmissionLimits>;
-}
-
-/** Options of {@linkcode ActorTransport.connect}. */
-export type DialOptions = Pick<
-  ClientOptions,
-  | "expectedPeer"
-  | "expectedKey"
-  | "seed"
-  | "random"
-  | "backoffBaseMs"
-  | "backoffMaxMs"
-  | "maxAttempts"
->;
+export { type ActorTransportOptions, type DialOptions, peerHostname } from "./dialer.ts";
 
 /** A certificate chain and its private key, PEM text, for serving `wss://`. */
 export interface TlsFiles {
@@ -141,19 +57,17 @@ export interface Listener {
  * await b.shutdown();
  * ```
  */
-export class ActorTransport {
+export class ActorTransport extends ActorDialer {
   #server: TransportServer | undefined;
   #system: ActorSystem;
   #options: ActorTransportOptions;
-  #channels = new Map<string, Channel[]>();
-  #clients = new Set<TransportClient>();
   #listeners = new Set<Deno.HttpServer>();
 
   /** Creates the transport of `system` (its node id is the system's `node`). */
   constructor(system: ActorSystem, options: ActorTransportOptions) {
+    super(system, options);
     this.#system = system;
     this.#options = options;
-    transports.set(system, this);
     // A node that only dials (a joiner with a key and no secret) never needs a server's admission.
     if (options.secret !== undefined || options.allow) void this.server;
   }
@@ -167,29 +81,11 @@ export class ActorTransport {
     this.#server ??= new TransportServer({
       ...this.#options,
       nodeId: this.#system.node,
-      onEnvelope: (env, ch) => this.#deliver(env, ch),
-      onPeer: (ch) => this.#opened(ch),
-      onPeerClosed: (ch, info) => this.#closed(ch, info),
+      onEnvelope: (env, ch) => this.deliver(env, ch),
+      onPeer: (ch) => this.opened(ch),
+      onPeerClosed: (ch, info) => this.closed(ch, info),
     });
     return this.#server;
-  }
-
-  /** Node ids with at least one open connection. */
-  get peers(): string[] {
-    return [...this.#channels.keys()];
-  }
-
-  /**
-   * The fingerprint of the key `node` signed its handshake with ("" when it
-   * proved the run secret only), or undefined when it is not connected.
-   */
-  peerFingerprint(node: string): string | undefined {
-    return this.#channels.get(node)?.at(-1)?.peerFingerprint;
-  }
-
-  /** The host name by which an open connection reaches `node` (see {@linkcode peerHostname}). */
-  peerHostname(node: string): string | undefined {
-    return hostOf(this.#channels.get(node)?.at(-1)?.remoteAddr);
   }
 
   /** Registers the transport route on `app` at `path`; returns this transport. */
@@ -224,174 +120,9 @@ export class ActorTransport {
     return promise;
   }
 
-  /** Dials a peer node; the client reconnects until {@linkcode ActorTransport.close}. */
-  connect(url: string | URL, options: DialOptions = {}): TransportClient {
-    const client = new TransportClient(url, {
-      ...this.#options,
-      ...options,
-      nodeId: this.#system.node,
-      onEnvelope: (env, ch) => this.#deliver(env, ch),
-      onOpen: (ch) => this.#opened(ch),
-      onClose: (ch, info) => this.#closed(ch, info),
-    });
-    this.#clients.add(client);
-    client.closed.then(() => this.#clients.delete(client));
-    return client;
-  }
-
-  #link(channel: Channel): RemoteLink {
-    return {
-      send: (frame: RemoteFrame) => {
-        switch (frame.kind) {
-          case "tell":
-            channel.post("tell", frame.to, frame.payload);
-            return;
-          case "ask":
-            channel.post("ask", frame.to, frame.payload, { id: frame.id });
-            return;
-          case "reply":
-            channel.post("reply", frame.to, frame.payload, { corr: frame.id });
-            return;
-          case "error": {
-            const p = frame.payload as { name: string; message: string };
-            channel.post("error", frame.to, {
-              code: "actor_error",
-              name: p.name,
-              message: p.message,
-            }, {
-              corr: frame.id,
-            });
-            return;
-          }
-        }
-      },
-    };
-  }
-
-  #opened(channel: Channel): void {
-    const list = this.#channels.get(channel.peerId) ?? [];
-    list.push(channel);
-    this.#channels.set(channel.peerId, list);
-    this.#system.addRemote(channel.peerId, this.#link(channel));
-  }
-
-  #closed(channel: Channel, info: CloseInfo): void {
-    const peer = channel.peerId;
-    const list = (this.#channels.get(peer) ?? []).filter((c) => c !== channel);
-    if (list.length > 0) {
-      this.#channels.set(peer, list);
-      this.#system.addRemote(peer, this.#link(list[list.length - 1]));
-      return;
-    }
-    this.#channels.delete(peer);
-    if (!this.#system.isShutDown) {
-      this.#system.removeRemote(
-        peer,
-        `connection closed (${info.code}${info.reason ? ` ${info.reason}` : ""})`,
-      );
-    }
-  }
-
-  /** Why a message from `channel` may not be delivered: it speaks for another node. */
-  #impersonation(env: Envelope, channel: Channel): string | undefined {
-    if (!this.#options.claims || env.kind === "error") return undefined;
-    let claimed: string[];
-    try {
-      claimed = this.#options.claims(env.payload, env.to);
-    } catch {
-      return undefined; // not a message the hook knows; the receiver validates it
-    }
-    const other = claimed.find((path) => nodeOf(path) !== channel.peerId);
-    if (other === undefined) return undefined;
-    const type = (env.payload as { type?: unknown })?.type;
-    return `${typeof type === "string" ? type : env.kind} from node "${channel.peerId}" speaks ` +
-      `for "${other}" of another node (impersonation)`;
-  }
-
-  #deliver(env: Envelope, channel: Channel): void {
-    const impersonation = this.#impersonation(env, channel);
-    if (impersonation !== undefined) {
-      const message = `Refused ${impersonation}`;
-      (this.#options.log ?? consoleLogger)("warn", message);
-      // The peer hears why: an ask fails with it, a tell or reply gets it as a report.
-      if (channel.isOpen) {
-        channel.post("error", env.from, {
-          code: "impersonation",
-          name: "ImpersonationError",
-          message,
-        }, env.kind === "ask" ? { corr: env.id } : undefined);
-      }
-      // The ask a refused reply answers fails with the reason instead of waiting for its timeout.
-      if (env.kind === "reply") {
-        this.#system.deliverRemote({
-          kind: "error",
-          to: env.to,
-          from: channel.peerId,
-          id: env.corr,
-          payload: { name: "ImpersonationError", message },
-        });
-      }
-      return;
-    }
-    let frame: RemoteFrame;
-    switch (env.kind) {
-      case "tell":
-        frame = { kind: "tell", to: env.to, from: channel.peerId, payload: env.payload };
-        break;
-      case "ask":
-        frame = { kind: "ask", to: env.to, from: channel.peerId, id: env.id, payload: env.payload };
-        break;
-      case "reply":
-        frame = {
-          kind: "reply",
-          to: env.to,
-          from: channel.peerId,
-          id: env.corr,
-          payload: env.payload,
-        };
-        break;
-      case "error": {
-        const p = env.payload as { code: string; message: string; name?: unknown };
-        if (env.corr === undefined) {
-          (this.#options.log ?? consoleLogger)(
-            "warn",
-            `Peer "${channel.peerId}" reported: ${p.message}`,
-          );
-          return;
-        }
-        const name = typeof p.name === "string" ? p.name : p.code;
-        frame = {
-          kind: "error",
-          to: env.to,
-          from: channel.peerId,
-          id: env.corr,
-          payload: { name, message: p.message },
-        };
-        break;
-      }
-      default:
-        return;
-    }
-    try {
-      this.#system.deliverRemote(frame);
-    } catch (err) {
-      if (env.kind === "ask" && channel.isOpen) {
-        channel.post("error", env.from, {
-          code: "invalid",
-          name: "TypeError",
-          message: (err as Error).message,
-        }, {
-          corr: env.id,
-        });
-      } else {
-        throw err;
-      }
-    }
-  }
-
   /** Closes every client and server connection (peers are removed from the system). */
-  async close(): Promise<void> {
-    await Promise.all([...this.#clients].map((c) => c.close()));
+  override async close(): Promise<void> {
+    await super.close();
     await this.#server?.close();
     await Promise.all([...this.#listeners].map((h) => h.shutdown()));
     this.#listeners.clear();

@@ -140,7 +140,7 @@ Deno.test("charts escape series names and draw one path per series", () => {
 
 Deno.test("the page script bundles with deno.json's esbuild", async () => {
   const config = JSON.parse(await Deno.readTextFile(new URL("../../deno.json", import.meta.url)));
-  const source = await Deno.readTextFile(new URL("./bundle.ts", import.meta.url));
+  const source = await Deno.readTextFile(new URL("../browser/bundle.ts", import.meta.url));
   ok(source.includes(`import("${config.imports.esbuild}")`), "bundle.ts loads another esbuild");
   const js = await dashboardScript();
   ok(js.includes("EventSource"));

@@ -1,0 +1,18 @@
+/**
+ * kernels/_env.ts in a browser: a tab has no process environment.
+ *
+ * @module
+ */
+
+/**
+ * Always undefined: a browser has no environment variables.
+ *
+ * @example
+ * ```ts
+ * import { envVar } from "./_env_browser.ts";
+ * console.log(envVar("DENO_WEBGPU_BACKEND")); // undefined
+ * ```
+ */
+export function envVar(_name: string): string | undefined {
+  return undefined;
+}
