@@ -11,7 +11,7 @@
  */
 import { type Command, intFlag, numberFlag, parseFlags, runCommand, UsageError } from "./cli.ts";
 import { DEFAULT_CONFIG, describeConfig, getConfig } from "./config.ts";
-import { loadCorpus } from "./data.ts";
+import { loadCorpus } from "./corpus.ts";
 import { acquireGpu, type AdapterClass, type Gpu } from "./device.ts";
 import {
   type ArmRun,
