@@ -97,6 +97,11 @@ const MODEL_COMBOS: Omit<Case, "m" | "n" | "k">[] = [
 // loads and stores along every operand's contiguous dimension).
 const SHAPES = [{ m: 67, n: 130, k: 257 }, { m: 1, n: 3, k: 1 }, { m: 132, n: 68, k: 36 }];
 
+// The GL backend (llvmpipe behind GLSL) compiles these modules slowly: one split-K module took
+// 35-90 s here, and the whole matrix ran for over 40 minutes. There the tile variants check the
+// model's layouts on the odd shape, and split-K is left to Vulkan (CI's backend) and to GPUs.
+const GL = Deno.env.get("DENO_WEBGPU_BACKEND") === "gl";
+
 const VARIANTS = ["tile128", "tile128x64", "tile64", "tile64x128", "tile64s4", "tile128s3"];
 
 Deno.test("GPU matmul variants match the reference in every layout and fused epilogue", async () => {
@@ -104,9 +109,9 @@ Deno.test("GPU matmul variants match the reference in every layout and fused epi
   try {
     const failures: string[] = [];
     let seed = 1000;
-    for (const variant of VARIANTS) {
-      for (const shape of SHAPES) {
-        for (const combo of [...MODEL_COMBOS, ...FULL_COMBOS]) {
+    for (const variant of GL ? VARIANTS.filter((v) => !/s\d+$/.test(v)) : VARIANTS) {
+      for (const shape of GL ? SHAPES.slice(0, 1) : SHAPES) {
+        for (const combo of GL ? MODEL_COMBOS : [...MODEL_COMBOS, ...FULL_COMBOS]) {
           const f = await check(gpu, variant, { ...shape, ...combo }, seed++);
           if (f) failures.push(f);
         }
@@ -118,7 +123,10 @@ Deno.test("GPU matmul variants match the reference in every layout and fused epi
   }
 });
 
-Deno.test("split-K handles a long k with a tiny output, and splits that get no k", async () => {
+Deno.test({
+  name: "split-K handles a long k with a tiny output, and splits that get no k",
+  ignore: GL,
+}, async () => {
   const gpu = await acquireGpu();
   try {
     const failures: string[] = [];
@@ -143,7 +151,10 @@ Deno.test("split-K handles a long k with a tiny output, and splits that get no k
   }
 });
 
-Deno.test("split-K gives the same bits twice and the unsplit result within tolerance", async () => {
+Deno.test({
+  name: "split-K gives the same bits twice and the unsplit result within tolerance",
+  ignore: GL,
+}, async () => {
   const gpu = await acquireGpu();
   try {
     for (
@@ -188,7 +199,10 @@ Deno.test("GPU matmul default picks tiles by output size and splits k for small 
   equal(defaultVariant({ isCpu: true }, { m: 256, n: 1024, k: 4096 }), "reg32x16v");
 });
 
-Deno.test("matmul on a GPU-class adapter runs the per-shape default, split-K included", async () => {
+Deno.test({
+  name: "matmul on a GPU-class adapter runs the per-shape default, split-K included",
+  ignore: GL,
+}, async () => {
   // Kernels for GPUs on llvmpipe: the default then comes from gpuDefaultVariant.
   const gpu = await acquireGpu({ adapterClass: "gpu" });
   try {
