@@ -40,6 +40,7 @@ import {
   type JoinReplyMsg,
   type ReportCursor,
   type RunMessage,
+  sealReport,
   tellLater,
   type TrainerReportMsg,
   type UpdateMsg,
@@ -319,7 +320,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     const hash = await thetaHash(theta);
     if (phase === "blocked") times.blockedSoFar(pendingInner?.round ?? round);
     const { inner: innerMs, blocked: blockedMs } = times.take(round);
-    const report: TrainerReportMsg = {
+    const report: TrainerReportMsg = sealReport({
       type: "trainer_report",
       run,
       trainer: id,
@@ -332,7 +333,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       bytesUp,
       bytesDown,
       ...(cursor ? { cursor } : {}),
-    };
+    });
     emit({ type: "report", report });
     if (options.monitor) tellLater(ctx.system, options.monitor, report);
     bytesUp = 0;
