@@ -91,5 +91,26 @@ export function keepsRunning(s: { sync?: SyncMode; fragments?: number }): boolea
   return s.sync === "overlapped" || (s.fragments ?? 1) > 1;
 }
 
+/**
+ * The data position the report of round `round` carries, from the
+ * positions after each inner phase by round: that of the latest phase of
+ * `round` or before, not of a later one (overlapped, phase r+1 may be over
+ * before round r's update comes; a run resumed at r+1 from its position
+ * would skip a round's data). Positions of older phases are dropped.
+ *
+ * @example
+ * ```ts
+ * import { reportCursor } from "./overlap.ts";
+ * const at = (step: number) => ({ seed: 1, shard: { index: 0, count: 16 }, step });
+ * const cursors = new Map([[3, at(40)], [4, at(50)]]);
+ * console.log(reportCursor(cursors, 3)?.step); // 40
+ * ```
+ */
+export function reportCursor<C>(cursors: Map<number, C>, round: number): C | undefined {
+  const at = Math.max(-1, ...[...cursors.keys()].filter((k) => k <= round));
+  for (const k of [...cursors.keys()]) if (k < at) cursors.delete(k);
+  return cursors.get(at);
+}
+
 /** The merge's TypeScript twin (the Worker runs kernels/overlap_merge.ts on the GPU). */
 export { mergeRangeRef as mergeRange } from "../kernels/overlap_merge.ts";

@@ -55,7 +55,7 @@ import { ContributionOutbox } from "./trainer_contribute.ts";
 import { RoundTimes } from "./trainer_times.ts";
 import { encode } from "../transport/codec.ts";
 import { tensorChecksum } from "./_checksum.ts";
-import { defaultOverlapSteps, keepsRunning, type SyncMode } from "./overlap.ts";
+import { defaultOverlapSteps, keepsRunning, reportCursor, type SyncMode } from "./overlap.ts";
 import { roundPiece, roundRanges } from "./fragments.ts";
 
 /** What a trainer reports besides its round reports. */
@@ -166,8 +166,13 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   let bytesUp = 0;
   let bytesDown = 0;
   let myLoss = 0;
-  /** The sampler's position after the last inner phase (reported with each round). */
-  let cursor: ReportCursor | undefined;
+  /**
+   * The sampler's position after each recent inner phase, by its round. The
+   * report of round r carries phase r's: overlapped, phase r+1 may be over
+   * before round r's update comes, and its position would skip a round's
+   * data on resume.
+   */
+  const cursors = new Map<number, ReportCursor>();
   let resumeUsed = false;
   /** Updates by "round/shard"; kept while θ is being fetched, so none is lost. */
   const updates = new Map<string, UpdateMsg>();
@@ -318,6 +323,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     }
     const contributed = mine.every((u) => u!.contributors.includes(id));
     const hash = await thetaHash(theta);
+    const cursor = reportCursor(cursors, round);
     if (phase === "blocked") times.blockedSoFar(pendingInner?.round ?? round);
     const { inner: innerMs, blocked: blockedMs } = times.take(round);
     const report: TrainerReportMsg = sealReport({
@@ -534,7 +540,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         case "_inner_done": {
           const reply = ctl.reply;
           times.innerEnded(reply.round, reply.waitedMs);
-          if (reply.cursor) cursor = reply.cursor;
+          if (reply.cursor) cursors.set(reply.round, reply.cursor);
           phase = "idle";
           if (theta !== undefined && awaiting && reply.round === round + 1) {
             // Overlapped and a round ahead: Δ waits for the open round's update.
