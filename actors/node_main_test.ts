@@ -301,7 +301,10 @@ Deno.test("node flags: --aggregate picks the rule, is recorded with the run and 
 });
 
 Deno.test("node flags: --sync/--overlap, --overlap-steps and --fragments reach the run's settings", () => {
+  // No flag: the run's default, overlapped, which the run's settings record.
   equal(parseNodeArgs([]).sync, undefined);
+  equal(runSettingsOf(parseNodeArgs([])).sync, "overlapped");
+  equal(parseNodeArgs(["--overlap-steps", "3"]).overlapSteps, 3);
   equal(parseNodeArgs(["--overlap"]).sync, "overlapped");
   equal(parseNodeArgs(["--sync", "blocking"]).sync, "blocking");
   const a = parseNodeArgs(["--sync", "overlapped", "--overlap-steps", "4", "--fragments", "2"]);
@@ -315,7 +318,7 @@ Deno.test("node flags: --sync/--overlap, --overlap-steps and --fragments reach t
   );
   throws(() => parseNodeArgs(["--overlap", "--sync", "blocking"]), /--overlap and --sync blocking/);
   throws(
-    () => parseNodeArgs(["--overlap-steps", "3"]),
+    () => parseNodeArgs(["--sync", "blocking", "--overlap-steps", "3"]),
     /Invalid --overlap-steps: only an overlapped/,
   );
   throws(() => parseNodeArgs(["--overlap", "--overlap-steps", "11"]), /from 1 to H = 10, got 11/);

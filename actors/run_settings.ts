@@ -8,7 +8,7 @@
  * @module
  */
 import type { OuterOptimizer } from "./outer_optimizer.ts";
-import { checkSync, type SyncMode } from "./overlap.ts";
+import { checkSync, DEFAULT_SYNC, type SyncMode } from "./overlap.ts";
 import { checkFragments, roundPiece } from "./fragments.ts";
 import { DEFAULT_BLOCK, type ReportCursor } from "./run_protocol.ts";
 import type { WorkerInit } from "./trainer_worker.ts";
@@ -77,8 +77,9 @@ export interface RunSettings {
    */
   precision?: Precision;
   /**
-   * The outer step blocking (default) or overlapped with the next round's
-   * inner steps (actors/overlap.ts); every trainer of the run uses the host's.
+   * The outer step overlapped with the next round's inner steps (the
+   * default, `DEFAULT_SYNC` of actors/overlap.ts) or blocking; every trainer
+   * of the run uses the host's.
    */
   sync?: SyncMode;
   /** Fragments synchronised in turn, one per round (default 1; actors/fragments.ts). */
@@ -163,7 +164,8 @@ export function runSettingsOf(o: RunSettings): RunSettings {
     ...(o.gradAccum !== undefined ? { gradAccum: o.gradAccum } : {}),
     ...(o.exchange !== undefined ? { exchange: o.exchange } : {}),
     ...(o.aggregate !== undefined ? { aggregate: o.aggregate } : {}),
-    ...(o.sync !== undefined ? { sync: o.sync } : {}),
+    // Recorded whatever the default: a checkpoint or a joiner never has to guess it.
+    sync: o.sync ?? DEFAULT_SYNC,
     ...(o.fragments !== undefined ? { fragments: o.fragments } : {}),
     ...(o.overlapSteps !== undefined ? { overlapSteps: o.overlapSteps } : {}),
   };
@@ -199,7 +201,7 @@ export function checkSyncSettings(
   if (s.sync !== undefined) checkSync(s.sync, names.sync);
   if (s.overlapSteps !== undefined) {
     const t = s.overlapSteps;
-    if (s.sync !== "overlapped") {
+    if ((s.sync ?? DEFAULT_SYNC) !== "overlapped") {
       throw new RangeError(
         `Invalid ${names.overlapSteps}: only an overlapped run (${names.sync} overlapped) merges late`,
       );

@@ -46,8 +46,9 @@ type Timer = ReturnType<typeof setTimeout>;
  * The run settings of every fault run, also in a trainer node's own process
  * (_fault_node.ts). The inner learning-rate schedule must not depend on where
  * a run is stopped (`rounds: 0`): a faulty run and its fault-free twin use
- * the same one. `FAULT_SYNC=overlapped` runs the suite with the overlapped
- * outer step (actors/overlap.ts); child processes inherit it.
+ * the same one. The outer step is the run's default (overlapped,
+ * actors/overlap.ts); `FAULT_SYNC=blocking` runs the suite blocking, and
+ * child processes inherit it.
  */
 export function faultSettings(innerSteps: number): RunSettings {
   const sync = Deno.env.get("FAULT_SYNC");
