@@ -193,8 +193,7 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
     },
     fragments: {
       value: "F",
-      help: "synchronise the parameters in F fragments, one per round (default 1;\n" +
-        "int8 exchange only)",
+      help: "synchronise the parameters in F fragments, one per round (default 1)",
     },
     seed: { value: "N", help: "init and sampling seed (default 1)" },
     json: {

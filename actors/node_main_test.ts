@@ -324,11 +324,9 @@ Deno.test("node flags: --sync/--overlap, --overlap-steps and --fragments reach t
   throws(() => parseNodeArgs(["--overlap", "--overlap-steps", "11"]), /from 1 to H = 10, got 11/);
   throws(() => parseNodeArgs(["--fragments", "0"]), /Invalid --fragments/);
   throws(() => parseNodeArgs(["--config", "tiny", "--fragments", "64"]), /would leave one empty/);
-  // A fragment's piece is exchanged in int8 only; overlapped int4 is fine.
-  throws(
-    () => parseNodeArgs(["--exchange", "topk:0.05", "--fragments", "2"]),
-    /Invalid --fragments 2 with --exchange topk:0.05: fragments exchange int8 only/,
-  );
+  // Fragments take every exchange format: int4 and top-k move their residual on the piece.
+  equal(parseNodeArgs(["--exchange", "topk:0.05", "--fragments", "2"]).fragments, 2);
+  equal(parseNodeArgs(["--exchange", "int4", "--fragments", "2"]).exchange, "int4");
   equal(parseNodeArgs(["--exchange", "int4", "--overlap"]).sync, "overlapped");
   // A resumed run keeps its recorded sync mode unless a flag says otherwise.
   const resumed = {

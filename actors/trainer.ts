@@ -382,7 +382,14 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     phase = "inner";
     times.innerStarted();
     deltaOf = reply;
-    call({ op: "delta", round: reply.round }).then(
+    call({
+      op: "delta",
+      round: reply.round,
+      // With fragments, the error-feedback residual moves on the round's piece only.
+      ...(fragments > 1
+        ? { ranges: roundRanges(view!.shards, reply.round, fragments, view!.block) }
+        : {}),
+    }).then(
       (d) => ctx.self.tell({ type: "_delta_done", reply: d as unknown as DeltaReply }),
       (err) => ctx.self.tell({ type: "_worker_error", error: String(err) }),
     );

@@ -243,8 +243,10 @@ async function runDiloco(
     const tokens = H * c.batch * named.model.blockSize;
     const ownSteps = models.map(() => 0);
     const format = c.exchange === "fp32" ? undefined : parseExchange(c.exchange);
-    if (fragments !== 1 && format?.kind !== "int8") {
-      throw new RangeError(`Invalid experiment config "${c.name}": fragments need int8`);
+    if (fragments !== 1 && !format) {
+      throw new RangeError(
+        `Invalid experiment config "${c.name}": fragments need a coded exchange (int8, int4, topk)`,
+      );
     }
     // Each trainer's error-feedback residual (what its codes have not carried yet).
     const residuals = models.map(() => new Float32Array(n));

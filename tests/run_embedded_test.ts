@@ -124,6 +124,26 @@ Deno.test({
     // The tiny model's codes: int4 a byte per two values and a scale per 64; top-5% 13 values of
     // 256 at two bytes each and a scale: the messages' sizes follow (msgpack framing aside).
     ok(up["topk:0.05"] < up["int4"] / 3, JSON.stringify(up));
+    // With 2 fragments an int4 round sends half of the codes, and θ stays bit-identical.
+    const events: RunEvent[] = [];
+    const halves = await runEmbedded({
+      run: "embedded-int4-fragments",
+      config: "tiny",
+      trainers: 2,
+      rounds: 3,
+      innerSteps: 3,
+      outer: { lr: 1, momentum: 0 },
+      exchange: "int4",
+      fragments: 2,
+      evalWindows: 8,
+      timeoutMs: 240_000,
+      emit: (e) => events.push(e),
+    });
+    const rounds = events.filter((e) => e.event === "round");
+    equal(rounds.length, 3);
+    for (const e of rounds) equal(new Set(e.theta_hashes).size, 1, `int4, fragments, ${e.round}`);
+    ok(Number.isFinite(halves.final_eval_loss));
+    ok(halves.bytes_up_per_round_per_trainer < 0.6 * up["int4"], JSON.stringify(halves));
   },
 });
 
