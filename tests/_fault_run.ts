@@ -209,6 +209,10 @@ export class FaultRun {
       seed: hashSeed(`${peer}`, this.#options.seed),
       backoffBaseMs: 50,
       backoffMaxMs: 500,
+      // The fault layer can corrupt a handshake frame, which the peer refuses as
+      // a failed authentication; these nodes hold the right secret, so they dial
+      // again instead of giving up for good as a node with a wrong one should.
+      retryOnAuthFailure: true,
     });
   }
 

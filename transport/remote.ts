@@ -96,6 +96,7 @@ export type DialOptions = Pick<
   | "backoffBaseMs"
   | "backoffMaxMs"
   | "maxAttempts"
+  | "retryOnAuthFailure"
 >;
 
 /** A certificate chain and its private key, PEM text, for serving `wss://`. */
