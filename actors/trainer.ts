@@ -80,9 +80,10 @@ export interface TrainerOptions {
   /** Inner steps H per round. */
   innerSteps: number;
   /**
-   * Blocking (default): wait for θ_{r+1} after sending round r. Overlapped:
-   * go on with round r+1's inner steps and merge θ_{r+1} in when it comes
-   * (actors/overlap.ts).
+   * Blocking (when absent): wait for θ_{r+1} after sending round r.
+   * Overlapped: go on with round r+1's inner steps and merge θ_{r+1} in when
+   * it comes (actors/overlap.ts). A run's trainers get the run's mode, whose
+   * default is overlapped, through `syncOptions`.
    */
   sync?: SyncMode;
   /** Fragments synchronised in turn, one per round (default 1; actors/fragments.ts). */
