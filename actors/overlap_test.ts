@@ -1,6 +1,7 @@
 import { deepEqual, equal, ok, throws } from "@std/assert";
 import {
   checkSync,
+  DEFAULT_SYNC,
   defaultOverlapSteps,
   keepsRunning,
   mergeRange,
@@ -36,7 +37,10 @@ Deno.test("overlap: settings are checked and named", () => {
   equal(keepsRunning({ sync: "blocking", fragments: 1 }), false);
   equal(keepsRunning({ sync: "overlapped" }), true);
   equal(keepsRunning({ fragments: 2 }), true);
-  deepEqual(syncOptions({}), {});
+  // A run that names no mode gets the default, overlapped; blocking is kept when named.
+  deepEqual(syncOptions({}), { sync: DEFAULT_SYNC });
+  equal(DEFAULT_SYNC, "overlapped");
+  deepEqual(syncOptions({ sync: "blocking" }), { sync: "blocking" });
   deepEqual(syncOptions({ sync: "overlapped", overlapSteps: 3 }), {
     sync: "overlapped",
     overlapSteps: 3,
