@@ -16,7 +16,7 @@ Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
 
 /** A run of the tiny model with 3 trainers and H = 3, and the events it emitted. */
 async function tinyRun(
-  options: Pick<EmbeddedOptions, "run" | "rounds" | "faults" | "sync" | "fragments">,
+  options: Pick<EmbeddedOptions, "run" | "rounds" | "faults" | "sync" | "fragments" | "exchange">,
 ) {
   const events: RunEvent[] = [];
   const summary = await runEmbedded({
@@ -125,23 +125,16 @@ Deno.test({
     // 256 at two bytes each and a scale: the messages' sizes follow (msgpack framing aside).
     ok(up["topk:0.05"] < up["int4"] / 3, JSON.stringify(up));
     // With 2 fragments an int4 round sends half of the codes, and θ stays bit-identical.
-    const events: RunEvent[] = [];
-    const halves = await runEmbedded({
+    const { summary: halves, roundEvents } = await tinyRun({
       run: "embedded-int4-fragments",
-      config: "tiny",
-      trainers: 2,
       rounds: 3,
-      innerSteps: 3,
-      outer: { lr: 1, momentum: 0 },
       exchange: "int4",
       fragments: 2,
-      evalWindows: 8,
-      timeoutMs: 240_000,
-      emit: (e) => events.push(e),
     });
-    const rounds = events.filter((e) => e.event === "round");
-    equal(rounds.length, 3);
-    for (const e of rounds) equal(new Set(e.theta_hashes).size, 1, `int4, fragments, ${e.round}`);
+    equal(roundEvents.length, 3);
+    for (const e of roundEvents) {
+      equal(new Set(e.theta_hashes).size, 1, `int4, fragments, ${e.round}`);
+    }
     ok(Number.isFinite(halves.final_eval_loss));
     ok(halves.bytes_up_per_round_per_trainer < 0.6 * up["int4"], JSON.stringify(halves));
   },
