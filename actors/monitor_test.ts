@@ -1,6 +1,6 @@
 import { deepEqual, rejects } from "@std/assert";
 import { RunMonitor } from "./monitor.ts";
-import type { ReportCursor, TrainerReportMsg } from "./run_protocol.ts";
+import { type ReportCursor, sealReport, type TrainerReportMsg } from "./run_protocol.ts";
 
 const cursor = (index: number, step: number): ReportCursor => ({
   seed: 1,
@@ -9,7 +9,7 @@ const cursor = (index: number, step: number): ReportCursor => ({
 });
 
 function report(trainer: string, round: number, c: ReportCursor): TrainerReportMsg {
-  return {
+  return sealReport({
     type: "trainer_report",
     run: "r",
     trainer,
@@ -22,7 +22,7 @@ function report(trainer: string, round: number, c: ReportCursor): TrainerReportM
     bytesUp: 0,
     bytesDown: 0,
     cursor: c,
-  };
+  });
 }
 
 Deno.test("a resumed run's saved cursors that no trainer reads on from go into every later round", () => {

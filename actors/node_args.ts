@@ -181,9 +181,9 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
     },
     sync: {
       value: "MODE",
-      help: "blocking (default): trainers wait for each round's update; overlapped:\n" +
-        "they go on with the next round's inner steps and merge the update in\n" +
-        "when it arrives (joiners take the host's)",
+      help: "overlapped (default): trainers go on with the next round's inner steps\n" +
+        "and merge its update in when it arrives; blocking: they wait for each\n" +
+        "round's update (joiners take the host's)",
     },
     overlap: { type: "boolean", help: "the same as --sync overlapped" },
     "overlap-steps": {
@@ -193,8 +193,7 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
     },
     fragments: {
       value: "F",
-      help: "synchronise the parameters in F fragments, one per round (default 1;\n" +
-        "int8 exchange only)",
+      help: "synchronise the parameters in F fragments, one per round (default 1)",
     },
     seed: { value: "N", help: "init and sampling seed (default 1)" },
     json: {

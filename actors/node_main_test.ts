@@ -301,7 +301,10 @@ Deno.test("node flags: --aggregate picks the rule, is recorded with the run and 
 });
 
 Deno.test("node flags: --sync/--overlap, --overlap-steps and --fragments reach the run's settings", () => {
+  // No flag: the run's default, overlapped, which the run's settings record.
   equal(parseNodeArgs([]).sync, undefined);
+  equal(runSettingsOf(parseNodeArgs([])).sync, "overlapped");
+  equal(parseNodeArgs(["--overlap-steps", "3"]).overlapSteps, 3);
   equal(parseNodeArgs(["--overlap"]).sync, "overlapped");
   equal(parseNodeArgs(["--sync", "blocking"]).sync, "blocking");
   const a = parseNodeArgs(["--sync", "overlapped", "--overlap-steps", "4", "--fragments", "2"]);
@@ -315,17 +318,15 @@ Deno.test("node flags: --sync/--overlap, --overlap-steps and --fragments reach t
   );
   throws(() => parseNodeArgs(["--overlap", "--sync", "blocking"]), /--overlap and --sync blocking/);
   throws(
-    () => parseNodeArgs(["--overlap-steps", "3"]),
+    () => parseNodeArgs(["--sync", "blocking", "--overlap-steps", "3"]),
     /Invalid --overlap-steps: only an overlapped/,
   );
   throws(() => parseNodeArgs(["--overlap", "--overlap-steps", "11"]), /from 1 to H = 10, got 11/);
   throws(() => parseNodeArgs(["--fragments", "0"]), /Invalid --fragments/);
   throws(() => parseNodeArgs(["--config", "tiny", "--fragments", "64"]), /would leave one empty/);
-  // A fragment's piece is exchanged in int8 only; overlapped int4 is fine.
-  throws(
-    () => parseNodeArgs(["--exchange", "topk:0.05", "--fragments", "2"]),
-    /Invalid --fragments 2 with --exchange topk:0.05: fragments exchange int8 only/,
-  );
+  // Fragments take every exchange format: int4 and top-k move their residual on the piece.
+  equal(parseNodeArgs(["--exchange", "topk:0.05", "--fragments", "2"]).fragments, 2);
+  equal(parseNodeArgs(["--exchange", "int4", "--fragments", "2"]).exchange, "int4");
   equal(parseNodeArgs(["--exchange", "int4", "--overlap"]).sync, "overlapped");
   // A resumed run keeps its recorded sync mode unless a flag says otherwise.
   const resumed = {

@@ -1,9 +1,11 @@
 import { deepEqual, equal, ok, throws } from "@std/assert";
 import {
   checkSync,
+  DEFAULT_SYNC,
   defaultOverlapSteps,
   keepsRunning,
   mergeRange,
+  reportCursor,
   syncOptions,
 } from "./overlap.ts";
 
@@ -35,10 +37,24 @@ Deno.test("overlap: settings are checked and named", () => {
   equal(keepsRunning({ sync: "blocking", fragments: 1 }), false);
   equal(keepsRunning({ sync: "overlapped" }), true);
   equal(keepsRunning({ fragments: 2 }), true);
-  deepEqual(syncOptions({}), {});
+  // A run that names no mode gets the default, overlapped; blocking is kept when named.
+  deepEqual(syncOptions({}), { sync: DEFAULT_SYNC });
+  equal(DEFAULT_SYNC, "overlapped");
+  deepEqual(syncOptions({ sync: "blocking" }), { sync: "blocking" });
   deepEqual(syncOptions({ sync: "overlapped", overlapSteps: 3 }), {
     sync: "overlapped",
     overlapSteps: 3,
   });
   deepEqual([1, 3, 10, 30].map(defaultOverlapSteps), [1, 1, 2, 6]);
+});
+
+Deno.test("overlap: a round's report carries the data position of its own inner phase, not the next one's", () => {
+  const cursors = new Map([[2, "after 2"], [3, "after 3"], [4, "after 4"]]);
+  // Overlapped, phase 4 ended before round 3's update came.
+  equal(reportCursor(cursors, 3), "after 3");
+  deepEqual([...cursors.keys()], [3, 4]);
+  equal(reportCursor(cursors, 4), "after 4");
+  // A round whose phase this trainer did not run (it fetched θ): its latest phase before.
+  equal(reportCursor(new Map([[5, "after 5"]]), 7), "after 5");
+  equal(reportCursor(new Map([[8, "after 8"]]), 7), undefined);
 });

@@ -20,6 +20,7 @@
  *
  * @module
  */
+import { textChecksum } from "./_checksum.ts";
 
 /** A node's role in a run. */
 export type Role = "trainer" | "aggregator" | "tracker" | "keeper";
@@ -272,6 +273,14 @@ export interface TrainerReportMsg {
   bytesDown: number;
   /** The trainer's data cursor at the start of round + 1 (kept by checkpoint keepers). */
   cursor?: ReportCursor;
+  /**
+   * {@linkcode reportCheck} of the fields above. A report is small enough to
+   * travel without the transport's chunk digest, so a bit flipped on the way
+   * could still decode as a valid report with another θ hash or round, and
+   * the run would show trainers disagreeing on θ that agree; the check makes
+   * the receiver refuse it instead.
+   */
+  check: string;
 }
 
 /** A trainer's data-sampler position (kernels/data.ts `DataCursor`). */
@@ -279,6 +288,50 @@ export interface ReportCursor {
   seed: number;
   shard: { index: number; count: number };
   step: number;
+}
+
+/**
+ * The check of a trainer report: a checksum of every field but `type` and
+ * `check`, in a fixed order.
+ *
+ * @example
+ * ```ts
+ * import { reportCheck } from "./run_protocol.ts";
+ * const r = { run: "r", trainer: "t0", round: 1, hash: "ab", loss: 2, contributed: true,
+ *   innerMs: 5, blockedMs: 1, bytesUp: 10, bytesDown: 10 };
+ * console.log(reportCheck(r) !== reportCheck({ ...r, hash: "ac" })); // true
+ * ```
+ */
+export function reportCheck(r: Omit<TrainerReportMsg, "type" | "check">): string {
+  const c = r.cursor;
+  return textChecksum(JSON.stringify([
+    r.run,
+    r.trainer,
+    r.round,
+    r.hash,
+    r.loss,
+    r.contributed,
+    r.innerMs,
+    r.blockedMs,
+    r.bytesUp,
+    r.bytesDown,
+    c ? [c.seed, c.shard.index, c.shard.count, c.step] : null,
+  ]));
+}
+
+/**
+ * A trainer report with its check ({@linkcode reportCheck}).
+ *
+ * @example
+ * ```ts
+ * import { sealReport } from "./run_protocol.ts";
+ * const r = sealReport({ type: "trainer_report", run: "r", trainer: "t0", round: 1, hash: "ab",
+ *   loss: 2, contributed: true, innerMs: 5, blockedMs: 1, bytesUp: 10, bytesDown: 10 });
+ * console.log(r.check.length); // 16
+ * ```
+ */
+export function sealReport(r: Omit<TrainerReportMsg, "check">): TrainerReportMsg {
+  return { ...r, check: reportCheck(r) };
 }
 
 /** Any message of the run protocol. */

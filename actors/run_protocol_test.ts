@@ -4,7 +4,9 @@ import {
   type ContributionMsg,
   MESSAGE_TYPES,
   ProtocolError,
+  sealReport,
   shardMap,
+  type TrainerReportMsg,
   type ViewMsg,
 } from "./run_protocol.ts";
 import { validateRunMessage } from "./run_protocol_validate.ts";
@@ -14,6 +16,7 @@ import { ActorSystem } from "./runtime/system.ts";
 import { toWire } from "./exchange.ts";
 import { parseExchange } from "../kernels/exchange_format.ts";
 import { encodeRef } from "../kernels/lowbit_reference.ts";
+import { decode, encodeOwned } from "../transport/codec.ts";
 
 const view: ViewMsg = {
   type: "view",
@@ -91,7 +94,7 @@ Deno.test("every message type validates and keeps its fields", () => {
     { type: "state", run: "r", round: 1, shard: 0, theta: new Float32Array([1, 2]) },
     { type: "resend", run: "r", round: 1, shard: 0 },
     { type: "round_closed", run: "r", round: 1, node: "a0", view },
-    {
+    sealReport({
       type: "trainer_report",
       run: "r",
       trainer: "t0",
@@ -103,7 +106,7 @@ Deno.test("every message type validates and keeps its fields", () => {
       blockedMs: 1,
       bytesUp: 10,
       bytesDown: 10,
-    },
+    }),
   ];
   deepEqual(new Set(samples.map((s) => s.type)), new Set(MESSAGE_TYPES));
   for (const s of samples) deepEqual(validateRunMessage(s), s, s.type);
@@ -249,4 +252,50 @@ Deno.test("malformed int4 and top-k contributions are refused with the field nam
       return true;
     });
   }
+});
+
+Deno.test("a trainer report with any one bit flipped on the wire is refused, never counted with another θ hash or round", () => {
+  // The fault layer flips one bit of a frame; a report is sent without the
+  // transport's chunk digest, so without its check 135 of these flips gave a
+  // valid report with another hash or round: a round whose trainers all
+  // held the same θ showed two hashes (the fault_chaos "divergent round").
+  const report = sealReport({
+    type: "trainer_report",
+    run: "fault-run",
+    trainer: "n1/node/trainer",
+    round: 40,
+    hash: "0123456789abcdef",
+    loss: 2.91234,
+    contributed: true,
+    innerMs: 52.3,
+    blockedMs: 3.1,
+    bytesUp: 12345,
+    bytesDown: 23456,
+    cursor: { seed: 1, shard: { index: 1, count: 16 }, step: 120 },
+  });
+  const envelope = { v: 1, run: "fault-run", from: "n1", to: "host/monitor", kind: "tell", seq: 9 };
+  const bytes = new Uint8Array(encodeOwned({ ...envelope, payload: report }));
+  deepEqual(validateRunMessage((decode(bytes) as { payload: unknown }).payload), report);
+  let refused = 0;
+  for (let bit = 0; bit < bytes.length * 8; bit++) {
+    const flipped = new Uint8Array(bytes);
+    flipped[bit >> 3] ^= 1 << (bit & 7);
+    let got: TrainerReportMsg;
+    try {
+      got = validateRunMessage(
+        (decode(flipped) as { payload: unknown }).payload,
+      ) as TrainerReportMsg;
+    } catch {
+      refused++;
+      continue;
+    }
+    // Only flips outside the report (the envelope's own fields) may pass, and they leave it whole.
+    deepEqual(got, report, `bit ${bit}`);
+  }
+  ok(refused > 0);
+  throws(
+    () => validateRunMessage({ ...report, hash: "0123456789abcdee" }),
+    ProtocolError,
+    "check",
+  );
 });

@@ -15,6 +15,7 @@ import {
   MESSAGE_TYPES,
   ProtocolError,
   type RejectReason,
+  reportCheck,
   type ReportCursor,
   type Role,
   ROLES,
@@ -22,6 +23,7 @@ import {
   type RunMessage,
   type Shard,
   type StateRequestMsg,
+  type TrainerReportMsg,
   type ViewMsg,
 } from "./run_protocol.ts";
 import { type ExchangeFormat, exchangeName, parseExchange } from "../kernels/exchange_format.ts";
@@ -408,7 +410,7 @@ export function validateRunMessage(x: unknown, options: { block?: number } = {})
       };
     case "trainer_report": {
       if (typeof m.contributed !== "boolean") fail(type, "contributed", "must be a boolean");
-      return {
+      const out: Omit<TrainerReportMsg, "check"> = {
         type: "trainer_report",
         run: str(m, type, "run"),
         trainer: str(m, type, "trainer"),
@@ -422,6 +424,12 @@ export function validateRunMessage(x: unknown, options: { block?: number } = {})
         bytesDown: int(m, type, "bytesDown"),
         ...(m.cursor === undefined ? {} : { cursor: cursorField(m, type) }),
       };
+      // A report altered on the way would show a θ hash (or round) no trainer holds.
+      const check = str(m, type, "check");
+      if (check !== reportCheck(out)) {
+        fail(type, "check", `${check} does not match its fields (altered in transit)`);
+      }
+      return { ...out, check };
     }
     case "round_closed": {
       const out: RoundClosedMsg = {

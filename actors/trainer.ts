@@ -40,6 +40,7 @@ import {
   type JoinReplyMsg,
   type ReportCursor,
   type RunMessage,
+  sealReport,
   tellLater,
   type TrainerReportMsg,
   type UpdateMsg,
@@ -54,7 +55,7 @@ import { ContributionOutbox } from "./trainer_contribute.ts";
 import { RoundTimes } from "./trainer_times.ts";
 import { encode } from "../transport/codec.ts";
 import { tensorChecksum } from "./_checksum.ts";
-import { defaultOverlapSteps, keepsRunning, type SyncMode } from "./overlap.ts";
+import { defaultOverlapSteps, keepsRunning, reportCursor, type SyncMode } from "./overlap.ts";
 import { roundPiece, roundRanges } from "./fragments.ts";
 
 /** What a trainer reports besides its round reports. */
@@ -79,9 +80,10 @@ export interface TrainerOptions {
   /** Inner steps H per round. */
   innerSteps: number;
   /**
-   * Blocking (default): wait for θ_{r+1} after sending round r. Overlapped:
-   * go on with round r+1's inner steps and merge θ_{r+1} in when it comes
-   * (actors/overlap.ts).
+   * Blocking (when absent): wait for θ_{r+1} after sending round r.
+   * Overlapped: go on with round r+1's inner steps and merge θ_{r+1} in when
+   * it comes (actors/overlap.ts). A run's trainers get the run's mode, whose
+   * default is overlapped, through `syncOptions`.
    */
   sync?: SyncMode;
   /** Fragments synchronised in turn, one per round (default 1; actors/fragments.ts). */
@@ -167,8 +169,13 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   let bytesUp = 0;
   let bytesDown = 0;
   let myLoss = 0;
-  /** The sampler's position after the last inner phase (reported with each round). */
-  let cursor: ReportCursor | undefined;
+  /**
+   * The sampler's position after each recent inner phase, by its round. The
+   * report of round r carries phase r's: overlapped, phase r+1 may be over
+   * before round r's update comes, and its position would skip a round's
+   * data on resume.
+   */
+  const cursors = new Map<number, ReportCursor>();
   let resumeUsed = false;
   /** Updates by "round/shard"; kept while θ is being fetched, so none is lost. */
   const updates = new Map<string, UpdateMsg>();
@@ -319,9 +326,10 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     }
     const contributed = mine.every((u) => u!.contributors.includes(id));
     const hash = await thetaHash(theta);
+    const cursor = reportCursor(cursors, round);
     if (phase === "blocked") times.blockedSoFar(pendingInner?.round ?? round);
     const { inner: innerMs, blocked: blockedMs } = times.take(round);
-    const report: TrainerReportMsg = {
+    const report: TrainerReportMsg = sealReport({
       type: "trainer_report",
       run,
       trainer: id,
@@ -334,7 +342,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       bytesUp,
       bytesDown,
       ...(cursor ? { cursor } : {}),
-    };
+    });
     emit({ type: "report", report });
     if (options.monitor) tellLater(ctx.system, options.monitor, report);
     bytesUp = 0;
@@ -377,7 +385,14 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     phase = "inner";
     times.innerStarted();
     deltaOf = reply;
-    call({ op: "delta", round: reply.round }).then(
+    call({
+      op: "delta",
+      round: reply.round,
+      // With fragments, the error-feedback residual moves on the round's piece only.
+      ...(fragments > 1
+        ? { ranges: roundRanges(view!.shards, reply.round, fragments, view!.block) }
+        : {}),
+    }).then(
       (d) => ctx.self.tell({ type: "_delta_done", reply: d as unknown as DeltaReply }),
       (err) => ctx.self.tell({ type: "_worker_error", error: String(err) }),
     );
@@ -536,7 +551,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         case "_inner_done": {
           const reply = ctl.reply;
           times.innerEnded(reply.round, reply.waitedMs);
-          if (reply.cursor) cursor = reply.cursor;
+          if (reply.cursor) cursors.set(reply.round, reply.cursor);
           phase = "idle";
           if (theta !== undefined && awaiting && reply.round === round + 1) {
             // Overlapped and a round ahead: Δ waits for the open round's update.

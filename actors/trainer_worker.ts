@@ -105,6 +105,13 @@ export interface WorkerDelta {
   op: "delta";
   id: number;
   round: number;
+  /**
+   * With fragments: the ranges the round synchronises. Only their part of
+   * the error-feedback residual moves (int4 and top-k); elsewhere nothing was
+   * sent, and the running parameters carry the local move to the fragment's
+   * own round.
+   */
+  ranges?: { lo: number; hi: number }[];
 }
 
 /**
@@ -205,6 +212,8 @@ interface Engine {
   format: ExchangeFormat;
   /** Pseudo-gradient then quantization (and error feedback), prepared once. */
   outer: Dispatch[];
+  /** The error-feedback residual (int4 and top-k), and a copy of it for fragments. */
+  residual?: { buffer: GPUBuffer; saved?: GPUBuffer };
   sampler: BatchSampler;
   train: Uint8Array;
   val: Uint8Array;
@@ -257,13 +266,14 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       const q = gpu.storage(size.words, "delta_q");
       const scales = gpu.storage(size.scales, "delta_scales");
       const local = model.paramBuffer;
-      const outer = usesFeedback(format)
+      const residual = usesFeedback(format) ? gpu.storage(n, "delta_residual") : undefined;
+      const outer = residual
         ? feedbackDispatches(gpu, format, {
           global,
           local,
           delta,
           sent: gpu.storage(n, "delta_sent"),
-          residual: gpu.storage(n, "delta_residual"),
+          residual,
           codes: q,
           scales,
         }, { n })
@@ -279,6 +289,7 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
         scales,
         format,
         outer,
+        ...(residual ? { residual: { buffer: residual } } : {}),
         sampler,
         train: corpus.train,
         val: corpus.val,
@@ -346,7 +357,7 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
     case "delta": {
       const e = need();
       applyMerges(e);
-      return { ...(await pseudoGradient(e, req.round)) };
+      return { ...(await pseudoGradient(e, req.round, req.ranges)) };
     }
     case "eval": {
       const e = need();
@@ -373,9 +384,15 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
  * feedback for int4 and top-k), on the GPU; only the code comes back, on the
  * wire's layout.
  */
-async function pseudoGradient(e: Engine, round: number): Promise<DeltaReply> {
+async function pseudoGradient(
+  e: Engine,
+  round: number,
+  ranges?: { lo: number; hi: number }[],
+): Promise<DeltaReply> {
   const n = e.model.paramLength;
+  const bound = e.residual && ranges ? keepResidual(e, e.residual, n) : undefined;
   e.gpu.run(e.outer);
+  bound?.(ranges!);
   const f = e.format;
   const int8 = f.kind === "int8";
   const size = int8 ? { words: 0, scales: Math.ceil(n / e.init.block) } : codedSize(n, f);
@@ -389,6 +406,34 @@ async function pseudoGradient(e: Engine, round: number): Promise<DeltaReply> {
     n,
   );
   return { round, ...wire };
+}
+
+/**
+ * Keeps the residual outside a round's ranges: copies it now and returns
+ * the step that, after the feedback dispatches ran on the whole vector,
+ * puts the copy back everywhere but in `ranges`. (The dispatches bind code
+ * words at offsets the device's alignment allows only for whole chunks, not
+ * for a 256-value piece, so they run on everything and the rest is undone.)
+ */
+function keepResidual(
+  e: Engine,
+  r: { buffer: GPUBuffer; saved?: GPUBuffer },
+  n: number,
+): (ranges: { lo: number; hi: number }[]) => void {
+  const saved = r.saved ??= e.gpu.storage(n, "delta_residual_saved");
+  const copy = (work: (enc: GPUCommandEncoder) => void) => {
+    const enc = e.gpu.device.createCommandEncoder();
+    work(enc);
+    e.gpu.device.queue.submit([enc.finish()]);
+  };
+  copy((enc) => enc.copyBufferToBuffer(r.buffer, 0, saved, 0, n * 4));
+  return (ranges) =>
+    copy((enc) => {
+      for (const { lo, hi } of ranges) {
+        enc.copyBufferToBuffer(r.buffer, lo * 4, saved, lo * 4, (hi - lo) * 4);
+      }
+      enc.copyBufferToBuffer(saved, 0, r.buffer, 0, n * 4);
+    });
 }
 
 /** Merges that arrived and wait for the next step boundary, oldest first. */

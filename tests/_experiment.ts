@@ -50,7 +50,7 @@ import { parseExchange, usesFeedback } from "../kernels/exchange_format.ts";
 import { encode } from "../transport/codec.ts";
 import { outerAt } from "../actors/outer_optimizer.ts";
 import { DEFAULT_BLOCK, shardMap } from "../actors/run_protocol.ts";
-import { defaultOverlapSteps, keepsRunning, mergeRange } from "../actors/overlap.ts";
+import { DEFAULT_SYNC, defaultOverlapSteps, keepsRunning, mergeRange } from "../actors/overlap.ts";
 import { roundRanges } from "../actors/fragments.ts";
 import { engineSettings } from "../actors/run_settings.ts";
 import { runEmbedded } from "../actors/embedded.ts";
@@ -109,7 +109,8 @@ function result(
     exchange: single ? null : c.exchange,
     inner_reset: single ? null : (c.innerReset ?? false),
     inner_schedule: single ? null : (c.innerSchedule ?? "run"),
-    sync: single ? null : (c.sync ?? "blocking"),
+    // The embedded run takes the run's default; in-process rows block unless they say otherwise.
+    sync: single ? null : (c.sync ?? (c.kind === "run" ? DEFAULT_SYNC : "blocking")),
     fragments: single ? null : (c.fragments ?? 1),
     data_shards: single ? null : s.dataShards,
     aggregate: single ? null : c.aggregate ? formatAggregate(c.aggregate) : "mean",
@@ -242,8 +243,10 @@ async function runDiloco(
     const tokens = H * c.batch * named.model.blockSize;
     const ownSteps = models.map(() => 0);
     const format = c.exchange === "fp32" ? undefined : parseExchange(c.exchange);
-    if (fragments !== 1 && format?.kind !== "int8") {
-      throw new RangeError(`Invalid experiment config "${c.name}": fragments need int8`);
+    if (fragments !== 1 && !format) {
+      throw new RangeError(
+        `Invalid experiment config "${c.name}": fragments need a coded exchange (int8, int4, topk)`,
+      );
     }
     // Each trainer's error-feedback residual (what its codes have not carried yet).
     const residuals = models.map(() => new Float32Array(n));
@@ -409,6 +412,7 @@ async function runReal(
     batch: c.batch,
     ...(c.innerWarmup !== undefined ? { innerWarmup: c.innerWarmup } : {}),
     ...(c.aggregate ? { aggregate: formatAggregate(c.aggregate) } : {}),
+    ...(c.sync ? { sync: c.sync } : {}),
     trainers: c.trainers,
     evalWindows: s.evalWindows,
     emit: () => {},

@@ -22,6 +22,8 @@ export interface ChaosSummary {
   rejections: Record<string, number>;
   fault_layer: Record<string, number>;
   unhandled_rejections: number;
+  /** The run's invariant violations, each naming its round (a divergent round: whose hashes). */
+  violations: string[];
   final_loss: number;
   fault_free_loss: number;
   loss_ratio: number;
@@ -81,10 +83,12 @@ export async function chaos(
       rejections,
       fault_layer: run.faults!.actionCounts(),
       unhandled_rejections: run.unhandled.length,
+      violations: run.violations(),
       final_loss: Math.round(final.loss * 10_000) / 10_000,
     };
-    const v = run.violations();
-    if (v.length > 0) options.log?.(`invariant violations:\n${v.join("\n")}`);
+    if (summary.violations.length > 0) {
+      options.log?.(`invariant violations:\n${summary.violations.join("\n")}`);
+    }
   } finally {
     await run.close();
   }

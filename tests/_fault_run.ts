@@ -46,8 +46,9 @@ type Timer = ReturnType<typeof setTimeout>;
  * The run settings of every fault run, also in a trainer node's own process
  * (_fault_node.ts). The inner learning-rate schedule must not depend on where
  * a run is stopped (`rounds: 0`): a faulty run and its fault-free twin use
- * the same one. `FAULT_SYNC=overlapped` runs the suite with the overlapped
- * outer step (actors/overlap.ts); child processes inherit it.
+ * the same one. The outer step is the run's default (overlapped,
+ * actors/overlap.ts); `FAULT_SYNC=blocking` runs the suite blocking, and
+ * child processes inherit it.
  */
 export function faultSettings(innerSteps: number): RunSettings {
   const sync = Deno.env.get("FAULT_SYNC");
@@ -208,6 +209,10 @@ export class FaultRun {
       seed: hashSeed(`${peer}`, this.#options.seed),
       backoffBaseMs: 50,
       backoffMaxMs: 500,
+      // The fault layer can corrupt a handshake frame, which the peer refuses as
+      // a failed authentication; these nodes hold the right secret, so they dial
+      // again instead of giving up for good as a node with a wrong one should.
+      retryOnAuthFailure: true,
     });
   }
 

@@ -184,7 +184,7 @@ export function parseExperimentArgs(argv: string[]): ExperimentArgs {
   for (const c of configs) {
     if (c.kind !== "single" && settings.steps % c.innerSteps !== 0) {
       throw new UsageError(
-        `Invalid --steps: ${settings.steps} is not a multiple of --inner-steps ${c.innerSteps}`,
+        `Invalid --steps: ${settings.steps} is not a multiple of H = ${c.innerSteps} (${c.name})`,
       );
     }
     if (c.kind === "run" && (c.innerReset || c.innerSchedule === "round")) {

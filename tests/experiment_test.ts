@@ -34,6 +34,13 @@ Deno.test("experiment: flags pick configurations and refuse bad input by name", 
   );
   const topk = parseExperimentArgs(["--configs", "diloco-topk", "--topk", "0.01"]).configs[0];
   equal(topk.exchange, "topk:0.01");
+  // The 1,000× row: top-3% at twice the rounds' H, whatever --topk says.
+  const [far] = parseExperimentArgs(["--configs", "diloco-1000x", "--inner-steps", "5"]).configs;
+  deepEqual([far.exchange, far.innerSteps], ["topk:0.03", 10]);
+  throws(
+    () => parseExperimentArgs(["--steps", "30", "--configs", "diloco-1000x"]),
+    /Invalid --steps: 30 is not a multiple of H = 20 \(diloco-1000x\)/,
+  );
 });
 
 Deno.test("experiment: outer warm-up ramps from plain averaging to the set values", () => {

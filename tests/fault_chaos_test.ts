@@ -44,7 +44,7 @@ Deno.test({
     equal(s.faults_injected, 12);
     ok(Object.keys(s.fault_kinds).length >= 6, JSON.stringify(s.fault_kinds));
     equal(s.lost_rounds, 0);
-    equal(s.divergent_rounds, 0);
+    equal(s.divergent_rounds, 0, s.violations.join("\n"));
     equal(s.unhandled_rejections, 0);
     ok(s.rounds > 0);
     ok(

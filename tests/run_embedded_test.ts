@@ -16,7 +16,7 @@ Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
 
 /** A run of the tiny model with 3 trainers and H = 3, and the events it emitted. */
 async function tinyRun(
-  options: Pick<EmbeddedOptions, "run" | "rounds" | "faults" | "sync" | "fragments">,
+  options: Pick<EmbeddedOptions, "run" | "rounds" | "faults" | "sync" | "fragments" | "exchange">,
 ) {
   const events: RunEvent[] = [];
   const summary = await runEmbedded({
@@ -124,6 +124,19 @@ Deno.test({
     // The tiny model's codes: int4 a byte per two values and a scale per 64; top-5% 13 values of
     // 256 at two bytes each and a scale: the messages' sizes follow (msgpack framing aside).
     ok(up["topk:0.05"] < up["int4"] / 3, JSON.stringify(up));
+    // With 2 fragments an int4 round sends half of the codes, and θ stays bit-identical.
+    const { summary: halves, roundEvents } = await tinyRun({
+      run: "embedded-int4-fragments",
+      rounds: 3,
+      exchange: "int4",
+      fragments: 2,
+    });
+    equal(roundEvents.length, 3);
+    for (const e of roundEvents) {
+      equal(new Set(e.theta_hashes).size, 1, `int4, fragments, ${e.round}`);
+    }
+    ok(Number.isFinite(halves.final_eval_loss));
+    ok(halves.bytes_up_per_round_per_trainer < 0.6 * up["int4"], JSON.stringify(halves));
   },
 });
 

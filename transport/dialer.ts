@@ -97,6 +97,7 @@ export type DialOptions = Pick<
   | "backoffBaseMs"
   | "backoffMaxMs"
   | "maxAttempts"
+  | "retryOnAuthFailure"
 >;
 
 /**

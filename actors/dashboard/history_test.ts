@@ -1,6 +1,7 @@
 import { deepEqual, equal, ok } from "@std/assert";
 import { ActorSystem } from "../runtime/system.ts";
 import { RunMonitor } from "../monitor.ts";
+import { sealReport } from "../run_protocol.ts";
 import { type DashboardEvent, RunHistory } from "./history.ts";
 
 /** A host of stand-in actors: a tracker with a fixed member list, trainers in given phases. */
@@ -50,7 +51,7 @@ function closeRound(monitor: RunMonitor, round: number): void {
     epoch: 4,
   });
   for (const t of ["h/t0", "h/t1"]) {
-    monitor.report({
+    monitor.report(sealReport({
       type: "trainer_report",
       run: "r",
       trainer: t,
@@ -62,7 +63,7 @@ function closeRound(monitor: RunMonitor, round: number): void {
       blockedMs: 25,
       bytesUp: 7,
       bytesDown: 9,
-    });
+    }));
   }
 }
 

@@ -1,0 +1,53 @@
+/**
+ * The trainer's compute Worker (WebGPU in a Worker thread): with fragments,
+ * an int4 or top-k trainer moves its error-feedback residual on the ranges
+ * of the round only.
+ */
+import { deepEqual, notDeepEqual } from "@std/assert";
+import { TrainerWorkerClient } from "./trainer_worker_client.ts";
+import type { DeltaReply } from "./trainer_worker.ts";
+import { engineSettings, paramLength } from "./run_settings.ts";
+import { type Encoded, sliceEncoded } from "./exchange.ts";
+import { parseExchange } from "../kernels/exchange_format.ts";
+import { DEFAULT_BLOCK } from "./run_protocol.ts";
+
+Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
+
+Deno.test({
+  name: "worker: with fragments, int4 and top-k residuals move on the round's piece only",
+  async fn() {
+    for (const exchange of ["int4", "topk:0.05"]) {
+      const f = parseExchange(exchange);
+      const worker = new TrainerWorkerClient({ onError: (m) => console.error(m) });
+      try {
+        const settings = { run: "w", config: "tiny", rounds: 4, innerSteps: 2, exchange };
+        const init = await worker.call({
+          op: "init",
+          ...engineSettings({ ...settings, outer: { lr: 1, momentum: 0 } }),
+          dataShard: { index: 0, count: 16 },
+        });
+        const theta = init.params as Float32Array;
+        const n = paramLength("tiny");
+        // Two fragments of one shard: the first and the second half, on whole blocks.
+        const half = Math.ceil(n / 2 / DEFAULT_BLOCK) * DEFAULT_BLOCK;
+        const first = { lo: 0, hi: half };
+        const second = { lo: half, hi: n };
+        await worker.call({ op: "round", round: 0, theta, keep: true, steps: 2 });
+        const delta = async (ranges: { lo: number; hi: number }[]) =>
+          (await worker.call({ op: "delta", round: 0, ranges })) as unknown as DeltaReply;
+        const piece = (d: DeltaReply, r: { lo: number; hi: number }) =>
+          sliceEncoded(f, d as Encoded, { start: r.lo, length: r.hi - r.lo });
+        // Round 0 sends the first half: its residual takes what the codes left out.
+        const sent = await delta([first]);
+        // The same Δ again (no step between) for the second half: its residual
+        // is still zero, so its codes are those of Δ alone, as in the first call.
+        const next = await delta([second]);
+        deepEqual(piece(next, second), piece(sent, second), exchange);
+        // The first half's residual did move: Δ plus it codes differently.
+        notDeepEqual(piece(next, first), piece(sent, first), exchange);
+      } finally {
+        await worker.retire();
+      }
+    }
+  },
+});
