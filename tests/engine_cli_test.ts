@@ -107,7 +107,7 @@ Deno.test("bad paths and values end with one line naming them and exit 2, the st
   equal(verbose.code, 2);
   const [first, ...stack] = verbose.stderr.trim().split("\n");
   match(first, /^train: DataError: Cannot load data: \/nonexistent does not exist$/);
-  ok(stack.some((l) => /^\s+at .*data\.ts/.test(l)), verbose.stderr);
+  ok(stack.some((l) => /^\s+at .*corpus\.ts/.test(l)), verbose.stderr);
 });
 
 Deno.test("train and eval fail with GpuUnavailableError when there is no WebGPU adapter", async () => {
