@@ -60,6 +60,9 @@ Deno.test({
       // update). Wait until round 2 or later is open, sent by the fast trainer only.
       let open = -1;
       while (open < 0) {
+        if (host.monitor.rounds.length >= rounds) {
+          throw new Error("The run ended before a round waited on the stalled trainer");
+        }
         const [f, s, a] = await Promise.all([
           ask<TrainerStatus>(fast, { type: "status" }),
           ask<TrainerStatus>(slow, { type: "status" }),
