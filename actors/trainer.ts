@@ -593,7 +593,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         }
         case "status":
           advance(ctx);
-          return { id, round, phase, joined, epoch: view?.epoch };
+          return { id, round, phase, awaiting, joined, epoch: view?.epoch };
         case "crash":
           throw new Error(`Trainer ${id} crashed on purpose: ${ctl.reason}`);
         case "poison":

@@ -449,14 +449,43 @@ function dropMergesBefore(round: number): void {
   merges = merges.filter((m) => m.round >= round);
 }
 
-/** Waits until round `round`'s merge is in or on its way in (or a release); returns the ms waited. */
+/**
+ * Evaluations asked for and not yet answered. One that comes while an inner
+ * phase waits for a merge is served at the wait: the merge comes through the
+ * trainer actor, and an actor awaiting its evaluation takes no update until
+ * the evaluation is answered, so queued behind the waiting phase it would
+ * never be (the actor's mailbox held, its heartbeats stopped: evicted).
+ */
+const evals: WorkerEval[] = [];
+
+/**
+ * Waits until round `round`'s merge is in or on its way in (or a release),
+ * answering the evaluations asked for meanwhile; returns the ms waited, the
+ * evaluations' time left out.
+ */
 async function awaitMerge(round: number): Promise<number> {
-  const t0 = performance.now();
+  let waited = 0;
+  let t0 = performance.now();
   while (mergedThrough < round && !merges.some((m) => m.round >= round) && !released) {
+    if (evals.length > 0) {
+      waited += performance.now() - t0;
+      await answerEvals();
+      t0 = performance.now();
+      continue;
+    }
     await new Promise<void>((resolve) => arrived = resolve);
   }
   arrived = undefined;
-  return performance.now() - t0;
+  return waited + performance.now() - t0;
+}
+
+/**
+ * Answers the evaluations asked for, in order. Between two inner steps the
+ * steps in flight are ahead of the evaluation on the device's queue: it reads
+ * the running parameters after them and puts them back before the next.
+ */
+async function answerEvals(): Promise<void> {
+  while (evals.length > 0) await answer(evals.shift()!);
 }
 
 /**
@@ -539,17 +568,27 @@ scope.onmessage = (ev: MessageEvent<WorkerRequest | WorkerMerge | WorkerRelease>
     return;
   }
   const req = ev.data;
-  queue = queue.then(async () => {
-    try {
-      const out = await handle(req);
-      const transfer = Object.values(out).filter((v) => ArrayBuffer.isView(v)).map((v) =>
-        (v as Uint8Array).buffer
-      ) as ArrayBuffer[];
-      scope.postMessage({ id: req.id, ok: true, ...out }, { transfer });
-      if (req.op === "close") scope.close();
-    } catch (err) {
-      const error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-      scope.postMessage({ id: req.id, ok: false, error });
-    }
-  });
+  if (req.op === "eval") {
+    // Served in turn, or sooner by an inner phase waiting for a merge.
+    evals.push(req);
+    arrived?.();
+    queue = queue.then(answerEvals);
+    return;
+  }
+  queue = queue.then(() => answer(req));
 };
+
+/** Handles one request and posts its answer (or its error). */
+async function answer(req: WorkerRequest): Promise<void> {
+  try {
+    const out = await handle(req);
+    const transfer = Object.values(out).filter((v) => ArrayBuffer.isView(v)).map((v) =>
+      (v as Uint8Array).buffer
+    ) as ArrayBuffer[];
+    scope.postMessage({ id: req.id, ok: true, ...out }, { transfer });
+    if (req.op === "close") scope.close();
+  } catch (err) {
+    const error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+    scope.postMessage({ id: req.id, ok: false, error });
+  }
+}
