@@ -173,6 +173,11 @@ export class RunMonitor {
   }
 
   /** Seconds since the monitor started. */
+  /** The rounds the run is to close (0: no end). */
+  get plannedRounds(): number {
+    return this.#settings.rounds;
+  }
+
   get wallS(): number {
     return (performance.now() - this.#start) / 1000;
   }

@@ -589,7 +589,12 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
             theta: new Float32Array(theta),
             maxWindows: ctl.maxWindows ?? 64,
           });
-          return { loss: r.loss as number, round, hash: await thetaHash(theta) };
+          return {
+            loss: r.loss as number,
+            round,
+            hash: await thetaHash(theta),
+            ms: r.ms as number,
+          };
         }
         case "status":
           advance(ctx);

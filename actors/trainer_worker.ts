@@ -362,11 +362,13 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
     case "eval": {
       const e = need();
       // The running parameters go on after an evaluation of θ (a kept run trains on from them).
+      const t0 = performance.now();
       const running = await e.model.getParams();
       e.model.setParams(req.theta);
       const r = await evaluate(e.model, e.val, { maxWindows: req.maxWindows, selection: "spread" });
       e.model.setParams(running);
-      return { loss: r.loss, tokens: r.tokens };
+      // What the evaluation cost this trainer, so that whoever asks can pace its asks.
+      return { loss: r.loss, tokens: r.tokens, ms: performance.now() - t0 };
     }
     case "close": {
       if (engine) {

@@ -130,8 +130,20 @@ export type DashboardEvent =
 
 /** Options of {@linkcode RunHistory}. */
 export interface HistoryOptions {
-  /** Evaluate every this many rounds on a trainer of the run (default 0: never). */
+  /**
+   * Evaluate at most every this many rounds on a trainer of the run (default 0:
+   * never); `evalShare` may space evaluations further.
+   */
   evalEvery?: number;
+  /**
+   * The most of the evaluating trainer's training time the evaluations may
+   * take (default 0.02). An evaluation runs on a trainer between its inner
+   * steps, so in a synchronous round every other trainer waits for it: after
+   * each one the next waits until enough rounds have gone by that its cost
+   * (the `ms` the trainer reports) is at most this share of the evaluator's
+   * inner time over them. The run's last round is evaluated whatever the share.
+   */
+  evalShare?: number;
   /** Validation windows of each evaluation (default 16). */
   evalWindows?: number;
   /** How long a trainer or the tracker may take to answer, ms (default 1000). */
@@ -178,6 +190,8 @@ export class RunHistory {
   #listeners = new Set<(e: DashboardEvent) => void>();
   #unsubscribe: () => void;
   #evaluating?: Promise<void>;
+  /** The first round whose close may start an evaluation (see `evalShare`). */
+  #nextEvalRound = 0;
   #closed = false;
 
   /** Starts recording `host`'s run. */
@@ -187,8 +201,13 @@ export class RunHistory {
       throw new RangeError(`Invalid evalEvery: ${evalEvery} is not a whole number >= 0`);
     }
     this.#host = host;
+    const evalShare = options.evalShare ?? 0.02;
+    if (!(evalShare > 0 && evalShare <= 1)) {
+      throw new RangeError(`Invalid evalShare: ${evalShare} is not in (0, 1]`);
+    }
     this.#options = {
       evalEvery,
+      evalShare,
       evalWindows: options.evalWindows ?? 16,
       askTimeoutMs: options.askTimeoutMs ?? 1000,
     };
@@ -318,7 +337,12 @@ export class RunHistory {
       this.#rounds.push(point);
       this.#push({ type: "round", data: point });
       const every = this.#options.evalEvery;
-      if (every > 0 && (e.round + 1) % every === 0) this.#evaluate(e.contributors);
+      const last = e.round + 1 === this.#host.monitor.plannedRounds;
+      if (
+        every > 0 && (last || ((e.round + 1) % every === 0 && e.round >= this.#nextEvalRound))
+      ) {
+        this.#evaluate(e);
+      }
     } else if (e.event === "committed") {
       // The state of round r is what round r - 1 produced.
       const closed = this.#rounds.find((r) => r.round === e.round - 1);
@@ -352,15 +376,18 @@ export class RunHistory {
    * event, and a trainer asked to evaluate before it holds θ would fail. One
    * evaluation at a time; a round that closes while one runs is skipped.
    */
-  #evaluate(contributors: readonly string[]): void {
+  #evaluate(e: Extract<RunEvent, { event: "round" }>): void {
     if (this.#evaluating) return;
     const host = this.#host;
-    const trainer = contributors.find((t) => host.trainerPaths.includes(t)) ?? contributors[0];
+    const trainer = e.contributors.find((t) => host.trainerPaths.includes(t)) ??
+      e.contributors[0];
     if (!trainer) return;
-    this.#evaluating = host.system.ref(trainer).ask<{ loss: number; round: number }>(
+    this.#evaluating = host.system.ref(trainer).ask<{ loss: number; round: number; ms?: number }>(
       { type: "eval", maxWindows: this.#options.evalWindows },
       { timeoutMs: 120_000 },
     ).then((r) => {
+      this.#nextEvalRound = e.round +
+        evalGap(r.ms, e.inner_ms?.[trainer], this.#options.evalShare);
       const round = r.round - 1;
       if (this.#closed || !Number.isFinite(r.loss) || this.#evals.some((p) => p.round === round)) {
         return;
@@ -382,6 +409,22 @@ export class RunHistory {
   #push(e: DashboardEvent): void {
     for (const listen of this.#listeners) listen(e);
   }
+}
+
+/**
+ * Rounds from one evaluation to the next so that an evaluation of `evalMs`
+ * costs at most `share` of the evaluator's inner time (`innerMs` a round): at
+ * least 1, and 1 where either time is unknown.
+ *
+ * @example
+ * ```ts
+ * import { evalGap } from "./history.ts";
+ * console.log(evalGap(110, 250, 0.02)); // 22: a 110 ms evaluation beside 250 ms rounds
+ * ```
+ */
+export function evalGap(evalMs: number | undefined, innerMs: number | undefined, share: number) {
+  if (!(evalMs! > 0) || !(innerMs! > 0)) return 1;
+  return Math.max(1, Math.ceil(evalMs! / (share * innerMs!)));
 }
 
 function roundPoint(e: Extract<RunEvent, { event: "round" }>): RoundPoint {

@@ -2,10 +2,10 @@ import { deepEqual, equal, ok } from "@std/assert";
 import { ActorSystem } from "../runtime/system.ts";
 import { RunMonitor } from "../monitor.ts";
 import { sealReport } from "../run_protocol.ts";
-import { type DashboardEvent, RunHistory } from "./history.ts";
+import { type DashboardEvent, evalGap, RunHistory } from "./history.ts";
 
 /** A host of stand-in actors: a tracker with a fixed member list, trainers in given phases. */
-async function standIns() {
+async function standIns(opts: { rounds?: number; evalMs?: number } = {}) {
   const system = new ActorSystem({ node: "h" });
   const members = [
     { node: "h/a", roles: ["aggregator"], status: "member", dataShard: 9, silentMs: 5 },
@@ -27,10 +27,15 @@ async function standIns() {
   for (const [name, phase] of [["t0", "inner"], ["t1", "blocked"], ["t2", "idle"]]) {
     await system.spawn({
       receive: (m: { type: string }) =>
-        m.type === "eval" ? { loss: 4.56789, round: evalRound++, hash: "x" } : { phase },
+        m.type === "eval"
+          ? { loss: 4.56789, round: evalRound++, hash: "x", ms: opts.evalMs }
+          : { phase },
     }, { name });
   }
-  const monitor = new RunMonitor({ params: 512, innerSteps: 2, rounds: 4 }, () => {});
+  const monitor = new RunMonitor(
+    { params: 512, innerSteps: 2, rounds: opts.rounds ?? 4 },
+    () => {},
+  );
   const host = { system, monitor, trackerPath: "h/tracker", trainerPaths: ["h/t0"] };
   return { system, monitor, host };
 }
@@ -131,6 +136,46 @@ Deno.test("rounds, evaluations and commit latencies are recorded and pushed in o
     ok(pushed.includes("eval"), pushed.join());
   } finally {
     await history.close();
+    await system.shutdown();
+  }
+});
+
+Deno.test("evaluations are spaced so that they cost at most evalShare of the evaluator's inner time, and the last round is evaluated", async () => {
+  // Each evaluation takes 15 ms of a trainer whose rounds have 75 ms of inner steps: at 2%,
+  // the next one waits 15 / (0.02 × 75) = 10 rounds.
+  equal(evalGap(15, 75, 0.02), 10);
+  equal(evalGap(1, 75, 0.02), 1);
+  equal(evalGap(undefined, 75, 0.02), 1);
+  const { system, monitor, host } = await standIns({ rounds: 14, evalMs: 15 });
+  const history = new RunHistory(host, { evalEvery: 1, evalWindows: 2, evalShare: 0.02 });
+  try {
+    for (let round = 0; round < 14; round++) {
+      closeRound(monitor, round);
+      // Let an evaluation asked for at this round finish before the next round closes.
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await history.close();
+    // The stand-in trainer answers each evaluation with the next round number.
+    equal(history.evals.length, 3, JSON.stringify(history.evals));
+  } finally {
+    await history.close();
+    await system.shutdown();
+  }
+});
+
+Deno.test("RunHistory refuses an evalShare outside (0, 1]", async () => {
+  const { system, host } = await standIns();
+  try {
+    for (const bad of [0, -0.1, 1.5, NaN]) {
+      let thrown = "";
+      try {
+        new RunHistory(host, { evalEvery: 1, evalShare: bad });
+      } catch (err) {
+        thrown = (err as Error).message;
+      }
+      equal(thrown, `Invalid evalShare: ${bad} is not in (0, 1]`);
+    }
+  } finally {
     await system.shutdown();
   }
 });
