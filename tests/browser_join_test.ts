@@ -58,7 +58,9 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
   }
   const { chromium } = await import("playwright-core");
   const runDir = await Deno.makeTempDir({ prefix: "browser_join_" });
-  const ROUNDS = 8;
+  // Enough rounds that the run is still going when the tab is closed: its first rounds close in
+  // a fraction of a second each, and a run that has ended evicts nobody.
+  const ROUNDS = 40;
   const host = new Host([
     "--host",
     "127.0.0.1:0",
@@ -148,6 +150,7 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
     );
     await t.step("closing the tab mid-round: the host evicts it and the rounds go on", async () => {
       const before = host.rounds().length;
+      ok(before < ROUNDS - 1, `the run closed ${before} of ${ROUNDS} rounds before the tab closed`);
       await page.close();
       await host.until(
         () => host.logs().find((m) => m.startsWith("tracker evicted") && m.includes(path)),
