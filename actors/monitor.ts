@@ -172,12 +172,12 @@ export class RunMonitor {
     this.#parked = new Map(Object.entries(cursors));
   }
 
-  /** Seconds since the monitor started. */
   /** The rounds the run is to close (0: no end). */
   get plannedRounds(): number {
     return this.#settings.rounds;
   }
 
+  /** Seconds since the monitor started. */
   get wallS(): number {
     return (performance.now() - this.#start) / 1000;
   }

@@ -361,8 +361,8 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
     }
     case "eval": {
       const e = need();
-      // The running parameters go on after an evaluation of θ (a kept run trains on from them).
       const t0 = performance.now();
+      // The running parameters go on after an evaluation of θ (a kept run trains on from them).
       const running = await e.model.getParams();
       e.model.setParams(req.theta);
       const r = await evaluate(e.model, e.val, { maxWindows: req.maxWindows, selection: "spread" });

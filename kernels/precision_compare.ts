@@ -28,8 +28,8 @@ export interface PrecisionArm {
   /** As written on the command line: `f32`, `f16`, `f32:gpu`, `f16:cpu`. */
   name: string;
   precision: Precision;
-  /** The kernel family; undefined: the adapter's own. */
-  kernels?: AdapterClass;
+  /** The kernel family it runs on (the adapter's own unless forced). */
+  kernels: AdapterClass;
 }
 
 /**

@@ -112,10 +112,9 @@ async function main(a: PrecisionArgs): Promise<void> {
   devices.set(own.adapter.class, own);
   try {
     const arms = parseArms(a.arms, own.adapter.class);
-    const device = async (arm: PrecisionArm) => {
-      const cls = arm.kernels ?? own.adapter.class;
-      if (!devices.has(cls)) devices.set(cls, await acquireGpu({ adapterClass: cls }));
-      return devices.get(cls)!;
+    const device = async ({ kernels }: PrecisionArm) => {
+      if (!devices.has(kernels)) devices.set(kernels, await acquireGpu({ adapterClass: kernels }));
+      return devices.get(kernels)!;
     };
     const s = a.schedule;
     console.error(

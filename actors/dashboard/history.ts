@@ -422,9 +422,13 @@ export class RunHistory {
  * console.log(evalGap(110, 250, 0.02)); // 22: a 110 ms evaluation beside 250 ms rounds
  * ```
  */
-export function evalGap(evalMs: number | undefined, innerMs: number | undefined, share: number) {
-  if (!(evalMs! > 0) || !(innerMs! > 0)) return 1;
-  return Math.max(1, Math.ceil(evalMs! / (share * innerMs!)));
+export function evalGap(
+  evalMs: number | undefined,
+  innerMs: number | undefined,
+  share: number,
+): number {
+  if (!(evalMs && evalMs > 0 && innerMs && innerMs > 0)) return 1;
+  return Math.max(1, Math.ceil(evalMs / (share * innerMs)));
 }
 
 function roundPoint(e: Extract<RunEvent, { event: "round" }>): RoundPoint {
