@@ -8,11 +8,14 @@
  * pseudo-gradients in fp32 weighted by tokens (contributions in the run's
  * exchange format, actors/exchange.ts; or combines them with a robust rule,
  * actors/robust_aggregate.ts), takes a Nesterov SGD step
- * (actors/outer_optimizer.ts) and emits the update as int8 with per-block
- * scales. It applies to its own θ exactly the dequantized update it sends,
- * with `applyUpdate` (actors/int8_exchange.ts), the function every trainer
- * calls. What the int8 code could not carry (the quantization residual) is
- * fed back into the next round's update.
+ * (actors/outer_optimizer.ts) and emits the update coded in the run's update
+ * format: int8 with per-block scales by default, or int4 or top-k
+ * (`updateExchange`, to cut what every trainer downloads). It applies to its
+ * own θ exactly the decoded update it sends, with `applyCoded`
+ * (actors/exchange.ts), the function every trainer calls. What the code
+ * could not carry (the quantization residual, or for top-k everything not
+ * sent) is fed back into the next round's update: error feedback on the
+ * aggregator's side.
  *
  * All arithmetic is on Float32Array elements in a fixed order, so the result
  * does not depend on message arrival order.
@@ -34,10 +37,19 @@ import {
 } from "./run_protocol.ts";
 import { DEFAULT_OUTER, outerAt, type OuterOptimizer } from "./outer_optimizer.ts";
 import { applyUpdate, dequantizeInt8, quantizeInt8 } from "./int8_exchange.ts";
-import { decodeEncoded, encodedNorm, encodedProblem, formatOf } from "./exchange.ts";
+import {
+  applyCoded,
+  decodeEncoded,
+  encodedNorm,
+  encodedProblem,
+  formatOf,
+  toWire,
+} from "./exchange.ts";
+import { feedbackEncodeRef } from "../kernels/lowbit_reference.ts";
 import {
   DEFAULT_EXCHANGE,
   type ExchangeFormat,
+  exchangeName,
   parseExchange,
 } from "../kernels/exchange_format.ts";
 import { type AggregateRule, DEFAULT_AGGREGATE, robustCombine } from "./robust_aggregate.ts";
@@ -110,9 +122,15 @@ export interface ShardAggregatorOptions {
   block?: number;
   /**
    * The run's exchange format of contributions (default "int8"); any other
-   * is refused as "wrong_format". The update stays int8 whatever it is.
+   * is refused as "wrong_format".
    */
   exchange?: string;
+  /**
+   * The format of the update it emits (default "int8", with the run's
+   * block): "int4" or "topk:F" cut what each trainer downloads; what the
+   * code leaves out is carried into the next round's update.
+   */
+  updateExchange?: string;
   /** Fraction of the expected trainers needed to close at the deadline (default 0.5). */
   quorum?: number;
   /**
@@ -183,6 +201,8 @@ export class ShardAggregator {
   #block: number;
   #format: ExchangeFormat;
   #formatName: string;
+  /** The update's format; undefined: int8 with the run's block. */
+  #updateFormat?: ExchangeFormat;
   #quorum: number;
   #minWaitMs: number;
   #slack: number;
@@ -223,6 +243,8 @@ export class ShardAggregator {
     const format = parseExchange(this.#formatName);
     // int8 contributions use the run's block, as the update does.
     this.#format = format.kind === "int8" ? { kind: "int8", block: this.#block } : format;
+    const update = parseExchange(formatOf({ format: options.updateExchange }));
+    if (update.kind !== "int8") this.#updateFormat = update;
     this.#quorum = options.quorum ?? 0.5;
     this.#minWaitMs = options.minWaitMs ?? 10_000;
     this.#slack = options.slack ?? 1;
@@ -441,11 +463,41 @@ export class ShardAggregator {
   }
 
   /**
+   * Codes the move θ_target − θ plus the residual in the update format,
+   * applies what it sends to θ and leaves in the residual what it did not.
+   */
+  #codeUpdate(
+    target: Float32Array,
+    theta: Float32Array,
+    residual: Float32Array,
+  ): Pick<UpdateMsg, "format" | "q" | "idx" | "scales"> {
+    const n = theta.length;
+    const f = this.#updateFormat;
+    if (f === undefined) {
+      const block = this.#block;
+      const d = new Float32Array(n);
+      for (let i = 0; i < n; i++) d[i] = Math.fround(target[i] - theta[i]) + residual[i];
+      const { q, scales } = quantizeInt8(d, { block });
+      const applied = dequantizeInt8(q, scales, { block });
+      for (let i = 0; i < n; i++) residual[i] = d[i] - applied[i];
+      applyUpdate(theta, { q, scales }, { block });
+      return { q, scales };
+    }
+    const move = new Float32Array(n);
+    for (let i = 0; i < n; i++) move[i] = target[i] - theta[i];
+    const wire = toWire(f, feedbackEncodeRef(f, move, residual), n);
+    const coded = { format: exchangeName(f), ...wire };
+    applyCoded(theta, coded);
+    return coded;
+  }
+
+  /**
    * Closes the open round: drops absurd contributions, averages the rest in
    * fp32 weighted by tokens (trainers in sorted order) or combines them with
    * the robust rule of the `aggregate` option, takes the outer
-   * Nesterov step, quantizes θ_target − θ + residual to int8, applies exactly
-   * that to its own θ, keeps the residual, and opens the next round.
+   * Nesterov step, codes θ_target − θ + residual in the update format,
+   * applies exactly what it sends to its own θ, keeps what the code left out
+   * as the residual, and opens the next round.
    *
    * @throws {RangeError} when nothing was accepted
    */
@@ -481,28 +533,20 @@ export class ShardAggregator {
     const thetaP = this.#theta.subarray(plo, phi);
     const momentumP = this.#momentum.subarray(plo, phi);
     const residualP = this.#residual.subarray(plo, phi);
-    const block = this.#block;
     let tokens = 0;
     for (const e of entries) tokens += e.msg.tokens;
     const delta = this.#combine(entries, tokens, plo, phi);
     let loss = 0;
     for (const e of entries) loss += e.msg.loss * e.msg.tokens / tokens;
     // Nesterov SGD (PyTorch): m = mu m + Δ; θ' = θ − lr (Δ + mu m). The update
-    // to send is θ' − θ plus what earlier rounds' int8 codes left out.
+    // to send is θ' − θ plus what earlier rounds' codes left out.
     const target = new Float32Array(thetaP);
     const step = outerAt(this.#outer, this.#round);
     nesterovStepRef(
       { theta: target, momentum: momentumP, delta },
       { n, lr: step.lr, mu: step.momentum },
     );
-    const d = new Float32Array(n);
-    for (let i = 0; i < n; i++) {
-      d[i] = Math.fround(target[i] - thetaP[i]) + residualP[i];
-    }
-    const { q, scales } = quantizeInt8(d, { block });
-    const applied = dequantizeInt8(q, scales, { block });
-    for (let i = 0; i < n; i++) residualP[i] = d[i] - applied[i];
-    applyUpdate(thetaP, { q, scales }, { block });
+    const coded = this.#codeUpdate(target, thetaP, residualP);
     for (const e of entries) this.#norms.push(e.norm);
     if (this.#norms.length > 32) this.#norms.splice(0, this.#norms.length - 32);
     const update: UpdateMsg = {
@@ -511,8 +555,7 @@ export class ShardAggregator {
       round: this.#round,
       shard: this.#shard.index,
       n,
-      q,
-      scales,
+      ...coded,
       contributors: entries.map((e) => e.msg.trainer),
       loss,
       tokens,

@@ -2,7 +2,9 @@ import { deepEqual, equal, ok, throws } from "@std/assert";
 import { type OfferResult, ShardAggregator } from "./aggregation.ts";
 import { applyUpdate, dequantizeInt8, quantizeInt8, thetaHash } from "./int8_exchange.ts";
 import { type ContributionMsg, shardMap, type ViewMsg } from "./run_protocol.ts";
-import { toWire } from "./exchange.ts";
+import { applyCoded, toWire } from "./exchange.ts";
+import { validateRunMessage } from "./run_protocol_validate.ts";
+import { decode, encode } from "../transport/codec.ts";
 import { parseExchange } from "../kernels/exchange_format.ts";
 import { decodeRef, encodeRef } from "../kernels/lowbit_reference.ts";
 
@@ -49,7 +51,13 @@ function viewOf(
 function setup(
   n: number,
   trainers: string[],
-  opts: { now?: () => number; lr?: number; momentum?: number; exchange?: string } = {},
+  opts: {
+    now?: () => number;
+    lr?: number;
+    momentum?: number;
+    exchange?: string;
+    updateExchange?: string;
+  } = {},
 ) {
   const shards = shardMap(n, { aggregators: ["agg0"] });
   const view = viewOf(shards, trainers);
@@ -61,6 +69,7 @@ function setup(
     now: opts.now,
     outer: { lr: opts.lr ?? 0.7, momentum: opts.momentum ?? 0.9 },
     exchange: opts.exchange,
+    updateExchange: opts.updateExchange,
   });
   agg.setView(view);
   return { agg, view, theta0, shard: shards[0] };
@@ -499,4 +508,79 @@ Deno.test("centered clipping with fragments keeps each piece's own center", () =
   // Round 1 set piece 1's center and left piece 0's as round 0 made it.
   ok(sameBitsOf(after1.subarray(0, 512), after0.subarray(0, 512)));
   ok(after1.subarray(512).some((x) => x !== 0));
+});
+
+Deno.test("a top-k or int4 update: sparse on the wire, applied bit-identically by every trainer", async () => {
+  for (const name of ["topk:0.03", "int4"]) {
+    const n = 1000;
+    const trainers = ["t0", "t1"];
+    const { agg, theta0 } = setup(n, trainers, { updateExchange: name });
+    const copies = trainers.map(() => new Float32Array(theta0));
+    for (let round = 0; round < 6; round++) {
+      for (const [i, t] of trainers.entries()) {
+        agg.offer(contribution(t, randomVec(n, 10 * round + i, 0.02), { round }));
+      }
+      const { update } = agg.close();
+      equal(update.format, name);
+      if (name.startsWith("topk")) {
+        // ceil(0.03 × 256) = 8 values of each full block, ceil(0.03 × 232) = 7 of the last.
+        equal(update.q.length, 3 * 8 + 7, `round ${round}`);
+        equal(update.idx?.length, update.q.length);
+      } else {
+        equal(update.q.length, n / 2);
+      }
+      // Through msgpack and the wire validator, as a trainer receives it.
+      const wire = validateRunMessage(decode(encode(update)));
+      if (wire.type !== "update") throw new Error(wire.type);
+      for (const c of copies) applyCoded(c, wire);
+      const hashes = await Promise.all([...copies, agg.theta()].map(thetaHash));
+      equal(new Set(hashes).size, 1, `${name} round ${round}: ${hashes}`);
+    }
+  }
+});
+
+Deno.test("a top-k update's error feedback: what one round leaves out arrives later", () => {
+  const n = 256;
+  const shard = shardMap(n, { aggregators: ["agg0"] })[0];
+  const agg = new ShardAggregator({
+    run: RUN,
+    shard,
+    theta: new Float32Array(n),
+    outer: { lr: 1, momentum: 0 },
+    updateExchange: "topk:0.25",
+  });
+  agg.setView(viewOf([shard], ["t0"]));
+  // Every value moves by the same amount each round; a quarter of them fit an update.
+  const delta = new Float32Array(n).fill(-0.01);
+  const rounds = 40;
+  for (let r = 0; r < rounds; r++) {
+    agg.offer(contribution("t0", delta, { round: r }));
+    const { update } = agg.close();
+    equal(update.q.length, 64);
+  }
+  // Without the residual each value would have moved in a quarter of the rounds at most.
+  const got = agg.theta();
+  for (let i = 0; i < n; i++) {
+    ok(Math.abs(got[i] - rounds * 0.01) < 0.05, `θ[${i}] = ${got[i]}, want ${rounds * 0.01}`);
+  }
+});
+
+Deno.test("an update that does not fit θ is refused by name", () => {
+  const { agg } = setup(600, ["t0"], { updateExchange: "topk:0.05" });
+  agg.offer(contribution("t0", randomVec(600, 3, 0.02)));
+  const { update } = agg.close();
+  throws(() => applyCoded(new Float32Array(500), update), RangeError, "topk:0.05 update: q");
+  const repeated = { ...update, idx: update.idx!.slice() };
+  repeated.idx[1] = repeated.idx[0];
+  throws(() => applyCoded(new Float32Array(600), repeated), RangeError, "idx offset");
+  throws(
+    () => validateRunMessage({ ...update, idx: update.idx!.subarray(1) }),
+    Error,
+    "idx",
+  );
+  throws(
+    () => validateRunMessage({ ...update, format: "int3" }),
+    Error,
+    "format",
+  );
 });

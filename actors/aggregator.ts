@@ -86,6 +86,8 @@ export interface AggregatorOptions {
   outer: OuterOptimizer;
   /** The run's exchange format of contributions (default "int8"). */
   exchange?: string;
+  /** The format of the updates it sends (default "int8"; actors/aggregation.ts). */
+  updateExchange?: string;
   /** How contributions are combined (default: the token-weighted mean). */
   aggregate?: AggregateRule;
   /** Quorum fraction at the deadline (default 0.5). */
@@ -170,6 +172,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
       round: saved.round,
       outer: options.outer,
       exchange: options.exchange,
+      updateExchange: options.updateExchange,
       aggregate: options.aggregate,
       quorum: options.quorum,
       minWaitMs: options.minWaitMs,
@@ -237,6 +240,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
         round: view.round,
         outer: options.outer,
         exchange: options.exchange,
+        updateExchange: options.updateExchange,
         aggregate: options.aggregate,
         quorum: options.quorum,
         minWaitMs: options.minWaitMs,

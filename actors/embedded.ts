@@ -114,6 +114,7 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
       trainers: options.trainers,
       evalLoss: evalReply.loss,
       exchange: options.exchange,
+      updateExchange: options.updateExchange,
     });
     options.emit({ event: "done", ...summary });
     return summary;

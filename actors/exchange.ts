@@ -1,7 +1,8 @@
 /**
  * The exchange formats on the wire (kernels/exchange_format.ts names them):
  * how a trainer's GPU codes become a contribution's tensors, how they are cut
- * into shards, checked, and decoded by the aggregator.
+ * into shards, checked, and decoded by the aggregator; and how an update
+ * coded the same way (a run's `updateExchange`) is applied by everyone.
  *
  * A contribution carries `format` (absent: int8), `q` (code bytes: int8 one a
  * value, int4 two values a byte, low nibble first, top-k one int8 code a sent
@@ -22,7 +23,7 @@ import {
   topkPerBlock,
 } from "../kernels/exchange_format.ts";
 import { type Coded, decodeRef } from "../kernels/lowbit_reference.ts";
-import { quantizedNorm } from "./int8_exchange.ts";
+import { applyUpdate, quantizedNorm } from "./int8_exchange.ts";
 
 /** A vector's tensors on the wire. */
 export interface Encoded {
@@ -240,4 +241,43 @@ export function encodedNorm(f: ExchangeFormat, e: Encoded, n: number): number {
   let s = 0;
   for (let i = 0; i < n; i++) s += d[i] * d[i];
   return Math.sqrt(s);
+}
+
+/**
+ * Applies a round's coded update to θ in place: θ[i] = f32(θ[i] + decoded[i]),
+ * whatever its format (absent: int8, through {@linkcode applyUpdate}).
+ * Aggregators apply their own update with it and every trainer applies the
+ * received one with it, so their copies of θ_{r+1} are bit-identical.
+ *
+ * @example
+ * ```ts
+ * import { applyCoded } from "./exchange.ts";
+ * const theta = new Float32Array([1, 1, 1, 1]);
+ * applyCoded(theta, {
+ *   format: "topk:0.25",
+ *   q: new Int8Array([2]),
+ *   idx: new Uint8Array([1]),
+ *   scales: new Float32Array([0.5]),
+ * });
+ * console.log(theta); // Float32Array [1, 2, 1, 1]
+ * ```
+ *
+ * @throws {RangeError} naming the format and the field when the codes do not
+ * fit θ (a length, or a top-k offset out of range or repeated)
+ */
+export function applyCoded(
+  theta: Float32Array,
+  update: { format?: string; q: Int8Array; idx?: Uint8Array; scales: Float32Array },
+  options: { block?: number } = {},
+): Float32Array {
+  const name = formatOf(update);
+  if (name === "int8") return applyUpdate(theta, update, options);
+  const f = parseExchange(name);
+  const n = theta.length;
+  const bad = encodedProblem(f, update, n);
+  if (bad) throw new RangeError(`Cannot apply ${name} update: ${bad.field} ${bad.detail}`);
+  const d = decodeEncoded(f, update, n);
+  // A Float32Array store rounds the double sum: f32 addition, as the int8 path.
+  for (let i = 0; i < n; i++) theta[i] = theta[i] + d[i];
+  return theta;
 }

@@ -359,6 +359,7 @@ export async function startRunHost(
           tracker: trackerPath,
           outer: options.outer,
           exchange: options.exchange,
+          updateExchange: options.updateExchange,
           ...(aggregate ? { aggregate } : {}),
           quorum: options.quorum,
           minWaitMs: options.minWaitMs,

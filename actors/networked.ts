@@ -228,6 +228,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
       trainers: trainers.length,
       evalLoss,
       exchange: options.exchange,
+      updateExchange: options.updateExchange,
     });
     emit({ event: "done", ...summary });
   } catch (err) {

@@ -179,6 +179,12 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
         "magnitude, e.g. topk:0.05); int4 and topk keep the rest for the next\n" +
         "round (error feedback); joiners take the host's",
     },
+    "update-exchange": {
+      value: "FORMAT",
+      help: "the aggregated update trainers download: int8 (default), int4 or\n" +
+        "topk:F, the aggregator keeping the rest for the next round; with\n" +
+        "--exchange topk:F it cuts the download as that cuts the upload",
+    },
     sync: {
       value: "MODE",
       help: "overlapped (default): trainers go on with the next round's inner steps\n" +
@@ -203,13 +209,22 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
   },
 } as const satisfies Command;
 
-/** An exchange format's canonical name (`--exchange`). */
-function exchangeArg(v: string): string {
+/**
+ * An exchange format's canonical name from flag `--<flag>`; a UsageError
+ * names the flag.
+ *
+ * @example
+ * ```ts
+ * import { exchangeFlag } from "./node_args.ts";
+ * console.log(exchangeFlag("exchange", "topk:.05")); // "topk:0.05"
+ * ```
+ */
+export function exchangeFlag(flag: string, v: string): string {
   try {
     return exchangeName(parseExchange(v));
   } catch (err) {
     throw new UsageError(
-      `Invalid --exchange: ${(err as Error).message.replace(/^Invalid exchange /, "")}`,
+      `Invalid --${flag}: ${(err as Error).message.replace(/^Invalid exchange /, "")}`,
     );
   }
 }
@@ -393,7 +408,12 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       ? { overlapSteps: intFlag("overlap-steps", values["overlap-steps"]) }
       : {}),
     seed: intFlag("seed", values.seed, 0) ?? 1,
-    ...(values.exchange !== undefined ? { exchange: exchangeArg(values.exchange) } : {}),
+    ...(values.exchange !== undefined
+      ? { exchange: exchangeFlag("exchange", values.exchange) }
+      : {}),
+    ...(values["update-exchange"] !== undefined
+      ? { updateExchange: exchangeFlag("update-exchange", values["update-exchange"]) }
+      : {}),
     ...(values.aggregate !== undefined ? { aggregate: aggregateArg(values.aggregate) } : {}),
     host: values.host,
     ...(values.dashboard !== undefined ? { dashboard: values.dashboard } : {}),
@@ -450,6 +470,7 @@ export function resumedArgs(args: NodeArgs, r: ResumedRun): NodeArgs {
     batch: "batch",
     "grad-accum": "gradAccum",
     exchange: "exchange",
+    "update-exchange": "updateExchange",
     aggregate: "aggregate",
     sync: "sync",
     overlap: "sync",

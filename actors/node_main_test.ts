@@ -246,6 +246,28 @@ Deno.test("node flags: keys, allow-lists and TLS files go with the side that use
   );
 });
 
+Deno.test("node flags: --update-exchange names the update's format, recorded and resumed", () => {
+  equal(parseNodeArgs([]).updateExchange, undefined);
+  const args = parseNodeArgs(["--exchange", "topk:0.03", "--update-exchange", "topk:.03"]);
+  equal(args.updateExchange, "topk:0.03");
+  equal(runSettingsOf(args).updateExchange, "topk:0.03");
+  throws(
+    () => parseNodeArgs(["--update-exchange", "int2"]),
+    (err: Error) =>
+      err.message ===
+        'Invalid --update-exchange: "int2" (known: int8, int4, topk:F with 0 < F <= 1)',
+  );
+  const resumed = {
+    dir: "runs/r",
+    round: 2,
+    settings: { run: "r", config: "small", rounds: 5, updateExchange: "int4" },
+  } as unknown as ResumedRun;
+  const resume = (argv: string[]) =>
+    resumedArgs(parseNodeArgs(["--resume", "runs/r", "--rounds", "9", ...argv]), resumed);
+  equal(resume([]).updateExchange, "int4");
+  equal(resume(["--update-exchange", "int8"]).updateExchange, "int8");
+});
+
 Deno.test("node flags: --exchange names a format, reaches the engine and the checkpoint record", () => {
   equal(parseNodeArgs([]).exchange, undefined);
   equal(runSettingsOf(parseNodeArgs([])).exchange, undefined, "int8 runs record what they did");

@@ -186,7 +186,10 @@ export type RejectReason =
   | "wrong_format"
   | "bad_index";
 
-/** The closed round's update for one shard: θ_{r+1} = θ_r + dequant(q, scales). */
+/**
+ * The closed round's update for one shard: θ_{r+1} = θ_r + decode(q, idx,
+ * scales) in its format (actors/exchange.ts `applyCoded`).
+ */
 export interface UpdateMsg {
   type: "update";
   run: string;
@@ -194,7 +197,11 @@ export interface UpdateMsg {
   round: number;
   shard: number;
   n: number;
+  /** The update's exchange format (absent: int8 with the run's block). */
+  format?: string;
   q: Int8Array;
+  /** Top-k only: each sent value's offset in its block. */
+  idx?: Uint8Array;
   scales: Float32Array;
   /** Trainers whose contributions were averaged, sorted. */
   contributors: string[];
@@ -412,8 +419,8 @@ export function shardMap(
 }
 
 /** Sizes a message would take on the wire, to count communication without a socket. */
-export function tensorBytes(m: { q: Int8Array; scales: Float32Array }): number {
-  return m.q.byteLength + m.scales.byteLength;
+export function tensorBytes(m: { q: Int8Array; idx?: Uint8Array; scales: Float32Array }): number {
+  return m.q.byteLength + (m.idx?.byteLength ?? 0) + m.scales.byteLength;
 }
 
 /**

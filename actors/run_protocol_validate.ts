@@ -362,7 +362,7 @@ export function validateRunMessage(x: unknown, options: { block?: number } = {})
         detail: typeof m.detail === "string" ? m.detail : "",
       };
     case "update": {
-      const t = validateTensorPair(m, type, block);
+      const t = validateCoded(m, type, block);
       return {
         type: "update",
         run: str(m, type, "run"),

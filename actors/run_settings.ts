@@ -58,9 +58,17 @@ export interface RunSettings {
   /**
    * Pseudo-gradient exchange format (kernels/exchange_format.ts: "int8", the
    * default, "int4" or "topk:F"); handed to joiners and recorded with every
-   * checkpoint. The update sent back is int8 whatever it is.
+   * checkpoint.
    */
   exchange?: string;
+  /**
+   * The format of the aggregated update every trainer downloads (default
+   * "int8"; "int4" or "topk:F" cut the download as `exchange` cuts the
+   * upload, the aggregator keeping what the code leaves out for the next
+   * round). Each update names its format, so joiners need no setting;
+   * recorded with every checkpoint.
+   */
+  updateExchange?: string;
   /**
    * How the aggregators combine contributions, in `--aggregate` form
    * (actors/robust_aggregate.ts): "mean" (the default, token-weighted),
@@ -163,6 +171,7 @@ export function runSettingsOf(o: RunSettings): RunSettings {
     ...(o.batch !== undefined ? { batch: o.batch } : {}),
     ...(o.gradAccum !== undefined ? { gradAccum: o.gradAccum } : {}),
     ...(o.exchange !== undefined ? { exchange: o.exchange } : {}),
+    ...(o.updateExchange !== undefined ? { updateExchange: o.updateExchange } : {}),
     ...(o.aggregate !== undefined ? { aggregate: o.aggregate } : {}),
     // Recorded whatever the default: a checkpoint or a joiner never has to guess it.
     sync: o.sync ?? DEFAULT_SYNC,

@@ -26,6 +26,8 @@ export interface RunSummary {
   inner_steps: number;
   /** The pseudo-gradient exchange format; the byte counts below are its messages' encoded sizes. */
   exchange: string;
+  /** The format of the updates trainers download. */
+  update_exchange: string;
   tokens: number;
   first_loss: number;
   last_loss: number;
@@ -38,7 +40,14 @@ export interface RunSummary {
   fp32_exchange_bytes_per_round_per_trainer: number;
   fp32_data_parallel_bytes_per_round_per_trainer: number;
   ratio_vs_fp32_exchange: number;
+  /** fp32 data parallelism's upload per round and trainer over ours (H steps of 4 bytes a value). */
   reduction_vs_data_parallel: number;
+  /**
+   * Both directions: fp32 data parallelism uploads a gradient and downloads
+   * the mean every step (8 bytes a value), ours a contribution and an update
+   * a round.
+   */
+  reduction_vs_data_parallel_both_ways: number;
   utilization: number;
   wall_s: number;
 }
@@ -46,7 +55,13 @@ export interface RunSummary {
 /** Builds the summary from the monitor's round events. */
 export function summarize(
   monitor: RunMonitor,
-  options: { run: string; trainers: number; evalLoss: number; exchange?: string },
+  options: {
+    run: string;
+    trainers: number;
+    evalLoss: number;
+    exchange?: string;
+    updateExchange?: string;
+  },
 ): RunSummary {
   const rounds = monitor.rounds;
   const params = rounds[0]?.params ?? 0;
@@ -69,6 +84,7 @@ export function summarize(
     params,
     inner_steps: h,
     exchange: options.exchange ?? "int8",
+    update_exchange: options.updateExchange ?? "int8",
     tokens: rounds.reduce((s, r) => s + r.tokens, 0),
     first_loss: rounds[0]?.loss ?? NaN,
     last_loss: rounds.at(-1)?.loss ?? NaN,
@@ -83,6 +99,8 @@ export function summarize(
     fp32_data_parallel_bytes_per_round_per_trainer: 4 * params * h,
     ratio_vs_fp32_exchange: Math.round(perUp / (4 * params) * 10_000) / 10_000,
     reduction_vs_data_parallel: Math.round(4 * params * h / Math.max(1, perUp) * 10) / 10,
+    reduction_vs_data_parallel_both_ways:
+      Math.round(8 * params * h / Math.max(1, perUp + perDown) * 10) / 10,
     utilization: Math.round(
       rounds.reduce((s, r) => s + r.utilization, 0) / Math.max(1, rounds.length) * 10_000,
     ) / 10_000,

@@ -34,7 +34,8 @@
  * @module
  */
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
-import { applyUpdate, thetaHash } from "./int8_exchange.ts";
+import { thetaHash } from "./int8_exchange.ts";
+import { applyCoded } from "./exchange.ts";
 import {
   type HeartbeatAckMsg,
   type JoinReplyMsg,
@@ -305,7 +306,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     if (theta === undefined || mine.some((u) => u === undefined)) return;
     for (const [i, s] of v.shards.entries()) {
       const { lo, hi } = roundPiece(s, round, fragments, v.block);
-      applyUpdate(theta.subarray(s.start + lo, s.start + hi), mine[i]!, { block: v.block });
+      applyCoded(theta.subarray(s.start + lo, s.start + hi), mine[i]!, { block: v.block });
     }
     const bad = v.shards.find((s, i) =>
       mine[i]!.check !== undefined &&

@@ -8,9 +8,10 @@
  * the training stream (the run's 16 data shards), runs H AdamW steps with the
  * trainer Worker's learning-rate schedule (cosine over the whole run, a
  * warm-up of min(30, H) steps, AdamW moments kept across rounds), and sends
- * Δ = θ_r − θ_local. With int8 exchange Δ goes through the run's
- * {@linkcode ShardAggregator} (int8 with per-block scales both ways,
- * residual feedback, Nesterov step, {@linkcode applyUpdate}), exactly what the
+ * Δ = θ_r − θ_local. With a coded exchange (int8, int4, top-k) Δ goes
+ * through the run's {@linkcode ShardAggregator} (the codes up, the update
+ * down in int8 or the row's `updateExchange`, residual feedback on both
+ * sides, Nesterov step, {@linkcode applyCoded}), exactly what the
  * aggregator actor does; with fp32 exchange the same Nesterov step is taken on
  * the exact fp32 average. Trainers take turns on one device, so this is the
  * run's math without its Workers and messages; the "diloco-run" configuration
@@ -43,8 +44,7 @@ import { pipelinedSteps } from "../kernels/pipeline.ts";
 import { nesterovStepRef } from "../kernels/reference.ts";
 import { learningRate } from "../kernels/train_main.ts";
 import { ShardAggregator } from "../actors/aggregation.ts";
-import { applyUpdate } from "../actors/int8_exchange.ts";
-import { toWire } from "../actors/exchange.ts";
+import { applyCoded, toWire } from "../actors/exchange.ts";
 import { encodeRef, feedbackEncodeRef } from "../kernels/lowbit_reference.ts";
 import { parseExchange, usesFeedback } from "../kernels/exchange_format.ts";
 import { encode } from "../transport/codec.ts";
@@ -88,6 +88,7 @@ function result(
     windows: number;
     wallS: number;
     bytesUp?: number;
+    bytesDown?: number;
     params?: number;
   },
 ): ExperimentResult {
@@ -122,6 +123,11 @@ function result(
     fp32_data_parallel_bytes_per_round_per_trainer: dp ?? null,
     reduction_vs_fp32_data_parallel: dp !== undefined && r.bytesUp
       ? Math.round(dp / r.bytesUp * 10) / 10
+      : null,
+    update_exchange: single ? null : c.exchange === "fp32" ? "fp32" : (c.updateExchange ?? "int8"),
+    bytes_down_per_round_per_trainer: r.bytesDown ?? null,
+    reduction_both_ways_vs_fp32_data_parallel: dp !== undefined && r.bytesUp && r.bytesDown
+      ? Math.round(2 * dp / (r.bytesUp + r.bytesDown) * 10) / 10
       : null,
     final_train_loss: Math.round(r.trainLoss * 10_000) / 10_000,
     final_eval_loss: Math.round(r.evalLoss * 10_000) / 10_000,
@@ -225,6 +231,7 @@ async function runDiloco(
       theta,
       outer: c.outer,
       ...(c.exchange === "fp32" ? {} : { exchange: c.exchange }),
+      ...(c.updateExchange ? { updateExchange: c.updateExchange } : {}),
       ...(c.aggregate ? { aggregate: c.aggregate } : {}),
       fragments,
     });
@@ -250,8 +257,10 @@ async function runDiloco(
     }
     // Each trainer's error-feedback residual (what its codes have not carried yet).
     const residuals = models.map(() => new Float32Array(n));
-    // Trainer 0's contributions, summed over the rounds (their pieces differ with fragments).
+    // Trainer 0's contributions and the updates, summed over the rounds
+    // (their pieces differ with fragments).
     let bytesSum = 0;
+    let bytesDownSum = 0;
     // Overlapped or fragmented: each trainer's running parameters and its
     // last pseudo-gradient (the Worker's delta buffer) live across rounds.
     const keep = keepsRunning({ sync: c.sync, fragments });
@@ -357,9 +366,11 @@ async function runDiloco(
           }
         }
         const { update } = agg.close();
-        applyUpdate(theta.subarray(lo, hi), update, { block: DEFAULT_BLOCK });
+        bytesDownSum += encode(update).byteLength;
+        applyCoded(theta.subarray(lo, hi), update, { block: DEFAULT_BLOCK });
       } else {
         bytesSum += 4 * n;
+        bytesDownSum += 4 * n;
         const avg = new Float32Array(n);
         const w = Math.fround(1 / deltas.length);
         for (const d of deltas) for (let j = 0; j < n; j++) avg[j] += Math.fround(w * d[j]);
@@ -376,6 +387,7 @@ async function runDiloco(
       windows: ev.windows,
       wallS: (performance.now() - t0) / 1000,
       bytesUp: Math.round(bytesSum / R),
+      bytesDown: Math.round(bytesDownSum / R),
       params: n,
     });
   } finally {
@@ -413,6 +425,8 @@ async function runReal(
     ...(c.innerWarmup !== undefined ? { innerWarmup: c.innerWarmup } : {}),
     ...(c.aggregate ? { aggregate: formatAggregate(c.aggregate) } : {}),
     ...(c.sync ? { sync: c.sync } : {}),
+    ...(c.updateExchange ? { updateExchange: c.updateExchange } : {}),
+    ...(c.exchange !== "int8" ? { exchange: c.exchange } : {}),
     trainers: c.trainers,
     evalWindows: s.evalWindows,
     emit: () => {},
@@ -422,6 +436,7 @@ async function runReal(
     trainLoss: summary.last_loss,
     evalLoss: summary.final_eval_loss,
     bytesUp: summary.bytes_up_per_round_per_trainer,
+    bytesDown: summary.bytes_down_per_round_per_trainer,
     params: summary.params,
     windows: Math.min(
       s.evalWindows,

@@ -47,6 +47,18 @@ export interface ExperimentResult {
   fp32_data_parallel_bytes_per_round_per_trainer: number | null;
   /** The second over the first. */
   reduction_vs_fp32_data_parallel: number | null;
+  /** The update's format (null for "single"; fp32 rows download fp32). */
+  update_exchange: string | null;
+  /**
+   * Bytes one trainer receives per round: the msgpack-encoded update message
+   * (fp32: 4 bytes a value; null for "single").
+   */
+  bytes_down_per_round_per_trainer: number | null;
+  /**
+   * Both directions against fp32 data parallelism, which also receives the
+   * mean gradient every step: 8 × params × H over bytes up + bytes down.
+   */
+  reduction_both_ways_vs_fp32_data_parallel: number | null;
   final_train_loss: number;
   final_eval_loss: number;
   eval_windows: number;
@@ -143,20 +155,23 @@ export function summarizeExperiment(
 /** The results as a markdown table. */
 export function markdownTable(results: ExperimentResult[]): string {
   const head =
-    "| configuration | trainers × batch | H | outer lr | momentum | warm-up rounds | exchange | sync | fragments | bytes up per round and trainer | vs fp32 data parallel | final eval loss | tokens | wall s |";
+    "| configuration | trainers × batch | H | outer lr | momentum | warm-up rounds | exchange | update | sync | fragments | bytes up per round and trainer | vs fp32 data parallel | bytes down | both ways vs fp32 data parallel | final eval loss | tokens | wall s |";
   const sep =
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
+  const times = (x: number | null) => x === null ? "–" : `${x}×`;
   const dash = (x: number | string | null) => x === null ? "–" : String(x);
   const rows = results.map((r) =>
     `| ${r.name}: ${r.description} | ${r.trainers} × ${r.batch} | ${dash(r.inner_steps)} | ${
       dash(r.outer_lr)
     } | ${dash(r.outer_momentum)} | ${dash(r.outer_warmup_rounds)} | ${dash(r.exchange)} | ${
-      dash(r.sync)
-    } | ${dash(r.fragments)} | ${
+      dash(r.update_exchange)
+    } | ${dash(r.sync)} | ${dash(r.fragments)} | ${
       dash(r.bytes_up_per_round_per_trainer?.toLocaleString("en-US") ?? null)
-    } | ${
-      r.reduction_vs_fp32_data_parallel === null ? "–" : `${r.reduction_vs_fp32_data_parallel}×`
-    } | ${r.final_eval_loss.toFixed(4)} | ${r.tokens.toLocaleString("en-US")} | ${r.wall_s} |`
+    } | ${times(r.reduction_vs_fp32_data_parallel)} | ${
+      dash(r.bytes_down_per_round_per_trainer?.toLocaleString("en-US") ?? null)
+    } | ${times(r.reduction_both_ways_vs_fp32_data_parallel)} | ${r.final_eval_loss.toFixed(4)} | ${
+      r.tokens.toLocaleString("en-US")
+    } | ${r.wall_s} |`
   );
   return [head, sep, ...rows].join("\n");
 }

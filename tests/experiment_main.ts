@@ -38,7 +38,7 @@ import {
 } from "./_experiment_summary.ts";
 
 import { AGGREGATE_SYNTAX, parseAggregate } from "../actors/robust_aggregate.ts";
-import { aggregateFlag } from "../actors/node_args.ts";
+import { aggregateFlag, exchangeFlag } from "../actors/node_args.ts";
 
 /** The robust rule of the Byzantine rows unless `--aggregate` says otherwise. */
 const DEFAULT_ROBUST = "trimmed-mean:0.2";
@@ -86,6 +86,11 @@ export const EXPERIMENT_COMMAND = {
     topk: {
       value: "F",
       help: "fraction of each block of 256 the diloco-topk row sends (default 0.05)",
+    },
+    "update-exchange": {
+      value: "FORMAT",
+      help: "the aggregator's update in the coded rows that name none: int8\n" +
+        "(default), int4 or topk:F, with the aggregator's error feedback",
     },
     "overlap-steps": {
       value: "T",
@@ -157,6 +162,9 @@ export function parseExperimentArgs(argv: string[]): ExperimentArgs {
     innerReset: values["inner-reset"] ?? false,
     innerSchedule: schedule,
     topk: numberFlag("topk", values.topk, { min: 0, max: 1 }) ?? 0.05,
+    ...(values["update-exchange"] !== undefined
+      ? { updateExchange: exchangeFlag("update-exchange", values["update-exchange"]) }
+      : {}),
     ...(values["overlap-steps"] !== undefined
       ? { overlapSteps: intFlag("overlap-steps", values["overlap-steps"], 0) }
       : {}),

@@ -34,9 +34,24 @@ Deno.test("experiment: flags pick configurations and refuse bad input by name", 
   );
   const topk = parseExperimentArgs(["--configs", "diloco-topk", "--topk", "0.01"]).configs[0];
   equal(topk.exchange, "topk:0.01");
-  // The 1,000× row: top-3% at twice the rounds' H, whatever --topk says.
-  const [far] = parseExperimentArgs(["--configs", "diloco-1000x", "--inner-steps", "5"]).configs;
-  deepEqual([far.exchange, far.innerSteps], ["topk:0.03", 10]);
+  // The 1,000× row: top-2% up, top-3% down at twice the rounds' H, whatever the flags say.
+  const [far] = parseExperimentArgs([
+    "--configs",
+    "diloco-1000x",
+    "--inner-steps",
+    "5",
+    "--update-exchange",
+    "int4",
+  ]).configs;
+  deepEqual([far.exchange, far.updateExchange, far.innerSteps], ["topk:0.02", "topk:0.03", 10]);
+  // --update-exchange reaches the other coded rows, and names itself when wrong.
+  const [int8] = parseExperimentArgs(["--configs", "diloco-int8", "--update-exchange", "int4"])
+    .configs;
+  equal(int8.updateExchange, "int4");
+  throws(
+    () => parseExperimentArgs(["--update-exchange", "int2"]),
+    /Invalid --update-exchange: "int2"/,
+  );
   throws(
     () => parseExperimentArgs(["--steps", "30", "--configs", "diloco-1000x"]),
     /Invalid --steps: 30 is not a multiple of H = 20 \(diloco-1000x\)/,

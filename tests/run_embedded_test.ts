@@ -86,11 +86,15 @@ Deno.test({
 });
 
 Deno.test({
-  name: "embedded runs in int4 and top-k keep every trainer's θ bit-identical and count real bytes",
+  name:
+    "embedded runs in int4 and top-k (top-k both ways) keep every trainer's θ bit-identical and count real bytes",
   sanitizeOps: false, // Worker termination settles its ops after the test's end
   async fn() {
     const up: Record<string, number> = {};
+    const down: Record<string, number> = {};
     for (const exchange of ["int4", "topk:0.05"]) {
+      // The top-k run's updates are top-k too; the int4 run's stay int8.
+      const updateExchange = exchange === "int4" ? undefined : exchange;
       const events: RunEvent[] = [];
       const summary = await runEmbedded({
         run: `embedded-${exchange.replace(":", "-")}`,
@@ -100,6 +104,7 @@ Deno.test({
         innerSteps: 3,
         outer: { lr: 1, momentum: 0 },
         exchange,
+        ...(updateExchange ? { updateExchange } : {}),
         evalWindows: 8,
         timeoutMs: 240_000,
         emit: (e) => events.push(e),
@@ -112,6 +117,7 @@ Deno.test({
       }
       ok(summary.hashes_equal);
       equal(summary.exchange, exchange);
+      equal(summary.update_exchange, updateExchange ?? "int8");
       ok(Number.isFinite(summary.final_eval_loss));
       // A contribution cut short is refused by name, and the run goes on.
       const logs = events.filter((e) => e.event === "log").map((e) => String(e.message));
@@ -120,10 +126,13 @@ Deno.test({
         logs.join("\n"),
       );
       up[exchange] = summary.bytes_up_per_round_per_trainer;
+      down[exchange] = summary.bytes_down_per_round_per_trainer;
     }
     // The tiny model's codes: int4 a byte per two values and a scale per 64; top-5% 13 values of
     // 256 at two bytes each and a scale: the messages' sizes follow (msgpack framing aside).
     ok(up["topk:0.05"] < up["int4"] / 3, JSON.stringify(up));
+    // What a trainer downloads: an int8 update (a byte a value) against a top-5% one.
+    ok(down["topk:0.05"] < down["int4"] / 6, JSON.stringify(down));
     // With 2 fragments an int4 round sends half of the codes, and θ stays bit-identical.
     const { summary: halves, roundEvents } = await tinyRun({
       run: "embedded-int4-fragments",
