@@ -36,6 +36,7 @@
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import { thetaHash } from "./int8_exchange.ts";
 import { applyCoded } from "./exchange.ts";
+import { checkPart, type EvalPart } from "../kernels/evaluate.ts";
 import {
   type HeartbeatAckMsg,
   type JoinReplyMsg,
@@ -122,7 +123,12 @@ type Control =
   | { type: "_retry" }
   | { type: "_inner_done"; reply: RoundReply }
   | { type: "_delta_done"; reply: DeltaReply }
-  | { type: "eval"; maxWindows?: number }
+  /**
+   * Evaluate θ on the validation split (`maxWindows` spread over it, default
+   * 64; only `part` of them when given); answers the loss, the tokens it
+   * covers, the round θ starts, its hash and the ms it took.
+   */
+  | { type: "eval"; maxWindows?: number; part?: EvalPart }
   | { type: "status" }
   | TrainerFault;
 
@@ -585,13 +591,16 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         }
         case "eval": {
           if (!theta) throw new RangeError(`Cannot evaluate: trainer ${id} holds no θ yet`);
+          if (ctl.part) checkPart(ctl.part);
           const r = await call({
             op: "eval",
             theta: new Float32Array(theta),
             maxWindows: ctl.maxWindows ?? 64,
+            ...(ctl.part ? { part: ctl.part } : {}),
           });
           return {
             loss: r.loss as number,
+            tokens: r.tokens as number,
             round,
             hash: await thetaHash(theta),
             ms: r.ms as number,

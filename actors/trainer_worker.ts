@@ -17,7 +17,7 @@ import type { Precision } from "../kernels/model_options.ts";
 import { pipelinedSteps } from "../kernels/pipeline.ts";
 import { type BatchSampler, batchSampler, type DataCursor } from "../kernels/data.ts";
 import { loadCorpus } from "../kernels/corpus.ts";
-import { evaluate } from "../kernels/evaluate.ts";
+import { type EvalPart, evaluate } from "../kernels/evaluate.ts";
 import { outerDispatches } from "../kernels/outer.ts";
 import { feedbackDispatches } from "../kernels/lowbit.ts";
 import { codedSize } from "../kernels/lowbit_reference.ts";
@@ -140,6 +140,8 @@ export interface WorkerEval {
   id: number;
   theta: Float32Array;
   maxWindows: number;
+  /** Evaluate only this part of the windows (kernels/evaluate.ts). */
+  part?: EvalPart;
 }
 
 /**
@@ -365,7 +367,11 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       // The running parameters go on after an evaluation of θ (a kept run trains on from them).
       const running = await e.model.getParams();
       e.model.setParams(req.theta);
-      const r = await evaluate(e.model, e.val, { maxWindows: req.maxWindows, selection: "spread" });
+      const r = await evaluate(e.model, e.val, {
+        maxWindows: req.maxWindows,
+        selection: "spread",
+        ...(req.part ? { part: req.part } : {}),
+      });
       e.model.setParams(running);
       // What the evaluation cost this trainer, so that whoever asks can pace its asks.
       return { loss: r.loss, tokens: r.tokens, ms: performance.now() - t0 };

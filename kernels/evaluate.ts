@@ -23,11 +23,46 @@ export interface EvaluateOptions {
    * cheaper estimate that still covers the whole stream.
    */
   selection?: WindowSelection;
+  /**
+   * Evaluate only part `index` of `count` of the selected windows (those
+   * whose place in the selection is index mod count): trainers that hold the
+   * same parameters share one evaluation, and the token-weighted mean of the
+   * parts' losses is the whole selection's.
+   */
+  part?: EvalPart;
+}
+
+/** One of `count` parts of an evaluation's windows. */
+export interface EvalPart {
+  index: number;
+  count: number;
+}
+
+/**
+ * Checks a part; the RangeError names what is wrong.
+ *
+ * @example
+ * ```ts
+ * import { checkPart } from "./evaluate.ts";
+ * checkPart({ index: 1, count: 2 });
+ * ```
+ */
+export function checkPart(part: EvalPart): EvalPart {
+  const { index, count } = part;
+  if (!Number.isSafeInteger(count) || count < 1) {
+    throw new RangeError(`Invalid evaluation part: count ${count} (expected an integer >= 1)`);
+  }
+  if (!Number.isSafeInteger(index) || index < 0 || index >= count) {
+    throw new RangeError(
+      `Invalid evaluation part: index ${index} (expected an integer from 0 to ${count - 1})`,
+    );
+  }
+  return part;
 }
 
 /** The result of {@linkcode evaluate}. */
 export interface EvalResult {
-  /** Mean cross-entropy, nats/byte. */
+  /** Mean cross-entropy, nats/byte (NaN for a part that got no window). */
   loss: number;
   /** Windows evaluated. */
   windows: number;
@@ -48,17 +83,19 @@ export function windowCount(length: number, blockSize: number): number {
   return length < blockSize + 1 ? 0 : Math.floor((length - 1) / blockSize);
 }
 
-/** The window indices {@linkcode evaluate} uses. */
+/** The window indices {@linkcode evaluate} uses (of its part, when it has one). */
 export function selectWindows(total: number, options: EvaluateOptions = {}): number[] {
   const max = options.maxWindows ?? total;
   if (!Number.isInteger(max) || max < 1) {
     throw new RangeError(`Invalid max windows: ${max} (expected a positive integer)`);
   }
   const n = Math.min(total, max);
-  if ((options.selection ?? "first") === "first" || n === total) {
-    return Array.from({ length: n }, (_, i) => i);
-  }
-  return Array.from({ length: n }, (_, i) => Math.floor((i * total) / n));
+  const all = (options.selection ?? "first") === "first" || n === total
+    ? Array.from({ length: n }, (_, i) => i)
+    : Array.from({ length: n }, (_, i) => Math.floor((i * total) / n));
+  if (!options.part) return all;
+  const { index, count } = checkPart(options.part);
+  return all.filter((_, i) => i % count === index);
 }
 
 /**
@@ -86,6 +123,7 @@ export async function evaluate(
     );
   }
   const picked = selectWindows(total, options);
+  if (picked.length === 0) return { loss: NaN, windows: 0, tokens: 0 };
   const B = model.batch;
   const inputs = new Uint32Array(B * T);
   const targets = new Uint32Array(B * T);

@@ -136,12 +136,12 @@ export interface HistoryOptions {
    */
   evalEvery?: number;
   /**
-   * The most of the evaluating trainer's training time the evaluations may
-   * take (default 0.02). An evaluation runs on a trainer between its inner
-   * steps, so in a synchronous round every other trainer waits for it: after
-   * each one the next waits until enough rounds have gone by that its cost
-   * (the `ms` the trainer reports) is at most this share of the evaluator's
-   * inner time over them. The run's last round is evaluated whatever the share.
+   * The most of a trainer's training time the evaluations may take (default
+   * 0.02). An evaluation runs on the trainers between their inner steps,
+   * each on its part of the windows: after each one the next waits until
+   * enough rounds have gone by that each part's cost (the `ms` its trainer
+   * reports) is at most this share of that trainer's inner time over them.
+   * The run's last round is evaluated whatever the share.
    */
   evalShare?: number;
   /** Validation windows of each evaluation (default 16). */
@@ -371,36 +371,53 @@ export class RunHistory {
   }
 
   /**
-   * Evaluates the θ a contributor of the round just closed holds now, a local
-   * one where there is one: a contributor reported its θ before the round's
-   * event, and a trainer asked to evaluate before it holds θ would fail. One
+   * Evaluates the θ the contributors of the round just closed hold now, each
+   * trainer a part of the windows (kernels/evaluate.ts `part`). They hold the
+   * same θ (each reported it before the round's event; a trainer asked
+   * before it holds θ would fail), so the parts together are one evaluation
+   * of it ({@linkcode combineParts}), and each trainer pays its share. On a
+   * single trainer the evaluation made that trainer the round's straggler,
+   * which every other one waited for: over the netns links (tests/
+   * netns_overlap_test.ts) each evaluation cost an overlapped run a round at
+   * 0.85 utilization. Kept only if every part evaluated the same θ. One
    * evaluation at a time; a round that closes while one runs is skipped.
    */
   #evaluate(e: Extract<RunEvent, { event: "round" }>): void {
     if (this.#evaluating) return;
     const host = this.#host;
-    const trainer = e.contributors.find((t) => host.trainerPaths.includes(t)) ??
-      e.contributors[0];
-    if (!trainer) return;
-    this.#evaluating = host.system.ref(trainer).ask<{ loss: number; round: number; ms?: number }>(
-      { type: "eval", maxWindows: this.#options.evalWindows },
-      { timeoutMs: 120_000 },
-    ).then((r) => {
-      this.#nextEvalRound = e.round +
-        evalGap(r.ms, e.inner_ms?.[trainer], this.#options.evalShare);
-      const round = r.round - 1;
-      if (this.#closed || !Number.isFinite(r.loss) || this.#evals.some((p) => p.round === round)) {
+    const windows = this.#options.evalWindows;
+    // No more parts than windows: every part evaluates at least one.
+    const trainers = e.contributors.slice(0, windows);
+    if (trainers.length === 0) return;
+    this.#evaluating = Promise.all(trainers.map((t, index) =>
+      host.system.ref(t).ask<EvalAnswer>(
+        { type: "eval", maxWindows: windows, part: { index, count: trainers.length } },
+        { timeoutMs: 120_000 },
+      )
+    )).then((parts) => {
+      this.#nextEvalRound = e.round + Math.max(
+        ...parts.map((r, i) => evalGap(r.ms, e.inner_ms?.[trainers[i]], this.#options.evalShare)),
+      );
+      if (new Set(parts.map((r) => `${r.round}/${r.hash}`)).size > 1) {
+        host.monitor.log(`dashboard evaluation skipped: the trainers held different θ`);
+        return;
+      }
+      const loss = combineParts(parts);
+      const round = parts[0].round - 1;
+      if (this.#closed || !Number.isFinite(loss) || this.#evals.some((p) => p.round === round)) {
         return;
       }
       const point = {
         round,
-        eval_loss: Math.round(r.loss * 10_000) / 10_000,
+        eval_loss: Math.round(loss * 10_000) / 10_000,
         wall_s: Math.round(host.monitor.wallS * 1000) / 1000,
       };
       this.#evals.push(point);
       this.#push({ type: "eval", data: point });
     }).catch((err) => {
-      if (!this.#closed) host.monitor.log(`dashboard evaluation on ${trainer} failed: ${err}`);
+      if (!this.#closed) {
+        host.monitor.log(`dashboard evaluation on ${trainers.join(", ")} failed: ${err}`);
+      }
     }).finally(() => {
       this.#evaluating = undefined;
     });
@@ -409,6 +426,37 @@ export class RunHistory {
   #push(e: DashboardEvent): void {
     for (const listen of this.#listeners) listen(e);
   }
+}
+
+/** A trainer's answer to an evaluation (actors/trainer.ts "eval"). */
+interface EvalAnswer {
+  loss: number;
+  tokens: number;
+  round: number;
+  hash: string;
+  ms?: number;
+}
+
+/**
+ * The loss of an evaluation made in parts: the token-weighted mean of the
+ * parts' losses (a part with no tokens counts for nothing), the whole
+ * evaluation's loss up to float rounding; NaN with no tokens at all.
+ *
+ * @example
+ * ```ts
+ * import { combineParts } from "./history.ts";
+ * console.log(combineParts([{ loss: 2, tokens: 300 }, { loss: 4, tokens: 100 }])); // 2.5
+ * ```
+ */
+export function combineParts(parts: readonly { loss: number; tokens: number }[]): number {
+  let sum = 0;
+  let tokens = 0;
+  for (const p of parts) {
+    if (!(p.tokens > 0)) continue;
+    sum += p.loss * p.tokens;
+    tokens += p.tokens;
+  }
+  return tokens > 0 ? sum / tokens : NaN;
 }
 
 /**

@@ -2,7 +2,7 @@ import { deepEqual, equal, ok } from "@std/assert";
 import { ActorSystem } from "../runtime/system.ts";
 import { RunMonitor } from "../monitor.ts";
 import { sealReport } from "../run_protocol.ts";
-import { type DashboardEvent, evalGap, RunHistory } from "./history.ts";
+import { combineParts, type DashboardEvent, evalGap, RunHistory } from "./history.ts";
 
 /** A host of stand-in actors: a tracker with a fixed member list, trainers in given phases. */
 async function standIns(opts: { rounds?: number; evalMs?: number } = {}) {
@@ -23,13 +23,25 @@ async function standIns(opts: { rounds?: number; evalMs?: number } = {}) {
       members,
     }),
   }, { name: "tracker" });
-  let evalRound = 1;
+  /** The parts each stand-in was asked to evaluate. */
+  const asked: Record<string, { index: number; count: number }[]> = {};
   for (const [name, phase] of [["t0", "inner"], ["t1", "blocked"], ["t2", "idle"]]) {
+    // Each stand-in holds the θ of one round later at each evaluation; t1's part scores 4.56789
+    // on 48 tokens, t0's 2.56789 on 16 (0.75 × 4.56789 + 0.25 × 2.56789 = 4.06789).
+    let evalRound = 1;
+    asked[name] = [];
     await system.spawn({
-      receive: (m: { type: string }) =>
-        m.type === "eval"
-          ? { loss: 4.56789, round: evalRound++, hash: "x", ms: opts.evalMs }
-          : { phase },
+      receive: (m: { type: string; part: { index: number; count: number } }) => {
+        if (m.type !== "eval") return { phase };
+        asked[name].push(m.part);
+        return {
+          loss: name === "t0" ? 2.56789 : 4.56789,
+          tokens: name === "t0" ? 16 : 48,
+          round: evalRound++,
+          hash: "x",
+          ms: opts.evalMs,
+        };
+      },
     }, { name });
   }
   const monitor = new RunMonitor(
@@ -37,7 +49,7 @@ async function standIns(opts: { rounds?: number; evalMs?: number } = {}) {
     () => {},
   );
   const host = { system, monitor, trackerPath: "h/tracker", trainerPaths: ["h/t0"] };
-  return { system, monitor, host };
+  return { system, monitor, host, asked };
 }
 
 /** Closes round `round` in the monitor with one shard and both trainers' reports. */
@@ -100,7 +112,7 @@ Deno.test("members' states come from the tracker and the trainers; evictions fro
 });
 
 Deno.test("rounds, evaluations and commit latencies are recorded and pushed in order", async () => {
-  const { system, monitor, host } = await standIns();
+  const { system, monitor, host, asked } = await standIns();
   const history = new RunHistory(host, { evalEvery: 1, evalWindows: 2 });
   const pushed: DashboardEvent["type"][] = [];
   history.listen((e) => pushed.push(e.type));
@@ -121,8 +133,12 @@ Deno.test("rounds, evaluations and commit latencies are recorded and pushed in o
       [0, 5, 100, 14, 0.75],
       [1, 4, 100, 14, 0.75],
     ]);
-    // The trainer said it holds round 1's θ: the evaluation follows round 0.
-    deepEqual(history.evals.map((e) => [e.round, e.eval_loss]), [[0, 4.5679]]);
+    // The trainers said they hold round 1's θ: the evaluation follows round 0. Each
+    // contributor evaluated its part of the windows; the parts weigh by their tokens.
+    deepEqual(history.evals.map((e) => [e.round, e.eval_loss]), [[0, 4.0679]]);
+    deepEqual(asked["t0"][0], { index: 0, count: 2 });
+    deepEqual(asked["t1"][0], { index: 1, count: 2 });
+    deepEqual(asked["t2"], []);
     const live = await history.live();
     equal(live.totals.tokens, 200);
     deepEqual(live.rejected_by_reason, { non_finite: 1 });
@@ -178,4 +194,11 @@ Deno.test("RunHistory refuses an evalShare outside (0, 1]", async () => {
   } finally {
     await system.shutdown();
   }
+});
+
+Deno.test("an evaluation in parts is the token-weighted mean of the parts", () => {
+  equal(combineParts([{ loss: 2, tokens: 300 }, { loss: 4, tokens: 100 }]), 2.5);
+  // A part that got no window (NaN on no tokens) counts for nothing; no tokens at all: NaN.
+  equal(combineParts([{ loss: 3, tokens: 64 }, { loss: NaN, tokens: 0 }]), 3);
+  ok(Number.isNaN(combineParts([{ loss: NaN, tokens: 0 }])));
 });
