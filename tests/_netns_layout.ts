@@ -35,11 +35,8 @@ export interface NetnsLayout {
   trainerDev(i: number): string;
   /** The host's address as trainer i (0-based) reaches it. */
   hostAddr(i: number): string;
-  /**
-   * Starts `deno task node ARGS --json` in namespace `ns`, on CPU `cpu` alone
-   * when given (`taskset`).
-   */
-  start(ns: string, args: string[], options?: { cpu?: number }): NodeProcess;
+  /** Starts `deno task node ARGS --json` in namespace `ns`. */
+  start(ns: string, args: string[]): NodeProcess;
   close(): Promise<void>;
 }
 
@@ -60,9 +57,8 @@ export async function netnsLayout(
     trainers,
     trainerDev: (i) => `fet${i + 1}-${tag}`,
     hostAddr: (i) => `10.77.${i + 1}.1`,
-    start(ns, args, { cpu } = {}) {
-      const pin = cpu === undefined ? [] : ["taskset", "--cpu-list", String(cpu)];
-      const p = startNode(args, { wrap: [...pin, "ip", "netns", "exec", ns], timeoutMs: 180_000 });
+    start(ns, args) {
+      const p = startNode(args, { wrap: ["ip", "netns", "exec", ns], timeoutMs: 180_000 });
       procs.push(p);
       return p;
     },
@@ -134,13 +130,11 @@ export async function netnsLayout(
 /**
  * Hosts a run in the layout's host namespace with `args` (after `--host`,
  * `--secret`, `--min-trainers`), joins every trainer namespace to it, and
- * returns the host's process once its "done" line came. With `pin`, trainer
- * i runs on CPU i mod (the CPUs there are) alone, as trainers on machines
- * of their own would, and the host on any.
+ * returns the host's process once its "done" line came.
  */
 export async function hostAndJoin(
   layout: NetnsLayout,
-  options: { port: number; args: string[]; pin?: boolean },
+  options: { port: number; args: string[] },
 ): Promise<NodeProcess> {
   const h = layout.start(layout.host, [
     "--host",
@@ -152,13 +146,8 @@ export async function hostAndJoin(
     ...options.args,
   ]);
   await h.waitFor((l) => String(l.message ?? "").startsWith("hosting run"), "the host");
-  const cpus = navigator.hardwareConcurrency;
   const joined = layout.trainers.map((ns, i) =>
-    layout.start(
-      ns,
-      ["--join", `ws://${layout.hostAddr(i)}:${options.port}`, "--secret", "netns"],
-      options.pin ? { cpu: i % cpus } : {},
-    )
+    layout.start(ns, ["--join", `ws://${layout.hostAddr(i)}:${options.port}`, "--secret", "netns"])
   );
   try {
     await h.waitFor((l) => l.event === "done", "the end of the run");
