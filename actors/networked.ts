@@ -287,10 +287,11 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     ...(options.dataPath ? { dataPath: options.dataPath } : {}),
     ...(options.precision ? { precision: options.precision } : {}),
   };
-  // Every trainer trains the host's shape and sends its exchange format: a joiner's own
-  // flags must agree with them.
+  // Every trainer trains the host's shape, sends its exchange format and takes its
+  // aggregators' updates: a joiner's own flags must agree with them.
   const conflict = shapeConflict(options.model, runModel(settings)) ??
-    exchangeConflict(options.exchange, settings.exchange);
+    exchangeConflict(options.exchange, settings.exchange) ??
+    exchangeConflict(options.updateExchange, settings.updateExchange, "--update-exchange");
   if (conflict) {
     log(`Cannot join run at ${options.join}: ${conflict}`, "warn");
     await transport.close();

@@ -183,7 +183,8 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
       value: "FORMAT",
       help: "the aggregated update trainers download: int8 (default), int4 or\n" +
         "topk:F, the aggregator keeping the rest for the next round; with\n" +
-        "--exchange topk:F it cuts the download as that cuts the upload",
+        "--exchange topk:F it cuts the download as that cuts the upload\n" +
+        "(joiners take the host's)",
     },
     sync: {
       value: "MODE",

@@ -299,6 +299,11 @@ Deno.test("node flags: --exchange names a format, reaches the engine and the che
   equal(exchangeConflict("int4", "int4"), undefined);
   equal(exchangeConflict("int8", undefined), undefined);
   equal(exchangeConflict("topk:0.05", "int4"), "--exchange topk:0.05 differs from the run's int4");
+  // A joiner's --update-exchange must be the host's too (its aggregators send the updates).
+  equal(
+    exchangeConflict("topk:0.03", undefined, "--update-exchange"),
+    "--update-exchange topk:0.03 differs from the run's int8",
+  );
 });
 
 Deno.test("node flags: --aggregate picks the rule, is recorded with the run and kept on resume", () => {

@@ -136,8 +136,9 @@ export function shapeConflict(
 }
 
 /**
- * Refuses a joiner's own `--exchange` that differs from the run's (every
- * trainer of a run sends one format); undefined when they agree.
+ * Refuses a joiner's own `--exchange` (or, with `flag`, `--update-exchange`)
+ * that differs from the run's (every trainer of a run sends one format, and
+ * the host's aggregators send updates in one); undefined when they agree.
  *
  * @example
  * ```ts
@@ -148,10 +149,11 @@ export function shapeConflict(
 export function exchangeConflict(
   own: string | undefined,
   run: string | undefined,
+  flag = "--exchange",
 ): string | undefined {
   const theirs = run ?? DEFAULT_EXCHANGE;
   return own !== undefined && own !== theirs
-    ? `--exchange ${own} differs from the run's ${theirs}`
+    ? `${flag} ${own} differs from the run's ${theirs}`
     : undefined;
 }
 
