@@ -4,7 +4,9 @@
  * mid-run and contributes from a later round without anyone waiting for its
  * start-up; one trainer process is killed with SIGKILL, is evicted, and the
  * run goes on with no round lost or repeated. A node with the wrong secret
- * cannot join. GET /status answers on the host's port.
+ * cannot join. GET /status answers on the host's port. The run exchanges
+ * top-5% both ways (`--exchange`, `--update-exchange`), so the sparse codes
+ * and the aggregator's sparse update cross real sockets, joiners and all.
  *
  * Slow (five processes, each compiling shaders): run alone with
  * `deno test -A tests/run_multiprocess_test.ts`.
@@ -39,6 +41,10 @@ Deno.test({
       "tiny",
       "--inner-steps",
       "40",
+      "--exchange",
+      "topk:0.05",
+      "--update-exchange",
+      "topk:0.05",
     ]);
     const procs: Proc[] = [host];
     try {
@@ -94,6 +100,12 @@ Deno.test({
       ok(after.length > 0, "rounds after the eviction");
       for (const r of after) equal(r.trainers, 3, `round ${r.round}: ${r.contributors}`);
       ok(done.hashes_equal);
+      // What a trainer downloads is the top-5% update: a fraction of the int8 one's byte a value.
+      equal(done.update_exchange, "topk:0.05");
+      ok(
+        (done.bytes_down_per_round_per_trainer as number) < (done.params as number) / 4,
+        JSON.stringify(done),
+      );
       equal((await host.done).code, 0);
     } finally {
       for (const p of procs) {
