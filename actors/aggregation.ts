@@ -36,7 +36,6 @@ import {
   type ViewMsg,
 } from "./run_protocol.ts";
 import { DEFAULT_OUTER, outerAt, type OuterOptimizer } from "./outer_optimizer.ts";
-import { applyUpdate, dequantizeInt8, quantizeInt8 } from "./int8_exchange.ts";
 import {
   applyCoded,
   decodeEncoded,
@@ -201,8 +200,8 @@ export class ShardAggregator {
   #block: number;
   #format: ExchangeFormat;
   #formatName: string;
-  /** The update's format; undefined: int8 with the run's block. */
-  #updateFormat?: ExchangeFormat;
+  /** The update's format (int8 with the run's block by default). */
+  #updateFormat: ExchangeFormat;
   #quorum: number;
   #minWaitMs: number;
   #slack: number;
@@ -244,7 +243,7 @@ export class ShardAggregator {
     // int8 contributions use the run's block, as the update does.
     this.#format = format.kind === "int8" ? { kind: "int8", block: this.#block } : format;
     const update = parseExchange(formatOf({ format: options.updateExchange }));
-    if (update.kind !== "int8") this.#updateFormat = update;
+    this.#updateFormat = update.kind === "int8" ? { kind: "int8", block: this.#block } : update;
     this.#quorum = options.quorum ?? 0.5;
     this.#minWaitMs = options.minWaitMs ?? 10_000;
     this.#slack = options.slack ?? 1;
@@ -473,21 +472,12 @@ export class ShardAggregator {
   ): Pick<UpdateMsg, "format" | "q" | "idx" | "scales"> {
     const n = theta.length;
     const f = this.#updateFormat;
-    if (f === undefined) {
-      const block = this.#block;
-      const d = new Float32Array(n);
-      for (let i = 0; i < n; i++) d[i] = Math.fround(target[i] - theta[i]) + residual[i];
-      const { q, scales } = quantizeInt8(d, { block });
-      const applied = dequantizeInt8(q, scales, { block });
-      for (let i = 0; i < n; i++) residual[i] = d[i] - applied[i];
-      applyUpdate(theta, { q, scales }, { block });
-      return { q, scales };
-    }
     const move = new Float32Array(n);
     for (let i = 0; i < n; i++) move[i] = target[i] - theta[i];
     const wire = toWire(f, feedbackEncodeRef(f, move, residual), n);
-    const coded = { format: exchangeName(f), ...wire };
-    applyCoded(theta, coded);
+    // An int8 update names no format (what every trainer has always read).
+    const coded = f.kind === "int8" ? wire : { format: exchangeName(f), ...wire };
+    applyCoded(theta, coded, { block: this.#block });
     return coded;
   }
 
