@@ -96,6 +96,11 @@ export interface ExperimentSummary {
   overlap_vs_blocking_relative: number | null;
   /** (diloco-overlap-frag − diloco-int8) / diloco-int8, when both ran. */
   overlap_frag_vs_blocking_relative: number | null;
+  /**
+   * (diloco-1000x − diloco-overlap) / diloco-overlap: what over 1,000× fewer
+   * bytes both ways costs against the run's default, when both ran.
+   */
+  x1000_vs_default_relative: number | null;
   wall_s: number;
 }
 
@@ -147,6 +152,9 @@ export function summarizeExperiment(
       : null,
     overlap_frag_vs_blocking_relative: has("diloco-overlap-frag", "diloco-int8")
       ? r4((by["diloco-overlap-frag"] - by["diloco-int8"]) / by["diloco-int8"])
+      : null,
+    x1000_vs_default_relative: has("diloco-1000x", "diloco-overlap")
+      ? r4((by["diloco-1000x"] - by["diloco-overlap"]) / by["diloco-overlap"])
       : null,
     wall_s: Math.round(wallS * 10) / 10,
   };

@@ -257,3 +257,24 @@ Deno.test("experiment: overlapped and fragmented rows report their sync, fragmen
   ok(typeof lines[3].overlap_vs_blocking_relative === "number");
   throws(() => parseExperimentArgs(["--overlap-steps", "x"]), /Invalid --overlap-steps/);
 });
+
+Deno.test("experiment: the 1000x row sends top-k both ways and counts both directions", async () => {
+  const lines = await tinyExperiment(4, "diloco-overlap,diloco-1000x");
+  const rows = lines.slice(0, 2) as ExperimentResult[];
+  const dense = rows.find((r) => r.name === "diloco-overlap")!;
+  const sparse = rows.find((r) => r.name === "diloco-1000x")!;
+  deepEqual([dense.update_exchange, sparse.update_exchange], ["int8", "topk:0.03"]);
+  ok(
+    sparse.bytes_down_per_round_per_trainer! < dense.bytes_down_per_round_per_trainer! / 5,
+    `${sparse.bytes_down_per_round_per_trainer} vs ${dense.bytes_down_per_round_per_trainer}`,
+  );
+  // Both ways: 8 bytes a value a step for fp32 data parallelism, over bytes up and down.
+  const both = (r: ExperimentResult) =>
+    Math.round(
+      2 * r.fp32_data_parallel_bytes_per_round_per_trainer! /
+        (r.bytes_up_per_round_per_trainer! + r.bytes_down_per_round_per_trainer!) * 10,
+    ) / 10;
+  equal(sparse.reduction_both_ways_vs_fp32_data_parallel, both(sparse));
+  equal(dense.reduction_both_ways_vs_fp32_data_parallel, both(dense));
+  ok(typeof lines[2].x1000_vs_default_relative === "number");
+});
