@@ -584,3 +584,30 @@ Deno.test("an update that does not fit θ is refused by name", () => {
     "format",
   );
 });
+
+Deno.test("a top-k update with fragments codes the round's piece only", () => {
+  const n = 1024;
+  const [shard] = shardMap(n, { aggregators: ["agg0"] });
+  const theta0 = randomVec(n, 3);
+  const agg = new ShardAggregator({
+    run: RUN,
+    shard,
+    theta: theta0,
+    outer: { lr: 1, momentum: 0 },
+    fragments: 2,
+    updateExchange: "topk:0.05",
+  });
+  const copy = new Float32Array(theta0);
+  for (let round = 0; round < 4; round++) {
+    agg.setView(viewOf([shard], ["t0"], round));
+    const { lo, hi } = agg.piece();
+    agg.offer(
+      contribution("t0", randomVec(hi - lo, 20 + round, 0.01), { round, epoch: round + 1 }),
+    );
+    const { update } = agg.close();
+    // 13 of each block of 256 in the piece of 512.
+    deepEqual([update.n, update.q.length, update.format], [512, 26, "topk:0.05"]);
+    applyCoded(copy.subarray(lo, hi), update);
+    deepEqual(copy, agg.theta(), `round ${round}`);
+  }
+});
