@@ -592,17 +592,20 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         case "eval": {
           if (!theta) throw new RangeError(`Cannot evaluate: trainer ${id} holds no θ yet`);
           if (ctl.part) checkPart(ctl.part);
+          // The θ evaluated, its round and hash as asked: an update may come before the answer.
+          const evaluated = new Float32Array(theta);
+          const at = round;
           const r = await call({
             op: "eval",
-            theta: new Float32Array(theta),
+            theta: evaluated,
             maxWindows: ctl.maxWindows ?? 64,
             ...(ctl.part ? { part: ctl.part } : {}),
           });
           return {
             loss: r.loss as number,
             tokens: r.tokens as number,
-            round,
-            hash: await thetaHash(theta),
+            round: at,
+            hash: await thetaHash(evaluated),
             ms: r.ms as number,
           };
         }
