@@ -12,7 +12,9 @@
  * the share of a round a blocking trainer spends waiting.
  *
  * Needs root and `ip netns` / `tc`; otherwise the test is ignored and says
- * why. Every namespace is deleted in `finally`.
+ * why. Every namespace is deleted in `finally`. For figures, run it alone
+ * (`deno test -A tests/netns_overlap_test.ts`): in the suite another test
+ * file runs beside it, and a trainer slowed by it is waited for.
  */
 import { equal, ok } from "@std/assert";
 import { netnsUnavailable } from "./_netns.ts";
