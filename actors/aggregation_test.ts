@@ -1,5 +1,5 @@
 import { deepEqual, equal, ok, throws } from "@std/assert";
-import { type OfferResult, ShardAggregator } from "./aggregation.ts";
+import { type OfferResult, ShardAggregator, type ShardAggregatorOptions } from "./aggregation.ts";
 import { applyUpdate, dequantizeInt8, quantizeInt8, thetaHash } from "./int8_exchange.ts";
 import { type ContributionMsg, shardMap, type ViewMsg } from "./run_protocol.ts";
 import { applyCoded, toWire } from "./exchange.ts";
@@ -438,7 +438,8 @@ function sameBitsOf(a: Float32Array, b: Float32Array): boolean {
   return x.length === y.length && x.every((v, i) => v === y[i]);
 }
 
-Deno.test("aggregator with fragments: each round aggregates one piece of the shard", () => {
+/** An aggregator of one 1024-value shard in 2 fragments (lr 1, no momentum), with `extra` options. */
+function twoFragments(extra: Partial<ShardAggregatorOptions> = {}) {
   const n = 1024;
   const [shard] = shardMap(n, { aggregators: ["agg0"] });
   const theta0 = randomVec(n, 3);
@@ -448,7 +449,13 @@ Deno.test("aggregator with fragments: each round aggregates one piece of the sha
     theta: theta0,
     outer: { lr: 1, momentum: 0 },
     fragments: 2,
+    ...extra,
   });
+  return { n, shard, theta0, agg };
+}
+
+Deno.test("aggregator with fragments: each round aggregates one piece of the shard", () => {
+  const { n, shard, theta0, agg } = twoFragments();
   const view = (round: number) => viewOf([shard], ["t0"], round);
   agg.setView(view(0));
   deepEqual(agg.piece(), { lo: 0, hi: 512 });
@@ -480,16 +487,7 @@ Deno.test("aggregator with fragments: each round aggregates one piece of the sha
 });
 
 Deno.test("centered clipping with fragments keeps each piece's own center", () => {
-  const n = 1024;
-  const [shard] = shardMap(n, { aggregators: ["agg0"] });
-  const agg = new ShardAggregator({
-    run: RUN,
-    shard,
-    theta: randomVec(n, 3),
-    outer: { lr: 1, momentum: 0 },
-    fragments: 2,
-    aggregate: { kind: "clip", tau: 1 },
-  });
+  const { shard, agg } = twoFragments({ aggregate: { kind: "clip", tau: 1 } });
   const view = (round: number) => viewOf([shard], ["t0", "t1"], round);
   const round = (r: number, seed: number) => {
     agg.setView(view(r));
@@ -586,17 +584,7 @@ Deno.test("an update that does not fit θ is refused by name", () => {
 });
 
 Deno.test("a top-k update with fragments codes the round's piece only", () => {
-  const n = 1024;
-  const [shard] = shardMap(n, { aggregators: ["agg0"] });
-  const theta0 = randomVec(n, 3);
-  const agg = new ShardAggregator({
-    run: RUN,
-    shard,
-    theta: theta0,
-    outer: { lr: 1, momentum: 0 },
-    fragments: 2,
-    updateExchange: "topk:0.05",
-  });
+  const { shard, theta0, agg } = twoFragments({ updateExchange: "topk:0.05" });
   const copy = new Float32Array(theta0);
   for (let round = 0; round < 4; round++) {
     agg.setView(viewOf([shard], ["t0"], round));
