@@ -39,6 +39,11 @@ export interface Dispatch {
   label: string;
   /** Encodes the dispatch into an open compute pass. */
   encode(pass: GPUComputePassEncoder): void;
+  /**
+   * Destroys the buffers the dispatch allocated for itself (a matmul's sizes and split-K
+   * scratch), where it has any; it must not be encoded after.
+   */
+  release?(): void;
 }
 
 /** Which family of kernel shapes suits the adapter. */

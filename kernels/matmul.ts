@@ -399,13 +399,48 @@ export function matmul(gpu: Gpu, bufs: MatmulBuffers, shape: MatmulShape): Dispa
     const pipeline = gpu.pipeline(pass.code, "main", name);
     return gpu.dispatch(name, pipeline, refs[pass.role], pass.workgroups);
   });
+  const release = () => {
+    dims.destroy();
+    scratch?.buffer.destroy();
+  };
   // Dispatches in one compute pass run in order, each seeing the storage writes of the last.
-  return ds.length === 1 ? ds[0] : {
+  return ds.length === 1 ? { ...ds[0], release } : {
     label,
     encode(pass) {
       for (const x of ds) x.encode(pass);
     },
+    release,
   };
+}
+
+/**
+ * Whether `variant` can run `shape` on `gpu`: a known name, with an f16 form
+ * where the shape stores an operand as f16 (and the device has `shader-f16`),
+ * its workgroup memory and split-K scratch within the device's limits. What
+ * {@linkcode matmul} would refuse for these reasons is false here.
+ *
+ * @example
+ * ```ts ignore
+ * variantFits(gpu, "tile128", { m: 4096, n: 768, k: 768 }); // true on a GPU with 32 KiB
+ * variantFits(gpu, "reg32x16v", { m: 64, n: 64, k: 64, aType: "f16" }); // false: no f16 form
+ * ```
+ */
+export function variantFits(
+  gpu: Gpu,
+  variant: string,
+  shape: Pick<MatmulShape, "m" | "n" | "k" | "transA" | "transB" | "aType" | "bType" | "cType">,
+): boolean {
+  const l = layoutOf(shape, {});
+  if (usesF16(l) && !gpu.hasF16) return false;
+  let p: MatmulPlan;
+  try {
+    p = plan(variant, l);
+  } catch {
+    return false;
+  }
+  const limits = gpu.device.limits;
+  return p.workgroupBytes <= limits.maxComputeWorkgroupStorageSize &&
+    p.scratch * 4 <= limits.maxStorageBufferBindingSize;
 }
 
 /**

@@ -29,7 +29,8 @@ import {
   type Precision,
   resolveModelOptions,
 } from "./model_options.ts";
-import { buildForward, modelGraph, ref } from "./model_forward.ts";
+import { buildForward, type MatmulChoice, modelGraph, ref } from "./model_forward.ts";
+import type { TuneShape } from "./matmul_tune.ts";
 import { buildBackward } from "./model_backward.ts";
 import { buildOptimizer } from "./model_optimizer.ts";
 import { stageTokens, type Tokens } from "./tokens.ts";
@@ -115,8 +116,11 @@ export class GptModel {
   #inFlight = 0;
   #disposed = false;
 
-  /** Use {@linkcode createModel}. */
-  constructor(gpu: Gpu, config: GptConfig, options: ModelOptions = {}) {
+  /**
+   * Use {@linkcode createModel}. With `record`, every matmul's shape is pushed
+   * there as the model is built (with the default variants).
+   */
+  constructor(gpu: Gpu, config: GptConfig, options: ModelOptions = {}, record?: TuneShape[]) {
     validateConfig(config);
     const { batch, attention, gradAccum, limits, optimizer, precision } = resolveModelOptions(
       gpu,
@@ -140,7 +144,17 @@ export class GptModel {
     this.#opts = optimizer;
     this.#tokenWords = new Uint32Array(gradAccum * batch * config.blockSize);
     this.#targetWords = new Uint32Array(gradAccum * batch * config.blockSize);
-    this.#build(options.matmulVariant);
+    const tuner = options.matmulTuner;
+    let choice: MatmulChoice = options.matmulVariant;
+    if (record) {
+      choice = (shape) => {
+        record.push(shape);
+        return undefined;
+      };
+    } else if (choice === undefined && tuner) {
+      choice = (shape) => tuner.variantFor(gpu, shape);
+    }
+    this.#build(choice);
   }
 
   /** The GPU buffer of the flat parameters (for the distributed run's kernels). */
@@ -164,7 +178,7 @@ export class GptModel {
     return b;
   }
 
-  #build(variant: string | undefined): void {
+  #build(variant: MatmulChoice): void {
     const gpu = this.#gpu;
     const { blockSize: T } = this.config;
     const N = this.batch * T;
@@ -556,6 +570,9 @@ export class GptModel {
     this.#disposed = true;
     for (const b of this.#buffers) b.destroy();
     this.#buffers.length = 0;
+    for (const d of [...this.#forward, ...this.#lossPart, ...this.#backward, ...this.#optimizer]) {
+      d.release?.();
+    }
     this.#logitsStaging?.destroy();
   }
 }
@@ -585,6 +602,15 @@ export async function createModel(
   config: GptConfig,
   options: ModelOptions = {},
 ): Promise<GptModel> {
+  const tuner = options.matmulTuner;
+  if (tuner && options.matmulVariant === undefined) {
+    // The shapes come from building the model once with the default variants (the same
+    // code builds the real one, so no shape is missed); those new to the tuner are measured.
+    const shapes: TuneShape[] = [];
+    new GptModel(gpu, config, options, shapes).dispose();
+    tuner.dropMisfits(gpu, shapes);
+    await tuner.tune(gpu, shapes);
+  }
   gpu.device.pushErrorScope("validation");
   let model: GptModel | undefined;
   let failure: unknown;

@@ -68,6 +68,12 @@ export interface Operand {
 }
 
 /**
+ * The model's matmul variant: one name for every matmul, a choice per shape
+ * (undefined: matmul.ts's default), or undefined (the default everywhere).
+ */
+export type MatmulChoice = string | ((shape: Omit<MatmulShape, "variant">) => string | undefined) | undefined;
+
+/**
  * The {@linkcode ModelGraph} of a model whose parameters and gradients live in
  * the flat buffers `params` and `grads`.
  */
@@ -76,7 +82,7 @@ export function modelGraph(
     params: GPUBuffer;
     grads: GPUBuffer;
   },
-  variant: string | undefined,
+  variant: MatmulChoice,
 ): ModelGraph {
   const { params, grads, ...rest } = base;
   const P = (v: ParamView): TensorRef => ({
@@ -100,7 +106,11 @@ export function modelGraph(
     ...rest,
     P,
     G: (v) => ({ buffer: grads, offset: v.offset * 4, length: v.length }),
-    mm: (bufs, shape) => matmul(base.gpu, bufs, { ...shape, variant }),
+    mm: (bufs, shape) =>
+      matmul(base.gpu, bufs, {
+        ...shape,
+        variant: typeof variant === "function" ? variant(shape) : variant,
+      }),
     weight: (v) => copies.get(v) ?? { ref: P(v), type: "f32" },
     weightCasts,
   };
