@@ -36,6 +36,7 @@ import { batchSampler } from "./data.ts";
 import { trainStepFlops } from "./bench_train.ts";
 import { type DispatchTime, groupProfile, profileStep } from "./step_profile.ts";
 import { findTorch, runTorchBaseline, type TorchResult } from "../tests/_torch_baseline.ts";
+import { MatmulTuner } from "./matmul_tune.ts";
 
 /** Sequences per step of every model of the report. */
 export const GPU_BATCH = 16;
@@ -92,8 +93,13 @@ function median(xs: number[]): number {
 const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
 
 /** A model at {@linkcode GPU_BATCH} and a fixed batch of pseudo-random bytes (speed does not depend on the text). */
-async function openModel(gpu: Gpu, config: GptConfig, precision: Precision) {
-  const model = await createModel(gpu, config, { seed: 1, batch: GPU_BATCH, precision });
+async function openModel(gpu: Gpu, config: GptConfig, precision: Precision, tuner?: MatmulTuner) {
+  const model = await createModel(gpu, config, {
+    seed: 1,
+    batch: GPU_BATCH,
+    precision,
+    matmulTuner: tuner,
+  });
   const bytes = new Uint8Array(1 << 16).map((_, i) => (i * 2654435761) >>> 24);
   const sampler = batchSampler(bytes, { batch: GPU_BATCH, blockSize: config.blockSize, seed: 1 });
   const batches = Array.from({ length: 4 }, () => sampler.next());
@@ -298,8 +304,67 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
     for (const precision of gpu.hasF16 ? ["f32", "f16"] as const : ["f32"] as const) {
       yield* profileModel(gpu, target, precision, options.quick);
     }
+    yield* tuneModel(gpu, target, options.quick);
   } finally {
     gpu.destroy();
+  }
+}
+
+/**
+ * Step 3: the matmul tuner (kernels/matmul_tune.ts) on `target` in f32: every
+ * shape's candidates timed, the choice against the built-in one, and the
+ * tuned model's tokens/s against the default model's, measured alternately.
+ */
+async function* tuneModel(
+  gpu: Gpu,
+  target: { name: string; config: GptConfig },
+  quick: boolean,
+): AsyncGenerator<BenchRecord> {
+  const { name, config } = target;
+  const tuner = new MatmulTuner({ sampleMs: quick ? 2 : 10 });
+  const t0 = performance.now();
+  const tuned = await openModel(gpu, config, "f32", tuner);
+  const tuneSeconds = (performance.now() - t0) / 1000;
+  const plain = await openModel(gpu, config, "f32");
+  try {
+    for (const r of tuner.results()) {
+      yield {
+        name: "gpu_tune_shape",
+        value: r.heuristicMs / r.ms,
+        unit: "ratio",
+        model: name,
+        shape: r.key,
+        variant: r.variant,
+        ms: round(r.ms, 4),
+        default_variant: r.heuristic,
+        default_ms: round(r.heuristicMs, 4),
+        tried: r.tried.map((t) => `${t.variant} ${t.ms.toFixed(4)}`).join(", "),
+      };
+    }
+    const tokens = GPU_BATCH * config.blockSize;
+    const rounds = quick ? 1 : 3;
+    const rates = { tuned: [] as number[], plain: [] as number[] };
+    for (let i = 0; i < rounds; i++) {
+      rates.plain.push((await measureOurs(plain.run, tokens, quick)).tokensPerS);
+      rates.tuned.push((await measureOurs(tuned.run, tokens, quick)).tokensPerS);
+    }
+    yield {
+      name: "gpu_tuned_step_tokens_per_s",
+      value: median(rates.tuned),
+      unit: "tokens/s",
+      model: name,
+      shape: describeConfig(config),
+      batch: GPU_BATCH,
+      default_tokens_per_s: Math.round(median(rates.plain)),
+      ratio_vs_default: round(median(rates.tuned) / median(rates.plain), 4),
+      shapes_tuned: tuner.results().length,
+      changed: tuner.results().filter((r) => r.variant !== r.heuristic).length,
+      tune_seconds: round(tuneSeconds, 1),
+      statistic: `median of ${rounds} alternating measurements of each (each a median of blocks)`,
+    };
+  } finally {
+    tuned.model.dispose();
+    plain.model.dispose();
   }
 }
 
@@ -367,6 +432,29 @@ export function summarize(records: BenchRecord[]): string {
     if (missing) lines.push("", `PyTorch columns missing: ${missing}`);
     const noF16 = rows.find((r) => r.f16_missing)?.f16_missing;
     if (noF16) lines.push("", `f16 columns missing: ${noF16}`);
+  }
+  const tunedStep = records.find((r) => r.name === "gpu_tuned_step_tokens_per_s");
+  if (tunedStep) {
+    lines.push(
+      "",
+      `Matmul tuning on ${tunedStep.model} (f32): ${num(tunedStep.value)} tokens/s tuned against ${
+        num(tunedStep.default_tokens_per_s)
+      } with the built-in choices (${
+        num(tunedStep.ratio_vs_default, 3)
+      }x); ${tunedStep.changed} of ${tunedStep.shapes_tuned} shapes changed, tuning took ${
+        num(tunedStep.tune_seconds, 1)
+      } s`,
+      "",
+      "| shape | built-in | ms | tuned | ms | speed-up |",
+      "| --- | --- | ---: | --- | ---: | ---: |",
+    );
+    for (const r of records.filter((r) => r.name === "gpu_tune_shape")) {
+      lines.push(
+        `| ${r.shape} | ${r.default_variant} | ${num(r.default_ms, 4)} | ${r.variant} | ${
+          num(r.ms, 4)
+        } | ${num(r.value, 2)} |`,
+      );
+    }
   }
   for (const step of records.filter((r) => r.name === "gpu_profile_step_ms")) {
     const mine = (r: BenchRecord) => r.precision === step.precision;

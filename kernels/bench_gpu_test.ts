@@ -15,6 +15,8 @@ const UNITS: Record<string, string> = {
   gpu_profile_step_ms: "ms",
   gpu_profile_kind: "ms",
   gpu_profile_family: "ms",
+  gpu_tune_shape: "ratio",
+  gpu_tuned_step_tokens_per_s: "tokens/s",
 };
 
 Deno.test("gpu suite, quick: well-formed records for the table and the profile, f16 beside f32", async () => {
@@ -69,6 +71,23 @@ Deno.test("gpu suite, quick: well-formed records for the table and the profile, 
   assert.match(text, /\| small \| L2 C64 H4 T64 V256 \| [\d,]+ \| [\d,]+ \| [\d.]+ \|/);
   assert.match(text, /\| matmul \(all\) \| 27 \|/);
   assert.match(text, /batch 16, f16\): /);
+  // The tuner's part: one record per distinct matmul shape of the step, the choice among those
+  // tried, and the tuned step beside the default one.
+  const tuned = records.filter((r) => r.name === "gpu_tune_shape");
+  assert.ok(tuned.length >= 10 && tuned.length <= 27, `${tuned.length} shapes`);
+  assert.equal(new Set(tuned.map((r) => r.shape)).size, tuned.length);
+  for (const r of tuned) {
+    assert.ok(
+      String(r.tried).includes(`${r.variant} `),
+      `${r.shape}: ${r.variant} not in ${r.tried}`,
+    );
+    assert.ok(Number(r.ms) <= Number(r.default_ms), `${r.shape}: ${r.ms} > ${r.default_ms}`);
+  }
+  const step = records.find((r) => r.name === "gpu_tuned_step_tokens_per_s")!;
+  assert.equal(step.shapes_tuned, tuned.length);
+  assert.ok(Number(step.default_tokens_per_s) > 0 && step.value > 0);
+  assert.match(text, /Matmul tuning on small \(f32\): [\d,]+ tokens\/s tuned against [\d,]+/);
+  assert.match(text, new RegExp(`\\| ${tuned[0].shape} \\| ${tuned[0].default_variant} \\|`));
 });
 
 Deno.test("a model that cannot fit is named with the model's own reason", () => {

@@ -28,6 +28,7 @@
  */
 import { parseArgs } from "@std/cli";
 import type { Precision } from "./model_options.ts";
+import { defaultTuningFile } from "./matmul_tune_file.ts";
 
 /**
  * Bad input: a flag, a combination of flags, or a file or folder a flag
@@ -423,6 +424,41 @@ export const PRECISION_FLAG = {
 export function precisionFlag(value: string | undefined): Precision | undefined {
   if (value === undefined || value === "f32" || value === "f16") return value;
   throw new UsageError(`Invalid --precision: ${JSON.stringify(value)} (known: f32, f16)`);
+}
+
+/** The matmul tuning flags of the commands that train (train, bench, node). */
+export const TUNE_FLAGS = {
+  "tune-matmuls": {
+    type: "boolean",
+    help: "time the matmul variants of each of the model's shapes on this device and use\n" +
+      "the fastest; the choices are kept in --tune-file and reused (default: the built-in choice)",
+  },
+  "tune-file": {
+    value: "FILE",
+    help: "where --tune-matmuls keeps its choices (implies it; default\n" +
+      "~/.cache/decentra/matmul_tuning.json)",
+  },
+} as const;
+
+/**
+ * The tuning file the flags ask for: undefined without `--tune-matmuls` and
+ * `--tune-file`, else that file (or the default one).
+ *
+ * @example
+ * ```ts
+ * import { tuneFileFlag } from "./cli.ts";
+ * console.log(tuneFileFlag(false, "t.json")); // t.json
+ * console.log(tuneFileFlag(undefined, undefined)); // undefined
+ * ```
+ */
+export function tuneFileFlag(
+  tune: boolean | undefined,
+  file: string | undefined,
+): string | undefined {
+  if (file !== undefined && file.trim() === "") {
+    throw new UsageError("Invalid --tune-file: empty path");
+  }
+  return file ?? (tune ? defaultTuningFile() : undefined);
 }
 
 /**

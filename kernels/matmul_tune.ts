@@ -169,23 +169,23 @@ export async function timeMatmul(
   };
   device.pushErrorScope("validation");
   const d = matmul(gpu, { a, b, c }, { ...shape, variant });
+  let best = Infinity;
   try {
     const floor = Math.min(await submit(1, () => {}), await submit(1, () => {}));
     await submit(1, (pass) => d.encode(pass)); // first use: pipeline warm-up
     const first = Math.max(0.001, (await submit(1, (pass) => d.encode(pass))) - floor);
     const copies = Math.max(1, Math.min(1000, Math.ceil(sampleMs / first)));
-    let best = Infinity;
     for (let s = 0; s < samples; s++) {
       const ms = await submit(copies, (pass) => d.encode(pass));
       best = Math.min(best, Math.max(0, ms - floor) / copies);
     }
-    return best;
   } finally {
     d.release?.();
     for (const x of [a, b, c]) x.buffer.destroy();
-    const err = await device.popErrorScope();
-    if (err) throw new Error(`Cannot time matmul ${variant} at ${tuneKey(shape)}: ${err.message}`);
   }
+  const err = await device.popErrorScope();
+  if (err) throw new Error(`Cannot time matmul ${variant} at ${tuneKey(shape)}: ${err.message}`);
+  return best;
 }
 
 /** The JSON form of a tuner's table ({@linkcode MatmulTuner.toJSON}). */

@@ -16,7 +16,7 @@ Deno.test("tuneKey names layout, sizes and f16 operands", () => {
 });
 
 Deno.test("tuneCandidates: tile sizes and split-K on GPUs, the register-blocked pair on CPUs", async () => {
-  await withGpu(async (gpu) => {
+  await withGpu((gpu) => {
     const shape = { m: 64, n: 64, k: 1024, transA: true };
     const list = tuneCandidates(gpu, shape);
     // The heuristic first (64 tiles of 64x64 over a long k: split-K), then the rest once each.
@@ -38,13 +38,15 @@ Deno.test("tuneCandidates: tile sizes and split-K on GPUs, the register-blocked 
     ok(!list.includes("tile64s16"), "16 splits of k = 1024 leave 64 per split");
     ok(!list.includes("tile128x64s4"), "tile128x64s4 needs k >= 2048");
     equal(new Set(list).size, list.length);
+    return Promise.resolve();
   }, "gpu");
-  await withGpu(async (gpu) => {
+  await withGpu((gpu) => {
     deepEqual(tuneCandidates(gpu, { m: 1024, n: 64, k: 64 }), ["reg32x8v", "reg32x16v"]);
     // f16 operands take the tile variants on any adapter.
     if (gpu.hasF16) {
       ok(tuneCandidates(gpu, { m: 64, n: 64, k: 64, aType: "f16" }).includes("tile64"));
     }
+    return Promise.resolve();
   }, "cpu");
 });
 

@@ -71,7 +71,10 @@ export interface Operand {
  * The model's matmul variant: one name for every matmul, a choice per shape
  * (undefined: matmul.ts's default), or undefined (the default everywhere).
  */
-export type MatmulChoice = string | ((shape: Omit<MatmulShape, "variant">) => string | undefined) | undefined;
+export type MatmulChoice =
+  | string
+  | ((shape: Omit<MatmulShape, "variant">) => string | undefined)
+  | undefined;
 
 /**
  * The {@linkcode ModelGraph} of a model whose parameters and gradients live in

@@ -22,8 +22,11 @@ import {
   ProgressLine,
   readInput,
   runCommand,
+  TUNE_FLAGS,
+  tuneFileFlag,
   UsageError,
 } from "./cli.ts";
+import { loadTuner, saveTuner } from "./matmul_tune_file.ts";
 import { CONFIGS, DEFAULT_CONFIG, describeConfig, getConfig, type GptConfig } from "./config.ts";
 import { resolveShape, SHAPE_FLAGS, shapeFlags } from "./shape.ts";
 import { batchSampler, type Corpus } from "./data.ts";
@@ -87,6 +90,7 @@ export const TRAIN_COMMAND = {
         "(default 100; 0 = none)",
     },
     ...PRECISION_FLAG,
+    ...TUNE_FLAGS,
     json: {
       type: "boolean",
       help: "one JSON object per line on stdout instead of the progress line",
@@ -113,6 +117,8 @@ export interface TrainArgs {
   sampleBytes: number;
   /** The matmul inputs' precision; undefined: the model's default for the adapter. */
   precision?: Precision;
+  /** With --tune-matmuls: the file of the matmul tuning table. */
+  tuneFile?: string;
   json: boolean;
   help: boolean;
 }
@@ -146,6 +152,7 @@ export function parseTrainArgs(args: string[]): TrainArgs {
     evalWindows: intFlag("eval-windows", v["eval-windows"]) ?? 1024,
     sampleBytes: intFlag("sample-bytes", v["sample-bytes"], 0) ?? 100,
     precision: precisionFlag(v.precision),
+    tuneFile: tuneFileFlag(v["tune-matmuls"], v["tune-file"]),
     json: v.json ?? false,
     help: v.help ?? false,
   };
@@ -208,15 +215,34 @@ async function train(a: TrainArgs, corpus: Corpus): Promise<void> {
   };
   const gpu: Gpu = await acquireGpu();
   try {
+    const tuner = a.tuneFile === undefined ? undefined : await loadTuner(a.tuneFile, {
+      onResult: (r) => {
+        log({
+          event: "tuned",
+          shape: r.key,
+          variant: r.variant,
+          ms: r.ms,
+          default: r.heuristic,
+          default_ms: r.heuristicMs,
+        });
+        status(
+          `tuning matmuls: ${r.key}: ${r.variant} ${r.ms.toFixed(3)} ms (default ${r.heuristic} ${
+            r.heuristicMs.toFixed(3)
+          } ms)`,
+        );
+      },
+    });
     const model = await createModel(gpu, config, {
       seed: a.seed,
       batch: a.batch,
       gradAccum: a.gradAccum,
       precision: a.precision,
+      matmulTuner: tuner,
     }).catch((err) => {
       // A shape or precision the device cannot hold is the flags' fault: exit 2.
       throw asUsageError(err);
     });
+    if (tuner && tuner.results().length > 0) await saveTuner(a.tuneFile!, tuner);
     // A step's N micro-batches are the rows of one N × batch draw: the same data as one batch
     // of that size.
     const sampler = batchSampler(corpus.train, {
@@ -232,6 +258,9 @@ async function train(a: TrainArgs, corpus: Corpus): Promise<void> {
       batch: a.batch,
       grad_accum: a.gradAccum,
       precision: model.precision,
+      ...(a.tuneFile !== undefined
+        ? { tune_file: a.tuneFile, shapes_measured: tuner!.results().length }
+        : {}),
       steps: a.steps,
       lr: a.lr,
       warmup: a.warmup,
