@@ -286,6 +286,7 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     // The corpus path and the precision are each machine's own.
     ...(options.dataPath ? { dataPath: options.dataPath } : {}),
     ...(options.precision ? { precision: options.precision } : {}),
+    ...(options.matmulTuning ? { matmulTuning: options.matmulTuning } : {}),
   };
   // Every trainer trains the host's shape, sends its exchange format and takes its
   // aggregators' updates: a joiner's own flags must agree with them.

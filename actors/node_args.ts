@@ -42,6 +42,8 @@ import {
   parseFlags,
   PRECISION_FLAG,
   precisionFlag,
+  TUNE_FLAGS,
+  tuneFileFlag,
   UsageError,
 } from "../kernels/cli.ts";
 import { CONFIGS, DEFAULT_CONFIG } from "../kernels/config.ts";
@@ -132,6 +134,7 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
       help: "micro-batches per inner step, one AdamW update (default 1)",
     },
     ...PRECISION_FLAG,
+    ...TUNE_FLAGS,
     data: { value: "PATH", help: "training text (file or folder; default: the bundled corpus)" },
     "run-dir": {
       value: "DIR",
@@ -277,6 +280,8 @@ export interface NodeArgs extends RunSettings, AdmissionOptions {
   keeperCpu?: number;
   /** Resume from this run directory. */
   resumeDir?: string;
+  /** With `--tune-matmuls`: the file of this machine's matmul tuning table. */
+  tuneFile?: string;
   /** Flags given on the command line (a resumed run keeps its recorded settings otherwise). */
   given: string[];
   json: boolean;
@@ -392,6 +397,9 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       ? { gradAccum: intFlag("grad-accum", values["grad-accum"]) }
       : {}),
     ...(values.precision !== undefined ? { precision: precisionFlag(values.precision) } : {}),
+    ...(tuneFileFlag(values["tune-matmuls"], values["tune-file"]) !== undefined
+      ? { tuneFile: tuneFileFlag(values["tune-matmuls"], values["tune-file"]) }
+      : {}),
     rounds: intFlag("rounds", values.rounds) ?? 10,
     innerSteps: intFlag("inner-steps", values["inner-steps"]) ?? DEFAULT_INNER_STEPS,
     outer: {

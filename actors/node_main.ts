@@ -44,6 +44,9 @@ import { loadCorpus } from "../kernels/corpus.ts";
 import { acquireGpu } from "../kernels/device.ts";
 import { planModel } from "../kernels/limits.ts";
 import { resolvePrecision } from "../kernels/model_options.ts";
+import { createModel } from "../kernels/model.ts";
+import type { TuneResult, TunerTable } from "../kernels/matmul_tune.ts";
+import { loadTuner, saveTuner } from "../kernels/matmul_tune_file.ts";
 import { type ResumedRun, resumeRunDir } from "../checkpoint/resume.ts";
 
 /** The flags, and the run directory and data they name, read and checked: failures exit 2. */
@@ -88,35 +91,81 @@ async function openRunDir(args: NodeArgs, resumed: ResumedRun | undefined) {
  * trainer the error would only restart it until its supervisor gives up.
  * The GPU is this process's; one that is missing is a failure (exit 1), a
  * shape too big for it or f16 without `shader-f16` is the flags' fault (exit 2).
+ * With `--tune-matmuls` it also measures, on that GPU and before the trainers
+ * start (so they do not measure side by side), the shapes the tuning file
+ * lacks, writes the file and returns the table the trainers build with.
  */
-async function checkModelFits(args: NodeArgs): Promise<void> {
+async function checkModelFits(args: NodeArgs): Promise<TunerTable | undefined> {
   const engine = engineSettings(args);
   const gpu = await acquireGpu();
   try {
+    const precision = resolvePrecision(gpu, engine.precision);
     planModel(engine.config, {
       batch: engine.batch,
       gradAccum: engine.gradAccum,
       // The same choices as createModel: CPU adapters use the attention that keeps T·T scratch.
       attentionScratch: gpu.isCpu,
-      precision: resolvePrecision(gpu, engine.precision),
+      precision,
     }, gpu.limits);
+    if (args.tuneFile === undefined) return undefined;
+    const tuner = await loadTuner(args.tuneFile, { onResult: (r) => tunedLine(args, r) });
+    const model = await createModel(gpu, engine.config, {
+      batch: engine.batch,
+      gradAccum: engine.gradAccum,
+      precision,
+      matmulTuner: tuner,
+    });
+    model.dispose();
+    if (tuner.results().length > 0) await saveTuner(args.tuneFile, tuner);
+    return tuner.toJSON();
   } catch (err) {
-    throw new UsageError(err instanceof Error ? err.message : String(err));
+    // A shape, precision or tuning file the machine cannot use is the flags' fault.
+    const refused = err instanceof RangeError ||
+      err instanceof Error &&
+        /^Cannot (use precision|use matmul tuning file|read matmul tuning)/.test(err.message);
+    throw refused ? new UsageError((err as Error).message) : err;
   } finally {
     gpu.destroy();
   }
 }
 
+/** One measured shape, as a line on stderr (or a JSON event with `--json`). */
+function tunedLine(args: NodeArgs, r: TuneResult): void {
+  if (args.json) {
+    console.log(JSON.stringify({
+      event: "tuned",
+      shape: r.key,
+      variant: r.variant,
+      ms: r.ms,
+      default: r.heuristic,
+      default_ms: r.heuristicMs,
+    }));
+  } else {
+    console.error(
+      `tuning matmuls: ${r.key}: ${r.variant} ${r.ms.toFixed(3)} ms (default ${r.heuristic} ${
+        r.heuristicMs.toFixed(3)
+      } ms)`,
+    );
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   const { args, resumed } = await readInput(() => readNodeInput(argv));
-  if (!args.join && args.trainers > 0) await checkModelFits(args);
+  let matmulTuning: TunerTable | undefined;
+  if (!args.join && args.trainers > 0) matmulTuning = await checkModelFits(args);
+  else if (args.tuneFile !== undefined) {
+    // A joiner learns the model's shape from the host: its trainers measure what the file lacks.
+    const file = args.tuneFile;
+    matmulTuning = (await readInput(() => loadTuner(file))).toJSON();
+  }
   const { runDir, emit } = await readInput(() => openRunDir(args, resumed));
   const duty = args.keeperCpu !== undefined ? { backgroundDuty: args.keeperCpu } : {};
   const checkpoint = !args.join && args.keepers > 0 && runDir
     ? { checkpoint: { dir: runDir, keepers: args.keepers, ...duty } }
     : {};
-  const { resumeDir: _, role, keeperCpu: __, ...rest } = args;
+  const { resumeDir: _, role, keeperCpu: __, tuneFile: ___, ...rest } = args;
   const resume = resumed ? { resume: resumed } : {};
+  const tuning = matmulTuning ? { matmulTuning } : {};
   if (args.host || args.join) {
     return await runNetworked({
       ...rest,
@@ -125,9 +174,17 @@ async function main(argv: string[]): Promise<number> {
       ...(role === "keeper" ? duty : {}),
       ...checkpoint,
       ...resume,
+      ...tuning,
     }, emit);
   }
-  await runEmbedded({ ...rest, trainers: args.trainers, emit, ...checkpoint, ...resume });
+  await runEmbedded({
+    ...rest,
+    trainers: args.trainers,
+    emit,
+    ...checkpoint,
+    ...resume,
+    ...tuning,
+  });
   return 0;
 }
 

@@ -69,6 +69,14 @@ Deno.test("node flags: shape flags override the config, are checked by name, and
   equal(engineSettings(f16).precision, "f16");
   equal(runSettingsOf(f16).precision, undefined);
   equal(engineSettings(parseNodeArgs([])).precision, undefined);
+  // So do the matmul tuning file and table: each machine's own.
+  equal(parseNodeArgs(["--tune-file", "t.json"]).tuneFile, "t.json");
+  ok(parseNodeArgs(["--tune-matmuls"]).tuneFile?.endsWith("decentra/matmul_tuning.json"));
+  equal(parseNodeArgs([]).tuneFile, undefined);
+  const table = { version: 1 as const, adapters: { gpu: { "NN 1x1x1": "tile64" } } };
+  const tuned = { ...parseNodeArgs([]), matmulTuning: table };
+  deepEqual(engineSettings(tuned).matmulTuning, table);
+  equal(runSettingsOf(tuned).matmulTuning, undefined);
   const bad: [string[], string][] = [
     [["--n-head", "5"], "Invalid --n-head: 5 does not divide the n-embd 64 of config small"],
     [["--n-head", "5", "--n-embd", "64"], "Invalid --n-head: 5 does not divide --n-embd 64"],
@@ -130,6 +138,7 @@ Deno.test("node: bad flags, combinations and run directories end with one line a
       momentum: new Float32Array(params.length),
     });
     await Deno.writeTextFile(`${dir}/file`, "not a run directory");
+    await Deno.writeTextFile(`${dir}/tuning.json`, JSON.stringify({ version: 1, adapters: [] }));
     const cases: [string[], RegExp][] = [
       [["--bogus"], /^node: Unknown option '--bogus'$/],
       [["extra"], /^node: Unexpected argument 'extra'/],
@@ -160,6 +169,11 @@ Deno.test("node: bad flags, combinations and run directories end with one line a
         /^node: DataError: Cannot load data: .*\/missing does not exist$/,
       ],
       [["--run-dir", "/proc/none/run"], /^node: Cannot write the run log in \/proc\/none\/run: /],
+      [["--tune-file", ""], /^node: Invalid --tune-file: empty path$/],
+      [
+        ["--tune-file", `${dir}/tuning.json`, "--run-dir", `${dir}/tuned`],
+        /^node: Cannot use matmul tuning file .*tuning\.json: Invalid matmul tuning table: adapters is not an object \(delete it/,
+      ],
       // 12 GiB of attention scratch: over every adapter's binding limit, refused before any Worker.
       [
         ["--config", "gpt2-small", "--block-size", "4096", "--run-dir", `${dir}/big`],

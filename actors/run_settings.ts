@@ -17,6 +17,7 @@ import { DEFAULT_EXCHANGE } from "../kernels/exchange_format.ts";
 import { resolveShape, SHAPE_FIELDS, type ShapeOverrides } from "../kernels/shape.ts";
 import { buildLayout } from "../kernels/layout.ts";
 import type { Precision } from "../kernels/model_options.ts";
+import type { TunerTable } from "../kernels/matmul_tune.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 
 /** Settings of a run (shared by host, joiners and the embedded run). */
@@ -84,6 +85,13 @@ export interface RunSettings {
    * is applied on the CPU.
    */
   precision?: Precision;
+  /**
+   * The matmul tuning table of this node's trainers (`--tune-matmuls`;
+   * kernels/matmul_tune.ts): each trainer builds its model with the table's
+   * choices and measures the shapes it lacks. Each machine's own, like the
+   * precision: neither handed to joiners nor recorded.
+   */
+  matmulTuning?: TunerTable;
   /**
    * The outer step overlapped with the next round's inner steps (the
    * default, `DEFAULT_SYNC` of actors/overlap.ts) or blocking; every trainer
@@ -268,6 +276,7 @@ export function engineSettings(s: RunSettings): Omit<WorkerInit, "op" | "id" | "
     totalSteps: Math.max(1, (s.rounds || 100) * s.innerSteps),
     ...(s.dataPath ? { dataPath: s.dataPath } : {}),
     ...(s.precision ? { precision: s.precision } : {}),
+    ...(s.matmulTuning ? { matmulTuning: s.matmulTuning } : {}),
     dataSeed: s.seed ?? 1,
     block: DEFAULT_BLOCK,
     ...(s.exchange !== undefined ? { exchange: s.exchange } : {}),

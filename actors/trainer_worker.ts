@@ -14,6 +14,7 @@ import { acquireGpu, type Gpu } from "../kernels/device.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import { createModel, type GptModel } from "../kernels/model.ts";
 import type { Precision } from "../kernels/model_options.ts";
+import { MatmulTuner, type TunerTable } from "../kernels/matmul_tune.ts";
 import { pipelinedSteps } from "../kernels/pipeline.ts";
 import { type BatchSampler, batchSampler, type DataCursor } from "../kernels/data.ts";
 import { loadCorpus } from "../kernels/corpus.ts";
@@ -53,6 +54,8 @@ export interface WorkerInit {
   dataPath?: string;
   /** The model's matmul-input precision (default: the adapter's, `ModelOptions.precision`). */
   precision?: Precision;
+  /** A matmul tuning table (kernels/matmul_tune.ts): the model uses its choices. */
+  matmulTuning?: TunerTable;
   /** This trainer's shard of the training stream. */
   dataShard: { index: number; count: number };
   /** Seed of the batch sampler. */
@@ -243,6 +246,7 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
         batch: req.batch,
         gradAccum: req.gradAccum ?? 1,
         precision: req.precision,
+        ...(req.matmulTuning ? { matmulTuner: MatmulTuner.fromJSON(req.matmulTuning) } : {}),
       });
       const corpus = await loadCorpus(req.dataPath ? { path: req.dataPath } : {});
       const sampler = batchSampler(corpus.train, {
