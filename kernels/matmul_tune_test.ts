@@ -4,7 +4,8 @@ import { matmul, matmulReference } from "./matmul.ts";
 import { adapterKey, MatmulTuner, tuneCandidates, tuneKey, type TuneShape } from "./matmul_tune.ts";
 import { loadTuner, saveTuner } from "./matmul_tune_file.ts";
 import { createModel } from "./model.ts";
-import { assertClose, randomF32, withGpu } from "./_testing.ts";
+import { assertClose, randomF32, sameBits, withGpu } from "./_testing.ts";
+import type { Gpu } from "./device.ts";
 
 Deno.test("tuneKey names layout, sizes and f16 operands", () => {
   equal(tuneKey({ m: 4096, n: 2304, k: 768, transB: true }), "NT 4096x2304x768");
@@ -189,4 +190,34 @@ Deno.test("createModel with a tuner measures the model's shapes, builds with the
     ok(Number.isFinite(c));
     for (const m of [tuned, plain, again, other]) m.dispose();
   }, "gpu");
+});
+
+Deno.test("a tuned choice changes bits only through split-K: the unsplit variants sum in k order alike", async () => {
+  const product = async (gpu: Gpu, shape: TuneShape, variant: string) => {
+    const a = randomF32(shape.m * shape.k, 1), b = randomF32(shape.k * shape.n, 2);
+    const c = gpu.storage(shape.m * shape.n);
+    gpu.run([matmul(gpu, {
+      a: { buffer: gpu.storage(a), length: a.length },
+      b: { buffer: gpu.storage(b), length: b.length },
+      c: { buffer: c, length: shape.m * shape.n },
+    }, { ...shape, variant })]);
+    return await gpu.read(c, shape.m * shape.n);
+  };
+  const shapes: TuneShape[] = [{ m: 96, n: 192, k: 256 }, { m: 64, n: 64, k: 1024, transA: true }];
+  await withGpu(async (gpu) => {
+    for (const shape of shapes) {
+      const base = await product(gpu, shape, "tile64");
+      for (const v of ["tile128", "tile128x64", "tile64x128"]) {
+        ok(sameBits(await product(gpu, shape, v), base), `${v} at ${tuneKey(shape)}`);
+      }
+      const split = await product(gpu, shape, "tile64s2");
+      ok(!sameBits(split, base), "split-K sums in another order");
+      assertClose(split, base, { rtol: 1e-5, atol: 1e-5, label: "tile64s2" });
+    }
+  }, "gpu");
+  await withGpu(async (gpu) => {
+    for (const shape of shapes) {
+      ok(sameBits(await product(gpu, shape, "reg32x8v"), await product(gpu, shape, "reg32x16v")));
+    }
+  }, "cpu");
 });

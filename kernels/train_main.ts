@@ -215,23 +215,26 @@ async function train(a: TrainArgs, corpus: Corpus): Promise<void> {
   };
   const gpu: Gpu = await acquireGpu();
   try {
-    const tuner = a.tuneFile === undefined ? undefined : await loadTuner(a.tuneFile, {
-      onResult: (r) => {
-        log({
-          event: "tuned",
-          shape: r.key,
-          variant: r.variant,
-          ms: r.ms,
-          default: r.heuristic,
-          default_ms: r.heuristicMs,
-        });
-        status(
-          `tuning matmuls: ${r.key}: ${r.variant} ${r.ms.toFixed(3)} ms (default ${r.heuristic} ${
-            r.heuristicMs.toFixed(3)
-          } ms)`,
-        );
-      },
-    });
+    const file = a.tuneFile;
+    const tuner = file === undefined ? undefined : await readInput(() =>
+      loadTuner(file, {
+        onResult: (r) => {
+          log({
+            event: "tuned",
+            shape: r.key,
+            variant: r.variant,
+            ms: r.ms,
+            default: r.heuristic,
+            default_ms: r.heuristicMs,
+          });
+          status(
+            `tuning matmuls: ${r.key}: ${r.variant} ${r.ms.toFixed(3)} ms (default ${r.heuristic} ${
+              r.heuristicMs.toFixed(3)
+            } ms)`,
+          );
+        },
+      })
+    );
     const model = await createModel(gpu, config, {
       seed: a.seed,
       batch: a.batch,

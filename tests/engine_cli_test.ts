@@ -89,8 +89,14 @@ Deno.test("bad paths and values end with one line naming them and exit 2, the st
     [["--trainers", "2"], /^train: Unknown option '--trainers'/],
     [["--lr", "-1"], /^train: Option '--lr' argument is ambiguous; .*'--lr=-XYZ'$/],
     [["--eval-every", "x"], /^train: Invalid --eval-every: "x"/],
+    [["--tune-file", ""], /^train: Invalid --tune-file: empty path$/],
+    [
+      ["--tune-file", `${dir}/tuning.json`],
+      /^train: Cannot use matmul tuning file .*tuning\.json: Invalid matmul tuning table: version 7 \(expected 1\) \(delete it to measure again\)$/,
+    ],
   ];
   await Deno.mkdir(`${dir}/empty`, { recursive: true });
+  await Deno.writeTextFile(`${dir}/tuning.json`, JSON.stringify({ version: 7, adapters: {} }));
   for (const [args, re] of cases) assertFails(await train(args), re, 2);
   const evalCases: [string[], RegExp][] = [
     [["--checkpoint", "/etc/hostname"], /^eval: SafetensorsError: .*\/etc\/hostname/],
