@@ -46,7 +46,7 @@ import { planModel } from "../kernels/limits.ts";
 import { resolvePrecision } from "../kernels/model_options.ts";
 import { createModel } from "../kernels/model.ts";
 import type { TuneResult, TunerTable } from "../kernels/matmul_tune.ts";
-import { loadTuner, saveTuner } from "../kernels/matmul_tune_file.ts";
+import { loadTuner, saveTuner, tunedEvent, tunedText } from "../kernels/matmul_tune_file.ts";
 import { type ResumedRun, resumeRunDir } from "../checkpoint/resume.ts";
 
 /** The flags, and the run directory and data they name, read and checked: failures exit 2. */
@@ -131,22 +131,8 @@ async function checkModelFits(args: NodeArgs): Promise<TunerTable | undefined> {
 
 /** One measured shape, as a line on stderr (or a JSON event with `--json`). */
 function tunedLine(args: NodeArgs, r: TuneResult): void {
-  if (args.json) {
-    console.log(JSON.stringify({
-      event: "tuned",
-      shape: r.key,
-      variant: r.variant,
-      ms: r.ms,
-      default: r.heuristic,
-      default_ms: r.heuristicMs,
-    }));
-  } else {
-    console.error(
-      `tuning matmuls: ${r.key}: ${r.variant} ${r.ms.toFixed(3)} ms (default ${r.heuristic} ${
-        r.heuristicMs.toFixed(3)
-      } ms)`,
-    );
-  }
+  if (args.json) console.log(JSON.stringify(tunedEvent(r)));
+  else console.error(tunedText(r));
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { MatmulTuner, type TunerOptions } from "./matmul_tune.ts";
+import { MatmulTuner, type TuneResult, type TunerOptions } from "./matmul_tune.ts";
 import { envVar } from "./_env.ts";
 
 /**
@@ -49,4 +49,22 @@ export async function saveTuner(path: string, tuner: MatmulTuner): Promise<void>
   const tmp = `${path}.${Deno.pid}.tmp`;
   await Deno.writeTextFile(tmp, JSON.stringify(tuner.toJSON(), null, 1) + "\n");
   await Deno.rename(tmp, path);
+}
+
+/** A measured shape as the commands log it with `--json` (a `tuned` event). */
+export function tunedEvent(r: TuneResult): Record<string, unknown> {
+  return {
+    event: "tuned",
+    shape: r.key,
+    variant: r.variant,
+    ms: r.ms,
+    default: r.heuristic,
+    default_ms: r.heuristicMs,
+  };
+}
+
+/** A measured shape as the commands print it without `--json`. */
+export function tunedText(r: TuneResult): string {
+  return `tuning matmuls: ${r.key}: ${r.variant} ${r.ms.toFixed(3)} ms ` +
+    `(default ${r.heuristic} ${r.heuristicMs.toFixed(3)} ms)`;
 }

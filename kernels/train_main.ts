@@ -26,7 +26,7 @@ import {
   tuneFileFlag,
   UsageError,
 } from "./cli.ts";
-import { loadTuner, saveTuner } from "./matmul_tune_file.ts";
+import { loadTuner, saveTuner, tunedEvent, tunedText } from "./matmul_tune_file.ts";
 import { CONFIGS, DEFAULT_CONFIG, describeConfig, getConfig, type GptConfig } from "./config.ts";
 import { resolveShape, SHAPE_FLAGS, shapeFlags } from "./shape.ts";
 import { batchSampler, type Corpus } from "./data.ts";
@@ -219,19 +219,8 @@ async function train(a: TrainArgs, corpus: Corpus): Promise<void> {
     const tuner = file === undefined ? undefined : await readInput(() =>
       loadTuner(file, {
         onResult: (r) => {
-          log({
-            event: "tuned",
-            shape: r.key,
-            variant: r.variant,
-            ms: r.ms,
-            default: r.heuristic,
-            default_ms: r.heuristicMs,
-          });
-          status(
-            `tuning matmuls: ${r.key}: ${r.variant} ${r.ms.toFixed(3)} ms (default ${r.heuristic} ${
-              r.heuristicMs.toFixed(3)
-            } ms)`,
-          );
+          log(tunedEvent(r));
+          status(tunedText(r));
         },
       })
     );
