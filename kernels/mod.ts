@@ -12,6 +12,9 @@
  *   seeded, resumable batches from it.
  * - {@linkcode evaluate}: the mean next-byte cross-entropy of a model on bytes.
  * - {@linkcode generate}: text from a model, byte by byte, seeded.
+ * - {@linkcode MatmulTuner}: the fastest matmul variant per shape, measured on
+ *   the device (`matmulTuner` of `createModel`); {@linkcode loadTuner} and
+ *   {@linkcode saveTuner} keep its table in a file.
  *
  * @example Train the tiny model a few steps on the bundled corpus and evaluate it
  * ```ts
@@ -49,4 +52,7 @@ export type { StepInput } from "./pipeline.ts";
 export { bytesToText, generate, Sampler } from "./sample.ts";
 export type { GenerateOptions, Generation, SamplerOptions } from "./sample.ts";
 export { DEFAULT_EXCHANGE, encodedSize, exchangeName, parseExchange } from "./exchange_format.ts";
+export { adapterKey, MatmulTuner, tuneCandidates, tuneKey } from "./matmul_tune.ts";
+export type { TuneResult, TunerOptions, TunerTable, TuneShape } from "./matmul_tune.ts";
+export { defaultTuningFile, loadTuner, saveTuner } from "./matmul_tune_file.ts";
 export type { ExchangeFormat } from "./exchange_format.ts";
