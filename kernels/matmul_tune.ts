@@ -168,22 +168,29 @@ export async function timeMatmul(
     return performance.now() - t0;
   };
   device.pushErrorScope("validation");
-  const d = matmul(gpu, { a, b, c }, { ...shape, variant });
   let best = Infinity;
+  let d: ReturnType<typeof matmul> | undefined;
+  let failure: unknown;
   try {
+    d = matmul(gpu, { a, b, c }, { ...shape, variant });
     const floor = Math.min(await submit(1, () => {}), await submit(1, () => {}));
-    await submit(1, (pass) => d.encode(pass)); // first use: pipeline warm-up
-    const first = Math.max(0.001, (await submit(1, (pass) => d.encode(pass))) - floor);
+    const once = (pass: GPUComputePassEncoder) => d!.encode(pass);
+    await submit(1, once); // first use: pipeline warm-up
+    const first = Math.max(0.001, (await submit(1, once)) - floor);
     const copies = Math.max(1, Math.min(1000, Math.ceil(sampleMs / first)));
     for (let s = 0; s < samples; s++) {
-      const ms = await submit(copies, (pass) => d.encode(pass));
+      const ms = await submit(copies, once);
       best = Math.min(best, Math.max(0, ms - floor) / copies);
     }
+  } catch (e) {
+    failure = e;
   } finally {
-    d.release?.();
+    d?.release?.();
     for (const x of [a, b, c]) x.buffer.destroy();
   }
+  // The scope is popped whatever happened; an error thrown above is the one reported.
   const err = await device.popErrorScope();
+  if (failure !== undefined) throw failure;
   if (err) throw new Error(`Cannot time matmul ${variant} at ${tuneKey(shape)}: ${err.message}`);
   return best;
 }
@@ -328,7 +335,10 @@ export class MatmulTuner {
     const timing = { sampleMs: this.#options.sampleMs, samples: this.#options.samples };
     const tried: { variant: string; ms: number }[] = [];
     for (const variant of candidates) {
-      tried.push({ variant, ms: await timeMatmul(gpu, shape, variant, timing) });
+      // A candidate that fails to run is not chosen; the heuristic failing is the model's
+      // own error, met again when it is built.
+      const ms = await timeMatmul(gpu, shape, variant, timing).catch(() => Infinity);
+      tried.push({ variant, ms });
     }
     // Ties (within 2%) go to the heuristic, then to the earlier candidate: a choice should
     // move only for a difference the measurement can see.

@@ -1,7 +1,14 @@
 import { deepEqual, equal, ok, rejects, throws } from "@std/assert";
 import { getConfig } from "./config.ts";
 import { matmul, matmulReference } from "./matmul.ts";
-import { adapterKey, MatmulTuner, tuneCandidates, tuneKey, type TuneShape } from "./matmul_tune.ts";
+import {
+  adapterKey,
+  MatmulTuner,
+  timeMatmul,
+  tuneCandidates,
+  tuneKey,
+  type TuneShape,
+} from "./matmul_tune.ts";
 import { loadTuner, saveTuner } from "./matmul_tune_file.ts";
 import { createModel } from "./model.ts";
 import { assertClose, randomF32, sameBits, withGpu } from "./_testing.ts";
@@ -72,6 +79,13 @@ Deno.test("MatmulTuner measures each shape once, keeps the fastest and its choic
       equal(r.ms, r.tried.find((t) => t.variant === r.variant)!.ms);
     }
     equal((await tuner.tune(gpu, [shape])).length, 0, "a known shape is not measured again");
+    // A variant that cannot be built is an error naming it, and leaves no error scope open.
+    await rejects(
+      () => timeMatmul(gpu, shape, "bogus"),
+      TypeError,
+      "Unknown matmul variant: bogus",
+    );
+    ok((await timeMatmul(gpu, shape, "tile64", { sampleMs: 1, samples: 1 })) >= 0);
     const variant = tuner.variantFor(gpu, shape)!;
     equal(variant, results[0].variant);
     equal(tuner.variantFor(gpu, { ...shape, k: 301 }), undefined);
