@@ -14,6 +14,19 @@ import {
   shapeConflict,
 } from "./run_settings.ts";
 
+/**
+ * The node's args for `--resume runs/r --rounds 9 ...argv` of a run at round 2 (of 5) whose
+ * recorded settings add `recorded` to the small config's.
+ */
+function resumeWith(recorded: Record<string, unknown>, argv: string[] = []) {
+  const resumed = {
+    dir: "runs/r",
+    round: 2,
+    settings: { run: "r", config: "small", rounds: 5, ...recorded },
+  } as unknown as ResumedRun;
+  return resumedArgs(parseNodeArgs(["--resume", "runs/r", "--rounds", "9", ...argv]), resumed);
+}
+
 Deno.test("node flags: --keeper-cpu takes a share of one core in (0, 1]", () => {
   equal(parseNodeArgs([]).keeperCpu, undefined);
   equal(parseNodeArgs(["--keeper-cpu", "0.25"]).keeperCpu, 0.25);
@@ -271,15 +284,11 @@ Deno.test("node flags: --update-exchange names the update's format, recorded and
       err.message ===
         'Invalid --update-exchange: "int2" (known: int8, int4, topk:F with 0 < F <= 1)',
   );
-  const resumed = {
-    dir: "runs/r",
-    round: 2,
-    settings: { run: "r", config: "small", rounds: 5, updateExchange: "int4" },
-  } as unknown as ResumedRun;
-  const resume = (argv: string[]) =>
-    resumedArgs(parseNodeArgs(["--resume", "runs/r", "--rounds", "9", ...argv]), resumed);
-  equal(resume([]).updateExchange, "int4");
-  equal(resume(["--update-exchange", "int8"]).updateExchange, "int8");
+  equal(resumeWith({ updateExchange: "int4" }).updateExchange, "int4");
+  equal(
+    resumeWith({ updateExchange: "int4" }, ["--update-exchange", "int8"]).updateExchange,
+    "int8",
+  );
 });
 
 Deno.test("node flags: --exchange names a format, reaches the engine and the checkpoint record", () => {
@@ -299,15 +308,8 @@ Deno.test("node flags: --exchange names a format, reaches the engine and the che
     throws(() => parseNodeArgs(["--exchange", v]), (err: Error) => err.message === message, v);
   }
   // A resumed run keeps its recorded format unless --exchange is given.
-  const resumed = {
-    dir: "runs/r",
-    round: 2,
-    settings: { run: "r", config: "small", rounds: 5, exchange: "int4" },
-  } as unknown as ResumedRun;
-  const resume = (argv: string[]) =>
-    resumedArgs(parseNodeArgs(["--resume", "runs/r", "--rounds", "9", ...argv]), resumed);
-  equal(resume([]).exchange, "int4");
-  equal(resume(["--exchange", "int8"]).exchange, "int8");
+  equal(resumeWith({ exchange: "int4" }).exchange, "int4");
+  equal(resumeWith({ exchange: "int4" }, ["--exchange", "int8"]).exchange, "int8");
   // Joiners send the host's format: their own --exchange must agree with it.
   equal(exchangeConflict(undefined, "int4"), undefined);
   equal(exchangeConflict("int4", "int4"), undefined);
@@ -329,16 +331,8 @@ Deno.test("node flags: --aggregate picks the rule, is recorded with the run and 
   const args = parseNodeArgs(["--aggregate", "median"]);
   equal(runSettingsOf(args).aggregate, "median");
   equal(runSettingsOf(parseNodeArgs([])).aggregate, undefined);
-  const resumed = {
-    dir: "runs/r",
-    round: 2,
-    settings: { run: "r", config: "small", rounds: 5, aggregate: "median" },
-  } as unknown as ResumedRun;
-  equal(resumedArgs(parseNodeArgs(["--resume", "runs/r"]), resumed).aggregate, "median");
-  equal(
-    resumedArgs(parseNodeArgs(["--resume", "runs/r", "--aggregate", "mean"]), resumed).aggregate,
-    "mean",
-  );
+  equal(resumeWith({ aggregate: "median" }).aggregate, "median");
+  equal(resumeWith({ aggregate: "median" }, ["--aggregate", "mean"]).aggregate, "mean");
 });
 
 Deno.test("node flags: --sync/--overlap, --overlap-steps and --fragments reach the run's settings", () => {
