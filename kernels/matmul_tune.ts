@@ -247,8 +247,8 @@ export class MatmulTuner {
 
   /**
    * Measures every shape of `shapes` the table has no choice for on `gpu`
-   * (each distinct key once) and records the fastest candidate; returns the
-   * new results.
+   * (each distinct key once), or a choice that cannot run there (an edited or
+   * foreign table), and records the fastest candidate; returns the new results.
    */
   async tune(gpu: Gpu, shapes: TuneShape[]): Promise<TuneResult[]> {
     const adapter = adapterKey(gpu);
@@ -257,7 +257,8 @@ export class MatmulTuner {
     const fresh: TuneResult[] = [];
     for (const full of shapes) {
       const key = tuneKey(full);
-      if (table.has(key)) continue;
+      const known = table.get(key);
+      if (known !== undefined && variantFits(gpu, known, full)) continue;
       // The plain product: a model's shapes also carry their epilogues and extra buffers.
       const { m, n, k, transA, transB, aType, bType, cType } = full;
       const shape = { m, n, k, transA, transB, aType, bType, cType };
@@ -314,16 +315,6 @@ export class MatmulTuner {
       tuner.#table.set(adapter, table);
     }
     return tuner;
-  }
-
-  /** Drops a loaded choice that does not fit `gpu` (an edited or foreign table). */
-  dropMisfits(gpu: Gpu, shapes: TuneShape[]): void {
-    const table = this.#table.get(adapterKey(gpu));
-    if (!table) return;
-    for (const shape of shapes) {
-      const v = table.get(tuneKey(shape));
-      if (v !== undefined && !variantFits(gpu, v, shape)) table.delete(tuneKey(shape));
-    }
   }
 
   async #measure(gpu: Gpu, shape: TuneShape, key: string): Promise<TuneResult> {

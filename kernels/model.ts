@@ -608,7 +608,6 @@ export async function createModel(
     // code builds the real one, so no shape is missed); those new to the tuner are measured.
     const shapes: TuneShape[] = [];
     new GptModel(gpu, config, options, shapes).dispose();
-    tuner.dropMisfits(gpu, shapes);
     await tuner.tune(gpu, shapes);
   }
   gpu.device.pushErrorScope("validation");
