@@ -99,16 +99,22 @@ async function checkModelFits(args: NodeArgs): Promise<TunerTable | undefined> {
   const engine = engineSettings(args);
   const gpu = await acquireGpu();
   try {
-    const precision = resolvePrecision(gpu, engine.precision);
-    planModel(engine.config, {
-      batch: engine.batch,
-      gradAccum: engine.gradAccum,
-      // The same choices as createModel: CPU adapters use the attention that keeps T·T scratch.
-      attentionScratch: gpu.isCpu,
-      precision,
-    }, gpu.limits);
-    if (args.tuneFile === undefined) return undefined;
-    const tuner = await loadTuner(args.tuneFile, { onResult: (r) => tunedLine(args, r) });
+    let precision;
+    try {
+      precision = resolvePrecision(gpu, engine.precision);
+      planModel(engine.config, {
+        batch: engine.batch,
+        gradAccum: engine.gradAccum,
+        // The same choices as createModel: CPU adapters use the attention that keeps T·T scratch.
+        attentionScratch: gpu.isCpu,
+        precision,
+      }, gpu.limits);
+    } catch (err) {
+      throw new UsageError(err instanceof Error ? err.message : String(err));
+    }
+    const file = args.tuneFile;
+    if (file === undefined) return undefined;
+    const tuner = await readInput(() => loadTuner(file, { onResult: (r) => tunedLine(args, r) }));
     const model = await createModel(gpu, engine.config, {
       batch: engine.batch,
       gradAccum: engine.gradAccum,
@@ -116,14 +122,8 @@ async function checkModelFits(args: NodeArgs): Promise<TunerTable | undefined> {
       matmulTuner: tuner,
     });
     model.dispose();
-    if (tuner.results().length > 0) await saveTuner(args.tuneFile, tuner);
+    if (tuner.results().length > 0) await saveTuner(file, tuner);
     return tuner.toJSON();
-  } catch (err) {
-    // A shape, precision or tuning file the machine cannot use is the flags' fault.
-    const refused = err instanceof RangeError ||
-      err instanceof Error &&
-        /^Cannot (use precision|use matmul tuning file|read matmul tuning)/.test(err.message);
-    throw refused ? new UsageError((err as Error).message) : err;
   } finally {
     gpu.destroy();
   }
