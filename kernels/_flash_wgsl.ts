@@ -5,7 +5,7 @@
  * for the tiling; this file only writes the code.
  *
  * Every kernel binds one invocation to one row (a query row, or a key row in
- * the key pass) of one (batch, head) pair: workgroup x is the row tile,
+ * the key passes) of one (batch, head) pair: workgroup x is the row tile,
  * workgroup y the (batch, head) pair. The row's head vectors live in named
  * registers (`q0`, `q1`, ...: no dynamically indexed private arrays), the
  * other operand is staged tile by tile in workgroup memory.
@@ -25,6 +25,28 @@ const TILES = [64, 32, 16, 8, 4];
 
 /** The largest head size kept in registers (the key pass holds 4 head rows per invocation). */
 export const MAX_HEAD_SIZE = 256;
+
+/**
+ * How the backward sums dk and dv: "fused", in one key pass (k, v, dk and dv
+ * in registers: 4 head rows per invocation), or "split", dv in a first pass
+ * (k and dv: 2 rows) and dk in a second (k, v and dk: 3 rows), which computes
+ * each probability once more (the backward's FLOPs grow by a sixth) to hold a
+ * quarter fewer registers at the peak.
+ */
+export type KeyPass = "fused" | "split";
+
+/**
+ * The most f32 registers the key pass's head rows may take before it is
+ * split: 192, so that at head size 64 (GPT-2's) the fused pass's 256 floats of
+ * rows alone, over NVIDIA's 255 registers per thread before any address or
+ * temporary, become passes of 128 and 192.
+ */
+const FUSED_KEY_PASS_MAX_FLOATS = 192;
+
+/** The key pass used when none is asked for: fused while its 4 head rows fit the budget above. */
+export function defaultKeyPass(hs: number): KeyPass {
+  return 4 * hs <= FUSED_KEY_PASS_MAX_FLOATS ? "fused" : "split";
+}
 
 /** The sizes one set of flash-attention kernels is generated for. */
 export interface FlashPlan {
@@ -244,22 +266,34 @@ export function queryShader(p: FlashPlan, accumulate: boolean): string {
   return L.join("\n");
 }
 
+/** The gradients one key-pass dispatch sums: both, or one of them (see {@linkcode KeyPass}). */
+export type KeyGrads = "dk+dv" | "dk" | "dv";
+
 /**
- * WGSL of the backward key pass: for one key tile, dv = Pᵀ·dout and
- * dk = dSᵀ·Q summed over the query rows at or after each key.
+ * WGSL of a backward key pass: for one key tile, dv = Pᵀ·dout and/or
+ * dk = dSᵀ·Q summed over the query rows at or after each key. The dv-only
+ * pass needs neither v nor D, so it binds no `dsum`.
  */
-export function keyShader(p: FlashPlan, accumulate: boolean): string {
+export function keyShader(p: FlashPlan, accumulate: boolean, grads: KeyGrads = "dk+dv"): string {
   const g = gen(p);
   const S = p.queryTile;
+  const wantK = grads !== "dv", wantV = grads !== "dk";
+  const binds: [string, string][] = [["dqkv", g.E], ["dout", g.E], ["qkv", g.E], ["lse", "f32"]];
+  const shared: [string, string, number][] = [
+    ["Qs", g.E, S * g.HSW],
+    ["Os", g.E, S * g.HSW],
+    ["Ls", "f32", S],
+  ];
+  if (wantK) {
+    binds.push(["dsum", "f32"]);
+    shared.push(["Ds", "f32", S]);
+  }
   const L: string[] = [
-    g.header(
-      [["dqkv", g.E], ["dout", g.E], ["qkv", g.E], ["lse", "f32"], ["dsum", "f32"]],
-      [["Qs", g.E, S * g.HSW], ["Os", g.E, S * g.HSW], ["Ls", "f32", S], ["Ds", "f32", S]],
-    ),
+    g.header(binds, shared),
     ...g.row("let", "k", (j) => `qkv[kb + tr * C3W + ${j}u] * SCALE`),
-    ...g.row("let", "v", (j) => `qkv[vb + tr * C3W + ${j}u]`),
-    ...g.row("var", "dk", () => `${g.E}(0.0)`),
-    ...g.row("var", "dv", () => `${g.E}(0.0)`),
+    ...(wantK ? g.row("let", "v", (j) => `qkv[vb + tr * C3W + ${j}u]`) : []),
+    ...(wantK ? g.row("var", "dk", () => `${g.E}(0.0)`) : []),
+    ...(wantV ? g.row("var", "dv", () => `${g.E}(0.0)`) : []),
     // Query tiles before the workgroup's first key lie above every key's diagonal.
     `  for (var st = r0 / ${S}u; st < ${Math.ceil(p.t / S)}u; st++) {`,
     `    let t0 = st * ${S}u;`,
@@ -267,7 +301,7 @@ export function keyShader(p: FlashPlan, accumulate: boolean): string {
     `    for (var e = lid; e < ${S}u; e += R) {`,
     `      let rr = min(t0 + e, T - 1u);`,
     `      Ls[e] = lse[lb + rr];`,
-    `      Ds[e] = dsum[lb + rr];`,
+    ...(wantK ? [`      Ds[e] = dsum[lb + rr];`] : []),
     `    }`,
     `    workgroupBarrier();`,
     // Rows before this key's diagonal are skipped; rows past T are not in the tile's range.
@@ -275,16 +309,20 @@ export function keyShader(p: FlashPlan, accumulate: boolean): string {
     `    for (var i = select(0u, tr - t0, tr > t0); i < iEnd; i++) {`,
     `      let a = i * HSW;`,
     `      let pr = exp(${g.dot((j) => `k${j}`, (j) => `Qs[a + ${j}u]`)} - Ls[i]);`,
-    ...g.js.map((j) => `      dv${j} = pr * Os[a + ${j}u] + dv${j};`),
-    `      let ds = pr * (${g.dot((j) => `v${j}`, (j) => `Os[a + ${j}u]`)} - Ds[i]);`,
-    ...g.js.map((j) => `      dk${j} = ds * Qs[a + ${j}u] + dk${j};`),
+    ...(wantV ? g.js.map((j) => `      dv${j} = pr * Os[a + ${j}u] + dv${j};`) : []),
+    ...(wantK
+      ? [
+        `      let ds = pr * (${g.dot((j) => `v${j}`, (j) => `Os[a + ${j}u]`)} - Ds[i]);`,
+        ...g.js.map((j) => `      dk${j} = ds * Qs[a + ${j}u] + dk${j};`),
+      ]
+      : []),
     `    }`,
     `    workgroupBarrier();`,
     `  }`,
     `  if (live) {`,
     ...g.js.flatMap((j) => [
-      `    ${store(accumulate, `kb + tr * C3W + ${j}u`, `dk${j} * SCALE`)}`,
-      `    ${store(accumulate, `vb + tr * C3W + ${j}u`, `dv${j}`)}`,
+      ...(wantK ? [`    ${store(accumulate, `kb + tr * C3W + ${j}u`, `dk${j} * SCALE`)}`] : []),
+      ...(wantV ? [`    ${store(accumulate, `vb + tr * C3W + ${j}u`, `dv${j}`)}`] : []),
     ]),
     `  }`,
     `}`,

@@ -23,7 +23,13 @@
  * - backward key pass, per key tile: over the Q and dout tiles at or after
  *   it (`queryTile` rows, with their lse and D), dv = Σ P·dout and
  *   dk = Σ dS·q. Each key's gradient is summed by one invocation in row
- *   order: deterministic, no atomics, no scatter.
+ *   order: deterministic, no atomics, no scatter. Holding k, v, dk and dv
+ *   takes 4·hs floats of registers per invocation (256 at GPT-2's head size
+ *   64, more than an NVIDIA thread has), so from head size 64 the pass is
+ *   split by default into a dv pass (k, dv) and a dk pass (k, v, dk), which
+ *   compute P twice; `keyPass` in the backward's options picks either way
+ *   ({@linkcode KeyPass}). Both take each sum in the same order with the
+ *   same operations (on llvmpipe: the same bits, tested).
  *
  * Workgroup memory: forward and query pass 2·keyTile·hs·4 bytes, key pass
  * queryTile·(2·hs+2)·4 bytes. Tiles are the largest of 64, 32, 16, 8, 4 rows
@@ -44,9 +50,19 @@
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
 import { checkRef, checkShape, scratch, slice } from "./_wgsl.ts";
-import { type FlashPlan, flashPlan, forwardShader, keyShader, queryShader } from "./_flash_wgsl.ts";
+import {
+  defaultKeyPass,
+  type FlashPlan,
+  flashPlan,
+  forwardShader,
+  type KeyGrads,
+  type KeyPass,
+  keyShader,
+  queryShader,
+} from "./_flash_wgsl.ts";
 
-export type { FlashPlan } from "./_flash_wgsl.ts";
+export { defaultKeyPass } from "./_flash_wgsl.ts";
+export type { FlashPlan, KeyPass } from "./_flash_wgsl.ts";
 
 /** Shape of the flash-attention kernels. */
 export interface FlashAttentionShape {
@@ -117,7 +133,9 @@ export function flashAttentionForward(
  * lse. Accumulates (+=) by default; with `accumulate: false` it writes every
  * element once, so dqkv need not be cleared. `dsum` [B,NH,T] is scratch for
  * D = rowsum(dout ∘ out); when absent the factory allocates it. Two
- * dispatches: the query pass (D and dq), then the key pass (dk and dv).
+ * dispatches, the query pass (D and dq), then the key pass (dk and dv), or
+ * three with `keyPass: "split"` (dv, then dk); the default is
+ * {@linkcode defaultKeyPass} of the head size.
  *
  * @example
  * ```ts ignore
@@ -135,11 +153,17 @@ export function flashAttentionBackward(
     dsum?: TensorRef;
   },
   shape: FlashAttentionShape,
-  options: { accumulate?: boolean } = {},
+  options: { accumulate?: boolean; keyPass?: KeyPass } = {},
 ): Dispatch[] {
   const kernel = "flashAttentionBackward";
   const accumulate = options.accumulate ?? true;
   const p = flashAttentionPlan(gpu, shape, kernel);
+  const keyPass = options.keyPass ?? defaultKeyPass(p.hs);
+  if (keyPass !== "fused" && keyPass !== "split") {
+    throw new RangeError(
+      `Cannot build ${kernel}: keyPass ${String(keyPass)} (expected "fused" or "split")`,
+    );
+  }
   const { b, t, c, nh } = p;
   const nQkv = b * t * 3 * c, nOut = b * t * c, nRow = b * nh * t;
   const dqkv = slice(checkRef(kernel, "dqkv", bufs.dqkv, nQkv), nQkv);
@@ -153,7 +177,14 @@ export function flashAttentionBackward(
       : scratch(gpu, nRow, "flashAttentionBackward dsum"),
     nRow,
   );
-  const q = `${kernel} queries`, k = `${kernel} keys`;
+  const q = `${kernel} queries`;
+  const keyDispatch = (label: string, grads: KeyGrads) =>
+    gpu.dispatch(
+      label,
+      gpu.pipeline(keyShader(p, accumulate, grads), "main", label),
+      grads === "dv" ? [dqkv, dout, qkv, lse] : [dqkv, dout, qkv, lse, dsum],
+      groups(p),
+    );
   return [
     gpu.dispatch(
       q,
@@ -161,11 +192,8 @@ export function flashAttentionBackward(
       [dqkv, dout, qkv, out, lse, dsum],
       groups(p),
     ),
-    gpu.dispatch(
-      k,
-      gpu.pipeline(keyShader(p, accumulate), "main", k),
-      [dqkv, dout, qkv, lse, dsum],
-      groups(p),
-    ),
+    ...(keyPass === "fused"
+      ? [keyDispatch(`${kernel} keys`, "dk+dv")]
+      : [keyDispatch(`${kernel} values`, "dv"), keyDispatch(`${kernel} keys`, "dk")]),
   ];
 }

@@ -1,6 +1,11 @@
 import assert from "@std/assert";
 import { acquireGpu, type Gpu } from "./device.ts";
-import { flashAttentionBackward, flashAttentionForward } from "./flash_attention.ts";
+import {
+  defaultKeyPass,
+  flashAttentionBackward,
+  flashAttentionForward,
+  type KeyPass,
+} from "./flash_attention.ts";
 import { flashPlan } from "./_flash_wgsl.ts";
 import { attentionBackwardRef, attentionForwardRef, attentionLseRef } from "./reference.ts";
 import { assertClose, noGpuErrors, randomF32, randomU32, rng, sameBits } from "./_testing.ts";
@@ -20,6 +25,7 @@ interface Case {
   nh: number;
   seed: number;
   accumulate?: boolean;
+  keyPass?: KeyPass;
   tol?: { rtol: number; atol: number };
 }
 
@@ -46,7 +52,7 @@ async function runCase(gpu: Gpu, k: Case) {
     dqkv: r(dqkv0, nQkv),
     dsum: r(new Float32Array(nRow).fill(NaN), nRow),
   };
-  const bw = flashAttentionBackward(gpu, g, shape, { accumulate });
+  const bw = flashAttentionBackward(gpu, g, shape, { accumulate, keyPass: k.keyPass });
   gpu.run([flashAttentionForward(gpu, g, shape), ...bw]);
   const out = new Float64Array(nOut);
   const att = new Float64Array(b * nh * t * t);
@@ -57,8 +63,18 @@ async function runCase(gpu: Gpu, k: Case) {
   attentionBackwardRef({ dqkv, dout, qkv, att }, shape);
   assertClose(await gpu.read(g.out.buffer, nOut), out, { ...tol, label: "out" });
   assertClose(await gpu.read(g.lse.buffer, nRow), lse, { ...tol, label: "lse" });
-  assertClose(await gpu.read(g.dqkv.buffer, nQkv), dqkv, { ...tol, label: "dqkv" });
-  return { g, bw, nQkv };
+  const got = await gpu.read(g.dqkv.buffer, nQkv);
+  assertClose(got, dqkv, { ...tol, label: "dqkv" });
+  return { g, bw, nQkv, dqkv: got };
+}
+
+/** Both key passes match the reference and each other, bit for bit (same sums, same order). */
+async function runBothKeyPasses(gpu: Gpu, k: Case) {
+  const fused = await runCase(gpu, { ...k, keyPass: "fused" });
+  const split = await runCase(gpu, { ...k, keyPass: "split" });
+  assert.equal(fused.bw.length, 2);
+  assert.equal(split.bw.length, 3);
+  assert.ok(sameBits(fused.dqkv, split.dqkv), "fused and split key passes differ");
 }
 
 Deno.test("flash attention forward (out, lse) and backward (dqkv) match the reference", async (t) => {
@@ -82,9 +98,9 @@ Deno.test("flash attention forward (out, lse) and backward (dqkv) match the refe
         ["b=2, t=9, hs=6, written", { b: 2, t: 9, c: 12, nh: 2, seed: 7, accumulate: false }],
         ["b=3, t=65, hs=8, written", { b: 3, t: 65, c: 32, nh: 4, seed: 8, accumulate: false }],
       ];
-      for (const [name, k] of cases) await t.step(name, () => runCase(gpu, k).then(() => {}));
+      for (const [name, k] of cases) await t.step(name, () => runBothKeyPasses(gpu, k));
       await t.step("b=1, nh=2, t=1024, hs=8: long context without a T×T buffer", async () => {
-        await runCase(gpu, { b: 1, t: 1024, c: 16, nh: 2, seed: 9, tol: LONG_TOL });
+        await runBothKeyPasses(gpu, { b: 1, t: 1024, c: 16, nh: 2, seed: 9, tol: LONG_TOL });
       });
       await t.step("two runs give identical bits", async () => {
         const { g, bw, nQkv } = await runCase(gpu, {
@@ -125,6 +141,17 @@ Deno.test("flash attention forward (out, lse) and backward (dqkv) match the refe
           () => flashAttentionForward(gpu, bufs, { b: 1, t: 8, c: 8, nh: 2 }),
           /Cannot build flashAttentionForward: qkv holds 64 elements, needs 192/,
         );
+        const big = { buffer: gpu.storage(192), length: 192 };
+        assert.throws(
+          () =>
+            flashAttentionBackward(
+              gpu,
+              { dqkv: big, dout: x, qkv: big, out: x, lse: x },
+              { b: 1, t: 8, c: 8, nh: 2 },
+              { keyPass: "both" as KeyPass },
+            ),
+          /Cannot build flashAttentionBackward: keyPass both \(expected "fused" or "split"\)/,
+        );
       });
     });
   } finally {
@@ -143,6 +170,14 @@ Deno.test("flash attention tiles follow the head size and the workgroup-memory l
   assert.deepEqual(at(256, 128, 32768), [64, 32, 16, 4]);
   assert.deepEqual(at(256, 128, 49152), [64, 32, 32, 4]);
   assert.deepEqual(at(7, 6, 32768), [32, 64, 64, 1]);
+  // The key pass is split once its 4 head rows pass 192 floats of registers.
+  assert.deepEqual([8, 32, 48, 64, 128].map(defaultKeyPass), [
+    "fused",
+    "fused",
+    "fused",
+    "split",
+    "split",
+  ]);
   assert.throws(
     () => flashPlan("flashAttentionForward", shape(8, 256), 4096),
     /Cannot build flashAttentionForward: K and V tiles of head size 256 need 8192 bytes of workgroup memory, the device allows 4096/,
@@ -249,5 +284,51 @@ Deno.test("the model picks blocked attention on CPU adapters and flash on GPUs",
     } finally {
       gpu.destroy();
     }
+  }
+});
+
+Deno.test("the model's flash backward uses the key pass asked for, with the same gradients", async () => {
+  const gpu = await acquireGpu();
+  try {
+    const config = getConfig("tiny").model;
+    const labels = async (flashKeyPass?: KeyPass) => {
+      const model = await createModel(gpu, config, { attention: "flash", flashKeyPass });
+      try {
+        const names = model.profileDispatches().dispatches.map((d) => d.dispatch.label);
+        return { pass: model.flashKeyPass, names: names.filter((n) => n.startsWith("flash")) };
+      } finally {
+        model.dispose();
+      }
+    };
+    // Head size 8: fused by default, one key dispatch per layer; split adds a value pass.
+    const byDefault = await labels();
+    assert.equal(byDefault.pass, "fused");
+    assert.equal(byDefault.names.filter((n) => n.endsWith(" values")).length, 0);
+    const split = await labels("split");
+    assert.equal(split.pass, "split");
+    assert.equal(split.names.filter((n) => n.endsWith(" values")).length, config.nLayer);
+    assert.equal(split.names.filter((n) => n.endsWith(" keys")).length, config.nLayer);
+    const grads = async (flashKeyPass: KeyPass) => {
+      const model = await createModel(gpu, config, {
+        seed: 3,
+        batch: 2,
+        flashKeyPass,
+        attention: "flash",
+      });
+      try {
+        const n = 2 * config.blockSize;
+        const r = await model.computeGradients(randomU32(n, 1, 256), randomU32(n, 2, 256));
+        return r.grads;
+      } finally {
+        model.dispose();
+      }
+    };
+    assert.ok(sameBits(await grads("fused"), await grads("split")), "gradients differ");
+    await assert.rejects(
+      () => createModel(gpu, config, { flashKeyPass: "half" as KeyPass }),
+      /Invalid flashKeyPass: half \(expected "fused" or "split"\)/,
+    );
+  } finally {
+    gpu.destroy();
   }
 });

@@ -46,6 +46,8 @@ export * from "./corpus.ts";
 export * from "./evaluate.ts";
 export { initParams, normalRng } from "./init.ts";
 export type { AttentionKind, ModelOptions, Precision } from "./model_options.ts";
+export { defaultKeyPass } from "./flash_attention.ts";
+export type { KeyPass } from "./flash_attention.ts";
 export type { Tokens } from "./tokens.ts";
 export { pipelinedSteps } from "./pipeline.ts";
 export type { StepInput } from "./pipeline.ts";

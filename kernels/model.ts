@@ -35,6 +35,7 @@ import { buildBackward } from "./model_backward.ts";
 import { buildOptimizer } from "./model_optimizer.ts";
 import { stageTokens, type Tokens } from "./tokens.ts";
 import { type ModelPlan, planModel } from "./limits.ts";
+import { defaultKeyPass, type KeyPass } from "./flash_attention.ts";
 
 /** Options of one training step. */
 export interface StepOptions {
@@ -71,6 +72,8 @@ export class GptModel {
   readonly paramLength: number;
   /** The attention kernels in use. */
   readonly attention: AttentionKind;
+  /** How flash attention's backward sums dk and dv (unused with blocked attention). */
+  readonly flashKeyPass: KeyPass;
   /** How the matmuls read their inputs: f32, or f16 copies (mixed precision). */
   readonly precision: Precision;
   /** The gradient norm (before clipping) of the last step. */
@@ -122,11 +125,10 @@ export class GptModel {
    */
   constructor(gpu: Gpu, config: GptConfig, options: ModelOptions = {}, record?: TuneShape[]) {
     validateConfig(config);
-    const { batch, attention, gradAccum, limits, optimizer, precision } = resolveModelOptions(
-      gpu,
-      options,
-    );
+    const { batch, attention, flashKeyPass, gradAccum, limits, optimizer, precision } =
+      resolveModelOptions(gpu, options);
     this.attention = attention;
+    this.flashKeyPass = flashKeyPass ?? defaultKeyPass(config.nEmbd / config.nHead);
     this.precision = precision;
     // Before any allocation: a shape that cannot fit is refused with what would fit.
     this.plan = planModel(
@@ -211,6 +213,7 @@ export class GptModel {
       layout: this.layout,
       batch: this.batch,
       flash: this.attention === "flash",
+      keyPass: this.flashKeyPass,
       half: this.precision === "f16",
       buf: (length, label) => this.#buf(length, label),
       params: this.#params,

@@ -183,7 +183,7 @@ export function blockBackward(
           dsum: datt,
         },
         attShape,
-        { accumulate: false },
+        { accumulate: false, keyPass: g.keyPass },
       )
       : attentionBackward(gpu, { ...attGrad, datt, att: ref(a.att, nAtt) }, attShape, {
         accumulate: false,

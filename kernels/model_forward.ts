@@ -25,7 +25,7 @@ import { halfWords } from "./half.ts";
 import { embeddingForward } from "./embedding.ts";
 import { layernormForward } from "./layernorm.ts";
 import { attentionForward } from "./attention.ts";
-import { flashAttentionForward } from "./flash_attention.ts";
+import { flashAttentionForward, type KeyPass } from "./flash_attention.ts";
 import { crossEntropyForwardBackward } from "./crossentropy.ts";
 
 /**
@@ -43,6 +43,8 @@ export interface ModelGraph {
   batch: number;
   /** Flash attention (saves [B,NH,T] log-sum-exps) instead of blocked ([B,NH,T,T] probabilities). */
   flash: boolean;
+  /** How the flash backward sums dk and dv. */
+  keyPass: KeyPass;
   /** Allocates a storage buffer of `length` floats that the model owns and frees. */
   buf(length: number, label: string): GPUBuffer;
   /** A parameter tensor in the flat parameter buffer. */

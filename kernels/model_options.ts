@@ -7,6 +7,7 @@
 import type { Gpu } from "./device.ts";
 import type { BufferLimits } from "./limits.ts";
 import type { MatmulTuner } from "./matmul_tune.ts";
+import type { KeyPass } from "./_flash_wgsl.ts";
 
 /** Options for `createModel` (kernels/model.ts). */
 export interface ModelOptions {
@@ -39,6 +40,14 @@ export interface ModelOptions {
    * saves [B,NH,T] log-sum-exps). Default: "blocked" on CPU adapters, "flash" otherwise.
    */
   attention?: AttentionKind;
+  /**
+   * How flash attention's backward sums the keys' and values' gradients
+   * (kernels/flash_attention.ts): "fused", one pass for both, or "split", a
+   * pass for each, which holds fewer registers per invocation. Default: split
+   * from head size 64 (`defaultKeyPass`). Either way the same sums in the same
+   * order; ignored with blocked attention.
+   */
+  flashKeyPass?: KeyPass;
   /**
    * Micro-batches per step (default 1): a step takes `gradAccum × batch`
    * sequences, runs forward and backward on `batch` of them at a time, sums
@@ -84,6 +93,8 @@ export interface ResolvedModelOptions {
   batch: number;
   /** The attention kernels. */
   attention: AttentionKind;
+  /** Flash attention's key pass, when asked for (else the head size's default). */
+  flashKeyPass?: KeyPass;
   /** Micro-batches per step. */
   gradAccum: number;
   /** The Gpu's buffer limits, the binding limit lowered by `maxBindingBytes`. */
@@ -114,6 +125,12 @@ export function resolveModelOptions(gpu: Gpu, options: ModelOptions): ResolvedMo
       `Invalid attention: ${String(attention)} (expected "blocked" or "flash")`,
     );
   }
+  const flashKeyPass = options.flashKeyPass;
+  if (flashKeyPass !== undefined && flashKeyPass !== "fused" && flashKeyPass !== "split") {
+    throw new RangeError(
+      `Invalid flashKeyPass: ${String(flashKeyPass)} (expected "fused" or "split")`,
+    );
+  }
   const gradAccum = options.gradAccum ?? 1;
   if (!Number.isInteger(gradAccum) || gradAccum < 1 || gradAccum > 65536) {
     throw new RangeError(`Invalid gradAccum: ${gradAccum} (expected an integer in [1, 65536])`);
@@ -136,7 +153,7 @@ export function resolveModelOptions(gpu: Gpu, options: ModelOptions): ResolvedMo
     maxGradNorm: options.maxGradNorm ?? 1,
   };
   const precision = resolvePrecision(gpu, options.precision);
-  return { batch, attention, gradAccum, limits, optimizer, precision };
+  return { batch, attention, flashKeyPass, gradAccum, limits, optimizer, precision };
 }
 
 /**
