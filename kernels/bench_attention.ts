@@ -1,17 +1,24 @@
 /**
- * Attention timings of the kernels bench suite: the blocked kernels
- * (kernels/attention.ts) against flash attention (kernels/flash_attention.ts),
- * forward and backward, in ms per call and in GFLOP/s of the causal problem's
- * nominal FLOPs (forward 4·hs per query-key pair on or below the diagonal,
- * backward 8·hs; the flash backward's recomputation of the scores is not
- * counted). Printed, never asserted.
+ * Attention timings of the kernels bench suite (and of the GPU report at its
+ * model's shape): the blocked kernels (kernels/attention.ts) against flash
+ * attention (kernels/flash_attention.ts), forward and backward, the flash
+ * backward with each key pass (fused, and split into dv and dk passes), in ms
+ * per call and in GFLOP/s of the causal problem's nominal FLOPs (forward 4·hs
+ * per query-key pair on or below the diagonal, backward 8·hs; the flash
+ * backward's recomputation of the scores is not counted, so the split pass's
+ * extra work shows as fewer GFLOP/s). Printed, never asserted.
  *
  * @module
  */
 import type { BenchRecord } from "../tests/bench_main.ts";
 import type { Dispatch, Gpu } from "./device.ts";
 import { attentionBackward, attentionForward } from "./attention.ts";
-import { flashAttentionBackward, flashAttentionForward } from "./flash_attention.ts";
+import {
+  defaultKeyPass,
+  flashAttentionBackward,
+  flashAttentionForward,
+  type KeyPass,
+} from "./flash_attention.ts";
 import { randomF32 } from "./_testing.ts";
 
 /** An attention problem to time. */
@@ -56,9 +63,18 @@ async function timeDispatches(
   }
 }
 
+/** One kernel family's dispatches on a problem: its forward, and each backward it has. */
+interface AttentionKernels {
+  kernel: "blocked" | "flash";
+  forward: Dispatch[];
+  backward: { keyPass?: KeyPass; dispatches: Dispatch[] }[];
+}
+
 /**
  * `attention_ms` and `attention_gflops` records for both kernel families,
- * forward and backward, on each problem (the first only when `quick`).
+ * forward and backward (the flash backward once per key pass, `key_pass`,
+ * with `default_key_pass` naming the one models use), on each of `problems`
+ * (default {@linkcode ATTENTION_PROBLEMS}; the first only when `quick`).
  *
  * @example
  * ```ts ignore
@@ -67,10 +83,11 @@ async function timeDispatches(
  */
 export async function* benchAttention(
   gpu: Gpu,
-  options: { quick: boolean },
+  options: { quick: boolean; problems?: AttentionProblem[] },
 ): AsyncGenerator<BenchRecord> {
   const minMs = options.quick ? 200 : 600;
-  const problems = options.quick ? ATTENTION_PROBLEMS.slice(0, 1) : ATTENTION_PROBLEMS;
+  const all = options.problems ?? ATTENTION_PROBLEMS;
+  const problems = options.quick ? all.slice(0, 1) : all;
   for (const p of problems) {
     const { b, t, c, nh } = p;
     const hs = c / nh;
@@ -87,30 +104,48 @@ export async function* benchAttention(
       const dout = buf(randomF32(nOut, 2), nOut);
       const dqkv = buf(nQkv, nQkv);
       const nAtt = b * nh * t * t, nRow = b * nh * t;
-      const att = buf(nAtt, nAtt), datt = buf(nAtt, nAtt);
       const lse = buf(nRow, nRow), dsum = buf(nRow, nRow);
-      const kinds: [string, Dispatch[], Dispatch[]][] = [
-        [
-          "blocked",
-          [attentionForward(gpu, { qkv, out, att }, p)],
-          attentionBackward(gpu, { dqkv, datt, dout, qkv, att }, p, { accumulate: false }),
-        ],
-        [
-          "flash",
-          [flashAttentionForward(gpu, { qkv, out, lse }, p)],
-          flashAttentionBackward(gpu, { dqkv, dout, qkv, out, lse, dsum }, p, {
-            accumulate: false,
-          }),
-        ],
+      const flashBackward = (keyPass: KeyPass) => ({
+        keyPass,
+        dispatches: flashAttentionBackward(gpu, { dqkv, dout, qkv, out, lse, dsum }, p, {
+          accumulate: false,
+          keyPass,
+        }),
+      });
+      const blocked = (): AttentionKernels => {
+        const att = buf(nAtt, nAtt), datt = buf(nAtt, nAtt);
+        return {
+          kernel: "blocked",
+          forward: [attentionForward(gpu, { qkv, out, att }, p)],
+          backward: [{
+            dispatches: attentionBackward(gpu, { dqkv, datt, dout, qkv, att }, p, {
+              accumulate: false,
+            }),
+          }],
+        };
+      };
+      const kinds: AttentionKernels[] = [
+        // The blocked kernels bind [B,NH,T,T] probabilities: left out where those do not fit.
+        ...(nAtt * 4 <= gpu.limits.maxBindingBytes ? [blocked()] : []),
+        {
+          kernel: "flash",
+          forward: [flashAttentionForward(gpu, { qkv, out, lse }, p)],
+          backward: [flashBackward("fused"), flashBackward("split")],
+        },
       ];
       const pairs = (b * nh * t * (t + 1)) / 2;
-      for (const [kind, fwd, bwd] of kinds) {
-        gpu.run(fwd);
-        for (const [pass, ds, flops] of [["forward", fwd, 4], ["backward", bwd, 8]] as const) {
+      for (const { kernel, forward, backward } of kinds) {
+        gpu.run(forward);
+        const passes: { pass: string; ds: Dispatch[]; flops: number; keyPass?: KeyPass }[] = [
+          { pass: "forward", ds: forward, flops: 4 },
+          ...backward.map((x) => ({ pass: "backward", ds: x.dispatches, flops: 8, ...x })),
+        ];
+        for (const { pass, ds, flops, keyPass } of passes) {
           const ms = await timeDispatches(gpu, ds, dqkv.buffer, minMs);
           const extra = {
-            kernel: kind,
+            kernel,
             pass,
+            ...(keyPass ? { key_pass: keyPass, default_key_pass: defaultKeyPass(hs) } : {}),
             b,
             t,
             c,

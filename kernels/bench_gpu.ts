@@ -14,14 +14,21 @@
  * 2. The per-kernel profile of one step (kernels/step_profile.ts) of the
  *    model named by `--model` (default the largest that fits), by kind of
  *    kernel and by family (all matmuls together), in each precision measured.
+ * 3. Attention at that model's shape: the kernels alone
+ *    (kernels/bench_attention.ts: blocked and flash, forward and backward,
+ *    the flash backward with its key pass fused and split), then the f32
+ *    step with flash attention and each key pass, measured alternately.
+ * 4. The matmul tuner on that model ({@linkcode tuneModel}).
  *
  * `--quick` measures the small model alone with short blocks. Records:
  * `gpu_step_tokens_per_s` (with the PyTorch figures and the ratio as
  * fields), `gpu_step_f16_tokens_per_s` (with the ratio to our f32),
  * `torch_step_tokens_per_s` (one per precision), `gpu_vs_torch_fp32`,
  * `gpu_model_skipped`, and `gpu_profile_step_ms`, `gpu_profile_kind`,
- * `gpu_profile_family` (each with its `precision`). {@linkcode summarize}
- * prints them as Markdown tables.
+ * `gpu_profile_family` (each with its `precision`), `attention_ms`,
+ * `attention_gflops`, `gpu_key_pass_step_tokens_per_s`, `gpu_tune_shape`,
+ * `gpu_tuned_step_tokens_per_s`. {@linkcode summarize} prints them as
+ * Markdown tables.
  *
  * @module
  */
@@ -30,13 +37,15 @@ import { acquireGpu, type Gpu } from "./device.ts";
 import { describeConfig, type GptConfig } from "./config.ts";
 import { planModel } from "./limits.ts";
 import { createModel, type GptModel } from "./model.ts";
-import type { Precision } from "./model_options.ts";
+import type { ModelOptions, Precision } from "./model_options.ts";
 import { pipelinedSteps } from "./pipeline.ts";
 import { batchSampler } from "./data.ts";
 import { trainStepFlops } from "./bench_train.ts";
 import { type DispatchTime, groupProfile, profileStep } from "./step_profile.ts";
 import { findTorch, runTorchBaseline, type TorchResult } from "../tests/_torch_baseline.ts";
 import { MatmulTuner } from "./matmul_tune.ts";
+import { benchAttention } from "./bench_attention.ts";
+import { defaultKeyPass, type KeyPass } from "./flash_attention.ts";
 
 /** Sequences per step of every model of the report. */
 export const GPU_BATCH = 16;
@@ -93,13 +102,8 @@ function median(xs: number[]): number {
 const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
 
 /** A model at {@linkcode GPU_BATCH} and a fixed batch of pseudo-random bytes (speed does not depend on the text). */
-async function openModel(gpu: Gpu, config: GptConfig, precision: Precision, tuner?: MatmulTuner) {
-  const model = await createModel(gpu, config, {
-    seed: 1,
-    batch: GPU_BATCH,
-    precision,
-    matmulTuner: tuner,
-  });
+async function openModel(gpu: Gpu, config: GptConfig, options: ModelOptions) {
+  const model = await createModel(gpu, config, { ...options, seed: 1, batch: GPU_BATCH });
   const bytes = new Uint8Array(1 << 16).map((_, i) => (i * 2654435761) >>> 24);
   const sampler = batchSampler(bytes, { batch: GPU_BATCH, blockSize: config.blockSize, seed: 1 });
   const batches = Array.from({ length: 4 }, () => sampler.next());
@@ -138,7 +142,7 @@ async function* tableRow(
   torchMissing: string | undefined,
   quick: boolean,
 ): AsyncGenerator<BenchRecord> {
-  const { model, run } = await openModel(gpu, config, "f32");
+  const { model, run } = await openModel(gpu, config, { precision: "f32" });
   try {
     const tokens = GPU_BATCH * config.blockSize;
     const ours = await measureOurs(run, tokens, quick);
@@ -147,7 +151,7 @@ async function* tableRow(
     const common = { model: name, shape: describeConfig(config), batch: GPU_BATCH };
     const flops = trainStepFlops(config, model.paramCount, tokens);
     if (gpu.hasF16) {
-      const half = await openModel(gpu, config, "f16");
+      const half = await openModel(gpu, config, { precision: "f16" });
       try {
         const r = await measureOurs(half.run, tokens, quick);
         yield {
@@ -304,6 +308,7 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
     for (const precision of gpu.hasF16 ? ["f32", "f16"] as const : ["f32"] as const) {
       yield* profileModel(gpu, target, precision, options.quick);
     }
+    yield* attentionAtModel(gpu, target, options.quick);
     yield* tuneModel(gpu, target, options.quick);
   } finally {
     gpu.destroy();
@@ -311,7 +316,58 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
 }
 
 /**
- * Step 3: the matmul tuner (kernels/matmul_tune.ts) on `target` in f32: every
+ * Step 3: attention at `target`'s shape and batch: the kernels alone, then
+ * the f32 step with flash attention (on every adapter) and each key pass,
+ * measured alternately like the tuner's step.
+ */
+async function* attentionAtModel(
+  gpu: Gpu,
+  target: { name: string; config: GptConfig },
+  quick: boolean,
+): AsyncGenerator<BenchRecord> {
+  const { name, config } = target;
+  const { blockSize: t, nEmbd: c, nHead: nh } = config;
+  const problem = { b: GPU_BATCH, t, c, nh, use: `${name} model, batch ${GPU_BATCH}` };
+  for await (const r of benchAttention(gpu, { quick, problems: [problem] })) {
+    yield { ...r, model: name, layers: config.nLayer };
+  }
+  const passes: KeyPass[] = ["fused", "split"];
+  const opened = [];
+  try {
+    for (const flashKeyPass of passes) {
+      opened.push(await openModel(gpu, config, { attention: "flash", flashKeyPass }));
+    }
+    const tokens = GPU_BATCH * config.blockSize;
+    const rates = passes.map(() => [] as number[]);
+    for (let i = 0; i < (quick ? 1 : 3); i++) {
+      for (const [j, o] of opened.entries()) {
+        rates[j].push((await measureOurs(o.run, tokens, quick)).tokensPerS);
+      }
+    }
+    const fused = median(rates[0]);
+    for (const [j, keyPass] of passes.entries()) {
+      yield {
+        name: "gpu_key_pass_step_tokens_per_s",
+        value: median(rates[j]),
+        unit: "tokens/s",
+        model: name,
+        shape: describeConfig(config),
+        batch: GPU_BATCH,
+        key_pass: keyPass,
+        default: keyPass === defaultKeyPass(c / nh),
+        ratio_vs_fused: round(median(rates[j]) / fused, 4),
+        statistic: `median of ${
+          rates[j].length
+        } alternating measurements (each a median of blocks)`,
+      };
+    }
+  } finally {
+    for (const o of opened) o.model.dispose();
+  }
+}
+
+/**
+ * Step 4: the matmul tuner (kernels/matmul_tune.ts) on `target` in f32: every
  * shape's candidates timed, the choice against the built-in one, and the
  * tuned model's tokens/s against the default model's, measured alternately.
  */
@@ -323,9 +379,9 @@ async function* tuneModel(
   const { name, config } = target;
   const tuner = new MatmulTuner({ sampleMs: quick ? 2 : 10 });
   const t0 = performance.now();
-  const tuned = await openModel(gpu, config, "f32", tuner);
+  const tuned = await openModel(gpu, config, { precision: "f32", matmulTuner: tuner });
   const tuneSeconds = (performance.now() - t0) / 1000;
-  const plain = await openModel(gpu, config, "f32");
+  const plain = await openModel(gpu, config, { precision: "f32" });
   try {
     for (const r of tuner.results()) {
       yield {
@@ -377,7 +433,7 @@ async function* profileModel(
   const { name, config } = target;
   let model: GptModel | undefined;
   try {
-    const opened = await openModel(gpu, config, precision);
+    const opened = await openModel(gpu, config, { precision });
     model = opened.model;
     await opened.run(2);
     const t0 = performance.now();
@@ -393,6 +449,78 @@ async function* profileModel(
   } finally {
     model?.dispose();
   }
+}
+
+/** Step 3's records as Markdown: the kernels at the model's shape, then the step per key pass. */
+function attentionSummary(records: BenchRecord[]): string[] {
+  const kernels = records.filter((r) => r.name === "attention_ms" && r.model !== undefined);
+  if (kernels.length === 0) return [];
+  const first = kernels[0];
+  const gflops = (r: BenchRecord) =>
+    records.find((g) =>
+      g.name === "attention_gflops" && g.kernel === r.kernel && g.pass === r.pass &&
+      g.key_pass === r.key_pass
+    )?.value;
+  const lines = [
+    "",
+    `Attention of ${first.model} alone (b ${first.b}, t ${first.t}, c ${first.c}, nh ${first.nh}), ` +
+    `per layer and per step of ${first.layers} layers`,
+    "",
+    "| kernels | pass | key pass | ms/layer | ms/step | GFLOP/s |",
+    "| --- | --- | --- | ---: | ---: | ---: |",
+  ];
+  for (const r of kernels) {
+    const keyPass = r.key_pass === undefined
+      ? ""
+      : `${r.key_pass}${r.key_pass === r.default_key_pass ? " (default)" : ""}`;
+    lines.push(
+      `| ${r.kernel} | ${r.pass} | ${keyPass} | ${num(r.value, 3)} | ${
+        num(r.value * Number(r.layers), 2)
+      } | ${num(gflops(r), 1)} |`,
+    );
+  }
+  const steps = records.filter((r) => r.name === "gpu_key_pass_step_tokens_per_s");
+  if (steps.length > 0) {
+    lines.push(
+      "",
+      `Training step of ${steps[0].model} with flash attention (f32), tokens/s: ` +
+        steps.map((r) =>
+          `${r.key_pass}${r.default ? " (default)" : ""} ${num(r.value)} (${
+            num(r.ratio_vs_fused, 3)
+          }x fused)`
+        ).join(", "),
+    );
+  }
+  return lines;
+}
+
+/** Step 4's records as Markdown: the tuned step, then each shape's choice. */
+function tuningSummary(records: BenchRecord[]): string[] {
+  const lines: string[] = [];
+  const tunedStep = records.find((r) => r.name === "gpu_tuned_step_tokens_per_s");
+  if (tunedStep) {
+    lines.push(
+      "",
+      `Matmul tuning on ${tunedStep.model} (f32): ${num(tunedStep.value)} tokens/s tuned against ${
+        num(tunedStep.default_tokens_per_s)
+      } with the built-in choices (${
+        num(tunedStep.ratio_vs_default, 3)
+      }x); ${tunedStep.changed} of ${tunedStep.shapes_tuned} shapes changed, tuning took ${
+        num(tunedStep.tune_seconds, 1)
+      } s`,
+      "",
+      "| shape | built-in | ms | tuned | ms | speed-up |",
+      "| --- | --- | ---: | --- | ---: | ---: |",
+    );
+    for (const r of records.filter((r) => r.name === "gpu_tune_shape")) {
+      lines.push(
+        `| ${r.shape} | ${r.default_variant} | ${num(r.default_ms, 4)} | ${r.variant} | ${
+          num(r.ms, 4)
+        } | ${num(r.value, 2)} |`,
+      );
+    }
+  }
+  return lines;
 }
 
 const num = (v: unknown, digits = 0) =>
@@ -433,29 +561,6 @@ export function summarize(records: BenchRecord[]): string {
     const noF16 = rows.find((r) => r.f16_missing)?.f16_missing;
     if (noF16) lines.push("", `f16 columns missing: ${noF16}`);
   }
-  const tunedStep = records.find((r) => r.name === "gpu_tuned_step_tokens_per_s");
-  if (tunedStep) {
-    lines.push(
-      "",
-      `Matmul tuning on ${tunedStep.model} (f32): ${num(tunedStep.value)} tokens/s tuned against ${
-        num(tunedStep.default_tokens_per_s)
-      } with the built-in choices (${
-        num(tunedStep.ratio_vs_default, 3)
-      }x); ${tunedStep.changed} of ${tunedStep.shapes_tuned} shapes changed, tuning took ${
-        num(tunedStep.tune_seconds, 1)
-      } s`,
-      "",
-      "| shape | built-in | ms | tuned | ms | speed-up |",
-      "| --- | --- | ---: | --- | ---: | ---: |",
-    );
-    for (const r of records.filter((r) => r.name === "gpu_tune_shape")) {
-      lines.push(
-        `| ${r.shape} | ${r.default_variant} | ${num(r.default_ms, 4)} | ${r.variant} | ${
-          num(r.ms, 4)
-        } | ${num(r.value, 2)} |`,
-      );
-    }
-  }
   for (const step of records.filter((r) => r.name === "gpu_profile_step_ms")) {
     const mine = (r: BenchRecord) => r.precision === step.precision;
     lines.push(
@@ -481,5 +586,6 @@ export function summarize(records: BenchRecord[]): string {
       );
     }
   }
+  lines.push(...attentionSummary(records), ...tuningSummary(records));
   return lines.join("\n");
 }

@@ -17,6 +17,9 @@ const UNITS: Record<string, string> = {
   gpu_profile_family: "ms",
   gpu_tune_shape: "ratio",
   gpu_tuned_step_tokens_per_s: "tokens/s",
+  attention_ms: "ms",
+  attention_gflops: "GFLOP/s",
+  gpu_key_pass_step_tokens_per_s: "tokens/s",
 };
 
 Deno.test("gpu suite, quick: well-formed records for the table and the profile, f16 beside f32", async () => {
@@ -88,6 +91,35 @@ Deno.test("gpu suite, quick: well-formed records for the table and the profile, 
   assert.ok(Number(step.default_tokens_per_s) > 0 && step.value > 0);
   assert.match(text, /Matmul tuning on small \(f32\): [\d,]+ tokens\/s tuned against [\d,]+/);
   assert.match(text, new RegExp(`\\| ${tuned[0].shape} \\| ${tuned[0].default_variant} \\|`));
+  // Attention at the model's shape: both families forward and backward, the flash backward with
+  // each key pass (fused is the default at head size 16), then the step with each key pass.
+  const att = records.filter((r) => r.name === "attention_ms");
+  assert.deepEqual(
+    att.map((r) => [r.kernel, r.pass, r.key_pass ?? ""]),
+    [
+      ["blocked", "forward", ""],
+      ["blocked", "backward", ""],
+      ["flash", "forward", ""],
+      ["flash", "backward", "fused"],
+      ["flash", "backward", "split"],
+    ],
+  );
+  for (const r of att) assert.deepEqual([r.model, r.b, r.t, r.layers], ["small", 16, 64, 2]);
+  assert.equal(records.filter((r) => r.name === "attention_gflops").length, att.length);
+  const keyPass = records.filter((r) => r.name === "gpu_key_pass_step_tokens_per_s");
+  assert.deepEqual(keyPass.map((r) => [r.key_pass, r.default]), [["fused", true], [
+    "split",
+    false,
+  ]]);
+  assert.equal(keyPass[0].ratio_vs_fused, 1);
+  assert.match(text, /\| flash \| backward \| fused \(default\) \| [\d.]+ \| [\d.]+ \| [\d.,]+ \|/);
+  assert.match(
+    text,
+    /Training step of small with flash attention \(f32\), tokens\/s: fused \(default\) [\d,]+ \(1x fused\), split [\d,]+/,
+  );
+  // The report's order: table, profiles, attention, tuning.
+  assert.ok(text.indexOf("Profile of one step") < text.indexOf("Attention of small"));
+  assert.ok(text.indexOf("Attention of small") < text.indexOf("Matmul tuning on small"));
 });
 
 Deno.test("a model that cannot fit is named with the model's own reason", () => {
@@ -125,6 +157,9 @@ Deno.test("kernel kinds and FLOPs from dispatch labels", () => {
   // 4·B·T²·C each: QKᵀ and P·V forward; dP, dQ (queries) and dK, dV (keys) backward.
   assert.equal(dispatchFlops("attentionForward", config, 16), 4 * 16 * 64 * 64 * 64);
   assert.equal(dispatchFlops("attentionBackward keys", config, 2), 4 * 2 * 64 * 64 * 64);
+  assert.equal(kernelKind("flashAttentionBackward dv"), "flash attention backward");
+  assert.equal(dispatchFlops("flashAttentionBackward keys", config, 2), 4 * 2 * 64 * 64 * 64);
+  assert.equal(dispatchFlops("flashAttentionBackward dk", config, 2), 2 * 2 * 64 * 64 * 64);
   assert.equal(dispatchFlops("layernormForward", config, 16), undefined);
   const groups = groupProfile([
     { label: "a", part: "forward", kind: "x", ms: 1, flops: 10 },

@@ -194,6 +194,6 @@ export function flashAttentionBackward(
     ),
     ...(keyPass === "fused"
       ? [keyDispatch(`${kernel} keys`, "dk+dv")]
-      : [keyDispatch(`${kernel} values`, "dv"), keyDispatch(`${kernel} keys`, "dk")]),
+      : [keyDispatch(`${kernel} dv`, "dv"), keyDispatch(`${kernel} dk`, "dk")]),
   ];
 }

@@ -14,9 +14,10 @@
  *
  * FLOPs: a matmul m×n×k counts 2mnk (its fused epilogues are not counted);
  * attention counts the full T×T square, forward 4·B·T²·C (QKᵀ and P·V), each
- * backward dispatch 4·B·T²·C (queries: dP = dO·Vᵀ and dQ; keys: dK and dV),
- * the convention of the train suite's step FLOPs (the causal mask halves the
- * work done).
+ * backward dispatch 4·B·T²·C (queries: dP = dO·Vᵀ and dQ; keys: dK and dV;
+ * flash attention's split key pass: 2·B·T²·C for dV and for dK), the
+ * convention of the train suite's step FLOPs (the causal mask halves the
+ * work done; flash attention's recomputed scores are not counted).
  *
  * @module
  */
@@ -86,6 +87,8 @@ export function kernelKind(label: string): string {
   const names: Record<string, string> = {
     attentionForward: "attention forward",
     attentionBackward: "attention backward",
+    flashAttentionForward: "flash attention forward",
+    flashAttentionBackward: "flash attention backward",
     layernormForward: "layernorm forward",
     layernormBackward: "layernorm backward",
     crossEntropyForwardBackward: "cross-entropy",
@@ -113,8 +116,19 @@ export function dispatchFlops(label: string, config: GptConfig, batch: number): 
   const mm = MATMUL.exec(label);
   if (mm) return 2 * Number(mm[3]) * Number(mm[4]) * Number(mm[5]);
   const square = 4 * batch * config.blockSize ** 2 * config.nEmbd;
-  if (label === "attentionForward") return square;
-  if (label === "attentionBackward queries" || label === "attentionBackward keys") return square;
+  const full = [
+    "attentionForward",
+    "attentionBackward queries",
+    "attentionBackward keys",
+    "flashAttentionForward",
+    "flashAttentionBackward queries",
+    "flashAttentionBackward keys",
+  ];
+  if (full.includes(label)) return square;
+  // The split key pass: dv, then dk, half the keys' products each.
+  if (label === "flashAttentionBackward dv" || label === "flashAttentionBackward dk") {
+    return square / 2;
+  }
   return undefined;
 }
 
