@@ -430,8 +430,9 @@ export function precisionFlag(value: string | undefined): Precision | undefined 
 export const TUNE_FLAGS = {
   "tune-matmuls": {
     type: "boolean",
-    help: "time the matmul variants of each of the model's shapes on this device and use\n" +
-      "the fastest; the choices are kept in --tune-file and reused (default: the built-in choice)",
+    help: "time the matmul variants of each of the model's shapes (and, with flash attention,\n" +
+      "its backward's key pass fused and split) on this device and use the fastest; the choices\n" +
+      "are kept in --tune-file and reused (default: the built-in choice)",
   },
   "tune-file": {
     value: "FILE",

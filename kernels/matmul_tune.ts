@@ -1,6 +1,8 @@
 /**
  * Matmul tuning: which variant of kernels/matmul.ts runs a shape fastest,
- * measured on the device at hand rather than guessed.
+ * measured on the device at hand rather than guessed; and, the same way,
+ * whether flash attention's backward runs its key pass fused or split
+ * (kernels/flash_attention.ts, {@linkcode attentionKey}).
  *
  * The GPU choice of {@linkcode defaultVariant} is a rule of thumb sized for a
  * 132-SM data-centre GPU (how many 128×128 or 64×64 tiles a shape makes, when
@@ -25,9 +27,22 @@
  * every variant applies alike at its store) and keyed by its sizes, its
  * transposes and how each operand is stored ({@linkcode tuneKey}).
  *
+ * The key pass is a register question: fused, each invocation holds 4 head
+ * rows (256 floats at head size 64, over an NVIDIA thread's 255 registers);
+ * split, at most 3, for a sixth more FLOPs. Whether spilling or the extra
+ * work costs more depends on the GPU's register file and compiler, so it is
+ * measured like a matmul variant: the backward alone, at the model's batch
+ * and shape, each way. Both ways give the same sums in the same order.
+ *
  * @module
  */
-import type { Gpu } from "./device.ts";
+import type { Dispatch, Gpu } from "./device.ts";
+import {
+  defaultKeyPass,
+  flashAttentionBackward,
+  type FlashAttentionShape,
+  type KeyPass,
+} from "./flash_attention.ts";
 import {
   CPU_DEFAULT_VARIANT,
   CPU_NARROW_VARIANT,
@@ -46,7 +61,7 @@ export type TuneShape = Pick<
 
 /** One shape's measurement: every candidate's time and the choice. */
 export interface TuneResult {
-  /** {@linkcode tuneKey} of the shape. */
+  /** {@linkcode tuneKey} of the shape (or {@linkcode attentionKey} of an attention shape). */
   key: string;
   /** The fastest candidate. */
   variant: string;
@@ -96,6 +111,22 @@ export function tuneKey(shape: TuneShape): string {
   return `${layout} ${shape.m}x${shape.n}x${shape.k}${f16}`;
 }
 
+/**
+ * The key of an attention shape's entry, whose choice is flash attention's
+ * key pass ("fused" or "split"): `flash b×t×c×nh`, e.g. `flash 16x256x768x12`.
+ *
+ * @example
+ * ```ts
+ * import { attentionKey } from "./matmul_tune.ts";
+ * console.log(attentionKey({ b: 16, t: 256, c: 768, nh: 12 })); // "flash 16x256x768x12"
+ * ```
+ */
+export function attentionKey(shape: FlashAttentionShape): string {
+  return `flash ${shape.b}x${shape.t}x${shape.c}x${shape.nh}`;
+}
+
+const KEY_PASSES: readonly KeyPass[] = ["fused", "split"];
+
 /** Split counts tried for split-K: each slice keeps at least 128 of k. */
 const SPLITS = [2, 4, 8, 16];
 
@@ -143,19 +174,101 @@ export async function timeMatmul(
   gpu: Gpu,
   shape: TuneShape,
   variant: string,
-  options: { sampleMs?: number; samples?: number } = {},
+  options: TimingOptions = {},
+): Promise<number> {
+  const { m, n, k } = shape;
+  const words = (count: number, type?: string) => (type === "f16" ? halfWords(count) : count);
+  const scratch = new Scratch(gpu);
+  const a = scratch.take(words(m * k, shape.aType), "tune_a");
+  const b = scratch.take(words(k * n, shape.bType), "tune_b");
+  const c = scratch.take(words(m * n, shape.cType), "tune_c");
+  try {
+    return await timeBuilt(
+      gpu,
+      `matmul ${variant} at ${tuneKey(shape)}`,
+      () => [matmul(gpu, { a, b, c }, { ...shape, variant })],
+      options,
+    );
+  } finally {
+    scratch.free();
+  }
+}
+
+/**
+ * Milliseconds per flash-attention backward (query pass and key pass or
+ * passes) at `shape` with `keyPass`, timed as {@linkcode timeMatmul} times a
+ * matmul, on scratch buffers of zeros.
+ *
+ * @example
+ * ```ts ignore
+ * const ms = await timeAttentionBackward(gpu, { b: 16, t: 256, c: 768, nh: 12 }, "split");
+ * ```
+ */
+export async function timeAttentionBackward(
+  gpu: Gpu,
+  shape: FlashAttentionShape,
+  keyPass: KeyPass,
+  options: TimingOptions = {},
+): Promise<number> {
+  const { b, t, c, nh } = shape;
+  const scratch = new Scratch(gpu);
+  const qkv = scratch.take(b * t * 3 * c, "tune_qkv");
+  const dqkv = scratch.take(b * t * 3 * c, "tune_dqkv");
+  const out = scratch.take(b * t * c, "tune_out");
+  const dout = scratch.take(b * t * c, "tune_dout");
+  const lse = scratch.take(b * nh * t, "tune_lse");
+  const dsum = scratch.take(b * nh * t, "tune_dsum");
+  try {
+    return await timeBuilt(
+      gpu,
+      `the ${keyPass} key pass at ${attentionKey(shape)}`,
+      () =>
+        flashAttentionBackward(gpu, { dqkv, dout, qkv, out, lse, dsum }, shape, {
+          accumulate: false,
+          keyPass,
+        }),
+      options,
+    );
+  } finally {
+    scratch.free();
+  }
+}
+
+/** How long {@linkcode timeMatmul} and {@linkcode timeAttentionBackward} measure. */
+export interface TimingOptions {
+  /** Copies per submit until at least this many milliseconds of work (default 10). */
+  sampleMs?: number;
+  /** Submits, the fastest kept (default 3). */
+  samples?: number;
+}
+
+/** Zeroed storage buffers for one timing, freed together. */
+class Scratch {
+  readonly #buffers: GPUBuffer[] = [];
+  constructor(readonly gpu: Gpu) {}
+  take(length: number, label: string) {
+    const buffer = this.gpu.storage(length, label);
+    this.#buffers.push(buffer);
+    return { buffer, length };
+  }
+  free() {
+    for (const b of this.#buffers) b.destroy();
+  }
+}
+
+/**
+ * Milliseconds per run of what `build` makes: the fastest of `samples`
+ * submits of as many copies as make `sampleMs` of work, less an empty
+ * submit, inside a validation error scope that is popped whatever happens.
+ */
+async function timeBuilt(
+  gpu: Gpu,
+  what: string,
+  build: () => Dispatch[],
+  options: TimingOptions,
 ): Promise<number> {
   const sampleMs = options.sampleMs ?? 10;
   const samples = options.samples ?? 3;
-  const { m, n, k } = shape;
-  const words = (count: number, type?: string) => (type === "f16" ? halfWords(count) : count);
-  const operand = (count: number, type: string | undefined, label: string) => {
-    const length = words(count, type);
-    return { buffer: gpu.storage(length, label), length };
-  };
-  const a = operand(m * k, shape.aType, "tune_a");
-  const b = operand(k * n, shape.bType, "tune_b");
-  const c = operand(m * n, shape.cType, "tune_c");
   const device = gpu.device;
   const submit = async (copies: number, encode: (pass: GPUComputePassEncoder) => void) => {
     const enc = device.createCommandEncoder({ label: "tune" });
@@ -169,12 +282,14 @@ export async function timeMatmul(
   };
   device.pushErrorScope("validation");
   let best = Infinity;
-  let d: ReturnType<typeof matmul> | undefined;
+  let ds: Dispatch[] = [];
   let failure: unknown;
   try {
-    d = matmul(gpu, { a, b, c }, { ...shape, variant });
+    ds = build();
     const floor = Math.min(await submit(1, () => {}), await submit(1, () => {}));
-    const once = (pass: GPUComputePassEncoder) => d!.encode(pass);
+    const once = (pass: GPUComputePassEncoder) => {
+      for (const d of ds) d.encode(pass);
+    };
     await submit(1, once); // first use: pipeline warm-up
     const first = Math.max(0.001, (await submit(1, once)) - floor);
     const copies = Math.max(1, Math.min(1000, Math.ceil(sampleMs / first)));
@@ -185,13 +300,12 @@ export async function timeMatmul(
   } catch (e) {
     failure = e;
   } finally {
-    d?.release?.();
-    for (const x of [a, b, c]) x.buffer.destroy();
+    for (const d of ds) d.release?.();
   }
   // The scope is popped whatever happened; an error thrown above is the one reported.
   const err = await device.popErrorScope();
   if (failure !== undefined) throw failure;
-  if (err) throw new Error(`Cannot time matmul ${variant} at ${tuneKey(shape)}: ${err.message}`);
+  if (err) throw new Error(`Cannot time ${what}: ${err.message}`);
   return best;
 }
 
@@ -212,10 +326,12 @@ export function adapterKey(gpu: Gpu): string {
 }
 
 /**
- * Measures and remembers the fastest matmul variant per shape and device.
- * Give one to `createModel` (`ModelOptions.matmulTuner`): the model's shapes
- * not in the table yet are measured before its kernels are built, then every
- * matmul of the model uses the table's choice.
+ * Measures and remembers the fastest matmul variant per shape and device,
+ * and flash attention's faster key pass per attention shape. Give one to
+ * `createModel` (`ModelOptions.matmulTuner`): the model's shapes not in the
+ * table yet are measured before its kernels are built, then every matmul of
+ * the model (and its flash backward, unless `flashKeyPass` is given) uses the
+ * table's choice.
  *
  * @example
  * ```ts ignore
@@ -245,30 +361,65 @@ export class MatmulTuner {
     return this.#table.get(adapterKey(gpu))?.get(tuneKey(shape));
   }
 
+  /** The table's flash-attention key pass for `shape` on `gpu`, or undefined when it has none. */
+  keyPassFor(gpu: Gpu, shape: FlashAttentionShape): KeyPass | undefined {
+    const known = this.#table.get(adapterKey(gpu))?.get(attentionKey(shape));
+    return KEY_PASSES.find((k) => k === known);
+  }
+
+  /**
+   * Measures flash attention's backward at `shape` on `gpu` with each key
+   * pass, unless the table has a choice for it, and records the faster
+   * (within 2%, {@linkcode defaultKeyPass} of the head size); returns the new
+   * result, or undefined when none was needed.
+   */
+  async tuneAttention(gpu: Gpu, shape: FlashAttentionShape): Promise<TuneResult | undefined> {
+    if (this.keyPassFor(gpu, shape) !== undefined) return undefined;
+    const key = attentionKey(shape);
+    const { b, t, c, nh } = shape;
+    const heuristic = defaultKeyPass(c / nh);
+    const result = await this.#pick(
+      key,
+      heuristic,
+      KEY_PASSES,
+      (keyPass) => timeAttentionBackward(gpu, { b, t, c, nh }, keyPass as KeyPass, this.#timing()),
+    );
+    this.#record(gpu, result);
+    return result;
+  }
+
   /**
    * Measures every shape of `shapes` the table has no choice for on `gpu`
    * (each distinct key once), or a choice that cannot run there (an edited or
    * foreign table), and records the fastest candidate; returns the new results.
    */
   async tune(gpu: Gpu, shapes: TuneShape[]): Promise<TuneResult[]> {
-    const adapter = adapterKey(gpu);
-    const table = this.#table.get(adapter) ?? new Map<string, string>();
-    this.#table.set(adapter, table);
     const fresh: TuneResult[] = [];
     for (const full of shapes) {
       const key = tuneKey(full);
-      const known = table.get(key);
+      const known = this.variantFor(gpu, full);
       if (known !== undefined && variantFits(gpu, known, full)) continue;
       // The plain product: a model's shapes also carry their epilogues and extra buffers.
       const { m, n, k, transA, transB, aType, bType, cType } = full;
       const shape = { m, n, k, transA, transB, aType, bType, cType };
       const result = await this.#measure(gpu, shape, key);
-      table.set(key, result.variant);
-      this.#results.push(result);
+      this.#record(gpu, result);
       fresh.push(result);
-      this.#options.onResult?.(result);
     }
     return fresh;
+  }
+
+  #record(gpu: Gpu, result: TuneResult) {
+    const adapter = adapterKey(gpu);
+    const table = this.#table.get(adapter) ?? new Map<string, string>();
+    this.#table.set(adapter, table);
+    table.set(result.key, result.variant);
+    this.#results.push(result);
+    this.#options.onResult?.(result);
+  }
+
+  #timing(): TimingOptions {
+    return { sampleMs: this.#options.sampleMs, samples: this.#options.samples };
   }
 
   /** Every shape measured by this tuner (not those loaded with {@linkcode fromJSON}). */
@@ -323,12 +474,26 @@ export class MatmulTuner {
     const candidates = [...new Set([heuristic, ...asked])].filter((v) =>
       variantFits(gpu, v, shape)
     );
-    const timing = { sampleMs: this.#options.sampleMs, samples: this.#options.samples };
+    return await this.#pick(
+      key,
+      heuristic,
+      candidates,
+      (variant) => timeMatmul(gpu, shape, variant, this.#timing()),
+    );
+  }
+
+  /** Times every candidate with `time` and picks one (see the ties rule below). */
+  async #pick(
+    key: string,
+    heuristic: string,
+    candidates: readonly string[],
+    time: (variant: string) => Promise<number>,
+  ): Promise<TuneResult> {
     const tried: { variant: string; ms: number }[] = [];
     for (const variant of candidates) {
       // A candidate that fails to run is not chosen; the heuristic failing is the model's
       // own error, met again when it is built.
-      const ms = await timeMatmul(gpu, shape, variant, timing).catch(() => Infinity);
+      const ms = await time(variant).catch(() => Infinity);
       tried.push({ variant, ms });
     }
     // Ties (within 2%) go to the heuristic, then to the earlier candidate: a choice should

@@ -3,6 +3,7 @@ import { getConfig } from "./config.ts";
 import { matmul, matmulReference } from "./matmul.ts";
 import {
   adapterKey,
+  attentionKey,
   MatmulTuner,
   timeMatmul,
   tuneCandidates,
@@ -163,7 +164,10 @@ Deno.test("createModel with a tuner measures the model's shapes, builds with the
       samples: 1,
     });
     const tuned = await createModel(gpu, config, { seed: 3, batch: 2, matmulTuner: tuner });
-    const results = tuner.results();
+    // The matmul shapes, then (a GPU-class adapter: flash attention) the attention shape.
+    const all = tuner.results();
+    equal(all.at(-1)!.key, attentionKey({ b: 2, t: config.blockSize, c: 16, nh: 2 }));
+    const results = all.filter((r) => !r.key.startsWith("flash "));
     ok(results.length >= 6, `${results.length} shapes measured`);
     // Every matmul of the step runs the tuner's choice for its shape.
     const labels = tuned.profileDispatches().dispatches.map((d) => d.dispatch.label).filter((l) =>
@@ -182,27 +186,55 @@ Deno.test("createModel with a tuner measures the model's shapes, builds with the
       ok(Math.abs(a - b) <= 1e-5 * Math.abs(b), `step ${s}: tuned ${a} vs default ${b}`);
     }
     const again = await createModel(gpu, config, { seed: 3, batch: 2, matmulTuner: tuner });
-    equal(
-      tuner.results().length,
-      results.length,
-      "a second model of the same shapes measures nothing",
-    );
+    equal(tuner.results().length, all.length, "a second model of the same shapes measures nothing");
 
-    // A table whose choices the heuristic never makes: the model builds with them.
+    // A table whose choices the heuristic never makes: the model builds with them (head size 8
+    // is fused by default; the table says split).
     const forced = MatmulTuner.fromJSON({
       version: 1,
       adapters: {
-        [adapterKey(gpu)]: Object.fromEntries(results.map((r) => [r.key, "tile64x128"])),
+        [adapterKey(gpu)]: Object.fromEntries([
+          ...results.map((r) => [r.key, "tile64x128"]),
+          [all.at(-1)!.key, "split"],
+        ]),
       },
     });
     const other = await createModel(gpu, config, { seed: 3, batch: 2, matmulTuner: forced });
     const otherLabels = other.profileDispatches().dispatches.map((d) => d.dispatch.label)
       .filter((l) => l.startsWith("matmul_"));
     ok(otherLabels.every((l) => l.startsWith("matmul_tile64x128_")), otherLabels.join(", "));
+    equal(other.flashKeyPass, "split");
     deepEqual(forced.results(), []);
     const c = await other.step(inputs, targets, { lr: 1e-3 });
     ok(Number.isFinite(c));
     for (const m of [tuned, plain, again, other]) m.dispose();
+  }, "gpu");
+});
+
+Deno.test("MatmulTuner measures flash attention's key pass both ways and keeps the faster", async () => {
+  await withGpu(async (gpu) => {
+    const shape = { b: 2, t: 40, c: 128, nh: 2 }; // head size 64: split by default
+    const tuner = new MatmulTuner({ sampleMs: 1, samples: 1 });
+    equal(tuner.keyPassFor(gpu, shape), undefined);
+    const r = (await tuner.tuneAttention(gpu, shape))!;
+    equal(r.key, "flash 2x40x128x2");
+    equal(r.heuristic, "split");
+    deepEqual(r.tried.map((t) => t.variant), ["fused", "split"]);
+    for (const t of r.tried) ok(Number.isFinite(t.ms) && t.ms > 0, `${t.variant}: ${t.ms}`);
+    // The heuristic unless the other is more than 2% faster.
+    const [fused, split] = r.tried.map((t) => t.ms);
+    equal(r.variant, fused < split * 0.98 ? "fused" : "split");
+    equal(tuner.keyPassFor(gpu, shape), r.variant);
+    equal(await tuner.tuneAttention(gpu, shape), undefined, "measured once");
+    // Through JSON, and a value that is not a key pass is measured again.
+    const copy = MatmulTuner.fromJSON(JSON.parse(JSON.stringify(tuner.toJSON())));
+    equal(copy.keyPassFor(gpu, shape), r.variant);
+    const odd = MatmulTuner.fromJSON({
+      version: 1,
+      adapters: { [adapterKey(gpu)]: { [r.key]: "tile64" } },
+    }, { sampleMs: 1, samples: 1 });
+    equal(odd.keyPassFor(gpu, shape), undefined);
+    ok((await odd.tuneAttention(gpu, shape)) !== undefined);
   }, "gpu");
 });
 

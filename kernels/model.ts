@@ -37,6 +37,11 @@ import { stageTokens, type Tokens } from "./tokens.ts";
 import { type ModelPlan, planModel } from "./limits.ts";
 import { defaultKeyPass, type KeyPass } from "./flash_attention.ts";
 
+/** The attention shape of one micro-batch of `config`, as the tuner keys it. */
+function attentionShape(config: GptConfig, batch: number) {
+  return { b: batch, t: config.blockSize, c: config.nEmbd, nh: config.nHead };
+}
+
 /** Options of one training step. */
 export interface StepOptions {
   /** Learning rate of this step. */
@@ -128,7 +133,9 @@ export class GptModel {
     const { batch, attention, flashKeyPass, gradAccum, limits, optimizer, precision } =
       resolveModelOptions(gpu, options);
     this.attention = attention;
-    this.flashKeyPass = flashKeyPass ?? defaultKeyPass(config.nEmbd / config.nHead);
+    this.flashKeyPass = flashKeyPass ??
+      (record ? undefined : options.matmulTuner?.keyPassFor(gpu, attentionShape(config, batch))) ??
+      defaultKeyPass(config.nEmbd / config.nHead);
     this.precision = precision;
     // Before any allocation: a shape that cannot fit is refused with what would fit.
     this.plan = planModel(
@@ -610,8 +617,12 @@ export async function createModel(
     // The shapes come from building the model once with the default variants (the same
     // code builds the real one, so no shape is missed); those new to the tuner are measured.
     const shapes: TuneShape[] = [];
-    new GptModel(gpu, config, options, shapes).dispose();
+    const probe = new GptModel(gpu, config, options, shapes);
+    probe.dispose();
     await tuner.tune(gpu, shapes);
+    if (probe.attention === "flash" && options.flashKeyPass === undefined) {
+      await tuner.tuneAttention(gpu, attentionShape(config, probe.batch));
+    }
   }
   gpu.device.pushErrorScope("validation");
   let model: GptModel | undefined;
