@@ -27,8 +27,9 @@
  * `gpu_model_skipped`, and `gpu_profile_step_ms`, `gpu_profile_kind`,
  * `gpu_profile_family` (each with its `precision`), `attention_ms`,
  * `attention_gflops`, `gpu_key_pass_step_tokens_per_s`, `gpu_tune_shape`,
- * `gpu_tuned_step_tokens_per_s`. {@linkcode summarize} prints them as
- * Markdown tables.
+ * `gpu_tuned_step_tokens_per_s`, and `gpu_part_failed` for a part that threw
+ * ({@linkcode guarded}: the report goes on). {@linkcode summarize} prints
+ * them as Markdown tables.
  *
  * @module
  */
@@ -299,19 +300,50 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
       }
     }
     for (const m of runnable) {
-      yield* tableRow(gpu, m.name, m.config, torch, torchMissing, options.quick);
+      yield* guarded(
+        `table row ${m.name}`,
+        tableRow(gpu, m.name, m.config, torch, torchMissing, options.quick),
+      );
     }
     const target = chosen ?? (options.quick ? runnable[0] : runnable.at(-1));
     if (!target) return;
     const why = misfit(target.config, GPU_BATCH, gpu);
     if (why) throw new RangeError(`Cannot profile model ${target.name}: ${why}`);
     for (const precision of gpu.hasF16 ? ["f32", "f16"] as const : ["f32"] as const) {
-      yield* profileModel(gpu, target, precision, options.quick);
+      yield* guarded(`profile ${precision}`, profileModel(gpu, target, precision, options.quick));
     }
-    yield* attentionAtModel(gpu, target, options.quick);
-    yield* tuneModel(gpu, target, options.quick);
+    yield* guarded("attention", attentionAtModel(gpu, target, options.quick));
+    yield* guarded("matmul tuning", tuneModel(gpu, target, options.quick));
   } finally {
     gpu.destroy();
+  }
+}
+
+/**
+ * The records of `part`, then, if it throws, a `gpu_part_failed` record
+ * naming it and the error, instead of ending the report: time on a lent GPU
+ * is scarce, and one part failing there (a shader the driver rejects, memory
+ * running out at one model) should not cost the parts after it.
+ *
+ * @example
+ * ```ts ignore
+ * yield* guarded("attention", attentionAtModel(gpu, target, quick));
+ * ```
+ */
+export async function* guarded(
+  part: string,
+  records: AsyncGenerator<BenchRecord>,
+): AsyncGenerator<BenchRecord> {
+  try {
+    yield* records;
+  } catch (err) {
+    yield {
+      name: "gpu_part_failed",
+      value: 1,
+      unit: "count",
+      part,
+      error: err instanceof Error ? `${err.name}: ${err.message}` : String(err),
+    };
   }
 }
 
@@ -587,5 +619,10 @@ export function summarize(records: BenchRecord[]): string {
     }
   }
   lines.push(...attentionSummary(records), ...tuningSummary(records));
+  const failed = records.filter((r) => r.name === "gpu_part_failed");
+  if (failed.length > 0) {
+    lines.push("", "Parts that failed (the report went on without them):", "");
+    for (const r of failed) lines.push(`- ${r.part}: ${r.error}`);
+  }
   return lines.join("\n");
 }

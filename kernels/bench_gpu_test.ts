@@ -1,5 +1,5 @@
 import assert from "@std/assert";
-import { bench, GPU_MODELS, misfit, summarize } from "./bench_gpu.ts";
+import { bench, GPU_MODELS, guarded, misfit, summarize } from "./bench_gpu.ts";
 import { dispatchFlops, groupProfile, kernelKind, profileStep } from "./step_profile.ts";
 import { acquireGpu } from "./device.ts";
 import { getConfig } from "./config.ts";
@@ -120,6 +120,29 @@ Deno.test("gpu suite, quick: well-formed records for the table and the profile, 
   // The report's order: table, profiles, attention, tuning.
   assert.ok(text.indexOf("Profile of one step") < text.indexOf("Attention of small"));
   assert.ok(text.indexOf("Attention of small") < text.indexOf("Matmul tuning on small"));
+});
+
+Deno.test("a part that throws becomes a gpu_part_failed record and the report goes on", async () => {
+  async function* part(fail: boolean): AsyncGenerator<BenchRecord> {
+    yield { name: "gpu_profile_step_ms", value: 1, unit: "ms" };
+    if (fail) throw new RangeError("Cannot build model: out of memory");
+    yield { name: "gpu_profile_step_ms", value: 2, unit: "ms" };
+  }
+  const records: BenchRecord[] = [];
+  for await (const r of guarded("profile f32", part(true))) records.push(r);
+  for await (const r of guarded("attention", part(false))) records.push(r);
+  assert.deepEqual(records.map((r) => [r.name, r.value]), [
+    ["gpu_profile_step_ms", 1],
+    ["gpu_part_failed", 1],
+    ["gpu_profile_step_ms", 1],
+    ["gpu_profile_step_ms", 2],
+  ]);
+  assert.equal(records[1].part, "profile f32");
+  assert.equal(records[1].error, "RangeError: Cannot build model: out of memory");
+  assert.match(
+    summarize([records[1]]),
+    /Parts that failed \(the report went on without them\):\n\n- profile f32: RangeError: Cannot build model: out of memory/,
+  );
 });
 
 Deno.test("a model that cannot fit is named with the model's own reason", () => {
