@@ -43,9 +43,10 @@ export interface ModelOptions {
   /**
    * How flash attention's backward sums the keys' and values' gradients
    * (kernels/flash_attention.ts): "fused", one pass for both, or "split", a
-   * pass for each, which holds fewer registers per invocation. Default: split
-   * from head size 64 (`defaultKeyPass`). Either way the same sums in the same
-   * order; ignored with blocked attention.
+   * pass for each, which holds fewer registers per invocation. Default: with
+   * a `matmulTuner`, the faster on this device as it measures it; otherwise
+   * split from head size 64 (`defaultKeyPass`). Either way the same sums in
+   * the same order; ignored with blocked attention.
    */
   flashKeyPass?: KeyPass;
   /**
