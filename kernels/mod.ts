@@ -54,7 +54,7 @@ export type { StepInput } from "./pipeline.ts";
 export { bytesToText, generate, Sampler } from "./sample.ts";
 export type { GenerateOptions, Generation, SamplerOptions } from "./sample.ts";
 export { DEFAULT_EXCHANGE, encodedSize, exchangeName, parseExchange } from "./exchange_format.ts";
-export { adapterKey, MatmulTuner, tuneCandidates, tuneKey } from "./matmul_tune.ts";
+export { adapterKey, attentionKey, MatmulTuner, tuneCandidates, tuneKey } from "./matmul_tune.ts";
 export type { TuneResult, TunerOptions, TunerTable, TuneShape } from "./matmul_tune.ts";
 export { defaultTuningFile, loadTuner, saveTuner } from "./matmul_tune_file.ts";
 export type { ExchangeFormat } from "./exchange_format.ts";
