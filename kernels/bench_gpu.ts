@@ -526,6 +526,45 @@ function attentionSummary(records: BenchRecord[]): string[] {
   return lines;
 }
 
+/**
+ * The engine's GPU targets, checked on the profiled model in f32: our step at
+ * least {@linkcode TARGET_VS_TORCH} of PyTorch fp32 eager's tokens/s (same
+ * run), attention at most {@linkcode TARGET_ATTENTION_SHARE} of our step (the
+ * profile); each line says met, not met, or what is missing to tell.
+ */
+function targetsSummary(records: BenchRecord[]): string[] {
+  const step = records.find((r) => r.name === "gpu_profile_step_ms" && r.precision === "f32");
+  if (!step) return [];
+  const row = records.find((r) => r.name === "gpu_step_tokens_per_s" && r.model === step.model);
+  const verdict = (ok: boolean) => (ok ? "met" : "NOT met");
+  const ratio = row?.ratio_vs_torch_fp32;
+  const attention = records
+    .filter((r) =>
+      r.name === "gpu_profile_kind" && r.precision === "f32" && String(r.kind).includes("attention")
+    )
+    .reduce((s, r) => s + Number(r.share_pct), 0);
+  return [
+    "",
+    `Targets on ${step.model} (${step.shape}, batch ${step.batch}, f32):`,
+    typeof ratio === "number"
+      ? `- our step >= ${TARGET_VS_TORCH}x PyTorch fp32 eager tokens/s: ${num(ratio, 3)}x, ${
+        verdict(ratio >= TARGET_VS_TORCH)
+      }`
+      : `- our step >= ${TARGET_VS_TORCH}x PyTorch fp32 eager tokens/s: no PyTorch figure (${
+        row?.torch_missing ?? "no table row for the model"
+      })`,
+    `- attention <= ${TARGET_ATTENTION_SHARE * 100}% of our step: ${num(attention, 1)}%, ${
+      verdict(attention <= TARGET_ATTENTION_SHARE * 100)
+    }`,
+  ];
+}
+
+/** Our f32 step's tokens/s against PyTorch fp32 eager's that the report checks for. */
+export const TARGET_VS_TORCH = 0.5;
+
+/** The most of our step that attention may take, as the report checks it. */
+export const TARGET_ATTENTION_SHARE = 0.2;
+
 /** Step 4's records as Markdown: the tuned step, then each shape's choice. */
 function tuningSummary(records: BenchRecord[]): string[] {
   const lines: string[] = [];
@@ -624,5 +663,6 @@ export function summarize(records: BenchRecord[]): string {
     lines.push("", "Parts that failed (the report went on without them):", "");
     for (const r of failed) lines.push(`- ${r.part}: ${r.error}`);
   }
+  lines.push(...targetsSummary(records));
   return lines.join("\n");
 }

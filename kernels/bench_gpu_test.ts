@@ -117,6 +117,17 @@ Deno.test("gpu suite, quick: well-formed records for the table and the profile, 
     text,
     /Training step of small with flash attention \(f32\), tokens\/s: fused \(default\) [\d,]+ \(1x fused\), split [\d,]+/,
   );
+  // The targets, checked on the profiled model in f32, close the report.
+  const attShare = records
+    .filter((r) =>
+      r.name === "gpu_profile_kind" && r.precision === "f32" && String(r.kind).includes("attention")
+    )
+    .reduce((s, r) => s + Number(r.share_pct), 0);
+  assert.ok(attShare > 0);
+  assert.match(
+    text,
+    /Targets on small \(L2 C64 H4 T64 V256, batch 16, f32\):\n- our step >= 0\.5x PyTorch fp32 eager tokens\/s: .*\n- attention <= 20% of our step: [\d.]+%, (met|NOT met)$/,
+  );
   // The report's order: table, profiles, attention, tuning.
   assert.ok(text.indexOf("Profile of one step") < text.indexOf("Attention of small"));
   assert.ok(text.indexOf("Attention of small") < text.indexOf("Matmul tuning on small"));
