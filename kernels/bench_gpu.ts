@@ -134,6 +134,30 @@ async function measureOurs(
   return { tokensPerS: median(rates), rates, steps };
 }
 
+/**
+ * Tokens/s of each of `models` (of `config`), measured in turn three times
+ * (once with `quick`) so that a drift of the device's clock or load falls on
+ * all alike: the median per model, in the order given.
+ */
+async function measureAlternately(
+  models: { run: (steps: number) => Promise<void> }[],
+  config: GptConfig,
+  quick: boolean,
+): Promise<{ rates: number[]; statistic: string }> {
+  const tokens = GPU_BATCH * config.blockSize;
+  const rounds = quick ? 1 : 3;
+  const rates = models.map(() => [] as number[]);
+  for (let i = 0; i < rounds; i++) {
+    for (const [j, m] of models.entries()) {
+      rates[j].push((await measureOurs(m.run, tokens, quick)).tokensPerS);
+    }
+  }
+  return {
+    rates: rates.map(median),
+    statistic: `median of ${rounds} alternating measurements of each (each a median of blocks)`,
+  };
+}
+
 /** The table's figures for one model ({@linkcode bench} step 1). */
 async function* tableRow(
   gpu: Gpu,
@@ -369,28 +393,19 @@ async function* attentionAtModel(
     for (const flashKeyPass of passes) {
       opened.push(await openModel(gpu, config, { attention: "flash", flashKeyPass }));
     }
-    const tokens = GPU_BATCH * config.blockSize;
-    const rates = passes.map(() => [] as number[]);
-    for (let i = 0; i < (quick ? 1 : 3); i++) {
-      for (const [j, o] of opened.entries()) {
-        rates[j].push((await measureOurs(o.run, tokens, quick)).tokensPerS);
-      }
-    }
-    const fused = median(rates[0]);
+    const { rates, statistic } = await measureAlternately(opened, config, quick);
     for (const [j, keyPass] of passes.entries()) {
       yield {
         name: "gpu_key_pass_step_tokens_per_s",
-        value: median(rates[j]),
+        value: rates[j],
         unit: "tokens/s",
         model: name,
         shape: describeConfig(config),
         batch: GPU_BATCH,
         key_pass: keyPass,
         default: keyPass === defaultKeyPass(c / nh),
-        ratio_vs_fused: round(median(rates[j]) / fused, 4),
-        statistic: `median of ${
-          rates[j].length
-        } alternating measurements (each a median of blocks)`,
+        ratio_vs_fused: round(rates[j] / rates[0], 4),
+        statistic,
       };
     }
   } finally {
@@ -429,26 +444,24 @@ async function* tuneModel(
         tried: r.tried.map((t) => `${t.variant} ${t.ms.toFixed(4)}`).join(", "),
       };
     }
-    const tokens = GPU_BATCH * config.blockSize;
-    const rounds = quick ? 1 : 3;
-    const rates = { tuned: [] as number[], plain: [] as number[] };
-    for (let i = 0; i < rounds; i++) {
-      rates.plain.push((await measureOurs(plain.run, tokens, quick)).tokensPerS);
-      rates.tuned.push((await measureOurs(tuned.run, tokens, quick)).tokensPerS);
-    }
+    const { rates: [plainRate, tunedRate], statistic } = await measureAlternately(
+      [plain, tuned],
+      config,
+      quick,
+    );
     yield {
       name: "gpu_tuned_step_tokens_per_s",
-      value: median(rates.tuned),
+      value: tunedRate,
       unit: "tokens/s",
       model: name,
       shape: describeConfig(config),
       batch: GPU_BATCH,
-      default_tokens_per_s: Math.round(median(rates.plain)),
-      ratio_vs_default: round(median(rates.tuned) / median(rates.plain), 4),
+      default_tokens_per_s: Math.round(plainRate),
+      ratio_vs_default: round(tunedRate / plainRate, 4),
       shapes_tuned: tuner.results().length,
       changed: tuner.results().filter((r) => r.variant !== r.heuristic).length,
       tune_seconds: round(tuneSeconds, 1),
-      statistic: `median of ${rounds} alternating measurements of each (each a median of blocks)`,
+      statistic,
     };
   } finally {
     tuned.model.dispose();
