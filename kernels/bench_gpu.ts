@@ -27,8 +27,9 @@
  * `gpu_model_skipped`, and `gpu_profile_step_ms`, `gpu_profile_kind`,
  * `gpu_profile_family` (each with its `precision`), `attention_ms`,
  * `attention_gflops`, `gpu_key_pass_step_tokens_per_s`, `gpu_tune_shape`,
- * `gpu_tuned_step_tokens_per_s`, and `gpu_part_failed` for a part that threw
- * ({@linkcode guarded}: the report goes on). {@linkcode summarize} prints
+ * `gpu_tuned_step_tokens_per_s`, `gpu_part_failed` for a part that threw
+ * ({@linkcode guarded}: the report goes on) and `gpu_part_skipped` for one
+ * not started because `--time-limit` had passed. {@linkcode summarize} prints
  * them as Markdown tables.
  *
  * @module
@@ -285,6 +286,14 @@ function profileRecords(
 /** Yields the table, then the profile (see the module comment). */
 export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord> {
   const chosen = options.model ? modelNamed(options.model) : undefined; // refuse a bad name first
+  const deadline = options.timeLimitS === undefined
+    ? Infinity
+    : performance.now() + options.timeLimitS * 1000;
+  // Each part is a generator that does nothing until iterated: one past the deadline is skipped.
+  const part = (name: string, records: AsyncGenerator<BenchRecord>) =>
+    performance.now() > deadline
+      ? skipped(name, `the time limit of ${options.timeLimitS} s had passed`)
+      : guarded(name, records);
   const gpu = await acquireGpu({ features: ["timestamp-query"] });
   try {
     const models = options.quick ? GPU_MODELS.slice(0, 1) : GPU_MODELS;
@@ -324,7 +333,7 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
       }
     }
     for (const m of runnable) {
-      yield* guarded(
+      yield* part(
         `table row ${m.name}`,
         tableRow(gpu, m.name, m.config, torch, torchMissing, options.quick),
       );
@@ -334,10 +343,10 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
     const why = misfit(target.config, GPU_BATCH, gpu);
     if (why) throw new RangeError(`Cannot profile model ${target.name}: ${why}`);
     for (const precision of gpu.hasF16 ? ["f32", "f16"] as const : ["f32"] as const) {
-      yield* guarded(`profile ${precision}`, profileModel(gpu, target, precision, options.quick));
+      yield* part(`profile ${precision}`, profileModel(gpu, target, precision, options.quick));
     }
-    yield* guarded("attention", attentionAtModel(gpu, target, options.quick));
-    yield* guarded("matmul tuning", tuneModel(gpu, target, options.quick));
+    yield* part("attention", attentionAtModel(gpu, target, options.quick));
+    yield* part("matmul tuning", tuneModel(gpu, target, options.quick));
   } finally {
     gpu.destroy();
   }
@@ -369,6 +378,11 @@ export async function* guarded(
       error: err instanceof Error ? `${err.name}: ${err.message}` : String(err),
     };
   }
+}
+
+/** A `gpu_part_skipped` record: `part` was not run, for `reason`. */
+async function* skipped(part: string, reason: string): AsyncGenerator<BenchRecord> {
+  yield { name: "gpu_part_skipped", value: 1, unit: "count", part, reason };
 }
 
 /**
@@ -675,6 +689,10 @@ export function summarize(records: BenchRecord[]): string {
   if (failed.length > 0) {
     lines.push("", "Parts that failed (the report went on without them):", "");
     for (const r of failed) lines.push(`- ${r.part}: ${r.error}`);
+  }
+  const notRun = records.filter((r) => r.name === "gpu_part_skipped");
+  if (notRun.length > 0) {
+    lines.push("", `Parts not run (${notRun[0].reason}): ${notRun.map((r) => r.part).join(", ")}`);
   }
   lines.push(...targetsSummary(records));
   return lines.join("\n");

@@ -156,6 +156,43 @@ Deno.test("a part that throws becomes a gpu_part_failed record and the report go
   );
 });
 
+Deno.test("--time-limit: parts not started in time are recorded as skipped and the summary still prints", async () => {
+  const records: BenchRecord[] = [];
+  for await (const r of bench({ quick: true, timeLimitS: 0 })) records.push(r);
+  const skipped = records.filter((r) => r.name === "gpu_part_skipped");
+  const gpu = await acquireGpu();
+  const hasF16 = gpu.hasF16;
+  gpu.destroy();
+  assert.deepEqual(skipped.map((r) => r.part), [
+    "table row small",
+    "profile f32",
+    ...(hasF16 ? ["profile f16"] : []),
+    "attention",
+    "matmul tuning",
+  ]);
+  assert.equal(records.filter((r) => r.name.startsWith("gpu_profile")).length, 0);
+  assert.match(
+    summarize(records),
+    /Parts not run \(the time limit of 0 s had passed\): table row small, profile f32/,
+  );
+  // The flag is checked like every number flag of the commands.
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../tests/bench_main.ts", import.meta.url).pathname,
+      "--only",
+      "gpu",
+      "--time-limit",
+      "soon",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 2);
+  assert.match(new TextDecoder().decode(out.stderr), /Invalid --time-limit: "soon"/);
+});
+
 Deno.test("a model that cannot fit is named with the model's own reason", () => {
   const limits = { maxBindingBytes: 128 * 2 ** 20, maxBufferBytes: 256 * 2 ** 20 };
   const cpu = { isCpu: true, limits };

@@ -9,7 +9,7 @@
  * @module
  */
 import type { Problem } from "../kernels/bench.ts";
-import { type Command, type Flags, runCommand, UsageError } from "../kernels/cli.ts";
+import { type Command, type Flags, numberFlag, runCommand, UsageError } from "../kernels/cli.ts";
 
 /** One measurement. */
 export interface BenchRecord {
@@ -29,6 +29,12 @@ export interface BenchOptions {
   quick: boolean;
   /** The model a suite profiles (`--model`, the gpu suite's model names), when given. */
   model?: string;
+  /**
+   * Seconds after which the gpu suite starts no further part (`--time-limit`):
+   * on a lent machine whose call is cut at a fixed time, the parts not reached
+   * are recorded as skipped and the summary is still printed.
+   */
+  timeLimitS?: number;
 }
 
 /** A benchmark suite. */
@@ -122,11 +128,16 @@ export const BENCH_COMMAND = {
       help: `run only this suite (repeatable): ${Object.keys(SUITES).join(", ")}`,
     },
     model: { value: "NAME", help: "gpu suite: the model to profile" },
+    "time-limit": {
+      value: "S",
+      help: "gpu suite: start no part after S seconds (the rest are recorded as skipped)",
+    },
   },
 } as const satisfies Command;
 
 async function main(values: Flags<typeof BENCH_COMMAND.flags>): Promise<void> {
   const quick = values.quick ?? false;
+  const timeLimitS = numberFlag("time-limit", values["time-limit"], { min: 0, max: 86_400 });
   for (const name of values.only ?? []) {
     if (!SUITES[name]) {
       throw new UsageError(
@@ -152,7 +163,7 @@ async function main(values: Flags<typeof BENCH_COMMAND.flags>): Promise<void> {
   for (const name of names) {
     const { bench, summarize } = await SUITES[name]();
     const records: BenchRecord[] = [];
-    for await (const record of bench({ quick, model: values.model })) {
+    for await (const record of bench({ quick, model: values.model, timeLimitS })) {
       if (record.name === "matmul_gflops" && record.value > (best?.value ?? 0)) best = record;
       if (record.name === "train_step_gflops") trainSteps.set(String(record.config), record.value);
       records.push(record);
