@@ -498,7 +498,11 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       switch (ctl?.type) {
         case "_ready":
           seed = ctl.reply.params;
-          emit({ type: "log", trainer: id, message: `engine ready on ${ctl.reply.adapter}` });
+          emit({
+            type: "log",
+            trainer: id,
+            message: `engine ready on ${ctl.reply.adapter} (${ctl.reply.kernels})`,
+          });
           join(ctx);
           return;
         case "_worker_error":

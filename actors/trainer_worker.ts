@@ -171,6 +171,8 @@ export interface InitReply {
   params: Float32Array;
   paramCount: number;
   adapter: string;
+  /** The engine's kernel families, for the log (`GptModel.describeKernels`). */
+  kernels: string;
 }
 
 /** The answer to "delta" (and part of "round" without `keep`). */
@@ -302,7 +304,12 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
         init: req,
         ownSteps: 0,
       };
-      return { params, paramCount: model.paramCount, adapter: gpu.adapter.description };
+      return {
+        params,
+        paramCount: model.paramCount,
+        adapter: gpu.adapter.description,
+        kernels: model.describeKernels(),
+      };
     }
     case "round": {
       const e = need();

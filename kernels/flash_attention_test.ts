@@ -295,7 +295,11 @@ Deno.test("the model's flash backward uses the key pass asked for, with the same
       const model = await createModel(gpu, config, { attention: "flash", flashKeyPass });
       try {
         const names = model.profileDispatches().dispatches.map((d) => d.dispatch.label);
-        return { pass: model.flashKeyPass, names: names.filter((n) => n.startsWith("flash")) };
+        return {
+          pass: model.flashKeyPass,
+          kernels: model.describeKernels(),
+          names: names.filter((n) => n.startsWith("flash")),
+        };
       } finally {
         model.dispose();
       }
@@ -308,6 +312,7 @@ Deno.test("the model's flash backward uses the key pass asked for, with the same
     assert.deepEqual(["keys", "dv", "dk"].map((s) => count(byDefault.names, s)), [2, 0, 0]);
     const split = await labels("split");
     assert.equal(split.pass, "split");
+    assert.equal(split.kernels, "flash attention (split key pass), f32 matmul inputs");
     assert.deepEqual(["keys", "dv", "dk"].map((s) => count(split.names, s)), [0, 2, 2]);
     const grads = async (flashKeyPass: KeyPass) => {
       const model = await createModel(gpu, config, {

@@ -81,6 +81,18 @@ export class GptModel {
   readonly flashKeyPass: KeyPass;
   /** How the matmuls read their inputs: f32, or f16 copies (mixed precision). */
   readonly precision: Precision;
+
+  /**
+   * The kernel families in use, for people reading a log: e.g. "flash
+   * attention (split key pass), f16 matmul inputs" or "blocked attention, f32
+   * matmul inputs".
+   */
+  describeKernels(): string {
+    const attention = this.attention === "flash"
+      ? `flash attention (${this.flashKeyPass} key pass)`
+      : "blocked attention";
+    return `${attention}, ${this.precision} matmul inputs`;
+  }
   /** The gradient norm (before clipping) of the last step. */
   lastGradNorm = NaN;
 

@@ -250,6 +250,8 @@ async function train(a: TrainArgs, corpus: Corpus): Promise<void> {
       batch: a.batch,
       grad_accum: a.gradAccum,
       precision: model.precision,
+      attention: model.attention,
+      ...(model.attention === "flash" ? { flash_key_pass: model.flashKeyPass } : {}),
       ...(a.tuneFile !== undefined
         ? { tune_file: a.tuneFile, shapes_measured: tuner!.results().length }
         : {}),
@@ -270,7 +272,7 @@ async function train(a: TrainArgs, corpus: Corpus): Promise<void> {
         } params), ` +
           `batch ${a.batch}${
             a.gradAccum > 1 ? ` × ${a.gradAccum} micro-batches` : ""
-          }, ${model.precision} matmul inputs, ${a.steps} steps, lr ${a.lr}, data ${corpus.source} ` +
+          }, ${model.describeKernels()}, ${a.steps} steps, lr ${a.lr}, data ${corpus.source} ` +
           `(${corpus.train.length.toLocaleString("en-US")} train / ${
             corpus.val.length.toLocaleString("en-US")
           } val bytes), ` +
