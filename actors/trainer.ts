@@ -501,7 +501,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           emit({
             type: "log",
             trainer: id,
-            message: `engine ready on ${ctl.reply.adapter} (${ctl.reply.kernels})`,
+            message: `engine ready on ${ctl.reply.adapter}: ${ctl.reply.kernels}`,
           });
           join(ctx);
           return;
