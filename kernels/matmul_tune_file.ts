@@ -63,8 +63,13 @@ export function tunedEvent(r: TuneResult): Record<string, unknown> {
   };
 }
 
-/** A measured shape as the commands print it without `--json`. */
+/**
+ * A measured shape as the commands print it without `--json`, e.g.
+ * `tuning matmuls: NT 4096x2304x768: tile128 1.200 ms (default tile64 1.500 ms)`
+ * or `tuning attention: flash 16x256x768x12: split …` for the key pass.
+ */
 export function tunedText(r: TuneResult): string {
-  return `tuning matmuls: ${r.key}: ${r.variant} ${r.ms.toFixed(3)} ms ` +
+  const what = r.key.startsWith("flash ") ? "attention" : "matmuls";
+  return `tuning ${what}: ${r.key}: ${r.variant} ${r.ms.toFixed(3)} ms ` +
     `(default ${r.heuristic} ${r.heuristicMs.toFixed(3)} ms)`;
 }

@@ -1,4 +1,4 @@
-import { deepEqual, equal, ok, rejects, throws } from "@std/assert";
+import { deepEqual, equal, match, ok, rejects, throws } from "@std/assert";
 import { getConfig } from "./config.ts";
 import { matmul, matmulReference } from "./matmul.ts";
 import {
@@ -10,7 +10,7 @@ import {
   tuneKey,
   type TuneShape,
 } from "./matmul_tune.ts";
-import { loadTuner, saveTuner } from "./matmul_tune_file.ts";
+import { loadTuner, saveTuner, tunedText } from "./matmul_tune_file.ts";
 import { createModel } from "./model.ts";
 import { assertClose, randomF32, sameBits, withGpu } from "./_testing.ts";
 import type { Gpu } from "./device.ts";
@@ -219,6 +219,10 @@ Deno.test("MatmulTuner measures flash attention's key pass both ways and keeps t
     const r = (await tuner.tuneAttention(gpu, shape))!;
     equal(r.key, "flash 2x40x128x2");
     equal(r.heuristic, "split");
+    match(
+      tunedText(r),
+      /^tuning attention: flash 2x40x128x2: (fused|split) [\d.]+ ms \(default split /,
+    );
     deepEqual(r.tried.map((t) => t.variant), ["fused", "split"]);
     for (const t of r.tried) ok(Number.isFinite(t.ms) && t.ms > 0, `${t.variant}: ${t.ms}`);
     // The heuristic unless the other is more than 2% faster.
