@@ -5,8 +5,13 @@
  * for the tiling; this file only writes the code.
  *
  * Every kernel binds one invocation to one row (a query row, or a key row in
- * the key passes) of one (batch, head) pair: workgroup x is the row tile,
- * workgroup y the (batch, head) pair. The row's head vectors live in named
+ * the key passes) of one (batch, head) pair: workgroup x is the (batch, head)
+ * pair, workgroup y the row tile, heaviest first. Under the causal mask a
+ * query tile's work grows with its position and a key tile's shrinks, so the
+ * forward and the query pass take the last tile first and the key passes the
+ * first: GPUs start workgroups in x-fastest order, so every pair's heaviest
+ * tile is started before any lighter one and the light ones fill the tail
+ * (the longest-first order that FlashAttention-2 uses for causal attention). The row's head vectors live in named
  * registers (`q0`, `q1`, ...: no dynamically indexed private arrays), the
  * other operand is staged tile by tile in workgroup memory.
  *
@@ -127,7 +132,11 @@ function gen(p: FlashPlan) {
   /** One `let`/`var` per element of a head row. */
   const row = (decl: string, name: string, value: (j: number) => string) =>
     js.map((j) => `  ${decl} ${name}${j} = ${value(j)};`);
-  const header = (binds: [string, string][], shared: [string, string, number][]) =>
+  const header = (
+    binds: [string, string][],
+    shared: [string, string, number][],
+    heavy: "last" | "first",
+  ) =>
     `${
       binds.map(([n, t], i) =>
         `@group(0) @binding(${i}) var<storage, read_write> ${n}: array<${t}>;`
@@ -140,15 +149,16 @@ const C3W = ${(3 * p.c) / W}u;
 const CW = ${p.c / W}u;
 const HSW = ${HSW}u;
 const R = ${p.rows}u;
+const NT = ${Math.ceil(p.t / p.rows)}u;
 const SCALE = ${f32Lit(1 / Math.sqrt(p.hs))};
 const NEG = -1e30f;
 
 @compute @workgroup_size(${p.rows})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let bh = wid.y;
+  let bh = wid.x;
   let bb = bh / NH;
   let h = bh % NH;
-  let r0 = wid.x * R;
+  let r0 = ${heavy === "last" ? "(NT - 1u - wid.y)" : "wid.y"} * R;
   let live = r0 + lid < T;
   // Rows past T compute on row T-1's data (uniform barriers) and store nothing.
   let tr = min(r0 + lid, T - 1u);
@@ -178,11 +188,11 @@ export function forwardShader(p: FlashPlan): string {
   const ks = [0, 1, 2, 3];
   const at = (k: number, j: number) => `a + ${k * g.HSW + j}u`;
   const L: string[] = [
-    g.header([["qkv", g.E], ["o", g.E], ["lse", "f32"]], [["Ks", g.E, S * g.HSW], [
-      "Vs",
-      g.E,
-      S * g.HSW,
-    ]]),
+    g.header(
+      [["qkv", g.E], ["o", g.E], ["lse", "f32"]],
+      [["Ks", g.E, S * g.HSW], ["Vs", g.E, S * g.HSW]],
+      "last",
+    ),
     ...g.row("let", "q", (j) => `qkv[qb + tr * C3W + ${j}u] * SCALE`),
     ...g.row("var", "o", () => `${g.E}(0.0)`),
     `  var m = NEG;`,
@@ -238,6 +248,7 @@ export function queryShader(p: FlashPlan, accumulate: boolean): string {
     g.header(
       [["dqkv", g.E], ["dout", g.E], ["qkv", g.E], ["o", g.E], ["lse", "f32"], ["dsum", "f32"]],
       [["Ks", g.E, S * g.HSW], ["Vs", g.E, S * g.HSW]],
+      "last",
     ),
     ...g.row("let", "q", (j) => `qkv[qb + tr * C3W + ${j}u] * SCALE`),
     ...g.row("let", "d", (j) => `dout[ob + tr * CW + ${j}u]`),
@@ -289,7 +300,7 @@ export function keyShader(p: FlashPlan, accumulate: boolean, grads: KeyGrads = "
     shared.push(["Ds", "f32", S]);
   }
   const L: string[] = [
-    g.header(binds, shared),
+    g.header(binds, shared, "first"),
     ...g.row("let", "k", (j) => `qkv[kb + tr * C3W + ${j}u] * SCALE`),
     ...(wantK ? g.row("let", "v", (j) => `qkv[vb + tr * C3W + ${j}u]`) : []),
     ...(wantK ? g.row("var", "dk", () => `${g.E}(0.0)`) : []),

@@ -7,8 +7,9 @@
  * the probabilities from it, so memory grows O(T) per row.
  *
  * Tiling. A workgroup takes one tile of `rows` consecutive rows (64, or 32
- * when T <= 32) of one (batch, head) pair: workgroup x is the tile, y the
- * pair, so B16 NH12 T256 launches 768 workgroups. Each invocation owns one row
+ * when T <= 32) of one (batch, head) pair: workgroup x is the pair, y the
+ * tile, heaviest tile first (kernels/_flash_wgsl.ts says why), so B16 NH12
+ * T256 launches 768 workgroups. Each invocation owns one row
  * and keeps its head vectors and accumulators in named registers (vec4s when
  * hs is a multiple of 4, scalars otherwise). The other operand is staged
  * cooperatively, tile by tile, through workgroup memory, where every
@@ -96,11 +97,19 @@ export function flashAttentionPlan(
   if (c % nh !== 0) {
     throw new RangeError(`Cannot build ${kernel}: c (${c}) must be a multiple of nh (${nh})`);
   }
+  const pairs = shape.b * nh, most = gpu.device.limits.maxComputeWorkgroupsPerDimension;
+  if (pairs > most) {
+    throw new RangeError(
+      `Cannot build ${kernel}: b·nh = ${pairs} (batch, head) pairs, more than the ` +
+        `${most} workgroups a dispatch dimension allows`,
+    );
+  }
   return flashPlan(kernel, shape, gpu.device.limits.maxComputeWorkgroupStorageSize);
 }
 
+/** Workgroups: x the (batch, head) pair, y the row tile (see kernels/_flash_wgsl.ts). */
 function groups(p: FlashPlan): [number, number] {
-  return [Math.ceil(p.t / p.rows), p.b * p.nh];
+  return [p.b * p.nh, Math.ceil(p.t / p.rows)];
 }
 
 /**

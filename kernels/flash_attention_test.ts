@@ -138,6 +138,10 @@ Deno.test("flash attention forward (out, lse) and backward (dqkv) match the refe
           /head size 512 exceeds 256/,
         );
         assert.throws(
+          () => flashAttentionForward(gpu, bufs, { b: 70000, t: 1, c: 4, nh: 1 }),
+          /b·nh = 70000 \(batch, head\) pairs, more than the 65535 workgroups a dispatch dimension allows/,
+        );
+        assert.throws(
           () => flashAttentionForward(gpu, bufs, { b: 1, t: 8, c: 8, nh: 2 }),
           /Cannot build flashAttentionForward: qkv holds 64 elements, needs 192/,
         );
