@@ -11,9 +11,10 @@
  * forward and the query pass take the last tile first and the key passes the
  * first: GPUs start workgroups in x-fastest order, so every pair's heaviest
  * tile is started before any lighter one and the light ones fill the tail
- * (the longest-first order that FlashAttention-2 uses for causal attention). The row's head vectors live in named
- * registers (`q0`, `q1`, ...: no dynamically indexed private arrays), the
- * other operand is staged tile by tile in workgroup memory.
+ * (longest job first, the classic rule for jobs of unequal length). The
+ * row's head vectors live in named registers (`q0`, `q1`, ...: no
+ * dynamically indexed private arrays), the other operand is staged tile by
+ * tile in workgroup memory.
  *
  * @module
  */
