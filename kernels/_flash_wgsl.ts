@@ -9,12 +9,12 @@
  * pair, workgroup y the row tile, heaviest first. Under the causal mask a
  * query tile's work grows with its position and a key tile's shrinks, so the
  * forward and the query pass take the last tile first and the key passes the
- * first: GPUs start workgroups in x-fastest order, so every pair's heaviest
- * tile is started before any lighter one and the light ones fill the tail
- * (longest job first, the classic rule for jobs of unequal length). The
- * row's head vectors live in named registers (`q0`, `q1`, ...: no
- * dynamically indexed private arrays), the other operand is staged tile by
- * tile in workgroup memory.
+ * first: GPUs commonly start workgroups in x-fastest order, so every
+ * pair's heaviest tile is started before any lighter one and the light ones
+ * fill the tail (longest job first, the classic rule for jobs of unequal
+ * length). The row's head vectors live in named registers (`q0`, `q1`, ...:
+ * no dynamically indexed private arrays), the other operand is staged tile
+ * by tile in workgroup memory.
  *
  * @module
  */
