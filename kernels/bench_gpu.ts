@@ -285,7 +285,7 @@ function profileRecords(
   return records;
 }
 
-/** Yields the table, then the profile (see the module comment). */
+/** Yields the report's parts in order: table, profiles, attention, tuning (see the module comment). */
 export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord> {
   const chosen = options.model ? modelNamed(options.model) : undefined; // refuse a bad name first
   const deadline = options.timeLimitS === undefined

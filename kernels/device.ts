@@ -256,6 +256,22 @@ export class Gpu {
     this.device.queue.submit([enc.finish()]);
   }
 
+  /**
+   * Milliseconds from submitting one compute pass of what `encode` records
+   * until the queue reports the work done: wall time, the submit's own cost
+   * included (time an empty pass to take it off). For timing kernels.
+   */
+  async timedPass(encode: (pass: GPUComputePassEncoder) => void): Promise<number> {
+    const enc = this.device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    encode(pass);
+    pass.end();
+    const t0 = performance.now();
+    this.device.queue.submit([enc.finish()]);
+    await this.device.queue.onSubmittedWorkDone();
+    return performance.now() - t0;
+  }
+
   /** Copies `length` floats from `buffer` (at byte `offset`) back to the CPU. */
   async read(buffer: GPUBuffer, length: number, offset = 0): Promise<Float32Array> {
     const bytes = await this.readBytes(buffer, length * 4, offset);

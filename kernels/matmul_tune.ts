@@ -270,16 +270,10 @@ async function timeBuilt(
   const sampleMs = options.sampleMs ?? 10;
   const samples = options.samples ?? 3;
   const device = gpu.device;
-  const submit = async (copies: number, encode: (pass: GPUComputePassEncoder) => void) => {
-    const enc = device.createCommandEncoder({ label: "tune" });
-    const pass = enc.beginComputePass();
-    for (let i = 0; i < copies; i++) encode(pass);
-    pass.end();
-    const t0 = performance.now();
-    device.queue.submit([enc.finish()]);
-    await device.queue.onSubmittedWorkDone();
-    return performance.now() - t0;
-  };
+  const submit = (copies: number, encode: (pass: GPUComputePassEncoder) => void) =>
+    gpu.timedPass((pass) => {
+      for (let i = 0; i < copies; i++) encode(pass);
+    });
   device.pushErrorScope("validation");
   let best = Infinity;
   let ds: Dispatch[] = [];

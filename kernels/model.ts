@@ -146,7 +146,7 @@ export class GptModel {
       resolveModelOptions(gpu, options);
     this.attention = attention;
     this.flashKeyPass = flashKeyPass ??
-      (record ? undefined : options.matmulTuner?.keyPassFor(gpu, attentionShape(config, batch))) ??
+      options.matmulTuner?.keyPassFor(gpu, attentionShape(config, batch)) ??
       defaultKeyPass(config.nEmbd / config.nHead);
     this.precision = precision;
     // Before any allocation: a shape that cannot fit is refused with what would fit.

@@ -284,24 +284,13 @@ async function timeAlone(
   dispatches: ProfiledDispatch[],
   reps: number,
 ): Promise<number[]> {
-  const device = gpu.device;
-  const submit = async (encode: (pass: GPUComputePassEncoder) => void): Promise<number> => {
-    const enc = device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    encode(pass);
-    pass.end();
-    const t0 = performance.now();
-    device.queue.submit([enc.finish()]);
-    await device.queue.onSubmittedWorkDone();
-    return performance.now() - t0;
-  };
   const floors: number[] = [];
-  for (let i = 0; i < 3; i++) floors.push(await submit(() => {}));
+  for (let i = 0; i < 3; i++) floors.push(await gpu.timedPass(() => {}));
   const floor = median(floors);
   const out: number[] = [];
   for (const { dispatch } of dispatches) {
-    await submit((pass) => dispatch.encode(pass)); // first use: pipeline warm-up
-    const ms = await submit((pass) => {
+    await gpu.timedPass((pass) => dispatch.encode(pass)); // first use: pipeline warm-up
+    const ms = await gpu.timedPass((pass) => {
       for (let r = 0; r < reps; r++) dispatch.encode(pass);
     });
     out.push(Math.max(0, ms - floor) / reps);
