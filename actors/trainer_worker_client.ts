@@ -10,6 +10,7 @@
  */
 import type { ThreadHello } from "./trainer_worker.ts";
 import { retireWorker } from "./_worker_thread.ts";
+import { ensureRuntimeDir } from "../kernels/_env.ts";
 
 /** An answer of the compute Worker: `ok`, or the error it met, and the op's fields. */
 export interface WorkerReply {
@@ -54,6 +55,8 @@ export class TrainerWorkerClient {
   /** Starts the Worker; it loads the engine only when asked ("init"). */
   constructor(options: TrainerWorkerClientOptions) {
     const url = options.url ?? new URL("./trainer_worker.ts", import.meta.url);
+    // Before the Worker's driver can read the environment on its own thread.
+    ensureRuntimeDir();
     this.#worker = new Worker(String(url), { type: "module" });
     this.#worker.onmessage = (ev: MessageEvent<WorkerReply | ThreadHello>) => {
       const m = ev.data;

@@ -11,8 +11,6 @@ import { type Encoded, sliceEncoded } from "./exchange.ts";
 import { parseExchange } from "../kernels/exchange_format.ts";
 import { DEFAULT_BLOCK } from "./run_protocol.ts";
 
-Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
-
 Deno.test({
   name: "worker: with fragments, int4 and top-k residuals move on the round's piece only",
   async fn() {

@@ -369,7 +369,6 @@ async function* splitLayout(options: CheckpointBenchOptions): AsyncGenerator<Ben
 
 /** One layout's figures: every process on all cores, or the `split` layout when asked. */
 async function* measureLayout(options: CheckpointBenchOptions): AsyncGenerator<BenchRecord> {
-  Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
   const width = options.width ?? (options.quick ? 192 : 384);
   const big: GptConfig = { nLayer: 4, nHead: 8, nEmbd: width, blockSize: 64, vocabSize: 256 };
   const n = buildLayout(big).totalLength;

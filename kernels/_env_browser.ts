@@ -16,3 +16,16 @@
 export function envVar(_name: string): string | undefined {
   return undefined;
 }
+
+/**
+ * Nothing to do: a tab's GPU process is the browser's.
+ *
+ * @example
+ * ```ts
+ * import { ensureRuntimeDir } from "./_env_browser.ts";
+ * ensureRuntimeDir(); // undefined
+ * ```
+ */
+export function ensureRuntimeDir(): string | undefined {
+  return undefined;
+}

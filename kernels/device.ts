@@ -5,7 +5,7 @@
  * @module
  */
 import { type BufferLimits, checkBindingOverride } from "./limits.ts";
-import { envVar } from "./_env.ts";
+import { ensureRuntimeDir, envVar } from "./_env.ts";
 
 /** Raised when no WebGPU device can be obtained or the device is lost. */
 export class GpuUnavailableError extends Error {
@@ -327,6 +327,7 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
       "Cannot start WebGPU: navigator.gpu is missing (use Deno 2.x, which ships WebGPU)",
     );
   }
+  ensureRuntimeDir();
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) {
     throw new GpuUnavailableError(

@@ -28,7 +28,6 @@ if (!values.node || !values.host || !values.tracker) {
   console.error("Usage: _fault_node.ts --node NAME --host WS_URL --tracker WS_URL");
   Deno.exit(2);
 }
-Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
 const line = (o: Record<string, unknown>) => console.log(JSON.stringify(o));
 const system = new ActorSystem({ node: values.node });
 const transport = new ActorTransport(system, {

@@ -32,8 +32,6 @@ import { hashSeed } from "../transport/rng.ts";
 import { PhasedFaults } from "./_fault_layer.ts";
 import { checkSync, syncOptions } from "../actors/overlap.ts";
 
-Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
-
 const VERBOSE = Deno.env.get("FAULT_VERBOSE") === "1";
 
 /** The run secret every node of a fault run shares. */

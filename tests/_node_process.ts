@@ -65,7 +65,6 @@ export function startNode(args: string[], options: StartNodeOptions = {}): NodeP
     args: line.args,
     stdout: "piped",
     stderr: "piped",
-    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
   }).spawn();
   const lines: Line[] = [];
   const waiters: { pred: (l: Line) => boolean; resolve(l: Line): void }[] = [];

@@ -114,7 +114,6 @@ export async function assertEvalAgreesWithNumpy(
     ],
     stdout: "piped",
     stderr: "piped",
-    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
   }).output();
   const dec = new TextDecoder();
   equal(out.code, 0, dec.decode(out.stderr));

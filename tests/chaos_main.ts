@@ -57,7 +57,6 @@ await runCommand(CHAOS_COMMAND, Deno.args, async (values) => {
       );
     }
   }
-  Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
   console.error(
     `chaos: seed ${seed}, ${faults} faults, ${trainers} trainers (replay: --seed ${seed})`,
   );

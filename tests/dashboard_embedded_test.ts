@@ -10,8 +10,6 @@ import { equal, ok, rejects } from "@std/assert";
 import { runEmbedded } from "../actors/embedded.ts";
 import { parseExposition } from "./_prometheus.ts";
 
-Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
-
 Deno.test({
   name: "the embedded run serves its dashboard's status and metrics while it trains",
   sanitizeOps: false, // Worker termination settles its ops after the test's end

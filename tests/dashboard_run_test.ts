@@ -23,8 +23,6 @@ import { type Family, parseExposition } from "./_prometheus.ts";
 import { ActorSystem } from "../actors/runtime/system.ts";
 import { ActorTransport } from "../transport/remote.ts";
 
-Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
-
 const ROUNDS = 4;
 const CHROMIUM = "/usr/bin/chromium";
 const SHOT_DIR = new URL("../.ci/out/", import.meta.url);

@@ -40,7 +40,7 @@ console.log(JSON.stringify({ rounds, summary_rounds: summary.rounds }));
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", "main.ts"],
       cwd: dir,
-      env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" },
+      env: { NO_COLOR: "1" },
       stdout: "piped",
       stderr: "piped",
     }).output();

@@ -36,7 +36,6 @@ async function deno(backend: string, args: string[]): Promise<Run> {
     cwd: ROOT,
     env: {
       DENO_WEBGPU_BACKEND: backend,
-      XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp",
       NO_COLOR: "1",
     },
     stdout: "piped",

@@ -124,7 +124,6 @@ async function tinyExperiment(steps: number, configs: string) {
       "--configs",
       configs,
     ],
-    env: { XDG_RUNTIME_DIR: "/tmp" },
     stdout: "piped",
     stderr: "piped",
   }).output();

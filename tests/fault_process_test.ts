@@ -19,7 +19,6 @@ function startNode(node: string, host: string, tracker: string) {
     args: ["run", "-A", NODE_MAIN, "--node", node, "--host", host, "--tracker", tracker],
     stdout: "null",
     stderr: "null",
-    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
   }).spawn();
   return child;
 }

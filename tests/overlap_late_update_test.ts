@@ -21,8 +21,6 @@ import { deepEqual, equal, ok } from "@std/assert";
 import { startRunHost } from "../actors/host.ts";
 import type { RunEvent } from "../actors/monitor.ts";
 
-Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
-
 interface TrainerStatus {
   round: number;
   awaiting: boolean;

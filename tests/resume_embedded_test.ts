@@ -17,8 +17,6 @@ import type { ReportCursor } from "../actors/run_protocol.ts";
 import { parseNodeArgs, resumedArgs } from "../actors/node_args.ts";
 import { resumeRunDir } from "../checkpoint/resume.ts";
 
-Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
-
 const INNER_STEPS = 2;
 const TRAINER = (i: number) => `host/run/trainers/${i}`;
 

@@ -12,8 +12,6 @@ import { deepEqual, equal, ok } from "@std/assert";
 import { type EmbeddedOptions, runEmbedded } from "../actors/embedded.ts";
 import type { RunEvent } from "../actors/monitor.ts";
 
-Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
-
 /** A run of the tiny model with 3 trainers and H = 3, and the events it emitted. */
 async function tinyRun(
   options: Pick<EmbeddedOptions, "run" | "rounds" | "faults" | "sync" | "fragments" | "exchange">,

@@ -14,8 +14,6 @@ import type { RunEvent } from "../actors/monitor.ts";
 import { resumeRunDir } from "../checkpoint/resume.ts";
 import { CheckpointStore } from "../checkpoint/store.ts";
 
-Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
-
 Deno.test({
   name: "embedded run: latest/model.safetensors is the final θ and numpy GPT-2 agrees with eval",
   sanitizeOps: false, // Worker termination settles its ops after the test's end
