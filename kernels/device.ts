@@ -330,8 +330,14 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
   ensureRuntimeDir();
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) {
+    // A backend named in the environment (even an empty one) limits wgpu to it: say so first.
+    const forced = envVar("DENO_WEBGPU_BACKEND");
     throw new GpuUnavailableError(
-      "Cannot start WebGPU: no adapter found. On a machine without a GPU install Mesa's software " +
+      "Cannot start WebGPU: no adapter found" +
+        (forced === undefined
+          ? ""
+          : ` with DENO_WEBGPU_BACKEND=${JSON.stringify(forced)} (unset it to try every backend)`) +
+        ". On a machine without a GPU install Mesa's software " +
         "drivers: apt-get install -y libegl1 libegl-mesa0 libgl1-mesa-dri mesa-vulkan-drivers",
     );
   }
