@@ -5,6 +5,7 @@ import { acquireGpu } from "./device.ts";
 import { getConfig } from "./config.ts";
 import { createModel } from "./model.ts";
 import type { BenchRecord } from "../tests/bench_main.ts";
+import { runCli } from "../tests/_cli_run.ts";
 
 const UNITS: Record<string, string> = {
   gpu_step_tokens_per_s: "tokens/s",
@@ -176,21 +177,9 @@ Deno.test("--time-limit: parts not started in time are recorded as skipped and t
     /Parts not run \(the time limit of 0 s had passed\): table row small, profile f32/,
   );
   // The flag is checked like every number flag of the commands.
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("../tests/bench_main.ts", import.meta.url).pathname,
-      "--only",
-      "gpu",
-      "--time-limit",
-      "soon",
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
+  const out = await runCli("tests/bench_main.ts", ["--only", "gpu", "--time-limit", "soon"]);
   assert.equal(out.code, 2);
-  assert.match(new TextDecoder().decode(out.stderr), /Invalid --time-limit: "soon"/);
+  assert.match(out.stderr, /Invalid --time-limit: "soon"/);
 });
 
 Deno.test("a model that cannot fit is named with the model's own reason", () => {

@@ -328,17 +328,17 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
     );
   }
   ensureRuntimeDir();
+  // A backend named in the environment (even an empty one) limits wgpu to it.
+  const envBackend = envVar("DENO_WEBGPU_BACKEND");
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) {
-    // A backend named in the environment (even an empty one) limits wgpu to it: say so first.
-    const forced = envVar("DENO_WEBGPU_BACKEND");
+    const forced = envBackend === undefined
+      ? ""
+      : ` with DENO_WEBGPU_BACKEND=${JSON.stringify(envBackend)} (unset it to try every backend)`;
     throw new GpuUnavailableError(
-      "Cannot start WebGPU: no adapter found" +
-        (forced === undefined
-          ? ""
-          : ` with DENO_WEBGPU_BACKEND=${JSON.stringify(forced)} (unset it to try every backend)`) +
-        ". On a machine without a GPU install Mesa's software " +
-        "drivers: apt-get install -y libegl1 libegl-mesa0 libgl1-mesa-dri mesa-vulkan-drivers",
+      `Cannot start WebGPU: no adapter found${forced}. On a machine without a GPU install ` +
+        "Mesa's software drivers: apt-get install -y libegl1 libegl-mesa0 libgl1-mesa-dri " +
+        "mesa-vulkan-drivers",
     );
   }
   const limits = adapter.limits;
@@ -365,7 +365,6 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
   // Deno reports the fallback flag on the adapter info (older versions on the adapter).
   const isFallback = Boolean((info as { isFallbackAdapter?: boolean }).isFallbackAdapter);
   const isCpuAdapter = isFallback || CPU_ADAPTER.test(description);
-  const envBackend = envVar("DENO_WEBGPU_BACKEND");
   const summary: AdapterSummary = {
     description,
     vendor: info.vendor,

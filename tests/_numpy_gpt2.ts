@@ -5,6 +5,7 @@
  * @module
  */
 import { equal, ok } from "@std/assert";
+import { runCli } from "./_cli_run.ts";
 
 const SCRIPT = new URL("./gpt2_reference.py", import.meta.url).pathname;
 
@@ -99,25 +100,17 @@ export async function assertEvalAgreesWithNumpy(
       "must be in want of a wife. ".repeat(8),
   );
   const maxWindows = 32;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("../kernels/eval_main.ts", import.meta.url).pathname,
-      "--checkpoint",
-      checkpoint,
-      "--data",
-      data,
-      "--max-windows",
-      String(maxWindows),
-      "--json",
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  equal(out.code, 0, dec.decode(out.stderr));
-  const mine: NumpyEval = JSON.parse(dec.decode(out.stdout).trim().split("\n").at(-1)!);
+  const out = await runCli("kernels/eval_main.ts", [
+    "--checkpoint",
+    checkpoint,
+    "--data",
+    data,
+    "--max-windows",
+    String(maxWindows),
+    "--json",
+  ]);
+  equal(out.code, 0, out.stderr);
+  const mine: NumpyEval = JSON.parse(out.stdout.trim().split("\n").at(-1)!);
   ok(Number.isFinite(mine.eval_loss), `eval loss: ${mine.eval_loss}`);
   await assertAgreesWithNumpy(mine, { checkpoint, data, maxWindows });
   return mine;

@@ -6,6 +6,7 @@ import { ShardAggregator } from "../actors/aggregation.ts";
 import { quantizeInt8 } from "../actors/int8_exchange.ts";
 import { outerAt } from "../actors/outer_optimizer.ts";
 import { shardMap } from "../actors/run_protocol.ts";
+import { runCli } from "./_cli_run.ts";
 
 Deno.test("experiment: flags pick configurations and refuse bad input by name", () => {
   const a = parseExperimentArgs([
@@ -107,28 +108,21 @@ Deno.test("experiment: outer warm-up ramps from plain averaging to the set value
 
 /** `deno task experiment --json` on the tiny model with H = 2; the JSON lines it printed. */
 async function tinyExperiment(steps: number, configs: string) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("./experiment_main.ts", import.meta.url).pathname,
-      "--json",
-      "--config",
-      "tiny",
-      "--steps",
-      String(steps),
-      "--inner-steps",
-      "2",
-      "--eval-windows",
-      "8",
-      "--configs",
-      configs,
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  equal(out.code, 0, new TextDecoder().decode(out.stderr));
-  return new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
+  const out = await runCli("tests/experiment_main.ts", [
+    "--json",
+    "--config",
+    "tiny",
+    "--steps",
+    String(steps),
+    "--inner-steps",
+    "2",
+    "--eval-windows",
+    "8",
+    "--configs",
+    configs,
+  ]);
+  equal(out.code, 0, out.stderr);
+  return out.stdout.trim().split("\n").map((l) => JSON.parse(l));
 }
 
 Deno.test("experiment: a tiny run prints one JSON line per configuration and a summary", async () => {
