@@ -29,7 +29,7 @@ import {
   usesFeedback,
 } from "../kernels/exchange_format.ts";
 import type { Dispatch } from "../kernels/device.ts";
-import { mergeRange } from "../kernels/overlap_merge.ts";
+import { mergeDispatches } from "../kernels/overlap_merge.ts";
 import { toWire } from "./exchange.ts";
 import { workerThreadId } from "./_worker_thread.ts";
 
@@ -212,8 +212,8 @@ interface Engine {
   delta: GPUBuffer;
   /** θ_{r+1} pieces on their way into a merge. */
   incoming: GPUBuffer;
-  /** The merge dispatch of each range, by "lo:hi". */
-  mergeDispatches: Map<string, Dispatch>;
+  /** The merge dispatches of each range (one per binding-sized piece), by "lo:hi". */
+  mergeDispatches: Map<string, Dispatch[]>;
   q: GPUBuffer;
   scales: GPUBuffer;
   format: ExchangeFormat;
@@ -519,17 +519,16 @@ function applyMerges(e: Engine): void {
       const key = `${p.lo}:${hi}`;
       let d = e.mergeDispatches.get(key);
       if (!d) {
-        const at = (buffer: GPUBuffer) => ({ buffer, offset: p.lo * 4, length: hi - p.lo });
-        d = mergeRange(e.gpu, {
-          running: at(e.model.paramBuffer),
-          global: at(e.global),
-          incoming: at(e.incoming),
-          delta: at(e.delta),
-        }, { n: hi - p.lo });
+        d = mergeDispatches(e.gpu, {
+          running: e.model.paramBuffer,
+          global: e.global,
+          incoming: e.incoming,
+          delta: e.delta,
+        }, { lo: p.lo, hi });
         e.mergeDispatches.set(key, d);
       }
       e.gpu.write(e.incoming, p.values, p.lo * 4);
-      e.gpu.run([d]);
+      e.gpu.run(d);
     }
     mergedThrough = Math.max(mergedThrough, m.round);
   }

@@ -13,6 +13,7 @@
  * @module
  */
 import type { Dispatch, Gpu, TensorRef } from "./device.ts";
+import { bindingChunk, CHUNK_ALIGN } from "./limits.ts";
 import { bindings, checkRef, checkShape, grid, slice, WG } from "./_wgsl.ts";
 
 /**
@@ -46,6 +47,48 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   glob[i] = x;
 }`;
   return gpu.dispatch(kernel, gpu.pipeline(code, "main", kernel), refs, g.groups);
+}
+
+/**
+ * The merge on [lo, hi) of four whole vectors, as dispatches over pieces of
+ * at most one binding (maxStorageBufferBindingSize) each: a GPT-2-small θ
+ * (340 MB) is more than WebGPU's default 128 MiB binding. `lo` must be a
+ * multiple of 64 floats (a binding's offset is 256-byte aligned); the pieces
+ * after the first start at lo + k·chunk, chunk a multiple of
+ * {@linkcode CHUNK_ALIGN} floats.
+ *
+ * @example
+ * ```ts ignore
+ * gpu.run(mergeDispatches(gpu, { running, global, incoming, delta }, { lo: 0, hi: n }));
+ * ```
+ */
+export function mergeDispatches(
+  gpu: Gpu,
+  bufs: { running: GPUBuffer; global: GPUBuffer; incoming: GPUBuffer; delta: GPUBuffer },
+  range: { lo: number; hi: number },
+  chunk: number = bindingChunk(gpu.limits.maxBindingBytes),
+): Dispatch[] {
+  const { lo, hi } = range;
+  if (!Number.isSafeInteger(lo) || !Number.isSafeInteger(hi) || lo < 0 || hi < lo || lo % 64) {
+    throw new RangeError(
+      `Invalid merge range [${lo}, ${hi}): expected integers 0 <= lo <= hi, lo a multiple of 64`,
+    );
+  }
+  if (!Number.isSafeInteger(chunk) || chunk <= 0 || chunk % CHUNK_ALIGN !== 0) {
+    throw new RangeError(`Invalid merge chunk ${chunk}: expected a multiple of ${CHUNK_ALIGN}`);
+  }
+  const out: Dispatch[] = [];
+  for (let start = lo; start < hi; start += chunk) {
+    const n = Math.min(chunk, hi - start);
+    const at = (buffer: GPUBuffer) => ({ buffer, offset: start * 4, length: n });
+    out.push(mergeRange(gpu, {
+      running: at(bufs.running),
+      global: at(bufs.global),
+      incoming: at(bufs.incoming),
+      delta: at(bufs.delta),
+    }, { n }));
+  }
+  return out;
 }
 
 /**
