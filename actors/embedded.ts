@@ -8,7 +8,7 @@
 import { serveDashboard, type ServedDashboard } from "./dashboard/serve.ts";
 import type { TrainerFault } from "./trainer_faults.ts";
 import { type HostOptions, type RunHost, startRunHost } from "./host.ts";
-import { finalCommit, type RunSummary, summarize } from "./run_summary.ts";
+import { finalCommit, finalEvaluation, type RunSummary, summarize } from "./run_summary.ts";
 
 /** A fault to inject during an embedded run, when a round's event is emitted. */
 export interface RunFault {
@@ -101,18 +101,23 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
       }
     });
     await Promise.race([monitor.done, timeout]);
-    const evalReply = await Promise.race([
-      host.system.ref(host.trainerPaths[0]).ask<{ loss: number }>(
-        { type: "eval", maxWindows: options.evalWindows ?? 64 },
-        { timeoutMs: 600_000 },
-      ),
+    // The trainers of the last view first: they hold the final θ.
+    const trainers = [...(monitor.view?.trainers ?? []), ...host.trainerPaths];
+    const evalLoss = await Promise.race([
+      finalEvaluation(host, trainers, {
+        maxWindows: options.evalWindows ?? 64,
+        timeoutMs: 600_000,
+      }),
       timeout,
     ]);
+    if (Number.isNaN(evalLoss)) {
+      throw new Error("Cannot evaluate the final θ: no trainer of the run could (see the warnings)");
+    }
     await finalCommit(host, options.rounds);
     const summary = summarize(monitor, {
       run: options.run,
       trainers: options.trainers,
-      evalLoss: evalReply.loss,
+      evalLoss,
       exchange: options.exchange,
       updateExchange: options.updateExchange,
     });

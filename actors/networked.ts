@@ -33,7 +33,7 @@ import { startRunHost } from "./host.ts";
 import { mountDashboard } from "./dashboard/serve.ts";
 import { mountJoin } from "./browser/serve.ts";
 import { loadCorpus } from "../kernels/corpus.ts";
-import { finalCommit, summarize } from "./run_summary.ts";
+import { finalCommit, finalEvaluation, summarize } from "./run_summary.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { checkDuty } from "../checkpoint/_background.ts";
 import {
@@ -210,18 +210,10 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     await host.monitor.done;
     // The final evaluation runs on any trainer of the last view (they hold the same θ).
     const trainers = host.monitor.view?.trainers ?? host.trainerPaths;
-    let evalLoss = NaN;
-    for (const t of [...host.trainerPaths, ...trainers]) {
-      try {
-        evalLoss = (await system.ref(t).ask<{ loss: number }>(
-          { type: "eval", maxWindows: 64 },
-          { timeoutMs: 300_000 },
-        )).loss;
-        break;
-      } catch (err) {
-        host.monitor.log(`final evaluation on ${t} failed: ${err}`, "warn");
-      }
-    }
+    const evalLoss = await finalEvaluation(host, [...host.trainerPaths, ...trainers], {
+      maxWindows: 64,
+      timeoutMs: 300_000,
+    });
     await finalCommit(host, options.rounds);
     const summary = summarize(host.monitor, {
       run: options.run,

@@ -1,12 +1,38 @@
 /**
- * The end of a bounded run: the final θ committed ({@linkcode finalCommit})
- * and the totals of the "done" event ({@linkcode summarize}), shared by the
- * embedded run and the networked host.
+ * The end of a bounded run: the final evaluation ({@linkcode finalEvaluation}),
+ * the final θ committed ({@linkcode finalCommit}) and the totals of the "done"
+ * event ({@linkcode summarize}), shared by the embedded run and the networked
+ * host.
  *
  * @module
  */
 import type { RunHost } from "./host.ts";
 import type { RunMonitor } from "./monitor.ts";
+
+/**
+ * Evaluates the final θ on the first of `trainers` that can: every trainer of
+ * the last round holds the same θ, but one evicted near the end may hold none
+ * (it waits, pending, for a round that will not open) or may have lost its
+ * device. Each failure is logged; the loss is NaN when every trainer failed.
+ */
+export async function finalEvaluation(
+  host: RunHost,
+  trainers: string[],
+  options: { maxWindows: number; timeoutMs: number },
+): Promise<number> {
+  for (const t of new Set(trainers)) {
+    try {
+      const reply = await host.system.ref(t).ask<{ loss: number }>(
+        { type: "eval", maxWindows: options.maxWindows },
+        { timeoutMs: options.timeoutMs },
+      );
+      return reply.loss;
+    } catch (err) {
+      host.monitor.log(`final evaluation on ${t} failed: ${err}`, "warn");
+    }
+  }
+  return NaN;
+}
 
 /** The final θ (the start of round `rounds`) is committed before a bounded run ends. */
 export async function finalCommit(host: RunHost, rounds: number): Promise<void> {
