@@ -111,7 +111,9 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
       timeout,
     ]);
     if (Number.isNaN(evalLoss)) {
-      throw new Error("Cannot evaluate the final θ: no trainer of the run could (see the warnings)");
+      throw new Error(
+        "Cannot evaluate the final θ: no trainer of the run could (see the warnings)",
+      );
     }
     await finalCommit(host, options.rounds);
     const summary = summarize(monitor, {

@@ -47,6 +47,12 @@ export interface MembershipOptions {
   shardCount?: number;
   /** Silence after which a member is evicted (default 6000 ms). */
   evictAfterMs?: number;
+  /**
+   * How often the tracker calls {@linkcode Membership.tick}, ms (default
+   * 1000). A gap between two ticks of more than twice this is a stall of the
+   * tracker itself, not counted against the members (see `tick`).
+   */
+  tickMs?: number;
   /** The clock, in ms (default `Date.now`). */
   now?: () => number;
   /** Incarnation of this tracker; a restarted tracker has a higher one (default 0). */
@@ -85,6 +91,8 @@ export interface Change {
   view?: ViewMsg;
   /** Nodes evicted by this change. */
   evicted: string[];
+  /** A tick only: how long the tracker itself stalled before it (not counted as silence), ms. */
+  stalledMs?: number;
 }
 
 function sorted(xs: Iterable<string>): string[] {
@@ -114,6 +122,8 @@ export class Membership {
   #block: number;
   #shardCount?: number;
   #evictAfter: number;
+  #tickMs: number;
+  #lastTick?: number;
   #now: () => number;
   #incarnation: number;
   #members = new Map<string, MemberInfo>();
@@ -129,6 +139,7 @@ export class Membership {
     this.#block = options.block ?? DEFAULT_BLOCK;
     this.#shardCount = options.shardCount;
     this.#evictAfter = options.evictAfterMs ?? EVICT_AFTER_MS;
+    this.#tickMs = options.tickMs ?? 1000;
     this.#now = options.now ?? Date.now;
     this.#incarnation = options.incarnation ?? 0;
     this.#rounds = options.rounds ?? 0;
@@ -367,9 +378,29 @@ export class Membership {
     return ack;
   }
 
-  /** Evicts members silent for longer than `evictAfterMs`; a new view if the view changed. */
+  /**
+   * Evicts members silent for longer than `evictAfterMs`; a new view if the
+   * view changed.
+   *
+   * Silence is counted only while the tracker was listening. When the gap
+   * since the last tick is more than twice `tickMs`, the tracker's own
+   * process stalled (a long synchronous task of an actor beside it, such as
+   * an aggregator copying a large θ; a GC pause; a suspended machine), and
+   * the heartbeats sent meanwhile still wait in its mailbox and sockets,
+   * behind this tick: the stall (the gap less one tick) is added to every
+   * member's last sign of life, as Cassandra's failure detector ignores a
+   * local pause, instead of evicting everyone at once.
+   */
   tick(): Change {
     const now = this.#now();
+    const last = this.#lastTick;
+    this.#lastTick = now;
+    const gap = last === undefined ? 0 : now - last;
+    const stalledMs = gap > 2 * this.#tickMs ? gap - this.#tickMs : 0;
+    if (stalledMs > 0) {
+      for (const m of this.#members.values()) m.lastSeen = Math.min(now, m.lastSeen + stalledMs);
+    }
+    const stall = stalledMs > 0 ? { stalledMs } : {};
     const evicted: string[] = [];
     for (const [node, m] of this.#members) {
       if (now - m.lastSeen > this.#evictAfter) {
@@ -377,10 +408,10 @@ export class Membership {
         evicted.push(node);
       }
     }
-    if (evicted.length === 0) return { evicted };
+    if (evicted.length === 0) return { evicted, ...stall };
     this.#admitIfNoTrainer();
     const view = this.#publish(this.#view.round, !this.#started);
-    return view ? { view, evicted: evicted.sort() } : { evicted: evicted.sort() };
+    return { ...(view ? { view } : {}), evicted: evicted.sort(), ...stall };
   }
 
   /**

@@ -192,3 +192,60 @@ Deno.test("a resumed run deals each returning trainer its own saved data shard, 
   few.start();
   equal(dataShard(few, "t1"), 5);
 });
+
+Deno.test("a stall of the tracker itself is not counted as its members' silence", () => {
+  const clock = { t: 0 };
+  const m = started(clock, ["t0", "t1"]);
+  const everyone = ["agg0", "agg1", "t0", "t1"];
+  const beat = (nodes: string[]) => {
+    for (const n of nodes) {
+      m.heartbeat({ type: "heartbeat", run: RUN, node: n, epoch: m.view.epoch });
+    }
+  };
+  // Ticks every second, heartbeats every two.
+  for (; clock.t < 4000;) {
+    clock.t += 1000;
+    if (clock.t % 2000 === 0) beat(everyone);
+    deepEqual(m.tick(), { evicted: [] });
+  }
+  // The tracker's process is busy for 14 s (the last heartbeats came at 4 s): the
+  // members' heartbeats sent meanwhile wait behind the next tick.
+  clock.t += 14_000;
+  const after = m.tick();
+  deepEqual(after.evicted, [], "nobody is evicted for the tracker's own stall");
+  equal(after.stalledMs, 13_000);
+  beat(everyone);
+  // Silence after the stall still counts: t1 falls silent after its heartbeat at
+  // 18 s and goes at the first tick past 6 s of it.
+  const evictedAt: number[] = [];
+  for (let i = 0; i < 8; i++) {
+    clock.t += 1000;
+    if (clock.t % 2000 === 0) beat(["agg0", "agg1", "t0"]);
+    const c = m.tick();
+    equal(c.stalledMs, undefined);
+    if (c.evicted.length > 0) {
+      deepEqual(c.evicted, ["t1"]);
+      evictedAt.push(clock.t);
+    }
+  }
+  deepEqual(evictedAt, [18_000 + 7000]);
+});
+
+Deno.test("a tracker that ticks late but within twice its interval compensates nothing", () => {
+  const clock = { t: 0 };
+  const m = new Membership({ run: RUN, params: 2000, now: () => clock.t, tickMs: 500 });
+  m.join(join("agg0", ["aggregator"]));
+  m.join(join("t0"));
+  m.start();
+  m.tick();
+  // Silent for 7 s in ticks 1 s apart (twice the 500 ms interval): evicted at 7 s.
+  let evicted: string[] = [];
+  for (let i = 0; i < 7 && evicted.length === 0; i++) {
+    clock.t += 1000;
+    const c = m.tick();
+    equal(c.stalledMs, undefined);
+    evicted = c.evicted;
+  }
+  deepEqual(evicted, ["agg0", "t0"]);
+  equal(clock.t, 7000);
+});

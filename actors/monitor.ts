@@ -219,6 +219,13 @@ export class RunMonitor {
         for (const node of e.nodes) this.evicted[node] = e.round;
         this.log(`tracker evicted ${e.nodes.join(", ")} in round ${e.round}`, "warn");
         return;
+      case "stalled":
+        this.log(
+          `tracker stalled ${(e.ms / 1000).toFixed(1)} s in round ${e.round} (its process was ` +
+            "busy): that time is not counted as members' silence",
+          "warn",
+        );
+        return;
       case "joined":
         delete this.evicted[e.node];
         this.log(`${e.node} joined (${e.status}) at round ${e.round}`);

@@ -21,8 +21,6 @@ import { validateRunMessage } from "./run_protocol_validate.ts";
 export interface TrackerOptions extends Omit<MembershipOptions, "incarnation"> {
   /** Opens the first round once this many trainers have joined (default 1). */
   minTrainers?: number;
-  /** How often to look for silent members, ms (default 1000). */
-  tickMs?: number;
   /** Gives each start of the actor its incarnation (restarts get higher ones). */
   incarnation: () => number;
   /** Receives log lines and views, for the run's monitor. */
@@ -33,6 +31,7 @@ export interface TrackerOptions extends Omit<MembershipOptions, "incarnation"> {
 export type TrackerEvent =
   | { type: "view"; view: ViewMsg }
   | { type: "evicted"; nodes: string[]; round: number }
+  | { type: "stalled"; ms: number; round: number }
   | { type: "joined"; node: string; status: string; round: number }
   | { type: "left"; node: string }
   | { type: "started"; incarnation: number }
@@ -79,6 +78,9 @@ export function trackerBehavior(options: TrackerOptions): Behavior {
       const ctl = raw as TrackerControl;
       if (ctl?.type === "tick") {
         const change = m.tick();
+        if (change.stalledMs !== undefined) {
+          options.onEvent?.({ type: "stalled", ms: change.stalledMs, round: m.view.round });
+        }
         if (change.evicted.length > 0) {
           options.onEvent?.({ type: "evicted", nodes: change.evicted, round: m.view.round });
         }
