@@ -54,6 +54,14 @@ import {
 import { type AggregateRule, DEFAULT_AGGREGATE, robustCombine } from "./robust_aggregate.ts";
 import { nesterovStepRef } from "../kernels/reference.ts";
 import { checkFragments, type Piece, roundPiece } from "./fragments.ts";
+import { tensorChecksum } from "./_checksum.ts";
+
+/** The work arrays of a close, by use (see `ShardAggregator.#work`). */
+const WORK_DELTA = 0;
+const WORK_DECODED = 1;
+const WORK_TARGET = 2;
+const WORK_MOVE = 3;
+const WORK_X = 4;
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -217,6 +225,12 @@ export class ShardAggregator {
   #norms: number[];
   #aggregate: AggregateRule;
   #center?: Float32Array;
+  /**
+   * Work arrays of a round's close, kept from round to round: a fresh array
+   * of a large shard's size costs its page faults on every use (at GPT-2
+   * small on a VM, seconds of a close that blocks the aggregator's event loop).
+   */
+  #work: Float32Array[] = [];
 
   constructor(options: ShardAggregatorOptions) {
     const { shard } = options;
@@ -273,6 +287,18 @@ export class ShardAggregator {
   /** A copy of θ of the shard at the start of the open round. */
   theta(): Float32Array {
     return new Float32Array(this.#theta);
+  }
+
+  /** The checksum of θ of the shard at the start of the open round (as `tensorChecksum`). */
+  thetaChecksum(): string {
+    return tensorChecksum(this.#theta);
+  }
+
+  /** Work array `slot` of n floats, its contents left from its last use. */
+  #workArray(slot: number, n: number): Float32Array {
+    let w = this.#work[slot];
+    if (w === undefined || w.length < n) w = this.#work[slot] = new Float32Array(n);
+    return w.subarray(0, n);
   }
 
   /** Trainers still expected this round, sorted. */
@@ -451,8 +477,8 @@ export class ShardAggregator {
       return delta;
     }
     // The token-weighted mean, fp32, fixed order.
-    const delta = new Float32Array(n);
-    const decoded = new Float32Array(n);
+    const delta = this.#workArray(WORK_DELTA, n).fill(0);
+    const decoded = this.#workArray(WORK_DECODED, n);
     for (const e of entries) {
       const w = Math.fround(e.msg.tokens / tokens);
       decodeEncoded(this.#format, e.msg, n, decoded);
@@ -472,9 +498,10 @@ export class ShardAggregator {
   ): Pick<UpdateMsg, "format" | "q" | "idx" | "scales"> {
     const n = theta.length;
     const f = this.#updateFormat;
-    const move = new Float32Array(n);
+    const move = this.#workArray(WORK_MOVE, n);
     for (let i = 0; i < n; i++) move[i] = target[i] - theta[i];
-    const wire = toWire(f, feedbackEncodeRef(f, move, residual), n);
+    const work = { x: this.#workArray(WORK_X, n), sent: this.#workArray(WORK_DECODED, n) };
+    const wire = toWire(f, feedbackEncodeRef(f, move, residual, work), n);
     // An int8 update names no format (what every trainer has always read).
     const coded = f.kind === "int8" ? wire : { format: exchangeName(f), ...wire };
     applyCoded(theta, coded, { block: this.#block });
@@ -530,7 +557,8 @@ export class ShardAggregator {
     for (const e of entries) loss += e.msg.loss * e.msg.tokens / tokens;
     // Nesterov SGD (PyTorch): m = mu m + Δ; θ' = θ − lr (Δ + mu m). The update
     // to send is θ' − θ plus what earlier rounds' codes left out.
-    const target = new Float32Array(thetaP);
+    const target = this.#workArray(WORK_TARGET, n);
+    target.set(thetaP);
     const step = outerAt(this.#outer, this.#round);
     nesterovStepRef(
       { theta: target, momentum: momentumP, delta },

@@ -599,3 +599,41 @@ Deno.test("a top-k update with fragments codes the round's piece only", () => {
     deepEqual(copy, agg.theta(), `round ${round}`);
   }
 });
+
+Deno.test("work arrays kept from round to round change no update: pieces of unequal length", () => {
+  // Three fragments of 1000 values (blocks of 256): pieces of 512, 256 and 232,
+  // so a round's work arrays are longer than the piece and hold the last round's values.
+  const n = 1000;
+  const [shard] = shardMap(n, { aggregators: ["agg0"] });
+  const options = {
+    run: RUN,
+    shard,
+    outer: { lr: 0.7, momentum: 0.9 },
+    fragments: 3,
+    exchange: "int4",
+    updateExchange: "int4",
+  };
+  const agg = new ShardAggregator({ ...options, theta: randomVec(n, 11) });
+  for (let r = 0; r < 7; r++) {
+    // A fresh aggregator restored from the state has no work arrays yet.
+    const saved = agg.state();
+    const fresh = new ShardAggregator({ ...options, theta: saved.theta, round: r, restore: saved });
+    const { lo, hi } = agg.piece();
+    const updates = [agg, fresh].map((a) => {
+      a.setView(viewOf([shard], ["t0", "t1"], r));
+      for (const [i, t] of ["t0", "t1"].entries()) {
+        const f = parseExchange("int4");
+        const x = randomVec(hi - lo, 100 * r + i, 0.02);
+        a.offer({
+          ...contribution(t, x, { round: r, epoch: r + 1 }),
+          format: "int4",
+          ...toWire(f, encodeRef(f, x), hi - lo),
+        });
+      }
+      return a.close().update;
+    });
+    deepEqual(updates[0].q, updates[1].q, `round ${r}`);
+    deepEqual(updates[0].scales, updates[1].scales, `round ${r}`);
+    deepEqual(agg.state(), fresh.state(), `round ${r}`);
+  }
+});

@@ -29,7 +29,6 @@ import {
 } from "./run_protocol.ts";
 import { validateRunMessage } from "./run_protocol_validate.ts";
 import { encode } from "../transport/codec.ts";
-import { tensorChecksum } from "./_checksum.ts";
 
 /**
  * Where an aggregator keeps what must survive its restart: each shard's θ,
@@ -191,7 +190,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
     slot.save(agg.state());
     for (const r of closed.rejected) rejectTo(ctx, r);
     // The checksum of θ_{r+1} lets each trainer verify its copy.
-    const update: UpdateMsg = { ...closed.update, check: tensorChecksum(agg.theta()) };
+    const update: UpdateMsg = { ...closed.update, check: agg.thetaChecksum() };
     const to = new Set([...(view?.trainers ?? []), ...update.contributors]);
     for (const t of to) tellSafe(ctx, t, update);
     report({

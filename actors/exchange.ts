@@ -83,7 +83,14 @@ function fromWire(f: ExchangeFormat, e: Encoded): Coded {
     for (let j = 0; j < codes.length; j++) codes[j] = e.idx![j] | ((e.q[j] & 0xff) << 8);
     return { codes, scales: e.scales };
   }
-  const codes = new Uint32Array(Math.ceil(e.q.length / 4));
+  // The bytes as words in place where they are aligned (an in-process
+  // message); the decoders read no byte past the vector's end.
+  const nw = Math.ceil(e.q.length / 4);
+  const { buffer, byteOffset } = e.q;
+  if (byteOffset % 4 === 0 && buffer.byteLength - byteOffset >= nw * 4) {
+    return { codes: new Uint32Array(buffer, byteOffset, nw), scales: e.scales };
+  }
+  const codes = new Uint32Array(nw);
   new Int8Array(codes.buffer).set(e.q);
   return { codes, scales: e.scales };
 }

@@ -283,12 +283,14 @@ export function feedbackEncodeRef(
   f: ExchangeFormat,
   delta: Float32Array,
   residual: Float32Array,
+  work?: { x: Float32Array; sent: Float32Array },
 ): Coded {
   const n = delta.length;
-  const x = new Float32Array(n);
+  // Work arrays of n floats each, overwritten whole (a caller may reuse them).
+  const x = work?.x.subarray(0, n) ?? new Float32Array(n);
   for (let i = 0; i < n; i++) x[i] = fr(delta[i] + residual[i]);
   const coded = encodeRef(f, x);
-  const sent = decodeRef(f, coded, n);
+  const sent = decodeRef(f, coded, n, work?.sent.subarray(0, n));
   for (let i = 0; i < n; i++) residual[i] = fr(x[i] - sent[i]);
   return coded;
 }
