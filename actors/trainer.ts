@@ -199,7 +199,11 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
 
   const call = (req: Record<string, unknown>) => worker!.call(req);
 
+  /** A join is on its way: the acks of heartbeats queued meanwhile send no second one. */
+  let joining = false;
   const join = (ctx: ActorContext) => {
+    if (joining) return;
+    joining = true;
     ctx.system.ref(options.tracker).ask<JoinReplyMsg>({
       type: "join",
       run,
@@ -211,6 +215,30 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       (reply) => ctx.self.tell({ type: "_joined", reply }),
       () => ctx.self.tell({ type: "_join_failed" }),
     );
+  };
+
+  const heartbeat = (ctx: ActorContext) => {
+    ctx.system.ref(options.tracker).ask<HeartbeatAckMsg>(
+      { type: "heartbeat", run, node: id, epoch: view?.epoch ?? 0 },
+      { timeoutMs: 3000 },
+    ).then((ack) => ctx.self.tell({ type: "_ack", ack }), () => {});
+  };
+
+  /**
+   * Awaits `work` with heartbeats going out meanwhile. The mailbox waits for
+   * the handler, and the heartbeat timer's messages with it: an evaluation of
+   * a large model (a final one of 64 windows takes minutes on a CPU) would
+   * otherwise get a busy trainer evicted.
+   */
+  const beatWhile = async <T>(ctx: ActorContext, work: Promise<T>): Promise<T> => {
+    const beat = setInterval(() => {
+      if (joined && !ctx.signal.aborted) heartbeat(ctx);
+    }, options.heartbeatMs ?? 2000);
+    try {
+      return await work;
+    } finally {
+      clearInterval(beat);
+    }
   };
 
   const inView = (v: ViewMsg | undefined) => v !== undefined && v.trainers.includes(id);
@@ -508,9 +536,11 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         case "_worker_error":
           throw new Error(`Trainer ${id}: compute worker failed: ${ctl.error}`);
         case "_join_failed":
+          joining = false;
           ctx.timers.once(500, { type: "_heartbeat" }, { key: "rejoin" });
           return;
         case "_joined": {
+          joining = false;
           joined = true;
           dataShard = ctl.reply.dataShard;
           const v = ctl.reply.view;
@@ -525,10 +555,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
             return;
           }
           outbox.resendIfStuck(ctx.system, view, awaiting);
-          ctx.system.ref(options.tracker).ask<HeartbeatAckMsg>(
-            { type: "heartbeat", run, node: id, epoch: view?.epoch ?? 0 },
-            { timeoutMs: 3000 },
-          ).then((ack) => ctx.self.tell({ type: "_ack", ack }), () => {});
+          heartbeat(ctx);
           return;
         case "_ack":
           if (!ctl.ack.known) join(ctx);
@@ -599,12 +626,15 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           // The θ evaluated, its round and hash as asked: an update may come before the answer.
           const evaluated = new Float32Array(theta);
           const at = round;
-          const r = await call({
-            op: "eval",
-            theta: evaluated,
-            maxWindows: ctl.maxWindows ?? 64,
-            ...(ctl.part ? { part: ctl.part } : {}),
-          });
+          const r = await beatWhile(
+            ctx,
+            call({
+              op: "eval",
+              theta: evaluated,
+              maxWindows: ctl.maxWindows ?? 64,
+              ...(ctl.part ? { part: ctl.part } : {}),
+            }),
+          );
           return {
             loss: r.loss as number,
             tokens: r.tokens as number,
