@@ -178,3 +178,43 @@ Deno.test({
     ok(summary.last_loss < summary.first_loss, `${summary.first_loss} -> ${summary.last_loss}`);
   },
 });
+
+Deno.test({
+  name: "a stall of the host's event loop longer than the eviction silence evicts nobody",
+  sanitizeOps: false, // Worker termination settles its ops after the test's end
+  async fn() {
+    const rounds = 4;
+    const events: RunEvent[] = [];
+    let stalled = false;
+    const summary = await runEmbedded({
+      run: "embedded-stall",
+      config: "tiny",
+      trainers: 2,
+      rounds,
+      innerSteps: 3,
+      outer: { lr: 1, momentum: 0 },
+      evalWindows: 8,
+      timeoutMs: 240_000,
+      emit: (e) => {
+        events.push(e);
+        // The process's one event loop (tracker, aggregator, trainer actors) is
+        // busy for 8 s, longer than the 6 s of silence that evicts a member, as
+        // an aggregator's close of a large model or a suspended VM keeps it.
+        if (e.event === "round" && e.round === 1 && !stalled) {
+          stalled = true;
+          const until = Date.now() + 8000;
+          while (Date.now() < until) { /* busy */ }
+        }
+      },
+    });
+    const logs = events.filter((e) => e.event === "log").map((e) => String(e.message));
+    ok(stalled);
+    deepEqual(logs.filter((l) => /evicted/.test(l)), [], logs.join("\n"));
+    ok(logs.some((l) => /^tracker stalled \d+\.\d s/.test(l)), logs.join("\n"));
+    const roundEvents = events.filter((e) => e.event === "round");
+    deepEqual(roundEvents.map((e) => e.round), [...Array(rounds).keys()]);
+    for (const e of roundEvents) equal(e.contributors.length, 2, `round ${e.round}`);
+    ok(summary.hashes_equal);
+    equal(summary.restarts, 0);
+  },
+});
