@@ -56,12 +56,15 @@ import { nesterovStepRef } from "../kernels/reference.ts";
 import { checkFragments, type Piece, roundPiece } from "./fragments.ts";
 import { tensorChecksum } from "./_checksum.ts";
 
-/** The work arrays of a close, by use (see `ShardAggregator.#work`). */
+/**
+ * The work arrays of a close (see `ShardAggregator.#work`), three of the
+ * shard's size: the combined Δ, which after the outer step holds the move
+ * θ_target − θ and then its sum with the residual (each read only where it is
+ * written); a decoded contribution, later the decoded update; and θ_target.
+ */
 const WORK_DELTA = 0;
 const WORK_DECODED = 1;
 const WORK_TARGET = 2;
-const WORK_MOVE = 3;
-const WORK_X = 4;
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -498,9 +501,10 @@ export class ShardAggregator {
   ): Pick<UpdateMsg, "format" | "q" | "idx" | "scales"> {
     const n = theta.length;
     const f = this.#updateFormat;
-    const move = this.#workArray(WORK_MOVE, n);
+    // Δ is spent (the outer step took it): its array holds the move, then the move plus the residual.
+    const move = this.#workArray(WORK_DELTA, n);
     for (let i = 0; i < n; i++) move[i] = target[i] - theta[i];
-    const work = { x: this.#workArray(WORK_X, n), sent: this.#workArray(WORK_DECODED, n) };
+    const work = { x: move, sent: this.#workArray(WORK_DECODED, n) };
     const wire = toWire(f, feedbackEncodeRef(f, move, residual, work), n);
     // An int8 update names no format (what every trainer has always read).
     const coded = f.kind === "int8" ? wire : { format: exchangeName(f), ...wire };

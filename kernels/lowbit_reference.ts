@@ -286,7 +286,8 @@ export function feedbackEncodeRef(
   work?: { x: Float32Array; sent: Float32Array },
 ): Coded {
   const n = delta.length;
-  // Work arrays of n floats each, overwritten whole (a caller may reuse them).
+  // Work arrays of n floats each, overwritten whole (a caller may reuse them);
+  // x may be delta itself (each element is read before it is written).
   const x = work?.x.subarray(0, n) ?? new Float32Array(n);
   for (let i = 0; i < n; i++) x[i] = fr(delta[i] + residual[i]);
   const coded = encodeRef(f, x);
