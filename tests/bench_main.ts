@@ -58,6 +58,7 @@ const SUITES: Record<string, () => Promise<BenchModule>> = {
   train: () => import("../kernels/bench_train.ts"),
   transport: () => import("../transport/bench.ts"),
   checkpoint: () => import("../checkpoint/bench.ts"),
+  aggregation: () => import("../actors/bench_aggregation.ts"),
 };
 
 /**

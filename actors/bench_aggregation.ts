@@ -1,0 +1,124 @@
+/**
+ * The `aggregation` bench suite (`deno task bench --only aggregation`): what
+ * a round costs the host's event loop at a large shard, the work every actor
+ * beside the aggregator waits for.
+ *
+ * A {@linkcode ShardAggregator} of n parameters (16M; 2M with `--quick`) takes
+ * two int8 contributions a round for five rounds. Per round it times `close`
+ * (decode, token-weighted mean, outer Nesterov step, int8 update with error
+ * feedback, applied to θ), `state` (the copies the keepers and a restart
+ * get) and `thetaChecksum`; the records give round 0 (the work arrays
+ * allocated) and the median of rounds 1-4, in ms and in ns per parameter,
+ * and against the baseline run in the same process, one copy of the shard
+ * into a reused array (`close_vs_copy`: how many θ-sized copies a close
+ * costs).
+ *
+ * @module
+ */
+import { ShardAggregator } from "./aggregation.ts";
+import { quantizeInt8 } from "./int8_exchange.ts";
+import { shardMap, type ViewMsg } from "./run_protocol.ts";
+import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
+
+const ROUNDS = 5;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+function timed(work: () => void): number {
+  const t0 = performance.now();
+  work();
+  return performance.now() - t0;
+}
+
+/** The suite. */
+export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord> {
+  const n = options.quick ? 1 << 21 : 1 << 24;
+  const [shard] = shardMap(n, { aggregators: ["a0"] });
+  const theta = new Float32Array(n);
+  for (let i = 0; i < n; i++) theta[i] = ((i * 37) % 1001) * 1e-5;
+  const agg = new ShardAggregator({
+    run: "bench",
+    shard,
+    theta,
+    outer: { lr: 0.7, momentum: 0.9 },
+  });
+  const contributions = [3, 5].map((k) => {
+    const delta = new Float32Array(n);
+    for (let i = 0; i < n; i++) delta[i] = (((i * k) % 997) - 498) * 1e-6;
+    return quantizeInt8(delta);
+  });
+  // The baseline: one copy of the shard into an array written before (no page faults).
+  const copy = new Float32Array(n);
+  copy.set(theta);
+  const copies: number[] = [];
+  const close: number[] = [];
+  const state: number[] = [];
+  const checksum: number[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    const view: ViewMsg = {
+      type: "view",
+      run: "bench",
+      epoch: round + 1,
+      round,
+      trainers: ["t0", "t1"],
+      aggregators: ["a0"],
+      shards: [shard],
+      params: n,
+      block: 256,
+      dataShards: [0, 1],
+      started: true,
+      rounds: 0,
+    };
+    agg.setView(view);
+    for (const [i, c] of contributions.entries()) {
+      agg.offer({
+        type: "contribution",
+        run: "bench",
+        round,
+        epoch: round + 1,
+        trainer: `t${i}`,
+        shard: 0,
+        tokens: 512,
+        n,
+        q: c.q,
+        scales: c.scales,
+        loss: 3,
+      });
+    }
+    copies.push(timed(() => copy.set(theta)));
+    close.push(timed(() => agg.close()));
+    state.push(timed(() => agg.state()));
+    checksum.push(timed(() => agg.thetaChecksum()));
+    // Let the event loop turn, as between an aggregator's rounds.
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  const steady = (xs: number[]) => median(xs.slice(1));
+  const base = { params: n, trainers: 2, exchange: "int8", rounds: ROUNDS };
+  const perParam = (ms: number) => ms * 1e6 / n;
+  yield { name: "aggregator_close_first_ms", value: close[0], unit: "ms", ...base };
+  for (const [name, xs] of [["close", close], ["state", state], ["checksum", checksum]] as const) {
+    yield {
+      name: `aggregator_${name}_ms`,
+      value: steady(xs),
+      unit: "ms",
+      ...base,
+      of: "rounds 1-4",
+    };
+    yield {
+      name: `aggregator_${name}_ns_per_param`,
+      value: perParam(steady(xs)),
+      unit: "ns",
+      ...base,
+    };
+  }
+  yield { name: "shard_copy_ms", value: steady(copies), unit: "ms", ...base, baseline: true };
+  yield {
+    name: "close_vs_copy",
+    value: steady(close) / steady(copies),
+    unit: "ratio",
+    ...base,
+  };
+}
