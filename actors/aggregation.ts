@@ -39,14 +39,17 @@ import { DEFAULT_OUTER, outerAt, type OuterOptimizer } from "./outer_optimizer.t
 import {
   applyCoded,
   decodeEncoded,
+  type Encoded,
   encodedNorm,
   encodedProblem,
   formatOf,
+  sliceEncoded,
   toWire,
 } from "./exchange.ts";
 import { feedbackEncodeRef } from "../kernels/lowbit_reference.ts";
 import {
   DEFAULT_EXCHANGE,
+  encodedSize,
   type ExchangeFormat,
   exchangeName,
   parseExchange,
@@ -65,6 +68,25 @@ import { tensorChecksum } from "./_checksum.ts";
 const WORK_DELTA = 0;
 const WORK_DECODED = 1;
 const WORK_TARGET = 2;
+
+/** Values per range of {@linkcode ShardAggregator.closeInRanges} by default (tens of ms each). */
+export const DEFAULT_CLOSE_CHUNK = 1 << 20;
+
+/** What a close decided before its arithmetic (see `ShardAggregator.#prepareClose`). */
+interface PreparedClose {
+  entries: Accepted[];
+  rejected: Rejection[];
+  missing: string[];
+  reason: "complete" | "deadline";
+  tokens: number;
+  loss: number;
+  /** The piece of the shard this round moves. */
+  piece: Piece;
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -459,11 +481,21 @@ export class ShardAggregator {
       this.#accepted.size >= this.quorum();
   }
 
-  /** The round's pseudo-gradient from the accepted entries (sorted by trainer), fp32. */
-  /** Combines the contributions to the piece [lo, hi) of the shard this round moves. */
-  #combine(entries: Accepted[], tokens: number, lo: number, hi: number): Float32Array {
-    const n = hi - lo;
+  /**
+   * Combines the contributions to [a, b) of the piece [lo, hi) of the shard
+   * this round moves (a and b offsets in the piece). A robust rule takes the
+   * whole piece at once (a = 0, b = hi − lo): its rows are whole vectors.
+   */
+  #combine(
+    entries: Accepted[],
+    tokens: number,
+    piece: { lo: number; hi: number },
+    a: number,
+    b: number,
+  ): Float32Array {
+    const n = b - a;
     if (this.#aggregate.kind !== "mean") {
+      const { lo, hi } = piece;
       const rows = entries.map((e) => {
         const row = new Float32Array(n);
         decodeEncoded(this.#format, e.msg, n, row);
@@ -480,11 +512,13 @@ export class ShardAggregator {
       return delta;
     }
     // The token-weighted mean, fp32, fixed order.
+    const whole = a === 0 && b === piece.hi - piece.lo;
     const delta = this.#workArray(WORK_DELTA, n).fill(0);
     const decoded = this.#workArray(WORK_DECODED, n);
     for (const e of entries) {
       const w = Math.fround(e.msg.tokens / tokens);
-      decodeEncoded(this.#format, e.msg, n, decoded);
+      const codes = whole ? e.msg : sliceEncoded(this.#format, e.msg, { start: a, length: n });
+      decodeEncoded(this.#format, codes, n, decoded);
       for (let i = 0; i < n; i++) delta[i] += Math.fround(w * decoded[i]);
     }
     return delta;
@@ -494,11 +528,7 @@ export class ShardAggregator {
    * Codes the move θ_target − θ plus the residual in the update format,
    * applies what it sends to θ and leaves in the residual what it did not.
    */
-  #codeUpdate(
-    target: Float32Array,
-    theta: Float32Array,
-    residual: Float32Array,
-  ): Pick<UpdateMsg, "format" | "q" | "idx" | "scales"> {
+  #codeUpdate(target: Float32Array, theta: Float32Array, residual: Float32Array): Encoded {
     const n = theta.length;
     const f = this.#updateFormat;
     // Δ is spent (the outer step took it): its array holds the move, then the move plus the residual.
@@ -506,23 +536,14 @@ export class ShardAggregator {
     for (let i = 0; i < n; i++) move[i] = target[i] - theta[i];
     const work = { x: move, sent: this.#workArray(WORK_DECODED, n) };
     const wire = toWire(f, feedbackEncodeRef(f, move, residual, work), n);
-    // An int8 update names no format (what every trainer has always read).
-    const coded = f.kind === "int8" ? wire : { format: exchangeName(f), ...wire };
-    applyCoded(theta, coded, { block: this.#block });
-    return coded;
+    applyCoded(theta, f.kind === "int8" ? wire : { format: exchangeName(f), ...wire }, {
+      block: this.#block,
+    });
+    return wire;
   }
 
-  /**
-   * Closes the open round: drops absurd contributions, averages the rest in
-   * fp32 weighted by tokens (trainers in sorted order) or combines them with
-   * the robust rule of the `aggregate` option, takes the outer
-   * Nesterov step, codes θ_target − θ + residual in the update format,
-   * applies exactly what it sends to its own θ, keeps what the code left out
-   * as the residual, and opens the next round.
-   *
-   * @throws {RangeError} when nothing was accepted
-   */
-  close(): CloseResult {
+  /** What a close decides before its arithmetic: the entries that count and the totals. */
+  #prepareClose(): PreparedClose {
     const reason = this.missing().length === 0 ? "complete" : "deadline";
     const missing = this.missing();
     let entries = [...this.#accepted.values()].sort((a, b) =>
@@ -548,39 +569,52 @@ export class ShardAggregator {
     if (entries.length === 0) {
       throw new RangeError(`Cannot close round ${this.#round}: no contribution accepted`);
     }
-    // With fragments, only this round's piece of the shard moves.
-    const { lo: plo, hi: phi } = this.piece();
-    const n = phi - plo;
-    const thetaP = this.#theta.subarray(plo, phi);
-    const momentumP = this.#momentum.subarray(plo, phi);
-    const residualP = this.#residual.subarray(plo, phi);
     let tokens = 0;
     for (const e of entries) tokens += e.msg.tokens;
-    const delta = this.#combine(entries, tokens, plo, phi);
     let loss = 0;
     for (const e of entries) loss += e.msg.loss * e.msg.tokens / tokens;
-    // Nesterov SGD (PyTorch): m = mu m + Δ; θ' = θ − lr (Δ + mu m). The update
-    // to send is θ' − θ plus what earlier rounds' codes left out.
+    // With fragments, only this round's piece of the shard moves.
+    return { entries, rejected, missing, reason, tokens, loss, piece: this.piece() };
+  }
+
+  /**
+   * The round's arithmetic on [a, b) of its piece: the combined Δ, the
+   * Nesterov step (PyTorch's: m = mu m + Δ; θ' = θ − lr (Δ + mu m)) and the
+   * update's code of θ' − θ plus what earlier rounds' codes left out, applied
+   * to θ. Every part is element-wise or per block of the formats, so [a, b)
+   * cut at multiples of the blocks gives the bits of the whole piece.
+   */
+  #closeRange(p: PreparedClose, a: number, b: number): Encoded {
+    const { lo } = p.piece;
+    const n = b - a;
+    const delta = this.#combine(p.entries, p.tokens, p.piece, a, b);
+    const thetaR = this.#theta.subarray(lo + a, lo + b);
     const target = this.#workArray(WORK_TARGET, n);
-    target.set(thetaP);
+    target.set(thetaR);
     const step = outerAt(this.#outer, this.#round);
     nesterovStepRef(
-      { theta: target, momentum: momentumP, delta },
+      { theta: target, momentum: this.#momentum.subarray(lo + a, lo + b), delta },
       { n, lr: step.lr, mu: step.momentum },
     );
-    const coded = this.#codeUpdate(target, thetaP, residualP);
-    for (const e of entries) this.#norms.push(e.norm);
+    return this.#codeUpdate(target, thetaR, this.#residual.subarray(lo + a, lo + b));
+  }
+
+  /** Sends the update of the closed round and opens the next one. */
+  #finishClose(p: PreparedClose, wire: Encoded): CloseResult {
+    for (const e of p.entries) this.#norms.push(e.norm);
     if (this.#norms.length > 32) this.#norms.splice(0, this.#norms.length - 32);
+    const f = this.#updateFormat;
     const update: UpdateMsg = {
       type: "update",
       run: this.#run,
       round: this.#round,
       shard: this.#shard.index,
-      n,
-      ...coded,
-      contributors: entries.map((e) => e.msg.trainer),
-      loss,
-      tokens,
+      n: p.piece.hi - p.piece.lo,
+      // An int8 update names no format (what every trainer has always read).
+      ...(f.kind === "int8" ? wire : { format: exchangeName(f), ...wire }),
+      contributors: p.entries.map((e) => e.msg.trainer),
+      loss: p.loss,
+      tokens: p.tokens,
     };
     this.#round += 1;
     this.#accepted.clear();
@@ -588,6 +622,69 @@ export class ShardAggregator {
     this.#openedAt = this.#now();
     // Until the next round's view arrives, expect the same trainers.
     if (this.#view) this.#expected = new Set(this.#view.trainers);
-    return { update, rejected, missing, reason };
+    return { update, rejected: p.rejected, missing: p.missing, reason: p.reason };
+  }
+
+  /**
+   * Closes the open round: drops absurd contributions, averages the rest in
+   * fp32 weighted by tokens (trainers in sorted order) or combines them with
+   * the robust rule of the `aggregate` option, takes the outer
+   * Nesterov step, codes θ_target − θ + residual in the update format,
+   * applies exactly what it sends to its own θ, keeps what the code left out
+   * as the residual, and opens the next round.
+   *
+   * @throws {RangeError} when nothing was accepted
+   */
+  close(): CloseResult {
+    const p = this.#prepareClose();
+    return this.#finishClose(p, this.#closeRange(p, 0, p.piece.hi - p.piece.lo));
+  }
+
+  /**
+   * {@linkcode ShardAggregator.close} with the same bits, in ranges of about
+   * `chunk` values (default {@linkcode DEFAULT_CLOSE_CHUNK}, rounded up to a
+   * multiple of the run's and the formats' blocks) with
+   * `pause()` awaited between two: the event loop of a host whose shard is
+   * large turns in between (a close of 43M parameters takes seconds), so its
+   * other actors go on. The token-weighted mean is cut; a robust rule, which
+   * needs the whole piece, runs whole. Nothing else may touch the aggregator
+   * until it resolves.
+   *
+   * @throws {RangeError} when nothing was accepted
+   */
+  async closeInRanges(
+    options: { chunk?: number; pause?: () => Promise<void> } = {},
+  ): Promise<CloseResult> {
+    const p = this.#prepareClose();
+    const n = p.piece.hi - p.piece.lo;
+    // Ranges start at multiples of every block in play: the run's, the contributions' and the update's.
+    const align = [this.#format.block, this.#updateFormat.block].reduce(
+      (x, y) => x / gcd(x, y) * y,
+      this.#block,
+    );
+    const asked = options.chunk ?? DEFAULT_CLOSE_CHUNK;
+    const chunk = Math.max(align, Math.ceil(asked / align) * align);
+    if (this.#aggregate.kind !== "mean" || n <= chunk) {
+      return this.#finishClose(p, this.#closeRange(p, 0, n));
+    }
+    const pause = options.pause ?? (() => new Promise<void>((r) => setTimeout(r, 0)));
+    const f = this.#updateFormat;
+    const size = encodedSize(n, f);
+    const out: Encoded = {
+      q: new Int8Array(size.codes),
+      ...(size.offsets > 0 ? { idx: new Uint8Array(size.offsets) } : {}),
+      scales: new Float32Array(size.scales),
+    };
+    for (let a = 0; a < n; a += chunk) {
+      if (a > 0) await pause();
+      const b = Math.min(n, a + chunk);
+      const part = this.#closeRange(p, a, b);
+      // Cut at a multiple of the blocks: the part's codes follow those of [0, a).
+      const at = encodedSize(a, f);
+      out.q.set(part.q, at.codes);
+      if (out.idx) out.idx.set(part.idx!, at.offsets);
+      out.scales.set(part.scales, at.scales);
+    }
+    return this.#finishClose(p, out);
   }
 }

@@ -7,6 +7,7 @@ import { validateRunMessage } from "./run_protocol_validate.ts";
 import { decode, encode } from "../transport/codec.ts";
 import { parseExchange } from "../kernels/exchange_format.ts";
 import { decodeRef, encodeRef } from "../kernels/lowbit_reference.ts";
+import { parseAggregate } from "./robust_aggregate.ts";
 
 const RUN = "run-a";
 
@@ -635,5 +636,65 @@ Deno.test("work arrays kept from round to round change no update: pieces of uneq
     deepEqual(updates[0].q, updates[1].q, `round ${r}`);
     deepEqual(updates[0].scales, updates[1].scales, `round ${r}`);
     deepEqual(agg.state(), fresh.state(), `round ${r}`);
+  }
+});
+
+Deno.test("a close in ranges with pauses between them gives the bits of a close in one go", async () => {
+  const n = 5000;
+  const [shard] = shardMap(n, { aggregators: ["agg0"] });
+  const cases: {
+    exchange: string;
+    updateExchange: string;
+    fragments: number;
+    aggregate?: string;
+  }[] = [
+    { exchange: "int8", updateExchange: "int8", fragments: 1 },
+    { exchange: "int4", updateExchange: "int4", fragments: 2 },
+    { exchange: "topk:0.05", updateExchange: "topk:0.1", fragments: 1 },
+    { exchange: "int8", updateExchange: "int8", fragments: 1, aggregate: "median" },
+  ];
+  for (const c of cases) {
+    const options = {
+      run: RUN,
+      shard,
+      outer: { lr: 0.7, momentum: 0.9 },
+      exchange: c.exchange,
+      updateExchange: c.updateExchange,
+      fragments: c.fragments,
+      ...(c.aggregate ? { aggregate: parseAggregate(c.aggregate) } : {}),
+    };
+    const whole = new ShardAggregator({ ...options, theta: randomVec(n, 21) });
+    const ranged = new ShardAggregator({ ...options, theta: randomVec(n, 21) });
+    const f = parseExchange(c.exchange);
+    for (let r = 0; r < 4; r++) {
+      const { lo, hi } = whole.piece();
+      let pauses = 0;
+      const updates = [];
+      for (const a of [whole, ranged]) {
+        a.setView(viewOf([shard], ["t0", "t1", "t2"], r));
+        for (const [i, t] of ["t0", "t1", "t2"].entries()) {
+          const x = randomVec(hi - lo, 1000 * r + i, 0.02);
+          a.offer({
+            ...contribution(t, x, { round: r, epoch: r + 1, tokens: 100 + 10 * i }),
+            ...(c.exchange === "int8" ? {} : { format: c.exchange }),
+            ...toWire(f, encodeRef(f, x), hi - lo),
+          });
+        }
+        updates.push(
+          a === whole ? a.close().update : (await a.closeInRanges({
+            chunk: 1000, // rounded up to 1024, a multiple of every block
+            pause: () => {
+              pauses++;
+              return Promise.resolve();
+            },
+          })).update,
+        );
+      }
+      const what = `${JSON.stringify(c)} round ${r}`;
+      deepEqual(updates[1], updates[0], what);
+      deepEqual(ranged.state(), whole.state(), what);
+      // The mean is cut in ranges of 1024 with a pause between two; a robust rule runs whole.
+      equal(pauses, c.aggregate ? 0 : Math.ceil((hi - lo) / 1024) - 1, what);
+    }
   }
 });

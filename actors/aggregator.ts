@@ -29,6 +29,7 @@ import {
 } from "./run_protocol.ts";
 import { validateRunMessage } from "./run_protocol_validate.ts";
 import { encode } from "../transport/codec.ts";
+import { beatWhile } from "./heartbeat.ts";
 
 /**
  * Where an aggregator keeps what must survive its restart: each shard's θ,
@@ -140,7 +141,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
 
   const owned = (v: ViewMsg) => v.shards.filter((s) => s.aggregator === id);
 
-  const takeView = (ctx: ActorContext, v: ViewMsg) => {
+  const takeView = async (ctx: ActorContext, v: ViewMsg) => {
     if (v.run !== run || (view && v.epoch < view.epoch)) return;
     view = v;
     for (const s of owned(v)) {
@@ -159,7 +160,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
       for (const r of agg.setView(v)) {
         if (r.status === "rejected") rejectTo(ctx, r.rejection);
       }
-      tryClose(ctx, agg);
+      await tryClose(ctx, agg);
     }
   };
 
@@ -184,9 +185,29 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
     tellSafe(ctx, rejection.trainer, { type: "reject", run, ...rejection });
   };
 
-  const tryClose = (ctx: ActorContext, agg: ShardAggregator) => {
+  const heartbeat = (ctx: ActorContext) => {
+    ctx.system.ref(options.tracker).ask<HeartbeatAckMsg>(
+      { type: "heartbeat", run, node: id, epoch: view?.epoch ?? 0 },
+      { timeoutMs: 3000 },
+    ).then((ack) => ctx.self.tell({ type: "_ack", ack }), () => {});
+  };
+
+  /**
+   * Closes the shard's round once it is ready. The close runs in ranges
+   * (ShardAggregator.closeInRanges): at a large shard it takes seconds, and
+   * the host's other actors go on between its ranges; this actor's mailbox
+   * waits for it (nothing may touch the shard meanwhile), so its heartbeats
+   * go out from here.
+   */
+  const tryClose = async (ctx: ActorContext, agg: ShardAggregator) => {
     if (!agg.ready()) return;
-    const closed = agg.close();
+    const closed = await beatWhile(
+      agg.closeInRanges(),
+      () => {
+        if (!ctx.signal.aborted) heartbeat(ctx);
+      },
+      options.heartbeatMs ?? 2000,
+    );
     slot.save(agg.state());
     for (const r of closed.rejected) rejectTo(ctx, r);
     // The checksum of θ_{r+1} lets each trainer verify its copy.
@@ -262,24 +283,21 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
       const ctl = raw as Control;
       switch (ctl?.type) {
         case "_heartbeat":
-          ctx.system.ref(options.tracker).ask<HeartbeatAckMsg>(
-            { type: "heartbeat", run, node: id, epoch: view?.epoch ?? 0 },
-            { timeoutMs: 3000 },
-          ).then((ack) => ctx.self.tell({ type: "_ack", ack }), () => {});
+          heartbeat(ctx);
           return;
         case "_ack":
           if (!ctl.ack.known) join(ctx);
-          else if (ctl.ack.view) takeView(ctx, ctl.ack.view);
+          else if (ctl.ack.view) return takeView(ctx, ctl.ack.view);
           return;
         case "_joined":
-          takeView(ctx, ctl.reply.view);
-          return;
+          return takeView(ctx, ctl.reply.view);
         case "_rejoin":
           join(ctx);
           return;
         case "_check":
-          for (const agg of shards.values()) tryClose(ctx, agg);
-          return;
+          return (async () => {
+            for (const agg of shards.values()) await tryClose(ctx, agg);
+          })();
         case "crash":
           throw new Error(`Aggregator crashed on purpose: ${ctl.reason}`);
         case "status":
@@ -318,8 +336,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
   function handle(ctx: ActorContext, m: RunMessage): unknown {
     switch (m.type) {
       case "view":
-        takeView(ctx, m);
-        return;
+        return takeView(ctx, m);
       case "contribution":
         return offer(ctx, m);
       case "state_request":
@@ -344,7 +361,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
     });
   }
 
-  function offer(ctx: ActorContext, msg: ContributionMsg) {
+  async function offer(ctx: ActorContext, msg: ContributionMsg) {
     const agg = shards.get(msg.shard);
     if (!agg) {
       const rejection: Rejection = {
@@ -359,6 +376,6 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
     }
     const r = agg.offer(msg);
     if (r.status === "rejected") rejectTo(ctx, r.rejection);
-    tryClose(ctx, agg);
+    await tryClose(ctx, agg);
   }
 }

@@ -59,6 +59,7 @@ import { encode } from "../transport/codec.ts";
 import { tensorChecksum } from "./_checksum.ts";
 import { defaultOverlapSteps, keepsRunning, reportCursor, type SyncMode } from "./overlap.ts";
 import { roundPiece, roundRanges } from "./fragments.ts";
+import { beatWhile } from "./heartbeat.ts";
 
 /** What a trainer reports besides its round reports. */
 export type TrainerEvent =
@@ -225,21 +226,14 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   };
 
   /**
-   * Awaits `work` with heartbeats going out meanwhile. The mailbox waits for
-   * the handler, and the heartbeat timer's messages with it: an evaluation of
-   * a large model (a final one of 64 windows takes minutes on a CPU) would
-   * otherwise get a busy trainer evicted.
+   * Awaits `work` with heartbeats going out meanwhile (actors/heartbeat.ts):
+   * an evaluation of a large model (a final one of 64 windows takes minutes
+   * on a CPU) would otherwise get a busy trainer evicted.
    */
-  const beatWhile = async <T>(ctx: ActorContext, work: Promise<T>): Promise<T> => {
-    const beat = setInterval(() => {
+  const busy = <T>(ctx: ActorContext, work: Promise<T>): Promise<T> =>
+    beatWhile(work, () => {
       if (joined && !ctx.signal.aborted) heartbeat(ctx);
     }, options.heartbeatMs ?? 2000);
-    try {
-      return await work;
-    } finally {
-      clearInterval(beat);
-    }
-  };
 
   const inView = (v: ViewMsg | undefined) => v !== undefined && v.trainers.includes(id);
 
@@ -626,7 +620,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           // The θ evaluated, its round and hash as asked: an update may come before the answer.
           const evaluated = new Float32Array(theta);
           const at = round;
-          const r = await beatWhile(
+          const r = await busy(
             ctx,
             call({
               op: "eval",
