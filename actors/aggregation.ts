@@ -84,6 +84,11 @@ interface PreparedClose {
   piece: Piece;
 }
 
+/** Resolves on a later turn of the event loop (its timers and I/O run first). */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
 function gcd(a: number, b: number): number {
   return b === 0 ? a : gcd(b, a % b);
 }
@@ -338,17 +343,58 @@ export class ShardAggregator {
 
   /** Everything needed to resume this shard after a restart (copies). */
   state(): AggregatorState {
+    const c = (x: Float32Array) => new Float32Array(x);
+    const center = this.#center && c(this.#center);
+    return this.#stateOf(c(this.#theta), c(this.#momentum), c(this.#residual), center);
+  }
+
+  /** The state around copies of the vectors. */
+  #stateOf(
+    theta: Float32Array,
+    momentum: Float32Array,
+    residual: Float32Array,
+    center: Float32Array | undefined,
+  ): AggregatorState {
     return {
       run: this.#run,
       shard: { ...this.#shard },
       round: this.#round,
-      theta: new Float32Array(this.#theta),
-      momentum: new Float32Array(this.#momentum),
-      residual: new Float32Array(this.#residual),
+      theta,
+      momentum,
+      residual,
       view: this.#view,
       norms: [...this.#norms],
-      ...(this.#center ? { center: new Float32Array(this.#center) } : {}),
+      ...(center ? { center } : {}),
     };
+  }
+
+  /**
+   * {@linkcode ShardAggregator.state} with its copies made in ranges of
+   * `chunk` values (default {@linkcode DEFAULT_CLOSE_CHUNK}), `pause()`
+   * awaited between two: three fresh copies of a large shard take seconds
+   * on a machine whose page faults are slow. Nothing else may touch the
+   * aggregator until it resolves.
+   */
+  async stateInRanges(
+    options: { chunk?: number; pause?: () => Promise<void> } = {},
+  ): Promise<AggregatorState> {
+    const chunk = Math.max(1, options.chunk ?? DEFAULT_CLOSE_CHUNK);
+    const pause = options.pause ?? nextTurn;
+    let first = true;
+    const copy = async (x: Float32Array) => {
+      const out = new Float32Array(x.length);
+      for (let a = 0; a < x.length; a += chunk) {
+        if (!first) await pause();
+        first = false;
+        out.set(x.subarray(a, Math.min(x.length, a + chunk)), a);
+      }
+      return out;
+    };
+    const theta = await copy(this.#theta);
+    const momentum = await copy(this.#momentum);
+    const residual = await copy(this.#residual);
+    const center = this.#center && await copy(this.#center);
+    return this.#stateOf(theta, momentum, residual, center);
   }
 
   /**
@@ -667,7 +713,7 @@ export class ShardAggregator {
     if (this.#aggregate.kind !== "mean" || n <= chunk) {
       return this.#finishClose(p, this.#closeRange(p, 0, n));
     }
-    const pause = options.pause ?? (() => new Promise<void>((r) => setTimeout(r, 0)));
+    const pause = options.pause ?? nextTurn;
     const f = this.#updateFormat;
     const size = encodedSize(n, f);
     const out: Encoded = {

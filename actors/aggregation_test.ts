@@ -692,7 +692,14 @@ Deno.test("a close in ranges with pauses between them gives the bits of a close 
       }
       const what = `${JSON.stringify(c)} round ${r}`;
       deepEqual(updates[1], updates[0], what);
-      deepEqual(ranged.state(), whole.state(), what);
+      let statePauses = 0;
+      const state = await ranged.stateInRanges({
+        chunk: 1000,
+        pause: () => Promise.resolve(void statePauses++),
+      });
+      deepEqual(state, whole.state(), what);
+      // θ, momentum and residual of 5000 values in ranges of 1000 (and the median's none).
+      equal(statePauses, 3 * 5 - 1, what);
       // The mean is cut in ranges of 1024 with a pause between two; a robust rule runs whole.
       equal(pauses, c.aggregate ? 0 : Math.ceil((hi - lo) / 1024) - 1, what);
     }

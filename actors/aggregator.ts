@@ -193,22 +193,22 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
   };
 
   /**
-   * Closes the shard's round once it is ready. The close runs in ranges
-   * (ShardAggregator.closeInRanges): at a large shard it takes seconds, and
-   * the host's other actors go on between its ranges; this actor's mailbox
-   * waits for it (nothing may touch the shard meanwhile), so its heartbeats
-   * go out from here.
+   * Closes the shard's round once it is ready. The close and the copies of
+   * the state saved for the keepers run in ranges (closeInRanges,
+   * stateInRanges): at a large shard they take seconds, and the host's other
+   * actors go on between the ranges; this actor's mailbox waits for them
+   * (nothing may touch the shard meanwhile), so its heartbeats go out from here.
    */
   const tryClose = async (ctx: ActorContext, agg: ShardAggregator) => {
     if (!agg.ready()) return;
-    const closed = await beatWhile(
-      agg.closeInRanges(),
+    const { closed, state } = await beatWhile(
+      (async () => ({ closed: await agg.closeInRanges(), state: await agg.stateInRanges() }))(),
       () => {
         if (!ctx.signal.aborted) heartbeat(ctx);
       },
       options.heartbeatMs ?? 2000,
     );
-    slot.save(agg.state());
+    slot.save(state);
     for (const r of closed.rejected) rejectTo(ctx, r);
     // The checksum of θ_{r+1} lets each trainer verify its copy.
     const update: UpdateMsg = { ...closed.update, check: agg.thetaChecksum() };
