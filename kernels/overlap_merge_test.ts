@@ -1,41 +1,70 @@
 import { equal, throws } from "@std/assert";
-import { acquireGpu } from "./device.ts";
+import { acquireGpu, type Dispatch, type Gpu } from "./device.ts";
 import { CHUNK_ALIGN } from "./limits.ts";
 import { mergeDispatches, mergeRange, mergeRangeRef } from "./overlap_merge.ts";
 import { noGpuErrors, randomF32, sameBits } from "./_testing.ts";
+
+/** The four vectors of a merge, random from `seed`, and their buffers on `gpu`. */
+function mergeInputs(gpu: Gpu, n: number, seed: number) {
+  const host = {
+    running: randomF32(n, seed),
+    global: randomF32(n, seed + 1),
+    incoming: randomF32(n, seed + 2),
+    delta: randomF32(n, seed + 3),
+  };
+  const bufs = {
+    running: gpu.storage(host.running),
+    global: gpu.storage(host.global),
+    incoming: gpu.storage(host.incoming),
+    delta: gpu.storage(host.delta),
+  };
+  return { host, bufs };
+}
+
+/** Runs `dispatches` and checks the running and global vectors against the twin on [lo, hi). */
+async function checkMerge(
+  gpu: Gpu,
+  { host, bufs }: ReturnType<typeof mergeInputs>,
+  range: { lo: number; hi: number },
+  dispatches: Dispatch[],
+): Promise<void> {
+  const n = host.running.length;
+  gpu.run(dispatches);
+  const want = {
+    ...host,
+    running: new Float32Array(host.running),
+    global: new Float32Array(host.global),
+  };
+  mergeRangeRef(want, range);
+  const gotRunning = await gpu.read(bufs.running, n);
+  const gotGlobal = await gpu.read(bufs.global, n);
+  equal(sameBits(gotRunning, want.running), true);
+  equal(sameBits(gotGlobal, want.global), true);
+  // Outside [lo, hi) nothing changed.
+  if (range.lo > 0) equal(gotRunning[range.lo - 1], host.running[range.lo - 1]);
+  if (range.hi < n) equal(gotGlobal[range.hi], host.global[range.hi]);
+}
 
 Deno.test("mergeRange: a range of the flat vector, bit-exact with its twin", async () => {
   const gpu = await acquireGpu();
   try {
     await noGpuErrors(gpu.device, async () => {
-      const n = 1536;
-      const lo = 512;
-      const hi = 1300;
-      const running = randomF32(n, 1);
-      const global = randomF32(n, 2);
-      const incoming = randomF32(n, 3);
-      const delta = randomF32(n, 4);
-      const bufs = [running, global, incoming, delta].map((a) => gpu.storage(a));
-      const at = (buffer: GPUBuffer) => ({ buffer, offset: lo * 4, length: hi - lo });
-      gpu.run([mergeRange(gpu, {
-        running: at(bufs[0]),
-        global: at(bufs[1]),
-        incoming: at(bufs[2]),
-        delta: at(bufs[3]),
-      }, { n: hi - lo })]);
-      const gotRunning = await gpu.read(bufs[0], n);
-      const gotGlobal = await gpu.read(bufs[1], n);
-      const wantRunning = new Float32Array(running);
-      const wantGlobal = new Float32Array(global);
-      mergeRangeRef(
-        { running: wantRunning, global: wantGlobal, incoming, delta },
-        { lo, hi },
-      );
-      equal(sameBits(gotRunning, wantRunning), true);
-      equal(sameBits(gotGlobal, wantGlobal), true);
-      // Outside [lo, hi) nothing changed.
-      equal(gotRunning[lo - 1], running[lo - 1]);
-      equal(gotGlobal[hi], global[hi]);
+      const range = { lo: 512, hi: 1300 };
+      const inputs = mergeInputs(gpu, 1536, 1);
+      const at = (buffer: GPUBuffer) => ({
+        buffer,
+        offset: range.lo * 4,
+        length: range.hi - range.lo,
+      });
+      const { running, global, incoming, delta } = inputs.bufs;
+      await checkMerge(gpu, inputs, range, [
+        mergeRange(gpu, {
+          running: at(running),
+          global: at(global),
+          incoming: at(incoming),
+          delta: at(delta),
+        }, { n: range.hi - range.lo }),
+      ]);
     });
   } finally {
     gpu.destroy();
@@ -48,25 +77,11 @@ Deno.test("mergeDispatches: a range longer than one binding goes in binding-size
   const gpu = await acquireGpu({ maxBindingBytes: CHUNK_ALIGN * 4 });
   try {
     await noGpuErrors(gpu.device, async () => {
-      const n = 40_000;
-      const lo = 512;
-      const hi = 39_000;
-      const running = randomF32(n, 5);
-      const global = randomF32(n, 6);
-      const incoming = randomF32(n, 7);
-      const delta = randomF32(n, 8);
-      const [r, g, i, d] = [running, global, incoming, delta].map((a) => gpu.storage(a));
-      const dispatches = mergeDispatches(gpu, { running: r, global: g, incoming: i, delta: d }, {
-        lo,
-        hi,
-      });
+      const range = { lo: 512, hi: 39_000 };
+      const inputs = mergeInputs(gpu, 40_000, 5);
+      const dispatches = mergeDispatches(gpu, inputs.bufs, range);
       equal(dispatches.length, 3);
-      gpu.run(dispatches);
-      const wantRunning = new Float32Array(running);
-      const wantGlobal = new Float32Array(global);
-      mergeRangeRef({ running: wantRunning, global: wantGlobal, incoming, delta }, { lo, hi });
-      equal(sameBits(await gpu.read(r, n), wantRunning), true);
-      equal(sameBits(await gpu.read(g, n), wantGlobal), true);
+      await checkMerge(gpu, inputs, range, dispatches);
     });
   } finally {
     gpu.destroy();
