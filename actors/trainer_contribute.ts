@@ -32,6 +32,8 @@ export interface OutboxOptions {
   fragments: number;
   /** Heartbeat interval, ms: a trainer blocked for 4 of them sends again. */
   heartbeatMs: number;
+  /** The clock, ms (default `performance.now`). */
+  now?: () => number;
 }
 
 /**
@@ -55,12 +57,16 @@ export class ContributionOutbox {
   #poison: TrainerFault & { type: "poison" } | undefined;
   /** The previous round's contributions (a "replay" fault sends them again). */
   #previous: ContributionMsg[] = [];
+  #now: () => number;
   #sentAt = 0;
   #lastResend = 0;
+  /** How long the last round's update took to come after its contributions went out, ms. */
+  #lastWaitMs = 0;
 
   /** Creates an empty outbox. */
   constructor(options: OutboxOptions) {
     this.#o = options;
+    this.#now = options.now ?? (() => performance.now());
     this.#formatName = formatOf({ format: options.exchange ?? DEFAULT_EXCHANGE });
     this.#format = parseExchange(this.#formatName);
   }
@@ -112,7 +118,7 @@ export class ContributionOutbox {
       }
     }
     this.#poison = undefined;
-    this.#sentAt = performance.now();
+    this.#sentAt = this.#now();
     return bytes;
   }
 
@@ -122,10 +128,17 @@ export class ContributionOutbox {
    * contributions again. The aggregator counts each at most once ("duplicate"
    * otherwise); if the round already closed, the "stale_round" answer makes
    * the trainer take the current θ.
+   *
+   * It waits 4 heartbeats, or twice as long as the last round's update took
+   * to come if that is longer (at most 30 heartbeats), as TCP's retransmission
+   * timeout follows the round-trip time: an aggregator's close of a large
+   * model takes longer than 4 heartbeats, and a resend that arrives after
+   * it is refused as stale.
    */
   resendIfStuck(system: Teller, view: ViewMsg | undefined, awaiting: boolean): void {
-    const every = 4 * this.#o.heartbeatMs;
-    const now = performance.now();
+    const hb = this.#o.heartbeatMs;
+    const every = Math.min(30 * hb, Math.max(4 * hb, 2 * this.#lastWaitMs));
+    const now = this.#now();
     if (!awaiting || !view || now - Math.max(this.#sentAt, this.#lastResend) < every) return;
     this.#lastResend = now;
     for (const c of this.#sent) tellLater(system, view.shards[c.shard].aggregator, c);
@@ -150,6 +163,7 @@ export class ContributionOutbox {
 
   /** The round's update was applied: what was sent becomes the previous round's. */
   closed(): void {
+    if (this.#sent.length > 0) this.#lastWaitMs = this.#now() - this.#sentAt;
     this.#previous = this.#sent;
     this.#sent = [];
     this.#clean = [];
