@@ -54,31 +54,29 @@ Deno.test("a blocked trainer resends after 4 heartbeats, or twice the last updat
     await flush();
     return sent.length;
   };
+  /** The update of the round out comes at `closeAt` (if given); round `round` goes out at `sendAt`. */
+  const nextRound = async (round: number, sendAt: number, closeAt?: number) => {
+    if (closeAt !== undefined) {
+      clock.t = closeAt;
+      outbox.closed();
+    }
+    const p = phase(round);
+    clock.t = sendAt;
+    outbox.send(system, view, p.reply, p.delta);
+    await flush();
+    return sent.length;
+  };
   // Round 0: sent at 0; no update for 8 s (4 heartbeats): sent again.
-  let p = phase(0);
-  outbox.send(system, view, p.reply, p.delta);
-  await flush();
-  equal(sent.length, 1);
+  equal(await nextRound(0, 0), 1);
   equal(await stuckAt(7_000), 1);
   equal(await stuckAt(8_000), 2);
   // Its update comes at 12.5 s: the next round waits up to 25 s before sending again.
-  clock.t = 12_500;
-  outbox.closed();
-  p = phase(1);
-  clock.t = 20_000;
-  outbox.send(system, view, p.reply, p.delta);
-  await flush();
-  equal(sent.length, 3);
+  equal(await nextRound(1, 20_000, 12_500), 3);
   equal(await stuckAt(28_000), 3, "8 s: a slow aggregator's close is no loss");
   equal(await stuckAt(44_000), 3);
   equal(await stuckAt(45_000), 4, "25 s, twice the last wait");
   // A very slow round: at most 30 heartbeats (60 s) between two sends.
-  clock.t = 1_000_000;
-  outbox.closed();
-  p = phase(2);
-  clock.t = 1_000_000;
-  outbox.send(system, view, p.reply, p.delta);
-  await flush();
+  equal(await nextRound(2, 1_000_000, 1_000_000), 5);
   equal(await stuckAt(1_059_000), 5);
   equal(await stuckAt(1_060_000), 6);
   equal(sent.join(","), "0,0,1,1,2,2");
