@@ -198,11 +198,20 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
    * stateInRanges): at a large shard they take seconds, and the host's other
    * actors go on between the ranges; this actor's mailbox waits for them
    * (nothing may touch the shard meanwhile), so its heartbeats go out from here.
+   * An actor killed meanwhile (a shutdown that outwaits it) stops at the next
+   * range: its half-closed shard is dropped with it, and nothing is saved or sent.
    */
   const tryClose = async (ctx: ActorContext, agg: ShardAggregator) => {
     if (!agg.ready()) return;
+    const pause = async () => {
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      if (ctx.signal.aborted) throw new Error(`Aggregator ${id} stopped during a close`);
+    };
     const { closed, state } = await beatWhile(
-      (async () => ({ closed: await agg.closeInRanges(), state: await agg.stateInRanges() }))(),
+      (async () => ({
+        closed: await agg.closeInRanges({ pause }),
+        state: await agg.stateInRanges({ pause }),
+      }))(),
       () => {
         if (!ctx.signal.aborted) heartbeat(ctx);
       },
