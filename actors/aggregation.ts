@@ -369,24 +369,30 @@ export class ShardAggregator {
   }
 
   /**
-   * {@linkcode ShardAggregator.state} with its copies made in ranges of
-   * `chunk` values (default {@linkcode DEFAULT_CLOSE_CHUNK}), `pause()`
-   * awaited between two: three fresh copies of a large shard take seconds
-   * on a machine whose page faults are slow. Nothing else may touch the
-   * aggregator until it resolves.
+   * {@linkcode ShardAggregator.state} with `pause()` awaited after each
+   * `chunk` values copied (default {@linkcode DEFAULT_CLOSE_CHUNK}), counted
+   * over all its vectors: three fresh copies of a large shard take seconds on
+   * a machine whose page faults are slow, while a small shard's state is
+   * copied in one go, as by `state`. Nothing else may touch the aggregator
+   * until it resolves.
    */
   async stateInRanges(
     options: { chunk?: number; pause?: () => Promise<void> } = {},
   ): Promise<AggregatorState> {
     const chunk = Math.max(1, options.chunk ?? DEFAULT_CLOSE_CHUNK);
     const pause = options.pause ?? nextTurn;
-    let first = true;
+    let copied = 0;
     const copy = async (x: Float32Array) => {
       const out = new Float32Array(x.length);
-      for (let a = 0; a < x.length; a += chunk) {
-        if (!first) await pause();
-        first = false;
-        out.set(x.subarray(a, Math.min(x.length, a + chunk)), a);
+      for (let a = 0; a < x.length;) {
+        if (copied >= chunk) {
+          await pause();
+          copied = 0;
+        }
+        const b = Math.min(x.length, a + chunk - copied);
+        out.set(x.subarray(a, b), a);
+        copied += b - a;
+        a = b;
       }
       return out;
     };

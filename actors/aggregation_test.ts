@@ -700,6 +700,9 @@ Deno.test("a close in ranges with pauses between them gives the bits of a close 
       deepEqual(state, whole.state(), what);
       // θ, momentum and residual of 5000 values in ranges of 1000 (and the median's none).
       equal(statePauses, 3 * 5 - 1, what);
+      // A state smaller than one range is copied without a pause.
+      await ranged.stateInRanges({ pause: () => Promise.resolve(void statePauses++) });
+      equal(statePauses, 3 * 5 - 1, what);
       // The mean is cut in ranges of 1024 with a pause between two; a robust rule runs whole.
       equal(pauses, c.aggregate ? 0 : Math.ceil((hi - lo) / 1024) - 1, what);
     }
