@@ -14,8 +14,8 @@ import type { KeeperPieceMsg } from "./keeper_protocol.ts";
 /** Rounds of assembly kept at once; older incomplete ones are dropped. */
 const MAX_ASSEMBLING = 3;
 
-/** Arrays kept for reuse. */
-const MAX_SPARE = 4;
+/** Arrays kept for reuse: parameters, momentum and residual of two rounds. */
+const MAX_SPARE = 6;
 
 interface Assembly {
   total: number;
@@ -137,7 +137,8 @@ export class PieceAssembler {
     a.params.set(m.params, m.start);
     a.momentum.set(m.momentum, m.start);
     if (m.residual) {
-      a.residual ??= new Float32Array(m.total);
+      // Pieces without a residual (none come from this version) leave zeros: a reused array is cleared.
+      a.residual ??= this.#reuse(m.total).fill(0);
       a.residual.set(m.residual, m.start);
     }
     if (m.view !== undefined && viewEpoch(m.view) >= viewEpoch(a.view)) a.view = m.view;

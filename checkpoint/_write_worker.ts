@@ -73,8 +73,9 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
         const files = Object.fromEntries(p.files);
         // The state's arrays go back too: the keeper assembles the next rounds in them instead
         // of in fresh memory, whose first touch is slow on these machines.
-        const spare = [req.state.params, req.state.momentum].filter((x) =>
-          x.byteOffset === 0 && x.byteLength === x.buffer.byteLength
+        const vectors = [req.state.params, req.state.momentum, req.state.residual];
+        const spare = vectors.filter((x): x is Float32Array =>
+          x !== undefined && x.byteOffset === 0 && x.byteLength === x.buffer.byteLength
         );
         const transfer = new Set<ArrayBuffer>();
         for (const x of [...p.files.values(), ...spare]) {
