@@ -11,8 +11,8 @@
  * (actors/outer_optimizer.ts) and emits the update coded in the run's update
  * format: int8 with per-block scales by default, or int4 or top-k
  * (`updateExchange`, to cut what every trainer downloads). It applies to its
- * own θ exactly the decoded update it sends, with `applyCoded`
- * (actors/exchange.ts), the function every trainer calls. What the code
+ * own θ exactly the decoded update it sends, bit for bit as `applyCoded`
+ * (actors/exchange.ts), the function every trainer calls, does. What the code
  * could not carry (the quantization residual, or for top-k everything not
  * sent) is fed back into the next round's update: error feedback on the
  * aggregator's side.
@@ -37,7 +37,6 @@ import {
 } from "./run_protocol.ts";
 import { DEFAULT_OUTER, outerAt, type OuterOptimizer } from "./outer_optimizer.ts";
 import {
-  applyCoded,
   decodeEncoded,
   type Encoded,
   encodedNorm,
@@ -586,11 +585,11 @@ export class ShardAggregator {
     // Δ is spent (the outer step took it): its array holds the move, then the move plus the residual.
     const move = this.#workArray(WORK_DELTA, n);
     for (let i = 0; i < n; i++) move[i] = target[i] - theta[i];
-    const work = { x: move, sent: this.#workArray(WORK_DECODED, n) };
-    const wire = toWire(f, feedbackEncodeRef(f, move, residual, work), n);
-    applyCoded(theta, f.kind === "int8" ? wire : { format: exchangeName(f), ...wire }, {
-      block: this.#block,
-    });
+    const sent = this.#workArray(WORK_DECODED, n);
+    const wire = toWire(f, feedbackEncodeRef(f, move, residual, { x: move, sent }), n);
+    // θ takes what the update carries, decoded as the feedback just did and
+    // added in f32, as every trainer applies it (applyCoded): no second decode.
+    for (let i = 0; i < n; i++) theta[i] += sent[i];
     return wire;
   }
 
