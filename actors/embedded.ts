@@ -9,6 +9,7 @@ import { serveDashboard, type ServedDashboard } from "./dashboard/serve.ts";
 import type { TrainerFault } from "./trainer_faults.ts";
 import { type HostOptions, type RunHost, startRunHost } from "./host.ts";
 import { finalCommit, finalEvaluation, type RunSummary, summarize } from "./run_summary.ts";
+import { textSample, type TextSampleSpec } from "../kernels/sample.ts";
 
 /** A fault to inject during an embedded run, when a round's event is emitted. */
 export interface RunFault {
@@ -34,6 +35,12 @@ export interface EmbeddedOptions extends Omit<HostOptions, "localTrainers"> {
    * "ADDR:PORT" while the run lasts (default: none; port 0 takes a free one).
    */
   dashboard?: string;
+  /**
+   * Take a text sample of θ at each dashboard evaluation and at the final
+   * one (the summary's `final_sample`): the fields given over
+   * `DEFAULT_TEXT_SAMPLE` (kernels/sample.ts). Default: none.
+   */
+  sample?: Partial<TextSampleSpec>;
 }
 
 function targetPath(host: RunHost, target: string): string {
@@ -76,13 +83,14 @@ function targetPath(host: RunHost, target: string): string {
  */
 export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary> {
   if (!(options.rounds > 0)) throw new RangeError("Cannot run embedded: rounds must be positive");
+  const sample = options.sample ? textSample(options.sample) : undefined;
   const host = await startRunHost({ ...options, localTrainers: options.trainers });
   const { monitor } = host;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let dashboard: ServedDashboard | undefined;
   try {
     if (options.dashboard !== undefined) {
-      dashboard = await serveDashboard(host, options.dashboard, { evalEvery: 1 });
+      dashboard = await serveDashboard(host, options.dashboard, { evalEvery: 1, sample });
       monitor.log(`dashboard on ${dashboard.url}`);
     }
     for (const f of options.faults ?? []) {
@@ -103,14 +111,15 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
     await Promise.race([monitor.done, timeout]);
     // The trainers of the last view first: they hold the final θ.
     const trainers = [...(monitor.view?.trainers ?? []), ...host.trainerPaths];
-    const evalLoss = await Promise.race([
+    const final = await Promise.race([
       finalEvaluation(host, trainers, {
         maxWindows: options.evalWindows ?? 64,
         timeoutMs: 600_000,
+        sample,
       }),
       timeout,
     ]);
-    if (Number.isNaN(evalLoss)) {
+    if (Number.isNaN(final.loss)) {
       throw new Error(
         "Cannot evaluate the final θ: no trainer of the run could (see the warnings)",
       );
@@ -119,7 +128,10 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
     const summary = summarize(monitor, {
       run: options.run,
       trainers: options.trainers,
-      evalLoss,
+      evalLoss: final.loss,
+      ...(final.sample !== undefined
+        ? { sample: { prompt: sample!.prompt, text: final.sample } }
+        : {}),
       exchange: options.exchange,
       updateExchange: options.updateExchange,
     });

@@ -44,6 +44,7 @@ import {
 } from "../transport/identity.ts";
 import { loadIdentity } from "../transport/identity_file.ts";
 import { runMessageClaims } from "./run_identity.ts";
+import { textSample, type TextSampleSpec } from "../kernels/sample.ts";
 
 /** Settings the host hands to joiners, so that every trainer runs the same engine. */
 export interface RunInfo {
@@ -100,6 +101,12 @@ export interface NetworkedOptions extends RunSettings, AdmissionOptions {
   runDir?: string;
   /** Joining as a keeper: its CPU budget while trainers keep the cores busy (`KeeperOptions.backgroundDuty`). */
   backgroundDuty?: number;
+  /**
+   * Host: take a text sample of θ at each dashboard evaluation and at the
+   * final one (the fields given over kernels/sample.ts `DEFAULT_TEXT_SAMPLE`).
+   * Default: none.
+   */
+  sample?: Partial<TextSampleSpec>;
 }
 
 /**
@@ -141,6 +148,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   const { Hono } = await import("../transport/_deps.ts");
   const { ActorTransport } = await import("../transport/remote.ts");
   const [hostname, portText] = options.host!.split(":");
+  const sample = options.sample ? textSample(options.sample) : undefined;
   const system = new ActorSystem({ node: "host" });
   const settings = runSettingsOf(options);
   let info: RunInfo = { type: "run_info", settings };
@@ -183,6 +191,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   const dashboard = mountDashboard(app, host, {
     peers: () => transport.peers,
     evalEvery: 1,
+    sample,
     memberKey: (node) =>
       node === system.node ? admission.identity.fingerprint : transport.peerFingerprint(node),
   });
@@ -210,15 +219,19 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     await host.monitor.done;
     // The final evaluation runs on any trainer of the last view (they hold the same θ).
     const trainers = host.monitor.view?.trainers ?? host.trainerPaths;
-    const evalLoss = await finalEvaluation(host, [...host.trainerPaths, ...trainers], {
+    const final = await finalEvaluation(host, [...host.trainerPaths, ...trainers], {
       maxWindows: 64,
       timeoutMs: 300_000,
+      sample,
     });
     await finalCommit(host, options.rounds);
     const summary = summarize(host.monitor, {
       run: options.run,
       trainers: trainers.length,
-      evalLoss,
+      evalLoss: final.loss,
+      ...(final.sample !== undefined
+        ? { sample: { prompt: sample!.prompt, text: final.sample } }
+        : {}),
       exchange: options.exchange,
       updateExchange: options.updateExchange,
     });

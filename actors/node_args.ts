@@ -49,6 +49,7 @@ import {
 import { CONFIGS, DEFAULT_CONFIG } from "../kernels/config.ts";
 import { resolveShape, SHAPE_FIELDS, SHAPE_FLAGS, shapeFlags } from "../kernels/shape.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
+import { DEFAULT_TEXT_SAMPLE, textSample, type TextSampleSpec } from "../kernels/sample.ts";
 
 const ROLES = ["trainer", "keeper", "aggregator"] as const;
 
@@ -206,6 +207,21 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
       help: "synchronise the parameters in F fragments, one per round (default 1)",
     },
     seed: { value: "N", help: "init and sampling seed (default 1)" },
+    "sample-tokens": {
+      value: "N",
+      help: `bytes of text the final θ (and each dashboard evaluation's) writes\n` +
+        `after --sample-prompt, shown with the summary (default ${DEFAULT_TEXT_SAMPLE.tokens}; 0: none)`,
+    },
+    "sample-prompt": {
+      value: "TEXT",
+      help: `the text sampled continues (default ${JSON.stringify(DEFAULT_TEXT_SAMPLE.prompt)})`,
+    },
+    "sample-temperature": {
+      value: "T",
+      help:
+        `softmax temperature of the sample, >= 0 (default ${DEFAULT_TEXT_SAMPLE.temperature}; ` +
+        "0: the most likely byte)",
+    },
     json: {
       type: "boolean",
       help: "one JSON object per line on stdout instead of the progress line",
@@ -258,6 +274,35 @@ function aggregateArg(v: string): string {
   return formatAggregate(aggregateFlag(v));
 }
 
+/** The text sample that `--sample-tokens`, `--sample-prompt` and `--sample-temperature` ask for. */
+function sampleFlags(
+  values: { "sample-tokens"?: string; "sample-prompt"?: string; "sample-temperature"?: string },
+): TextSampleSpec {
+  const tokens = intFlag("sample-tokens", values["sample-tokens"], 0);
+  const temperature = numberFlag("sample-temperature", values["sample-temperature"], {
+    min: 0,
+    max: Infinity,
+    closedMin: true,
+  });
+  const prompt = values["sample-prompt"];
+  if (prompt === "") {
+    throw new UsageError("Invalid --sample-prompt: empty (the model needs a byte to continue)");
+  }
+  try {
+    return textSample({
+      ...(tokens !== undefined ? { tokens } : {}),
+      ...(temperature !== undefined ? { temperature } : {}),
+      ...(prompt !== undefined ? { prompt } : {}),
+    });
+  } catch (err) {
+    // The bounds textSample names: too many tokens, or too long a prompt.
+    const flag = /prompt/.test((err as Error).message) ? "sample-prompt" : "sample-tokens";
+    throw new UsageError(
+      `Invalid --${flag}: ${(err as Error).message.replace(/^Invalid text sample \w+: /, "")}`,
+    );
+  }
+}
+
 /** "ADDR:PORT" with a port in 0-65535. */
 function validHostPort(v: string): boolean {
   return /^[^:]+:\d+$/.test(v) && Number(/\d+$/.exec(v)) < 65536;
@@ -282,6 +327,8 @@ export interface NodeArgs extends RunSettings, AdmissionOptions {
   resumeDir?: string;
   /** With `--tune-matmuls`: the file of this machine's matmul tuning table. */
   tuneFile?: string;
+  /** The text sample of the final θ and of dashboard evaluations (kernels/sample.ts). */
+  sample: TextSampleSpec;
   /** Flags given on the command line (a resumed run keeps its recorded settings otherwise). */
   given: string[];
   json: boolean;
@@ -444,6 +491,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       ? { keeperCpu: numberFlag("keeper-cpu", values["keeper-cpu"], { min: 0, max: 1 }) }
       : {}),
     ...(values.resume !== undefined ? { resumeDir: values.resume } : {}),
+    sample: sampleFlags(values),
     given: Object.keys(values),
     json: values.json ?? false,
     help: values.help ?? false,

@@ -1,5 +1,7 @@
 import { deepEqual, equal, match, ok, throws } from "@std/assert";
 import { parseNodeArgs, resumedArgs } from "./node_args.ts";
+import { sampleText } from "./node_progress.ts";
+import { DEFAULT_TEXT_SAMPLE } from "../kernels/sample.ts";
 import { runCli } from "../tests/_cli_run.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
 import { UsageError } from "../kernels/cli.ts";
@@ -47,6 +49,48 @@ Deno.test("node flags: defaults and bad integers are named", () => {
   equal(args.trainers, 4);
   throws(() => parseNodeArgs(["--keepers", "two"]), /Invalid --keepers/);
   throws(() => parseNodeArgs(["--rounds", "0"]), /Invalid --rounds/);
+});
+
+Deno.test("node flags: the text sample of the final θ, its bytes, prompt and temperature", () => {
+  deepEqual(parseNodeArgs([]).sample, DEFAULT_TEXT_SAMPLE);
+  deepEqual(
+    parseNodeArgs([
+      "--sample-tokens",
+      "100",
+      "--sample-prompt",
+      "Fellow",
+      "--sample-temperature",
+      "0",
+    ])
+      .sample,
+    { ...DEFAULT_TEXT_SAMPLE, tokens: 100, prompt: "Fellow", temperature: 0 },
+  );
+  equal(parseNodeArgs(["--sample-tokens", "0"]).sample.tokens, 0);
+  const bad: [string[], RegExp][] = [
+    [["--sample-tokens=-1"], /^Invalid --sample-tokens: "-1" \(expected an integer >= 0\)$/],
+    [
+      ["--sample-tokens", "5000"],
+      /^Invalid --sample-tokens: 5000 \(expected an integer in \[0, 4096\]\)$/,
+    ],
+    [["--sample-prompt", ""], /^Invalid --sample-prompt: empty/],
+    [["--sample-prompt", "x".repeat(5000)], /^Invalid --sample-prompt: 5000 bytes > 4096$/],
+    [["--sample-temperature=-0.5"], /^Invalid --sample-temperature: "-0.5"/],
+    [["--sample-temperature", "hot"], /^Invalid --sample-temperature: "hot"/],
+  ];
+  for (const [argv, re] of bad) {
+    throws(
+      () => parseNodeArgs(argv),
+      (err: Error) => err instanceof UsageError && re.test(err.message),
+      argv.join(" "),
+    );
+  }
+});
+
+Deno.test("the final sample is printed as a person reads it: indented, control bytes replaced", () => {
+  equal(
+    sampleText("The ", "people\x1b[2Jof\r\tthe\nUnion", 3),
+    "text from the final θ after 3 rounds:\n  The people\ufffd[2Jof\ufffd\tthe\n  Union",
+  );
 });
 
 Deno.test("node flags: shape flags override the config, are checked by name, and reach the engine", () => {
@@ -165,6 +209,10 @@ Deno.test("node: bad flags, combinations and run directories end with one line a
       [["--host", "127.0.0.1:7777"], /^node: Invalid flags: --host needs --secret or --allow$/],
       [["--host", "127.0.0.1:99999", "--secret", "s"], /^node: Invalid --host: .*99999/],
       [["--dashboard", "8080"], /^node: Invalid --dashboard: expected ADDR:PORT/],
+      [
+        ["--sample-tokens", "5000"],
+        /^node: Invalid --sample-tokens: 5000 \(expected an integer in/,
+      ],
       [
         ["--host", "127.0.0.1:1", "--secret", "s", "--dashboard", "127.0.0.1:2"],
         /^node: Invalid flags: --dashboard is for the embedded run/,

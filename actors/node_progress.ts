@@ -71,8 +71,29 @@ export function eventPrinter(args: PrinterOptions): (e: RunEvent) => void {
     } else {
       progress.done(text.last());
       console.log(`done: ${JSON.stringify(e, null, 2)}`);
+      if (typeof e.final_sample === "string") {
+        console.log(sampleText(String(e.sample_prompt ?? ""), e.final_sample, e.rounds));
+      }
     }
   };
+}
+
+/**
+ * The final θ's text sample as a person reads it: the prompt and what the
+ * model wrote after it, each line indented, control bytes other than line
+ * breaks and tabs shown as U+FFFD (they could move a terminal's cursor).
+ *
+ * @example
+ * ```ts
+ * import { sampleText } from "./node_progress.ts";
+ * console.log(sampleText("The ", "people\nof", 10));
+ * ```
+ */
+export function sampleText(prompt: string, text: string, rounds: unknown): string {
+  // deno-lint-ignore no-control-regex
+  const shown = (prompt + text).replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, "\ufffd");
+  return `text from the final θ${typeof rounds === "number" ? ` after ${rounds} rounds` : ""}:\n` +
+    shown.split("\n").map((l) => `  ${l}`).join("\n");
 }
 
 /**

@@ -8,30 +8,42 @@
  */
 import type { RunHost } from "./host.ts";
 import type { RunMonitor } from "./monitor.ts";
+import type { TextSampleSpec } from "../kernels/sample.ts";
+
+/** What the final evaluation found: the loss, and the text sample when one was asked for. */
+export interface FinalEvaluation {
+  /** Validation loss, nats/byte; NaN when no trainer could evaluate. */
+  loss: number;
+  /** The text the final θ continues the sample's prompt with. */
+  sample?: string;
+}
 
 /**
- * Evaluates the final θ on the first of `trainers` that can: every trainer of
- * the last round holds the same θ, but one evicted near the end may hold none
- * (it waits, pending, for a round that will not open) or may have lost its
- * device. Each failure is logged; the loss is NaN when every trainer failed.
+ * Evaluates the final θ on the first of `trainers` that can, and with a
+ * `sample` of at least one token has it continue the sample's prompt: every
+ * trainer of the last round holds the same θ, but one evicted near the end
+ * may hold none (it waits, pending, for a round that will not open) or may
+ * have lost its device. Each failure is logged; the loss is NaN when every
+ * trainer failed.
  */
 export async function finalEvaluation(
   host: RunHost,
   trainers: string[],
-  options: { maxWindows: number; timeoutMs: number },
-): Promise<number> {
+  options: { maxWindows: number; timeoutMs: number; sample?: TextSampleSpec },
+): Promise<FinalEvaluation> {
+  const sample = options.sample?.tokens ? { sample: options.sample } : {};
   for (const t of new Set(trainers)) {
     try {
-      const reply = await host.system.ref(t).ask<{ loss: number }>(
-        { type: "eval", maxWindows: options.maxWindows },
+      const reply = await host.system.ref(t).ask<FinalEvaluation>(
+        { type: "eval", maxWindows: options.maxWindows, ...sample },
         { timeoutMs: options.timeoutMs },
       );
-      return reply.loss;
+      return { loss: reply.loss, ...(sample.sample ? { sample: reply.sample ?? "" } : {}) };
     } catch (err) {
       host.monitor.log(`final evaluation on ${t} failed: ${err}`, "warn");
     }
   }
-  return NaN;
+  return { loss: NaN };
 }
 
 /** The final θ (the start of round `rounds`) is committed before a bounded run ends. */
@@ -58,6 +70,12 @@ export interface RunSummary {
   first_loss: number;
   last_loss: number;
   final_eval_loss: number;
+  /**
+   * The text the final θ continues `sample_prompt` with (kernels/sample.ts
+   * `TextSampleSpec`); absent when the run takes no sample.
+   */
+  final_sample?: string;
+  sample_prompt?: string;
   restarts: number;
   rejected: number;
   hashes_equal: boolean;
@@ -85,6 +103,8 @@ export function summarize(
     run: string;
     trainers: number;
     evalLoss: number;
+    /** The final text sample and its prompt. */
+    sample?: { prompt: string; text: string };
     exchange?: string;
     updateExchange?: string;
   },
@@ -115,6 +135,9 @@ export function summarize(
     first_loss: rounds[0]?.loss ?? NaN,
     last_loss: rounds.at(-1)?.loss ?? NaN,
     final_eval_loss: Math.round(options.evalLoss * 10_000) / 10_000,
+    ...(options.sample
+      ? { sample_prompt: options.sample.prompt, final_sample: options.sample.text }
+      : {}),
     restarts: monitor.restarts,
     restarts_by_child: monitor.restartsBy,
     rejected: monitor.rejections.length,

@@ -1,4 +1,4 @@
-import { equal, match } from "@std/assert";
+import { deepEqual, equal, match } from "@std/assert";
 import { ActorSystem } from "./runtime/system.ts";
 import type { RunHost } from "./host.ts";
 import { finalEvaluation } from "./run_summary.ts";
@@ -21,16 +21,18 @@ Deno.test("the final evaluation goes on past a trainer that holds no θ", async 
     const logged: string[] = [];
     const host = hostOf(system, logged);
     const trainers = ["host/trainers/0", "host/trainers/1", "host/trainers/0"];
-    equal(await finalEvaluation(host, trainers, { maxWindows: 8, timeoutMs: 5000 }), 2.5);
+    deepEqual(await finalEvaluation(host, trainers, { maxWindows: 8, timeoutMs: 5000 }), {
+      loss: 2.5,
+    });
     equal(logged.length, 1);
     match(logged[0], /final evaluation on host\/trainers\/0 failed: .*holds no θ yet/);
     // No trainer can: NaN, each failure logged once.
     logged.length = 0;
     equal(
-      await finalEvaluation(host, ["host/trainers/0", "host/trainers/0"], {
+      (await finalEvaluation(host, ["host/trainers/0", "host/trainers/0"], {
         maxWindows: 8,
         timeoutMs: 5000,
-      }),
+      })).loss,
       NaN,
     );
     equal(logged.length, 1);

@@ -37,6 +37,7 @@ import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import { thetaHash } from "./int8_exchange.ts";
 import { applyCoded } from "./exchange.ts";
 import { checkPart, type EvalPart } from "../kernels/evaluate.ts";
+import { textSample, type TextSampleSpec } from "../kernels/sample.ts";
 import {
   type HeartbeatAckMsg,
   type JoinReplyMsg,
@@ -127,9 +128,10 @@ type Control =
   /**
    * Evaluate θ on the validation split (`maxWindows` spread over it, default
    * 64; only `part` of them when given); answers the loss, the tokens it
-   * covers, the round θ starts, its hash and the ms it took.
+   * covers, the round θ starts, its hash and the ms it took; with `sample`,
+   * also the text θ continues its prompt with (`sample`, kernels/sample.ts).
    */
-  | { type: "eval"; maxWindows?: number; part?: EvalPart }
+  | { type: "eval"; maxWindows?: number; part?: EvalPart; sample?: Partial<TextSampleSpec> }
   | { type: "status" }
   | TrainerFault;
 
@@ -617,6 +619,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         case "eval": {
           if (!theta) throw new RangeError(`Cannot evaluate: trainer ${id} holds no θ yet`);
           if (ctl.part) checkPart(ctl.part);
+          const sample = ctl.sample ? textSample(ctl.sample) : undefined;
           // The θ evaluated, its round and hash as asked: an update may come before the answer.
           const evaluated = new Float32Array(theta);
           const at = round;
@@ -627,6 +630,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
               theta: evaluated,
               maxWindows: ctl.maxWindows ?? 64,
               ...(ctl.part ? { part: ctl.part } : {}),
+              ...(sample?.tokens ? { sample } : {}),
             }),
           );
           return {
@@ -635,6 +639,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
             round: at,
             hash: await thetaHash(evaluated),
             ms: r.ms as number,
+            ...(sample?.tokens ? { sample: r.sample as string } : {}),
           };
         }
         case "status":

@@ -19,6 +19,7 @@ import { pipelinedSteps } from "../kernels/pipeline.ts";
 import { type BatchSampler, batchSampler, type DataCursor } from "../kernels/data.ts";
 import { loadCorpus } from "../kernels/corpus.ts";
 import { type EvalPart, evaluate } from "../kernels/evaluate.ts";
+import { sampleText, type TextSampleSpec } from "../kernels/sample.ts";
 import { outerDispatches } from "../kernels/outer.ts";
 import { feedbackDispatches } from "../kernels/lowbit.ts";
 import { codedSize } from "../kernels/lowbit_reference.ts";
@@ -145,6 +146,8 @@ export interface WorkerEval {
   maxWindows: number;
   /** Evaluate only this part of the windows (kernels/evaluate.ts). */
   part?: EvalPart;
+  /** Then continue a prompt from θ (the answer's `sample`; checked by the trainer actor). */
+  sample?: TextSampleSpec;
 }
 
 /**
@@ -378,14 +381,19 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       // The running parameters go on after an evaluation of θ (a kept run trains on from them).
       const running = await e.model.getParams();
       e.model.setParams(req.theta);
-      const r = await evaluate(e.model, e.val, {
-        maxWindows: req.maxWindows,
-        selection: "spread",
-        ...(req.part ? { part: req.part } : {}),
-      });
-      e.model.setParams(running);
-      // What the evaluation cost this trainer, so that whoever asks can pace its asks.
-      return { loss: r.loss, tokens: r.tokens, ms: performance.now() - t0 };
+      let r, sample;
+      try {
+        r = await evaluate(e.model, e.val, {
+          maxWindows: req.maxWindows,
+          selection: "spread",
+          ...(req.part ? { part: req.part } : {}),
+        });
+        sample = req.sample ? { sample: await sampleText(e.model, req.sample) } : {};
+      } finally {
+        e.model.setParams(running);
+      }
+      // What the evaluation (and the sample) cost this trainer, so that whoever asks can pace its asks.
+      return { loss: r.loss, tokens: r.tokens, ms: performance.now() - t0, ...sample };
     }
     case "close": {
       if (engine) {

@@ -3,7 +3,10 @@
  * an int4 or top-k trainer moves its error-feedback residual on the ranges
  * of the round only.
  */
-import { deepEqual, notDeepEqual } from "@std/assert";
+import { deepEqual, equal, notDeepEqual, notEqual } from "@std/assert";
+import { sampleText, textSample } from "../kernels/sample.ts";
+import { acquireGpu } from "../kernels/device.ts";
+import { createModel } from "../kernels/model.ts";
 import { TrainerWorkerClient } from "./trainer_worker_client.ts";
 import type { DeltaReply } from "./trainer_worker.ts";
 import { engineSettings, paramLength } from "./run_settings.ts";
@@ -46,6 +49,48 @@ Deno.test({
       } finally {
         await worker.retire();
       }
+    }
+  },
+});
+
+Deno.test({
+  name: "worker: an evaluation's text sample is written by θ, not by the running parameters",
+  async fn() {
+    const settings = { run: "w", config: "tiny", rounds: 4, innerSteps: 3 };
+    const engine = engineSettings({ ...settings, outer: { lr: 1, momentum: 0 } });
+    const sample = textSample({ prompt: "The ", tokens: 40, temperature: 0 });
+    const worker = new TrainerWorkerClient({ onError: (m) => console.error(m) });
+    let texts: string[];
+    let theta: Float32Array;
+    try {
+      const init = await worker.call({ op: "init", ...engine, dataShard: { index: 0, count: 16 } });
+      theta = init.params as Float32Array;
+      // The running parameters move away from θ (kept: no pseudo-gradient taken).
+      await worker.call({ op: "round", round: 0, theta, keep: true, steps: 3 });
+      const ask = async () =>
+        (await worker.call({ op: "eval", theta, maxWindows: 2, sample })) as { sample?: string };
+      texts = [(await ask()).sample!, (await ask()).sample!];
+      const plain = await worker.call({ op: "eval", theta, maxWindows: 2 });
+      equal(plain.sample, undefined);
+    } finally {
+      await worker.retire();
+    }
+    // The same text twice (the running parameters were put back in between),
+    // and the text a model of the same shape writes from θ.
+    equal(texts[1], texts[0]);
+    const gpu = await acquireGpu();
+    try {
+      const model = await createModel(gpu, engine.config, { batch: engine.batch });
+      model.setParams(theta);
+      equal(texts[0], await sampleText(model, sample));
+      equal(new TextEncoder().encode(texts[0]).length >= 40, true);
+      // From other parameters the text differs: the sample does say which θ wrote it.
+      const moved = theta.map((x, i) => x + (i % 7 === 0 ? 0.5 : 0));
+      model.setParams(moved);
+      notEqual(await sampleText(model, sample), texts[0]);
+      model.dispose();
+    } finally {
+      gpu.destroy();
     }
   },
 });

@@ -182,3 +182,83 @@ export async function generate(
 export function bytesToText(tokens: ArrayLike<number>): string {
   return new TextDecoder().decode(Uint8Array.from(tokens));
 }
+
+/**
+ * The text sample a run takes of its parameters at an evaluation (the
+ * dashboard's, and the summary's at the end): `tokens` bytes continuing
+ * `prompt`, drawn at `temperature` from the `topK` most likely (0: all) with
+ * the RNG seeded by `seed`. The same settings every time, so that two samples
+ * differ only by the parameters.
+ */
+export interface TextSampleSpec {
+  /** The text continued, as UTF-8 bytes (not empty). */
+  prompt: string;
+  /** Bytes to generate; 0 takes no sample. */
+  tokens: number;
+  temperature: number;
+  topK: number;
+  seed: number;
+}
+
+/** A run's sample by default: 64 bytes after "The ", at temperature 0.8, seed 1. */
+export const DEFAULT_TEXT_SAMPLE: Readonly<TextSampleSpec> = Object.freeze({
+  prompt: "The ",
+  tokens: 64,
+  temperature: 0.8,
+  topK: 0,
+  seed: 1,
+});
+
+/**
+ * The most bytes a sample may ask for, and the longest prompt: a sample is a
+ * glimpse between inner steps, and the ask may come from another machine.
+ */
+export const MAX_TEXT_SAMPLE = 4096;
+
+/**
+ * `spec` over {@linkcode DEFAULT_TEXT_SAMPLE}, checked: a RangeError names
+ * the field that is wrong (the spec may come off the network).
+ *
+ * @example
+ * ```ts
+ * import { textSample } from "./sample.ts";
+ * console.log(textSample({ tokens: 16 }).prompt); // "The "
+ * ```
+ */
+export function textSample(spec: Partial<TextSampleSpec> = {}): TextSampleSpec {
+  if (typeof spec !== "object" || spec === null || Array.isArray(spec)) {
+    throw new RangeError(`Invalid text sample: expected an object, got ${typeof spec}`);
+  }
+  const s = { ...DEFAULT_TEXT_SAMPLE, ...spec };
+  if (typeof s.prompt !== "string" || s.prompt.length === 0) {
+    throw new RangeError("Invalid text sample prompt: expected a non-empty string");
+  }
+  const bytes = new TextEncoder().encode(s.prompt).length;
+  if (bytes > MAX_TEXT_SAMPLE) {
+    throw new RangeError(`Invalid text sample prompt: ${bytes} bytes > ${MAX_TEXT_SAMPLE}`);
+  }
+  if (!Number.isSafeInteger(s.tokens) || s.tokens < 0 || s.tokens > MAX_TEXT_SAMPLE) {
+    throw new RangeError(
+      `Invalid text sample tokens: ${s.tokens} (expected an integer in [0, ${MAX_TEXT_SAMPLE}])`,
+    );
+  }
+  // The sampler's own checks name temperature, topK and seed.
+  new Sampler(s);
+  return {
+    prompt: s.prompt,
+    tokens: s.tokens,
+    temperature: s.temperature,
+    topK: s.topK,
+    seed: s.seed,
+  };
+}
+
+/**
+ * The text `model` continues `spec.prompt` with (see {@linkcode generate}),
+ * decoded by {@linkcode bytesToText}; "" when `spec.tokens` is 0.
+ */
+export async function sampleText(model: GptModel, spec: TextSampleSpec): Promise<string> {
+  if (spec.tokens === 0) return "";
+  const prompt = new TextEncoder().encode(spec.prompt);
+  return bytesToText((await generate(model, prompt, spec)).tokens);
+}

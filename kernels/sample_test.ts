@@ -9,7 +9,16 @@ import type { GptConfig } from "./config.ts";
 import { createModel, type GptModel } from "./model.ts";
 import { initParams } from "./init.ts";
 import { referenceForward } from "./model_reference.ts";
-import { generate, pickToken, Sampler } from "./sample.ts";
+import {
+  bytesToText,
+  DEFAULT_TEXT_SAMPLE,
+  generate,
+  pickToken,
+  Sampler,
+  sampleText,
+  textSample,
+  type TextSampleSpec,
+} from "./sample.ts";
 import { assertClose, randomU32 } from "./_testing.ts";
 
 /** Large enough that several attention heads and a 2-row batch are exercised. */
@@ -105,5 +114,40 @@ Deno.test("generate: the same seed gives the same bytes, another seed others; gr
     }
     await rejects(() => generate(model, new Uint8Array(0), { tokens: 1 }), /Invalid prompt: empty/);
     await rejects(() => generate(model, prompt, { tokens: 0 }), /Invalid tokens: 0/);
+  });
+});
+
+Deno.test("textSample: the run's sample settings over the defaults, each bad field named", () => {
+  deepEqual(textSample(), { ...DEFAULT_TEXT_SAMPLE });
+  deepEqual(textSample({ tokens: 0, prompt: "Fellow" }), {
+    ...DEFAULT_TEXT_SAMPLE,
+    tokens: 0,
+    prompt: "Fellow",
+  });
+  const bad: [unknown, RegExp][] = [
+    ["The ", /^RangeError: Invalid text sample: expected an object, got string$/],
+    [null, /^RangeError: Invalid text sample: expected an object/],
+    [{ prompt: "" }, /^RangeError: Invalid text sample prompt: expected a non-empty string$/],
+    [{ prompt: 7 }, /^RangeError: Invalid text sample prompt/],
+    [{ prompt: "é".repeat(2049) }, /^RangeError: Invalid text sample prompt: 4098 bytes > 4096$/],
+    [{ tokens: 4097 }, /^RangeError: Invalid text sample tokens: 4097/],
+    [{ tokens: 1.5 }, /^RangeError: Invalid text sample tokens: 1.5/],
+    [{ temperature: -1 }, /^RangeError: Invalid temperature: -1/],
+    [{ topK: -2 }, /^RangeError: Invalid topK: -2/],
+    [{ seed: NaN }, /^RangeError: Invalid seed: NaN/],
+  ];
+  for (const [spec, re] of bad) {
+    throws(() => textSample(spec as Partial<TextSampleSpec>), re, JSON.stringify(spec));
+  }
+});
+
+Deno.test("sampleText: the prompt's continuation as text, the same for the same parameters; none for 0 tokens", async () => {
+  await withModel(2, async (model) => {
+    const spec = textSample({ prompt: "ab", tokens: 12, seed: 3 });
+    const text = await sampleText(model, spec);
+    equal(text, await sampleText(model, spec));
+    const prompt = new TextEncoder().encode("ab");
+    equal(text, bytesToText((await generate(model, prompt, spec)).tokens));
+    equal(await sampleText(model, { ...spec, tokens: 0 }), "");
   });
 });

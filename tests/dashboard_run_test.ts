@@ -17,13 +17,16 @@ import { deepEqual, equal, ok } from "@std/assert";
 import { Hono } from "hono";
 import { type RunHost, startRunHost } from "../actors/host.ts";
 import { type Dashboard, mountDashboard } from "../actors/dashboard/serve.ts";
-import type { LiveState, RoundPoint } from "../actors/dashboard/history.ts";
+import type { EvalPoint, LiveState, RoundPoint } from "../actors/dashboard/history.ts";
+import { textSample } from "../kernels/sample.ts";
 import { shortNumber } from "../actors/dashboard/plot.ts";
 import { type Family, parseExposition } from "./_prometheus.ts";
 import { ActorSystem } from "../actors/runtime/system.ts";
 import { ActorTransport } from "../transport/remote.ts";
 
 const ROUNDS = 4;
+/** Each evaluation's text sample: 24 bytes after a prompt with characters HTML would take as markup. */
+const SAMPLE = textSample({ prompt: "<b>&amp;", tokens: 24 });
 const CHROMIUM = "/usr/bin/chromium";
 const SHOT_DIR = new URL("../.ci/out/", import.meta.url);
 
@@ -34,7 +37,7 @@ interface Status {
   rounds_done: number;
   members: LiveState["members"];
   live: LiveState;
-  history: { rounds: RoundPoint[] };
+  history: { rounds: RoundPoint[]; evals: EvalPoint[] };
 }
 
 /** Waits for `check` to hold, polling; fails naming `what` after `ms`. */
@@ -218,6 +221,16 @@ async function checkPage(base: string, host: RunHost): Promise<string | undefine
       final.history.rounds.at(-1)!.loss,
     );
     equal(await page.locator("#tokens").textContent(), shortNumber(final.live.totals.tokens));
+    // The newest text sample first, the prompt as text (no markup made of it).
+    const newest = final.history.evals.filter((e) => e.sample).at(-1)!;
+    await page.waitForFunction(
+      `document.querySelector("#samples pre.sample")?.textContent === ${
+        JSON.stringify(SAMPLE.prompt + newest.sample!.text)
+      }`,
+      null,
+      { timeout: 30_000 },
+    );
+    equal(await page.locator("#samples pre.sample b").count(), 0);
     equal(
       await page.locator("#members tr").count(),
       final.members.length + Object.keys(final.live.evicted).length,
@@ -264,6 +277,7 @@ Deno.test({
         evalEvery: 1,
         evalWindows: 4,
         liveEveryMs: 300,
+        sample: SAMPLE,
       });
       transport.mount(app, "/");
       const listening = Promise.withResolvers<Deno.NetAddr>();
@@ -313,6 +327,14 @@ Deno.test({
       checkMetrics(parseExposition(await metrics.text()), status);
       equal(status.rounds_done, ROUNDS);
       deepEqual(status.history.rounds.map((r) => r.round), [...Array(ROUNDS).keys()]);
+      // Every evaluation came with its text sample: 24 bytes (fewer characters where
+      // bytes formed multi-byte UTF-8), from the θ evaluated.
+      ok(status.history.evals.length >= 1);
+      for (const e of status.history.evals) {
+        equal(e.sample?.prompt, SAMPLE.prompt);
+        const n = new TextEncoder().encode(e.sample!.text).length;
+        ok(n >= 24 && n <= 24 * 3, `${n} bytes: ${JSON.stringify(e.sample)}`);
+      }
     } finally {
       await dashboard?.close();
       await transport.close();

@@ -11,6 +11,11 @@
 import { deepEqual, equal, ok } from "@std/assert";
 import { type EmbeddedOptions, runEmbedded } from "../actors/embedded.ts";
 import type { RunEvent } from "../actors/monitor.ts";
+import { resumeRunDir } from "../checkpoint/resume.ts";
+import { acquireGpu } from "../kernels/device.ts";
+import { createModel } from "../kernels/model.ts";
+import { getConfig } from "../kernels/config.ts";
+import { sampleText, textSample } from "../kernels/sample.ts";
 
 /** A run of the tiny model with 3 trainers and H = 3, and the events it emitted. */
 async function tinyRun(
@@ -216,5 +221,49 @@ Deno.test({
     for (const e of roundEvents) equal(e.contributors.length, 2, `round ${e.round}`);
     ok(summary.hashes_equal);
     equal(summary.restarts, 0);
+  },
+});
+
+Deno.test({
+  name: "the final text sample is the text the committed final θ writes",
+  sanitizeOps: false, // Worker termination settles its ops after the test's end
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "embedded-sample-" });
+    try {
+      const sample = textSample({ tokens: 48 });
+      const summary = await runEmbedded({
+        run: "embedded-sample",
+        config: "tiny",
+        trainers: 2,
+        rounds: 2,
+        innerSteps: 3,
+        outer: { lr: 1, momentum: 0 },
+        evalWindows: 8,
+        timeoutMs: 240_000,
+        checkpoint: { dir, keepers: 1 },
+        sample,
+        emit: () => {},
+      });
+      equal(summary.sample_prompt, "The ");
+      const text = summary.final_sample!;
+      ok(new TextEncoder().encode(text).length >= 48, JSON.stringify(text));
+      // The final θ as the keepers committed it (round 2) writes the same text
+      // on a model of the trainers' shape and batch, with the same settings.
+      const final = await resumeRunDir(dir);
+      equal(final.round, 2);
+      const gpu = await acquireGpu();
+      try {
+        const model = await createModel(gpu, final.config, {
+          batch: getConfig("tiny").train.batch,
+        });
+        model.setParams(final.params);
+        equal(await sampleText(model, sample), text);
+        model.dispose();
+      } finally {
+        gpu.destroy();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });

@@ -100,6 +100,13 @@ Deno.test({
       ok(after.length > 0, "rounds after the eviction");
       for (const r of after) equal(r.trainers, 3, `round ${r.round}: ${r.contributors}`);
       ok(done.hashes_equal);
+      // The final θ's text sample (the CLI's default: 64 bytes after "The "), written by a
+      // joined trainer asked over the WebSocket.
+      equal(done.sample_prompt, "The ");
+      ok(
+        new TextEncoder().encode(String(done.final_sample)).length >= 64,
+        JSON.stringify(done.final_sample),
+      );
       // What a trainer downloads is the top-5% update: a fraction of the int8 one's byte a value.
       equal(done.update_exchange, "topk:0.05");
       ok(

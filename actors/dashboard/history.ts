@@ -8,6 +8,7 @@
  */
 import type { RunEvent } from "../monitor.ts";
 import type { RunHost } from "../host.ts";
+import type { TextSampleSpec } from "../../kernels/sample.ts";
 
 /** One closed round, as plotted. */
 export interface RoundPoint {
@@ -37,6 +38,8 @@ export interface EvalPoint {
   /** Validation loss, nats/byte. */
   eval_loss: number;
   wall_s: number;
+  /** The text those parameters continue the run's sample prompt with (when it takes samples). */
+  sample?: { prompt: string; text: string };
 }
 
 /** A round committed by the checkpoint keepers. */
@@ -146,6 +149,12 @@ export interface HistoryOptions {
   evalShare?: number;
   /** Validation windows of each evaluation (default 16). */
   evalWindows?: number;
+  /**
+   * With each evaluation, the first part's trainer also continues this
+   * sample's prompt from the θ evaluated (kernels/sample.ts), and the time it
+   * takes counts in that trainer's cost (`evalShare`). Default: none.
+   */
+  sample?: TextSampleSpec;
   /** How long a trainer or the tracker may take to answer, ms (default 1000). */
   askTimeoutMs?: number;
   /**
@@ -176,7 +185,8 @@ export type HistoryHost = Pick<RunHost, "system" | "monitor" | "trackerPath" | "
  */
 export class RunHistory {
   #host: HistoryHost;
-  #options: Required<Omit<HistoryOptions, "memberKey">>;
+  #options: Required<Omit<HistoryOptions, "memberKey" | "sample">>;
+  #sample?: TextSampleSpec;
   #memberKey?: (node: string) => string | undefined;
   #rounds: RoundPoint[] = [];
   #evals: EvalPoint[] = [];
@@ -212,6 +222,7 @@ export class RunHistory {
       askTimeoutMs: options.askTimeoutMs ?? 1000,
     };
     this.#memberKey = options.memberKey;
+    if (options.sample?.tokens) this.#sample = options.sample;
     this.#unsubscribe = host.monitor.on((e) => this.#record(e));
     // Rounds emitted before this history started.
     for (const r of host.monitor.rounds) this.#rounds.push(roundPoint(r));
@@ -389,9 +400,15 @@ export class RunHistory {
     // No more parts than windows: every part evaluates at least one.
     const trainers = e.contributors.slice(0, windows);
     if (trainers.length === 0) return;
+    const sample = this.#sample;
     this.#evaluating = Promise.all(trainers.map((t, index) =>
       host.system.ref(t).ask<EvalAnswer>(
-        { type: "eval", maxWindows: windows, part: { index, count: trainers.length } },
+        {
+          type: "eval",
+          maxWindows: windows,
+          part: { index, count: trainers.length },
+          ...(sample && index === 0 ? { sample } : {}),
+        },
         { timeoutMs: 120_000 },
       )
     )).then((parts) => {
@@ -407,10 +424,12 @@ export class RunHistory {
       if (this.#closed || !Number.isFinite(loss) || this.#evals.some((p) => p.round === round)) {
         return;
       }
-      const point = {
+      const text = parts[0].sample;
+      const point: EvalPoint = {
         round,
         eval_loss: Math.round(loss * 10_000) / 10_000,
         wall_s: Math.round(host.monitor.wallS * 1000) / 1000,
+        ...(sample && typeof text === "string" ? { sample: { prompt: sample.prompt, text } } : {}),
       };
       this.#evals.push(point);
       this.#push({ type: "eval", data: point });
@@ -435,6 +454,8 @@ interface EvalAnswer {
   round: number;
   hash: string;
   ms?: number;
+  /** The text sample, when asked for. */
+  sample?: string;
 }
 
 /**

@@ -3,6 +3,7 @@ import { ActorSystem } from "../runtime/system.ts";
 import { RunMonitor } from "../monitor.ts";
 import { sealReport } from "../run_protocol.ts";
 import { combineParts, type DashboardEvent, evalGap, RunHistory } from "./history.ts";
+import { textSample, type TextSampleSpec } from "../../kernels/sample.ts";
 
 /** A host of stand-in actors: a tracker with a fixed member list, trainers in given phases. */
 async function standIns(opts: { rounds?: number; evalMs?: number } = {}) {
@@ -23,18 +24,24 @@ async function standIns(opts: { rounds?: number; evalMs?: number } = {}) {
       members,
     }),
   }, { name: "tracker" });
-  /** The parts each stand-in was asked to evaluate. */
+  /** The parts each stand-in was asked to evaluate, and the text samples it was asked for. */
   const asked: Record<string, { index: number; count: number }[]> = {};
+  const sampled: Record<string, TextSampleSpec[]> = {};
   for (const [name, phase] of [["t0", "inner"], ["t1", "blocked"], ["t2", "idle"]]) {
     // Each stand-in holds the θ of one round later at each evaluation; t1's part scores 4.56789
     // on 48 tokens, t0's 2.56789 on 16 (0.75 × 4.56789 + 0.25 × 2.56789 = 4.06789).
     let evalRound = 1;
     asked[name] = [];
+    sampled[name] = [];
     await system.spawn({
-      receive: (m: { type: string; part: { index: number; count: number } }) => {
+      receive: (
+        m: { type: string; part: { index: number; count: number }; sample?: TextSampleSpec },
+      ) => {
         if (m.type !== "eval") return { phase };
         asked[name].push(m.part);
+        if (m.sample) sampled[name].push(m.sample);
         return {
+          ...(m.sample ? { sample: `${name} wrote ${m.sample.tokens} bytes` } : {}),
           loss: name === "t0" ? 2.56789 : 4.56789,
           tokens: name === "t0" ? 16 : 48,
           round: evalRound++,
@@ -49,7 +56,7 @@ async function standIns(opts: { rounds?: number; evalMs?: number } = {}) {
     () => {},
   );
   const host = { system, monitor, trackerPath: "h/tracker", trainerPaths: ["h/t0"] };
-  return { system, monitor, host, asked };
+  return { system, monitor, host, asked, sampled };
 }
 
 /** Closes round `round` in the monitor with one shard and both trainers' reports. */
@@ -201,4 +208,42 @@ Deno.test("an evaluation in parts is the token-weighted mean of the parts", () =
   // A part that got no window (NaN on no tokens) counts for nothing; no tokens at all: NaN.
   equal(combineParts([{ loss: 3, tokens: 64 }, { loss: NaN, tokens: 0 }]), 3);
   ok(Number.isNaN(combineParts([{ loss: NaN, tokens: 0 }])));
+});
+
+Deno.test("with a text sample, the first part's trainer writes it and the evaluation carries it", async () => {
+  const { system, monitor, host, sampled } = await standIns();
+  const sample = textSample({ prompt: "Fellow", tokens: 12 });
+  const history = new RunHistory(host, { evalEvery: 1, evalWindows: 2, sample });
+  try {
+    closeRound(monitor, 0);
+    for (let i = 0; i < 500 && history.evals.length < 1; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    // Only part 0's trainer samples (its time counts in its cost); the others evaluate.
+    deepEqual(sampled["t0"], [sample]);
+    deepEqual(sampled["t1"], []);
+    deepEqual(history.evals.map((e) => e.sample), [
+      { prompt: "Fellow", text: "t0 wrote 12 bytes" },
+    ]);
+  } finally {
+    await history.close();
+    await system.shutdown();
+  }
+  // Without one (or with 0 tokens) nobody is asked to sample and no point carries one.
+  for (const options of [{}, { sample: textSample({ tokens: 0 }) }]) {
+    const s = await standIns();
+    const plain = new RunHistory(s.host, { evalEvery: 1, evalWindows: 2, ...options });
+    try {
+      closeRound(s.monitor, 0);
+      for (let i = 0; i < 500 && plain.evals.length < 1; i++) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      equal(plain.evals.length, 1);
+      equal(plain.evals[0].sample, undefined);
+      deepEqual(s.sampled["t0"], []);
+    } finally {
+      await plain.close();
+      await s.system.shutdown();
+    }
+  }
 });

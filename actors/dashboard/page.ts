@@ -60,6 +60,40 @@ function duration(s: number): string {
   return m > 0 ? `${m} min ${Math.round(s % 60)} s` : `${s.toFixed(1)} s`;
 }
 
+/**
+ * The text samples of the last evaluations, newest first: the round and
+ * eval loss, then the prompt (muted) and what the model wrote after it. Set
+ * as text, never as HTML: the bytes are the model's.
+ */
+function samples(evals: DashboardSnapshot["evals"]): void {
+  const box = byId("samples");
+  box.replaceChildren();
+  const shown = evals.filter((e) => e.sample).slice(-SAMPLES_SHOWN).reverse();
+  if (shown.length === 0) {
+    const p = document.createElement("div");
+    p.className = "none";
+    p.textContent = "no sample yet (taken with each evaluation)";
+    box.append(p);
+  }
+  for (const e of shown) {
+    const head = document.createElement("div");
+    head.className = "sample-head";
+    head.textContent = `after round ${e.round} · eval loss ${fixed(e.eval_loss, 4)}`;
+    const pre = document.createElement("pre");
+    pre.className = "sample";
+    const prompt = document.createElement("span");
+    prompt.className = "prompt";
+    prompt.textContent = e.sample!.prompt;
+    const written = document.createElement("span");
+    written.textContent = e.sample!.text;
+    pre.append(prompt, written);
+    box.append(head, pre);
+  }
+}
+
+/** Samples shown at once, newest first. */
+const SAMPLES_SHOWN = 3;
+
 function list(id: string, entries: [string, string][], none: string): void {
   const ul = byId(id);
   ul.replaceChildren();
@@ -238,6 +272,7 @@ function render(): void {
   }
 
   memberRows(live);
+  samples(evals);
   list(
     "restart-list",
     Object.entries(live.restarts_by_child).sort().map(([k, v]) => [k, String(v)]),

@@ -60,6 +60,12 @@ ul.kv li { display: flex; justify-content: space-between; padding: 3px 0;
   border-bottom: 1px solid var(--line); }
 ul.kv li.none, td.none { color: var(--muted); }
 code { font-size: 12px; }
+#samples .none { color: var(--muted); }
+.sample-head { font-size: 12px; color: var(--muted); margin-top: 8px; }
+pre.sample { margin: 2px 0 0; padding: 8px 10px; background: var(--bg); border-radius: 6px;
+  font: 13px/1.45 ui-monospace, SFMono-Regular, Menlo, monospace; white-space: pre-wrap;
+  overflow-wrap: anywhere; }
+pre.sample .prompt { color: var(--muted); }
 `;
 
 /** The page served at `GET /` (its script is `GET /dashboard.js`). */
@@ -102,6 +108,7 @@ export const PAGE_HTML = `<!doctype html>
     <div class="panel"><h2>Bytes per round</h2><div id="chart-bytes"></div></div>
     <div class="panel"><h2>Utilization per round</h2><div id="chart-util"></div></div>
   </section>
+  <section class="panel"><h2>Text from the model</h2><div id="samples"></div></section>
   <section class="lower">
     <div class="panel"><h2>Members</h2>
       <table id="members-table"><thead><tr><th>node</th><th>roles</th><th>state</th><th>data shard</th>
