@@ -207,20 +207,21 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
       help: "synchronise the parameters in F fragments, one per round (default 1)",
     },
     seed: { value: "N", help: "init and sampling seed (default 1)" },
-    "sample-tokens": {
+    "sample-bytes": {
       value: "N",
-      help: `bytes of text the final θ (and each dashboard evaluation's) writes\n` +
-        `after --sample-prompt, shown with the summary (default ${DEFAULT_TEXT_SAMPLE.tokens}; 0: none)`,
+      help: "bytes of text the model writes after --sample-prompt at the end of the\n" +
+        "run (and at each dashboard evaluation), shown with the summary\n" +
+        `(default ${DEFAULT_TEXT_SAMPLE.tokens}; 0: none)`,
     },
     "sample-prompt": {
       value: "TEXT",
-      help: `the text sampled continues (default ${JSON.stringify(DEFAULT_TEXT_SAMPLE.prompt)})`,
+      help: `the text the sample continues (default ${JSON.stringify(DEFAULT_TEXT_SAMPLE.prompt)})`,
     },
     "sample-temperature": {
       value: "T",
       help:
-        `softmax temperature of the sample, >= 0 (default ${DEFAULT_TEXT_SAMPLE.temperature}; ` +
-        "0: the most likely byte)",
+        `softmax temperature of the sample, >= 0 (default ${DEFAULT_TEXT_SAMPLE.temperature};\n` +
+        "0: always the most likely byte)",
     },
     json: {
       type: "boolean",
@@ -274,11 +275,11 @@ function aggregateArg(v: string): string {
   return formatAggregate(aggregateFlag(v));
 }
 
-/** The text sample that `--sample-tokens`, `--sample-prompt` and `--sample-temperature` ask for. */
+/** The text sample that `--sample-bytes`, `--sample-prompt` and `--sample-temperature` ask for. */
 function sampleFlags(
-  values: { "sample-tokens"?: string; "sample-prompt"?: string; "sample-temperature"?: string },
+  values: { "sample-bytes"?: string; "sample-prompt"?: string; "sample-temperature"?: string },
 ): TextSampleSpec {
-  const tokens = intFlag("sample-tokens", values["sample-tokens"], 0);
+  const tokens = intFlag("sample-bytes", values["sample-bytes"], 0);
   const temperature = numberFlag("sample-temperature", values["sample-temperature"], {
     min: 0,
     max: Infinity,
@@ -296,7 +297,7 @@ function sampleFlags(
     });
   } catch (err) {
     // The bounds textSample names: too many tokens, or too long a prompt.
-    const flag = /prompt/.test((err as Error).message) ? "sample-prompt" : "sample-tokens";
+    const flag = /prompt/.test((err as Error).message) ? "sample-prompt" : "sample-bytes";
     throw new UsageError(
       `Invalid --${flag}: ${(err as Error).message.replace(/^Invalid text sample \w+: /, "")}`,
     );

@@ -55,7 +55,7 @@ Deno.test("node flags: the text sample of the final θ, its bytes, prompt and te
   deepEqual(parseNodeArgs([]).sample, DEFAULT_TEXT_SAMPLE);
   deepEqual(
     parseNodeArgs([
-      "--sample-tokens",
+      "--sample-bytes",
       "100",
       "--sample-prompt",
       "Fellow",
@@ -65,12 +65,12 @@ Deno.test("node flags: the text sample of the final θ, its bytes, prompt and te
       .sample,
     { ...DEFAULT_TEXT_SAMPLE, tokens: 100, prompt: "Fellow", temperature: 0 },
   );
-  equal(parseNodeArgs(["--sample-tokens", "0"]).sample.tokens, 0);
+  equal(parseNodeArgs(["--sample-bytes", "0"]).sample.tokens, 0);
   const bad: [string[], RegExp][] = [
-    [["--sample-tokens=-1"], /^Invalid --sample-tokens: "-1" \(expected an integer >= 0\)$/],
+    [["--sample-bytes=-1"], /^Invalid --sample-bytes: "-1" \(expected an integer >= 0\)$/],
     [
-      ["--sample-tokens", "5000"],
-      /^Invalid --sample-tokens: 5000 \(expected an integer in \[0, 4096\]\)$/,
+      ["--sample-bytes", "5000"],
+      /^Invalid --sample-bytes: 5000 \(expected an integer in \[0, 4096\]\)$/,
     ],
     [["--sample-prompt", ""], /^Invalid --sample-prompt: empty/],
     [["--sample-prompt", "x".repeat(5000)], /^Invalid --sample-prompt: 5000 bytes > 4096$/],
@@ -210,8 +210,8 @@ Deno.test("node: bad flags, combinations and run directories end with one line a
       [["--host", "127.0.0.1:99999", "--secret", "s"], /^node: Invalid --host: .*99999/],
       [["--dashboard", "8080"], /^node: Invalid --dashboard: expected ADDR:PORT/],
       [
-        ["--sample-tokens", "5000"],
-        /^node: Invalid --sample-tokens: 5000 \(expected an integer in/,
+        ["--sample-bytes", "5000"],
+        /^node: Invalid --sample-bytes: 5000 \(expected an integer in/,
       ],
       [
         ["--host", "127.0.0.1:1", "--secret", "s", "--dashboard", "127.0.0.1:2"],

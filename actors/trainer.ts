@@ -129,7 +129,8 @@ type Control =
    * Evaluate θ on the validation split (`maxWindows` spread over it, default
    * 64; only `part` of them when given); answers the loss, the tokens it
    * covers, the round θ starts, its hash and the ms it took; with `sample`,
-   * also the text θ continues its prompt with (`sample`, kernels/sample.ts).
+   * also the text θ continues its prompt with (`sample`, kernels/sample.ts)
+   * and the ms of that part (`sampleMs`, within `ms`).
    */
   | { type: "eval"; maxWindows?: number; part?: EvalPart; sample?: Partial<TextSampleSpec> }
   | { type: "status" }
@@ -639,7 +640,9 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
             round: at,
             hash: await thetaHash(evaluated),
             ms: r.ms as number,
-            ...(sample?.tokens ? { sample: r.sample as string } : {}),
+            ...(sample?.tokens
+              ? { sample: r.sample as string, sampleMs: r.sampleMs as number }
+              : {}),
           };
         }
         case "status":

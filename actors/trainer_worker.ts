@@ -381,14 +381,18 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       // The running parameters go on after an evaluation of θ (a kept run trains on from them).
       const running = await e.model.getParams();
       e.model.setParams(req.theta);
-      let r, sample;
+      let r, sample = {};
       try {
         r = await evaluate(e.model, e.val, {
           maxWindows: req.maxWindows,
           selection: "spread",
           ...(req.part ? { part: req.part } : {}),
         });
-        sample = req.sample ? { sample: await sampleText(e.model, req.sample) } : {};
+        if (req.sample) {
+          const s0 = performance.now();
+          const text = await sampleText(e.model, req.sample);
+          sample = { sample: text, sampleMs: performance.now() - s0 };
+        }
       } finally {
         e.model.setParams(running);
       }

@@ -3,7 +3,7 @@
  * an int4 or top-k trainer moves its error-feedback residual on the ranges
  * of the round only.
  */
-import { deepEqual, equal, notDeepEqual, notEqual } from "@std/assert";
+import { deepEqual, equal, notDeepEqual, notEqual, ok } from "@std/assert";
 import { sampleText, textSample } from "../kernels/sample.ts";
 import { acquireGpu } from "../kernels/device.ts";
 import { createModel } from "../kernels/model.ts";
@@ -68,8 +68,15 @@ Deno.test({
       // The running parameters move away from θ (kept: no pseudo-gradient taken).
       await worker.call({ op: "round", round: 0, theta, keep: true, steps: 3 });
       const ask = async () =>
-        (await worker.call({ op: "eval", theta, maxWindows: 2, sample })) as { sample?: string };
-      texts = [(await ask()).sample!, (await ask()).sample!];
+        (await worker.call({ op: "eval", theta, maxWindows: 2, sample })) as unknown as {
+          sample?: string;
+          ms: number;
+          sampleMs: number;
+        };
+      const first = await ask();
+      texts = [first.sample!, (await ask()).sample!];
+      // What the sample took, within the whole answer's time (whoever asks paces samples by it).
+      ok(first.sampleMs > 0 && first.sampleMs <= first.ms, JSON.stringify(first));
       const plain = await worker.call({ op: "eval", theta, maxWindows: 2 });
       equal(plain.sample, undefined);
     } finally {

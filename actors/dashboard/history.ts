@@ -150,9 +150,13 @@ export interface HistoryOptions {
   /** Validation windows of each evaluation (default 16). */
   evalWindows?: number;
   /**
-   * With each evaluation, the first part's trainer also continues this
-   * sample's prompt from the θ evaluated (kernels/sample.ts), and the time it
-   * takes counts in that trainer's cost (`evalShare`). Default: none.
+   * With an evaluation, the first part's trainer also continues this
+   * sample's prompt from the θ evaluated (kernels/sample.ts). Samples are
+   * paced apart from the evaluations, each at most `evalShare` of that
+   * trainer's inner time: a sample costs a forward pass a byte, many times an
+   * evaluation's windows, and would otherwise space the eval curve's points
+   * as far apart as the samples. The run's last round is sampled whatever
+   * the share. Default: none.
    */
   sample?: TextSampleSpec;
   /** How long a trainer or the tracker may take to answer, ms (default 1000). */
@@ -202,6 +206,8 @@ export class RunHistory {
   #evaluating?: Promise<void>;
   /** The first round whose close may start an evaluation (see `evalShare`). */
   #nextEvalRound = 0;
+  /** The first round whose evaluation may take a text sample (see `sample`). */
+  #nextSampleRound = 0;
   #closed = false;
 
   /** Starts recording `host`'s run. */
@@ -400,7 +406,10 @@ export class RunHistory {
     // No more parts than windows: every part evaluates at least one.
     const trainers = e.contributors.slice(0, windows);
     if (trainers.length === 0) return;
-    const sample = this.#sample;
+    const last = e.round + 1 === host.monitor.plannedRounds;
+    const sample = this.#sample && (last || e.round >= this.#nextSampleRound)
+      ? this.#sample
+      : undefined;
     this.#evaluating = Promise.all(trainers.map((t, index) =>
       host.system.ref(t).ask<EvalAnswer>(
         {
@@ -412,9 +421,17 @@ export class RunHistory {
         { timeoutMs: 120_000 },
       )
     )).then((parts) => {
+      const share = this.#options.evalShare;
+      // Each part's evaluation alone (the sample is paced on its own).
       this.#nextEvalRound = e.round + Math.max(
-        ...parts.map((r, i) => evalGap(r.ms, e.inner_ms?.[trainers[i]], this.#options.evalShare)),
+        ...parts.map((r, i) =>
+          evalGap(r.ms && r.ms - (r.sampleMs ?? 0), e.inner_ms?.[trainers[i]], share)
+        ),
       );
+      if (parts[0].sampleMs !== undefined) {
+        this.#nextSampleRound = e.round +
+          evalGap(parts[0].sampleMs, e.inner_ms?.[trainers[0]], share);
+      }
       if (new Set(parts.map((r) => `${r.round}/${r.hash}`)).size > 1) {
         host.monitor.log(`dashboard evaluation skipped: the trainers held different θ`);
         return;
@@ -454,8 +471,9 @@ interface EvalAnswer {
   round: number;
   hash: string;
   ms?: number;
-  /** The text sample, when asked for. */
+  /** The text sample, when asked for, and what it took of `ms`. */
   sample?: string;
+  sampleMs?: number;
 }
 
 /**

@@ -6,7 +6,7 @@ import { combineParts, type DashboardEvent, evalGap, RunHistory } from "./histor
 import { textSample, type TextSampleSpec } from "../../kernels/sample.ts";
 
 /** A host of stand-in actors: a tracker with a fixed member list, trainers in given phases. */
-async function standIns(opts: { rounds?: number; evalMs?: number } = {}) {
+async function standIns(opts: { rounds?: number; evalMs?: number; sampleMs?: number } = {}) {
   const system = new ActorSystem({ node: "h" });
   const members = [
     { node: "h/a", roles: ["aggregator"], status: "member", dataShard: 9, silentMs: 5 },
@@ -46,7 +46,8 @@ async function standIns(opts: { rounds?: number; evalMs?: number } = {}) {
           tokens: name === "t0" ? 16 : 48,
           round: evalRound++,
           hash: "x",
-          ms: opts.evalMs,
+          ms: opts.evalMs && opts.evalMs + (m.sample ? opts.sampleMs ?? 0 : 0),
+          ...(m.sample && opts.sampleMs ? { sampleMs: opts.sampleMs } : {}),
         };
       },
     }, { name });
@@ -245,5 +246,34 @@ Deno.test("with a text sample, the first part's trainer writes it and the evalua
       await plain.close();
       await s.system.shutdown();
     }
+  }
+});
+
+Deno.test("text samples are paced apart from the evaluations, each within evalShare; the last round is sampled", async () => {
+  // An evaluation takes 1 ms (every round fits 2% of 75 ms), a sample 15 ms more: 10 rounds apart.
+  const { system, monitor, host, sampled } = await standIns({
+    rounds: 14,
+    evalMs: 1,
+    sampleMs: 15,
+  });
+  const history = new RunHistory(host, {
+    evalEvery: 1,
+    evalWindows: 2,
+    evalShare: 0.02,
+    sample: textSample({ tokens: 8 }),
+  });
+  try {
+    for (let round = 0; round < 14; round++) {
+      closeRound(monitor, round);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await history.close();
+    // Every round evaluated (the sample's time is not the evaluation's), samples at 0, 10 and 13.
+    deepEqual(history.evals.map((e) => e.round), [...Array(14).keys()]);
+    deepEqual(history.evals.filter((e) => e.sample).map((e) => e.round), [0, 10, 13]);
+    equal(sampled["t0"].length, 3);
+  } finally {
+    await history.close();
+    await system.shutdown();
   }
 });
