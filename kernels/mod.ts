@@ -51,8 +51,15 @@ export type { KeyPass } from "./flash_attention.ts";
 export type { Tokens } from "./tokens.ts";
 export { pipelinedSteps } from "./pipeline.ts";
 export type { StepInput } from "./pipeline.ts";
-export { bytesToText, generate, Sampler } from "./sample.ts";
-export type { GenerateOptions, Generation, SamplerOptions } from "./sample.ts";
+export {
+  bytesToText,
+  DEFAULT_TEXT_SAMPLE,
+  generate,
+  Sampler,
+  sampleText,
+  textSample,
+} from "./sample.ts";
+export type { GenerateOptions, Generation, SamplerOptions, TextSampleSpec } from "./sample.ts";
 export { DEFAULT_EXCHANGE, encodedSize, exchangeName, parseExchange } from "./exchange_format.ts";
 export { adapterKey, attentionKey, MatmulTuner, tuneCandidates, tuneKey } from "./matmul_tune.ts";
 export type { TuneResult, TunerOptions, TunerTable, TuneShape } from "./matmul_tune.ts";
