@@ -6,6 +6,7 @@
  * @module
  */
 import { serveDashboard, type ServedDashboard } from "./dashboard/serve.ts";
+import { RunHistory } from "./dashboard/history.ts";
 import type { TrainerFault } from "./trainer_faults.ts";
 import { type HostOptions, type RunHost, startRunHost } from "./host.ts";
 import { finalCommit, finalEvaluation, type RunSummary, summarize } from "./run_summary.ts";
@@ -36,11 +37,18 @@ export interface EmbeddedOptions extends Omit<HostOptions, "localTrainers"> {
    */
   dashboard?: string;
   /**
-   * Take a text sample of θ at each dashboard evaluation and at the final
-   * one (the summary's `final_sample`): the fields given over
+   * Take a text sample of θ with the evaluations during the run and at the
+   * final one (the summary's `final_sample`): the fields given over
    * `DEFAULT_TEXT_SAMPLE` (kernels/sample.ts). Default: none.
    */
   sample?: Partial<TextSampleSpec>;
+  /**
+   * Evaluate θ during the run after at most every this many rounds, the
+   * evaluations paced to 2% of the trainers' inner time (`RunHistory`),
+   * each one an "eval" event (default 0: only the final evaluation; 1 with
+   * a dashboard).
+   */
+  evalEvery?: number;
 }
 
 function targetPath(host: RunHost, target: string): string {
@@ -88,10 +96,17 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
   const { monitor } = host;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let dashboard: ServedDashboard | undefined;
+  let history: RunHistory | undefined;
   try {
     if (options.dashboard !== undefined) {
-      dashboard = await serveDashboard(host, options.dashboard, { evalEvery: 1, sample });
+      dashboard = await serveDashboard(host, options.dashboard, {
+        evalEvery: options.evalEvery ?? 1,
+        sample,
+      });
+      history = dashboard.history;
       monitor.log(`dashboard on ${dashboard.url}`);
+    } else if (options.evalEvery) {
+      history = new RunHistory(host, { evalEvery: options.evalEvery, sample });
     }
     for (const f of options.faults ?? []) {
       monitor.roundEmitted(f.afterRound).then(() => {
@@ -116,6 +131,7 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
         maxWindows: options.evalWindows ?? 64,
         timeoutMs: 600_000,
         sample,
+        history,
       }),
       timeout,
     ]);
@@ -139,7 +155,8 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
     return summary;
   } finally {
     clearTimeout(timer);
-    await dashboard?.close();
+    // A dashboard's close ends its history too.
+    await (dashboard ? dashboard.close() : history?.close());
     await host.shutdown();
   }
 }

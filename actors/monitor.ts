@@ -58,6 +58,18 @@ export type RunEvent =
     wall_s: number;
   }
   | {
+    /**
+     * An evaluation during the run (actors/dashboard/history.ts): the θ the
+     * contributors hold after `round` closed, on the validation windows, with
+     * the text it writes when the run takes samples.
+     */
+    event: "eval";
+    round: number;
+    eval_loss: number;
+    sample?: { prompt: string; text: string };
+    wall_s: number;
+  }
+  | {
     event: "resumed";
     round: number;
     params_hash: string;

@@ -107,6 +107,12 @@ export interface NetworkedOptions extends RunSettings, AdmissionOptions {
    * Default: none.
    */
   sample?: Partial<TextSampleSpec>;
+  /**
+   * Host: the dashboard evaluates θ after at most every this many rounds,
+   * paced to 2% of the trainers' inner time (default 1; 0: only the final
+   * evaluation).
+   */
+  evalEvery?: number;
 }
 
 /**
@@ -190,7 +196,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   const app = new Hono();
   const dashboard = mountDashboard(app, host, {
     peers: () => transport.peers,
-    evalEvery: 1,
+    evalEvery: options.evalEvery ?? 1,
     sample,
     memberKey: (node) =>
       node === system.node ? admission.identity.fingerprint : transport.peerFingerprint(node),
@@ -223,6 +229,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
       maxWindows: 64,
       timeoutMs: 300_000,
       sample,
+      history: dashboard.history,
     });
     await finalCommit(host, options.rounds);
     const summary = summarize(host.monitor, {

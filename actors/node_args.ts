@@ -207,6 +207,12 @@ With no flags, hosts a whole run in this process and exits with a summary.`,
       help: "synchronise the parameters in F fragments, one per round (default 1)",
     },
     seed: { value: "N", help: "init and sampling seed (default 1)" },
+    "eval-every": {
+      value: "N",
+      help: "evaluate θ (16 validation windows, and a text sample) during the run\n" +
+        "after at most every N rounds, paced to take at most 2% of the trainers'\n" +
+        "time; shown as they come (default 1; 0: only the final evaluation)",
+    },
     "sample-bytes": {
       value: "N",
       help: "bytes of text the model writes after --sample-prompt at the end of the\n" +
@@ -328,8 +334,10 @@ export interface NodeArgs extends RunSettings, AdmissionOptions {
   resumeDir?: string;
   /** With `--tune-matmuls`: the file of this machine's matmul tuning table. */
   tuneFile?: string;
-  /** The text sample of the final θ and of dashboard evaluations (kernels/sample.ts). */
+  /** The text sample of the final θ and of the evaluations during the run (kernels/sample.ts). */
   sample: TextSampleSpec;
+  /** Evaluate during the run after at most every this many rounds (0: only at the end). */
+  evalEvery: number;
   /** Flags given on the command line (a resumed run keeps its recorded settings otherwise). */
   given: string[];
   json: boolean;
@@ -493,6 +501,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
       : {}),
     ...(values.resume !== undefined ? { resumeDir: values.resume } : {}),
     sample: sampleFlags(values),
+    evalEvery: intFlag("eval-every", values["eval-every"], 0) ?? 1,
     given: Object.keys(values),
     json: values.json ?? false,
     help: values.help ?? false,

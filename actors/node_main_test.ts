@@ -1,6 +1,5 @@
 import { deepEqual, equal, match, ok, throws } from "@std/assert";
 import { parseNodeArgs, resumedArgs } from "./node_args.ts";
-import { sampleText } from "./node_progress.ts";
 import { DEFAULT_TEXT_SAMPLE } from "../kernels/sample.ts";
 import { runCli } from "../tests/_cli_run.ts";
 import type { ResumedRun } from "../checkpoint/resume.ts";
@@ -66,6 +65,9 @@ Deno.test("node flags: the text sample of the final θ, its bytes, prompt and te
     { ...DEFAULT_TEXT_SAMPLE, tokens: 100, prompt: "Fellow", temperature: 0 },
   );
   equal(parseNodeArgs(["--sample-bytes", "0"]).sample.tokens, 0);
+  equal(parseNodeArgs([]).evalEvery, 1);
+  equal(parseNodeArgs(["--eval-every", "0"]).evalEvery, 0);
+  throws(() => parseNodeArgs(["--eval-every", "x"]), /Invalid --eval-every: "x"/);
   const bad: [string[], RegExp][] = [
     [["--sample-bytes=-1"], /^Invalid --sample-bytes: "-1" \(expected an integer >= 0\)$/],
     [
@@ -84,13 +86,6 @@ Deno.test("node flags: the text sample of the final θ, its bytes, prompt and te
       argv.join(" "),
     );
   }
-});
-
-Deno.test("the final sample is printed as a person reads it: indented, control bytes replaced", () => {
-  equal(
-    sampleText("The ", "people\x1b[2Jof\r\tthe\nUnion", 3),
-    "text from the final θ after 3 rounds:\n  The people\ufffd[2Jof\ufffd\tthe\n  Union",
-  );
 });
 
 Deno.test("node flags: shape flags override the config, are checked by name, and reach the engine", () => {

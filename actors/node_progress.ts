@@ -64,6 +64,11 @@ export function eventPrinter(args: PrinterOptions): (e: RunEvent) => void {
         progress.note(`${at} warn: round ${e.round}: θ hashes DIFFER (${e.theta_hashes})`);
       }
       if (e.rejected.length) progress.note(`${at} warn: round ${e.round}: rejected ${e.rejected}`);
+    } else if (e.event === "eval") {
+      const loss = `${at} eval after round ${e.round}: loss ${e.eval_loss.toFixed(4)}`;
+      progress.note(
+        e.sample ? sampleLines(`${loss}; the model writes`, e.sample.prompt, e.sample.text) : loss,
+      );
     } else if (e.event === "log") {
       if (e.level === "warn") progress.note(`${at} warn: ${e.message}`);
       else progress.update(`${at} ${e.message}`);
@@ -72,28 +77,28 @@ export function eventPrinter(args: PrinterOptions): (e: RunEvent) => void {
       progress.done(text.last());
       console.log(`done: ${JSON.stringify(e, null, 2)}`);
       if (typeof e.final_sample === "string") {
-        console.log(sampleText(String(e.sample_prompt ?? ""), e.final_sample, e.rounds));
+        const title = `text from the final θ after ${e.rounds} rounds`;
+        console.log(sampleLines(title, String(e.sample_prompt ?? ""), e.final_sample));
       }
     }
   };
 }
 
 /**
- * The final θ's text sample as a person reads it: the prompt and what the
+ * A text sample as a person reads it: `title`, then the prompt and what the
  * model wrote after it, each line indented, control bytes other than line
  * breaks and tabs shown as U+FFFD (they could move a terminal's cursor).
  *
  * @example
  * ```ts
- * import { sampleText } from "./node_progress.ts";
- * console.log(sampleText("The ", "people\nof", 10));
+ * import { sampleLines } from "./node_progress.ts";
+ * console.log(sampleLines("text from the final θ", "The ", "people\nof"));
  * ```
  */
-export function sampleText(prompt: string, text: string, rounds: unknown): string {
+export function sampleLines(title: string, prompt: string, text: string): string {
   // deno-lint-ignore no-control-regex
   const shown = (prompt + text).replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, "\ufffd");
-  return `text from the final θ${typeof rounds === "number" ? ` after ${rounds} rounds` : ""}:\n` +
-    shown.split("\n").map((l) => `  ${l}`).join("\n");
+  return `${title}:\n` + shown.split("\n").map((l) => `  ${l}`).join("\n");
 }
 
 /**

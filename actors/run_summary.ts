@@ -9,6 +9,7 @@
 import type { RunHost } from "./host.ts";
 import type { RunMonitor } from "./monitor.ts";
 import type { TextSampleSpec } from "../kernels/sample.ts";
+import type { RunHistory } from "./dashboard/history.ts";
 
 /** What the final evaluation found: the loss, and the text sample when one was asked for. */
 export interface FinalEvaluation {
@@ -24,13 +25,25 @@ export interface FinalEvaluation {
  * trainer of the last round holds the same θ, but one evicted near the end
  * may hold none (it waits, pending, for a round that will not open) or may
  * have lost its device. Each failure is logged; the loss is NaN when every
- * trainer failed.
+ * trainer failed. Where the run's `history` already sampled the last round
+ * with the same settings (the dashboard's evaluations do), that text is the
+ * final θ's, and it is not written twice.
  */
 export async function finalEvaluation(
   host: RunHost,
   trainers: string[],
-  options: { maxWindows: number; timeoutMs: number; sample?: TextSampleSpec },
+  options: {
+    maxWindows: number;
+    timeoutMs: number;
+    sample?: TextSampleSpec;
+    history?: Pick<RunHistory, "settled" | "evals">;
+  },
 ): Promise<FinalEvaluation> {
+  const known = options.sample?.tokens ? await lastSample(host, options) : undefined;
+  if (known !== undefined) {
+    const { loss } = await finalEvaluation(host, trainers, { ...options, sample: undefined });
+    return { loss, sample: known };
+  }
   const sample = options.sample?.tokens ? { sample: options.sample } : {};
   for (const t of new Set(trainers)) {
     try {
@@ -44,6 +57,18 @@ export async function finalEvaluation(
     }
   }
   return { loss: NaN };
+}
+
+/** The text the run's history sampled of the last round's θ with `options.sample`, if it did. */
+async function lastSample(
+  host: RunHost,
+  options: { sample?: TextSampleSpec; history?: Pick<RunHistory, "settled" | "evals"> },
+): Promise<string | undefined> {
+  if (!options.history || !options.sample) return undefined;
+  await options.history.settled();
+  const last = host.monitor.plannedRounds - 1;
+  const point = options.history.evals.find((p) => p.round === last);
+  return point?.sample?.prompt === options.sample.prompt ? point.sample.text : undefined;
 }
 
 /** The final θ (the start of round `rounds`) is committed before a bounded run ends. */

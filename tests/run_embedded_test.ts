@@ -231,6 +231,7 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "embedded-sample-" });
     try {
       const sample = textSample({ tokens: 48 });
+      const events: RunEvent[] = [];
       const summary = await runEmbedded({
         run: "embedded-sample",
         config: "tiny",
@@ -242,11 +243,18 @@ Deno.test({
         timeoutMs: 240_000,
         checkpoint: { dir, keepers: 1 },
         sample,
-        emit: () => {},
+        evalEvery: 1,
+        emit: (e) => events.push(e),
       });
       equal(summary.sample_prompt, "The ");
       const text = summary.final_sample!;
       ok(new TextEncoder().encode(text).length >= 48, JSON.stringify(text));
+      // Evaluations during the run are events, the first with a sample (pacing starts there);
+      // one of the last round (unless the one before still ran) wrote the final text.
+      const evals = events.filter((e) => e.event === "eval");
+      ok(evals.length >= 1 && evals[0].sample?.prompt === "The ", JSON.stringify(evals));
+      const last = evals.find((e) => e.round === 1);
+      if (last) equal(last.sample?.text, text);
       // The final θ as the keepers committed it (round 2) writes the same text
       // on a model of the trainers' shape and batch, with the same settings.
       const final = await resumeRunDir(dir);

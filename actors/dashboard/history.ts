@@ -323,6 +323,11 @@ export class RunHistory {
     };
   }
 
+  /** Resolves once the evaluation under way, if any, has answered (or failed). */
+  async settled(): Promise<void> {
+    await this.#evaluating;
+  }
+
   /** Stops recording; resolves once an evaluation under way has answered. */
   async close(): Promise<void> {
     this.#closed = true;
@@ -450,6 +455,8 @@ export class RunHistory {
       };
       this.#evals.push(point);
       this.#push({ type: "eval", data: point });
+      // In the run's log and on the node's terminal too.
+      host.monitor.event({ event: "eval", ...point });
     }).catch((err) => {
       if (!this.#closed) {
         host.monitor.log(`dashboard evaluation on ${trainers.join(", ")} failed: ${err}`);

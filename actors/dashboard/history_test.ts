@@ -1,6 +1,6 @@
 import { deepEqual, equal, ok } from "@std/assert";
 import { ActorSystem } from "../runtime/system.ts";
-import { RunMonitor } from "../monitor.ts";
+import { type RunEvent, RunMonitor } from "../monitor.ts";
 import { sealReport } from "../run_protocol.ts";
 import { combineParts, type DashboardEvent, evalGap, RunHistory } from "./history.ts";
 import { textSample, type TextSampleSpec } from "../../kernels/sample.ts";
@@ -52,12 +52,14 @@ async function standIns(opts: { rounds?: number; evalMs?: number; sampleMs?: num
       },
     }, { name });
   }
+  /** The events the monitor emitted. */
+  const emitted: RunEvent[] = [];
   const monitor = new RunMonitor(
     { params: 512, innerSteps: 2, rounds: opts.rounds ?? 4 },
-    () => {},
+    (e) => emitted.push(e),
   );
   const host = { system, monitor, trackerPath: "h/tracker", trainerPaths: ["h/t0"] };
-  return { system, monitor, host, asked, sampled };
+  return { system, monitor, host, asked, sampled, emitted };
 }
 
 /** Closes round `round` in the monitor with one shard and both trainers' reports. */
@@ -212,7 +214,7 @@ Deno.test("an evaluation in parts is the token-weighted mean of the parts", () =
 });
 
 Deno.test("with a text sample, the first part's trainer writes it and the evaluation carries it", async () => {
-  const { system, monitor, host, sampled } = await standIns();
+  const { system, monitor, host, sampled, emitted } = await standIns();
   const sample = textSample({ prompt: "Fellow", tokens: 12 });
   const history = new RunHistory(host, { evalEvery: 1, evalWindows: 2, sample });
   try {
@@ -226,6 +228,8 @@ Deno.test("with a text sample, the first part's trainer writes it and the evalua
     deepEqual(history.evals.map((e) => e.sample), [
       { prompt: "Fellow", text: "t0 wrote 12 bytes" },
     ]);
+    // The evaluation is an event of the run too (the run log, the node's terminal).
+    deepEqual(emitted.filter((e) => e.event === "eval"), [{ event: "eval", ...history.evals[0] }]);
   } finally {
     await history.close();
     await system.shutdown();

@@ -172,6 +172,8 @@ export function mountDashboard(
 export interface ServedDashboard {
   /** The page's address, e.g. `http://127.0.0.1:8080/`. */
   url: string;
+  /** What it records of the run. */
+  history: RunHistory;
   /** Ends the open event streams, then the server. */
   close(): Promise<void>;
 }
@@ -206,6 +208,7 @@ export async function serveDashboard(
   const url = await listening.promise;
   return {
     url,
+    history: dashboard.history,
     async close() {
       await dashboard.close();
       await http.shutdown();
