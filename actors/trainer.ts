@@ -130,7 +130,8 @@ type Control =
    * 64; only `part` of them when given); answers the loss, the tokens it
    * covers, the round θ starts, its hash and the ms it took; with `sample`,
    * also the text θ continues its prompt with (`sample`, kernels/sample.ts)
-   * and the ms of that part (`sampleMs`, within `ms`).
+   * and the ms of that part (`sampleMs`, within `ms`); `forwardMs` is what
+   * one forward pass of the evaluation took, as each sampled byte costs.
    */
   | { type: "eval"; maxWindows?: number; part?: EvalPart; sample?: Partial<TextSampleSpec> }
   | { type: "status" }
@@ -640,6 +641,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
             round: at,
             hash: await thetaHash(evaluated),
             ms: r.ms as number,
+            ...(typeof r.forwardMs === "number" ? { forwardMs: r.forwardMs } : {}),
             ...(sample?.tokens
               ? { sample: r.sample as string, sampleMs: r.sampleMs as number }
               : {}),

@@ -380,14 +380,19 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       const t0 = performance.now();
       // The running parameters go on after an evaluation of θ (a kept run trains on from them).
       const running = await e.model.getParams();
+      const t1 = performance.now();
       e.model.setParams(req.theta);
-      let r, sample = {};
+      let r, forwardMs, sample = {};
       try {
         r = await evaluate(e.model, e.val, {
           maxWindows: req.maxWindows,
           selection: "spread",
           ...(req.part ? { part: req.part } : {}),
         });
+        // One forward pass of the batch and its readback, as a sampled byte costs: what a
+        // sample would take, before any is taken (the host paces samples by it).
+        const forwards = Math.ceil(r.tokens / (e.model.config.blockSize * e.model.batch));
+        forwardMs = forwards > 0 ? (performance.now() - t1) / forwards : undefined;
         if (req.sample) {
           const s0 = performance.now();
           const text = await sampleText(e.model, req.sample);
@@ -397,7 +402,8 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
         e.model.setParams(running);
       }
       // What the evaluation (and the sample) cost this trainer, so that whoever asks can pace its asks.
-      return { loss: r.loss, tokens: r.tokens, ms: performance.now() - t0, ...sample };
+      const ms = performance.now() - t0;
+      return { loss: r.loss, tokens: r.tokens, ms, ...(forwardMs ? { forwardMs } : {}), ...sample };
     }
     case "close": {
       if (engine) {

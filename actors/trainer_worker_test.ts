@@ -72,11 +72,14 @@ Deno.test({
           sample?: string;
           ms: number;
           sampleMs: number;
+          forwardMs: number;
         };
       const first = await ask();
       texts = [first.sample!, (await ask()).sample!];
       // What the sample took, within the whole answer's time (whoever asks paces samples by it).
       ok(first.sampleMs > 0 && first.sampleMs <= first.ms, JSON.stringify(first));
+      // And what one forward pass took, which paces the first sample before any is taken.
+      ok(first.forwardMs > 0 && first.forwardMs < first.ms - first.sampleMs, JSON.stringify(first));
       const plain = await worker.call({ op: "eval", theta, maxWindows: 2 });
       equal(plain.sample, undefined);
     } finally {

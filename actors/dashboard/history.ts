@@ -155,8 +155,10 @@ export interface HistoryOptions {
    * paced apart from the evaluations, each at most `evalShare` of that
    * trainer's inner time: a sample costs a forward pass a byte, many times an
    * evaluation's windows, and would otherwise space the eval curve's points
-   * as far apart as the samples. The run's last round is sampled whatever
-   * the share. Default: none.
+   * as far apart as the samples. The first evaluation takes none: its
+   * forward pass's time (`forwardMs` of the answer) times the sample's bytes
+   * paces the first sample, the samples' own times the later ones. The
+   * run's last round is sampled whatever the share. Default: none.
    */
   sample?: TextSampleSpec;
   /** How long a trainer or the tracker may take to answer, ms (default 1000). */
@@ -206,8 +208,11 @@ export class RunHistory {
   #evaluating?: Promise<void>;
   /** The first round whose close may start an evaluation (see `evalShare`). */
   #nextEvalRound = 0;
-  /** The first round whose evaluation may take a text sample (see `sample`). */
-  #nextSampleRound = 0;
+  /**
+   * The first round whose evaluation may take a text sample (see `sample`):
+   * none before an evaluation has measured what one would cost.
+   */
+  #nextSampleRound = Infinity;
   #closed = false;
 
   /** Starts recording `host`'s run. */
@@ -433,9 +438,15 @@ export class RunHistory {
           evalGap(r.ms && r.ms - (r.sampleMs ?? 0), e.inner_ms?.[trainers[i]], share)
         ),
       );
-      if (parts[0].sampleMs !== undefined) {
-        this.#nextSampleRound = e.round +
-          evalGap(parts[0].sampleMs, e.inner_ms?.[trainers[0]], share);
+      // What a sample costs: as measured, or until one is scheduled, a forward pass a byte.
+      const first = parts[0];
+      const unscheduled = this.#nextSampleRound === Infinity;
+      const sampleMs = first.sampleMs ??
+        (this.#sample && unscheduled && first.forwardMs
+          ? this.#sample.tokens * first.forwardMs
+          : undefined);
+      if (sampleMs !== undefined) {
+        this.#nextSampleRound = e.round + evalGap(sampleMs, e.inner_ms?.[trainers[0]], share);
       }
       if (new Set(parts.map((r) => `${r.round}/${r.hash}`)).size > 1) {
         host.monitor.log(`dashboard evaluation skipped: the trainers held different θ`);
@@ -481,6 +492,8 @@ interface EvalAnswer {
   /** The text sample, when asked for, and what it took of `ms`. */
   sample?: string;
   sampleMs?: number;
+  /** One forward pass of the evaluation (what a sampled byte costs), ms. */
+  forwardMs?: number;
 }
 
 /**

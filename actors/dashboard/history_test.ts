@@ -6,7 +6,9 @@ import { combineParts, type DashboardEvent, evalGap, RunHistory } from "./histor
 import { textSample, type TextSampleSpec } from "../../kernels/sample.ts";
 
 /** A host of stand-in actors: a tracker with a fixed member list, trainers in given phases. */
-async function standIns(opts: { rounds?: number; evalMs?: number; sampleMs?: number } = {}) {
+async function standIns(
+  opts: { rounds?: number; evalMs?: number; sampleMs?: number; forwardMs?: number } = {},
+) {
   const system = new ActorSystem({ node: "h" });
   const members = [
     { node: "h/a", roles: ["aggregator"], status: "member", dataShard: 9, silentMs: 5 },
@@ -48,6 +50,7 @@ async function standIns(opts: { rounds?: number; evalMs?: number; sampleMs?: num
           hash: "x",
           ms: opts.evalMs && opts.evalMs + (m.sample ? opts.sampleMs ?? 0 : 0),
           ...(m.sample && opts.sampleMs ? { sampleMs: opts.sampleMs } : {}),
+          ...(opts.forwardMs ? { forwardMs: opts.forwardMs } : {}),
         };
       },
     }, { name });
@@ -214,7 +217,8 @@ Deno.test("an evaluation in parts is the token-weighted mean of the parts", () =
 });
 
 Deno.test("with a text sample, the first part's trainer writes it and the evaluation carries it", async () => {
-  const { system, monitor, host, sampled, emitted } = await standIns();
+  // One round: the last, sampled whatever the pacing.
+  const { system, monitor, host, sampled, emitted } = await standIns({ rounds: 1 });
   const sample = textSample({ prompt: "Fellow", tokens: 12 });
   const history = new RunHistory(host, { evalEvery: 1, evalWindows: 2, sample });
   try {
@@ -236,7 +240,7 @@ Deno.test("with a text sample, the first part's trainer writes it and the evalua
   }
   // Without one (or with 0 tokens) nobody is asked to sample and no point carries one.
   for (const options of [{}, { sample: textSample({ tokens: 0 }) }]) {
-    const s = await standIns();
+    const s = await standIns({ rounds: 1 });
     const plain = new RunHistory(s.host, { evalEvery: 1, evalWindows: 2, ...options });
     try {
       closeRound(s.monitor, 0);
@@ -254,30 +258,35 @@ Deno.test("with a text sample, the first part's trainer writes it and the evalua
 });
 
 Deno.test("text samples are paced apart from the evaluations, each within evalShare; the last round is sampled", async () => {
-  // An evaluation takes 1 ms (every round fits 2% of 75 ms), a sample 15 ms more: 10 rounds apart.
-  const { system, monitor, host, sampled } = await standIns({
-    rounds: 14,
-    evalMs: 1,
-    sampleMs: 15,
-  });
-  const history = new RunHistory(host, {
-    evalEvery: 1,
-    evalWindows: 2,
-    evalShare: 0.02,
-    sample: textSample({ tokens: 8 }),
-  });
-  try {
-    for (let round = 0; round < 14; round++) {
-      closeRound(monitor, round);
-      await new Promise((r) => setTimeout(r, 20));
+  // An evaluation takes 1 ms (every round fits 2% of 75 ms). The first evaluation takes no
+  // sample: its forward pass (0.25 ms) times 8 bytes says a sample costs 2 ms, 2 rounds' worth;
+  // the sample then takes 15 ms: 10 rounds to the next. Without a forward time, only the last.
+  for (const [forwardMs, expect] of [[0.25, [2, 12, 13]], [undefined, [13]]] as const) {
+    const { system, monitor, host, sampled } = await standIns({
+      rounds: 14,
+      evalMs: 1,
+      sampleMs: 15,
+      forwardMs,
+    });
+    const history = new RunHistory(host, {
+      evalEvery: 1,
+      evalWindows: 2,
+      evalShare: 0.02,
+      sample: textSample({ tokens: 8 }),
+    });
+    try {
+      for (let round = 0; round < 14; round++) {
+        closeRound(monitor, round);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await history.close();
+      // Every round evaluated (a sample's time is not the evaluation's).
+      deepEqual(history.evals.map((e) => e.round), [...Array(14).keys()]);
+      deepEqual(history.evals.filter((e) => e.sample).map((e) => e.round), expect);
+      equal(sampled["t0"].length, expect.length);
+    } finally {
+      await history.close();
+      await system.shutdown();
     }
-    await history.close();
-    // Every round evaluated (the sample's time is not the evaluation's), samples at 0, 10 and 13.
-    deepEqual(history.evals.map((e) => e.round), [...Array(14).keys()]);
-    deepEqual(history.evals.filter((e) => e.sample).map((e) => e.round), [0, 10, 13]);
-    equal(sampled["t0"].length, 3);
-  } finally {
-    await history.close();
-    await system.shutdown();
   }
 });
