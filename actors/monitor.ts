@@ -70,6 +70,34 @@ export type RunEvent =
     wall_s: number;
   }
   | {
+    /**
+     * A joined trainer's round (`deno task node --join`): its own loss, time
+     * and bytes, and the round's as its update told it.
+     */
+    event: "trained";
+    round: number;
+    /** The rounds the run trains (0: no bound). */
+    rounds: number;
+    /** The trainer's mean inner loss (null when its contribution did not count). */
+    loss: number | null;
+    /** The contributors' mean inner loss, and their number. */
+    run_loss: number;
+    trainers: number;
+    contributed: boolean;
+    /** Tokens trained, and per second of the inner phase. */
+    tokens: number;
+    tokens_per_s: number;
+    inner_ms: number;
+    blocked_ms: number;
+    /** The share of the round spent training (inner over inner plus blocked). */
+    utilization: number;
+    bytes_up: number;
+    bytes_down: number;
+    /** θ's hash after the round (every trainer of the run holds the same). */
+    theta_hash: string;
+    wall_s: number;
+  }
+  | {
     event: "resumed";
     round: number;
     params_hash: string;

@@ -44,6 +44,7 @@ import {
 } from "../transport/identity.ts";
 import { loadIdentity } from "../transport/identity_file.ts";
 import { runMessageClaims } from "./run_identity.ts";
+import { JoinedRounds } from "./joined_rounds.ts";
 import { textSample, type TextSampleSpec } from "../kernels/sample.ts";
 
 /** Settings the host hands to joiners, so that every trainer runs the same engine. */
@@ -325,11 +326,13 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   const path = `${node}/node/trainer`;
   const finished = Promise.withResolvers<void>();
   let lastRound = -1;
+  const rounds = new JoinedRounds(settings, () => (performance.now() - start) / 1000);
   const sup = joinedTrainer(settings, info.resume, path, {
     heartbeatMs: options.heartbeatMs,
     ...(stateSource ? { stateSource } : {}),
     onEvent: (e) => {
       if (e.type === "report") {
+        emit(rounds.record(e));
         lastRound = e.report.round;
         if (settings.rounds > 0 && lastRound + 1 >= settings.rounds) finished.resolve();
       } else if (e.type === "rejected") {
@@ -360,6 +363,7 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   log(`leaving after round ${lastRound}`);
   await transport.close();
   await system.shutdown();
+  emit({ event: "done", ...rounds.summary(path) });
   return 0;
 }
 

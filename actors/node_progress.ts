@@ -9,6 +9,7 @@
  */
 import type { RunEvent } from "./monitor.ts";
 import { ProgressLine } from "../kernels/cli.ts";
+import { shortNumber } from "./dashboard/plot.ts";
 
 /** Options of {@linkcode eventPrinter}. */
 export interface PrinterOptions {
@@ -64,6 +65,8 @@ export function eventPrinter(args: PrinterOptions): (e: RunEvent) => void {
         progress.note(`${at} warn: round ${e.round}: θ hashes DIFFER (${e.theta_hashes})`);
       }
       if (e.rejected.length) progress.note(`${at} warn: round ${e.round}: rejected ${e.rejected}`);
+    } else if (e.event === "trained") {
+      progress.update(text.trained(e));
     } else if (e.event === "eval") {
       const loss = `${at} eval after round ${e.round}: loss ${e.eval_loss.toFixed(4)}`;
       progress.note(
@@ -128,6 +131,16 @@ function roundText(rounds: number | undefined) {
       const of = rounds === undefined ? "" : `/${rounds}`;
       base = `round ${e.round + 1}${of} | loss ${e.loss.toFixed(4)} | ${e.trainers} trainers | ` +
         `utilization ${(e.utilization * 100).toFixed(1)}%${eta(e.round + 1, e.wall_s)}`;
+      return line();
+    },
+    /** A joined trainer's round (its rounds are the host's: no ETA here). */
+    trained(e: Extract<RunEvent, { event: "trained" }>): string {
+      const own = e.loss === null ? "not counted" : `loss ${e.loss.toFixed(4)}`;
+      const of = e.rounds > 0 ? `/${e.rounds}` : "";
+      base = `round ${e.round + 1}${of} | ${own} | run loss ${e.run_loss.toFixed(4)} ` +
+        `(${e.trainers} trainers) | ${shortNumber(e.tokens_per_s)} tok/s | ` +
+        `utilization ${(e.utilization * 100).toFixed(1)}% | ` +
+        `${shortNumber(e.bytes_up)}B up ${shortNumber(e.bytes_down)}B down`;
       return line();
     },
     committed(round: number, keepers: number): string {

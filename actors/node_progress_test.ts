@@ -42,3 +42,31 @@ Deno.test("a sample is shown indented, control bytes replaced so they cannot mov
     "text from the final θ after 3 rounds:\n  The people\ufffd[2Jof\ufffd\tthe\n  Union",
   );
 });
+
+Deno.test("a joined trainer's rounds show on its progress line, its totals at the end", () => {
+  const { written, progress } = fileProgress();
+  const print = eventPrinter({ json: false, progress });
+  print({
+    event: "trained",
+    round: 4,
+    rounds: 10,
+    loss: 2.91234,
+    run_loss: 2.95,
+    trainers: 3,
+    contributed: true,
+    tokens: 163840,
+    tokens_per_s: 65536,
+    inner_ms: 2500,
+    blocked_ms: 100,
+    utilization: 0.9615,
+    bytes_up: 122590,
+    bytes_down: 122666,
+    theta_hash: "h",
+    wall_s: 30,
+  });
+  equal(
+    written.join(""),
+    "round 5/10 | loss 2.9123 | run loss 2.9500 (3 trainers) | 65.5k tok/s | utilization 96.2% | " +
+      "123kB up 123kB down\n",
+  );
+});

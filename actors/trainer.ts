@@ -64,7 +64,11 @@ import { beatWhile } from "./heartbeat.ts";
 
 /** What a trainer reports besides its round reports. */
 export type TrainerEvent =
-  | { type: "report"; report: TrainerReportMsg }
+  /**
+   * A round's update applied: the trainer's report, and the round as its
+   * update tells it (the contributors' mean inner loss and their number).
+   */
+  | { type: "report"; report: TrainerReportMsg; update: { loss: number; trainers: number } }
   | { type: "rejected"; trainer: string; reason: string; detail: string }
   | { type: "log"; trainer: string; message: string };
 
@@ -376,7 +380,11 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       bytesDown,
       ...(cursor ? { cursor } : {}),
     });
-    emit({ type: "report", report });
+    emit({
+      type: "report",
+      report,
+      update: { loss: mine[0]!.loss, trainers: mine[0]!.contributors.length },
+    });
     if (options.monitor) tellLater(ctx.system, options.monitor, report);
     bytesUp = 0;
     bytesDown = 0;

@@ -114,6 +114,21 @@ Deno.test({
         JSON.stringify(done),
       );
       equal((await host.done).code, 0);
+      // A joined trainer shows each round it applied: θ's hash the host's for that round, the
+      // run's loss as the host closed it; and its totals when it leaves.
+      const hashOf = new Map(rs.map((r) => [r.round, (r.theta_hashes as string[])[0]]));
+      const lossOf = new Map(rs.map((r) => [r.round, r.loss as number]));
+      const mine = await late.waitFor((l) => l.event === "done", "the late joiner's summary");
+      const trained = late.lines.filter((l) => l.event === "trained");
+      ok(trained.length >= 2, JSON.stringify(late.lines.slice(-5)));
+      for (const t of trained) {
+        equal(t.theta_hash, hashOf.get(t.round as number), `round ${t.round}`);
+        ok(Math.abs((t.run_loss as number) - lossOf.get(t.round as number)!) < 1e-3);
+        if (t.contributed) ok((t.tokens_per_s as number) > 0 && (t.loss as number) > 0);
+      }
+      equal(mine.rounds, trained.length);
+      equal(mine.rounds_contributed, trained.filter((t) => t.contributed).length);
+      ok((mine.rounds_contributed as number) >= 1 && (mine.tokens as number) > 0);
     } finally {
       for (const p of procs) {
         try {
