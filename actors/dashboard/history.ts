@@ -213,6 +213,8 @@ export class RunHistory {
    * none before an evaluation has measured what one would cost.
    */
   #nextSampleRound = Infinity;
+  /** One forward pass of the sampling trainer's last evaluation, ms (what a sampled byte costs). */
+  #forwardMs = 0;
   #closed = false;
 
   /** Starts recording `host`'s run. */
@@ -420,6 +422,8 @@ export class RunHistory {
     const sample = this.#sample && (last || e.round >= this.#nextSampleRound)
       ? this.#sample
       : undefined;
+    // A sample of a large model on a slow adapter takes minutes: its ask waits for it.
+    const sampling = sample ? 3 * sample.tokens * this.#forwardMs : 0;
     this.#evaluating = Promise.all(trainers.map((t, index) =>
       host.system.ref(t).ask<EvalAnswer>(
         {
@@ -428,7 +432,7 @@ export class RunHistory {
           part: { index, count: trainers.length },
           ...(sample && index === 0 ? { sample } : {}),
         },
-        { timeoutMs: 120_000 },
+        { timeoutMs: 120_000 + (index === 0 ? sampling : 0) },
       )
     )).then((parts) => {
       const share = this.#options.evalShare;
@@ -440,6 +444,7 @@ export class RunHistory {
       );
       // What a sample costs: as measured, or until one is scheduled, a forward pass a byte.
       const first = parts[0];
+      if (first.forwardMs) this.#forwardMs = first.forwardMs;
       const unscheduled = this.#nextSampleRound === Infinity;
       const sampleMs = first.sampleMs ??
         (this.#sample && unscheduled && first.forwardMs
