@@ -123,7 +123,13 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
         }, `3 rounds with the tab among the contributors (page: ${consoleLines.join(" | ")})`);
         const reports = JSON.parse(
           await page.evaluate("document.body.dataset.rounds ?? '[]'") as string,
-        ) as { round: number; hash: string; contributed: boolean; loss: number }[];
+        ) as {
+          round: number;
+          hash: string;
+          contributed: boolean;
+          loss: number;
+          globalLoss: number;
+        }[];
         for (const r of withTab) {
           equal(r.theta_hashes.length, 2, `round ${r.round}: both trainers reported`);
           equal(new Set(r.theta_hashes).size, 1, `round ${r.round}: θ hashes ${r.theta_hashes}`);
@@ -137,6 +143,8 @@ Deno.test("browser join: a tab contributes to rounds with the Deno trainer's θ,
             Math.abs(mine.loss - r.loss) < 0.05 * r.loss,
             `round ${r.round}: the tab's loss ${mine.loss} beside the round's ${r.loss}`,
           );
+          // The round's loss as the tab shows it (from the round's update) is the host's.
+          ok(Math.abs(mine.globalLoss - r.loss) < 1e-4, `round ${r.round}: ${mine.globalLoss}`);
         }
         // The figures of the README's "Joining from a browser" (deno test shows no passing output).
         const figures = JSON.stringify({ tab: path, tokens_per_s: speeds(withTab) });

@@ -64,46 +64,30 @@ function log(line: string): void {
   el.scrollTop = el.scrollHeight;
 }
 
-/** The loss of round `round` as the host closed it (mean over the contributors). */
-async function globalLoss(round: number): Promise<number | undefined> {
-  try {
-    const status = await (await fetch("/status")).json() as {
-      history?: { rounds?: { round: number; loss: number }[] };
-    };
-    return status.history?.rounds?.find((r) => r.round === round)?.loss;
-  } catch {
-    return undefined;
-  }
-}
-
-const reports: (TrainerReportMsg & { globalLoss?: number })[] = [];
+const reports: (TrainerReportMsg & { globalLoss: number })[] = [];
 let tokensPerRound = 0;
 
-async function showReport(r: TrainerReportMsg): Promise<void> {
-  const row: (typeof reports)[number] = { ...r };
+/** A round's row: the trainer's report, and the round's loss as its update told it. */
+function showReport(r: TrainerReportMsg, globalLoss: number): void {
+  const row: (typeof reports)[number] = { ...r, globalLoss };
   reports.push(row);
   document.body.dataset.rounds = JSON.stringify(reports);
   const tr = document.createElement("tr");
-  const cells = [
+  [
     String(r.round),
     r.contributed ? r.loss.toFixed(4) : "-",
     r.contributed ? `yes, ${tokensPerRound} tokens` : "no",
     `${(r.bytesUp / 1024).toFixed(1)} KiB`,
-    "-",
+    globalLoss.toFixed(4),
     r.hash.slice(0, 16),
-  ].map((c) => {
-    const td = tr.appendChild(document.createElement("td"));
-    td.textContent = c;
-    return td;
+  ].forEach((c) => {
+    tr.appendChild(document.createElement("td")).textContent = c;
   });
   $("rounds").appendChild(tr);
   if (r.contributed && r.innerMs > 0) {
     $("speed").textContent = `${Math.round(tokensPerRound / (r.innerMs / 1000))} (inner phase)`;
   }
   $("state").textContent = `training: round ${r.round + 1}`;
-  row.globalLoss = await globalLoss(r.round);
-  if (row.globalLoss !== undefined) cells[4].textContent = row.globalLoss.toFixed(4);
-  document.body.dataset.rounds = JSON.stringify(reports);
 }
 
 async function join(ev: { preventDefault(): void }): Promise<void> {
@@ -129,7 +113,7 @@ async function join(ev: { preventDefault(): void }): Promise<void> {
       ...(token ? { secret: token } : {}),
       identity,
       onEvent: (e) => {
-        if (e.type === "report") void showReport(e.report);
+        if (e.type === "report") showReport(e.report, e.update.loss);
         else if (e.type === "rejected") log(`rejected: ${e.reason}: ${e.detail}`);
         else log(e.message);
       },
