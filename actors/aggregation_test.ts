@@ -708,3 +708,27 @@ Deno.test("a close in ranges with pauses between them gives the bits of a close 
     }
   }
 });
+
+Deno.test("a fresh aggregator's state: θ copied, momentum and residual fresh zeros its closes never touch", async () => {
+  const n = 1000;
+  const { agg, theta0 } = setup(n, ["t0", "t1"], { updateExchange: "int4" });
+  const twin = setup(n, ["t0", "t1"], { updateExchange: "int4" }).agg;
+  for (const state of [agg.state(), await agg.stateInRanges({ chunk: 256 })]) {
+    deepEqual(state.theta, theta0);
+    deepEqual(state.momentum, new Float32Array(n));
+    deepEqual(state.residual, new Float32Array(n));
+    // Scribbled on by whoever holds the state: nothing of it reaches the aggregator.
+    state.theta.fill(9);
+    state.momentum.fill(9);
+    state.residual.fill(9);
+  }
+  const closes = [agg, twin].map((a) => {
+    for (const t of ["t0", "t1"]) a.offer(contribution(t, randomVec(n, t === "t0" ? 1 : 2, 0.01)));
+    return a.close().update;
+  });
+  deepEqual(closes[0], closes[1]);
+  // After a close the state copies what the close wrote (an int4 update leaves a residual).
+  const after = agg.state();
+  deepEqual(after, twin.state());
+  ok(after.momentum.some((x) => x !== 0) && after.residual.some((x) => x !== 0));
+});

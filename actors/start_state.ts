@@ -13,11 +13,15 @@ import { validateRunMessage } from "./run_protocol_validate.ts";
 
 /**
  * Where a trainer gets the exact θ of a shard at the start of the current
- * round. Aggregators serve it now; checkpoint keepers will serve the same
- * interface.
+ * round: the aggregators ({@linkcode aggregatorStateSource}) or the
+ * checkpoint keepers (actors/keeper_source.ts).
  */
 export interface StartStateSource {
-  /** θ of `shard` at the start of the source's current round. */
+  /**
+   * θ of `shard` at the start of the source's current round, in an array the
+   * trainer may keep and write (it applies later updates to it in place): a
+   * source hands out a copy, never an array it goes on using.
+   */
   startState(
     ctx: ActorContext,
     view: ViewMsg,

@@ -286,8 +286,13 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     )).then((states) => {
       const rounds = new Set(states.map((s) => s.round));
       if (rounds.size !== 1) throw new Error(`shards are at rounds ${[...rounds].join(", ")}`);
-      const full = new Float32Array(v.params);
-      for (const [i, s] of states.entries()) full.set(s.theta, shards[i].start);
+      // One shard's θ in an array of its own (an aggregator's copy, or decoded into a buffer
+      // of its own) is taken as it is: a second θ-sized copy of a large model costs seconds.
+      const only = states.length === 1 ? states[0].theta : undefined;
+      const own = only?.length === v.params && only.byteOffset === 0 &&
+        only.buffer.byteLength === only.byteLength;
+      const full = own ? only : new Float32Array(v.params);
+      if (!own) { for (const [i, s] of states.entries()) full.set(s.theta, shards[i].start); }
       ctx.self.tell({ type: "_state", round: states[0].round, theta: full, epoch: v.epoch });
     }).catch((err) => ctx.self.tell({ type: "_state_failed", error: String(err) }));
   };
