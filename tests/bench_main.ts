@@ -59,6 +59,7 @@ const SUITES: Record<string, () => Promise<BenchModule>> = {
   transport: () => import("../transport/bench.ts"),
   checkpoint: () => import("../checkpoint/bench.ts"),
   aggregation: () => import("../actors/bench_aggregation.ts"),
+  sample: () => import("../actors/bench_sample.ts"),
 };
 
 /**
