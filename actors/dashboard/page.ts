@@ -60,6 +60,9 @@ function duration(s: number): string {
   return m > 0 ? `${m} min ${Math.round(s % 60)} s` : `${s.toFixed(1)} s`;
 }
 
+/** Samples shown at once, newest first. */
+const SAMPLES_SHOWN = 3;
+
 /**
  * The text samples of the last evaluations, newest first: the round and
  * eval loss, then the prompt (muted) and what the model wrote after it. Set
@@ -90,9 +93,6 @@ function samples(evals: DashboardSnapshot["evals"]): void {
     box.append(head, pre);
   }
 }
-
-/** Samples shown at once, newest first. */
-const SAMPLES_SHOWN = 3;
 
 function list(id: string, entries: [string, string][], none: string): void {
   const ul = byId(id);
