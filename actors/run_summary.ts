@@ -8,7 +8,7 @@
  */
 import type { RunHost } from "./host.ts";
 import type { RunMonitor } from "./monitor.ts";
-import type { TextSampleSpec } from "../kernels/sample.ts";
+import { sampleProblem, type TextSampleSpec } from "../kernels/sample.ts";
 import type { RunHistory } from "./dashboard/history.ts";
 
 /** What the final evaluation found: the loss, and the text sample when one was asked for. */
@@ -51,7 +51,12 @@ export async function finalEvaluation(
         { type: "eval", maxWindows: options.maxWindows, ...sample },
         { timeoutMs: options.timeoutMs },
       );
-      return { loss: reply.loss, ...(sample.sample ? { sample: reply.sample ?? "" } : {}) };
+      const bad = sample.sample && sampleProblem(reply.sample, sample.sample);
+      if (bad) host.monitor.log(`final sample from ${t} ignored: ${bad}`, "warn");
+      return {
+        loss: reply.loss,
+        ...(sample.sample && !bad ? { sample: reply.sample! } : {}),
+      };
     } catch (err) {
       host.monitor.log(`final evaluation on ${t} failed: ${err}`, "warn");
     }

@@ -2,6 +2,7 @@ import { deepEqual, equal, match } from "@std/assert";
 import { ActorSystem } from "./runtime/system.ts";
 import type { RunHost } from "./host.ts";
 import { finalEvaluation } from "./run_summary.ts";
+import { textSample } from "../kernels/sample.ts";
 
 /** A host with only what the final evaluation uses: the system and a log. */
 function hostOf(system: ActorSystem, logged: string[]): RunHost {
@@ -36,6 +37,30 @@ Deno.test("the final evaluation goes on past a trainer that holds no θ", async 
       NaN,
     );
     equal(logged.length, 1);
+  } finally {
+    await system.shutdown();
+  }
+});
+
+Deno.test("the final sample is kept only if a trainer could have written it", async () => {
+  const system = new ActorSystem({ node: "host" });
+  try {
+    let answer: unknown = "The end";
+    await system.spawn({ receive: () => ({ loss: 2.5, sample: answer }) }, { name: "trainers/0" });
+    const logged: string[] = [];
+    const host = hostOf(system, logged);
+    const sample = textSample({ tokens: 8 });
+    const ask = () =>
+      finalEvaluation(host, ["host/trainers/0"], { maxWindows: 8, timeoutMs: 5000, sample });
+    deepEqual(await ask(), { loss: 2.5, sample: "The end" });
+    answer = "x".repeat(9);
+    deepEqual(await ask(), { loss: 2.5 });
+    answer = undefined;
+    deepEqual(await ask(), { loss: 2.5 });
+    deepEqual(logged, [
+      "final sample from host/trainers/0 ignored: 9 characters for a sample of 8 bytes",
+      "final sample from host/trainers/0 ignored: no text (undefined)",
+    ]);
   } finally {
     await system.shutdown();
   }

@@ -8,7 +8,7 @@
  */
 import type { RunEvent } from "../monitor.ts";
 import type { RunHost } from "../host.ts";
-import type { TextSampleSpec } from "../../kernels/sample.ts";
+import { sampleProblem, type TextSampleSpec } from "../../kernels/sample.ts";
 
 /** One closed round, as plotted. */
 export interface RoundPoint {
@@ -462,7 +462,12 @@ export class RunHistory {
       if (this.#closed || !Number.isFinite(loss) || this.#evals.some((p) => p.round === round)) {
         return;
       }
-      const text = parts[0].sample;
+      let text = parts[0].sample;
+      const bad = sample && text !== undefined ? sampleProblem(text, sample) : undefined;
+      if (bad) {
+        host.monitor.log(`dashboard sample from ${trainers[0]} ignored: ${bad}`, "warn");
+        text = undefined;
+      }
       const point: EvalPoint = {
         round,
         eval_loss: Math.round(loss * 10_000) / 10_000,

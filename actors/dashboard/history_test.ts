@@ -1,4 +1,4 @@
-import { deepEqual, equal, ok } from "@std/assert";
+import { deepEqual, equal, match, ok } from "@std/assert";
 import { ActorSystem } from "../runtime/system.ts";
 import { type RunEvent, RunMonitor } from "../monitor.ts";
 import { sealReport } from "../run_protocol.ts";
@@ -7,7 +7,14 @@ import { textSample, type TextSampleSpec } from "../../kernels/sample.ts";
 
 /** A host of stand-in actors: a tracker with a fixed member list, trainers in given phases. */
 async function standIns(
-  opts: { rounds?: number; evalMs?: number; sampleMs?: number; forwardMs?: number } = {},
+  opts: {
+    rounds?: number;
+    evalMs?: number;
+    sampleMs?: number;
+    forwardMs?: number;
+    /** What t0 answers for a sample (default: its name and the bytes asked, "t0:12"). */
+    text?: unknown;
+  } = {},
 ) {
   const system = new ActorSystem({ node: "h" });
   const members = [
@@ -43,7 +50,9 @@ async function standIns(
         asked[name].push(m.part);
         if (m.sample) sampled[name].push(m.sample);
         return {
-          ...(m.sample ? { sample: `${name} wrote ${m.sample.tokens} bytes` } : {}),
+          ...(m.sample
+            ? { sample: "text" in opts ? opts.text : `${name}:${m.sample.tokens}` }
+            : {}),
           loss: name === "t0" ? 2.56789 : 4.56789,
           tokens: name === "t0" ? 16 : 48,
           round: evalRound++,
@@ -230,7 +239,7 @@ Deno.test("with a text sample, the first part's trainer writes it and the evalua
     deepEqual(sampled["t0"], [sample]);
     deepEqual(sampled["t1"], []);
     deepEqual(history.evals.map((e) => e.sample), [
-      { prompt: "Fellow", text: "t0 wrote 12 bytes" },
+      { prompt: "Fellow", text: "t0:12" },
     ]);
     // The evaluation is an event of the run too (the run log, the node's terminal).
     deepEqual(emitted.filter((e) => e.event === "eval"), [{ event: "eval", ...history.evals[0] }]);
@@ -284,6 +293,35 @@ Deno.test("text samples are paced apart from the evaluations, each within evalSh
       deepEqual(history.evals.map((e) => e.round), [...Array(14).keys()]);
       deepEqual(history.evals.filter((e) => e.sample).map((e) => e.round), expect);
       equal(sampled["t0"].length, expect.length);
+    } finally {
+      await history.close();
+      await system.shutdown();
+    }
+  }
+});
+
+Deno.test("a sample no trainer could have written is not kept: too long, or not text", async () => {
+  for (const text of ["x".repeat(13), 42]) {
+    const { system, monitor, host, emitted } = await standIns({ rounds: 1, text });
+    const history = new RunHistory(host, {
+      evalEvery: 1,
+      evalWindows: 2,
+      sample: textSample({ tokens: 12 }),
+    });
+    try {
+      closeRound(monitor, 0);
+      for (let i = 0; i < 500 && history.evals.length < 1; i++) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      // The evaluation is kept, its sample not; the log says why.
+      equal(history.evals.length, 1);
+      equal(history.evals[0].sample, undefined);
+      const warned = emitted.filter((e) => e.event === "log" && e.level === "warn");
+      equal(warned.length, 1);
+      match(
+        String((warned[0] as { message: string }).message),
+        /^dashboard sample from h\/t0 ignored: (13 characters for a sample of 12 bytes|no text \(number\))$/,
+      );
     } finally {
       await history.close();
       await system.shutdown();
