@@ -25,6 +25,7 @@ import {
   type JoinReplyMsg,
   type Role,
   type RoundClosedMsg,
+  type RunNews,
   type Shard,
   shardMap,
   type ViewMsg,
@@ -131,6 +132,7 @@ export class Membership {
   #started = false;
   #rounds: number;
   #resumed?: MembershipOptions["resumedShards"];
+  #news?: RunNews;
 
   constructor(options: MembershipOptions) {
     this.#resumed = options.resumedShards;
@@ -360,9 +362,15 @@ export class Membership {
     return view ? { view, evicted: [] } : { evicted: [] };
   }
 
+  /** The run's newest evaluation, passed on in heartbeat acks; an older one than it holds is ignored. */
+  set news(news: RunNews) {
+    if (!this.#news || news.round >= this.#news.round) this.#news = news;
+  }
+
   /**
    * A heartbeat. Unknown nodes are told so (they re-announce with a join);
-   * a node whose epoch is behind gets the current view in the answer.
+   * a node whose epoch is behind gets the current view in the answer, and
+   * one that has not heard of the run's newest evaluation gets that.
    */
   heartbeat(msg: HeartbeatMsg): HeartbeatAckMsg {
     const m = this.#members.get(msg.node);
@@ -375,6 +383,7 @@ export class Membership {
       epoch: this.#view.epoch,
     };
     if (m && msg.epoch !== this.#view.epoch) ack.view = this.#view;
+    if (m && this.#news && (msg.news ?? -1) < this.#news.round) ack.news = this.#news;
     return ack;
   }
 

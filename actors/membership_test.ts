@@ -85,6 +85,30 @@ Deno.test("heartbeats: unknown nodes are told to re-announce, lagging ones get t
   equal(current.view, undefined);
 });
 
+Deno.test("heartbeats pass the run's newest evaluation on to each member until it has heard of it", () => {
+  const m = started({ t: 0 });
+  const hb = (node: string, news?: number) =>
+    m.heartbeat({
+      type: "heartbeat",
+      run: RUN,
+      node,
+      epoch: m.view.epoch,
+      ...(news !== undefined ? { news } : {}),
+    });
+  equal(hb("t0").news, undefined);
+  const first = { round: 3, eval_loss: 2.9, sample: { prompt: "The ", text: "people" } };
+  m.news = first;
+  deepEqual(hb("t0").news, first);
+  deepEqual(hb("t1", 2).news, first);
+  equal(hb("t0", 3).news, undefined);
+  // Not to a node the tracker does not know; an older evaluation does not replace a newer one.
+  equal(hb("ghost").news, undefined);
+  m.news = { round: 1, eval_loss: 4 };
+  deepEqual(hb("t1", 2).news, first);
+  m.news = { round: 6, eval_loss: 2.6 };
+  deepEqual(hb("t0", 3).news, { round: 6, eval_loss: 2.6 });
+});
+
 Deno.test("a leave publishes a view without the node and frees its data shard", () => {
   const clock = { t: 0 };
   const m = started(clock);

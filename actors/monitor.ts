@@ -332,7 +332,8 @@ export class RunMonitor {
 
   /** Takes a trainer event. */
   trainer(e: TrainerEvent): void {
-    if (e.type === "report") return; // reports arrive through report()
+    // Reports arrive through report(); the host's own trainers' news is the host's own evaluation.
+    if (e.type === "report" || e.type === "news") return;
     if (e.type === "rejected") {
       this.log(`${e.trainer} was told: ${e.reason}: ${e.detail}`, "warn");
     } else this.log(`${e.trainer}: ${e.message}`);

@@ -337,6 +337,9 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
         if (settings.rounds > 0 && lastRound + 1 >= settings.rounds) finished.resolve();
       } else if (e.type === "rejected") {
         log(`rejected: ${e.reason}: ${e.detail}`, "warn");
+      } else if (e.type === "news") {
+        // The host's evaluation, shown as the host's terminal shows it.
+        emit({ event: "eval", ...e.news, wall_s: Math.round(performance.now() - start) / 1000 });
       } else if (e.type === "log") log(e.message);
     },
   }, (restarts) => log(`trainer restarted (restart ${restarts})`, "warn"));

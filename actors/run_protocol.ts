@@ -92,6 +92,20 @@ export interface HeartbeatMsg {
   node: string;
   /** Epoch of the view the node holds. */
   epoch: number;
+  /** The round of the newest evaluation the node has heard of ({@linkcode RunNews}; absent: none). */
+  news?: number;
+}
+
+/**
+ * The run's newest evaluation, which the tracker passes on to members in
+ * heartbeat acks (once to each): the loss of θ after `round` closed, and
+ * the text it wrote when the run took a sample. A volunteer's terminal shows
+ * it as the host's does.
+ */
+export interface RunNews {
+  round: number;
+  eval_loss: number;
+  sample?: { prompt: string; text: string };
 }
 
 /** The tracker's answer to a heartbeat. */
@@ -104,6 +118,8 @@ export interface HeartbeatAckMsg {
   epoch: number;
   /** The current view, when the node's epoch is behind. */
   view?: ViewMsg;
+  /** The run's newest evaluation, when the node has not heard of it. */
+  news?: RunNews;
 }
 
 /** A membership view: who trains and aggregates round `round`. */

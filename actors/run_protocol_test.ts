@@ -65,8 +65,16 @@ Deno.test("every message type validates and keeps its fields", () => {
       incarnation: 0,
     },
     { type: "leave", run: "r", node: "t0" },
-    { type: "heartbeat", run: "r", node: "t0", epoch: 3 },
-    { type: "heartbeat_ack", run: "r", known: true, incarnation: 1, epoch: 3, view },
+    { type: "heartbeat", run: "r", node: "t0", epoch: 3, news: 2 },
+    {
+      type: "heartbeat_ack",
+      run: "r",
+      known: true,
+      incarnation: 1,
+      epoch: 3,
+      view,
+      news: { round: 4, eval_loss: 2.5, sample: { prompt: "The ", text: "end" } },
+    },
     view,
     c,
     {
@@ -132,6 +140,7 @@ Deno.test("a contribution survives the msgpack wire and validates with typed arr
 
 Deno.test("malformed messages are refused with the field named", () => {
   const c = contribution();
+  const ack = { type: "heartbeat_ack", run: "r", known: true, incarnation: 1, epoch: 3 };
   const cases: [unknown, RegExp][] = [
     [null, /expected an object/],
     [[1], /expected an object/],
@@ -140,6 +149,14 @@ Deno.test("malformed messages are refused with the field named", () => {
     [{ type: "join", run: "r", node: "n", roles: ["boss"] }, /unknown role "boss"/],
     [{ type: "join", run: "r", node: "n", roles: [] }, /roles must not be empty/],
     [{ type: "heartbeat", run: "r", node: "n", epoch: -1 }, /epoch must be an integer/],
+    [{ type: "heartbeat", run: "r", node: "n", epoch: 1, news: "x" }, /news must be an integer/],
+    [{ ...ack, news: { round: 1, eval_loss: NaN } }, /news message: eval_loss must be finite/],
+    [{ ...ack, news: { round: -1, eval_loss: 2 } }, /news message: round must be an integer/],
+    [
+      { ...ack, news: { round: 1, eval_loss: 2, sample: { prompt: "a", text: "x".repeat(5000) } } },
+      /news message: sample.text must be a string of at most 4096/,
+    ],
+    [{ ...ack, news: { round: 1, eval_loss: 2, sample: { text: "x" } } }, /sample.prompt/],
     [{ ...c, n: 601 }, /q must have n=601/],
     [{ ...c, scales: new Float32Array(2) }, /scales must have 3 entries/],
     [{ ...c, q: [1, 2, 3] }, /q must be an Int8Array/],

@@ -21,6 +21,7 @@ import {
   ROLES,
   type RoundClosedMsg,
   type RunMessage,
+  type RunNews,
   type Shard,
   type StateRequestMsg,
   type TrainerReportMsg,
@@ -28,6 +29,7 @@ import {
 } from "./run_protocol.ts";
 import { type ExchangeFormat, exchangeName, parseExchange } from "../kernels/exchange_format.ts";
 import { lengthProblem } from "./exchange.ts";
+import { MAX_TEXT_SAMPLE } from "../kernels/sample.ts";
 
 const MAX_ID = 128;
 
@@ -153,6 +155,23 @@ function validateShards(m: Record<string, unknown>, params: number, block: numbe
   }
   if (next !== params) fail("view", "shards", `must cover ${params} params, cover ${next}`);
   return out;
+}
+
+/** A heartbeat ack's {@linkcode RunNews}: a round, a finite loss, a sample's bounded strings. */
+function validateNews(m: Record<string, unknown>): RunNews {
+  const type = "heartbeat_ack news";
+  const round = int(m, type, "round");
+  const loss = num(m, type, "eval_loss");
+  if (!Number.isFinite(loss)) fail(type, "eval_loss", `must be finite, got ${loss}`);
+  if (m.sample === undefined) return { round, eval_loss: loss };
+  const s = obj(m.sample);
+  for (const field of ["prompt", "text"]) {
+    const v = s[field];
+    if (typeof v !== "string" || v.length > MAX_TEXT_SAMPLE) {
+      fail(type, `sample.${field}`, `must be a string of at most ${MAX_TEXT_SAMPLE} characters`);
+    }
+  }
+  return { round, eval_loss: loss, sample: { prompt: s.prompt as string, text: s.text as string } };
 }
 
 function validateView(m: Record<string, unknown>): ViewMsg {
@@ -320,6 +339,7 @@ export function validateRunMessage(x: unknown, options: { block?: number } = {})
         run: str(m, type, "run"),
         node: str(m, type, "node"),
         epoch: int(m, type, "epoch"),
+        ...(m.news !== undefined ? { news: int(m, type, "news") } : {}),
       };
     case "heartbeat_ack": {
       if (typeof m.known !== "boolean") fail(type, "known", "must be a boolean");
@@ -331,6 +351,7 @@ export function validateRunMessage(x: unknown, options: { block?: number } = {})
         epoch: int(m, type, "epoch"),
       };
       if (m.view !== undefined) out.view = validateView(obj(m.view));
+      if (m.news !== undefined) out.news = validateNews(obj(m.news));
       return out;
     }
     case "view":

@@ -14,7 +14,7 @@
  */
 import type { ActorContext, Behavior } from "./runtime/behavior.ts";
 import { Membership, type MembershipOptions } from "./membership.ts";
-import { type RunMessage, tellLater, type ViewMsg } from "./run_protocol.ts";
+import { type RunMessage, type RunNews, tellLater, type ViewMsg } from "./run_protocol.ts";
 import { validateRunMessage } from "./run_protocol_validate.ts";
 
 /** Options of {@linkcode trackerBehavior}. */
@@ -41,7 +41,9 @@ export type TrackerEvent =
 export type TrackerControl =
   | { type: "tick" }
   | { type: "status" }
-  | { type: "crash"; reason: string };
+  | { type: "crash"; reason: string }
+  /** The run's newest evaluation, to pass on in heartbeat acks (from the host's history). */
+  | { type: "_news"; news: RunNews };
 
 /**
  * The tracker's behavior. A fresh one is made for every (re)start.
@@ -89,6 +91,10 @@ export function trackerBehavior(options: TrackerOptions): Behavior {
       }
       if (ctl?.type === "status") return m.status();
       if (ctl?.type === "crash") throw new Error(`Tracker crashed on purpose: ${ctl.reason}`);
+      if (ctl?.type === "_news") {
+        m.news = ctl.news;
+        return;
+      }
       let msg: RunMessage;
       try {
         msg = validateRunMessage(raw);

@@ -43,6 +43,7 @@ import {
   type JoinReplyMsg,
   type ReportCursor,
   type RunMessage,
+  type RunNews,
   sealReport,
   tellLater,
   type TrainerReportMsg,
@@ -70,6 +71,8 @@ export type TrainerEvent =
    */
   | { type: "report"; report: TrainerReportMsg; update: { loss: number; trainers: number } }
   | { type: "rejected"; trainer: string; reason: string; detail: string }
+  /** The run's newest evaluation, as the tracker passed it on. */
+  | { type: "news"; news: RunNews }
   | { type: "log"; trainer: string; message: string };
 
 /** Options of {@linkcode trainerBehavior}. */
@@ -226,9 +229,17 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     );
   };
 
+  /** The round of the newest evaluation of the run this trainer has heard of (-1: none). */
+  let newsRound = -1;
   const heartbeat = (ctx: ActorContext) => {
     ctx.system.ref(options.tracker).ask<HeartbeatAckMsg>(
-      { type: "heartbeat", run, node: id, epoch: view?.epoch ?? 0 },
+      {
+        type: "heartbeat",
+        run,
+        node: id,
+        epoch: view?.epoch ?? 0,
+        ...(newsRound >= 0 ? { news: newsRound } : {}),
+      },
       { timeoutMs: 3000 },
     ).then((ack) => ctx.self.tell({ type: "_ack", ack }), () => {});
   };
@@ -569,6 +580,10 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           heartbeat(ctx);
           return;
         case "_ack":
+          if (ctl.ack.news && ctl.ack.news.round > newsRound) {
+            newsRound = ctl.ack.news.round;
+            emit({ type: "news", news: ctl.ack.news });
+          }
           if (!ctl.ack.known) join(ctx);
           else if (ctl.ack.view) await handleRun(ctx, ctl.ack.view);
           return;

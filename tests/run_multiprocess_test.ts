@@ -127,6 +127,18 @@ Deno.test({
         if (t.contributed) ok((t.tokens_per_s as number) > 0 && (t.loss as number) > 0);
       }
       equal(mine.rounds, trained.length);
+      // The host's evaluations reach the joiner through the tracker's heartbeat acks, as they are.
+      const hostEvals = new Map(
+        host.lines.filter((l) => l.event === "eval").map((l) => [l.round, l]),
+      );
+      const heard = late.lines.filter((l) => l.event === "eval");
+      ok(heard.length >= 1, JSON.stringify([...hostEvals.values()]));
+      for (const e of heard) {
+        const h = hostEvals.get(e.round);
+        if (!h) throw new Error(`round ${e.round}: the host made no such evaluation`);
+        equal(e.eval_loss, h.eval_loss);
+        deepEqual(e.sample, h.sample);
+      }
       equal(mine.rounds_contributed, trained.filter((t) => t.contributed).length);
       ok((mine.rounds_contributed as number) >= 1 && (mine.tokens as number) > 0);
     } finally {

@@ -12,7 +12,7 @@
  * @module
  */
 import { freshKeyPem, identityFromPem, type NodeIdentity } from "../../transport/identity.ts";
-import type { TrainerReportMsg } from "../run_protocol.ts";
+import type { RunNews, TrainerReportMsg } from "../run_protocol.ts";
 import { joinFromTab, type TabTrainer } from "./join.ts";
 import { engineSettings } from "../run_settings.ts";
 
@@ -67,6 +67,12 @@ function log(line: string): void {
 const reports: (TrainerReportMsg & { globalLoss: number })[] = [];
 let tokensPerRound = 0;
 
+/** The run's newest evaluation as a log line: its loss, and the text the model wrote. */
+function newsLine(n: RunNews): string {
+  const loss = `eval after round ${n.round}: loss ${n.eval_loss.toFixed(4)}`;
+  return n.sample ? `${loss}; the model writes: ${n.sample.prompt}${n.sample.text}` : loss;
+}
+
 /** A round's row: the trainer's report, and the round's loss as its update told it. */
 function showReport(r: TrainerReportMsg, globalLoss: number): void {
   const row: (typeof reports)[number] = { ...r, globalLoss };
@@ -115,6 +121,7 @@ async function join(ev: { preventDefault(): void }): Promise<void> {
       onEvent: (e) => {
         if (e.type === "report") showReport(e.report, e.update.loss);
         else if (e.type === "rejected") log(`rejected: ${e.reason}: ${e.detail}`);
+        else if (e.type === "news") log(newsLine(e.news));
         else log(e.message);
       },
     });

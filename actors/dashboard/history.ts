@@ -476,8 +476,10 @@ export class RunHistory {
       };
       this.#evals.push(point);
       this.#push({ type: "eval", data: point });
-      // In the run's log and on the node's terminal too.
+      // In the run's log and on the node's terminal too, and on its members' (heartbeat acks).
       host.monitor.event({ event: "eval", ...point });
+      const { wall_s: _, ...news } = point;
+      host.system.ref(host.trackerPath).tell({ type: "_news", news });
     }).catch((err) => {
       if (!this.#closed) {
         host.monitor.log(`dashboard evaluation on ${trainers.join(", ")} failed: ${err}`);
