@@ -145,9 +145,7 @@ export async function runEmbedded(options: EmbeddedOptions): Promise<RunSummary>
       run: options.run,
       trainers: options.trainers,
       evalLoss: final.loss,
-      ...(final.sample !== undefined
-        ? { sample: { prompt: sample!.prompt, text: final.sample } }
-        : {}),
+      sample: final.sample,
       exchange: options.exchange,
       updateExchange: options.updateExchange,
     });

@@ -74,6 +74,11 @@ export class JoinedRounds {
     this.#planned = settings.rounds;
   }
 
+  /** The last round whose update the trainer applied (-1: none). */
+  get lastRound(): number {
+    return this.#last;
+  }
+
   /** The "trained" event of a report, counted in the totals. */
   record(e: Extract<TrainerEvent, { type: "report" }>): TrainedEvent {
     const r = e.report;
@@ -116,7 +121,7 @@ export class JoinedRounds {
       node,
       rounds: this.#rounds,
       rounds_contributed: this.#contributed,
-      last_round: this.#last,
+      last_round: this.lastRound,
       tokens: this.#tokens,
       tokens_per_s: this.#innerMs > 0 ? Math.round(this.#tokens / (this.#innerMs / 1000)) : 0,
       utilization: busy > 0 ? round4(this.#innerMs / busy) : 0,

@@ -237,9 +237,7 @@ async function hostRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
       run: options.run,
       trainers: trainers.length,
       evalLoss: final.loss,
-      ...(final.sample !== undefined
-        ? { sample: { prompt: sample!.prompt, text: final.sample } }
-        : {}),
+      sample: final.sample,
       exchange: options.exchange,
       updateExchange: options.updateExchange,
     });
@@ -325,7 +323,6 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     : undefined;
   const path = `${node}/node/trainer`;
   const finished = Promise.withResolvers<void>();
-  let lastRound = -1;
   const rounds = new JoinedRounds(settings, () => (performance.now() - start) / 1000);
   const sup = joinedTrainer(settings, info.resume, path, {
     heartbeatMs: options.heartbeatMs,
@@ -333,8 +330,7 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     onEvent: (e) => {
       if (e.type === "report") {
         emit(rounds.record(e));
-        lastRound = e.report.round;
-        if (settings.rounds > 0 && lastRound + 1 >= settings.rounds) finished.resolve();
+        if (settings.rounds > 0 && rounds.lastRound + 1 >= settings.rounds) finished.resolve();
       } else if (e.type === "rejected") {
         log(`rejected: ${e.reason}: ${e.detail}`, "warn");
       } else if (e.type === "news") {
@@ -363,7 +359,7 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   } catch {
     // The host is gone: nothing to tell.
   }
-  log(`leaving after round ${lastRound}`);
+  log(`leaving after round ${rounds.lastRound}`);
   await transport.close();
   await system.shutdown();
   emit({ event: "done", ...rounds.summary(path) });

@@ -15,8 +15,8 @@ import type { RunHistory } from "./dashboard/history.ts";
 export interface FinalEvaluation {
   /** Validation loss, nats/byte; NaN when no trainer could evaluate. */
   loss: number;
-  /** The text the final θ continues the sample's prompt with. */
-  sample?: string;
+  /** The sample's prompt and the text the final θ continues it with. */
+  sample?: { prompt: string; text: string };
 }
 
 /**
@@ -40,14 +40,14 @@ export async function finalEvaluation(
   },
 ): Promise<FinalEvaluation> {
   const known = options.sample?.tokens ? await lastSample(host, options) : undefined;
-  if (known !== undefined) {
+  if (known) {
     const { loss } = await finalEvaluation(host, trainers, { ...options, sample: undefined });
     return { loss, sample: known };
   }
   const sample = options.sample?.tokens ? { sample: options.sample } : {};
   for (const t of new Set(trainers)) {
     try {
-      const reply = await host.system.ref(t).ask<FinalEvaluation>(
+      const reply = await host.system.ref(t).ask<{ loss: number; sample?: unknown }>(
         { type: "eval", maxWindows: options.maxWindows, ...sample },
         { timeoutMs: options.timeoutMs },
       );
@@ -55,7 +55,9 @@ export async function finalEvaluation(
       if (bad) host.monitor.log(`final sample from ${t} ignored: ${bad}`, "warn");
       return {
         loss: reply.loss,
-        ...(sample.sample && !bad ? { sample: reply.sample! } : {}),
+        ...(sample.sample && !bad
+          ? { sample: { prompt: sample.sample.prompt, text: reply.sample as string } }
+          : {}),
       };
     } catch (err) {
       host.monitor.log(`final evaluation on ${t} failed: ${err}`, "warn");
@@ -64,16 +66,16 @@ export async function finalEvaluation(
   return { loss: NaN };
 }
 
-/** The text the run's history sampled of the last round's θ with `options.sample`, if it did. */
+/** The sample the run's history took of the last round's θ with `options.sample`, if it did. */
 async function lastSample(
   host: RunHost,
   options: { sample?: TextSampleSpec; history?: Pick<RunHistory, "settled" | "evals"> },
-): Promise<string | undefined> {
+): Promise<FinalEvaluation["sample"]> {
   if (!options.history || !options.sample) return undefined;
   await options.history.settled();
   const last = host.monitor.plannedRounds - 1;
   const point = options.history.evals.find((p) => p.round === last);
-  return point?.sample?.prompt === options.sample.prompt ? point.sample.text : undefined;
+  return point?.sample?.prompt === options.sample.prompt ? point.sample : undefined;
 }
 
 /** The final θ (the start of round `rounds`) is committed before a bounded run ends. */

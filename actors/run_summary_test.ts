@@ -52,7 +52,7 @@ Deno.test("the final sample is kept only if a trainer could have written it", as
     const sample = textSample({ tokens: 8 });
     const ask = () =>
       finalEvaluation(host, ["host/trainers/0"], { maxWindows: 8, timeoutMs: 5000, sample });
-    deepEqual(await ask(), { loss: 2.5, sample: "The end" });
+    deepEqual(await ask(), { loss: 2.5, sample: { prompt: "The ", text: "The end" } });
     answer = "x".repeat(9);
     deepEqual(await ask(), { loss: 2.5 });
     answer = undefined;
