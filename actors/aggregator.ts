@@ -28,7 +28,7 @@ import {
   type ViewMsg,
 } from "./run_protocol.ts";
 import { validateRunMessage } from "./run_protocol_validate.ts";
-import { encode } from "../transport/codec.ts";
+import { encodedSize } from "../transport/codec.ts";
 import { beatWhile } from "./heartbeat.ts";
 
 /**
@@ -233,7 +233,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
       reason: closed.reason,
       loss: update.loss,
       tokens: update.tokens,
-      updateBytes: encode(update).byteLength,
+      updateBytes: encodedSize(update),
       epoch: view?.epoch ?? 0,
     });
     ctx.system.ref(options.tracker).ask<ViewMsg>(

@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { sha256 } from "./_sha256.ts";
 import { DEFAULT_BLOCK } from "./run_protocol.ts";
 import { dequantizeInt8Ref, quantizedSize, quantizeInt8Ref } from "../kernels/reference.ts";
 
@@ -131,9 +132,6 @@ export function quantizedNorm(
  * ```
  */
 export async function thetaHash(theta: Float32Array): Promise<string> {
-  const bytes = new Uint8Array(theta.buffer, theta.byteOffset, theta.byteLength);
-  const digest = new Uint8Array(
-    await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>),
-  );
+  const digest = await sha256(new Uint8Array(theta.buffer, theta.byteOffset, theta.byteLength));
   return Array.from(digest.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
 }

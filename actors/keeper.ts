@@ -2,10 +2,12 @@
  * The checkpoint keeper actor ({@linkcode keeperBehavior}).
  *
  * A keeper takes each round's state off the training path: aggregators
- * `tell` it the pieces (keeper_feed.ts) and go on; the keeper assembles a
- * round (keeper_assembly.ts), then encodes, hashes and writes it in its own
- * async flow with a bounded queue (a newer complete round supersedes an older
- * one still waiting), inline or on a writer thread (keeper_threads.ts).
+ * `tell` it the pieces (keeper_feed.ts) and go on; the keeper gathers a
+ * round's pieces (keeper_assembly.ts) and, once its writer is ready for it,
+ * assembles, encodes, hashes and writes it in its own async flow with a
+ * bounded queue (a newer complete round supersedes an older one still
+ * waiting, which is then never copied), inline or on a writer thread
+ * (keeper_threads.ts).
  * While a round is being written the keeper keeps answering: it serves
  * manifests and chunks of any round it holds (keeper_serving.ts), from
  * memory (prepared, not yet durable) or from disk (verified on first use).
@@ -31,7 +33,6 @@ import {
   type Manifest,
   prepareRound,
   type Retention,
-  type RoundState,
   type StoreFs,
 } from "../checkpoint/store.ts";
 import {
@@ -42,7 +43,7 @@ import {
   parseKeeperMessage,
 } from "./keeper_protocol.ts";
 import { fetchRound, listCandidates } from "./keeper_fetch.ts";
-import { PieceAssembler } from "./keeper_assembly.ts";
+import { type CompleteRound, PieceAssembler } from "./keeper_assembly.ts";
 import { RoundServer } from "./keeper_serving.ts";
 import { WriterThread } from "./keeper_threads.ts";
 
@@ -150,7 +151,7 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
   });
   const maxPending = Math.max(1, options.maxPending ?? 2);
   const assembler = new PieceAssembler(options);
-  const pending: RoundState[] = [];
+  const pending: CompleteRound[] = [];
   let durable: Manifest | undefined;
   let committed: KeeperCommittedMsg | undefined;
   /** The newest round taken (complete) in any form: pieces of older rounds are stale. */
@@ -184,7 +185,8 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
     if (flow) return;
     flow = (async () => {
       while (pending.length > 0 && !stopping) {
-        const state = pending.shift()!;
+        // Copied into whole vectors only now: a round superseded meanwhile never is.
+        const state = assembler.assemble(pending.shift()!);
         writing = state.round;
         const t0 = performance.now();
         try {
@@ -220,9 +222,9 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
     });
   };
 
-  const enqueue = (ctx: ActorContext, state: RoundState) => {
-    newestTaken = Math.max(newestTaken, state.round);
-    pending.push(state);
+  const enqueue = (ctx: ActorContext, round: CompleteRound) => {
+    newestTaken = Math.max(newestTaken, round.round);
+    pending.push(round);
     pending.sort((a, b) => a.round - b.round);
     while (pending.length > maxPending) {
       const old = pending.shift()!;
@@ -236,7 +238,7 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
     const got = assembler.take(m);
     if (got === undefined) return;
     if ("error" in got) emit({ type: "refused", keeper: id, error: got.error });
-    else enqueue(ctx, got.state);
+    else enqueue(ctx, got.complete);
   };
 
   const recover = async (ctx: ActorContext) => {

@@ -1,28 +1,47 @@
 /**
  * How a keeper assembles a round from the pieces aggregators send it
- * ({@linkcode KeeperPieceMsg}): pieces of a round are copied into place
- * until they cover the whole flat vector, overlapping or inconsistent ones
- * are refused with the reason, and only the newest few rounds are assembled
- * at once. Arrays the writer thread hands back are reused for later rounds.
+ * ({@linkcode KeeperPieceMsg}): the pieces of a round are gathered until they
+ * cover the whole flat vector, overlapping or inconsistent ones are refused
+ * with the reason, and only the newest few rounds are gathered at once.
+ *
+ * Gathering keeps the pieces as they came (an aggregator sends each round's
+ * state in arrays of its own and never writes them again), and a round is
+ * copied into whole vectors only when its writer is ready for it
+ * ({@linkcode PieceAssembler.assemble}): a keeper whose disk is slower than
+ * the rounds skips most of them, and a round skipped is then never copied
+ * (at 25M parameters three 100 MB copies a round for each keeper, on the
+ * host's event loop). The arrays the writer thread hands back take the next
+ * round assembled.
  *
  * @module
  */
 import type { GptConfig } from "../kernels/config.ts";
 import type { RoundState } from "../checkpoint/store.ts";
 import type { KeeperPieceMsg } from "./keeper_protocol.ts";
+import { SpareArrays } from "./_spares.ts";
 
-/** Rounds of assembly kept at once; older incomplete ones are dropped. */
-const MAX_ASSEMBLING = 3;
+/** Rounds gathered at once; older incomplete ones are dropped. */
+const MAX_GATHERING = 3;
 
 /** Arrays kept for reuse: parameters, momentum and residual of two rounds. */
 const MAX_SPARE = 6;
 
-interface Assembly {
+/** A round whose pieces cover the whole vector, not yet copied into one. */
+export interface CompleteRound {
+  round: number;
+  /** Length of the flat vector. */
   total: number;
-  params: Float32Array;
-  momentum: Float32Array;
-  residual?: Float32Array;
-  pieces: Map<number, number>;
+  /** The pieces, by start (each the last one sent for its place). */
+  pieces: KeeperPieceMsg[];
+  view?: unknown;
+  cursors: Record<string, unknown>;
+  config: GptConfig;
+  settings: Record<string, unknown>;
+}
+
+interface Gathering {
+  total: number;
+  pieces: Map<number, KeeperPieceMsg>;
   covered: number;
   view?: unknown;
   cursors: Record<string, unknown>;
@@ -46,7 +65,7 @@ export interface AssemblerOptions {
 }
 
 /**
- * Assembles rounds from pieces.
+ * Gathers rounds from pieces, and assembles a complete one into whole vectors.
  *
  * @example
  * ```ts
@@ -55,72 +74,68 @@ export interface AssemblerOptions {
  * const config = { nLayer: 1, nHead: 1, nEmbd: 8, blockSize: 4, vocabSize: 16 };
  * const a = new PieceAssembler({ run: "r", config });
  * const piece = (start: number) => ({ type: "keeper_piece" as const, run: "r", round: 1, start,
- *   total: 4, params: new Float32Array(2), momentum: new Float32Array(2) });
+ *   total: 4, params: new Float32Array(2).fill(start), momentum: new Float32Array(2) });
  * assert.equal(a.take(piece(0)), undefined);
  * const done = a.take(piece(2));
- * assert.ok(done && "state" in done && done.state.params.length === 4);
+ * assert.ok(done && "complete" in done);
+ * assert.deepEqual([...a.assemble(done.complete).params], [0, 0, 2, 2]);
  * ```
  */
 export class PieceAssembler {
   #options: AssemblerOptions;
-  #assembling = new Map<number, Assembly>();
+  #gathering = new Map<number, Gathering>();
   /**
-   * Arrays the writer thread handed back. A round is written only once its
+   * Arrays the writer thread handed back. A round is assembled only once its
    * pieces cover every element, so a reused array needs no clearing.
    */
-  #spare: Float32Array[] = [];
+  #spare = new SpareArrays(MAX_SPARE);
 
   /** An assembler with no round in progress. */
   constructor(options: AssemblerOptions) {
     this.#options = options;
   }
 
-  /** Rounds being assembled, in the order their first piece came. */
+  /** Rounds being gathered, in the order their first piece came. */
   rounds(): number[] {
-    return [...this.#assembling.keys()];
+    return [...this.#gathering.keys()];
   }
 
   /** Keeps arrays for reuse by later rounds (a few at most). */
   recycle(arrays: readonly Float32Array[]): void {
-    for (const x of arrays) if (this.#spare.length < MAX_SPARE) this.#spare.push(x);
+    this.#spare.give(arrays);
   }
 
-  #reuse(n: number): Float32Array {
-    const at = this.#spare.findIndex((x) => x.length === n);
-    return at >= 0 ? this.#spare.splice(at, 1)[0] : new Float32Array(n);
+  /** Arrays kept for reuse now. */
+  get spares(): number {
+    return this.#spare.size;
   }
 
   /**
-   * Takes a piece: the round's state once its pieces cover the whole vector
-   * (older rounds in progress are then dropped), an error naming why the
-   * piece was refused, or undefined while the round is incomplete.
+   * Takes a piece: the round once its pieces cover the whole vector (older
+   * rounds in progress are then dropped), an error naming why the piece was
+   * refused, or undefined while the round is incomplete. The piece's arrays
+   * are kept as they are, not copied: the sender must not write them again.
    */
-  take(m: KeeperPieceMsg): { state: RoundState } | { error: string } | undefined {
-    const assembling = this.#assembling;
-    let a = assembling.get(m.round);
-    if (!a) {
-      a = {
-        total: m.total,
-        params: this.#reuse(m.total),
-        momentum: this.#reuse(m.total),
-        pieces: new Map(),
-        covered: 0,
-        cursors: {},
-      };
-      assembling.set(m.round, a);
-      for (const r of [...assembling.keys()].sort((x, y) => x - y).slice(0, -MAX_ASSEMBLING)) {
-        assembling.delete(r);
+  take(m: KeeperPieceMsg): { complete: CompleteRound } | { error: string } | undefined {
+    const gathering = this.#gathering;
+    let g = gathering.get(m.round);
+    if (!g) {
+      g = { total: m.total, pieces: new Map(), covered: 0, cursors: {} };
+      gathering.set(m.round, g);
+      for (const r of [...gathering.keys()].sort((x, y) => x - y).slice(0, -MAX_GATHERING)) {
+        gathering.delete(r);
       }
     }
-    if (a.total !== m.total) {
+    if (g.total !== m.total) {
       return {
-        error: `piece of round ${m.round} says ${m.total} parameters, earlier pieces ${a.total}`,
+        error: `piece of round ${m.round} says ${m.total} parameters, earlier pieces ${g.total}`,
       };
     }
     const n = m.params.length;
-    const prev = a.pieces.get(m.start);
+    const prev = g.pieces.get(m.start);
     if (prev === undefined) {
-      for (const [s, len] of a.pieces) {
+      for (const [s, p] of g.pieces) {
+        const len = p.params.length;
         if (m.start < s + len && s < m.start + n) {
           return {
             error: `piece [${m.start}, ${m.start + n}) of round ${m.round} overlaps [${s}, ${
@@ -129,39 +144,63 @@ export class PieceAssembler {
           };
         }
       }
-      a.pieces.set(m.start, n);
-      a.covered += n;
-    } else if (prev !== n) {
-      return { error: `piece at ${m.start} of round ${m.round} has ${n} floats, earlier ${prev}` };
+      g.covered += n;
+    } else if (prev.params.length !== n) {
+      return {
+        error:
+          `piece at ${m.start} of round ${m.round} has ${n} floats, earlier ${prev.params.length}`,
+      };
     }
-    a.params.set(m.params, m.start);
-    a.momentum.set(m.momentum, m.start);
-    if (m.residual) {
-      // Pieces without a residual (none come from this version) leave zeros: a reused array is cleared.
-      a.residual ??= this.#reuse(m.total).fill(0);
-      a.residual.set(m.residual, m.start);
-    }
-    if (m.view !== undefined && viewEpoch(m.view) >= viewEpoch(a.view)) a.view = m.view;
-    Object.assign(a.cursors, m.cursors ?? {});
-    a.config ??= m.config;
-    a.settings ??= m.settings;
-    if (a.covered < a.total) return undefined;
-    assembling.delete(m.round);
-    for (const r of assembling.keys()) if (r < m.round) assembling.delete(r);
-    const config = a.config ?? this.#options.config;
+    g.pieces.set(m.start, m);
+    if (m.view !== undefined && viewEpoch(m.view) >= viewEpoch(g.view)) g.view = m.view;
+    Object.assign(g.cursors, m.cursors ?? {});
+    g.config ??= m.config;
+    g.settings ??= m.settings;
+    if (g.covered < g.total) return undefined;
+    gathering.delete(m.round);
+    for (const r of [...gathering.keys()]) if (r < m.round) gathering.delete(r);
+    const config = g.config ?? this.#options.config;
     if (!config) return { error: `round ${m.round} has no model config` };
     return {
-      state: {
-        run: this.#options.run,
+      complete: {
         round: m.round,
+        total: g.total,
+        pieces: [...g.pieces.values()],
+        ...(g.view !== undefined ? { view: g.view } : {}),
+        cursors: g.cursors,
         config,
-        params: a.params,
-        momentum: a.momentum,
-        ...(a.residual ? { residual: a.residual } : {}),
-        view: a.view,
-        cursors: a.cursors,
-        settings: a.settings ?? this.#options.settings ?? {},
+        settings: g.settings ?? this.#options.settings ?? {},
       },
+    };
+  }
+
+  /**
+   * Copies a complete round's pieces into whole vectors (arrays handed back
+   * by the writer when there are some), ready to write.
+   */
+  assemble(c: CompleteRound): RoundState {
+    const params = this.#spare.take(c.total);
+    const momentum = this.#spare.take(c.total);
+    let residual: Float32Array | undefined;
+    for (const p of c.pieces) {
+      params.set(p.params, p.start);
+      momentum.set(p.momentum, p.start);
+    }
+    if (c.pieces.some((p) => p.residual)) {
+      // Pieces without a residual (none come from this version) leave zeros: a reused array is cleared.
+      residual = this.#spare.take(c.total).fill(0);
+      for (const p of c.pieces) if (p.residual) residual.set(p.residual, p.start);
+    }
+    return {
+      run: this.#options.run,
+      round: c.round,
+      config: c.config,
+      params,
+      momentum,
+      ...(residual ? { residual } : {}),
+      view: c.view,
+      cursors: c.cursors,
+      settings: c.settings,
     };
   }
 }

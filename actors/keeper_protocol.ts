@@ -23,7 +23,9 @@ export class KeeperProtocolError extends Error {
 /**
  * A piece of one round's state, sent to every keeper when a round closes (a
  * shard from each aggregator, or the whole vector with `start` 0). The keeper
- * assembles the pieces of a round until they cover `[0, total)`.
+ * gathers the pieces of a round until they cover `[0, total)`, keeping their
+ * arrays as they are until it writes the round: a sender in the same process
+ * hands them over and must not write them again.
  */
 export interface KeeperPieceMsg {
   type: "keeper_piece";

@@ -15,7 +15,7 @@ import { DEFAULT_EXCHANGE, parseExchange } from "../kernels/exchange_format.ts";
 import { type ContributionMsg, tellLater, type ViewMsg } from "./run_protocol.ts";
 import type { DeltaReply, RoundReply } from "./trainer_worker.ts";
 import { injectPoison, type TrainerFault } from "./trainer_faults.ts";
-import { encode } from "../transport/codec.ts";
+import { encodedSize } from "../transport/codec.ts";
 import { roundPiece } from "./fragments.ts";
 
 /** Where contributions are told to: the actor system's refs. */
@@ -109,7 +109,7 @@ export class ContributionOutbox {
         injectPoison(msg, poison);
       }
       this.#sent.push(msg);
-      bytes += encode(msg).byteLength;
+      bytes += encodedSize(msg);
       tellLater(system, s.aggregator, msg);
       // A duplicated send, or a replay of the previous round's message.
       if (poison?.kind === "duplicate") tellLater(system, s.aggregator, msg);

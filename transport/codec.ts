@@ -67,6 +67,48 @@ export function encodeOwned(value: unknown): Uint8Array {
 }
 
 /**
+ * A typed array of at least this many bytes is counted, not packed, by
+ * {@linkcode encodedSize}: msgpackr writes it as an ext 32 (a Buffer as a bin
+ * 32) of 7 (5) bytes of header where an empty one takes an ext 8 (bin 8) of
+ * 4 (2), so it adds its bytes plus 3 either way.
+ */
+const COUNTED_VIEW = 0x10000;
+
+/**
+ * The length of {@linkcode encode}`(value)` in bytes, without packing the
+ * large typed arrays in it: the value is packed with each of them replaced by
+ * an empty array of its class, and their bytes are added. Counting what a
+ * message would cost on the wire this way takes microseconds where packing
+ * it (a trainer's 25 MB contribution at 25M parameters, into a buffer that
+ * grows by copies) took ~0.1 s of the event loop.
+ *
+ * @example The size without the copy
+ * ```ts
+ * import { encode, encodedSize } from "./codec.ts";
+ * const msg = { round: 3, q: new Int8Array(1 << 20) };
+ * console.log(encodedSize(msg) === encode(msg).byteLength); // true
+ * ```
+ */
+export function encodedSize(value: unknown): number {
+  let counted = 0;
+  const strip = (v: unknown, depth: number): unknown => {
+    if (v === null || typeof v !== "object" || depth > 64) return v;
+    if (ArrayBuffer.isView(v)) {
+      if (v instanceof DataView || v.byteLength < COUNTED_VIEW) return v;
+      counted += v.byteLength + 3;
+      return (v as Uint8Array).subarray(0, 0);
+    }
+    if (Array.isArray(v)) return v.map((x) => strip(x, depth + 1));
+    // Maps, dates and the like are packed as they are.
+    if (Object.getPrototypeOf(v) !== Object.prototype) return v;
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) out[k] = strip(x, depth + 1);
+    return out;
+  };
+  return shared.pack(strip(value, 0)).byteLength + counted;
+}
+
+/**
  * Decodes one msgpack value from `bytes` (the whole input must be one value),
  * normalising `Buffer` results to `Uint8Array`. Throws a `TypeError` naming
  * the problem when the bytes are not valid msgpack.

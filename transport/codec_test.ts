@@ -1,6 +1,6 @@
 import { deepEqual, equal, ok, throws } from "@std/assert";
 import { Buffer } from "node:buffer";
-import { decode, encode, encodeOwned, normalize } from "./codec.ts";
+import { decode, encode, encodedSize, encodeOwned, normalize } from "./codec.ts";
 
 const SAMPLES: ArrayBufferView[] = [
   new Int8Array([-128, -1, 0, 1, 127]),
@@ -96,4 +96,36 @@ Deno.test("decode rejects malformed msgpack with a TypeError naming the problem"
   );
   throws(() => decode(new Uint8Array([0x92, 0x01])), TypeError);
   throws(() => decode(new Uint8Array([0x01, 0x02])), TypeError); // trailing bytes
+});
+
+Deno.test("encodedSize is the length encode gives, for small and large typed arrays of every class", () => {
+  const lengths = [0, 1, 253, 254, 255, 256, 65_533, 65_534, 65_535, 65_536, 65_537, 300_001];
+  const classes = [
+    Int8Array,
+    Uint8Array,
+    Int16Array,
+    Uint16Array,
+    Int32Array,
+    Uint32Array,
+    Float32Array,
+    Float64Array,
+  ] as const;
+  for (const C of classes) {
+    for (const bytes of lengths) {
+      const n = Math.floor(bytes / C.BYTES_PER_ELEMENT);
+      const msg = {
+        type: "contribution",
+        round: 7,
+        loss: 2.5,
+        q: new C(n),
+        nested: [{ x: new C(n).subarray(1) }, "é", null],
+        flag: true,
+      };
+      equal(encodedSize(msg), encode(msg).byteLength, `${C.name} of ${n}`);
+    }
+  }
+  const buf = Buffer.alloc(70_000);
+  equal(encodedSize({ b: buf }), encode({ b: buf }).byteLength, "a Buffer (bin)");
+  equal(encodedSize(new Map([["k", 1]])), encode(new Map([["k", 1]])).byteLength, "a Map");
+  equal(encodedSize("text"), encode("text").byteLength);
 });

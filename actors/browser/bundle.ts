@@ -23,6 +23,7 @@
 
 /** Project modules (paths from the repository root) and the browser twin bundled in their place. */
 export const BROWSER_SUBSTITUTES: Readonly<Record<string, string>> = {
+  "actors/_sha256.ts": "actors/_sha256_browser.ts",
   "actors/_worker_thread.ts": "actors/_worker_thread_browser.ts",
   "kernels/_env.ts": "kernels/_env_browser.ts",
   "kernels/corpus.ts": "kernels/corpus_browser.ts",
