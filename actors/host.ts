@@ -387,6 +387,8 @@ export async function startRunHost(
           monitor: `${node}/${MONITOR_NAME}`,
           engine,
           dataShards,
+          // A resumed run deals the shards its checkpoint owes each trainer.
+          ...(resume ? {} : { preferredDataShard: i }),
           innerSteps: options.innerSteps,
           ...syncOptions(options),
           heartbeatMs: options.heartbeatMs,

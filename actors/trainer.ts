@@ -57,11 +57,12 @@ import { aggregatorStateSource, type StartStateSource } from "./start_state.ts";
 import type { TrainerFault } from "./trainer_faults.ts";
 import { ContributionOutbox } from "./trainer_contribute.ts";
 import { RoundTimes } from "./trainer_times.ts";
-import { encode } from "../transport/codec.ts";
+import { encodedSize } from "../transport/codec.ts";
 import { tensorChecksum } from "./_checksum.ts";
 import { defaultOverlapSteps, keepsRunning, reportCursor, type SyncMode } from "./overlap.ts";
 import { roundPiece, roundRanges } from "./fragments.ts";
 import { beatWhile } from "./heartbeat.ts";
+import { SpareArrays } from "./_spares.ts";
 
 /** What a trainer reports besides its round reports. */
 export type TrainerEvent =
@@ -88,6 +89,13 @@ export interface TrainerOptions {
   engine: Omit<WorkerInit, "op" | "id" | "dataShard">;
   /** Number of data shards the training stream is cut into (trainers take one each). */
   dataShards: number;
+  /**
+   * The data shard asked for at the first join (the tracker gives another if
+   * it is taken): a host gives its own trainers their index, so that which
+   * trainer reads which shard (and so the order the aggregator sums their
+   * contributions in) does not follow the order their engines came up in.
+   */
+  preferredDataShard?: number;
   /** Inner steps H per round. */
   innerSteps: number;
   /**
@@ -207,9 +215,12 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     heartbeatMs: options.heartbeatMs ?? 2000,
   });
   let workerFault: TrainerFault & { type: "worker_fault" } | undefined;
+  /** The arrays of θ pieces the Worker merged and handed back, filled again next round. */
+  const spares = new SpareArrays(4);
   const emit = (e: TrainerEvent) => options.onEvent?.(e);
 
-  const call = (req: Record<string, unknown>) => worker!.call(req);
+  const call = (req: Record<string, unknown>, transfer: ArrayBuffer[] = []) =>
+    worker!.call(req, transfer);
 
   /** A join is on its way: the acks of heartbeats queued meanwhile send no second one. */
   let joining = false;
@@ -221,7 +232,11 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       run,
       node: id,
       roles: ["trainer"],
-      ...(joined ? { dataShard } : {}),
+      ...(joined
+        ? { dataShard }
+        : options.preferredDataShard !== undefined
+        ? { dataShard: options.preferredDataShard }
+        : {}),
       ...(view ? { view } : {}),
     }, { timeoutMs: 3000 }).then(
       (reply) => ctx.self.tell({ type: "_joined", reply }),
@@ -331,20 +346,23 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
         });
       }
     }
+    // θ goes over in an array of its own (a spare one the Worker handed back, when there is one).
+    const start = restart ? spares.copyOf(theta!) : undefined;
     call({
       op: "round",
       round: r,
-      ...(restart ? { theta: new Float32Array(theta!) } : {}),
+      ...(start ? { theta: start } : {}),
       ...(keep ? { keep } : {}),
-      // Overlapped a round ahead: the open round's update is merged by step τ.
-      ...(r > round && overlapSteps < options.innerSteps
-        ? { mergeBy: { round, step: overlapSteps } }
+      // Overlapped a round ahead: the open round's update is merged at step τ (at the
+      // phase's end when τ >= H), whenever it arrives, so the run's numbers follow no timing.
+      ...(r > round
+        ? { mergeBy: { round, step: Math.min(overlapSteps, options.innerSteps) } }
         : {}),
       steps: options.innerSteps,
       dataShard: shard,
       ...(resumeAt ? { cursor: resumeAt } : {}),
       ...(wf ? { fault: { kind: wf.kind, atStep: wf.atStep ?? 0, ms: wf.ms ?? 0 } } : {}),
-    }).then(
+    }, start ? [start.buffer as ArrayBuffer] : []).then(
       (reply) => ctx.self.tell({ type: "_inner_done", reply: reply as unknown as RoundReply }),
       (err) => ctx.self.tell({ type: "_worker_error", error: String(err) }),
     );
@@ -409,7 +427,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
       if (awaiting) {
         // The Worker replaces its local move of this round by the global one.
         const pieces = roundRanges(v.shards, round, fragments, v.block)
-          .map(({ lo, hi }) => ({ lo, values: theta!.slice(lo, hi) }));
+          .map(({ lo, hi }) => ({ lo, values: spares.copyOf(theta!.subarray(lo, hi)) }));
         worker!.post(
           { op: "merge", round, pieces },
           pieces.map((p) => p.values.buffer as ArrayBuffer),
@@ -504,7 +522,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           advance(ctx);
           return;
         }
-        bytesDown += encode(msg).byteLength;
+        bytesDown += encodedSize(msg);
         updates.set(`${msg.round}/${msg.shard}`, msg);
         await tryApply(ctx);
         return;
@@ -534,6 +552,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     started(ctx) {
       worker = new TrainerWorkerClient({
         onError: (error) => ctx.self.tell({ type: "_worker_error", error }),
+        onSpare: (arrays) => spares.give(arrays),
         ...(options.workerUrl ? { url: options.workerUrl } : {}),
       });
       call({ op: "init", ...options.engine, dataShard: { index: 0, count: options.dataShards } })
@@ -651,8 +670,9 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
           if (ctl.part) checkPart(ctl.part);
           const sample = ctl.sample ? textSample(ctl.sample) : undefined;
           // The θ evaluated, its round and hash as asked: an update may come before the answer.
-          const evaluated = new Float32Array(theta);
+          const evaluated = spares.copyOf(theta);
           const at = round;
+          const hash = await thetaHash(evaluated);
           const r = await busy(
             ctx,
             call({
@@ -661,13 +681,13 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
               maxWindows: ctl.maxWindows ?? 64,
               ...(ctl.part ? { part: ctl.part } : {}),
               ...(sample?.tokens ? { sample } : {}),
-            }),
+            }, [evaluated.buffer as ArrayBuffer]),
           );
           return {
             loss: r.loss as number,
             tokens: r.tokens as number,
             round: at,
-            hash: await thetaHash(evaluated),
+            hash,
             ms: r.ms as number,
             ...(typeof r.forwardMs === "number" ? { forwardMs: r.forwardMs } : {}),
             ...(sample?.tokens

@@ -84,14 +84,17 @@ export interface WorkerRound {
   /**
    * Keep the running parameters across rounds (overlapped outer step or
    * fragments, actors/overlap.ts): the inner phase applies the merges that
-   * arrive between its steps, and the pseudo-gradient waits for a "delta"
-   * request. Without it the answer carries the pseudo-gradient.
+   * came before it at its start (and the open round's at `mergeBy`), and the
+   * pseudo-gradient waits for a "delta" request. Without it the answer carries the pseudo-gradient.
    */
   keep?: boolean;
   /**
-   * Overlapped: the merge of round `round` must be in before inner step
-   * `step`; the phase waits for it there if it has not arrived (the wait
-   * comes back as `waitedMs`).
+   * Overlapped, a round ahead: the merge of round `round` goes in before
+   * inner step `step`, neither sooner nor later, so that where a merge lands
+   * does not depend on when it arrived (two runs of one seed reach the same
+   * θ); the phase waits for it there if it has not arrived (the wait comes
+   * back as `waitedMs`). A `step` of H (or more) leaves it to the "delta"
+   * request after the phase.
    */
   mergeBy?: { round: number; step: number };
   /** Inner steps H. */
@@ -158,6 +161,15 @@ export interface ThreadHello {
   op: "thread";
   /** Undefined where the thread cannot be known (no /proc, or no read permission). */
   thread?: number;
+}
+
+/**
+ * The arrays of merges written to the device, handed back (transferred) for
+ * the trainer to fill with the next round's θ pieces instead of fresh ones.
+ */
+export interface SpareArraysMsg {
+  op: "spare";
+  arrays: Float32Array[];
 }
 
 /** A request to the Worker. */
@@ -337,6 +349,7 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       if (req.theta) {
         e.model.setParams(req.theta);
         e.gpu.write(e.global, req.theta);
+        handBack([req.theta]);
         // Merges of rounds before this θ are in it already.
         dropMergesBefore(req.round);
         mergedThrough = req.round - 1;
@@ -350,9 +363,11 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
         if (req.fault && i === Math.min(req.fault.atStep, req.steps - 1)) {
           await injectFault(e, req.fault);
         }
+        // Merges that came before the phase go in before its first step; a phase a round
+        // ahead takes the open round's at step τ only.
+        const mergeHere = req.mergeBy ? i === req.mergeBy.step : i === 0;
         if (req.mergeBy && i === req.mergeBy.step) waitedMs += await awaitMerge(req.mergeBy.round);
-        // A global update that arrived during the phase goes in between two steps.
-        if (req.keep) applyMerges(e);
+        if (req.keep && mergeHere) applyMerges(e);
         const { inputs, targets } = e.sampler!.next();
         return { inputs, targets, lr: lrAt(e.init, req.round * req.steps + i, e.ownSteps++) };
       }, (_, loss) => {
@@ -382,6 +397,7 @@ async function handle(req: WorkerRequest): Promise<Record<string, unknown>> {
       const running = await e.model.getParams();
       const t1 = performance.now();
       e.model.setParams(req.theta);
+      handBack([req.theta]);
       let r, forwardMs, sample = {};
       try {
         r = await evaluate(e.model, e.val, {
@@ -531,6 +547,7 @@ async function answerEvals(): Promise<void> {
  * θ_r ← θ_{r+1} on each piece; AdamW's moments are left as they are.
  */
 function applyMerges(e: Engine): void {
+  const done: Float32Array[] = [];
   for (const m of merges) {
     for (const p of m.pieces) {
       const hi = p.lo + p.values.length;
@@ -545,12 +562,23 @@ function applyMerges(e: Engine): void {
         }, { lo: p.lo, hi });
         e.mergeDispatches.set(key, d);
       }
+      // The write copies the values out: the array can go back.
       e.gpu.write(e.incoming, p.values, p.lo * 4);
       e.gpu.run(d);
+      done.push(p.values);
     }
     mergedThrough = Math.max(mergedThrough, m.round);
   }
   merges = [];
+  handBack(done);
+}
+
+/** Hands arrays the device has copied out back to the trainer ({@linkcode SpareArraysMsg}). */
+function handBack(arrays: Float32Array[]): void {
+  if (arrays.length === 0) return;
+  scope.postMessage({ op: "spare", arrays } satisfies SpareArraysMsg, {
+    transfer: arrays.map((x) => x.buffer as ArrayBuffer),
+  });
 }
 
 /** Sequences an inner step draws: every micro-batch's. */

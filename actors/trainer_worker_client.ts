@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { ThreadHello } from "./trainer_worker.ts";
+import type { SpareArraysMsg, ThreadHello } from "./trainer_worker.ts";
 import { retireWorker } from "./_worker_thread.ts";
 import { ensureRuntimeDir } from "../kernels/_env.ts";
 
@@ -25,6 +25,8 @@ export interface WorkerReply {
 export interface TrainerWorkerClientOptions {
   /** Called once if the Worker dies of an uncaught error, with its message. */
   onError(message: string): void;
+  /** Takes the arrays of merges the Worker is done with (theirs to reuse). */
+  onSpare?(arrays: Float32Array[]): void;
   /**
    * The Worker's module (default actors/trainer_worker.ts beside this file;
    * a browser tab gives the URL its host serves the bundled Worker at).
@@ -58,10 +60,14 @@ export class TrainerWorkerClient {
     // Before the Worker's driver can read the environment on its own thread.
     ensureRuntimeDir();
     this.#worker = new Worker(String(url), { type: "module" });
-    this.#worker.onmessage = (ev: MessageEvent<WorkerReply | ThreadHello>) => {
+    this.#worker.onmessage = (ev: MessageEvent<WorkerReply | ThreadHello | SpareArraysMsg>) => {
       const m = ev.data;
       if (m.op === "thread") {
         this.#thread = (m as ThreadHello).thread;
+        return;
+      }
+      if (m.op === "spare") {
+        options.onSpare?.((m as SpareArraysMsg).arrays);
         return;
       }
       const reply = m as WorkerReply;
