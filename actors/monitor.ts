@@ -336,6 +336,8 @@ export class RunMonitor {
     if (e.type === "report" || e.type === "news") return;
     if (e.type === "rejected") {
       this.log(`${e.trainer} was told: ${e.reason}: ${e.detail}`, "warn");
+    } else if (e.type === "run_over") {
+      this.log(`${e.trainer}: the run's ${e.rounds} rounds are over; it has nothing to train`);
     } else this.log(`${e.trainer}: ${e.message}`);
   }
 

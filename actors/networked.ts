@@ -323,6 +323,8 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
     : undefined;
   const path = `${node}/node/trainer`;
   const finished = Promise.withResolvers<void>();
+  /** Joined too late: no round to train, and nothing the host could still ask of it. */
+  const over = Promise.withResolvers<void>();
   const rounds = new JoinedRounds(settings, () => (performance.now() - start) / 1000);
   const sup = joinedTrainer(settings, info.resume, path, {
     heartbeatMs: options.heartbeatMs,
@@ -333,6 +335,9 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
         if (settings.rounds > 0 && rounds.lastRound + 1 >= settings.rounds) finished.resolve();
       } else if (e.type === "rejected") {
         log(`rejected: ${e.reason}: ${e.detail}`, "warn");
+      } else if (e.type === "run_over") {
+        log(`the run is over: all ${e.rounds} rounds closed before this node held θ`);
+        over.resolve();
       } else if (e.type === "news") {
         // The host's evaluation, shown as the host's terminal shows it.
         emit({ event: "eval", ...e.news, wall_s: Math.round(performance.now() - start) / 1000 });
@@ -351,7 +356,7 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
       await new Promise((r) => setTimeout(r, 250));
     }
   };
-  await Promise.race([finished.promise.then(hostGone), client.closed]);
+  await Promise.race([finished.promise.then(hostGone), over.promise, client.closed]);
   Deno.removeSignalListener("SIGINT", stop);
   Deno.removeSignalListener("SIGTERM", stop);
   try {
@@ -359,7 +364,9 @@ async function joinRun(options: NetworkedOptions, emit: (e: RunEvent) => void): 
   } catch {
     // The host is gone: nothing to tell.
   }
-  log(`leaving after round ${rounds.lastRound}`);
+  log(
+    rounds.lastRound >= 0 ? `leaving after round ${rounds.lastRound}` : "leaving: no round trained",
+  );
   await transport.close();
   await system.shutdown();
   emit({ event: "done", ...rounds.summary(path) });

@@ -74,6 +74,11 @@ export type TrainerEvent =
   | { type: "rejected"; trainer: string; reason: string; detail: string }
   /** The run's newest evaluation, as the tracker passed it on. */
   | { type: "news"; news: RunNews }
+  /**
+   * The run had done all its rounds (`round` of `rounds`) before this trainer
+   * held θ: there is nothing left for it to train (told once).
+   */
+  | { type: "run_over"; trainer: string; round: number; rounds: number }
   | { type: "log"; trainer: string; message: string };
 
 /** Options of {@linkcode trainerBehavior}. */
@@ -222,6 +227,8 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
   const call = (req: Record<string, unknown>, transfer: ArrayBuffer[] = []) =>
     worker!.call(req, transfer);
 
+  /** The run was over before this trainer held θ (told once). */
+  let over = false;
   /** A join is on its way: the acks of heartbeats queued meanwhile send no second one. */
   let joining = false;
   const join = (ctx: ActorContext) => {
@@ -273,7 +280,14 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
 
   /** Starts what can start: fetching θ, or the next round's inner phase. */
   const advance = (ctx: ActorContext) => {
-    if (!view || !view.started || !inView(view) || phase !== "idle" || !seed) return;
+    if (!view || !view.started || !seed) return;
+    if (theta === undefined && view.rounds > 0 && view.round >= view.rounds) {
+      // Joined after the last round closed: fetching θ would only wait for rounds that never come.
+      if (!over) emit({ type: "run_over", trainer: id, round: view.round, rounds: view.rounds });
+      over = true;
+      return;
+    }
+    if (!inView(view) || phase !== "idle") return;
     if (view.rounds > 0 && round >= view.rounds) return;
     if (theta === undefined) {
       if (fetching) return;

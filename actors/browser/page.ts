@@ -122,7 +122,9 @@ async function join(ev: { preventDefault(): void }): Promise<void> {
         if (e.type === "report") showReport(e.report, e.update.loss);
         else if (e.type === "rejected") log(`rejected: ${e.reason}: ${e.detail}`);
         else if (e.type === "news") log(newsLine(e.news));
-        else log(e.message);
+        else if (e.type === "run_over") {
+          log(`the run is over: all ${e.rounds} rounds closed before this tab held θ`);
+        } else log(e.message);
       },
     });
   } catch (err) {
