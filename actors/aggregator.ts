@@ -73,6 +73,8 @@ export type AggregatorEvent =
   }
   | { type: "rejected"; aggregator: string; rejection: Rejection }
   | { type: "restored"; aggregator: string; shard: number; round: number }
+  /** A trainer counted in a closed round resent its contribution: it got the round's update again. */
+  | { type: "update_resent"; aggregator: string; trainer: string; round: number; shard: number }
   | { type: "refused"; aggregator: string; error: string };
 
 /** Options of {@linkcode aggregatorBehavior}. */
@@ -126,6 +128,8 @@ type Control =
 export function aggregatorBehavior(options: AggregatorOptions): Behavior {
   const { run, id, slot } = options;
   const shards = new Map<number, ShardAggregator>();
+  /** Each shard's last update, sent again to a counted trainer that resends its contribution. */
+  const lastUpdates = new Map<number, UpdateMsg>();
   let view: ViewMsg | undefined;
   const report = (e: AggregatorEvent) => options.onEvent?.(e);
 
@@ -221,6 +225,7 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
     for (const r of closed.rejected) rejectTo(ctx, r);
     // The checksum of θ_{r+1} lets each trainer verify its copy.
     const update: UpdateMsg = { ...closed.update, check: agg.thetaChecksum() };
+    lastUpdates.set(update.shard, update);
     const to = new Set([...(view?.trainers ?? []), ...update.contributors]);
     for (const t of to) tellSafe(ctx, t, update);
     report({
@@ -381,6 +386,19 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
         detail: `trainer ${msg.trainer} round ${msg.round}: ${id} does not hold shard ${msg.shard}`,
       };
       rejectTo(ctx, rejection);
+      return;
+    }
+    const last = lastUpdates.get(msg.shard);
+    if (msg.resend && last?.round === msg.round && last.contributors.includes(msg.trainer)) {
+      // Counted already: what the trainer lacks is the update (lost, or behind a long close).
+      tellSafe(ctx, msg.trainer, last);
+      report({
+        type: "update_resent",
+        aggregator: id,
+        trainer: msg.trainer,
+        round: msg.round,
+        shard: msg.shard,
+      });
       return;
     }
     const r = agg.offer(msg);

@@ -308,6 +308,11 @@ export class RunMonitor {
       case "refused":
         this.log(`${e.aggregator} refused a message: ${e.error}`, "warn");
         return;
+      case "update_resent":
+        this.log(
+          `${e.trainer} resent its contribution to round ${e.round} (shard ${e.shard}) after the close: sent it the update again`,
+        );
+        return;
     }
   }
 

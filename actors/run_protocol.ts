@@ -174,6 +174,12 @@ export interface ContributionMsg {
   scales: Float32Array;
   /** Mean inner-phase training loss (for reporting). */
   loss: number;
+  /**
+   * Sent again by a trainer that got no update for it: if the round already
+   * closed with this trainer counted, the aggregator sends the round's update
+   * again instead of refusing the message as stale.
+   */
+  resend?: true;
 }
 
 /** An aggregator's answer when it refuses a contribution. */

@@ -369,6 +369,7 @@ export function validateRunMessage(x: unknown, options: { block?: number } = {})
         shard: int(m, type, "shard"),
         tokens,
         loss,
+        ...(m.resend === true ? { resend: true as const } : {}),
         ...t,
       };
     }

@@ -125,9 +125,11 @@ export class ContributionOutbox {
   /**
    * Messages can be lost (a dropped frame, a connection that closed with
    * frames in flight): a trainer blocked for several heartbeats sends its
-   * contributions again. The aggregator counts each at most once ("duplicate"
-   * otherwise); if the round already closed, the "stale_round" answer makes
-   * the trainer take the current θ.
+   * contributions again, marked as resent. The aggregator counts each at most
+   * once ("duplicate" otherwise); if the round already closed with this
+   * trainer counted, it sends the round's update again (the first was lost or
+   * is on its way behind a long close); if it closed without it, the
+   * "stale_round" answer makes the trainer take the current θ.
    *
    * It waits 4 heartbeats, or twice as long as the last round's update took
    * to come if that is longer (at most 30 heartbeats), as TCP's retransmission
@@ -141,7 +143,9 @@ export class ContributionOutbox {
     const now = this.#now();
     if (!awaiting || !view || now - Math.max(this.#sentAt, this.#lastResend) < every) return;
     this.#lastResend = now;
-    for (const c of this.#sent) tellLater(system, view.shards[c.shard].aggregator, c);
+    for (const c of this.#sent) {
+      tellLater(system, view.shards[c.shard].aggregator, { ...c, resend: true });
+    }
   }
 
   /** Sends round `round`'s contribution to `shard` again (its aggregator asked). */
