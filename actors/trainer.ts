@@ -321,7 +321,8 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     Promise.all(shards.map((s) =>
       source.startState(ctx, v, {
         shard: s.index,
-        seed: seed!.slice(s.start, s.start + s.length),
+        // A view, not a copy: an aggregator that adopts a seed copies it into θ_0 of its own.
+        seed: seed!.subarray(s.start, s.start + s.length),
       })
     )).then((states) => {
       const rounds = new Set(states.map((s) => s.round));
