@@ -57,6 +57,7 @@ import { type AggregateRule, DEFAULT_AGGREGATE, robustCombine } from "./robust_a
 import { nesterovStepRef } from "../kernels/reference.ts";
 import { checkFragments, type Piece, roundPiece } from "./fragments.ts";
 import { tensorChecksum } from "./_checksum.ts";
+import { SpareArrays } from "./_spares.ts";
 
 /**
  * The work arrays of a close (see `ShardAggregator.#work`), three of the
@@ -261,6 +262,11 @@ export class ShardAggregator {
    */
   #work: Float32Array[] = [];
   /**
+   * Arrays of saved states that came back ({@linkcode ShardAggregator.recycleState}):
+   * the next state is copied into them instead of into fresh memory.
+   */
+  #statePool = new SpareArrays(8);
+  /**
    * Momentum and residual still hold the zeros of a fresh start (no close
    * began): a copy of them is a fresh zero array, whose pages cost nothing
    * until written. A new run's first state (three shard-sized copies, at
@@ -348,6 +354,18 @@ export class ShardAggregator {
     return [...this.#accepted.keys()].sort();
   }
 
+  /**
+   * Takes back the arrays of a state this shard saved, once nothing reads
+   * them any more: {@linkcode ShardAggregator.stateInRanges} copies the next
+   * states into them.
+   */
+  recycleState(state: AggregatorState): void {
+    this.#statePool.give(
+      [state.theta, state.momentum, state.residual, ...(state.center ? [state.center] : [])]
+        .filter((x) => x.length === this.#shard.length),
+    );
+  }
+
   /** Everything needed to resume this shard after a restart (copies). */
   state(): AggregatorState {
     const c = (x: Float32Array) => new Float32Array(x);
@@ -391,7 +409,7 @@ export class ShardAggregator {
     const pause = options.pause ?? nextTurn;
     let copied = 0;
     const copy = async (x: Float32Array) => {
-      const out = new Float32Array(x.length);
+      const out = this.#statePool.take(x.length);
       for (let a = 0; a < x.length;) {
         if (copied >= chunk) {
           await pause();

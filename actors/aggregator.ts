@@ -30,6 +30,7 @@ import {
 import { validateRunMessage } from "./run_protocol_validate.ts";
 import { encodedSize } from "../transport/codec.ts";
 import { beatWhile } from "./heartbeat.ts";
+import { Lease } from "./_lease.ts";
 
 /**
  * Where an aggregator keeps what must survive its restart: each shard's θ,
@@ -37,8 +38,12 @@ import { beatWhile } from "./heartbeat.ts";
  * an in-memory slot owned by the run (outside the actor).
  */
 export interface KeeperSlot {
-  /** Saves a shard's state after a round closed. */
-  save(state: AggregatorState): void;
+  /**
+   * Saves a shard's state after a round closed. With a `lease`, the state's
+   * arrays are lent: whatever keeps them holds the lease until it no longer
+   * reads them (actors/_lease.ts), and nothing may write them.
+   */
+  save(state: AggregatorState, lease?: Lease): void;
   /** The last saved state of a shard, if any. */
   load(shard: number): AggregatorState | undefined;
 }
@@ -46,9 +51,16 @@ export interface KeeperSlot {
 /** An in-memory {@linkcode KeeperSlot}. */
 export class MemoryKeeperSlot implements KeeperSlot {
   #states = new Map<number, AggregatorState>();
-  /** Saves a shard's state. */
-  save(state: AggregatorState): void {
-    this.#states.set(state.shard.index, state);
+  /** The hold on each shard's state while it is the last saved one. */
+  #holds = new Map<number, () => void>();
+  /** Saves a shard's state (the one it replaces is let go). */
+  save(state: AggregatorState, lease?: Lease): void {
+    const shard = state.shard.index;
+    this.#states.set(shard, state);
+    const before = this.#holds.get(shard);
+    if (lease) this.#holds.set(shard, lease.hold());
+    else this.#holds.delete(shard);
+    before?.();
   }
   /** The last saved state of a shard. */
   load(shard: number): AggregatorState | undefined {
@@ -221,7 +233,10 @@ export function aggregatorBehavior(options: AggregatorOptions): Behavior {
       },
       options.heartbeatMs ?? 2000,
     );
-    slot.save(state);
+    // The state's arrays come back to the shard once the slot and the keepers let them go.
+    const lease = new Lease(() => agg.recycleState(state));
+    slot.save(state, lease);
+    lease.seal();
     for (const r of closed.rejected) rejectTo(ctx, r);
     // The checksum of θ_{r+1} lets each trainer verify its copy.
     const update: UpdateMsg = { ...closed.update, check: agg.thetaChecksum() };

@@ -13,10 +13,19 @@
  * into a reused array (`close_vs_copy`: how many θ-sized copies a close
  * costs).
  *
+ * The trainer's side of the same rounds, also on the host's event loop for
+ * a host's own trainers: applying the update to its θ (`trainer_apply`), the
+ * θ hash its report carries, against WebCrypto's digest of the same bytes
+ * run beside it (`theta_hash_vs_webcrypto`: the digest copies its input into
+ * fresh memory first), and counting the update's bytes on the wire without
+ * packing it, against packing it (`wire_count_vs_pack`).
+ *
  * @module
  */
 import { ShardAggregator } from "./aggregation.ts";
-import { quantizeInt8 } from "./int8_exchange.ts";
+import { quantizeInt8, thetaHash } from "./int8_exchange.ts";
+import { applyCoded } from "./exchange.ts";
+import { encode, encodedSize } from "../transport/codec.ts";
 import { shardMap, type ViewMsg } from "./run_protocol.ts";
 import type { BenchOptions, BenchRecord } from "../tests/bench_main.ts";
 
@@ -30,6 +39,12 @@ function median(xs: number[]): number {
 function timed(work: () => void): number {
   const t0 = performance.now();
   work();
+  return performance.now() - t0;
+}
+
+async function timedAsync(work: () => Promise<unknown>): Promise<number> {
+  const t0 = performance.now();
+  await work();
   return performance.now() - t0;
 }
 
@@ -57,6 +72,13 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
   const close: number[] = [];
   const state: number[] = [];
   const checksum: number[] = [];
+  // A trainer's θ, moved by each round's update as the aggregator's is.
+  const trainerTheta = new Float32Array(theta);
+  const apply: number[] = [];
+  const hash: number[] = [];
+  const webcrypto: number[] = [];
+  const count: number[] = [];
+  const pack: number[] = [];
   for (let round = 0; round < ROUNDS; round++) {
     const view: ViewMsg = {
       type: "view",
@@ -89,9 +111,18 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
       });
     }
     copies.push(timed(() => copy.set(theta)));
-    close.push(timed(() => agg.close()));
+    let update: ReturnType<ShardAggregator["close"]>["update"] | undefined;
+    close.push(timed(() => update = agg.close().update));
     state.push(timed(() => agg.state()));
     checksum.push(timed(() => agg.thetaChecksum()));
+    apply.push(timed(() => applyCoded(trainerTheta, update!, { block: 256 })));
+    hash.push(await timedAsync(() => thetaHash(trainerTheta)));
+    const bytes = new Uint8Array(trainerTheta.buffer);
+    webcrypto.push(await timedAsync(() => crypto.subtle.digest("SHA-256", bytes)));
+    let counted = 0, packed = 0;
+    count.push(timed(() => counted = encodedSize(update)));
+    pack.push(timed(() => packed = encode(update).byteLength));
+    if (counted !== packed) throw new Error(`wire size counted ${counted}, packed ${packed}`);
     // Let the event loop turn, as between an aggregator's rounds.
     await new Promise((r) => setTimeout(r, 0));
   }
@@ -118,6 +149,31 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
   yield {
     name: "close_vs_copy",
     value: steady(close) / steady(copies),
+    unit: "ratio",
+    ...base,
+  };
+  const of = "rounds 1-4";
+  yield { name: "trainer_apply_ms", value: steady(apply), unit: "ms", ...base, of };
+  yield { name: "theta_hash_ms", value: steady(hash), unit: "ms", ...base, of };
+  yield {
+    name: "theta_hash_webcrypto_ms",
+    value: steady(webcrypto),
+    unit: "ms",
+    ...base,
+    of,
+    baseline: true,
+  };
+  yield {
+    name: "theta_hash_vs_webcrypto",
+    value: steady(hash) / steady(webcrypto),
+    unit: "ratio",
+    ...base,
+  };
+  yield { name: "wire_count_ms", value: steady(count), unit: "ms", ...base, of };
+  yield { name: "wire_pack_ms", value: steady(pack), unit: "ms", ...base, of, baseline: true };
+  yield {
+    name: "wire_count_vs_pack",
+    value: steady(count) / steady(pack),
     unit: "ratio",
     ...base,
   };

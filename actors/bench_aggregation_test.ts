@@ -15,6 +15,13 @@ Deno.test("the aggregation bench gives every figure, finite and positive", async
     "aggregator_checksum_ns_per_param",
     "shard_copy_ms",
     "close_vs_copy",
+    "trainer_apply_ms",
+    "theta_hash_ms",
+    "theta_hash_webcrypto_ms",
+    "theta_hash_vs_webcrypto",
+    "wire_count_ms",
+    "wire_pack_ms",
+    "wire_count_vs_pack",
   ]);
   for (const r of records) ok(Number.isFinite(r.value) && r.value > 0, `${r.name}: ${r.value}`);
 });

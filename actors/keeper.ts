@@ -46,6 +46,7 @@ import { fetchRound, listCandidates } from "./keeper_fetch.ts";
 import { type CompleteRound, PieceAssembler } from "./keeper_assembly.ts";
 import { RoundServer } from "./keeper_serving.ts";
 import { WriterThread } from "./keeper_threads.ts";
+import { type Lent, LET_GO, letGo } from "./_lease.ts";
 
 /** What a keeper reports. */
 export type KeeperEvent =
@@ -228,13 +229,14 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
     pending.sort((a, b) => a.round - b.round);
     while (pending.length > maxPending) {
       const old = pending.shift()!;
+      old.release();
       emit({ type: "superseded", keeper: id, round: old.round, by: pending.at(-1)!.round });
     }
     kick(ctx);
   };
 
   const takePiece = (ctx: ActorContext, m: KeeperPieceMsg) => {
-    if (m.round <= newestTaken) return; // done already (or stale)
+    if (m.round <= newestTaken) return letGo(m); // done already (or stale)
     const got = assembler.take(m);
     if (got === undefined) return;
     if ("error" in got) emit({ type: "refused", keeper: id, error: got.error });
@@ -287,6 +289,8 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
     },
     async stopped() {
       stopping = true;
+      // Rounds that will not be written: their pieces go back to the aggregators.
+      for (const c of pending.splice(0)) c.release();
       // Let a write in progress finish (bounded by the actor's shutdown timeout).
       await flow;
       writer?.close();
@@ -354,6 +358,14 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
       }
       // With a writer thread, that thread checks that a round's floats are finite.
       const parsed = parseKeeperMessage(raw, run, { checkFinite: !writer });
+      if ("error" in parsed) letGo(raw);
+      else if (parsed.msg.type === "keeper_piece") {
+        // The checked message is a new object: it takes over the lent piece's let-go (the
+        // same object delivered twice must not let the arrays go while the first is kept).
+        const lent = (raw as Lent<object>)[LET_GO];
+        delete (raw as Lent<object>)[LET_GO];
+        if (lent) (parsed.msg as Lent<KeeperPieceMsg>)[LET_GO] = lent;
+      }
       if ("error" in parsed) {
         emit({ type: "refused", keeper: id, error: parsed.error });
         return { type: "error", error: parsed.error };

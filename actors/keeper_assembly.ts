@@ -11,7 +11,9 @@
  * the rounds skips most of them, and a round skipped is then never copied
  * (at 25M parameters three 100 MB copies a round for each keeper, on the
  * host's event loop). The arrays the writer thread hands back take the next
- * round assembled.
+ * round assembled. A piece lent by an aggregator in this process (its saved
+ * state's own arrays, actors/_lease.ts) is let go as soon as it is copied,
+ * replaced, dropped or superseded, so that its arrays take a later state.
  *
  * @module
  */
@@ -19,6 +21,7 @@ import type { GptConfig } from "../kernels/config.ts";
 import type { RoundState } from "../checkpoint/store.ts";
 import type { KeeperPieceMsg } from "./keeper_protocol.ts";
 import { SpareArrays } from "./_spares.ts";
+import { letGo } from "./_lease.ts";
 
 /** Rounds gathered at once; older incomplete ones are dropped. */
 const MAX_GATHERING = 3;
@@ -33,6 +36,8 @@ export interface CompleteRound {
   total: number;
   /** The pieces, by start (each the last one sent for its place). */
   pieces: KeeperPieceMsg[];
+  /** Lets the pieces go (they are not read after; {@linkcode PieceAssembler.assemble} calls it). */
+  release(): void;
   view?: unknown;
   cursors: Record<string, unknown>;
   config: GptConfig;
@@ -41,6 +46,7 @@ export interface CompleteRound {
 
 interface Gathering {
   total: number;
+  /** By start (a lent piece carries the function that lets it go, actors/_lease.ts). */
   pieces: Map<number, KeeperPieceMsg>;
   covered: number;
   view?: unknown;
@@ -123,10 +129,11 @@ export class PieceAssembler {
       g = { total: m.total, pieces: new Map(), covered: 0, cursors: {} };
       gathering.set(m.round, g);
       for (const r of [...gathering.keys()].sort((x, y) => x - y).slice(0, -MAX_GATHERING)) {
-        gathering.delete(r);
+        this.#drop(r);
       }
     }
     if (g.total !== m.total) {
+      letGo(m);
       return {
         error: `piece of round ${m.round} says ${m.total} parameters, earlier pieces ${g.total}`,
       };
@@ -137,6 +144,7 @@ export class PieceAssembler {
       for (const [s, p] of g.pieces) {
         const len = p.params.length;
         if (m.start < s + len && s < m.start + n) {
+          letGo(m);
           return {
             error: `piece [${m.start}, ${m.start + n}) of round ${m.round} overlaps [${s}, ${
               s + len
@@ -146,11 +154,13 @@ export class PieceAssembler {
       }
       g.covered += n;
     } else if (prev.params.length !== n) {
+      letGo(m);
       return {
         error:
           `piece at ${m.start} of round ${m.round} has ${n} floats, earlier ${prev.params.length}`,
       };
     }
+    if (prev !== undefined) letGo(prev);
     g.pieces.set(m.start, m);
     if (m.view !== undefined && viewEpoch(m.view) >= viewEpoch(g.view)) g.view = m.view;
     Object.assign(g.cursors, m.cursors ?? {});
@@ -158,14 +168,20 @@ export class PieceAssembler {
     g.settings ??= m.settings;
     if (g.covered < g.total) return undefined;
     gathering.delete(m.round);
-    for (const r of [...gathering.keys()]) if (r < m.round) gathering.delete(r);
+    for (const r of [...gathering.keys()]) if (r < m.round) this.#drop(r);
+    const pieces = [...g.pieces.values()];
+    const release = () => pieces.forEach(letGo);
     const config = g.config ?? this.#options.config;
-    if (!config) return { error: `round ${m.round} has no model config` };
+    if (!config) {
+      release();
+      return { error: `round ${m.round} has no model config` };
+    }
     return {
       complete: {
         round: m.round,
         total: g.total,
-        pieces: [...g.pieces.values()],
+        pieces,
+        release,
         ...(g.view !== undefined ? { view: g.view } : {}),
         cursors: g.cursors,
         config,
@@ -174,9 +190,16 @@ export class PieceAssembler {
     };
   }
 
+  /** Drops a round being gathered, letting its pieces go. */
+  #drop(round: number): void {
+    const g = this.#gathering.get(round);
+    this.#gathering.delete(round);
+    g?.pieces.forEach(letGo);
+  }
+
   /**
    * Copies a complete round's pieces into whole vectors (arrays handed back
-   * by the writer when there are some), ready to write.
+   * by the writer when there are some), ready to write, and lets the pieces go.
    */
   assemble(c: CompleteRound): RoundState {
     const params = this.#spare.take(c.total);
@@ -191,6 +214,7 @@ export class PieceAssembler {
       residual = this.#spare.take(c.total).fill(0);
       for (const p of c.pieces) if (p.residual) residual.set(p.residual, p.start);
     }
+    c.release();
     return {
       run: this.#options.run,
       round: c.round,

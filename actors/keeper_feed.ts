@@ -11,6 +11,7 @@ import type { AggregatorState } from "./aggregation.ts";
 import { type KeeperSlot, MemoryKeeperSlot } from "./aggregator.ts";
 import type { GptConfig } from "../kernels/config.ts";
 import type { KeeperPieceMsg } from "./keeper_protocol.ts";
+import { type Lease, type Lent, LET_GO } from "./_lease.ts";
 
 /** Options of {@linkcode KeeperFeedSlot}. */
 export interface FeedSlotOptions {
@@ -52,9 +53,14 @@ export class KeeperFeedSlot implements KeeperSlot {
     this.#options = options;
   }
 
-  /** Saves a shard's state and sends it to every keeper. */
-  save(state: AggregatorState): void {
-    this.#memory.save(state);
+  /**
+   * Saves a shard's state and sends it to every keeper. With a lease, each
+   * keeper in this process holds it until it let the piece go (its arrays are
+   * the state's, not copies); one in another process spoils it (its frames
+   * are sent from the arrays as they are, for as long as that takes).
+   */
+  save(state: AggregatorState, lease?: Lease): void {
+    this.#memory.save(state, lease);
     const o = this.#options;
     const total = o.total ?? state.view?.params;
     if (total === undefined) {
@@ -78,9 +84,14 @@ export class KeeperFeedSlot implements KeeperSlot {
     };
     const keepers = typeof o.keepers === "function" ? o.keepers() : o.keepers;
     for (const k of keepers) {
+      const local = k.startsWith(`${o.system.node}/`);
+      if (lease && !local) lease.spoil();
+      const release = lease && local ? lease.hold() : undefined;
+      const lent: Lent<KeeperPieceMsg> = release ? { ...piece, [LET_GO]: release } : piece;
       try {
-        o.system.ref(k).tell(piece);
+        o.system.ref(k).tell(lent);
       } catch {
+        release?.();
         this.dropped++;
       }
     }

@@ -13,10 +13,13 @@ import {
   CorruptCheckpointError,
   denoFs,
   type Manifest,
+  type Retention,
   type StoreFs,
 } from "../checkpoint/store.ts";
 import { fetchRound } from "./keeper_fetch.ts";
 import { keeperStateSource, type SourceEvent } from "./keeper_source.ts";
+import { Lease } from "./_lease.ts";
+import { SpareArrays } from "./_spares.ts";
 
 const CONFIG: GptConfig = { nLayer: 1, nHead: 2, nEmbd: 8, blockSize: 4, vocabSize: 16 };
 const N = buildLayout(CONFIG).totalLength;
@@ -87,8 +90,12 @@ interface Rig {
 
 async function rig(
   count: number,
-  options: { fs?: (i: number) => StoreFs | undefined; maxPending?: number; minReplicas?: number } =
-    {},
+  options: {
+    fs?: (i: number) => StoreFs | undefined;
+    maxPending?: number;
+    minReplicas?: number;
+    retention?: Partial<Retention>;
+  } = {},
 ): Promise<Rig> {
   const system = new ActorSystem({ node: "n" });
   const dirs: string[] = [];
@@ -117,6 +124,7 @@ async function rig(
         peers: keepers,
         fs: options.fs?.(i),
         maxPending: options.maxPending,
+        ...(options.retention ? { retention: options.retention } : {}),
         ackIntervalMs: 100,
         onEvent: (e) => events.push(e),
       }),
@@ -485,5 +493,86 @@ Deno.test("keeper: a background CPU budget outside (0, 1] is refused by name", (
         }),
       /backgroundDuty must be in \(0, 1\]/,
     );
+  }
+});
+
+Deno.test("keeper: lent pieces are let go only once copied, replaced or superseded: arrays refilled by later rounds never reach a round's file", async () => {
+  let open = Promise.withResolvers<void>();
+  const gatedFs: StoreFs = {
+    ...denoFs,
+    async writeFile(path, bytes) {
+      await open.promise;
+      await denoFs.writeFile(path, bytes);
+    },
+  };
+  // Three rounds pending: a round's arrays come back to the lender (from the keepers' memory
+  // slot) two saves after it, while it is still waiting to be written.
+  const r = await rig(2, {
+    fs: () => gatedFs,
+    maxPending: 3,
+    retention: { keepLast: 100, keepEvery: 0 },
+  });
+  // The lender's pool, as an aggregator's: a state's arrays come back when every holder let go,
+  // and the next states are copied into them.
+  const pools = SHARDS.map(() => new SpareArrays(16));
+  let reused = 0;
+  const save = (round: number) => {
+    const t = theta(round);
+    SHARDS.forEach((s, i) => {
+      const take = (fill: (x: Float32Array) => void) => {
+        const before = pools[i].size;
+        const x = pools[i].take(s.length);
+        if (pools[i].size < before) reused++;
+        fill(x);
+        return x;
+      };
+      const state: AggregatorState = {
+        run: "r",
+        shard: s,
+        round,
+        theta: take((x) => x.set(t.subarray(s.start, s.start + s.length))),
+        momentum: take((x) => x.fill(round / 10)),
+        residual: take((x) => x.fill(-round / 10)),
+        view: viewOf(round),
+        norms: [],
+      };
+      const lease = new Lease(() => pools[i].give([state.theta, state.momentum, state.residual]));
+      r.slot.save(state, lease);
+      lease.seal();
+    });
+  };
+  try {
+    // Rounds come while no write can finish: keepers hold pieces of rounds waiting to be written.
+    for (let round = 0; round < 8; round++) {
+      save(round);
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    open.resolve();
+    await until("round 7 committed", () => committedRounds(r.commits).includes(7));
+    for (let round = 8; round < 12; round++) {
+      save(round);
+      await until(`round ${round} committed`, () => committedRounds(r.commits).includes(round));
+    }
+    ok(reused > 0, "later states were saved in arrays let go");
+    const written = r.events.flatMap((e) => e.type === "written" ? [e.round] : []);
+    ok(written.some((round) => round > 0 && round < 8), `rounds written while held: ${written}`);
+    for (const dir of r.dirs) {
+      const store = new CheckpointStore(dir);
+      for (const round of await store.rounds()) {
+        const { state } = await store.load(round);
+        deepEqual(state.params, theta(round), `${dir} round ${round}: θ`);
+        deepEqual(state.momentum, new Float32Array(N).fill(round / 10), `round ${round}: momentum`);
+        deepEqual(
+          state.residual,
+          new Float32Array(N).fill(-round / 10),
+          `round ${round}: residual`,
+        );
+      }
+    }
+  } finally {
+    open.resolve();
+    open = Promise.withResolvers<void>();
+    open.resolve();
+    await r.cleanup();
   }
 });

@@ -7,6 +7,7 @@
  * @module
  */
 import { type KeeperSlot, MemoryKeeperSlot } from "./aggregator.ts";
+import type { Lease } from "./_lease.ts";
 import { aggregatorStateSource, type StartStateSource } from "./start_state.ts";
 import type { AggregatorState } from "./aggregation.ts";
 import type { KeeperEvent } from "./keeper.ts";
@@ -54,7 +55,8 @@ export class CheckpointSlot implements KeeperSlot {
   #feed: KeeperFeedSlot;
   #monitor: RunMonitor;
   #waitMs: number;
-  #timers = new Set<ReturnType<typeof setTimeout>>();
+  /** The states waiting for their cursors, and the hold on each one's lease. */
+  #timers = new Map<ReturnType<typeof setTimeout>, (() => void) | undefined>();
   #closed = false;
 
   /** Creates the slot. */
@@ -65,18 +67,20 @@ export class CheckpointSlot implements KeeperSlot {
   }
 
   /** Saves a shard's state now and sends it to the keepers when its cursors are in. */
-  save(state: AggregatorState): void {
-    this.#memory.save(state);
+  save(state: AggregatorState, lease?: Lease): void {
+    this.#memory.save(state, lease);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const send = () => {
       if (timer === undefined) return; // sent already
       clearTimeout(timer);
+      const release = this.#timers.get(timer);
       this.#timers.delete(timer);
       timer = undefined;
-      if (!this.#closed) this.#feed.save(state);
+      if (!this.#closed) this.#feed.save(state, lease);
+      release?.();
     };
     timer = setTimeout(send, this.#waitMs);
-    this.#timers.add(timer);
+    this.#timers.set(timer, lease?.hold());
     this.#monitor.roundEmitted(state.round - 1).then(send);
   }
 
@@ -98,7 +102,10 @@ export class CheckpointSlot implements KeeperSlot {
   /** Drops what is still waiting (the run is shutting down). */
   close(): void {
     this.#closed = true;
-    for (const t of this.#timers) clearTimeout(t);
+    for (const [t, release] of this.#timers) {
+      clearTimeout(t);
+      release?.();
+    }
     this.#timers.clear();
   }
 }

@@ -306,3 +306,43 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "every round the keepers commit holds that round's θ, while the aggregator saves its states in arrays the keepers let go",
+  sanitizeOps: false, // Worker termination settles its ops after the test's end
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "embedded_lease_" });
+    try {
+      const rounds = 10;
+      const events: RunEvent[] = [];
+      await runEmbedded({
+        run: "embedded-lease",
+        config: "tiny",
+        trainers: 2,
+        rounds,
+        innerSteps: 2,
+        outer: { lr: 0.7, momentum: 0.9 },
+        evalWindows: 8,
+        timeoutMs: 240_000,
+        // Writers slower than the rounds: keepers hold pieces of rounds waiting to be written
+        // while the aggregator saves later states.
+        checkpoint: { dir, keepers: 2, backgroundDuty: 0.02 },
+        emit: (e) => events.push(e),
+      });
+      const rs = events.filter((e) => e.event === "round");
+      equal(rs.length, rounds);
+      // θ at the start of round r is what round r - 1's update made.
+      const thetaAt = (r: number) => rs[r - 1].theta_hashes[0];
+      const commits = events.filter((e) => e.event === "committed");
+      ok(new Set(commits.map((c) => c.round)).size >= 3, JSON.stringify(commits));
+      for (const c of commits.filter((c) => c.round > 0)) {
+        equal(c.params_hash, thetaAt(c.round), `round ${c.round}`);
+      }
+      // The newest round's state on disk resumes to the run's last θ.
+      equal((await resumeRunDir(dir)).paramsHash, thetaAt(rounds));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
