@@ -7,7 +7,9 @@
  * two int8 contributions a round for five rounds. Per round it times `close`
  * (decode, token-weighted mean, outer Nesterov step, int8 update with error
  * feedback, applied to θ), `state` (the copies the keepers and a restart
- * get) and `thetaChecksum`; the records give round 0 (the work arrays
+ * get, in fresh arrays), `state_lent` (the same copies as the aggregator
+ * actor saves them, in the arrays of the state before, which the slot and the
+ * keepers let go: actors/_lease.ts) and `thetaChecksum`; the records give round 0 (the work arrays
  * allocated) and the median of rounds 1-4, in ms and in ns per parameter,
  * and against the baseline run in the same process, one copy of the shard
  * into a reused array (`close_vs_copy`: how many θ-sized copies a close
@@ -72,6 +74,8 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
   const close: number[] = [];
   const state: number[] = [];
   const checksum: number[] = [];
+  const lent: number[] = [];
+  let saved: Awaited<ReturnType<ShardAggregator["stateInRanges"]>> | undefined;
   // A trainer's θ, moved by each round's update as the aggregator's is.
   const trainerTheta = new Float32Array(theta);
   const apply: number[] = [];
@@ -114,6 +118,11 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
     let update: ReturnType<ShardAggregator["close"]>["update"] | undefined;
     close.push(timed(() => update = agg.close().update));
     state.push(timed(() => agg.state()));
+    // The state before comes back as the slot replaces it; this one is copied into its arrays.
+    if (saved) agg.recycleState(saved);
+    const t0 = performance.now();
+    saved = await agg.stateInRanges({ chunk: n, pause: () => Promise.resolve() });
+    lent.push(performance.now() - t0);
     checksum.push(timed(() => agg.thetaChecksum()));
     apply.push(timed(() => applyCoded(trainerTheta, update!, { block: 256 })));
     hash.push(await timedAsync(() => thetaHash(trainerTheta)));
@@ -130,7 +139,14 @@ export async function* bench(options: BenchOptions): AsyncGenerator<BenchRecord>
   const base = { params: n, trainers: 2, exchange: "int8", rounds: ROUNDS };
   const perParam = (ms: number) => ms * 1e6 / n;
   yield { name: "aggregator_close_first_ms", value: close[0], unit: "ms", ...base };
-  for (const [name, xs] of [["close", close], ["state", state], ["checksum", checksum]] as const) {
+  for (
+    const [name, xs] of [
+      ["close", close],
+      ["state", state],
+      ["state_lent", lent],
+      ["checksum", checksum],
+    ] as const
+  ) {
     yield {
       name: `aggregator_${name}_ms`,
       value: steady(xs),

@@ -11,6 +11,8 @@ Deno.test("the aggregation bench gives every figure, finite and positive", async
     "aggregator_close_ns_per_param",
     "aggregator_state_ms",
     "aggregator_state_ns_per_param",
+    "aggregator_state_lent_ms",
+    "aggregator_state_lent_ns_per_param",
     "aggregator_checksum_ms",
     "aggregator_checksum_ns_per_param",
     "shard_copy_ms",
