@@ -122,8 +122,9 @@ export interface WorkerDelta {
 }
 
 /**
- * A merge of θ_{r+1} into the running parameters (no answer; handled as it
- * arrives, applied between two inner steps or before the next "delta").
+ * A merge of θ_{r+1} into the running parameters (no answer; taken as it
+ * arrives, applied before inner step τ of the phase a round ahead, or before
+ * the next "delta"; its arrays go back as a {@linkcode SpareArraysMsg}).
  */
 export interface WorkerMerge {
   op: "merge";
@@ -622,7 +623,7 @@ const scope = self as unknown as WorkerScope;
 scope.postMessage({ op: "thread", thread: workerThreadId() } satisfies ThreadHello);
 
 // Requests are handled one at a time, in order; a merge is taken at once, to
-// go in between the steps of the inner phase that is running.
+// go in at its step of the inner phase that is running (mergeBy).
 let queue = Promise.resolve();
 scope.onmessage = (ev: MessageEvent<WorkerRequest | WorkerMerge | WorkerRelease>) => {
   if (ev.data.op === "merge" || ev.data.op === "release") {
