@@ -593,6 +593,23 @@ export class ShardAggregator {
     // The token-weighted mean, fp32, fixed order.
     const whole = a === 0 && b === piece.hi - piece.lo;
     const delta = this.#workArray(WORK_DELTA, n).fill(0);
+    if (this.#format.kind === "int8") {
+      // Decoded and summed in one pass, each value as decodeEncoded gives it,
+      // f32(code × scale), and added as below: the same bits without a second
+      // pass over a decoded copy (it cost as much as the sum, per contribution).
+      const block = this.#format.block;
+      for (const e of entries) {
+        const w = Math.fround(e.msg.tokens / tokens);
+        const { q, scales } = e.msg;
+        // a is a multiple of the block: block k of the range is block a / block + k of the piece.
+        for (let s = a, k = a / block; s < b; s += block, k++) {
+          const scale = scales[k];
+          const end = Math.min(b, s + block);
+          for (let i = s; i < end; i++) delta[i - a] += Math.fround(w * Math.fround(q[i] * scale));
+        }
+      }
+      return delta;
+    }
     const decoded = this.#workArray(WORK_DECODED, n);
     for (const e of entries) {
       const w = Math.fround(e.msg.tokens / tokens);

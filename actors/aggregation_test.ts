@@ -6,7 +6,8 @@ import { applyCoded, toWire } from "./exchange.ts";
 import { validateRunMessage } from "./run_protocol_validate.ts";
 import { decode, encode } from "../transport/codec.ts";
 import { parseExchange } from "../kernels/exchange_format.ts";
-import { decodeRef, encodeRef } from "../kernels/lowbit_reference.ts";
+import { decodeRef, encodeRef, feedbackEncodeRef } from "../kernels/lowbit_reference.ts";
+import { nesterovStepRef } from "../kernels/reference.ts";
 import { parseAggregate } from "./robust_aggregate.ts";
 
 const RUN = "run-a";
@@ -731,4 +732,56 @@ Deno.test("a fresh aggregator's state: θ copied, momentum and residual fresh ze
   const after = agg.state();
   deepEqual(after, twin.state());
   ok(after.momentum.some((x) => x !== 0) && after.residual.some((x) => x !== 0));
+});
+
+Deno.test("the int8 mean's close is the reference chain, bit for bit, in one go and in ranges", async () => {
+  const n = 1000; // not a multiple of the 256-value block
+  const trainers = ["t0", "t1", "t2"];
+  const tokens = [300, 100, 77];
+  const { agg: whole, theta0, shard } = setup(n, trainers);
+  const ranged = new ShardAggregator({
+    run: RUN,
+    shard,
+    theta: theta0,
+    outer: { lr: 0.7, momentum: 0.9 },
+  });
+  ranged.setView(viewOf([shard], trainers));
+  // The reference: decode each contribution, sum the token-weighted values in f32 in trainer
+  // order, Nesterov step, code the move with error feedback, add what is sent.
+  const theta = theta0.slice();
+  const momentum = new Float32Array(n);
+  const residual = new Float32Array(n);
+  const fr = Math.fround;
+  for (let round = 0; round < 3; round++) {
+    const msgs = trainers.map((t, j) =>
+      contribution(t, randomVec(n, 100 * round + j, 0.05), { round, tokens: tokens[j] })
+    );
+    const total = tokens.reduce((x, y) => x + y, 0);
+    const delta = new Float32Array(n);
+    for (const m of msgs) {
+      const w = fr(m.tokens / total);
+      const d = dequantizeInt8(m.q, m.scales);
+      for (let i = 0; i < n; i++) delta[i] += fr(w * d[i]);
+    }
+    const target = theta.slice();
+    nesterovStepRef({ theta: target, momentum, delta }, { n, lr: 0.7, mu: 0.9 });
+    const move = new Float32Array(n);
+    for (let i = 0; i < n; i++) move[i] = target[i] - theta[i];
+    const sent = new Float32Array(n);
+    feedbackEncodeRef({ kind: "int8", block: 256 }, move, residual, { x: move, sent });
+    for (let i = 0; i < n; i++) theta[i] += sent[i];
+
+    for (const m of msgs) {
+      equal(reason(whole.offer(m)), "accepted");
+      equal(reason(ranged.offer(m)), "accepted");
+    }
+    whole.close();
+    await ranged.closeInRanges({ chunk: 256, pause: () => Promise.resolve() });
+    for (const agg of [whole, ranged]) {
+      const st = agg.state();
+      ok(sameBitsOf(st.theta, theta), `round ${round}: θ`);
+      ok(sameBitsOf(st.momentum, momentum), `round ${round}: momentum`);
+      ok(sameBitsOf(st.residual, residual), `round ${round}: residual`);
+    }
+  }
 });
