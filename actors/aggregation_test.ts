@@ -753,8 +753,12 @@ Deno.test("the int8 mean's close is the reference chain, bit for bit, in one go 
   const residual = new Float32Array(n);
   const fr = Math.fround;
   for (let round = 0; round < 3; round++) {
+    // A block every trainer leaves still: its update's scale is 0 (its codes, θ and residual as they were).
     const msgs = trainers.map((t, j) =>
-      contribution(t, randomVec(n, 100 * round + j, 0.05), { round, tokens: tokens[j] })
+      contribution(t, randomVec(n, 100 * round + j, 0.05).fill(0, 256, 512), {
+        round,
+        tokens: tokens[j],
+      })
     );
     const total = tokens.reduce((x, y) => x + y, 0);
     const delta = new Float32Array(n);
