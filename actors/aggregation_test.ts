@@ -789,3 +789,16 @@ Deno.test("the int8 mean's close is the reference chain, bit for bit, in one go 
     }
   }
 });
+
+Deno.test("applyUpdate adds what dequantizeInt8 decodes, bit for bit, for any block and a short last block", () => {
+  for (const block of [256, 64]) {
+    const n = 1000;
+    const r = rng(block);
+    const q = new Int8Array(n).map(() => Math.floor(r() * 256) - 128);
+    const scales = new Float32Array(Math.ceil(n / block)).map(() => r() * 1e-2);
+    const theta = randomVec(n, block + 1);
+    const want = theta.slice();
+    dequantizeInt8(q, scales, { block, out: want, accumulate: true });
+    ok(sameBitsOf(applyUpdate(theta, { q, scales }, { block }), want), `block ${block}`);
+  }
+});

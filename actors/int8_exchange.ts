@@ -101,7 +101,16 @@ export function applyUpdate(
       `Cannot apply update: θ has ${theta.length} elements, update ${update.q.length}`,
     );
   }
-  return dequantizeInt8(update.q, update.scales, { ...options, out: theta, accumulate: true });
+  // dequantizeInt8's accumulate, a block at a time with its scale at hand (the
+  // same operations, so the same bits; this runs on every trainer every round).
+  const { q, scales } = update;
+  const block = options.block ?? DEFAULT_BLOCK;
+  for (let s = 0, k = 0; s < q.length; s += block, k++) {
+    const scale = scales[k];
+    const end = Math.min(q.length, s + block);
+    for (let i = s; i < end; i++) theta[i] += Math.fround(q[i] * scale);
+  }
+  return theta;
 }
 
 /** L2 norm of a dequantized int8 tensor, computed from its codes and scales. */
