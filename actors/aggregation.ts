@@ -54,10 +54,11 @@ import {
   parseExchange,
 } from "../kernels/exchange_format.ts";
 import { type AggregateRule, DEFAULT_AGGREGATE, robustCombine } from "./robust_aggregate.ts";
-import { INV127, nesterovStepRef, QUANT_TINY, quantizedSize } from "../kernels/reference.ts";
+import { int8Code, int8Scale, nesterovStepRef, quantizedSize } from "../kernels/reference.ts";
 import { checkFragments, type Piece, roundPiece } from "./fragments.ts";
 import { tensorChecksum } from "./_checksum.ts";
 import { SpareArrays } from "./_spares.ts";
+import { addDecodedInt8 } from "./int8_exchange.ts";
 
 /**
  * The work arrays of a close (see `ShardAggregator.#work`), three of the
@@ -591,25 +592,19 @@ export class ShardAggregator {
       return delta;
     }
     // The token-weighted mean, fp32, fixed order.
-    const whole = a === 0 && b === piece.hi - piece.lo;
     const delta = this.#workArray(WORK_DELTA, n).fill(0);
     if (this.#format.kind === "int8") {
       // Decoded and summed in one pass, each value as decodeEncoded gives it,
       // f32(code × scale), and added as below: the same bits without a second
       // pass over a decoded copy (it cost as much as the sum, per contribution).
-      const block = this.#format.block;
+      // a is a multiple of the block (ranges start on every block in play).
       for (const e of entries) {
-        const w = Math.fround(e.msg.tokens / tokens);
-        const { q, scales } = e.msg;
-        // a is a multiple of the block: block k of the range is block a / block + k of the piece.
-        for (let s = a, k = a / block; s < b; s += block, k++) {
-          const scale = scales[k];
-          const end = Math.min(b, s + block);
-          for (let i = s; i < end; i++) delta[i - a] += Math.fround(w * Math.fround(q[i] * scale));
-        }
+        const weight = Math.fround(e.msg.tokens / tokens);
+        addDecodedInt8(delta, e.msg, { block: this.#format.block, weight, from: a, to: b });
       }
       return delta;
     }
+    const whole = a === 0 && b === piece.hi - piece.lo;
     const decoded = this.#workArray(WORK_DECODED, n);
     for (const e of entries) {
       const w = Math.fround(e.msg.tokens / tokens);
@@ -643,8 +638,9 @@ export class ShardAggregator {
    * {@linkcode ShardAggregator.#codeUpdate} for an int8 update, a block at a
    * time: the move plus the residual, its absmax scale, the codes, what they
    * decode to, the residual left and θ, with the operations and roundings of
-   * `feedbackEncodeRef`, `quantizeInt8Ref` and `dequantizeInt8Ref` (so the
-   * same bits), in two passes over each block instead of six over the shard.
+   * `feedbackEncodeRef`, `quantizeInt8Ref` (its `int8Scale` and `int8Code`)
+   * and `dequantizeInt8Ref` (so the same bits), in two passes over each block
+   * instead of six over the shard.
    */
   #codeUpdateInt8(
     target: Float32Array,
@@ -668,16 +664,11 @@ export class ShardAggregator {
         if (!Number.isFinite(a)) finite = false;
         else if (a > amax) amax = a;
       }
-      const scale = !finite ? NaN : amax < QUANT_TINY ? 0 : Math.fround(amax * INV127);
+      const scale = int8Scale(amax, finite);
       scales[k] = scale;
       for (let i = s; i < end; i++) {
         const xi = x[i];
-        let q = 0;
-        if (scale > 0) {
-          q = Math.min(127, Math.floor(Math.abs(xi) / scale + 0.5));
-          // | 0: a code of -0 is the byte 0, and decodes to +0 as the byte does.
-          if (xi < 0) q = -q | 0;
-        }
+        const q = int8Code(xi, scale);
         codes[i] = q;
         const sent = Math.fround(q * scale);
         residual[i] = Math.fround(xi - sent);

@@ -101,16 +101,40 @@ export function applyUpdate(
       `Cannot apply update: θ has ${theta.length} elements, update ${update.q.length}`,
     );
   }
-  // dequantizeInt8's accumulate, a block at a time with its scale at hand (the
-  // same operations, so the same bits; this runs on every trainer every round).
-  const { q, scales } = update;
-  const block = options.block ?? DEFAULT_BLOCK;
-  for (let s = 0, k = 0; s < q.length; s += block, k++) {
+  // This runs on every trainer every round: a block at a time, not through dequantizeInt8.
+  return addDecodedInt8(theta, update, { block: options.block ?? DEFAULT_BLOCK });
+}
+
+/**
+ * Adds the decoded values of int8 codes [from, to) into `out` (value i at
+ * out[i - from]), each weighted: out[i - from] = f32(out + f32(weight ×
+ * f32(q[i] × scale))). With weight 1 (the default) that is dequantizeInt8's
+ * accumulate, bit for bit; the aggregator's token-weighted mean sums its
+ * contributions with it. A block at a time, its scale at hand: `from` must be
+ * a multiple of the block.
+ *
+ * @example
+ * ```ts
+ * import { addDecodedInt8 } from "./int8_exchange.ts";
+ * const out = new Float32Array([1, 1]);
+ * addDecodedInt8(out, { q: new Int8Array([2, -2]), scales: new Float32Array([0.25]) },
+ *   { block: 256, weight: 0.5 });
+ * console.log(out); // Float32Array [1.25, 0.75]
+ * ```
+ */
+export function addDecodedInt8(
+  out: Float32Array,
+  codes: { q: Int8Array; scales: Float32Array },
+  options: { block: number; weight?: number; from?: number; to?: number },
+): Float32Array {
+  const { q, scales } = codes;
+  const { block, weight = 1, from = 0, to = q.length } = options;
+  for (let s = from, k = from / block; s < to; s += block, k++) {
     const scale = scales[k];
-    const end = Math.min(q.length, s + block);
-    for (let i = s; i < end; i++) theta[i] += Math.fround(q[i] * scale);
+    const end = Math.min(to, s + block);
+    for (let i = s; i < end; i++) out[i - from] += Math.fround(weight * Math.fround(q[i] * scale));
   }
-  return theta;
+  return out;
 }
 
 /** L2 norm of a dequantized int8 tensor, computed from its codes and scales. */

@@ -446,6 +446,39 @@ export function quantizedSize(n: number, block: number = QUANT_BLOCK): {
 }
 
 /**
+ * The int8 scale of a block from its absmax: fround(amax * INV127), 0 when
+ * amax < 2^-100, NaN when the block holds a NaN or infinity.
+ *
+ * @example
+ * ```ts
+ * import { int8Scale } from "./reference.ts";
+ * console.log(int8Scale(127, true) === Math.fround(127 * Math.fround(1 / 127))); // true
+ * ```
+ */
+export function int8Scale(amax: number, finite: boolean): number {
+  return !finite ? NaN : amax < QUANT_TINY ? 0 : fr(amax * INV127);
+}
+
+/**
+ * The int8 code of an f32 value at a block's scale: x / scale rounded half
+ * away from zero, clamped to [-127, 127]; 0 when the scale is not positive
+ * (a zero or NaN block). Never -0, so it decodes as the byte does.
+ *
+ * @example
+ * ```ts
+ * import { int8Code } from "./reference.ts";
+ * console.log(int8Code(-0.75, 0.5), int8Code(1000, 0.5)); // -2 127
+ * ```
+ */
+export function int8Code(x: number, scale: number): number {
+  if (!(scale > 0)) return 0;
+  // The f64 quotient of two f32 values decides the rounding exactly:
+  // a true quotient is at least 2^-25 away from any non-exact half.
+  const q = Math.min(127, Math.floor(Math.abs(x) / scale + 0.5));
+  return x < 0 ? -q | 0 : q;
+}
+
+/**
  * Per-block absmax int8 quantization, bit-exact with the GPU kernel.
  * scale = fround(absmax * INV127) (0 when absmax < 2^-100, NaN when the block
  * holds a NaN or infinity, whose q are then 0); q = x / scale rounded half away
@@ -473,20 +506,13 @@ export function quantizeInt8Ref(
       if (!Number.isFinite(a)) finite = false;
       else if (a > amax) amax = a;
     }
-    const scale = !finite ? NaN : amax < QUANT_TINY ? 0 : fr(amax * INV127);
+    const scale = int8Scale(amax, finite);
     scales[bi] = scale;
     for (let w = start / 4; w < Math.ceil(end / 4); w++) {
       let word = 0;
       for (let j = 0; j < 4; j++) {
         const i = w * 4 + j;
-        let qi = 0;
-        if (i < end && scale > 0) {
-          const xi = fr(x[i]);
-          // The f64 quotient of two f32 values decides the rounding exactly:
-          // a true quotient is at least 2^-25 away from any non-exact half.
-          qi = Math.min(127, Math.floor(Math.abs(xi) / scale + 0.5));
-          if (xi < 0) qi = -qi;
-        }
+        const qi = i < end ? int8Code(fr(x[i]), scale) : 0;
         word |= (qi & 0xff) << (8 * j);
       }
       q[w] = word >>> 0;
