@@ -358,17 +358,17 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
       }
       // With a writer thread, that thread checks that a round's floats are finite.
       const parsed = parseKeeperMessage(raw, run, { checkFinite: !writer });
-      if ("error" in parsed) letGo(raw);
-      else if (parsed.msg.type === "keeper_piece") {
+      if ("error" in parsed) {
+        letGo(raw);
+        emit({ type: "refused", keeper: id, error: parsed.error });
+        return { type: "error", error: parsed.error };
+      }
+      if (parsed.msg.type === "keeper_piece") {
         // The checked message is a new object: it takes over the lent piece's let-go (the
         // same object delivered twice must not let the arrays go while the first is kept).
         const lent = (raw as Lent<object>)[LET_GO];
         delete (raw as Lent<object>)[LET_GO];
         if (lent) (parsed.msg as Lent<KeeperPieceMsg>)[LET_GO] = lent;
-      }
-      if ("error" in parsed) {
-        emit({ type: "refused", keeper: id, error: parsed.error });
-        return { type: "error", error: parsed.error };
       }
       const msg = parsed.msg;
       switch (msg.type) {

@@ -220,7 +220,7 @@ export function trainerBehavior(options: TrainerOptions): Behavior {
     heartbeatMs: options.heartbeatMs ?? 2000,
   });
   let workerFault: TrainerFault & { type: "worker_fault" } | undefined;
-  /** The arrays of θ pieces the Worker merged and handed back, filled again next round. */
+  /** Arrays the Worker handed back after copying θ out of them, filled with the next θ sent. */
   const spares = new SpareArrays(4);
   const emit = (e: TrainerEvent) => options.onEvent?.(e);
 

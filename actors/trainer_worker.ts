@@ -165,8 +165,9 @@ export interface ThreadHello {
 }
 
 /**
- * The arrays of merges written to the device, handed back (transferred) for
- * the trainer to fill with the next round's θ pieces instead of fresh ones.
+ * Arrays the device has copied out (a merge's θ pieces, the θ a round
+ * restarted or an evaluation ran from), handed back (transferred) for the
+ * trainer to fill with the next θ it sends instead of fresh ones.
  */
 export interface SpareArraysMsg {
   op: "spare";

@@ -25,7 +25,7 @@ export interface WorkerReply {
 export interface TrainerWorkerClientOptions {
   /** Called once if the Worker dies of an uncaught error, with its message. */
   onError(message: string): void;
-  /** Takes the arrays of merges the Worker is done with (theirs to reuse). */
+  /** Takes the arrays the Worker is done with ({@linkcode SpareArraysMsg}; theirs to reuse). */
   onSpare?(arrays: Float32Array[]): void;
   /**
    * The Worker's module (default actors/trainer_worker.ts beside this file;
