@@ -30,6 +30,7 @@ import { validateRunMessage } from "./run_protocol_validate.ts";
 import { keeperBehavior, type KeeperEvent } from "./keeper.ts";
 import { commitCoordinatorBehavior, type CommitEvent } from "./keeper_commit.ts";
 import { KeeperFeedSlot } from "./keeper_feed.ts";
+import { PreparedShare } from "./keeper_share.ts";
 import { aggregatorStates } from "./restore.ts";
 import { MONITOR_NAME, round3, type RunEvent, RunMonitor } from "./monitor.ts";
 import {
@@ -183,6 +184,7 @@ export async function startRunHost(
   const ckpt = options.checkpoint;
   const nKeepers = ckpt ? Math.max(1, ckpt.keepers ?? 2) : 0;
   const keeperPaths = Array.from({ length: nKeepers }, (_, i) => `${node}/run/keepers/${i}`);
+  const keeperShare = new PreparedShare();
   const coordinatorPath = `${node}/run/keepers/commit`;
   // Keepers on other nodes (`--join --role keeper`) announce themselves to the registry.
   const remoteKeepers = new Map<string, number>();
@@ -315,6 +317,8 @@ export async function startRunHost(
               writer: "worker",
               backgroundDuty: ckpt.backgroundDuty,
               ...(ckpt.serve ? { serve: ckpt.serve } : {}),
+              // Each round the aggregators lend to every keeper here is encoded once.
+              share: keeperShare,
               onEvent: onKeeperEvent,
             }),
         })),

@@ -31,6 +31,7 @@ import {
   CheckpointStore,
   CheckpointWriteError,
   type Manifest,
+  type PreparedRound,
   prepareRound,
   type Retention,
   type StoreFs,
@@ -46,6 +47,7 @@ import { fetchRound, listCandidates } from "./keeper_fetch.ts";
 import { type CompleteRound, PieceAssembler } from "./keeper_assembly.ts";
 import { RoundServer } from "./keeper_serving.ts";
 import { WriterThread } from "./keeper_threads.ts";
+import type { PreparedShare } from "./keeper_share.ts";
 import { type Lent, LET_GO, letGo } from "./_lease.ts";
 
 /** What a keeper reports. */
@@ -58,6 +60,8 @@ export type KeeperEvent =
     ms: number;
     /** Of `ms`, the writer's pauses for its CPU budget (trainers kept the cores busy). */
     yielded_ms?: number;
+    /** The keeper of this process that encoded the bytes written (`KeeperOptions.share`). */
+    encoded_by?: string;
   }
   | { type: "write_failed"; keeper: string; round: number; code: string; error: string }
   | { type: "superseded"; keeper: string; round: number; by: number }
@@ -114,13 +118,20 @@ export interface KeeperOptions {
    * no limit). On an idle machine they run flat out. See _background.ts.
    */
   backgroundDuty?: number;
+  /**
+   * Shared by the keepers of one process (keeper_share.ts): a round the
+   * aggregators lent to all of them is encoded once, by the first to take it,
+   * and the others write and serve the same bytes (in shared memory). Used
+   * with a writer thread.
+   */
+  share?: PreparedShare;
   /** Receives the keeper's reports. */
   onEvent?: (e: KeeperEvent) => void;
 }
 
 type Control =
   | { type: "_tick" }
-  | { type: "_written"; manifest: Manifest; ms: number; yieldedMs?: number }
+  | { type: "_written"; manifest: Manifest; ms: number; yieldedMs?: number; encodedBy?: string }
   | { type: "_write_failed"; round: number; code: string; error: string }
   | { type: "keeper_status" }
   | { type: "crash"; reason: string };
@@ -182,35 +193,69 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
     } catch { /* the next tick tries again */ }
   };
 
+  /**
+   * Writes a complete round and keeps it to serve: the bytes another keeper
+   * of this process encoded from the same pieces when there are some (the
+   * pieces then go back at once), else encoded here from whole vectors,
+   * copied only now (a round superseded meanwhile never is).
+   */
+  const writeRound = async (
+    c: CompleteRound,
+  ): Promise<{ manifest: Manifest; yieldedMs?: number; encodedBy?: string }> => {
+    if (!writer) {
+      const p = await prepareRound(assembler.assemble(c));
+      server.remember(p);
+      return { manifest: await store.commit(p) };
+    }
+    // Files in shared memory: for the serving thread, and for the other keepers of the share.
+    const shared = server.threaded || options.share !== undefined;
+    const claim = options.share?.claim(c.round, c.pieces.map((p) => p.params), id);
+    if (claim && !claim.own) {
+      // A failed encoding elsewhere leaves this keeper to encode its own.
+      const prepared = await claim.prepared.catch(() => undefined);
+      if (prepared) {
+        c.release();
+        const w = await writer.commit(options.dir, options.retention, prepared);
+        server.remember(prepared);
+        server.hold(prepared);
+        return { manifest: w.manifest, yieldedMs: w.yieldedMs, encodedBy: claim.owner };
+      }
+    }
+    const own = claim?.own ? claim : undefined;
+    let published = false;
+    const publish = own &&
+      ((p: PreparedRound) => {
+        published = true;
+        own.publish(p);
+      });
+    try {
+      const state = assembler.assemble(c);
+      const w = await writer.write(options.dir, options.retention, state, shared, publish);
+      server.remember(w.prepared);
+      server.hold(w.prepared);
+      assembler.recycle(w.spare);
+      return { manifest: w.manifest, yieldedMs: w.yieldedMs };
+    } finally {
+      if (own && !published) own.fail(new Error(`Keeper ${id} did not encode round ${c.round}`));
+    }
+  };
+
   const kick = (ctx: ActorContext) => {
     if (flow) return;
     flow = (async () => {
       while (pending.length > 0 && !stopping) {
-        // Copied into whole vectors only now: a round superseded meanwhile never is.
-        const state = assembler.assemble(pending.shift()!);
-        writing = state.round;
+        const c = pending.shift()!;
+        writing = c.round;
         const t0 = performance.now();
         try {
-          let manifest: Manifest;
-          let yieldedMs: number | undefined;
-          if (writer) {
-            const w = await writer.write(options.dir, options.retention, state, server.threaded);
-            server.remember(w.prepared);
-            server.hold(w.prepared);
-            assembler.recycle(w.spare);
-            manifest = w.manifest;
-            yieldedMs = w.yieldedMs;
-          } else {
-            const p = await prepareRound(state);
-            server.remember(p);
-            manifest = await store.commit(p);
-          }
-          ctx.self.tell({ type: "_written", manifest, ms: performance.now() - t0, yieldedMs });
+          const { manifest, yieldedMs, encodedBy } = await writeRound(c);
+          const ms = performance.now() - t0;
+          ctx.self.tell({ type: "_written", manifest, ms, yieldedMs, encodedBy });
         } catch (err) {
           const code = err instanceof CheckpointWriteError ? err.code : "EINVAL";
           ctx.self.tell({
             type: "_write_failed",
-            round: state.round,
+            round: c.round,
             code,
             error: err instanceof Error ? err.message : String(err),
           });
@@ -312,6 +357,7 @@ export function keeperBehavior(options: KeeperOptions): Behavior {
             params_hash: ctl.manifest.params_hash,
             ms: ctl.ms,
             ...(ctl.yieldedMs !== undefined ? { yielded_ms: ctl.yieldedMs } : {}),
+            ...(ctl.encodedBy !== undefined ? { encoded_by: ctl.encodedBy } : {}),
           });
           ack(ctx);
           return;

@@ -20,6 +20,7 @@ import { fetchRound } from "./keeper_fetch.ts";
 import { keeperStateSource, type SourceEvent } from "./keeper_source.ts";
 import { Lease } from "./_lease.ts";
 import { SpareArrays } from "./_spares.ts";
+import { PreparedShare } from "./keeper_share.ts";
 
 const CONFIG: GptConfig = { nLayer: 1, nHead: 2, nEmbd: 8, blockSize: 4, vocabSize: 16 };
 const N = buildLayout(CONFIG).totalLength;
@@ -95,6 +96,8 @@ async function rig(
     maxPending?: number;
     minReplicas?: number;
     retention?: Partial<Retention>;
+    writer?: "inline" | "worker";
+    share?: PreparedShare;
   } = {},
 ): Promise<Rig> {
   const system = new ActorSystem({ node: "n" });
@@ -125,6 +128,8 @@ async function rig(
         fs: options.fs?.(i),
         maxPending: options.maxPending,
         ...(options.retention ? { retention: options.retention } : {}),
+        ...(options.writer ? { writer: options.writer, backgroundDuty: 1 } : {}),
+        ...(options.share ? { share: options.share } : {}),
         ackIntervalMs: 100,
         onEvent: (e) => events.push(e),
       }),
@@ -573,6 +578,69 @@ Deno.test("keeper: lent pieces are let go only once copied, replaced or supersed
     open.resolve();
     open = Promise.withResolvers<void>();
     open.resolve();
+    await r.cleanup();
+  }
+});
+
+/** Checks that every round in each of `dirs` verifies and holds θ(round) and its momentum. */
+async function checkRounds(dirs: string[], rounds: number[]) {
+  for (const dir of dirs) {
+    const store = new CheckpointStore(dir);
+    deepEqual(await store.rounds(), rounds, dir);
+    for (const round of rounds) {
+      const { state } = await store.load(round);
+      deepEqual(state.params, theta(round), `${dir} round ${round}: θ`);
+      deepEqual(state.momentum, new Float32Array(N).fill(round / 10), `round ${round}: momentum`);
+    }
+  }
+}
+
+Deno.test("keeper: keepers of one process sharing a PreparedShare encode each round once, and each writes and verifies its replica", async () => {
+  const r = await rig(2, {
+    writer: "worker",
+    share: new PreparedShare(),
+    retention: { keepLast: 100, keepEvery: 0 },
+  });
+  try {
+    for (let round = 0; round < 4; round++) {
+      for (const s of shardStates(round)) r.slot.save(s);
+      await until(`round ${round} committed`, () => committedRounds(r.commits).includes(round));
+    }
+    const written = r.events.filter((e) => e.type === "written");
+    for (let round = 0; round < 4; round++) {
+      const of = written.filter((e) => e.round === round);
+      equal(of.length, 2, `round ${round} written by both keepers`);
+      const copies = of.filter((e) => e.encoded_by !== undefined);
+      equal(copies.length, 1, `round ${round}: one keeper wrote the other's bytes`);
+      ok(copies[0].encoded_by !== copies[0].keeper && r.keepers.includes(copies[0].encoded_by!));
+    }
+    await checkRounds(r.dirs, [0, 1, 2, 3]);
+  } finally {
+    await r.cleanup();
+  }
+});
+
+Deno.test("keeper: when the keeper encoding a shared round fails, the keepers waiting for it encode it themselves", async () => {
+  const share = new PreparedShare();
+  const r = await rig(2, { writer: "worker", share });
+  try {
+    const states = shardStates(0);
+    // Another keeper of the process claimed round 0 first (the pieces' very arrays, in order).
+    const ghost = share.claim(0, states.map((s) => s.theta), "n/keepers/ghost");
+    ok(ghost.own);
+    for (const s of states) r.slot.save(s);
+    await new Promise((res) => setTimeout(res, 300));
+    equal(r.events.filter((e) => e.type === "written").length, 0, "the keepers wait for it");
+    if (ghost.own) ghost.fail(new Error("its writer thread died"));
+    await until("round 0 committed", () => committedRounds(r.commits).includes(0));
+    const written = r.events.filter((e) => e.type === "written" && e.round === 0);
+    equal(written.length, 2);
+    ok(
+      written.every((e) => e.type === "written" && e.encoded_by !== "n/keepers/ghost"),
+      "nothing was taken from the failed keeper",
+    );
+    await checkRounds(r.dirs, [0]);
+  } finally {
     await r.cleanup();
   }
 });

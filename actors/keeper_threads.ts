@@ -35,7 +35,12 @@ export class WriterThread {
   #next = 0;
   #pending = new Map<
     number,
-    { resolve(w: Written): void; reject(e: Error): void; round: number }
+    {
+      resolve(w: Written): void;
+      reject(e: Error): void;
+      round: number;
+      onPrepared?: (p: PreparedRound) => void;
+    }
   >();
 
   /** A writer within `duty` of one core while the machine is busy; its Worker starts on first use. */
@@ -46,13 +51,54 @@ export class WriterThread {
   /**
    * Has the thread commit `state` under `dir` (its arrays are transferred,
    * so the caller gives them up); `shared` puts the files' bytes in shared
-   * memory, for a serving thread.
+   * memory, for a serving thread. With `shared`, `onPrepared` hears of the
+   * encoded round (its files in shared memory) before it is written.
    */
   write(
     dir: string,
     retention: Partial<Retention> | undefined,
     state: RoundState,
     shared = false,
+    onPrepared?: (p: PreparedRound) => void,
+  ): Promise<Written> {
+    // The arrays are the keeper's own copies (assembled from pieces): hand them over.
+    const buffers = new Set<ArrayBuffer>();
+    for (const x of [state.params, state.momentum, state.residual]) {
+      if (x && x.byteOffset === 0 && x.byteLength === x.buffer.byteLength) {
+        buffers.add(x.buffer as ArrayBuffer);
+      }
+    }
+    const announce = shared && onPrepared !== undefined;
+    return this.#post(
+      { dir, retention, state, shared, announce },
+      state.round,
+      [...buffers],
+      onPrepared,
+    );
+  }
+
+  /**
+   * Has the thread write `prepared`, a round another keeper's writer encoded
+   * (its files in shared memory, so nothing is copied), under `dir`.
+   */
+  commit(
+    dir: string,
+    retention: Partial<Retention> | undefined,
+    prepared: PreparedRound,
+  ): Promise<Written> {
+    const files = Object.fromEntries(prepared.files);
+    return this.#post(
+      { dir, retention, prepared: { manifest: prepared.manifest, files } },
+      prepared.round,
+      [],
+    );
+  }
+
+  #post(
+    request: Record<string, unknown>,
+    round: number,
+    transfer: ArrayBuffer[],
+    onPrepared?: (p: PreparedRound) => void,
   ): Promise<Written> {
     if (!this.#worker) {
       const w = new Worker(new URL("../checkpoint/_write_worker.ts", import.meta.url).href, {
@@ -62,6 +108,12 @@ export class WriterThread {
         const r = ev.data;
         const p = this.#pending.get(r.id as number);
         if (!p) return;
+        if (r.op === "prepared") {
+          const manifest = r.manifest as Manifest;
+          const files = new Map(Object.entries(r.files as Record<string, Uint8Array>));
+          p.onPrepared?.({ round: manifest.round, manifest, files });
+          return;
+        }
         this.#pending.delete(r.id as number);
         if (r.ok) {
           const manifest = r.manifest as Manifest;
@@ -91,18 +143,9 @@ export class WriterThread {
     }
     const id = ++this.#next;
     const done = new Promise<Written>((resolve, reject) =>
-      this.#pending.set(id, { resolve, reject, round: state.round })
+      this.#pending.set(id, { resolve, reject, round, onPrepared })
     );
-    // The arrays are the keeper's own copies (assembled from pieces): hand them over.
-    const buffers = new Set<ArrayBuffer>();
-    for (const x of [state.params, state.momentum, state.residual]) {
-      if (x && x.byteOffset === 0 && x.byteLength === x.buffer.byteLength) {
-        buffers.add(x.buffer as ArrayBuffer);
-      }
-    }
-    this.#worker.postMessage({ id, dir, retention, state, shared, duty: this.#duty }, {
-      transfer: [...buffers],
-    });
+    this.#worker.postMessage({ id, ...request, duty: this.#duty }, { transfer });
     return done;
   }
 

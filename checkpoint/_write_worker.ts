@@ -6,12 +6,16 @@
  * (llvmpipe) the trainers' inner steps keep the cores. File operations are
  * synchronous here so that they, too, run on this thread.
  *
- * Protocol: `{ id, dir, retention, state, shared, duty }` in (typed arrays
- * transferred); `{ id, ok: true, manifest, files, spare, yieldedMs }` out
+ * Protocol: `{ id, dir, retention, state, shared, announce, duty }` in (typed
+ * arrays transferred); with `announce` (and `shared`), `{ id, op: "prepared",
+ * manifest, files }` as soon as the round is encoded and hashed, before it is
+ * written; then `{ id, ok: true, manifest, files, spare, yieldedMs }` out
  * (`yieldedMs`: of the write, the pauses its CPU budget took; file bytes,
  * in SharedArrayBuffers when `shared`, and the state's params and momentum
  * arrays, for reuse, transferred back), or
  * `{ id, ok: false, code, error, write }` (`write`: a CheckpointWriteError).
+ * A request with `prepared` (a round another keeper's writer encoded, its
+ * files in shared memory) instead of `state` is only written.
  *
  * @module
  */
@@ -19,6 +23,8 @@ import { CpuPacer, lowerThisThread } from "./_background.ts";
 import {
   CheckpointStore,
   CheckpointWriteError,
+  type Manifest,
+  type PreparedRound,
   prepareRound,
   type Retention,
   type RoundState,
@@ -32,9 +38,14 @@ export interface WriteRequest {
   id: number;
   dir: string;
   retention?: Partial<Retention>;
-  state: RoundState;
+  /** The round to encode, hash and write (or `prepared`). */
+  state?: RoundState;
+  /** A round encoded already, whose files are in shared memory: only written. */
+  prepared?: { manifest: Manifest; files: Record<string, Uint8Array> };
   /** Put the model and state files in SharedArrayBuffers. */
   shared?: boolean;
+  /** Post the encoded round (`op: "prepared"`) before writing it; needs `shared`. */
+  announce?: boolean;
   /** CPU share of one core while the machine is busy (see `CpuPacer`). */
   duty?: number;
 }
@@ -65,15 +76,30 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
         // The files go into shared memory: the keeper and its serving thread read them without
         // a copy on the keeper's event loop.
         const slept = pacer.sleptMs;
-        const p = await prepareRound(req.state, {
-          alloc: req.shared ? (n) => new Uint8Array(new SharedArrayBuffer(n)) : undefined,
-          pace,
-        });
+        let p: PreparedRound;
+        if (req.prepared) {
+          const { manifest, files } = req.prepared;
+          p = { round: manifest.round, manifest, files: new Map(Object.entries(files)) };
+        } else if (req.state) {
+          p = await prepareRound(req.state, {
+            alloc: req.shared ? (n) => new Uint8Array(new SharedArrayBuffer(n)) : undefined,
+            pace,
+          });
+          if (req.announce && req.shared) {
+            // Shared memory: the other keepers of the process write these very bytes.
+            scope.postMessage({
+              id: req.id,
+              op: "prepared",
+              manifest: p.manifest,
+              files: Object.fromEntries(p.files),
+            });
+          }
+        } else throw new TypeError("Invalid write request: neither a state nor a prepared round");
         const manifest = await store.commit(p);
         const files = Object.fromEntries(p.files);
         // The state's arrays go back too: the keeper assembles the next rounds in them instead
         // of in fresh memory, whose first touch is slow on these machines.
-        const vectors = [req.state.params, req.state.momentum, req.state.residual];
+        const vectors = req.state ? [req.state.params, req.state.momentum, req.state.residual] : [];
         const spare = vectors.filter((x): x is Float32Array =>
           x !== undefined && x.byteOffset === 0 && x.byteLength === x.buffer.byteLength
         );

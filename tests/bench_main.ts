@@ -60,6 +60,7 @@ const SUITES: Record<string, () => Promise<BenchModule>> = {
   checkpoint: () => import("../checkpoint/bench.ts"),
   aggregation: () => import("../actors/bench_aggregation.ts"),
   sample: () => import("../actors/bench_sample.ts"),
+  memory: () => import("../actors/bench_memory.ts"),
 };
 
 /**
