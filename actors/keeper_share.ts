@@ -31,6 +31,14 @@ export type Claim =
     prepared: Promise<PreparedRound>;
   };
 
+/** A round in the share: the pieces' arrays, its encoder, and the encoding, pending or done. */
+interface SharedRound {
+  pieces: WeakRef<Float32Array>[];
+  owner: string;
+  pending?: Promise<PreparedRound>;
+  done?: WeakRef<PreparedRound>;
+}
+
 /** Rounds kept claimable below the newest claimed: a keeper behind may still come for them. */
 const KEEP_ROUNDS = 4;
 
@@ -57,15 +65,7 @@ export class PreparedShare {
    * memory, not the share (a keeper coming after they were dropped encodes
    * its own).
    */
-  #rounds = new Map<
-    number,
-    {
-      pieces: WeakRef<Float32Array>[];
-      owner: string;
-      pending?: Promise<PreparedRound>;
-      done?: WeakRef<PreparedRound>;
-    }
-  >();
+  #rounds = new Map<number, SharedRound>();
 
   /**
    * Keeper `keeper`'s claim of round `round` assembled from `pieces` (each
@@ -84,12 +84,7 @@ export class PreparedShare {
       const done = known.done?.deref();
       if (done) return { own: false, owner, prepared: Promise.resolve(done) };
     }
-    const entry: {
-      pieces: WeakRef<Float32Array>[];
-      owner: string;
-      pending?: Promise<PreparedRound>;
-      done?: WeakRef<PreparedRound>;
-    } = { pieces: pieces.map((p) => new WeakRef(p)), owner: keeper };
+    const entry: SharedRound = { pieces: pieces.map((p) => new WeakRef(p)), owner: keeper };
     const { promise, resolve, reject } = Promise.withResolvers<PreparedRound>();
     // Nobody may come for it: a failure then goes unheard.
     promise.catch(() => {});

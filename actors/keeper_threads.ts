@@ -28,6 +28,13 @@ export interface Written {
   yieldedMs: number;
 }
 
+/** A round as a thread posts it (`manifest`, and `files` by name) for the keeper. */
+function preparedFrom(m: Record<string, unknown>): PreparedRound {
+  const manifest = m.manifest as Manifest;
+  const files = new Map(Object.entries(m.files as Record<string, Uint8Array>));
+  return { round: manifest.round, manifest, files };
+}
+
 /** A writer thread (see `KeeperOptions.writer` in keeper.ts). */
 export class WriterThread {
   #worker?: Worker;
@@ -109,23 +116,15 @@ export class WriterThread {
         const p = this.#pending.get(r.id as number);
         if (!p) return;
         if (r.op === "prepared") {
-          const manifest = r.manifest as Manifest;
-          const files = new Map(Object.entries(r.files as Record<string, Uint8Array>));
-          p.onPrepared?.({ round: manifest.round, manifest, files });
+          p.onPrepared?.(preparedFrom(r));
           return;
         }
         this.#pending.delete(r.id as number);
         if (r.ok) {
-          const manifest = r.manifest as Manifest;
-          const files = new Map(Object.entries(r.files as Record<string, Uint8Array>));
+          const prepared = preparedFrom(r);
           const spare = (r.spare ?? []) as Float32Array[];
           const yieldedMs = (r.yieldedMs as number) ?? 0;
-          p.resolve({
-            manifest,
-            prepared: { round: manifest.round, manifest, files },
-            spare,
-            yieldedMs,
-          });
+          p.resolve({ manifest: prepared.manifest, prepared, spare, yieldedMs });
         } else if (r.write) {
           p.reject(new CheckpointWriteError(p.round, String(r.code), String(r.error)));
         } else p.reject(new Error(String(r.error)));
@@ -201,9 +200,7 @@ export class ServeThread {
         this.#loads.delete(m.id as number);
         if (!p) return;
         if (!m.ok) return p.reject(new Error(String(m.error)));
-        const manifest = m.manifest as Manifest;
-        const files = new Map(Object.entries(m.files as Record<string, Uint8Array>));
-        p.resolve({ round: manifest.round, manifest, files });
+        p.resolve(preparedFrom(m));
       }
     };
     this.#worker.onerror = (ev: ErrorEvent) => {
